@@ -1,0 +1,83 @@
+#include "adapters/adapter.h"
+
+#include <algorithm>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "adapters/huggingface/llama.h"
+#include "adapters/huggingface/vit.h"
+#include "core/errors.h"
+
+namespace hawada {
+namespace {
+
+// The registry: one row per architecture.
+const std::vector<std::unique_ptr<ModelAdapter>>& registry() {
+  static const auto adapters = [] {
+    std::vector<std::unique_ptr<ModelAdapter>> v;
+    v.push_back(std::make_unique<LlamaAdapter>());
+    v.push_back(std::make_unique<VitAdapter>());
+    return v;
+  }();
+  return adapters;
+}
+
+[[noreturn]] void fail(const std::filesystem::path& file, const char* key, const std::string& what) {
+  throw CheckpointError("'" + file.string() + "': key '" + key + "': " + what);
+}
+
+}  // namespace
+
+const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesystem::path& config_file) {
+  auto it = config.find("model_type");
+  if (it == config.end() || !it->is_string()) fail(config_file, "model_type", "missing or not a string");
+  const auto& type = it->get_ref<const std::string&>();
+  for (const auto& a : registry())
+    if (a->model_type() == type) return *a;
+  std::string list;
+  for (const auto& t : supported_model_types()) list += (list.empty() ? "" : ", ") + t;
+  fail(config_file, "model_type", "unsupported model_type '" + type + "' (supported: " + list + ")");
+}
+
+std::vector<std::string> supported_model_types() {
+  std::vector<std::string> out;
+  for (const auto& a : registry()) out.emplace_back(a->model_type());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+namespace config_field {
+
+int64_t integer(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
+                const int64_t* fallback, bool allow_zero) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) {
+    if (!fallback) fail(file, key, "missing required integer");
+    return *fallback;
+  }
+  if (!it->is_number_integer()) fail(file, key, "expected an integer, got " + it->dump());
+  int64_t v = it->get<int64_t>();
+  if (v < 0 || (v == 0 && !allow_zero))
+    fail(file, key, std::string("expected ") + (allow_zero ? "a non-negative" : "a positive") + " integer, got " +
+                        std::to_string(v));
+  return v;
+}
+
+bool boolean(const nlohmann::json& config, const char* key, const std::filesystem::path& file, bool fallback) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) fail(file, key, "expected true or false, got " + it->dump());
+  return it->get<bool>();
+}
+
+std::string string(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
+                   const std::string& fallback) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (!it->is_string()) fail(file, key, "expected a string, got " + it->dump());
+  return it->get<std::string>();
+}
+
+}  // namespace config_field
+}  // namespace hawada

@@ -1,0 +1,61 @@
+// The ModelAdapter interface and the registry keyed by config.json "model_type". An adapter knows
+// one Hugging Face architecture: its config fields, its weight names and (as the pipeline grows) its
+// modules, gates, logits and export. Adding an architecture means adding one adapter and its tests.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace hawada {
+
+class HfCheckpoint;
+
+/// The shape of a model as its config.json describes it.
+struct ArchSummary {
+  std::string architecture;  ///< architectures[0], e.g. "LlamaForCausalLM"
+  std::string model_type;    ///< "llama", "vit"
+  int64_t layers = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t hidden = 0;
+  int64_t ffn = 0;  ///< intermediate_size
+  int64_t vocab_size = 0;   ///< LMs; 0 otherwise
+  int64_t num_labels = 0;   ///< classifiers; 0 otherwise
+  int64_t image_size = 0;   ///< vision; 0 otherwise
+  int64_t patch_size = 0;   ///< vision; 0 otherwise
+  bool tied_embeddings = false;
+};
+
+/// One Hugging Face architecture.
+class ModelAdapter {
+ public:
+  virtual ~ModelAdapter() = default;
+  /// The config.json "model_type" this adapter serves.
+  virtual std::string_view model_type() const = 0;
+  /// Reads the architecture from config.json; CheckpointError naming the file and key when a
+  /// field is missing, mistyped or inconsistent.
+  virtual ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const = 0;
+};
+
+/// The adapter for config["model_type"]; CheckpointError listing the supported types otherwise.
+const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesystem::path& config_file);
+/// Every registered model_type, sorted.
+std::vector<std::string> supported_model_types();
+
+/// Typed reads of config.json fields, with errors that name the file and key.
+namespace config_field {
+/// A positive integer (or non-negative when allow_zero) field; `fallback` when absent (nullptr: required).
+int64_t integer(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
+                const int64_t* fallback = nullptr, bool allow_zero = false);
+bool boolean(const nlohmann::json& config, const char* key, const std::filesystem::path& file, bool fallback);
+std::string string(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
+                   const std::string& fallback);
+}  // namespace config_field
+
+}  // namespace hawada

@@ -1,0 +1,15 @@
+// LLaMA-style causal LMs (model_type "llama"): LLaMA-3.2-1B and compatible.
+#pragma once
+
+#include "adapters/adapter.h"
+
+namespace hawada {
+
+/// Adapter for transformers' LlamaForCausalLM.
+class LlamaAdapter final : public ModelAdapter {
+ public:
+  std::string_view model_type() const override { return "llama"; }
+  ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;
+};
+
+}  // namespace hawada

@@ -1,0 +1,15 @@
+// Vision Transformers (model_type "vit"): ViTForImageClassification and ViTModel, e.g. ViT-Base/16.
+#pragma once
+
+#include "adapters/adapter.h"
+
+namespace hawada {
+
+/// Adapter for transformers' ViT models.
+class VitAdapter final : public ModelAdapter {
+ public:
+  std::string_view model_type() const override { return "vit"; }
+  ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;
+};
+
+}  // namespace hawada

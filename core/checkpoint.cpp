@@ -1,0 +1,147 @@
+#include "core/checkpoint.h"
+
+#include <algorithm>
+#include <fnmatch.h>
+
+#include "core/errors.h"
+#include "core/fs.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Files an export copies unchanged: tokenizers, processors, generation settings, chat templates.
+constexpr const char* kSideFilePatterns[] = {
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "*.tiktoken",
+    "generation_config.json", "preprocessor_config.json", "processor_config.json",
+    "image_processor_config.json", "chat_template.json", "chat_template.jinja",
+};
+// Weights transformers can load that are not safetensors (pickle or other frameworks).
+constexpr const char* kForeignWeightPatterns[] = {
+    "pytorch_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json", "*.pt", "*.pth",
+    "tf_model.h5", "flax_model.msgpack",
+};
+
+bool matches_any(const std::string& name, const auto& patterns) {
+  for (const char* p : patterns)
+    if (::fnmatch(p, name.c_str(), 0) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+nlohmann::json read_json_file(const fs::path& path) {
+  std::string text = read_text_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError("'" + path.string() + "' is not valid JSON: " + e.what());
+  }
+}
+
+HfCheckpoint HfCheckpoint::open(const fs::path& dir) {
+  HfCheckpoint c;
+  c.dir_ = dir;
+  if (!fs::is_directory(dir)) throw CheckpointError("model directory '" + dir.string() + "' does not exist");
+  const fs::path config = dir / "config.json";
+  if (!fs::is_regular_file(config))
+    throw CheckpointError("model directory '" + dir.string() + "' has no config.json");
+  c.config_ = read_json_file(config);
+  if (!c.config_.is_object()) throw CheckpointError("'" + config.string() + "' is not a JSON object");
+
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  for (const auto& n : names)
+    if (matches_any(n, kSideFilePatterns)) c.side_files_.push_back(n);
+
+  const fs::path index_path = dir / "model.safetensors.index.json";
+  std::map<std::string, std::string> expected_shard;  // tensor -> shard, from the index
+  if (fs::exists(index_path)) {
+    c.sharded_ = true;
+    auto index = safetensors::parse_index(read_text_file(index_path), index_path.string());
+    c.weight_files_ = index.shard_files();
+    expected_shard = index.weight_map;
+  } else if (fs::exists(dir / "model.safetensors")) {
+    c.weight_files_ = {"model.safetensors"};
+  } else {
+    std::vector<std::string> foreign;
+    for (const auto& n : names)
+      if (matches_any(n, kForeignWeightPatterns)) foreign.push_back(n);
+    if (!foreign.empty())
+      throw CheckpointError("model directory '" + dir.string() + "' holds only non-safetensors weights ('" +
+                            foreign.front() +
+                            "'); hawada-pipeline reads safetensors only (pickle files can run code when "
+                            "loaded). Convert once with transformers: "
+                            "AutoModel.from_pretrained(dir).save_pretrained(new_dir)  (safetensors is its default)");
+    throw CheckpointError("model directory '" + dir.string() +
+                          "' has no model.safetensors and no model.safetensors.index.json");
+  }
+
+  for (const auto& f : c.weight_files_)
+    if (!fs::is_regular_file(dir / f))
+      throw CheckpointError("'" + index_path.string() + "' names shard '" + f + "', which does not exist");
+  for (size_t i = 0; i < c.weight_files_.size(); ++i) {
+    const fs::path file = dir / c.weight_files_[i];
+    auto reader = std::make_shared<safetensors::Reader>(file);
+    for (const auto& t : reader->header().tensors) {
+      auto [it, inserted] = c.where_.emplace(t.name, i);
+      if (!inserted)
+        throw CheckpointError("tensor '" + t.name + "' appears in both '" + c.weight_files_[it->second] + "' and '" +
+                              c.weight_files_[i] + "'");
+      if (c.sharded_) {
+        auto e = expected_shard.find(t.name);
+        if (e == expected_shard.end())
+          throw CheckpointError("shard '" + file.string() + "' holds tensor '" + t.name + "', which '" +
+                                index_path.string() + "' does not list");
+        if (e->second != c.weight_files_[i])
+          throw CheckpointError("shard '" + file.string() + "' holds tensor '" + t.name + "', which '" +
+                                index_path.string() + "' places in '" + e->second + "'");
+      }
+    }
+    c.readers_.push_back(std::move(reader));
+  }
+  for (const auto& [name, shard] : expected_shard)
+    if (!c.where_.count(name))
+      throw CheckpointError("'" + index_path.string() + "' lists tensor '" + name + "' in shard '" + shard +
+                            "', which does not hold it");
+  return c;
+}
+
+std::vector<std::string> HfCheckpoint::tensor_names() const {
+  std::vector<std::string> out;
+  out.reserve(where_.size());
+  for (const auto& [name, i] : where_) out.push_back(name);
+  return out;
+}
+
+const safetensors::TensorInfo& HfCheckpoint::info(std::string_view name) const {
+  auto it = where_.find(std::string(name));
+  if (it == where_.end())
+    throw CheckpointError("model directory '" + dir_.string() + "' has no tensor '" + std::string(name) + "'");
+  return readers_[it->second]->info(name);
+}
+
+at::Tensor HfCheckpoint::tensor(std::string_view name) const {
+  info(name);  // throws naming the directory when absent
+  return readers_[where_.find(std::string(name))->second]->tensor(name);
+}
+
+uint64_t HfCheckpoint::total_numel() const {
+  uint64_t n = 0;
+  for (const auto& r : readers_)
+    for (const auto& t : r->header().tensors) n += t.numel();
+  return n;
+}
+
+uint64_t HfCheckpoint::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& r : readers_)
+    for (const auto& t : r->header().tensors) n += t.nbytes();
+  return n;
+}
+
+}  // namespace hawada

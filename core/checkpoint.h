@@ -1,0 +1,59 @@
+// A Hugging Face model directory: config.json, weights (one safetensors file or shards with an
+// index), and the side files (tokenizer, preprocessor, generation config) that an export copies.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
+
+namespace hawada {
+
+/// An opened, validated model directory. Weight files are memory-mapped; tensors come without copies.
+class HfCheckpoint {
+ public:
+  /// Opens `dir`: parses config.json, maps every weight file and checks that the index and the
+  /// shards agree (every indexed tensor is in its shard, no shard holds an unindexed or duplicate
+  /// tensor). Pickle-only directories are refused with a pointer to safetensors conversion.
+  /// Throws CheckpointError/IoError naming the file and tensor.
+  static HfCheckpoint open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const { return dir_; }
+  /// config.json as parsed.
+  const nlohmann::json& config() const { return config_; }
+  /// True when weights come from model.safetensors.index.json and shards.
+  bool sharded() const { return sharded_; }
+  /// Weight file names (relative to dir), in index order; the index itself is not included.
+  const std::vector<std::string>& weight_files() const { return weight_files_; }
+  /// Side files to copy on export (tokenizer, preprocessor, generation config, chat template).
+  const std::vector<std::string>& side_files() const { return side_files_; }
+  /// Every tensor name, sorted.
+  std::vector<std::string> tensor_names() const;
+  bool contains(std::string_view name) const { return where_.count(std::string(name)) != 0; }
+  /// Header entry of a tensor; CheckpointError naming the directory and tensor when absent.
+  const safetensors::TensorInfo& info(std::string_view name) const;
+  /// The tensor in its stored dtype, zero-copy over the mapping.
+  at::Tensor tensor(std::string_view name) const;
+  /// Sum of the stored tensors' element counts and bytes.
+  uint64_t total_numel() const;
+  uint64_t total_bytes() const;
+
+ private:
+  std::filesystem::path dir_;
+  nlohmann::json config_;
+  bool sharded_ = false;
+  std::vector<std::string> weight_files_;
+  std::vector<std::string> side_files_;
+  std::vector<std::shared_ptr<safetensors::Reader>> readers_;
+  std::map<std::string, size_t> where_;  // tensor name -> reader
+};
+
+/// Parses a JSON file; CheckpointError naming the file on a syntax error.
+nlohmann::json read_json_file(const std::filesystem::path& path);
+
+}  // namespace hawada

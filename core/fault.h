@@ -1,0 +1,13 @@
+// Fault injection for the fault tests: HAWADA_FAULT="<point>@<rank>[:<action>]" makes the named
+// point fail on that rank; action "throw" (default) raises IoError, "kill" sends SIGKILL to itself.
+// Several specs may be separated by commas. Unset, a fault point costs one getenv per call.
+#pragma once
+
+#include <string_view>
+
+namespace hawada {
+
+/// Fails here if HAWADA_FAULT names this point for this rank.
+void fault_point(std::string_view point);
+
+}  // namespace hawada

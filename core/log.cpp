@@ -1,0 +1,33 @@
+#include "core/log.h"
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "core/process.h"
+
+namespace hawada::log {
+namespace {
+
+double seconds_since_start() {
+  static const auto start = std::chrono::steady_clock::now();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void emit(const char* level, std::string_view message) {
+  const auto& p = process_info();
+  std::string prefix = p.size > 1 ? "[hawada r" + std::to_string(p.rank) + " " : "[hawada ";
+  std::fprintf(stderr, "%s%8.2fs] %s%.*s\n", prefix.c_str(), seconds_since_start(), level,
+               static_cast<int>(message.size()), message.data());
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+void info(std::string_view message) {
+  if (process_info().rank == 0) emit("", message);
+}
+void warn(std::string_view message) { emit("warning: ", message); }
+void error(std::string_view message) { emit("error: ", message); }
+
+}  // namespace hawada::log

@@ -1,0 +1,136 @@
+#include "pipeline/cli.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/errors.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+#include "core/text.h"
+#include "pipeline/config.h"
+#include "pipeline/inspect.h"
+#include "pipeline/run.h"
+
+namespace hawada {
+namespace {
+
+constexpr const char* kUsage = R"(hawada-pipeline: learn structured gates on a Hugging Face Transformer by distillation
+and export a slimmer checkpoint that loads with plain from_pretrained.
+
+Usage:
+  mpirun -np N hawada-pipeline CONFIG.toml      run the pipeline (same as `run CONFIG.toml`)
+  hawada-pipeline run CONFIG.toml               run the pipeline (one process, or under mpirun/srun)
+  hawada-pipeline validate CONFIG.toml          check a config and print it resolved (defaults, absolute paths)
+  hawada-pipeline inspect MODEL_DIR [--json]    architecture, counts, parameters, dtype and files of a model
+  hawada-pipeline --help | --version
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or config error.
+)";
+
+const std::vector<std::string_view> kCommands = {"run", "validate", "inspect", "help"};
+
+struct Args {
+  std::string command;
+  std::vector<std::string> positional;
+  std::vector<std::string> flags;
+  bool has(const std::string& f) const { return std::find(flags.begin(), flags.end(), f) != flags.end(); }
+};
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  std::vector<std::string> rest(argv + 1, argv + argc);
+  if (rest.empty()) throw UsageError("no command given; see `hawada-pipeline --help`");
+  size_t i = 0;
+  const std::string& first = rest[0];
+  if (first == "--help" || first == "-h") {
+    a.command = "help";
+    i = 1;
+  } else if (first == "--version") {
+    a.command = "version";
+    i = 1;
+  } else if (std::find(kCommands.begin(), kCommands.end(), first) != kCommands.end()) {
+    a.command = first;
+    i = 1;
+  } else if (first.size() > 5 && first.ends_with(".toml")) {
+    a.command = "run";  // bare form: `mpirun hawada-pipeline config.toml`
+  } else {
+    std::string hint;
+    if (auto near = nearest(first, kCommands)) hint = " (did you mean '" + *near + "'?)";
+    throw UsageError("unknown command '" + first + "'" + hint + "; see `hawada-pipeline --help`");
+  }
+  for (; i < rest.size(); ++i) (rest[i].starts_with("--") ? a.flags : a.positional).push_back(rest[i]);
+  return a;
+}
+
+void expect_args(const Args& a, size_t positional, const std::vector<std::string>& allowed_flags,
+                 const char* synopsis) {
+  for (const auto& f : a.flags)
+    if (std::find(allowed_flags.begin(), allowed_flags.end(), f) == allowed_flags.end())
+      throw UsageError("unknown option '" + f + "' for `" + a.command + "`; usage: " + synopsis);
+  if (a.positional.size() != positional)
+    throw UsageError("`" + a.command + "` takes " + std::to_string(positional) + " argument(s), got " +
+                     std::to_string(a.positional.size()) + "; usage: " + synopsis);
+}
+
+int exit_code_for(const Error& e) {
+  return dynamic_cast<const ConfigError*>(&e) || dynamic_cast<const UsageError*>(&e) ? kExitUsage : kExitRuntime;
+}
+
+int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** argv) {
+  if (a.command == "help") {
+    std::cout << kUsage;
+    return kExitOk;
+  }
+  if (a.command == "version") {
+    std::cout << "hawada-pipeline " << HAWADA_VERSION << "\n";
+    return kExitOk;
+  }
+  if (a.command == "validate") {
+    expect_args(a, 1, {}, "hawada-pipeline validate CONFIG.toml");
+    std::cout << to_toml(load_config(a.positional[0]));
+    return kExitOk;
+  }
+  if (a.command == "inspect") {
+    expect_args(a, 1, {"--json"}, "hawada-pipeline inspect MODEL_DIR [--json]");
+    std::cout << inspect_model(a.positional[0], a.has("--json"));
+    return kExitOk;
+  }
+  HAWADA_ASSERT(a.command == "run", "unhandled command " + a.command);
+  expect_args(a, 1, {}, "hawada-pipeline [run] CONFIG.toml");
+  mpi = std::make_unique<MpiSession>(&argc, &argv);
+  run_pipeline(a.positional[0], *mpi);
+  return kExitOk;
+}
+
+void report(const char* kind, const char* what) {
+  std::fprintf(stderr, "hawada-pipeline: %s: %s: %s\n", process_label().c_str(), kind, what);
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  std::unique_ptr<MpiSession> mpi;
+  int code = kExitOk;
+  try {
+    code = dispatch(parse_args(argc, argv), mpi, argc, argv);
+  } catch (const Error& e) {
+    report(e.kind(), e.what());
+    code = exit_code_for(e);
+  } catch (const std::exception& e) {
+    report("internal error", e.what());
+    code = kExitRuntime;
+  }
+  // One failing rank must not leave the others waiting in a collective: end the whole job.
+  if (code != kExitOk && mpi && mpi->size() > 1) mpi->abort(code);
+  return code;
+}
+
+}  // namespace hawada

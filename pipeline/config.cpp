@@ -1,0 +1,588 @@
+#include "pipeline/config.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <span>
+#include <sstream>
+#include <system_error>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+// Link against the compiled libtomlplusplus (Debian) instead of instantiating the parser here.
+#ifndef TOML_HEADER_ONLY
+#define TOML_HEADER_ONLY 0
+#endif
+#include <toml++/toml.h>
+
+#include "core/errors.h"
+#include "core/text.h"
+
+namespace hawada {
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---- Enum spellings, in declaration order (to_string indexes them). --------------------------------
+
+constexpr std::string_view kComputeDtype[] = {"fp32", "bf16"};
+constexpr std::string_view kDataFormat[] = {"tokens_h5", "tokens_bin", "images_h5"};
+constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
+constexpr std::string_view kBudgetMetric[] = {"params", "latency"};
+constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
+constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
+
+std::span<const std::string_view> names_of(ComputeDtype) { return kComputeDtype; }
+std::span<const std::string_view> names_of(DataFormat) { return kDataFormat; }
+std::span<const std::string_view> names_of(StoreDtype) { return kStoreDtype; }
+std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric; }
+std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
+std::span<const std::string_view> names_of(DistBackend) { return kDistBackend; }
+
+template <class E>
+std::string_view name_of(E value) {
+  const auto names = names_of(value);
+  const auto i = static_cast<std::size_t>(value);
+  return i < names.size() ? names[i] : std::string_view("<invalid>");
+}
+
+// ---- Key tables. ------------------------------------------------------------------------------------
+
+/// A pointer to one field of a Config; the alternative says how the key is read and written.
+using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*,
+                         DataFormat*, StoreDtype*, BudgetMetric*, ExportDtype*, DistBackend*>;
+
+template <auto Section, auto Member>
+Ref at(Config& c) {
+  return &(c.*Section.*Member);
+}
+
+/// Extra validation beyond type and numeric range.
+enum class Check { none, model_dir, data_file, optional_file, file_name };
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+/// Allowed numeric interval and extra checks for one key.
+struct Rule {
+  double lo = -kInf, hi = kInf;
+  bool lo_open = false, hi_open = false;
+  Check check = Check::none;
+  bool required = false;
+};
+
+constexpr Rule at_least(double lo) { return {.lo = lo}; }
+constexpr Rule above(double lo) { return {.lo = lo, .lo_open = true}; }
+constexpr Rule between(double lo, double hi) { return {.lo = lo, .hi = hi}; }
+constexpr Rule checked(Check check, bool required = false) { return {.check = check, .required = required}; }
+
+struct Key {
+  std::string_view name;
+  Ref (*ref)(Config&);
+  Rule rule{};
+};
+
+struct Section {
+  std::string_view name;
+  std::span<const Key> keys;
+};
+
+constexpr Key kRun[] = {
+    {"dir", at<&Config::run, &RunConfig::dir>},
+    {"seed", at<&Config::run, &RunConfig::seed>, at_least(0)},
+    {"threads_per_rank", at<&Config::run, &RunConfig::threads_per_rank>, at_least(0)},
+};
+constexpr Key kModel[] = {
+    {"path", at<&Config::model, &ModelConfig::path>, checked(Check::model_dir, true)},
+    {"dtype", at<&Config::model, &ModelConfig::dtype>},
+};
+constexpr Key kData[] = {
+    {"format", at<&Config::data, &DataConfig::format>},
+    {"path", at<&Config::data, &DataConfig::path>, checked(Check::data_file, true)},
+    {"seq_len", at<&Config::data, &DataConfig::seq_len>, between(1, 1048576)},
+    {"samples", at<&Config::data, &DataConfig::samples>, at_least(0)},
+};
+constexpr Key kTeacher[] = {
+    {"cache_root", at<&Config::teacher, &TeacherConfig::cache_root>},
+    {"top_k", at<&Config::teacher, &TeacherConfig::top_k>, between(1, 1024)},
+    {"store_dtype", at<&Config::teacher, &TeacherConfig::store_dtype>},
+    {"batch_size", at<&Config::teacher, &TeacherConfig::batch_size>, at_least(1)},
+};
+constexpr Key kGates[] = {
+    {"heads", at<&Config::gates, &GatesConfig::heads>},
+    {"ffn", at<&Config::gates, &GatesConfig::ffn>},
+    {"hidden", at<&Config::gates, &GatesConfig::hidden>},
+    {"init", at<&Config::gates, &GatesConfig::init>, {.lo = 0, .hi = 1, .lo_open = true, .hi_open = true}},
+    {"temperature", at<&Config::gates, &GatesConfig::temperature>, above(0)},
+};
+constexpr Key kTrain[] = {
+    {"steps", at<&Config::train, &TrainConfig::steps>, at_least(1)},
+    {"micro_batch", at<&Config::train, &TrainConfig::micro_batch>, at_least(1)},
+    {"grad_accum", at<&Config::train, &TrainConfig::grad_accum>, at_least(1)},
+    {"lr", at<&Config::train, &TrainConfig::lr>, above(0)},
+    {"warmup", at<&Config::train, &TrainConfig::warmup>, at_least(0)},  // and <= steps, checked after
+    {"kd_temperature", at<&Config::train, &TrainConfig::kd_temperature>, above(0)},
+    {"mse_weight", at<&Config::train, &TrainConfig::mse_weight>, at_least(0)},
+    {"checkpoint_every", at<&Config::train, &TrainConfig::checkpoint_every>, at_least(1)},
+};
+constexpr Key kBudget[] = {
+    {"metric", at<&Config::budget, &BudgetConfig::metric>},
+    {"target", at<&Config::budget, &BudgetConfig::target>, {.lo = 0, .hi = 1, .lo_open = true}},
+};
+constexpr Key kSearch[] = {
+    {"ffn_multiple", at<&Config::search, &SearchConfig::ffn_multiple>, at_least(1)},
+    {"hidden_multiple", at<&Config::search, &SearchConfig::hidden_multiple>, at_least(1)},
+    {"latency_table", at<&Config::search, &SearchConfig::latency_table>, checked(Check::optional_file)},
+    {"prune_kv_groups", at<&Config::search, &SearchConfig::prune_kv_groups>},
+};
+constexpr Key kExport[] = {
+    {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},
+    {"max_shard_size", at<&Config::export_, &ExportConfig::max_shard_size>, at_least(1024)},
+    {"dtype", at<&Config::export_, &ExportConfig::dtype>},
+};
+constexpr Key kDist[] = {
+    {"backend", at<&Config::dist, &DistConfig::backend>},
+    {"timeout_s", at<&Config::dist, &DistConfig::timeout_s>, above(0)},
+};
+
+constexpr Section kSections[] = {
+    {"run", kRun},     {"model", kModel},   {"data", kData},     {"teacher", kTeacher}, {"gates", kGates},
+    {"train", kTrain}, {"budget", kBudget}, {"search", kSearch}, {"export", kExport},   {"dist", kDist},
+};
+
+/// max_shard_size units, matched case-insensitively; "" means bytes.
+constexpr std::pair<std::string_view, uint64_t> kSizeUnits[] = {
+    {"", 1},
+    {"b", 1},
+    {"kb", 1000},
+    {"mb", 1'000'000},
+    {"gb", 1'000'000'000},
+    {"kib", 1ULL << 10},
+    {"mib", 1ULL << 20},
+    {"gib", 1ULL << 30},
+};
+
+// ---- Formatting. -------------------------------------------------------------------------------------
+
+/// A TOML basic string literal: valid both in messages and in to_toml output.
+std::string quote(std::string_view s) {
+  std::string out = "\"";
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (ch) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04X", c);
+          out += buf;
+        } else {
+          out += ch;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+/// Shortest round-tripping text of a double, always with '.' or an exponent so TOML reads a float back.
+std::string format_double(double v) {
+  char buf[64];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  std::string s(buf, ec == std::errc() ? end : buf);
+  if (std::isfinite(v) && s.find_first_of(".e") == std::string::npos) s += ".0";
+  return s;
+}
+
+/// "type value" of a TOML node, for the "got ..." part of messages.
+std::string describe(const toml::node& node) {
+  if (auto v = node.as_string()) return "string " + quote(v->get());
+  if (auto v = node.as_integer()) return "integer " + std::to_string(v->get());
+  if (auto v = node.as_floating_point()) return "float " + format_double(v->get());
+  if (auto v = node.as_boolean()) return std::string("boolean ") + (v->get() ? "true" : "false");
+  if (node.is_table()) return "table";
+  if (node.is_array()) return "array";
+  if (node.is_date()) return "date";
+  if (node.is_time()) return "time";
+  return "date-time";
+}
+
+std::string join_quoted(std::span<const std::string_view> names) {
+  std::string out;
+  for (const auto name : names) out += (out.empty() ? "" : ", ") + quote(name);
+  return out;
+}
+
+// ---- Reading. ----------------------------------------------------------------------------------------
+
+/// Where messages point and relative paths resolve.
+struct Reader {
+  std::string file;  // as given by the caller
+  fs::path base;     // absolute directory of the config file
+
+  [[noreturn]] void fail(const toml::source_position& pos, std::string_view key,
+                         std::string_view what) const {
+    const bool known = pos.line > 0;
+    throw ConfigError(file + ":" + std::to_string(known ? pos.line : 1) + ":" +
+                      std::to_string(known ? pos.column : 1) + ": " + std::string(key) + ": " +
+                      std::string(what));
+  }
+  [[noreturn]] void type_error(const toml::node& node, std::string_view key,
+                               std::string_view expected) const {
+    fail(node.source().begin, key,
+         "wrong type (expected " + std::string(expected) + ", got " + describe(node) + ")");
+  }
+};
+
+fs::path resolve(const fs::path& base, const fs::path& p) {
+  fs::path r = (base / p).lexically_normal();
+  if (!r.has_filename() && r.has_relative_path()) r = r.parent_path();  // drop a trailing separator
+  return r;
+}
+
+/// Numbers as printed in range messages; integers print without ".0".
+std::string number_text(double v) {
+  return v == std::trunc(v) && std::abs(v) < 1e18 ? std::to_string(static_cast<int64_t>(v))
+                                                  : format_double(v);
+}
+
+void check_range(const Reader& rd, const toml::node& node, std::string_view key, const Rule& r, double v,
+                 const std::string& exact = {}) {
+  const bool low = r.lo_open ? !(v > r.lo) : !(v >= r.lo);
+  const bool high = r.hi_open ? !(v < r.hi) : !(v <= r.hi);
+  if (!low && !high) return;
+  std::string range = std::isinf(r.hi) ? std::string(r.lo_open ? "> " : ">= ") + number_text(r.lo)
+                                       : std::string("in ") + (r.lo_open ? "(" : "[") + number_text(r.lo) +
+                                             ", " + number_text(r.hi) + (r.hi_open ? ")" : "]");
+  rd.fail(node.source().begin, key,
+          "out of range (expected " + range + ", got " + (exact.empty() ? number_text(v) : exact) + ")");
+}
+
+/// Parses "123", "500MB", "2GiB", ... into bytes; nullopt when malformed or overflowing.
+std::optional<uint64_t> parse_size(std::string_view s) {
+  uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (ec != std::errc() || end == s.data()) return std::nullopt;
+  std::string unit(end, s.data() + s.size());
+  if (!unit.empty() && unit.front() == ' ') unit.erase(0, 1);
+  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const auto& [name, scale] : kSizeUnits) {
+    if (unit != name) continue;
+    if (n > std::numeric_limits<uint64_t>::max() / scale) return std::nullopt;
+    return n * scale;
+  }
+  return std::nullopt;
+}
+
+void check_path(const Reader& rd, const toml::node& node, std::string_view key, Check check,
+                const fs::path& p) {
+  std::error_code ec;
+  const auto st = fs::status(p, ec);
+  const auto at = node.source().begin;
+  const std::string got = quote(p.string());
+  if (check == Check::model_dir) {
+    if (!fs::exists(st))
+      rd.fail(at, key, "model directory not found (expected an existing directory, got " + got + ")");
+    if (!fs::is_directory(st))
+      rd.fail(at, key, "not a directory (expected a Hugging Face model directory, got " + got + ")");
+    if (!fs::is_regular_file(p / "config.json", ec))
+      rd.fail(at, key,
+              "no config.json in model directory (expected a Hugging Face model directory, got " + got + ")");
+  } else if (check == Check::data_file || check == Check::optional_file) {
+    if (!fs::exists(st)) rd.fail(at, key, "file not found (expected an existing file, got " + got + ")");
+    if (!fs::is_regular_file(st))
+      rd.fail(at, key, "not a regular file (expected an existing file, got " + got + ")");
+  }
+}
+
+/// Reads one value into its field, by the field's type.
+struct ValueReader {
+  const Reader& rd;
+  const toml::node& node;
+  std::string_view key;
+  const Rule& rule;
+
+  void operator()(int* out) const { *out = static_cast<int>(integer(std::numeric_limits<int>::max())); }
+  void operator()(int64_t* out) const { *out = integer(kInf); }
+
+  /// The node as an integer within the rule's range, capped at type_max.
+  int64_t integer(double type_max) const {
+    const auto* v = node.as_integer();
+    if (!v) rd.type_error(node, key, "integer");
+    Rule r = rule;
+    r.lo = std::max(r.lo, -type_max - 1);
+    r.hi = std::min(r.hi, type_max);
+    check_range(rd, node, key, r, static_cast<double>(v->get()), std::to_string(v->get()));
+    return v->get();
+  }
+
+  void operator()(uint64_t* out) const {  // a size in bytes: integer or "5GB"-style string
+    const auto* i = node.as_integer();
+    const auto* s = node.as_string();
+    if (!i && !s) rd.type_error(node, key, "integer bytes or a size string like \"5GB\"");
+    if (s) {
+      const auto bytes = parse_size(s->get());
+      if (!bytes)
+        rd.fail(
+            node.source().begin, key,
+            "invalid size (expected an integer with an optional unit B, KB, MB, GB, KiB, MiB or GiB, like "
+            "\"500MB\" or \"2GiB\", got " +
+                quote(s->get()) + ")");
+      check_range(rd, node, key, rule, static_cast<double>(*bytes), std::to_string(*bytes));
+      *out = *bytes;
+      return;
+    }
+    check_range(rd, node, key, rule, static_cast<double>(i->get()), std::to_string(i->get()));
+    *out = static_cast<uint64_t>(i->get());
+  }
+
+  void operator()(double* out) const {
+    double v = 0;
+    if (const auto* f = node.as_floating_point())
+      v = f->get();
+    else if (const auto* i = node.as_integer())
+      v = static_cast<double>(i->get());
+    else
+      rd.type_error(node, key, "number");
+    if (!std::isfinite(v))
+      rd.fail(node.source().begin, key,
+              "not finite (expected a finite number, got " + format_double(v) + ")");
+    check_range(rd, node, key, rule, v);
+    *out = v;
+  }
+
+  void operator()(bool* out) const {
+    const auto* v = node.as_boolean();
+    if (!v) rd.type_error(node, key, "boolean");
+    *out = v->get();
+  }
+
+  const std::string& string() const {
+    const auto* v = node.as_string();
+    if (!v) rd.type_error(node, key, "string");
+    return v->get();
+  }
+
+  void operator()(fs::path* out) const {
+    const std::string& s = string();
+    if (s.empty()) {
+      if (rule.check == Check::optional_file) return void(*out = fs::path());
+      rd.fail(node.source().begin, key, "empty path (expected a non-empty path, got \"\")");
+    }
+    *out = resolve(rd.base, s);
+    check_path(rd, node, key, rule.check, *out);
+  }
+
+  void operator()(std::string* out) const {
+    const std::string& s = string();
+    if (rule.check == Check::file_name &&
+        (s.empty() || s == "." || s == ".." || s.find_first_of("/\\") != std::string::npos))
+      rd.fail(node.source().begin, key,
+              "invalid name (expected a non-empty file name without '/' or '\\', not \".\" or \"..\", got " +
+                  quote(s) + ")");
+    *out = s;
+  }
+
+  template <class E>  // the enums; the overloads above win for every other field type
+  void operator()(E* out) const {
+    static_assert(std::is_enum_v<E>);
+    const std::string& s = string();
+    const auto names = names_of(E{});
+    const auto it = std::find(names.begin(), names.end(), s);
+    if (it == names.end())
+      rd.fail(node.source().begin, key,
+              "unknown value (expected one of " + join_quoted(names) + ", got " + quote(s) + ")");
+    *out = static_cast<E>(it - names.begin());
+  }
+};
+
+/// Entries of a table ordered by where they appear, so the first mistake in the file is reported.
+std::vector<std::pair<const toml::key*, const toml::node*>> in_source_order(const toml::table& table) {
+  std::vector<std::pair<const toml::key*, const toml::node*>> entries;
+  for (const auto& [k, v] : table) entries.emplace_back(&k, &v);
+  std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+    const auto pa = a.first->source().begin, pb = b.first->source().begin;
+    return pa.line != pb.line ? pa.line < pb.line : pa.column < pb.column;
+  });
+  return entries;
+}
+
+std::string dotted(std::string_view section, std::string_view key) {
+  return std::string(section) + "." + std::string(key);
+}
+
+/// "did you mean 'x'?" for a key of `section` (or, failing that, a key of another section).
+std::string suggest_key(const Section& section, std::string_view key) {
+  std::vector<std::string_view> own;
+  for (const Key& k : section.keys) own.push_back(k.name);
+  if (auto hit = nearest(key, own)) return "did you mean '" + dotted(section.name, *hit) + "'?";
+  for (const Section& other : kSections)
+    for (const Key& k : other.keys)
+      if (k.name == key) return "did you mean '" + dotted(other.name, k.name) + "'?";
+  std::string list;
+  for (const auto name : own) list += (list.empty() ? "" : ", ") + std::string(name);
+  return "expected one of: " + list;
+}
+
+[[noreturn]] void unknown_top_level(const Reader& rd, const toml::key& key, const toml::node& node) {
+  const auto at = key.source().begin;
+  if (node.is_table()) {
+    std::vector<std::string_view> names;
+    for (const Section& s : kSections) names.push_back(s.name);
+    auto hit = nearest(key.str(), names);
+    rd.fail(at, key.str(),
+            "unknown section '[" + std::string(key.str()) + "]' (" +
+                (hit ? "did you mean '[" + *hit + "]'?" : "expected one of: " + join_quoted(names)) + ")");
+  }
+  // A bare key outside any section: suggest the section key with the nearest name.
+  std::vector<std::string> full;
+  std::vector<std::string_view> leaves;
+  for (const Section& s : kSections)
+    for (const Key& k : s.keys) {
+      full.push_back(dotted(s.name, k.name));
+      leaves.push_back(k.name);
+    }
+  std::string hint = "keys belong in a section";
+  if (auto hit = nearest(key.str(), leaves)) {
+    const auto i = std::find(leaves.begin(), leaves.end(), *hit) - leaves.begin();
+    hint += "; did you mean '" + full[static_cast<std::size_t>(i)] + "'?";
+  }
+  rd.fail(at, key.str(), "unknown key '" + std::string(key.str()) + "' (" + hint + ")");
+}
+
+Config read_document(const Reader& rd, const toml::table& root, Config c) {
+  std::map<std::string, toml::source_position> seen;  // dotted key (or section) -> where it was given
+  for (const auto& [key, node] : in_source_order(root)) {
+    const auto section = std::find_if(std::begin(kSections), std::end(kSections),
+                                      [&](const Section& s) { return s.name == key->str(); });
+    if (section == std::end(kSections)) unknown_top_level(rd, *key, *node);
+    const auto* table = node->as_table();
+    if (!table) rd.type_error(*node, key->str(), "table [" + std::string(key->str()) + "]");
+    seen[std::string(section->name)] = table->source().begin;
+    for (const auto& [k, v] : in_source_order(*table)) {
+      const std::string name = dotted(section->name, k->str());
+      const auto spec = std::find_if(section->keys.begin(), section->keys.end(),
+                                     [&](const Key& s) { return s.name == k->str(); });
+      if (spec == section->keys.end())
+        rd.fail(k->source().begin, name,
+                "unknown key '" + name + "' (" + suggest_key(*section, k->str()) + ")");
+      std::visit(ValueReader{rd, *v, name, spec->rule}, spec->ref(c));
+      seen[name] = v->source().begin;
+    }
+  }
+
+  for (const Section& section : kSections)
+    for (const Key& key : section.keys) {
+      const std::string name = dotted(section.name, key.name);
+      if (!key.rule.required || seen.count(name)) continue;
+      const auto header = seen.find(std::string(section.name));
+      rd.fail(header != seen.end() ? header->second : toml::source_position{1, 1}, name,
+              "missing required key (expected a path string, got nothing)");
+    }
+
+  if (c.train.warmup > c.train.steps) {
+    const bool given = seen.count("train.warmup");
+    const auto at = given                       ? seen["train.warmup"]
+                    : seen.count("train.steps") ? seen["train.steps"]
+                                                : seen["train"];
+    rd.fail(at, "train.warmup",
+            "out of range (expected <= train.steps = " + std::to_string(c.train.steps) + ", got " +
+                (given ? "" : "the default ") + std::to_string(c.train.warmup) + ")");
+  }
+  if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden)
+    rd.fail(
+        seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
+        "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden to be true, got all "
+        "false)");
+  return c;
+}
+
+/// Writes one value the way parse_config reads it back.
+struct ValueWriter {
+  std::string operator()(const int* v) const { return std::to_string(*v); }
+  std::string operator()(const int64_t* v) const { return std::to_string(*v); }
+  std::string operator()(const uint64_t* v) const { return std::to_string(*v); }
+  std::string operator()(const double* v) const { return format_double(*v); }
+  std::string operator()(const bool* v) const { return *v ? "true" : "false"; }
+  std::string operator()(const fs::path* v) const { return quote(v->string()); }
+  std::string operator()(const std::string* v) const { return quote(*v); }
+  template <class E>
+  std::string operator()(const E* v) const {
+    static_assert(std::is_enum_v<E>);
+    return quote(name_of(*v));
+  }
+};
+
+}  // namespace
+
+Config parse_config(std::string_view text, const fs::path& source) {
+  Reader rd;
+  rd.file = source.empty() ? std::string("<config>") : source.string();
+  std::error_code ec;
+  const fs::path abs = source.empty() ? fs::path() : fs::absolute(source, ec).lexically_normal();
+  rd.base = abs.empty() ? fs::current_path(ec) : abs.parent_path();
+
+  Config c;
+  c.source = abs;
+  const std::string stem = source.stem().empty() ? std::string("config") : source.stem().string();
+  c.run.dir = resolve(rd.base, fs::path("runs") / stem);
+  c.teacher.cache_root = resolve(rd.base, "runs/teacher-cache");
+
+  toml::table root;
+  try {
+    root = toml::parse(text, std::string_view(rd.file));
+  } catch (const toml::parse_error& e) {
+    rd.fail(e.source().begin, "syntax error", std::string(e.description()));
+  }
+  return read_document(rd, root, std::move(c));
+}
+
+Config load_config(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::error_code ec;
+  if (!in || fs::is_directory(file, ec))
+    throw ConfigError(file.string() + ": cannot open config file (expected a readable TOML file, got " +
+                      (fs::exists(file, ec) ? "an unreadable path" : "no such file") + ")");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), file);
+}
+
+std::string to_toml(const Config& config) {
+  Config copy = config;  // Key::ref hands out mutable pointers
+  std::string out;
+  for (const Section& section : kSections) {
+    out += (out.empty() ? "[" : "\n[") + std::string(section.name) + "]\n";
+    for (const Key& key : section.keys)
+      out += std::string(key.name) + " = " + std::visit(ValueWriter{}, key.ref(copy)) + "\n";
+  }
+  return out;
+}
+
+std::string_view to_string(ComputeDtype value) { return name_of(value); }
+std::string_view to_string(DataFormat value) { return name_of(value); }
+std::string_view to_string(StoreDtype value) { return name_of(value); }
+std::string_view to_string(BudgetMetric value) { return name_of(value); }
+std::string_view to_string(ExportDtype value) { return name_of(value); }
+std::string_view to_string(DistBackend value) { return name_of(value); }
+
+}  // namespace hawada

@@ -1,0 +1,52 @@
+#include "pipeline/run.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "adapters/adapter.h"
+#include "core/checkpoint.h"
+#include "core/errors.h"
+#include "core/fault.h"
+#include "core/fs.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+#include "pipeline/config.h"
+
+namespace hawada {
+
+void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mpi) {
+  const Config config = load_config(config_file);
+  const auto& proc = process_info();
+  // Each rank gets its share of the node's cores unless the config says otherwise; under mpirun,
+  // OpenMP would otherwise give every rank all cores and oversubscribe the node.
+  int threads = config.run.threads_per_rank;
+  if (threads == 0)
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, proc.local_size));
+  at::set_num_threads(threads);
+  log::info("hawada-pipeline " HAWADA_VERSION ": " + std::to_string(proc.size) + " rank(s), " +
+            std::to_string(threads) + " thread(s) per rank, config " + config.source.string());
+
+  if (mpi.rank() == 0) {
+    std::filesystem::create_directories(config.run.dir);
+    atomic_write_text(config.run.dir / "config.resolved.toml", to_toml(config));
+    log::info("resolved config written to " + (config.run.dir / "config.resolved.toml").string());
+  }
+
+  const HfCheckpoint model = with_context("loading model: ", [&] { return HfCheckpoint::open(config.model.path); });
+  const auto config_json = config.model.path / "config.json";
+  const ArchSummary arch = adapter_for(model.config(), config_json).summarize(model.config(), config_json);
+  log::info("model " + arch.architecture + ": " + std::to_string(arch.layers) + " layers, hidden " +
+            std::to_string(arch.hidden) + ", " + std::to_string(arch.heads) + " heads, " +
+            std::to_string(model.total_numel()) + " parameters in " + std::to_string(model.weight_files().size()) +
+            " weight file(s)");
+  fault_point("run.after_model");
+
+  // Every rank reaches this point or the job is aborted by main: no rank goes on alone.
+  HAWADA_CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
+  log::info("no pipeline stage is implemented in this version yet: the config and the model were validated");
+}
+
+}  // namespace hawada
