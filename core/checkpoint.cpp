@@ -130,6 +130,11 @@ at::Tensor HfCheckpoint::tensor(std::string_view name) const {
   return readers_[where_.find(std::string(name))->second]->tensor(name);
 }
 
+const uint8_t* HfCheckpoint::bytes(std::string_view name) const {
+  const auto& t = info(name);
+  return readers_[where_.find(std::string(name))->second]->bytes(t);
+}
+
 uint64_t HfCheckpoint::total_numel() const {
   uint64_t n = 0;
   for (const auto& r : readers_)

@@ -39,6 +39,8 @@ class HfCheckpoint {
   const safetensors::TensorInfo& info(std::string_view name) const;
   /// The tensor in its stored dtype, zero-copy over the mapping.
   at::Tensor tensor(std::string_view name) const;
+  /// The tensor's stored bytes inside the mapping (info(name).nbytes() of them).
+  const uint8_t* bytes(std::string_view name) const;
   /// Sum of the stored tensors' element counts and bytes.
   uint64_t total_numel() const;
   uint64_t total_bytes() const;

@@ -68,7 +68,9 @@ TEST(Safetensors, RoundTripEveryDtypeWithoutCopies) {
     EXPECT_TRUE(same_bytes(back, nt.tensor)) << nt.name;
     const auto& info = reader.info(nt.name);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(reader.bytes(info)) % dtype_size(info.dtype), 0u) << nt.name;
-    if (back.numel() > 0) EXPECT_EQ(back.data_ptr(), reader.bytes(info)) << nt.name << " was copied";
+    if (back.numel() > 0) {
+      EXPECT_EQ(back.data_ptr(), reader.bytes(info)) << nt.name << " was copied";
+    }
   }
 }
 
@@ -179,6 +181,9 @@ std::vector<RefusalCase> refusal_cases() {
        {"tensor 'w'", "non-negative"}},
   };
 }
+
+// Names the case in gtest output instead of dumping its bytes.
+void PrintTo(const RefusalCase& c, std::ostream* os) { *os << c.name; }
 
 class Refusal : public ::testing::TestWithParam<RefusalCase> {};
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# README command 1: set up whatever is missing, make the self-contained demo model and data, and run
+# the pipeline on it under `mpirun -np 2`.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "$repo/launch/setup.sh"
+build=${HAWADA_BUILD_DIR:-$repo/build}
+cli=$build/pipeline/hawada-pipeline
+if [ ! -f "$repo/demo/tiny-llama/config.json" ]; then
+  printf '\n== making the demo model and tokens in demo/ (transformers, random weights)\n'
+  "$repo/.venv/bin/python" "$repo/launch/make_tiny_llama.py" "$repo/demo" --hidden 64 --layers 4 --heads 8 \
+    --kv-heads 2 --ffn 256 --vocab 512 --tokens 8192
+fi
+printf '\n== the demo model\n'
+"$cli" inspect "$repo/demo/tiny-llama"
+root_flags=(); [ "$(id -u)" -ne 0 ] || root_flags=(--allow-run-as-root)
+printf '\n== mpirun -np 2 hawada-pipeline configs/demo.toml\n'
+mpirun "${root_flags[@]}" -np 2 "$cli" "$repo/configs/demo.toml"
+printf '\n== done: run directory %s\n' "$repo/runs/demo"
