@@ -79,5 +79,12 @@ std::string string(const nlohmann::json& config, const char* key, const std::fil
   return it->get<std::string>();
 }
 
+double number(const nlohmann::json& config, const char* key, const std::filesystem::path& file, double fallback) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (!it->is_number()) fail(file, key, "expected a number, got " + it->dump());
+  return it->get<double>();
+}
+
 }  // namespace config_field
 }  // namespace hawada

@@ -9,11 +9,24 @@
 #include <string_view>
 #include <vector>
 
+#include <memory>
+#include <optional>
+
+#include <ATen/core/Tensor.h>
 #include <nlohmann/json_fwd.hpp>
+
+#include "adapters/model.h"
 
 namespace hawada {
 
 class HfCheckpoint;
+
+/// How to load a model's weights.
+struct LoadOptions {
+  /// Compute dtype: weights stored in another dtype are converted; none keeps the stored dtype (no copies).
+  std::optional<at::ScalarType> dtype = at::kFloat;
+  at::Device device = at::kCPU;
+};
 
 /// The shape of a model as its config.json describes it.
 struct ArchSummary {
@@ -41,6 +54,9 @@ class ModelAdapter {
   /// Reads the architecture from config.json; CheckpointError naming the file and key when a
   /// field is missing, mistyped or inconsistent.
   virtual ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const = 0;
+  /// Loads the model: checks every weight the config implies (present, shape, no unexpected ones)
+  /// and throws CheckpointError naming the tensor with expected and got.
+  virtual std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const = 0;
 };
 
 /// The adapter for config["model_type"]; CheckpointError listing the supported types otherwise.
@@ -56,6 +72,8 @@ int64_t integer(const nlohmann::json& config, const char* key, const std::filesy
 bool boolean(const nlohmann::json& config, const char* key, const std::filesystem::path& file, bool fallback);
 std::string string(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
                    const std::string& fallback);
+/// A number (integer or float) field; `fallback` when absent.
+double number(const nlohmann::json& config, const char* key, const std::filesystem::path& file, double fallback);
 }  // namespace config_field
 
 }  // namespace hawada

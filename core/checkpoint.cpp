@@ -111,6 +111,23 @@ HfCheckpoint HfCheckpoint::open(const fs::path& dir) {
   return c;
 }
 
+void export_keep_all(const HfCheckpoint& source, const fs::path& out_dir, std::optional<uint64_t> max_shard_bytes) {
+  std::vector<safetensors::NamedTensor> tensors;
+  for (const auto& name : source.tensor_names()) tensors.push_back({name, source.tensor(name)});
+  publish_directory(out_dir, [&](const fs::path& tmp) {
+    copy_file_synced(source.dir() / "config.json", tmp / "config.json");
+    for (const auto& f : source.side_files()) copy_file_synced(source.dir() / f, tmp / f);
+    if (max_shard_bytes || !source.sharded()) {
+      safetensors::write_model_weights(tmp, tensors, max_shard_bytes.value_or(UINT64_MAX));
+      return;
+    }
+    // Same shards as the source: each tensor goes back to the file it came from.
+    std::vector<size_t> shard_of;
+    for (const auto& t : tensors) shard_of.push_back(source.where_file(t.name));
+    safetensors::write_sharded_weights(tmp, tensors, shard_of, source.weight_files());
+  });
+}
+
 std::vector<std::string> HfCheckpoint::tensor_names() const {
   std::vector<std::string> out;
   out.reserve(where_.size());
@@ -128,6 +145,11 @@ const safetensors::TensorInfo& HfCheckpoint::info(std::string_view name) const {
 at::Tensor HfCheckpoint::tensor(std::string_view name) const {
   info(name);  // throws naming the directory when absent
   return readers_[where_.find(std::string(name))->second]->tensor(name);
+}
+
+size_t HfCheckpoint::where_file(std::string_view name) const {
+  info(name);  // throws naming the directory when absent
+  return where_.find(std::string(name))->second;
 }
 
 const uint8_t* HfCheckpoint::bytes(std::string_view name) const {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,8 @@ class HfCheckpoint {
   const safetensors::TensorInfo& info(std::string_view name) const;
   /// The tensor in its stored dtype, zero-copy over the mapping.
   at::Tensor tensor(std::string_view name) const;
+  /// Index into weight_files() of the file holding `name`.
+  size_t where_file(std::string_view name) const;
   /// The tensor's stored bytes inside the mapping (info(name).nbytes() of them).
   const uint8_t* bytes(std::string_view name) const;
   /// Sum of the stored tensors' element counts and bytes.
@@ -54,6 +57,13 @@ class HfCheckpoint {
   std::vector<std::shared_ptr<safetensors::Reader>> readers_;
   std::map<std::string, size_t> where_;  // tensor name -> reader
 };
+
+/// Keep-all export: a new model directory whose tensors are byte-identical to `source`'s, with
+/// config.json and the side files copied unchanged. Sharded like the source unless max_shard_bytes
+/// is given (then split at that size, single file when everything fits). Published atomically;
+/// refuses an existing `out_dir`.
+void export_keep_all(const HfCheckpoint& source, const std::filesystem::path& out_dir,
+                     std::optional<uint64_t> max_shard_bytes = std::nullopt);
 
 /// Parses a JSON file; CheckpointError naming the file on a syntax error.
 nlohmann::json read_json_file(const std::filesystem::path& path);

@@ -84,6 +84,33 @@ void atomic_write_text(const std::filesystem::path& final_path, std::string_view
   atomic_write(final_path, [&](OutputFile& out) { out.write(text.data(), text.size()); });
 }
 
+void copy_file_synced(const std::filesystem::path& from, const std::filesystem::path& to) {
+  const std::string bytes = read_text_file(from);
+  OutputFile out(to);
+  out.write(bytes.data(), bytes.size());
+  out.sync();
+}
+
+void publish_directory(const std::filesystem::path& final_dir,
+                       const std::function<void(const std::filesystem::path& tmp_dir)>& fill) {
+  if (std::filesystem::exists(final_dir))
+    throw IoError("'" + final_dir.string() + "' already exists; refusing to replace it");
+  const auto parent = final_dir.parent_path().empty() ? std::filesystem::path(".") : final_dir.parent_path();
+  std::filesystem::create_directories(parent);
+  const auto tmp = temp_sibling(final_dir);
+  try {
+    std::filesystem::create_directory(tmp);
+    fill(tmp);
+    sync_directory(tmp);
+    if (::rename(tmp.c_str(), final_dir.c_str()) != 0) io_fail("cannot rename into", final_dir);
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove_all(tmp, ignored);
+    throw;
+  }
+  sync_directory(parent);
+}
+
 std::string read_text_file(const std::filesystem::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) io_fail("cannot open", path);

@@ -41,6 +41,15 @@ void atomic_write(const std::filesystem::path& final_path, const std::function<v
 void atomic_write_text(const std::filesystem::path& final_path, std::string_view text);
 /// fsync of a directory, so a rename inside it is durable.
 void sync_directory(const std::filesystem::path& dir);
+/// Copies a file's bytes to `to` (created or truncated) and syncs it.
+void copy_file_synced(const std::filesystem::path& from, const std::filesystem::path& to);
+
+/// Builds a directory under a temporary sibling name and publishes it by rename: `final_dir` either
+/// does not exist or is complete. Refuses (IoError) when `final_dir` already exists, so nothing
+/// written earlier is replaced. On an exception the temporary directory is removed.
+void publish_directory(const std::filesystem::path& final_dir,
+                       const std::function<void(const std::filesystem::path& tmp_dir)>& fill);
+
 /// Whole file as a string; IoError naming the file when it cannot be read.
 std::string read_text_file(const std::filesystem::path& path);
 

@@ -90,6 +90,24 @@ void write_file(const std::filesystem::path& path, const std::vector<NamedTensor
   });
 }
 
+void write_sharded_weights(const std::filesystem::path& dir, const std::vector<NamedTensor>& tensors,
+                           const std::vector<size_t>& shard_of, const std::vector<std::string>& file_names) {
+  HAWADA_ASSERT(shard_of.size() == tensors.size(), "one shard number per tensor");
+  std::vector<std::vector<NamedTensor>> shards(file_names.size());
+  ShardIndex index;
+  uint64_t total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    HAWADA_ASSERT(shard_of[i] < file_names.size(), "shard number out of range");
+    shards[shard_of[i]].push_back(tensors[i]);
+    index.weight_map[tensors[i].name] = file_names[shard_of[i]];
+    total += static_cast<uint64_t>(tensors[i].tensor.numel()) * tensors[i].tensor.element_size();
+  }
+  index.total_size = total;
+  for (size_t s = 0; s < file_names.size(); ++s) write_file(dir / file_names[s], shards[s]);
+  // The index goes last: a reader never sees an index naming a shard that is not there yet.
+  atomic_write_text(dir / "model.safetensors.index.json", index_to_json(index));
+}
+
 std::vector<std::string> write_model_weights(const std::filesystem::path& dir, const std::vector<NamedTensor>& tensors,
                                              uint64_t max_shard_bytes, bool force_index) {
   std::vector<uint64_t> sizes;
@@ -101,22 +119,9 @@ std::vector<std::string> write_model_weights(const std::filesystem::path& dir, c
     write_file(dir / "model.safetensors", tensors);
     return {"model.safetensors"};
   }
-  std::vector<std::vector<NamedTensor>> shards(count);
-  ShardIndex index;
-  uint64_t total = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    shards[shard_of[i]].push_back(tensors[i]);
-    index.weight_map[tensors[i].name] = shard_file_name(shard_of[i] + 1, count);
-    total += sizes[i];
-  }
-  index.total_size = total;
   std::vector<std::string> files;
-  for (size_t s = 0; s < count; ++s) {
-    files.push_back(shard_file_name(s + 1, count));
-    write_file(dir / files.back(), shards[s]);
-  }
-  // The index goes last: a reader never sees an index naming a shard that is not there yet.
-  atomic_write_text(dir / "model.safetensors.index.json", index_to_json(index));
+  for (size_t s = 0; s < count; ++s) files.push_back(shard_file_name(s + 1, count));
+  write_sharded_weights(dir, tensors, shard_of, files);
   files.push_back("model.safetensors.index.json");
   return files;
 }

@@ -54,6 +54,11 @@ struct NamedTensor {
 void write_file(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
                 const std::map<std::string, std::string>& metadata = {});
 
+/// Writes `tensors` into the shard files `file_names` (tensor i goes to file_names[shard_of[i]]) and
+/// then "model.safetensors.index.json" naming them.
+void write_sharded_weights(const std::filesystem::path& dir, const std::vector<NamedTensor>& tensors,
+                           const std::vector<size_t>& shard_of, const std::vector<std::string>& file_names);
+
 /// Writes a model's weights into `dir` like transformers: one "model.safetensors" when everything
 /// fits in max_shard_bytes (and force_index is false), else shards "model-0000i-of-0000n.safetensors"
 /// plus "model.safetensors.index.json". Returns the file names written.

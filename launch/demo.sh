@@ -8,7 +8,7 @@ build=${HAWADA_BUILD_DIR:-$repo/build}
 cli=$build/pipeline/hawada-pipeline
 if [ ! -f "$repo/demo/tiny-llama/config.json" ]; then
   printf '\n== making the demo model and tokens in demo/ (transformers, random weights)\n'
-  "$repo/.venv/bin/python" "$repo/launch/make_tiny_llama.py" "$repo/demo" --hidden 64 --layers 4 --heads 8 \
+  "$repo/.venv/bin/python" "$repo/launch/make_tiny_models.py" "$repo/demo" --hidden 64 --layers 4 --heads 8 \
     --kv-heads 2 --ffn 256 --vocab 512 --tokens 8192
 fi
 printf '\n== the demo model\n'

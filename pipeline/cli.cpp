@@ -5,6 +5,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@
 #include "core/process.h"
 #include "core/text.h"
 #include "pipeline/config.h"
+#include "pipeline/forward.h"
 #include "pipeline/inspect.h"
 #include "pipeline/run.h"
 
@@ -29,19 +31,46 @@ Usage:
   hawada-pipeline run CONFIG.toml               run the pipeline (one process, or under mpirun/srun)
   hawada-pipeline validate CONFIG.toml          check a config and print it resolved (defaults, absolute paths)
   hawada-pipeline inspect MODEL_DIR [--json]    architecture, counts, parameters, dtype and files of a model
+  hawada-pipeline forward MODEL_DIR --inputs IN.safetensors --output OUT.safetensors [--dtype fp32|bf16] [--threads N]
+                                                run the model: IN holds input_ids (+ attention_mask) or pixel_values;
+                                                OUT gets logits (a bare ViTModel: last_hidden_state, pooler_output)
+  hawada-pipeline export --keep-all MODEL_DIR OUT_DIR [--max-shard-size BYTES]
+                                                copy a model unchanged (byte-identical tensors), atomically
   hawada-pipeline --help | --version
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or config error.
 )";
 
-const std::vector<std::string_view> kCommands = {"run", "validate", "inspect", "help"};
+const std::vector<std::string_view> kCommands = {"run", "validate", "inspect", "forward", "export", "help"};
+// Options that take a value (`--name VALUE` or `--name=VALUE`).
+const std::vector<std::string_view> kValueOptions = {"--inputs", "--output", "--dtype", "--threads", "--max-shard-size"};
 
 struct Args {
   std::string command;
   std::vector<std::string> positional;
-  std::vector<std::string> flags;
+  std::vector<std::string> flags;            // every option given, by name
+  std::map<std::string, std::string> values;  // options that took a value
   bool has(const std::string& f) const { return std::find(flags.begin(), flags.end(), f) != flags.end(); }
+  std::string value(const std::string& name, const std::string& fallback) const {
+    auto it = values.find(name);
+    return it == values.end() ? fallback : it->second;
+  }
+  std::string required(const std::string& name) const {
+    auto it = values.find(name);
+    if (it == values.end()) throw UsageError("`" + command + "` needs " + name + " VALUE");
+    return it->second;
+  }
 };
+
+int64_t parse_count(const std::string& option, const std::string& text) {
+  try {
+    size_t used = 0;
+    long long v = std::stoll(text, &used);
+    if (used == text.size() && v >= 0) return v;
+  } catch (const std::exception&) {
+  }
+  throw UsageError(option + " expects a non-negative integer, got '" + text + "'");
+}
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -65,7 +94,23 @@ Args parse_args(int argc, char** argv) {
     if (auto near = nearest(first, kCommands)) hint = " (did you mean '" + *near + "'?)";
     throw UsageError("unknown command '" + first + "'" + hint + "; see `hawada-pipeline --help`");
   }
-  for (; i < rest.size(); ++i) (rest[i].starts_with("--") ? a.flags : a.positional).push_back(rest[i]);
+  for (; i < rest.size(); ++i) {
+    std::string arg = rest[i];
+    if (!arg.starts_with("--")) {
+      a.positional.push_back(arg);
+      continue;
+    }
+    std::optional<std::string> value;
+    if (auto eq = arg.find('='); eq != std::string::npos) value = arg.substr(eq + 1), arg = arg.substr(0, eq);
+    const bool takes_value = std::find(kValueOptions.begin(), kValueOptions.end(), arg) != kValueOptions.end();
+    if (takes_value && !value) {
+      if (i + 1 >= rest.size()) throw UsageError("option " + arg + " needs a value");
+      value = rest[++i];
+    }
+    if (value && !takes_value) throw UsageError("option " + arg + " takes no value");
+    a.flags.push_back(arg);
+    if (value) a.values[arg] = *value;
+  }
   return a;
 }
 
@@ -100,6 +145,27 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
   if (a.command == "inspect") {
     expect_args(a, 1, {"--json"}, "hawada-pipeline inspect MODEL_DIR [--json]");
     std::cout << inspect_model(a.positional[0], a.has("--json"));
+    return kExitOk;
+  }
+  if (a.command == "forward") {
+    const char* synopsis =
+        "hawada-pipeline forward MODEL_DIR --inputs IN.safetensors --output OUT.safetensors [--dtype fp32|bf16] "
+        "[--threads N]";
+    expect_args(a, 1, {"--inputs", "--output", "--dtype", "--threads"}, synopsis);
+    forward_command(a.positional[0], a.required("--inputs"), a.required("--output"), a.value("--dtype", "fp32"),
+                    static_cast<int>(parse_count("--threads", a.value("--threads", "0"))));
+    return kExitOk;
+  }
+  if (a.command == "export") {
+    const char* synopsis = "hawada-pipeline export --keep-all MODEL_DIR OUT_DIR [--max-shard-size BYTES]";
+    expect_args(a, 2, {"--keep-all", "--max-shard-size"}, synopsis);
+    if (!a.has("--keep-all"))
+      throw UsageError("`export` on its own exports keep-all only (pruned exports come from `run`); usage: " +
+                       std::string(synopsis));
+    std::optional<uint64_t> max_shard;
+    if (a.values.count("--max-shard-size"))
+      max_shard = static_cast<uint64_t>(parse_count("--max-shard-size", a.values.at("--max-shard-size")));
+    export_keep_all_command(a.positional[0], a.positional[1], max_shard);
     return kExitOk;
   }
   HAWADA_ASSERT(a.command == "run", "unhandled command " + a.command);

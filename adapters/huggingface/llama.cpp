@@ -1,13 +1,220 @@
 #include "adapters/huggingface/llama.h"
 
+#include <ATen/ATen.h>
+
+#include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "adapters/layers.h"
+#include "adapters/weights.h"
+#include "core/checkpoint.h"
 #include "core/errors.h"
 
 namespace hawada {
+namespace {
+
+namespace cf = config_field;
+
+// Hugging Face weight names of LlamaForCausalLM, in one table.
+struct LlamaNames {
+  static constexpr const char* embed = "model.embed_tokens.weight";
+  static constexpr const char* final_norm = "model.norm.weight";
+  static constexpr const char* lm_head = "lm_head.weight";
+  static constexpr const char* attn_norm = "model.layers.%d.input_layernorm.weight";
+  static constexpr const char* mlp_norm = "model.layers.%d.post_attention_layernorm.weight";
+  static constexpr const char* proj[] = {"model.layers.%d.self_attn.q_proj", "model.layers.%d.self_attn.k_proj",
+                                         "model.layers.%d.self_attn.v_proj", "model.layers.%d.self_attn.o_proj",
+                                         "model.layers.%d.mlp.gate_proj",    "model.layers.%d.mlp.up_proj",
+                                         "model.layers.%d.mlp.down_proj"};
+  // Buffers that older transformers versions saved; they are recomputed, never read.
+  static constexpr const char* rotary_inv_freq = "model.layers.%d.self_attn.rotary_emb.inv_freq";
+};
+enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
+
+struct Linear {
+  at::Tensor weight, bias;
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+};
+
+struct LlamaLayer {
+  at::Tensor attn_norm, mlp_norm;
+  Linear proj[7];
+};
+
+// RoPE settings from v5 `rope_parameters` or the legacy `rope_scaling` + `rope_theta`.
+struct Rope {
+  std::string type = "default";
+  double theta = 10000.0;
+  double factor = 1, low_freq_factor = 1, high_freq_factor = 4, original_max_positions = 8192;
+};
+
+Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) {
+  Rope r;
+  r.theta = cf::number(config, "rope_theta", file, r.theta);
+  const nlohmann::json* p = nullptr;
+  if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object()) p = &*it;
+  else if (auto it2 = config.find("rope_scaling"); it2 != config.end() && it2->is_object()) p = &*it2;
+  if (!p) return r;
+  r.theta = cf::number(*p, "rope_theta", file, r.theta);
+  r.type = cf::string(*p, "rope_type", file, cf::string(*p, "type", file, "default"));
+  if (r.type == "default") return r;
+  if (r.type != "llama3")
+    throw CheckpointError("'" + file.string() + "': rope type '" + r.type +
+                          "' is not supported (supported: default, llama3)");
+  const double max_pos = cf::number(config, "max_position_embeddings", file, 8192);
+  r.factor = cf::number(*p, "factor", file, 8);
+  r.low_freq_factor = cf::number(*p, "low_freq_factor", file, 1);
+  r.high_freq_factor = cf::number(*p, "high_freq_factor", file, 4);
+  r.original_max_positions = cf::number(*p, "original_max_position_embeddings", file, max_pos);
+  return r;
+}
+
+// inv_freq exactly as transformers computes it (fp32, same operation order).
+at::Tensor inverse_frequencies(const Rope& r, int64_t head_dim) {
+  at::Tensor exponent = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
+                        static_cast<double>(head_dim);
+  at::Tensor inv_freq = 1.0 / at::pow(r.theta, exponent);
+  if (r.type != "llama3") return inv_freq;
+  const double low_wavelen = r.original_max_positions / r.low_freq_factor;
+  const double high_wavelen = r.original_max_positions / r.high_freq_factor;
+  at::Tensor wavelen = 2 * M_PI / inv_freq;
+  at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / r.factor, inv_freq);
+  at::Tensor smooth = (r.original_max_positions / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+  at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+  at::Tensor medium = at::logical_not(wavelen < high_wavelen) & at::logical_not(wavelen > low_wavelen);
+  return at::where(medium, smoothed, scaled);
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
+}
+
+class LlamaModel final : public Model {
+ public:
+  LlamaModel(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file,
+             const HfCheckpoint& ckpt, const LoadOptions& options)
+      : arch_(arch) {
+    eps_ = cf::number(config, "rms_norm_eps", file, 1e-6);
+    const std::string act = cf::string(config, "hidden_act", file, "silu");
+    if (act != "silu")
+      throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: silu)");
+    const bool attn_bias = cf::boolean(config, "attention_bias", file, false);
+    const bool mlp_bias = cf::boolean(config, "mlp_bias", file, false);
+    inv_freq_ = inverse_frequencies(read_rope(config, file), arch.head_dim).to(options.device);
+
+    WeightLoader w(ckpt, options);
+    const int64_t h = arch.hidden, q = arch.heads * arch.head_dim, kv = arch.kv_heads * arch.head_dim, f = arch.ffn;
+    embed_ = w.get(LlamaNames::embed, {arch.vocab_size, h});
+    final_norm_ = w.get(LlamaNames::final_norm, {h});
+    if (arch.tied_embeddings) {
+      lm_head_ = embed_;
+      if (w.has(LlamaNames::lm_head)) w.ignore(LlamaNames::lm_head);
+    } else {
+      lm_head_ = w.get(LlamaNames::lm_head, {arch.vocab_size, h});
+    }
+    const std::vector<int64_t> out_in[7] = {{q, h}, {kv, h}, {kv, h}, {h, q}, {f, h}, {f, h}, {h, f}};
+    for (int64_t i = 0; i < arch.layers; ++i) {
+      LlamaLayer layer;
+      layer.attn_norm = w.get(layer_name(LlamaNames::attn_norm, i), {h});
+      layer.mlp_norm = w.get(layer_name(LlamaNames::mlp_norm, i), {h});
+      for (int p = 0; p < 7; ++p) {
+        const std::string base = layer_name(LlamaNames::proj[p], i);
+        const bool bias = p <= kO ? attn_bias : mlp_bias;
+        layer.proj[p].weight = w.get(base + ".weight", out_in[p]);
+        layer.proj[p].bias = w.get_if(bias, base + ".bias", {out_in[p][0]});
+      }
+      if (w.has(layer_name(LlamaNames::rotary_inv_freq, i))) w.ignore(layer_name(LlamaNames::rotary_inv_freq, i));
+      layers_.push_back(std::move(layer));
+    }
+    w.finish();
+    dtype_ = embed_.scalar_type();
+  }
+
+  at::Tensor logits(const Batch& batch, const GateValues* gates) const override {
+    return at::linear(hidden_states(batch, gates), lm_head_);
+  }
+
+  GateShape gate_shape() const override { return {arch_.layers, arch_.heads, arch_.ffn, arch_.hidden}; }
+  at::ScalarType dtype() const override { return dtype_; }
+
+ private:
+  at::Tensor hidden_states(const Batch& batch, const GateValues* gates) const {
+    const at::Tensor& ids = batch.input_ids;
+    check_inputs(batch);
+    const int64_t B = ids.size(0), L = ids.size(1);
+    const at::Tensor hidden_gate = gates ? gates->hidden : at::Tensor();
+
+    // RoPE tables for positions 0..L-1 (transformers uses cache positions, not the padding mask).
+    at::Tensor positions = at::arange(L, at::TensorOptions().dtype(at::kFloat).device(ids.device()));
+    at::Tensor freqs = positions.unsqueeze(-1) * inv_freq_;
+    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    const at::Tensor cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);
+
+    at::Tensor mask;  // undefined: plain causal attention
+    if (batch.attention_mask.defined()) {
+      at::Tensor keys = batch.attention_mask.to(at::kBool);
+      if (!keys.all().item<bool>()) {
+        at::Tensor causal = at::ones({L, L}, at::TensorOptions().dtype(at::kBool).device(ids.device())).tril();
+        mask = causal.unsqueeze(0) & keys.unsqueeze(1);
+        // A padded query row that sees no key would give NaN and poison nothing but itself; let it see
+        // itself so every value stays finite (its logits are meaningless either way).
+        mask = mask | at::eye(L, at::TensorOptions().dtype(at::kBool).device(ids.device())).unsqueeze(0);
+        mask = mask.unsqueeze(1);  // [B, 1, L, L]
+      }
+    }
+
+    at::Tensor x = layers::gate_last_dim(at::embedding(embed_, ids), hidden_gate);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
+    for (int64_t i = 0; i < arch_.layers; ++i) {
+      const LlamaLayer& l = layers_[static_cast<size_t>(i)];
+      at::Tensor hs = layers::rms_norm(x, l.attn_norm, eps_, hidden_gate);
+      at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim}).transpose(1, 2);
+      at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
+      at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
+      q = q * cos + rotate_half(q) * sin;
+      k = k * cos + rotate_half(k) * sin;
+      at::Tensor a = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, /*is_causal=*/!mask.defined(), scale,
+                                                      /*enable_gqa=*/arch_.kv_heads != arch_.heads);
+      if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
+      a = a.transpose(1, 2).reshape({B, L, arch_.heads * arch_.head_dim});
+      x = x + layers::gate_last_dim(l.proj[kO](a), hidden_gate);
+
+      hs = layers::rms_norm(x, l.mlp_norm, eps_, hidden_gate);
+      at::Tensor m = at::silu(l.proj[kGate](hs)) * l.proj[kUp](hs);
+      if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
+      x = x + layers::gate_last_dim(l.proj[kDown](m), hidden_gate);
+    }
+    return layers::rms_norm(x, final_norm_, eps_, hidden_gate);
+  }
+
+  void check_inputs(const Batch& batch) const {
+    const at::Tensor& ids = batch.input_ids;
+    if (!ids.defined() || ids.dim() != 2 || ids.scalar_type() != at::kLong)
+      throw DataError("input_ids must be int64 [batch, seq_len], got " +
+                      (ids.defined() ? std::string(c10::toString(ids.scalar_type())) + " " + c10::str(ids.sizes())
+                                     : std::string("nothing")));
+    if (ids.numel() > 0) {
+      const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+      if (lo < 0 || hi >= arch_.vocab_size)
+        throw DataError("input_ids holds token id " + std::to_string(lo < 0 ? lo : hi) +
+                        " outside the vocabulary [0, " + std::to_string(arch_.vocab_size) + ")");
+    }
+    const at::Tensor& m = batch.attention_mask;
+    if (m.defined() && m.sizes() != ids.sizes())
+      throw DataError("attention_mask has shape " + c10::str(m.sizes()) + ", input_ids has " + c10::str(ids.sizes()));
+  }
+
+  ArchSummary arch_;
+  at::ScalarType dtype_ = at::kFloat;
+  double eps_ = 1e-6;
+  at::Tensor inv_freq_, embed_, final_norm_, lm_head_;
+  std::vector<LlamaLayer> layers_;
+};
+
+}  // namespace
 
 ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::filesystem::path& file) const {
-  namespace cf = config_field;
   ArchSummary s;
   s.model_type = "llama";
   s.architecture = "LlamaForCausalLM";
@@ -26,7 +233,14 @@ ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::fil
   if (s.heads % s.kv_heads != 0)
     throw CheckpointError("'" + file.string() + "': num_attention_heads " + std::to_string(s.heads) +
                           " is not a multiple of num_key_value_heads " + std::to_string(s.kv_heads));
+  if (s.head_dim % 2 != 0)
+    throw CheckpointError("'" + file.string() + "': head_dim " + std::to_string(s.head_dim) + " must be even (RoPE)");
   return s;
+}
+
+std::unique_ptr<Model> LlamaAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
+  const auto file = ckpt.dir() / "config.json";
+  return std::make_unique<LlamaModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options);
 }
 
 }  // namespace hawada

@@ -10,6 +10,7 @@ class LlamaAdapter final : public ModelAdapter {
  public:
   std::string_view model_type() const override { return "llama"; }
   ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;
+  std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const override;
 };
 
 }  // namespace hawada

@@ -1,13 +1,161 @@
 #include "adapters/huggingface/vit.h"
 
+#include <ATen/ATen.h>
+
+#include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "adapters/layers.h"
+#include "adapters/weights.h"
+#include "core/checkpoint.h"
 #include "core/errors.h"
 
 namespace hawada {
+namespace {
+
+namespace cf = config_field;
+
+// Hugging Face weight names of ViT as save_pretrained writes them (transformers 4.x and 5.x alike),
+// relative to the "vit." prefix of ViTForImageClassification (a bare ViTModel has no prefix).
+struct VitNames {
+  static constexpr const char* cls_token = "embeddings.cls_token";
+  static constexpr const char* position = "embeddings.position_embeddings";
+  static constexpr const char* patch = "embeddings.patch_embeddings.projection";
+  static constexpr const char* mask_token = "embeddings.mask_token";
+  static constexpr const char* norm_before = "encoder.layer.%d.layernorm_before";
+  static constexpr const char* norm_after = "encoder.layer.%d.layernorm_after";
+  static constexpr const char* proj[] = {"encoder.layer.%d.attention.attention.query",
+                                         "encoder.layer.%d.attention.attention.key",
+                                         "encoder.layer.%d.attention.attention.value",
+                                         "encoder.layer.%d.attention.output.dense",
+                                         "encoder.layer.%d.intermediate.dense", "encoder.layer.%d.output.dense"};
+  static constexpr const char* final_norm = "layernorm";
+  static constexpr const char* pooler = "pooler.dense";
+  static constexpr const char* classifier = "classifier";  // no prefix
+};
+enum Proj { kQ, kK, kV, kO, kFc1, kFc2 };
+
+struct Affine {
+  at::Tensor weight, bias;
+};
+
+struct VitLayer {
+  Affine norm_before, norm_after, proj[6];
+};
+
+class VitModel final : public Model {
+ public:
+  VitModel(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file,
+           const HfCheckpoint& ckpt, const LoadOptions& options)
+      : arch_(arch) {
+    eps_ = cf::number(config, "layer_norm_eps", file, 1e-12);
+    const std::string act = cf::string(config, "hidden_act", file, "gelu");
+    if (act != "gelu")
+      throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: gelu)");
+    const bool qkv_bias = cf::boolean(config, "qkv_bias", file, true);
+    const int64_t rgb = 3;
+    channels_ = cf::integer(config, "num_channels", file, &rgb);
+
+    WeightLoader w(ckpt, options);
+    const std::string p = w.has(std::string("vit.") + VitNames::cls_token) ? "vit." : "";
+    const int64_t h = arch.hidden, f = arch.ffn, grid = arch.image_size / arch.patch_size;
+    auto affine = [&](const std::string& base, std::vector<int64_t> shape, bool bias) {
+      return Affine{w.get(base + ".weight", shape), w.get_if(bias, base + ".bias", {shape[0]})};
+    };
+    cls_token_ = w.get(p + VitNames::cls_token, {1, 1, h});
+    position_ = w.get(p + VitNames::position, {1, grid * grid + 1, h});
+    patch_ = affine(p + VitNames::patch, {h, channels_, arch.patch_size, arch.patch_size}, true);
+    if (w.has(p + VitNames::mask_token)) w.ignore(p + VitNames::mask_token);
+    const std::vector<int64_t> shapes[6] = {{h, h}, {h, h}, {h, h}, {h, h}, {f, h}, {h, f}};
+    for (int64_t i = 0; i < arch.layers; ++i) {
+      VitLayer l;
+      l.norm_before = affine(layer_name((p + VitNames::norm_before).c_str(), i), {h}, true);
+      l.norm_after = affine(layer_name((p + VitNames::norm_after).c_str(), i), {h}, true);
+      for (int k = 0; k < 6; ++k)
+        l.proj[k] = affine(layer_name((p + VitNames::proj[k]).c_str(), i), shapes[k], k > kV || qkv_bias);
+      layers_.push_back(std::move(l));
+    }
+    final_norm_ = affine(p + VitNames::final_norm, {h}, true);
+    if (arch.architecture == "ViTForImageClassification") {
+      classifier_ = affine(VitNames::classifier, {arch.num_labels, h}, true);
+    } else if (w.has(p + VitNames::pooler + std::string(".weight"))) {
+      const int64_t pooled = cf::integer(config, "pooler_output_size", file, &h);
+      pooler_ = affine(p + VitNames::pooler, {pooled, h}, true);
+    }
+    w.finish();
+    dtype_ = cls_token_.scalar_type();
+  }
+
+  at::Tensor logits(const Batch& batch, const GateValues* gates) const override {
+    if (!classifier_.weight.defined())
+      throw CheckpointError(arch_.architecture + " has no classifier: its outputs are last_hidden_state" +
+                            std::string(pooler_.weight.defined() ? " and pooler_output" : ""));
+    const at::Tensor x = encode(batch, gates);
+    return at::linear(x.select(1, 0), classifier_.weight, classifier_.bias);
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> outputs(const Batch& batch, const GateValues* gates) const override {
+    if (classifier_.weight.defined()) return {{"logits", logits(batch, gates)}};
+    const at::Tensor x = encode(batch, gates);
+    std::vector<std::pair<std::string, at::Tensor>> out{{"last_hidden_state", x}};
+    if (pooler_.weight.defined())
+      out.emplace_back("pooler_output", at::tanh(at::linear(x.select(1, 0), pooler_.weight, pooler_.bias)));
+    return out;
+  }
+
+  GateShape gate_shape() const override { return {arch_.layers, arch_.heads, arch_.ffn, arch_.hidden}; }
+  at::ScalarType dtype() const override { return dtype_; }
+
+ private:
+  at::Tensor encode(const Batch& batch, const GateValues* gates) const {
+    const at::Tensor& pixels = batch.pixel_values;
+    if (!pixels.defined() || pixels.dim() != 4 || pixels.size(1) != channels_ || pixels.size(2) != arch_.image_size ||
+        pixels.size(3) != arch_.image_size)
+      throw DataError("pixel_values has shape " + (pixels.defined() ? c10::str(pixels.sizes()) : std::string("(none)")) +
+                      ", the model expects [batch, " + std::to_string(channels_) + ", " +
+                      std::to_string(arch_.image_size) + ", " + std::to_string(arch_.image_size) + "]");
+    const int64_t B = pixels.size(0);
+    const at::Tensor hidden_gate = gates ? gates->hidden : at::Tensor();
+    at::Tensor x = at::conv2d(pixels.to(dtype_), patch_.weight, patch_.bias, at::IntArrayRef{arch_.patch_size, arch_.patch_size})
+                       .flatten(2)
+                       .transpose(1, 2);
+    x = at::cat({cls_token_.expand({B, -1, -1}), x}, 1) + position_;
+    x = layers::gate_last_dim(x, hidden_gate);
+    const int64_t T = x.size(1);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
+    auto linear = [](const at::Tensor& t, const Affine& a) { return at::linear(t, a.weight, a.bias); };
+    for (int64_t i = 0; i < arch_.layers; ++i) {
+      const VitLayer& l = layers_[static_cast<size_t>(i)];
+      at::Tensor hs = layers::layer_norm(x, l.norm_before.weight, l.norm_before.bias, eps_, hidden_gate);
+      auto heads = [&](const Affine& a) {
+        return linear(hs, a).view({B, T, arch_.heads, arch_.head_dim}).transpose(1, 2);
+      };
+      at::Tensor a = at::scaled_dot_product_attention(heads(l.proj[kQ]), heads(l.proj[kK]), heads(l.proj[kV]),
+                                                      std::nullopt, 0.0, false, scale);
+      if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
+      a = a.transpose(1, 2).reshape({B, T, arch_.heads * arch_.head_dim});
+      x = x + layers::gate_last_dim(linear(a, l.proj[kO]), hidden_gate);
+
+      hs = layers::layer_norm(x, l.norm_after.weight, l.norm_after.bias, eps_, hidden_gate);
+      at::Tensor m = at::gelu(linear(hs, l.proj[kFc1]));
+      if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
+      x = x + layers::gate_last_dim(linear(m, l.proj[kFc2]), hidden_gate);
+    }
+    return layers::layer_norm(x, final_norm_.weight, final_norm_.bias, eps_, hidden_gate);
+  }
+
+  ArchSummary arch_;
+  at::ScalarType dtype_ = at::kFloat;
+  double eps_ = 1e-12;
+  int64_t channels_ = 3;
+  at::Tensor cls_token_, position_;
+  Affine patch_, final_norm_, classifier_, pooler_;
+  std::vector<VitLayer> layers_;
+};
+
+}  // namespace
 
 ArchSummary VitAdapter::summarize(const nlohmann::json& config, const std::filesystem::path& file) const {
-  namespace cf = config_field;
   ArchSummary s;
   s.model_type = "vit";
   s.architecture = "ViTModel";
@@ -28,14 +176,19 @@ ArchSummary VitAdapter::summarize(const nlohmann::json& config, const std::files
   s.head_dim = s.hidden / s.heads;
   if (s.architecture == "ViTForImageClassification") {
     // transformers derives num_labels from id2label; its default is 2.
-    if (auto m = config.find("id2label"); m != config.end() && m->is_object())
+    if (auto m = config.find("id2label"); m != config.end() && m->is_object()) {
       s.num_labels = static_cast<int64_t>(m->size());
-    else {
+    } else {
       const int64_t two = 2;
       s.num_labels = cf::integer(config, "num_labels", file, &two);
     }
   }
   return s;
+}
+
+std::unique_ptr<Model> VitAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
+  const auto file = ckpt.dir() / "config.json";
+  return std::make_unique<VitModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options);
 }
 
 }  // namespace hawada

@@ -1,0 +1,39 @@
+#include "adapters/layers.h"
+
+#include <ATen/ATen.h>
+
+namespace hawada::layers {
+namespace {
+
+// Sum over the last dimension divided by the number of kept channels: the channel count without a
+// hidden gate, the gate's sum with one. The same formula in both cases keeps gates-at-1 bit-identical.
+at::Tensor kept_mean(const at::Tensor& x, const at::Tensor& hidden_gate) {
+  at::Tensor s = x.sum(-1, /*keepdim=*/true);
+  return hidden_gate.defined() ? s / hidden_gate.sum().to(at::kFloat) : s / static_cast<double>(x.size(-1));
+}
+
+}  // namespace
+
+at::Tensor gate_last_dim(const at::Tensor& x, const at::Tensor& gate) {
+  return gate.defined() ? x * gate.to(x.scalar_type()) : x;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& hidden_gate) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor variance = kept_mean(xf.pow(2), hidden_gate);
+  const at::Tensor y = weight * (xf * at::rsqrt(variance + eps)).to(x.scalar_type());
+  return gate_last_dim(y, hidden_gate);
+}
+
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
+                      const at::Tensor& hidden_gate) {
+  const at::Tensor xf = x.to(at::kFloat);
+  at::Tensor centered = xf - kept_mean(xf, hidden_gate);
+  if (hidden_gate.defined()) centered = centered * hidden_gate.to(at::kFloat);  // pruned channels stay out
+  const at::Tensor variance = kept_mean(centered.pow(2), hidden_gate);
+  const at::Tensor y = (centered * at::rsqrt(variance + eps) * weight.to(at::kFloat) + bias.to(at::kFloat))
+                           .to(x.scalar_type());
+  return gate_last_dim(y, hidden_gate);
+}
+
+}  // namespace hawada::layers

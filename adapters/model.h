@@ -1,0 +1,55 @@
+// A loaded model: the frozen teacher weights plus a forward pass that can apply gates. The gate
+// parametrisation (hard concrete) lives with training; a model only multiplies by gate values.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace hawada {
+
+/// Inputs of one forward pass: token ids (+ optional padding mask) for LMs, pixels for vision.
+struct Batch {
+  at::Tensor input_ids;       ///< int64 [B, L]
+  at::Tensor attention_mask;  ///< optional, [B, L], nonzero = real token
+  at::Tensor pixel_values;    ///< float [B, C, H, W]
+};
+
+/// Gate multipliers for one forward pass; an undefined tensor means "no gate of that kind".
+struct GateValues {
+  at::Tensor heads;   ///< [layers, query heads]: scales each head's attention output before the output projection
+  at::Tensor ffn;     ///< [layers, intermediate]: scales each FFN channel before the down projection
+  at::Tensor hidden;  ///< [hidden]: one per residual-stream channel, shared by every layer, embedding and norm
+};
+
+/// How many gates of each kind a model has.
+struct GateShape {
+  int64_t layers = 0;
+  int64_t heads = 0;
+  int64_t ffn = 0;
+  int64_t hidden = 0;
+};
+
+/// A model loaded for inference or gate training. Weights are frozen (no gradients are kept for them).
+class Model {
+ public:
+  virtual ~Model() = default;
+  /// Logits for a batch: [B, L, vocab] for LMs, [B, labels] for classifiers. Without gates this is the
+  /// teacher; with gates the student. Gates of exactly 1 give bit-identical results to no gates.
+  virtual at::Tensor logits(const Batch& batch, const GateValues* gates = nullptr) const = 0;
+  /// Every output the architecture has, by Hugging Face name ("logits", or "last_hidden_state" and
+  /// "pooler_output" for a bare ViTModel).
+  virtual std::vector<std::pair<std::string, at::Tensor>> outputs(const Batch& batch,
+                                                                  const GateValues* gates = nullptr) const {
+    return {{"logits", logits(batch, gates)}};
+  }
+  /// The gate counts of this architecture.
+  virtual GateShape gate_shape() const = 0;
+  /// Compute dtype of the forward pass.
+  virtual at::ScalarType dtype() const = 0;
+};
+
+}  // namespace hawada

@@ -1,0 +1,63 @@
+#include "adapters/weights.h"
+
+#include <cstdio>
+
+#include "core/checkpoint.h"
+#include "core/errors.h"
+
+namespace hawada {
+namespace {
+
+std::string shape_string(c10::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+WeightLoader::WeightLoader(const HfCheckpoint& checkpoint, const LoadOptions& options)
+    : checkpoint_(checkpoint), options_(options) {}
+
+bool WeightLoader::has(const std::string& name) const { return checkpoint_.contains(name); }
+
+at::Tensor WeightLoader::get(const std::string& name, const std::vector<int64_t>& shape) {
+  if (!checkpoint_.contains(name))
+    throw CheckpointError("model directory '" + checkpoint_.dir().string() + "': missing tensor '" + name +
+                          "' with shape " + shape_string(shape) + ", which config.json implies");
+  const auto& info = checkpoint_.info(name);
+  if (info.shape != shape)
+    throw CheckpointError("model directory '" + checkpoint_.dir().string() + "': tensor '" + name + "' has shape " +
+                          shape_string(info.shape) + ", config.json implies " + shape_string(shape));
+  taken_.insert(name);
+  at::Tensor t = checkpoint_.tensor(name);
+  const auto dtype = options_.dtype.value_or(t.scalar_type());
+  if (t.scalar_type() != dtype || t.device() != options_.device) t = t.to(options_.device, dtype);
+  return t;
+}
+
+at::Tensor WeightLoader::get_if(bool present, const std::string& name, const std::vector<int64_t>& shape) {
+  return present ? get(name, shape) : at::Tensor();
+}
+
+void WeightLoader::ignore(const std::string& name) { taken_.insert(name); }
+
+void WeightLoader::finish() const {
+  std::vector<std::string> left;
+  for (const auto& name : checkpoint_.tensor_names())
+    if (!taken_.count(name)) left.push_back(name);
+  if (left.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < left.size() && i < 5; ++i) list += (i ? ", '" : "'") + left[i] + "'";
+  if (left.size() > 5) list += " and " + std::to_string(left.size() - 5) + " more";
+  throw CheckpointError("model directory '" + checkpoint_.dir().string() + "': " + std::to_string(left.size()) +
+                        " tensor(s) that config.json does not account for: " + list);
+}
+
+std::string layer_name(const char* pattern, int64_t layer) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, pattern, static_cast<int>(layer));
+  return buf;
+}
+
+}  // namespace hawada

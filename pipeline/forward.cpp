@@ -1,0 +1,80 @@
+#include "pipeline/forward.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include "adapters/adapter.h"
+#include "core/checkpoint.h"
+#include "core/errors.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+
+namespace hawada {
+namespace {
+
+// Reads the batch from an inputs file, naming the file and tensor in every refusal.
+Batch read_batch(const std::filesystem::path& file) {
+  const safetensors::Reader in(file);
+  auto fail = [&](const std::string& tensor, const std::string& what) {
+    throw DataError("inputs file '" + file.string() + "': tensor '" + tensor + "': " + what);
+  };
+  auto describe = [](const at::Tensor& t) { return std::string(c10::toString(t.scalar_type())) + " " + c10::str(t.sizes()); };
+  Batch b;
+  if (in.contains("input_ids")) {
+    at::Tensor ids = in.tensor("input_ids");
+    if (ids.dim() != 2 || (ids.scalar_type() != at::kLong && ids.scalar_type() != at::kInt))
+      fail("input_ids", "expected I64 [batch, seq_len], got " + describe(ids));
+    b.input_ids = ids.to(at::kLong);
+    if (in.contains("attention_mask")) {
+      at::Tensor m = in.tensor("attention_mask");
+      if (m.sizes() != ids.sizes() || !(at::isIntegralType(m.scalar_type(), /*includeBool=*/true)))
+        fail("attention_mask", "expected an integer or bool tensor shaped like input_ids " + c10::str(ids.sizes()) +
+                                   ", got " + describe(m));
+      b.attention_mask = m.to(at::kLong);
+    }
+  } else if (in.contains("pixel_values")) {
+    at::Tensor px = in.tensor("pixel_values");
+    if (px.dim() != 4 || !at::isFloatingType(px.scalar_type()))
+      fail("pixel_values", "expected F32 [batch, channels, height, width], got " + describe(px));
+    b.pixel_values = px.to(at::kFloat);
+  } else {
+    throw DataError("inputs file '" + file.string() + "' holds neither 'input_ids' nor 'pixel_values'");
+  }
+  return b;
+}
+
+}  // namespace
+
+void forward_command(const std::filesystem::path& model_dir, const std::filesystem::path& inputs,
+                     const std::filesystem::path& output, const std::string& dtype, int threads) {
+  if (dtype != "fp32" && dtype != "bf16") throw UsageError("--dtype must be fp32 or bf16, got '" + dtype + "'");
+  if (threads > 0) at::set_num_threads(threads);
+  const HfCheckpoint ckpt = with_context("loading model: ", [&] { return HfCheckpoint::open(model_dir); });
+  const auto config_file = model_dir / "config.json";
+  const auto& adapter = adapter_for(ckpt.config(), config_file);
+  const auto model = with_context("loading model: ", [&] {
+    return adapter.load(ckpt, {dtype == "bf16" ? at::kBFloat16 : at::kFloat, at::kCPU});
+  });
+  const Batch batch = read_batch(inputs);
+  at::NoGradGuard no_grad;
+  std::vector<safetensors::NamedTensor> out;
+  try {
+    for (auto& [name, t] : model->outputs(batch)) out.push_back({name, t.contiguous()});
+  } catch (DataError& e) {
+    e.add_context("inputs file '" + inputs.string() + "': ");
+    throw;
+  }
+  safetensors::write_file(output, out);
+  log::info("wrote " + std::to_string(out.size()) + " output tensor(s) to " + output.string());
+}
+
+void export_keep_all_command(const std::filesystem::path& model_dir, const std::filesystem::path& out_dir,
+                             std::optional<uint64_t> max_shard_bytes) {
+  const HfCheckpoint ckpt = HfCheckpoint::open(model_dir);
+  // Loading validates that the weights are what config.json says before anything is written.
+  adapter_for(ckpt.config(), model_dir / "config.json").load(ckpt, {.dtype = std::nullopt});
+  export_keep_all(ckpt, out_dir, max_shard_bytes);
+  log::info("exported " + std::to_string(ckpt.tensor_names().size()) + " tensors unchanged to " + out_dir.string());
+}
+
+}  // namespace hawada

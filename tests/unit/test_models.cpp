@@ -1,0 +1,100 @@
+// The models with gates: gates of exactly 1 reproduce the ungated (teacher) outputs bit for bit, in
+// fp32 and bf16, for LLaMA and ViT; a zero gate changes the output. Numerics against transformers
+// are in tests/hf/test_models.py.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "adapters/adapter.h"
+#include "core/checkpoint.h"
+#include "core/errors.h"
+
+namespace hawada {
+namespace {
+
+const std::string kData = HAWADA_TEST_DATA_DIR;
+
+struct Loaded {
+  HfCheckpoint ckpt;
+  std::unique_ptr<Model> model;
+};
+
+Loaded load(const std::string& dir, at::ScalarType dtype) {
+  auto ckpt = HfCheckpoint::open(kData + "/" + dir);
+  auto model = adapter_for(ckpt.config(), ckpt.dir() / "config.json").load(ckpt, {.dtype = dtype});
+  return {std::move(ckpt), std::move(model)};
+}
+
+GateValues ones(const GateShape& s) {
+  return {at::ones({s.layers, s.heads}), at::ones({s.layers, s.ffn}), at::ones({s.hidden})};
+}
+
+Batch llama_batch() {
+  at::manual_seed(0);
+  Batch b{at::randint(0, 64, {2, 9}, at::kLong), at::ones({2, 9}, at::kLong), {}};
+  b.attention_mask[1].slice(0, 6).zero_();
+  return b;
+}
+
+Batch vit_batch() {
+  at::manual_seed(0);
+  return {{}, {}, at::randn({2, 3, 32, 32})};
+}
+
+class GatesAtOne : public ::testing::TestWithParam<std::tuple<std::string, at::ScalarType>> {};
+
+TEST_P(GatesAtOne, AreBitIdenticalToNoGates) {
+  const auto& [dir, dtype] = GetParam();
+  auto m = load(dir, dtype);
+  const Batch batch = dir == "tiny-llama" ? llama_batch() : vit_batch();
+  at::NoGradGuard no_grad;
+  const at::Tensor teacher = m.model->logits(batch);
+  const GateValues g = ones(m.model->gate_shape());
+  const at::Tensor student = m.model->logits(batch, &g);
+  EXPECT_EQ(teacher.scalar_type(), dtype);
+  EXPECT_TRUE(at::equal(teacher, student)) << "max diff " << (teacher - student).abs().max().item<float>();
+
+  GateValues one_head_off = ones(m.model->gate_shape());
+  one_head_off.heads[0][1] = 0;
+  EXPECT_FALSE(at::equal(teacher, m.model->logits(batch, &one_head_off)));
+  GateValues one_channel_off = ones(m.model->gate_shape());
+  one_channel_off.hidden[3] = 0;
+  EXPECT_FALSE(at::equal(teacher, m.model->logits(batch, &one_channel_off)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GatesAtOne,
+                         ::testing::Combine(::testing::Values("tiny-llama", "tiny-vit"),
+                                            ::testing::Values(at::kFloat, at::kBFloat16)),
+                         [](const auto& info) {
+                           std::string name = std::get<0>(info.param) + "_" +
+                                              std::string(c10::toString(std::get<1>(info.param)));
+                           for (auto& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           return name;
+                         });
+
+TEST(Models, GradientsReachOnlyGates) {
+  auto m = load("tiny-llama", at::kFloat);
+  GateValues g = ones(m.model->gate_shape());
+  g.heads.requires_grad_(true);
+  g.ffn.requires_grad_(true);
+  g.hidden.requires_grad_(true);
+  m.model->logits(llama_batch(), &g).pow(2).mean().backward();
+  for (const at::Tensor* t : {&g.heads, &g.ffn, &g.hidden}) {
+    ASSERT_TRUE(t->grad().defined());
+    EXPECT_GT(t->grad().abs().sum().item<float>(), 0.f);
+  }
+  EXPECT_FALSE(m.ckpt.tensor("model.embed_tokens.weight").requires_grad());
+}
+
+TEST(Models, WrongInputsAreDataErrors) {
+  auto m = load("tiny-llama", at::kFloat);
+  Batch bad{at::full({1, 3}, 64, at::kLong), {}, {}};
+  EXPECT_THROW(m.model->logits(bad), DataError);
+  auto v = load("tiny-vit", at::kFloat);
+  Batch px{{}, {}, at::zeros({1, 3, 16, 16})};
+  EXPECT_THROW(v.model->logits(px), DataError);
+}
+
+}  // namespace
+}  // namespace hawada
