@@ -14,6 +14,15 @@ at::Tensor kept_mean(const at::Tensor& x, const at::Tensor& hidden_gate) {
 
 }  // namespace
 
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (weight.scalar_type() == x.scalar_type()) return at::linear(x, weight, bias);
+  return at::linear(x.to(weight.scalar_type()), weight, bias).to(x.scalar_type());
+}
+
+at::Tensor embedding(const at::Tensor& table, const at::Tensor& ids, at::ScalarType dtype) {
+  return at::embedding(table, ids).to(dtype);
+}
+
 at::Tensor gate_last_dim(const at::Tensor& x, const at::Tensor& gate) {
   return gate.defined() ? x * gate.to(x.scalar_type()) : x;
 }

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/checkpoint.h"
+#include "core/cpu_features.h"
 #include "core/errors.h"
 
 namespace hawada {
@@ -17,11 +18,31 @@ std::string shape_string(c10::IntArrayRef shape) {
 }  // namespace
 
 WeightLoader::WeightLoader(const HfCheckpoint& checkpoint, const LoadOptions& options)
-    : checkpoint_(checkpoint), options_(options) {}
+    : checkpoint_(checkpoint), options_(options) {
+  matrices_in_fp32_ = options.dtype == at::kBFloat16 && options.device.is_cpu() && !cpu_has_native_bf16_matmul();
+}
+
+at::ScalarType WeightLoader::compute_dtype(const std::string& reference) const {
+  if (options_.dtype) return *options_.dtype;
+  return safetensors::to_scalar_type(checkpoint_.info(reference).dtype);
+}
+
+at::Tensor WeightLoader::matrix(const std::string& name, const std::vector<int64_t>& shape) {
+  return fetch(name, shape, matrices_in_fp32_ ? std::optional<at::ScalarType>(at::kFloat) : options_.dtype);
+}
+
+at::Tensor WeightLoader::matrix_if(bool present, const std::string& name, const std::vector<int64_t>& shape) {
+  return present ? matrix(name, shape) : at::Tensor();
+}
 
 bool WeightLoader::has(const std::string& name) const { return checkpoint_.contains(name); }
 
 at::Tensor WeightLoader::get(const std::string& name, const std::vector<int64_t>& shape) {
+  return fetch(name, shape, options_.dtype);
+}
+
+at::Tensor WeightLoader::fetch(const std::string& name, const std::vector<int64_t>& shape,
+                               std::optional<at::ScalarType> wanted) {
   if (!checkpoint_.contains(name))
     throw CheckpointError("model directory '" + checkpoint_.dir().string() + "': missing tensor '" + name +
                           "' with shape " + shape_string(shape) + ", which config.json implies");
@@ -31,7 +52,7 @@ at::Tensor WeightLoader::get(const std::string& name, const std::vector<int64_t>
                           shape_string(info.shape) + ", config.json implies " + shape_string(shape));
   taken_.insert(name);
   at::Tensor t = checkpoint_.tensor(name);
-  const auto dtype = options_.dtype.value_or(t.scalar_type());
+  const auto dtype = wanted.value_or(t.scalar_type());
   if (t.scalar_type() != dtype || t.device() != options_.device) t = t.to(options_.device, dtype);
   return t;
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -23,6 +24,15 @@ class WeightLoader {
   at::Tensor get(const std::string& name, const std::vector<int64_t>& shape);
   /// Like get() when `present` (the config says the tensor exists), else an undefined tensor.
   at::Tensor get_if(bool present, const std::string& name, const std::vector<int64_t>& shape);
+  /// Like get(), for a weight used in matrix products (linear, convolution, embedding table): kept in
+  /// fp32 when the compute dtype is bf16 on a CPU without native bf16 matrix instructions (AVX512-BF16
+  /// or AMX), where LibTorch's bf16 GEMM is several times slower than fp32. The values are bf16-exact,
+  /// and layers::linear rounds results back to bf16, so the numerics are those of a bf16 GEMM with fp32
+  /// accumulation. Elsewhere identical to get().
+  at::Tensor matrix(const std::string& name, const std::vector<int64_t>& shape);
+  at::Tensor matrix_if(bool present, const std::string& name, const std::vector<int64_t>& shape);
+  /// The activation dtype: the requested compute dtype, or the stored dtype of `reference` when none.
+  at::ScalarType compute_dtype(const std::string& reference) const;
   /// True when the checkpoint holds `name`.
   bool has(const std::string& name) const;
   /// Marks a tensor as known but unused (e.g. a tied lm_head.weight, a stored rotary inv_freq).
@@ -31,8 +41,11 @@ class WeightLoader {
   void finish() const;
 
  private:
+  at::Tensor fetch(const std::string& name, const std::vector<int64_t>& shape, std::optional<at::ScalarType> dtype);
+
   const HfCheckpoint& checkpoint_;
   LoadOptions options_;
+  bool matrices_in_fp32_ = false;
   std::set<std::string> taken_;
 };
 

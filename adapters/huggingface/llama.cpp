@@ -33,7 +33,7 @@ enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
 
 struct Linear {
   at::Tensor weight, bias;
-  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+  at::Tensor operator()(const at::Tensor& x) const { return layers::linear(x, weight, bias); }
 };
 
 struct LlamaLayer {
@@ -105,13 +105,14 @@ class LlamaModel final : public Model {
 
     WeightLoader w(ckpt, options);
     const int64_t h = arch.hidden, q = arch.heads * arch.head_dim, kv = arch.kv_heads * arch.head_dim, f = arch.ffn;
-    embed_ = w.get(LlamaNames::embed, {arch.vocab_size, h});
+    dtype_ = w.compute_dtype(LlamaNames::embed);
+    embed_ = w.matrix(LlamaNames::embed, {arch.vocab_size, h});
     final_norm_ = w.get(LlamaNames::final_norm, {h});
     if (arch.tied_embeddings) {
       lm_head_ = embed_;
       if (w.has(LlamaNames::lm_head)) w.ignore(LlamaNames::lm_head);
     } else {
-      lm_head_ = w.get(LlamaNames::lm_head, {arch.vocab_size, h});
+      lm_head_ = w.matrix(LlamaNames::lm_head, {arch.vocab_size, h});
     }
     const std::vector<int64_t> out_in[7] = {{q, h}, {kv, h}, {kv, h}, {h, q}, {f, h}, {f, h}, {h, f}};
     for (int64_t i = 0; i < arch.layers; ++i) {
@@ -121,18 +122,17 @@ class LlamaModel final : public Model {
       for (int p = 0; p < 7; ++p) {
         const std::string base = layer_name(LlamaNames::proj[p], i);
         const bool bias = p <= kO ? attn_bias : mlp_bias;
-        layer.proj[p].weight = w.get(base + ".weight", out_in[p]);
-        layer.proj[p].bias = w.get_if(bias, base + ".bias", {out_in[p][0]});
+        layer.proj[p].weight = w.matrix(base + ".weight", out_in[p]);
+        layer.proj[p].bias = w.matrix_if(bias, base + ".bias", {out_in[p][0]});
       }
       if (w.has(layer_name(LlamaNames::rotary_inv_freq, i))) w.ignore(layer_name(LlamaNames::rotary_inv_freq, i));
       layers_.push_back(std::move(layer));
     }
     w.finish();
-    dtype_ = embed_.scalar_type();
   }
 
   at::Tensor logits(const Batch& batch, const GateValues* gates) const override {
-    return at::linear(hidden_states(batch, gates), lm_head_);
+    return layers::linear(hidden_states(batch, gates), lm_head_);
   }
 
   GateShape gate_shape() const override { return {arch_.layers, arch_.heads, arch_.ffn, arch_.hidden}; }
@@ -164,7 +164,7 @@ class LlamaModel final : public Model {
       }
     }
 
-    at::Tensor x = layers::gate_last_dim(at::embedding(embed_, ids), hidden_gate);
+    at::Tensor x = layers::gate_last_dim(layers::embedding(embed_, ids, dtype_), hidden_gate);
     const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];

@@ -59,9 +59,14 @@ class VitModel final : public Model {
     WeightLoader w(ckpt, options);
     const std::string p = w.has(std::string("vit.") + VitNames::cls_token) ? "vit." : "";
     const int64_t h = arch.hidden, f = arch.ffn, grid = arch.image_size / arch.patch_size;
-    auto affine = [&](const std::string& base, std::vector<int64_t> shape, bool bias) {
-      return Affine{w.get(base + ".weight", shape), w.get_if(bias, base + ".bias", {shape[0]})};
+    // Norm parameters stay in the compute dtype; matrix-product weights may be kept in fp32 (WeightLoader::matrix).
+    auto norm = [&](const std::string& base, int64_t n) {
+      return Affine{w.get(base + ".weight", {n}), w.get(base + ".bias", {n})};
     };
+    auto affine = [&](const std::string& base, std::vector<int64_t> shape, bool bias) {
+      return Affine{w.matrix(base + ".weight", shape), w.matrix_if(bias, base + ".bias", {shape[0]})};
+    };
+    dtype_ = w.compute_dtype(p + VitNames::cls_token);
     cls_token_ = w.get(p + VitNames::cls_token, {1, 1, h});
     position_ = w.get(p + VitNames::position, {1, grid * grid + 1, h});
     patch_ = affine(p + VitNames::patch, {h, channels_, arch.patch_size, arch.patch_size}, true);
@@ -69,13 +74,13 @@ class VitModel final : public Model {
     const std::vector<int64_t> shapes[6] = {{h, h}, {h, h}, {h, h}, {h, h}, {f, h}, {h, f}};
     for (int64_t i = 0; i < arch.layers; ++i) {
       VitLayer l;
-      l.norm_before = affine(layer_name((p + VitNames::norm_before).c_str(), i), {h}, true);
-      l.norm_after = affine(layer_name((p + VitNames::norm_after).c_str(), i), {h}, true);
+      l.norm_before = norm(layer_name((p + VitNames::norm_before).c_str(), i), h);
+      l.norm_after = norm(layer_name((p + VitNames::norm_after).c_str(), i), h);
       for (int k = 0; k < 6; ++k)
         l.proj[k] = affine(layer_name((p + VitNames::proj[k]).c_str(), i), shapes[k], k > kV || qkv_bias);
       layers_.push_back(std::move(l));
     }
-    final_norm_ = affine(p + VitNames::final_norm, {h}, true);
+    final_norm_ = norm(p + VitNames::final_norm, h);
     if (arch.architecture == "ViTForImageClassification") {
       classifier_ = affine(VitNames::classifier, {arch.num_labels, h}, true);
     } else if (w.has(p + VitNames::pooler + std::string(".weight"))) {
@@ -83,7 +88,6 @@ class VitModel final : public Model {
       pooler_ = affine(p + VitNames::pooler, {pooled, h}, true);
     }
     w.finish();
-    dtype_ = cls_token_.scalar_type();
   }
 
   at::Tensor logits(const Batch& batch, const GateValues* gates) const override {
@@ -91,7 +95,7 @@ class VitModel final : public Model {
       throw CheckpointError(arch_.architecture + " has no classifier: its outputs are last_hidden_state" +
                             std::string(pooler_.weight.defined() ? " and pooler_output" : ""));
     const at::Tensor x = encode(batch, gates);
-    return at::linear(x.select(1, 0), classifier_.weight, classifier_.bias);
+    return layers::linear(x.select(1, 0), classifier_.weight, classifier_.bias);
   }
 
   std::vector<std::pair<std::string, at::Tensor>> outputs(const Batch& batch, const GateValues* gates) const override {
@@ -99,7 +103,7 @@ class VitModel final : public Model {
     const at::Tensor x = encode(batch, gates);
     std::vector<std::pair<std::string, at::Tensor>> out{{"last_hidden_state", x}};
     if (pooler_.weight.defined())
-      out.emplace_back("pooler_output", at::tanh(at::linear(x.select(1, 0), pooler_.weight, pooler_.bias)));
+      out.emplace_back("pooler_output", at::tanh(layers::linear(x.select(1, 0), pooler_.weight, pooler_.bias)));
     return out;
   }
 
@@ -116,14 +120,17 @@ class VitModel final : public Model {
                       std::to_string(arch_.image_size) + ", " + std::to_string(arch_.image_size) + "]");
     const int64_t B = pixels.size(0);
     const at::Tensor hidden_gate = gates ? gates->hidden : at::Tensor();
-    at::Tensor x = at::conv2d(pixels.to(dtype_), patch_.weight, patch_.bias, at::IntArrayRef{arch_.patch_size, arch_.patch_size})
+    // The patch embedding is a convolution with stride = kernel = patch, run in its weight's dtype.
+    at::Tensor x = at::conv2d(pixels.to(dtype_).to(patch_.weight.scalar_type()), patch_.weight, patch_.bias,
+                              at::IntArrayRef{arch_.patch_size, arch_.patch_size})
+                       .to(dtype_)
                        .flatten(2)
                        .transpose(1, 2);
     x = at::cat({cls_token_.expand({B, -1, -1}), x}, 1) + position_;
     x = layers::gate_last_dim(x, hidden_gate);
     const int64_t T = x.size(1);
     const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
-    auto linear = [](const at::Tensor& t, const Affine& a) { return at::linear(t, a.weight, a.bias); };
+    auto linear = [](const at::Tensor& t, const Affine& a) { return layers::linear(t, a.weight, a.bias); };
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const VitLayer& l = layers_[static_cast<size_t>(i)];
       at::Tensor hs = layers::layer_norm(x, l.norm_before.weight, l.norm_before.bias, eps_, hidden_gate);
