@@ -9,14 +9,9 @@
 
 #include <ATen/core/Tensor.h>
 
-namespace hawada {
+#include "core/data.h"
 
-/// Inputs of one forward pass: token ids (+ optional padding mask) for LMs, pixels for vision.
-struct Batch {
-  at::Tensor input_ids;       ///< int64 [B, L]
-  at::Tensor attention_mask;  ///< optional, [B, L], nonzero = real token
-  at::Tensor pixel_values;    ///< float [B, C, H, W]
-};
+namespace hawada {
 
 /// Gate multipliers for one forward pass; an undefined tensor means "no gate of that kind".
 struct GateValues {

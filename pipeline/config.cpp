@@ -34,6 +34,7 @@ namespace {
 
 constexpr std::string_view kComputeDtype[] = {"fp32", "bf16"};
 constexpr std::string_view kDataFormat[] = {"tokens_h5", "tokens_bin", "images_h5"};
+constexpr std::string_view kTokenDtype[] = {"uint16", "uint32"};
 constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
 constexpr std::string_view kBudgetMetric[] = {"params", "latency"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
@@ -41,6 +42,7 @@ constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
 
 std::span<const std::string_view> names_of(ComputeDtype) { return kComputeDtype; }
 std::span<const std::string_view> names_of(DataFormat) { return kDataFormat; }
+std::span<const std::string_view> names_of(TokenDtype) { return kTokenDtype; }
 std::span<const std::string_view> names_of(StoreDtype) { return kStoreDtype; }
 std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric; }
 std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
@@ -57,7 +59,7 @@ std::string_view name_of(E value) {
 
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*,
-                         DataFormat*, StoreDtype*, BudgetMetric*, ExportDtype*, DistBackend*>;
+                         DataFormat*, TokenDtype*, StoreDtype*, BudgetMetric*, ExportDtype*, DistBackend*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -107,6 +109,7 @@ constexpr Key kData[] = {
     {"path", at<&Config::data, &DataConfig::path>, checked(Check::data_file, true)},
     {"seq_len", at<&Config::data, &DataConfig::seq_len>, between(1, 1048576)},
     {"samples", at<&Config::data, &DataConfig::samples>, at_least(0)},
+    {"token_dtype", at<&Config::data, &DataConfig::token_dtype>},
 };
 constexpr Key kTeacher[] = {
     {"cache_root", at<&Config::teacher, &TeacherConfig::cache_root>},
@@ -580,6 +583,7 @@ std::string to_toml(const Config& config) {
 
 std::string_view to_string(ComputeDtype value) { return name_of(value); }
 std::string_view to_string(DataFormat value) { return name_of(value); }
+std::string_view to_string(TokenDtype value) { return name_of(value); }
 std::string_view to_string(StoreDtype value) { return name_of(value); }
 std::string_view to_string(BudgetMetric value) { return name_of(value); }
 std::string_view to_string(ExportDtype value) { return name_of(value); }

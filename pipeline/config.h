@@ -19,6 +19,8 @@ namespace hawada {
 enum class ComputeDtype { fp32, bf16 };
 /// Layout of the training data file (`data.format`).
 enum class DataFormat { tokens_h5, tokens_bin, images_h5 };
+/// Element type of a flat binary token file (`data.token_dtype`, for tokens_bin).
+enum class TokenDtype { uint16, uint32 };
 /// Dtype of the stored teacher top-k logits (`teacher.store_dtype`).
 enum class StoreDtype { fp16, bf16 };
 /// What the budget counts (`budget.metric`).
@@ -49,6 +51,7 @@ struct DataConfig {
   std::filesystem::path path;  ///< Required; an existing regular file.
   int64_t seq_len = 512;
   int64_t samples = 0;  ///< 0 = all.
+  TokenDtype token_dtype = TokenDtype::uint16;  ///< tokens_bin only.
   bool operator==(const DataConfig&) const = default;
 };
 
@@ -146,6 +149,7 @@ std::string to_toml(const Config& config);
 /// TOML spelling of each enum value, for messages and printing.
 std::string_view to_string(ComputeDtype value);
 std::string_view to_string(DataFormat value);
+std::string_view to_string(TokenDtype value);
 std::string_view to_string(StoreDtype value);
 std::string_view to_string(BudgetMetric value);
 std::string_view to_string(ExportDtype value);

@@ -205,6 +205,29 @@ def test_vit_keep_all_export_resharded(tmp_path, cli):
         assert torch.equal(original(pixel_values=pixels).logits, exported(pixel_values=pixels).logits)
 
 
+def test_fp16_weights_computed_in_fp32(tmp_path, cli):
+    """Weights stored in fp16 are converted on load; the reference is transformers in fp32 on the same values."""
+    model = make_llama(tmp_path / "model", "gqa2_untied", torch.float16)
+    model.save_pretrained(tmp_path / "model")  # re-save in fp16
+    assert json.load(open(tmp_path / "model" / "config.json"))["dtype"] == "float16"
+    ids, mask = token_batch(model.config.vocab_size)
+    with torch.no_grad():
+        theirs = model.float()(input_ids=ids, attention_mask=mask).logits
+    ours = run_forward(cli, tmp_path / "model", tmp_path, {"input_ids": ids, "attention_mask": mask}, "fp32")["logits"]
+    compare(ours, theirs, "fp32", "llama fp16 weights, fp32 compute", mask.bool())
+
+
+def test_vit_position_embeddings_unlike_config(tmp_path, cli):
+    src = tmp_path / "model"
+    make_vit(src, "cls32_patch8")
+    cfg = json.load(open(src / "config.json"))
+    json.dump({**cfg, "image_size": 64}, open(src / "config.json", "w"))
+    save_file({"pixel_values": torch.zeros(1, 3, 64, 64)}, tmp_path / "px.safetensors")
+    p = cli("forward", src, "--inputs", tmp_path / "px.safetensors", "--output", tmp_path / "o.safetensors", check=False)
+    assert p.returncode == 1 and "CheckpointError" in p.stderr
+    assert "'vit.embeddings.position_embeddings' has shape [1, 17, 48], config.json implies [1, 65, 48]" in p.stderr
+
+
 def test_config_inconsistent_with_weights(tmp_path, cli):
     src = tmp_path / "model"
     make_llama(src, "gqa2_untied")

@@ -1,0 +1,221 @@
+#include "core/h5.h"
+
+#include <cstring>
+#include <mutex>
+
+#include "core/process.h"
+
+namespace hawada {
+namespace detail {
+
+void throw_h5_error(const char* call, const char* file, int line) {
+  std::string stack;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
+        auto& s = *static_cast<std::string*>(out);
+        if (n < 3) s += std::string(s.empty() ? "" : "; ") + (e->desc ? e->desc : "") + " (" + e->func_name + ")";
+        return 0;
+      },
+      &stack);
+  H5Eclear2(H5E_DEFAULT);
+  throw IoError("HDF5 call " + std::string(call) + " failed at " + where(file, line) + " on " + process_label() +
+                ": " + (stack.empty() ? "no HDF5 error message" : stack));
+}
+
+}  // namespace detail
+
+namespace h5 {
+namespace {
+
+void silence_hdf5() {
+  static std::once_flag once;
+  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+}
+
+hid_t native(Type t) {
+  switch (t) {
+    case Type::u8: return H5T_NATIVE_UINT8;
+    case Type::u16: return H5T_NATIVE_UINT16;
+    case Type::u32: return H5T_NATIVE_UINT32;
+    case Type::i32: return H5T_NATIVE_INT32;
+    case Type::i64: return H5T_NATIVE_INT64;
+    case Type::f32: return H5T_NATIVE_FLOAT;
+    case Type::f64: return H5T_NATIVE_DOUBLE;
+    case Type::f16: break;
+  }
+  return -1;
+}
+
+// IEEE half precision: HDF5 1.10 has no predefined type; this layout is what h5py reads as float16.
+Id half_type() {
+  Id t(HAWADA_CHECK_H5(H5Tcopy(H5T_IEEE_F32LE)), H5Tclose);
+  HAWADA_CHECK_H5(H5Tset_fields(t.get(), 15, 10, 5, 0, 10));
+  HAWADA_CHECK_H5(H5Tset_size(t.get(), 2));
+  HAWADA_CHECK_H5(H5Tset_ebias(t.get(), 15));
+  return t;
+}
+
+// A type id usable for both file and memory (owned when it had to be built).
+struct TypeRef {
+  Id owned;
+  hid_t id;
+};
+TypeRef type_ref(Type t) {
+  if (t == Type::f16) {
+    Id h = half_type();
+    hid_t id = h.get();
+    return {std::move(h), id};
+  }
+  return {Id(), native(t)};
+}
+
+}  // namespace
+
+Id& Id::operator=(Id&& o) noexcept {
+  if (this != &o) {
+    if (id_ >= 0 && close_) close_(id_);
+    id_ = o.id_;
+    close_ = o.close_;
+    o.id_ = -1;
+  }
+  return *this;
+}
+
+Id::~Id() {
+  if (id_ >= 0 && close_) close_(id_);
+}
+
+std::string DatasetInfo::type_name() const {
+  std::string bits = std::to_string(element_size * 8);
+  if (is_float) return "float" + bits;
+  if (is_integer) return (is_signed ? "int" : "uint") + bits;
+  return "non-numeric (" + bits + "-bit)";
+}
+
+File File::open_read(const std::filesystem::path& path) {
+  silence_hdf5();
+  File f;
+  f.path_ = path;
+  if (!std::filesystem::is_regular_file(path)) throw IoError("'" + path.string() + "' does not exist");
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw IoError("'" + path.string() + "' is not an HDF5 file");
+  f.file_ = Id(HAWADA_CHECK_H5(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT)), H5Fclose);
+  return f;
+}
+
+File File::create(const std::filesystem::path& path) {
+  silence_hdf5();
+  File f;
+  f.path_ = path;
+  f.file_ = Id(HAWADA_CHECK_H5(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)), H5Fclose);
+  return f;
+}
+
+bool File::has(const std::string& dataset) const {
+  return H5Lexists(file_.get(), dataset.c_str(), H5P_DEFAULT) > 0;
+}
+
+DatasetInfo File::info(const std::string& dataset) const {
+  if (!has(dataset)) throw IoError("'" + path_.string() + "' has no dataset '" + dataset + "'");
+  Id d(HAWADA_CHECK_H5(H5Dopen2(file_.get(), dataset.c_str(), H5P_DEFAULT)), H5Dclose);
+  Id space(HAWADA_CHECK_H5(H5Dget_space(d.get())), H5Sclose);
+  Id type(HAWADA_CHECK_H5(H5Dget_type(d.get())), H5Tclose);
+  DatasetInfo info;
+  const int rank = HAWADA_CHECK_H5(H5Sget_simple_extent_ndims(space.get()));
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  HAWADA_CHECK_H5(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr));
+  for (hsize_t d_ : dims) info.shape.push_back(static_cast<int64_t>(d_));
+  const H5T_class_t cls = H5Tget_class(type.get());
+  info.is_integer = cls == H5T_INTEGER;
+  info.is_float = cls == H5T_FLOAT;
+  info.is_signed = info.is_integer ? H5Tget_sign(type.get()) == H5T_SGN_2 : info.is_float;
+  info.element_size = H5Tget_size(type.get());
+  return info;
+}
+
+void File::read_rows(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const {
+  const DatasetInfo meta = info(dataset);
+  HAWADA_ASSERT(!meta.shape.empty() && row >= 0 && row + rows <= meta.shape[0], "row range inside the dataset");
+  Id d(HAWADA_CHECK_H5(H5Dopen2(file_.get(), dataset.c_str(), H5P_DEFAULT)), H5Dclose);
+  Id file_space(HAWADA_CHECK_H5(H5Dget_space(d.get())), H5Sclose);
+  std::vector<hsize_t> start(meta.shape.size(), 0), count(meta.shape.begin(), meta.shape.end());
+  start[0] = static_cast<hsize_t>(row);
+  count[0] = static_cast<hsize_t>(rows);
+  HAWADA_CHECK_H5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
+  Id mem_space(HAWADA_CHECK_H5(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr)), H5Sclose);
+  TypeRef t = type_ref(type);
+  HAWADA_CHECK_H5(H5Dread(d.get(), t.id, mem_space.get(), file_space.get(), H5P_DEFAULT, out));
+}
+
+void File::read_all(const std::string& dataset, Type type, void* out) const {
+  const DatasetInfo meta = info(dataset);
+  if (meta.shape.empty() || meta.shape[0] == 0) {
+    Id d(HAWADA_CHECK_H5(H5Dopen2(file_.get(), dataset.c_str(), H5P_DEFAULT)), H5Dclose);
+    TypeRef t = type_ref(type);
+    if (meta.shape.empty()) HAWADA_CHECK_H5(H5Dread(d.get(), t.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, out));
+    return;
+  }
+  read_rows(dataset, 0, meta.shape[0], type, out);
+}
+
+void File::write(const std::string& dataset, Type type, const std::vector<int64_t>& shape, const void* data) {
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  Id space(HAWADA_CHECK_H5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
+  TypeRef t = type_ref(type);
+  Id d(HAWADA_CHECK_H5(H5Dcreate2(file_.get(), dataset.c_str(), t.id, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                                  H5P_DEFAULT)),
+       H5Dclose);
+  HAWADA_CHECK_H5(H5Dwrite(d.get(), t.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+}
+
+void File::set_attribute(const std::string& name, const std::string& value) {
+  Id type(HAWADA_CHECK_H5(H5Tcopy(H5T_C_S1)), H5Tclose);
+  HAWADA_CHECK_H5(H5Tset_size(type.get(), value.size() + 1));
+  HAWADA_CHECK_H5(H5Tset_strpad(type.get(), H5T_STR_NULLTERM));
+  Id space(HAWADA_CHECK_H5(H5Screate(H5S_SCALAR)), H5Sclose);
+  Id a(HAWADA_CHECK_H5(H5Acreate2(file_.get(), name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT)),
+       H5Aclose);
+  HAWADA_CHECK_H5(H5Awrite(a.get(), type.get(), value.c_str()));
+}
+
+void File::set_attribute(const std::string& name, int64_t value) {
+  Id space(HAWADA_CHECK_H5(H5Screate(H5S_SCALAR)), H5Sclose);
+  Id a(HAWADA_CHECK_H5(H5Acreate2(file_.get(), name.c_str(), H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT)),
+       H5Aclose);
+  HAWADA_CHECK_H5(H5Awrite(a.get(), H5T_NATIVE_INT64, &value));
+}
+
+std::string File::string_attribute(const std::string& name) const {
+  if (H5Aexists(file_.get(), name.c_str()) <= 0)
+    throw IoError("'" + path_.string() + "' has no attribute '" + name + "'");
+  Id a(HAWADA_CHECK_H5(H5Aopen(file_.get(), name.c_str(), H5P_DEFAULT)), H5Aclose);
+  Id type(HAWADA_CHECK_H5(H5Aget_type(a.get())), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0)
+    throw IoError("'" + path_.string() + "': attribute '" + name + "' is not a fixed-length string");
+  std::string value(H5Tget_size(type.get()), '\0');
+  HAWADA_CHECK_H5(H5Aread(a.get(), type.get(), value.data()));
+  value.resize(std::strlen(value.c_str()));
+  return value;
+}
+
+int64_t File::int_attribute(const std::string& name) const {
+  if (H5Aexists(file_.get(), name.c_str()) <= 0)
+    throw IoError("'" + path_.string() + "' has no attribute '" + name + "'");
+  Id a(HAWADA_CHECK_H5(H5Aopen(file_.get(), name.c_str(), H5P_DEFAULT)), H5Aclose);
+  Id type(HAWADA_CHECK_H5(H5Aget_type(a.get())), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_INTEGER)
+    throw IoError("'" + path_.string() + "': attribute '" + name + "' is not an integer");
+  int64_t v = 0;
+  HAWADA_CHECK_H5(H5Aread(a.get(), H5T_NATIVE_INT64, &v));
+  return v;
+}
+
+void File::close() {
+  if (file_.get() >= 0) {
+    HAWADA_CHECK_H5(H5Fflush(file_.get(), H5F_SCOPE_LOCAL));
+    file_ = Id();
+  }
+}
+
+}  // namespace h5
+}  // namespace hawada
