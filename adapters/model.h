@@ -34,7 +34,13 @@ class Model {
   virtual ~Model() = default;
   /// Logits for a batch: [B, L, vocab] for LMs, [B, labels] for classifiers. Without gates this is the
   /// teacher; with gates the student. Gates of exactly 1 give bit-identical results to no gates.
-  virtual at::Tensor logits(const Batch& batch, const GateValues* gates = nullptr) const = 0;
+  at::Tensor logits(const Batch& batch, const GateValues* gates = nullptr) const { return head(features(batch, gates)); }
+  /// What the output head reads: the final normalised hidden states [B, L, hidden] of an LM, the
+  /// class-token representation [B, hidden] of a classifier.
+  virtual at::Tensor features(const Batch& batch, const GateValues* gates = nullptr) const = 0;
+  /// The output head applied to features of any leading shape (so callers can take logits in
+  /// chunks and never hold [B, L, vocab] at once).
+  virtual at::Tensor head(const at::Tensor& features) const = 0;
   /// Every output the architecture has, by Hugging Face name ("logits", or "last_hidden_state" and
   /// "pooler_output" for a bare ViTModel).
   virtual std::vector<std::pair<std::string, at::Tensor>> outputs(const Batch& batch,

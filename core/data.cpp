@@ -79,10 +79,9 @@ class TokensH5 final : public DataSource {
       has_mask_ = true;
     }
     size_ = limit(ids.shape[0], spec.samples, spec.path, "input_ids");
-    hash_ = hash_file(spec.path, {0, spec.seq_len, size_});
   }
   int64_t size() const override { return size_; }
-  uint64_t content_hash() const override { return hash_; }
+  uint64_t content_hash() const override { return hash_file(spec_.path, {0, spec_.seq_len, size_}); }
   Batch read(int64_t start, int64_t count) const override {
     Batch b;
     b.input_ids = at::empty({count, spec_.seq_len}, at::kLong);
@@ -105,7 +104,6 @@ class TokensH5 final : public DataSource {
   std::unique_ptr<h5::File> file_;
   bool has_mask_ = false;
   int64_t size_ = 0;
-  uint64_t hash_ = 0;
 };
 
 class TokensBin final : public DataSource {
@@ -122,10 +120,11 @@ class TokensBin final : public DataSource {
       fail(spec.path, "", "holds " + std::to_string(tokens) + " tokens, fewer than one window of data.seq_len = " +
                               std::to_string(spec.seq_len));
     size_ = limit(tokens / spec.seq_len, spec.samples, spec.path, "");
-    hash_ = hash_file(spec.path, {1, spec.seq_len, size_, spec.token_bytes});
   }
   int64_t size() const override { return size_; }
-  uint64_t content_hash() const override { return hash_; }
+  uint64_t content_hash() const override {
+    return hash_file(spec_.path, {1, spec_.seq_len, size_, spec_.token_bytes});
+  }
   Batch read(int64_t start, int64_t count) const override {
     const auto type = spec_.token_bytes == 2 ? at::kUInt16 : at::kUInt32;
     void* p = const_cast<uint8_t*>(mapping_->data()) + start * spec_.seq_len * spec_.token_bytes;
@@ -140,7 +139,6 @@ class TokensBin final : public DataSource {
   DataExpectations expect_;
   std::shared_ptr<const MappedFile> mapping_;
   int64_t size_ = 0;
-  uint64_t hash_ = 0;
 };
 
 class ImagesH5 final : public DataSource {
@@ -161,10 +159,9 @@ class ImagesH5 final : public DataSource {
     uint8_ = u8;
     shape_ = px.shape;
     size_ = limit(px.shape[0], spec.samples, spec.path, "pixel_values");
-    hash_ = hash_file(spec.path, {2, size_});
   }
   int64_t size() const override { return size_; }
-  uint64_t content_hash() const override { return hash_; }
+  uint64_t content_hash() const override { return hash_file(spec_.path, {2, size_}); }
   Batch read(int64_t start, int64_t count) const override {
     Batch b;
     b.pixel_values = at::empty({count, shape_[1], shape_[2], shape_[3]}, at::kFloat);
@@ -190,7 +187,6 @@ class ImagesH5 final : public DataSource {
   bool uint8_ = false;
   std::vector<int64_t> shape_;
   int64_t size_ = 0;
-  uint64_t hash_ = 0;
 };
 
 }  // namespace

@@ -59,7 +59,8 @@ class DataSource {
   virtual int64_t size() const = 0;
   /// Samples [start, start + count), validated (token ids inside the vocabulary).
   virtual Batch read(int64_t start, int64_t count) const = 0;
-  /// XXH64 of the data file's bytes and of how it is cut into samples, for the cache fingerprint.
+  /// XXH64 of the data file's bytes and of how it is cut into samples, for the cache fingerprint
+  /// (reads the whole file: call it on one rank and broadcast).
   virtual uint64_t content_hash() const = 0;
 };
 

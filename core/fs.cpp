@@ -84,6 +84,19 @@ void atomic_write_text(const std::filesystem::path& final_path, std::string_view
   atomic_write(final_path, [&](OutputFile& out) { out.write(text.data(), text.size()); });
 }
 
+void sync_file(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) io_fail("cannot open", path);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) io_fail("cannot fsync", path);
+}
+
+void rename_into(const std::filesystem::path& from, const std::filesystem::path& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) io_fail("cannot rename '" + from.string() + "' to", to);
+  sync_directory(to.parent_path());
+}
+
 void copy_file_synced(const std::filesystem::path& from, const std::filesystem::path& to) {
   const std::string bytes = read_text_file(from);
   OutputFile out(to);

@@ -41,6 +41,11 @@ void atomic_write(const std::filesystem::path& final_path, const std::function<v
 void atomic_write_text(const std::filesystem::path& final_path, std::string_view text);
 /// fsync of a directory, so a rename inside it is durable.
 void sync_directory(const std::filesystem::path& dir);
+/// fsync of a file already written and closed (e.g. by a library that does not sync).
+void sync_file(const std::filesystem::path& path);
+/// rename(from, to) followed by an fsync of to's directory; IoError naming both on failure.
+void rename_into(const std::filesystem::path& from, const std::filesystem::path& to);
+
 /// Copies a file's bytes to `to` (created or truncated) and syncs it.
 void copy_file_synced(const std::filesystem::path& from, const std::filesystem::path& to);
 

@@ -9,9 +9,11 @@
 namespace hawada::log {
 namespace {
 
+// Taken when the program starts, so log times count from launch.
+const auto g_start = std::chrono::steady_clock::now();
+
 double seconds_since_start() {
-  static const auto start = std::chrono::steady_clock::now();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - g_start).count();
 }
 
 void emit(const char* level, std::string_view message) {

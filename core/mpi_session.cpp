@@ -58,4 +58,22 @@ void MpiSession::abort(int code) const {
   std::_Exit(code);  // MPI_Abort does not return; this only satisfies [[noreturn]]
 }
 
+namespace world {
+
+void barrier() {
+  if (MpiSession::active()) HAWADA_CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
+}
+
+uint64_t broadcast(uint64_t value, int root) {
+  if (MpiSession::active()) HAWADA_CHECK_MPI(MPI_Bcast(&value, 1, MPI_UINT64_T, root, MPI_COMM_WORLD));
+  return value;
+}
+
+int64_t sum(int64_t value) {
+  int64_t total = value;
+  if (MpiSession::active()) HAWADA_CHECK_MPI(MPI_Allreduce(&value, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD));
+  return total;
+}
+
+}  // namespace world
 }  // namespace hawada

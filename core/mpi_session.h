@@ -7,6 +7,7 @@
 
 #include <mpi.h>
 
+#include <cstdint>
 #include <string>
 
 #include "core/errors.h"
@@ -28,6 +29,14 @@ class MpiSession {
   /// True between construction and destruction of the session.
   static bool active();
 };
+
+/// Small collectives on MPI_COMM_WORLD for control flow between ranks (the data-parallel
+/// communicator for tensors comes separately). Without an MpiSession they act on a world of one.
+namespace world {
+void barrier();
+uint64_t broadcast(uint64_t value, int root = 0);
+int64_t sum(int64_t value);
+}  // namespace world
 
 namespace detail {
 [[noreturn]] void throw_mpi_error(int code, const char* call, const char* file, int line);

@@ -8,131 +8,13 @@
 // ..., got ...)". This header deliberately does not include toml++.
 #pragma once
 
-#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
 
+#include "stages/settings.h"
+
 namespace hawada {
-
-/// Dtype the student and teacher compute in (`model.dtype`).
-enum class ComputeDtype { fp32, bf16 };
-/// Layout of the training data file (`data.format`).
-enum class DataFormat { tokens_h5, tokens_bin, images_h5 };
-/// Element type of a flat binary token file (`data.token_dtype`, for tokens_bin).
-enum class TokenDtype { uint16, uint32 };
-/// Dtype of the stored teacher top-k logits (`teacher.store_dtype`).
-enum class StoreDtype { fp16, bf16 };
-/// What the budget counts (`budget.metric`).
-enum class BudgetMetric { params, latency };
-/// Dtype of the exported weights; `keep` keeps the checkpoint's own (`export.dtype`).
-enum class ExportDtype { keep, bf16, fp32 };
-/// Communicator backend (`dist.backend`); `auto_` is spelled "auto" in TOML.
-enum class DistBackend { auto_, mpi, nccl };
-
-/// [run]: where outputs go and process-level knobs.
-struct RunConfig {
-  std::filesystem::path dir;  ///< Default: runs/<config file stem> next to the config file.
-  int64_t seed = 0;
-  int threads_per_rank = 0;  ///< 0 = automatic.
-  bool operator==(const RunConfig&) const = default;
-};
-
-/// [model]: the dense Hugging Face model to prune.
-struct ModelConfig {
-  std::filesystem::path path;  ///< Required; an existing directory holding config.json.
-  ComputeDtype dtype = ComputeDtype::bf16;
-  bool operator==(const ModelConfig&) const = default;
-};
-
-/// [data]: the calibration / training data.
-struct DataConfig {
-  DataFormat format = DataFormat::tokens_h5;
-  std::filesystem::path path;  ///< Required; an existing regular file.
-  int64_t seq_len = 512;
-  int64_t samples = 0;  ///< 0 = all.
-  TokenDtype token_dtype = TokenDtype::uint16;  ///< tokens_bin only.
-  bool operator==(const DataConfig&) const = default;
-};
-
-/// [teacher]: the cached teacher logits.
-struct TeacherConfig {
-  std::filesystem::path cache_root;  ///< Default: runs/teacher-cache next to the config file.
-  int top_k = 64;
-  StoreDtype store_dtype = StoreDtype::bf16;
-  int batch_size = 8;
-  bool operator==(const TeacherConfig&) const = default;
-};
-
-/// [gates]: which structures get gates, and the hard-concrete gate parameters.
-struct GatesConfig {
-  bool heads = true;
-  bool ffn = true;
-  bool hidden = false;
-  double init = 0.9;
-  double temperature = 2.0 / 3.0;
-  bool operator==(const GatesConfig&) const = default;
-};
-
-/// [train]: the gate-training schedule and loss weights.
-struct TrainConfig {
-  int64_t steps = 1000;
-  int micro_batch = 4;
-  int grad_accum = 1;
-  double lr = 0.05;
-  int64_t warmup = 100;  ///< At most `steps`.
-  double kd_temperature = 1.0;
-  double mse_weight = 0.0;
-  int64_t checkpoint_every = 200;
-  bool operator==(const TrainConfig&) const = default;
-};
-
-/// [budget]: the size the pruned model must reach, as a ratio of the dense model.
-struct BudgetConfig {
-  BudgetMetric metric = BudgetMetric::params;
-  double target = 0.5;
-  bool operator==(const BudgetConfig&) const = default;
-};
-
-/// [search]: how gate scores become a concrete architecture.
-struct SearchConfig {
-  int ffn_multiple = 256;
-  int hidden_multiple = 128;
-  std::filesystem::path latency_table;  ///< Empty = analytic latency model.
-  bool prune_kv_groups = false;
-  bool operator==(const SearchConfig&) const = default;
-};
-
-/// [export]: the pruned checkpoint written at the end.
-struct ExportConfig {
-  std::string name = "slim";                   ///< A plain file name: no '/' or '\\', not "." or "..".
-  uint64_t max_shard_size = 5'000'000'000ULL;  ///< Bytes; TOML also accepts "5GB", "2GiB", ...
-  ExportDtype dtype = ExportDtype::keep;
-  bool operator==(const ExportConfig&) const = default;
-};
-
-/// [dist]: the communicator.
-struct DistConfig {
-  DistBackend backend = DistBackend::auto_;
-  double timeout_s = 600;
-  bool operator==(const DistConfig&) const = default;
-};
-
-/// The whole resolved configuration; `source` is the absolute path of the file it came from.
-struct Config {
-  std::filesystem::path source;
-  RunConfig run;
-  ModelConfig model;
-  DataConfig data;
-  TeacherConfig teacher;
-  GatesConfig gates;
-  TrainConfig train;
-  BudgetConfig budget;
-  SearchConfig search;
-  ExportConfig export_;  ///< The [export] section (`export` is a C++ keyword).
-  DistConfig dist;
-  bool operator==(const Config&) const = default;
-};
 
 /// Reads, parses and validates a config file. Throws ConfigError (file:line:column, dotted key, expected
 /// vs got), also when the file cannot be opened.

@@ -14,6 +14,7 @@
 #include "core/mpi_session.h"
 #include "core/process.h"
 #include "pipeline/config.h"
+#include "pipeline/runner.h"
 
 namespace hawada {
 
@@ -45,8 +46,8 @@ void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mp
   fault_point("run.after_model");
 
   // Every rank reaches this point or the job is aborted by main: no rank goes on alone.
-  HAWADA_CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
-  log::info("no pipeline stage is implemented in this version yet: the config and the model were validated");
+  world::barrier();
+  run_stages(config, pipeline_stages());
 }
 
 }  // namespace hawada

@@ -131,9 +131,8 @@ class LlamaModel final : public Model {
     w.finish();
   }
 
-  at::Tensor logits(const Batch& batch, const GateValues* gates) const override {
-    return layers::linear(hidden_states(batch, gates), lm_head_);
-  }
+  at::Tensor features(const Batch& batch, const GateValues* gates) const override { return hidden_states(batch, gates); }
+  at::Tensor head(const at::Tensor& features) const override { return layers::linear(features, lm_head_); }
 
   GateShape gate_shape() const override { return {arch_.layers, arch_.heads, arch_.ffn, arch_.hidden}; }
   at::ScalarType dtype() const override { return dtype_; }

@@ -90,12 +90,14 @@ class VitModel final : public Model {
     w.finish();
   }
 
-  at::Tensor logits(const Batch& batch, const GateValues* gates) const override {
+  at::Tensor features(const Batch& batch, const GateValues* gates) const override {
+    return encode(batch, gates).select(1, 0);
+  }
+  at::Tensor head(const at::Tensor& features) const override {
     if (!classifier_.weight.defined())
       throw CheckpointError(arch_.architecture + " has no classifier: its outputs are last_hidden_state" +
                             std::string(pooler_.weight.defined() ? " and pooler_output" : ""));
-    const at::Tensor x = encode(batch, gates);
-    return layers::linear(x.select(1, 0), classifier_.weight, classifier_.bias);
+    return layers::linear(features, classifier_.weight, classifier_.bias);
   }
 
   std::vector<std::pair<std::string, at::Tensor>> outputs(const Batch& batch, const GateValues* gates) const override {

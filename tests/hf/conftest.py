@@ -25,3 +25,22 @@ def cli():
 @pytest.fixture
 def inspect_json(cli):
     return lambda path: json.loads(cli("inspect", "--json", path).stdout)
+
+
+@pytest.fixture
+def mpirun(cli):
+    """Runs hawada-pipeline under `mpirun -np N` (one thread per rank); returns the CompletedProcess."""
+    cli("--version")  # skips when the binary is missing
+
+    def run(np, *args, env=None, check=True, timeout=300):
+        full_env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                    "OMP_NUM_THREADS": "1", **(env or {})}
+        exports = [a for k in (env or {}) for a in ("-x", k)]
+        p = subprocess.run(["mpirun", "-np", str(np), "--oversubscribe", *exports, CLI, *map(str, args)],
+                           capture_output=True, text=True, env=full_env, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"mpirun -np {np} hawada-pipeline {' '.join(map(str, args))} exited "
+                                 f"{p.returncode}:\n{p.stderr}")
+        return p
+
+    return run

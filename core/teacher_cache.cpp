@@ -1,0 +1,211 @@
+#include "core/teacher_cache.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "core/errors.h"
+#include "core/fs.h"
+#include "core/h5.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+
+[[noreturn]] void cache_fail(const fs::path& file, const std::string& what) {
+  throw CacheError("teacher cache file '" + file.string() + "': " + what);
+}
+
+std::string shape_string(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// The datasets a chunk of `n` samples must hold, with their shapes.
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_datasets(const CacheLayout& l, int64_t n) {
+  if (l.kind == "lm")
+    return {{"topk_values", {n, l.seq_len, l.top_k}},
+            {"topk_indices", {n, l.seq_len, l.top_k}},
+            {"logsumexp", {n, l.seq_len}},
+            {"sample_index", {n}}};
+  return {{"logits", {n, l.num_labels}}, {"sample_index", {n}}};
+}
+
+void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, int64_t end) {
+  try {
+    if (f.string_attribute("fingerprint") != layout.fingerprint)
+      cache_fail(f.path(), "fingerprint " + f.string_attribute("fingerprint") + ", the directory is " +
+                               layout.fingerprint);
+    if (f.int_attribute("format_version") != kTeacherCacheFormat)
+      cache_fail(f.path(), "format version " + std::to_string(f.int_attribute("format_version")) + ", expected " +
+                               std::to_string(kTeacherCacheFormat));
+    if (f.int_attribute("start") != start || f.int_attribute("end") != end)
+      cache_fail(f.path(), "holds samples [" + std::to_string(f.int_attribute("start")) + ", " +
+                               std::to_string(f.int_attribute("end")) + "), its name says [" + std::to_string(start) +
+                               ", " + std::to_string(end) + ")");
+    for (const auto& [name, shape] : expected_datasets(layout, end - start)) {
+      if (!f.has(name)) cache_fail(f.path(), "missing dataset '" + name + "'");
+      const auto info = f.info(name);
+      if (info.shape != shape)
+        cache_fail(f.path(), "dataset '" + name + "' has shape " + shape_string(info.shape) + ", expected " +
+                                 shape_string(shape));
+    }
+  } catch (const IoError& e) {
+    cache_fail(f.path(), e.what());
+  }
+}
+
+nlohmann::json layout_json(const CacheLayout& l) {
+  return {{"format_version", kTeacherCacheFormat}, {"fingerprint", l.fingerprint}, {"kind", l.kind},
+          {"samples", l.samples}, {"seq_len", l.seq_len}, {"top_k", l.top_k}, {"vocab_size", l.vocab_size},
+          {"num_labels", l.num_labels}, {"store_dtype", l.store_dtype}, {"chunk_samples", kCacheChunkSamples}};
+}
+
+}  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> CacheLayout::chunks() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t s = 0; s < samples; s += kCacheChunkSamples) out.emplace_back(s, std::min(samples, s + kCacheChunkSamples));
+  return out;
+}
+
+std::string CacheLayout::chunk_name(int64_t start, int64_t end) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "chunk-%010lld-%010lld.h5", static_cast<long long>(start), static_cast<long long>(end));
+  return buf;
+}
+
+void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end,
+                       const CacheChunk& c) {
+  const fs::path final_path = dir / CacheLayout::chunk_name(start, end);
+  // Temporaries of this chunk left by a killed run are garbage: its name is per chunk.
+  const std::string stale_prefix = "." + final_path.filename().string() + ".tmp.";
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind(stale_prefix, 0) == 0) fs::remove(e.path());
+  const fs::path tmp = temp_sibling(final_path);
+  try {
+    h5::File f = h5::File::create(tmp);
+    const int64_t n = end - start;
+    HAWADA_ASSERT(c.sample_index.numel() == n, "chunk row count");
+    if (layout.kind == "lm") {
+      const at::Tensor values = c.topk_values.contiguous();
+      if (layout.store_dtype == "fp16") {
+        HAWADA_ASSERT(values.scalar_type() == at::kHalf, "fp16 values");
+        f.write("topk_values", h5::Type::f16, {n, layout.seq_len, layout.top_k}, values.data_ptr());
+      } else {
+        HAWADA_ASSERT(values.scalar_type() == at::kBFloat16, "bf16 values");
+        f.write("topk_values", h5::Type::u16, {n, layout.seq_len, layout.top_k}, values.data_ptr());
+      }
+      f.write("topk_indices", h5::Type::i32, {n, layout.seq_len, layout.top_k},
+              c.topk_indices.to(at::kInt).contiguous().data_ptr());
+      f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, c.logsumexp.to(at::kFloat).contiguous().data_ptr());
+      f.set_attribute("topk_values_dtype", layout.store_dtype == "fp16" ? std::string("float16")
+                                                                         : std::string("bfloat16 (uint16 bits)"));
+    } else {
+      f.write("logits", h5::Type::f32, {n, layout.num_labels}, c.logits.to(at::kFloat).contiguous().data_ptr());
+    }
+    f.write("sample_index", h5::Type::i64, {n}, c.sample_index.to(at::kLong).contiguous().data_ptr());
+    f.set_attribute("fingerprint", layout.fingerprint);
+    f.set_attribute("format_version", kTeacherCacheFormat);
+    f.set_attribute("start", start);
+    f.set_attribute("end", end);
+    f.close();
+    sync_file(tmp);
+    rename_into(tmp, final_path);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw;
+  }
+}
+
+bool cache_chunk_ready(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end) {
+  const fs::path path = dir / CacheLayout::chunk_name(start, end);
+  if (!fs::exists(path)) return false;
+  h5::File f = [&] {
+    try {
+      return h5::File::open_read(path);
+    } catch (const IoError& e) {
+      cache_fail(path, e.what());
+    }
+  }();
+  check_chunk(f, layout, start, end);
+  return true;
+}
+
+CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end) {
+  const fs::path path = dir / CacheLayout::chunk_name(start, end);
+  if (!fs::exists(path)) cache_fail(path, "missing");
+  h5::File f = h5::File::open_read(path);
+  check_chunk(f, layout, start, end);
+  const int64_t n = end - start;
+  CacheChunk c;
+  c.sample_index = at::empty({n}, at::kLong);
+  f.read_all("sample_index", h5::Type::i64, c.sample_index.data_ptr());
+  if (layout.kind == "lm") {
+    const bool fp16 = layout.store_dtype == "fp16";
+    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, fp16 ? at::kHalf : at::kBFloat16);
+    f.read_all("topk_values", fp16 ? h5::Type::f16 : h5::Type::u16, c.topk_values.data_ptr());
+    c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
+    f.read_all("topk_indices", h5::Type::i32, c.topk_indices.data_ptr());
+    c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
+    f.read_all("logsumexp", h5::Type::f32, c.logsumexp.data_ptr());
+  } else {
+    c.logits = at::empty({n, layout.num_labels}, at::kFloat);
+    f.read_all("logits", h5::Type::f32, c.logits.data_ptr());
+  }
+  return c;
+}
+
+void write_cache_index(const fs::path& dir, const CacheLayout& layout) {
+  nlohmann::json j = layout_json(layout);
+  j["chunks"] = nlohmann::json::array();
+  for (const auto& [s, e] : layout.chunks()) {
+    if (!cache_chunk_ready(dir, layout, s, e)) cache_fail(dir / CacheLayout::chunk_name(s, e), "missing");
+    j["chunks"].push_back({{"file", CacheLayout::chunk_name(s, e)}, {"start", s}, {"end", e}});
+  }
+  atomic_write_text(dir / "index.json", j.dump(2) + "\n");
+}
+
+CacheLayout read_cache_index(const fs::path& dir) {
+  const fs::path path = dir / "index.json";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(path));
+    CacheLayout l;
+    if (j.at("format_version").get<int64_t>() != kTeacherCacheFormat)
+      cache_fail(path, "format version " + j.at("format_version").dump() + ", expected " +
+                           std::to_string(kTeacherCacheFormat));
+    l.fingerprint = j.at("fingerprint").get<std::string>();
+    l.kind = j.at("kind").get<std::string>();
+    l.samples = j.at("samples").get<int64_t>();
+    l.seq_len = j.at("seq_len").get<int64_t>();
+    l.top_k = j.at("top_k").get<int64_t>();
+    l.vocab_size = j.at("vocab_size").get<int64_t>();
+    l.num_labels = j.at("num_labels").get<int64_t>();
+    l.store_dtype = j.at("store_dtype").get<std::string>();
+    if (j.at("chunk_samples").get<int64_t>() != kCacheChunkSamples) cache_fail(path, "unexpected chunk_samples");
+    return l;
+  } catch (const nlohmann::json::exception& e) {
+    cache_fail(path, std::string("malformed index: ") + e.what());
+  } catch (const IoError& e) {
+    cache_fail(path, e.what());
+  }
+}
+
+bool cache_complete(const fs::path& dir, const CacheLayout& layout) {
+  if (!fs::exists(dir / "index.json")) return false;
+  const CacheLayout found = read_cache_index(dir);
+  if (layout_json(found) != layout_json(layout))
+    cache_fail(dir / "index.json", "describes " + layout_json(found).dump() + ", this run expects " +
+                                       layout_json(layout).dump());
+  for (const auto& [s, e] : layout.chunks())
+    if (!cache_chunk_ready(dir, layout, s, e))
+      cache_fail(dir / CacheLayout::chunk_name(s, e), "listed by index.json but missing");
+  return true;
+}
+
+}  // namespace hawada

@@ -1,0 +1,35 @@
+// The one interface every stage implements, and what a stage sees of the run.
+//
+// Contract: the runner calls fingerprint() and then run() on every rank, in the same order; inside,
+// every collective (MPI on MPI_COMM_WORLD) is called in the same order on every rank. Rank 0 alone
+// writes shared files; other ranks write only their own shards.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "stages/settings.h"
+
+namespace hawada {
+
+/// What a stage reads: the resolved settings and the run directory.
+struct StageContext {
+  const Config& config;
+  std::filesystem::path run_dir;
+};
+
+/// One stage of the pipeline.
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  /// Name used for markers and logs ("teacher_cache").
+  virtual std::string_view name() const = 0;
+  /// Fingerprint of everything this stage's output depends on. The runner skips run() when the
+  /// stage's marker holds the same fingerprint. Collective: called on every rank.
+  virtual std::string fingerprint(const StageContext& context) = 0;
+  /// Does the work; resumes from the stage's own partial outputs. Collective.
+  virtual void run(const StageContext& context) = 0;
+};
+
+}  // namespace hawada

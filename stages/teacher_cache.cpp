@@ -1,0 +1,216 @@
+#include "stages/teacher_cache.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+
+#include "adapters/adapter.h"
+#include "core/checkpoint.h"
+#include "core/data.h"
+#include "core/errors.h"
+#include "core/fault.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Logits are taken over at most this many bytes of fp32 [tokens, vocab] at a time.
+constexpr int64_t kLogitBytesPerPiece = 256ll << 20;
+
+DataSpec data_spec(const Config& c) {
+  DataSpec s;
+  s.format = c.data.format == DataFormat::tokens_h5    ? DataSpec::Format::tokens_h5
+             : c.data.format == DataFormat::tokens_bin ? DataSpec::Format::tokens_bin
+                                                       : DataSpec::Format::images_h5;
+  s.path = c.data.path;
+  s.seq_len = c.data.seq_len;
+  s.samples = c.data.samples;
+  s.token_bytes = c.data.token_dtype == TokenDtype::uint16 ? 2 : 4;
+  return s;
+}
+
+std::unique_ptr<DataSource> open_data(const Config& c, const ArchSummary& arch) {
+  DataExpectations expect;
+  expect.vocab_size = arch.vocab_size;
+  expect.image_size = arch.image_size;
+  return DataSource::open(data_spec(c), expect, read_pixel_normalization(c.model.path));
+}
+
+at::ScalarType compute_dtype(const Config& c) { return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat; }
+
+std::string seconds_string(double s) {
+  char buf[32];
+  if (s < 120) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else std::snprintf(buf, sizeof buf, "%.0fm%02.0fs", std::floor(s / 60), std::fmod(s, 60));
+  return buf;
+}
+
+// Top-k and log-sum-exp of the LM head over [n, L, hidden] features, a piece of tokens at a time.
+CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout) {
+  const int64_t n = features.size(0), L = features.size(1);
+  const at::Tensor flat = features.reshape({n * L, features.size(2)});
+  const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (layout.vocab_size * 4));
+  std::vector<at::Tensor> values, indices, lse;
+  for (int64_t t = 0; t < n * L; t += piece) {
+    const at::Tensor logits = model.head(flat.slice(0, t, std::min(n * L, t + piece))).to(at::kFloat);
+    lse.push_back(at::logsumexp(logits, -1));
+    auto [v, i] = logits.topk(layout.top_k, -1, /*largest=*/true, /*sorted=*/true);
+    values.push_back(v.to(layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16));
+    indices.push_back(i.to(at::kInt));
+  }
+  CacheChunk c;
+  c.topk_values = at::cat(values).view({n, L, layout.top_k});
+  c.topk_indices = at::cat(indices).view({n, L, layout.top_k});
+  c.logsumexp = at::cat(lse).view({n, L});
+  return c;
+}
+
+}  // namespace
+
+uint64_t hash_model_weights(const fs::path& model_dir) {
+  const HfCheckpoint ckpt = HfCheckpoint::open(model_dir);
+  Hasher h;
+  for (const auto& name : ckpt.tensor_names()) {
+    const auto& info = ckpt.info(name);
+    h.update(name);
+    h.update(safetensors::dtype_name(info.dtype));
+    for (int64_t d : info.shape) h.update_u64(static_cast<uint64_t>(d));
+    h.update(ckpt.bytes(name), info.nbytes());
+  }
+  return h.digest();
+}
+
+std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  const HfCheckpoint ckpt = with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); });
+  const auto config_file = c.model.path / "config.json";
+  const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
+  const auto data = open_data(c, arch);
+
+  // Rank 0 reads the weights and the data once; every rank gets the same hashes.
+  uint64_t weights = 0, content = 0;
+  if (process_info().rank == 0) {
+    const auto t0 = Clock::now();
+    weights = hash_model_weights(c.model.path);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    log::info("teacher_cache: hashed " + std::to_string(ckpt.total_bytes() / 1000000) + " MB of teacher weights in " +
+              std::to_string(s).substr(0, 5) + " s");
+    content = data->content_hash();
+  }
+  weights = world::broadcast(weights);
+  content = world::broadcast(content);
+
+  layout_ = CacheLayout{};
+  layout_.kind = arch.vocab_size > 0 ? "lm" : "classifier";
+  layout_.samples = data->size();
+  if (layout_.kind == "lm") {
+    layout_.seq_len = c.data.seq_len;
+    layout_.top_k = std::min<int64_t>(c.teacher.top_k, arch.vocab_size);
+    layout_.vocab_size = arch.vocab_size;
+    layout_.store_dtype = c.teacher.store_dtype == StoreDtype::fp16 ? "fp16" : "bf16";
+  } else {
+    layout_.num_labels = arch.num_labels;
+  }
+  Hasher h;
+  for (uint64_t v : {static_cast<uint64_t>(kTeacherCacheFormat), weights, content,
+                     static_cast<uint64_t>(layout_.samples), static_cast<uint64_t>(layout_.seq_len),
+                     static_cast<uint64_t>(layout_.top_k), static_cast<uint64_t>(compute_dtype(c))})
+    h.update_u64(v);
+  h.update(layout_.kind);
+  h.update(layout_.store_dtype);
+  layout_.fingerprint = hex64(h.digest());
+  dir_ = c.teacher.cache_root / layout_.fingerprint;
+  return layout_.fingerprint;
+}
+
+void TeacherCacheStage::run(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  const auto& proc = process_info();
+  if (proc.rank == 0) fs::create_directories(dir_);
+  world::barrier();
+  if (cache_complete(dir_, layout_)) {
+    log::info("teacher_cache: reused the complete cache " + dir_.string() + " (no teacher forward)");
+    return;
+  }
+
+  const HfCheckpoint ckpt = HfCheckpoint::open(c.model.path);
+  const auto config_file = c.model.path / "config.json";
+  const auto& adapter = adapter_for(ckpt.config(), config_file);
+  const ArchSummary arch = adapter.summarize(ckpt.config(), config_file);
+  const auto model = with_context("loading teacher: ", [&] { return adapter.load(ckpt, {compute_dtype(c)}); });
+  const auto data = open_data(c, arch);
+
+  // Contiguous chunk ranges per rank.
+  const auto chunks = layout_.chunks();
+  const size_t first = chunks.size() * static_cast<size_t>(proc.rank) / static_cast<size_t>(proc.size);
+  const size_t last = chunks.size() * static_cast<size_t>(proc.rank + 1) / static_cast<size_t>(proc.size);
+  int64_t mine = 0, computed = 0, reused = 0;
+  for (size_t i = first; i < last; ++i) mine += chunks[i].second - chunks[i].first;
+
+  at::InferenceMode inference;
+  fault_point("teacher_cache.before_first_write");
+  const auto t0 = Clock::now();
+  auto last_report = t0;
+  for (size_t i = first; i < last; ++i) {
+    const auto [start, end] = chunks[i];
+    if (cache_chunk_ready(dir_, layout_, start, end)) {
+      reused += end - start;
+      continue;
+    }
+    std::vector<CacheChunk> parts;
+    for (int64_t s = start; s < end; s += c.teacher.batch_size) {
+      const int64_t n = std::min<int64_t>(c.teacher.batch_size, end - s);
+      const Batch batch = with_context("teacher_cache: ", [&] { return data->read(s, n); });
+      const at::Tensor features = model->features(batch);
+      CacheChunk part = layout_.kind == "lm" ? lm_chunk(*model, features, layout_) : CacheChunk{};
+      if (layout_.kind == "classifier") part.logits = model->head(features).to(at::kFloat);
+      parts.push_back(std::move(part));
+    }
+    CacheChunk chunk;
+    auto cat = [&](at::Tensor CacheChunk::*field) {
+      std::vector<at::Tensor> ts;
+      for (auto& p : parts) ts.push_back(p.*field);
+      return at::cat(ts);
+    };
+    if (layout_.kind == "lm") {
+      chunk.topk_values = cat(&CacheChunk::topk_values);
+      chunk.topk_indices = cat(&CacheChunk::topk_indices);
+      chunk.logsumexp = cat(&CacheChunk::logsumexp);
+    } else {
+      chunk.logits = cat(&CacheChunk::logits);
+    }
+    chunk.sample_index = at::arange(start, end, at::kLong);
+    write_cache_chunk(dir_, layout_, start, end, chunk);
+    computed += end - start;
+    fault_point("teacher_cache.after_chunk");
+
+    const auto now = Clock::now();
+    if (proc.rank == 0 && (now - last_report > std::chrono::seconds(5) || i + 1 == last)) {
+      const double s = std::chrono::duration<double>(now - t0).count();
+      const double rate = computed / std::max(s, 1e-9);
+      const int64_t left = mine - computed - reused;
+      std::string line = "teacher_cache: rank 0 " + std::to_string(computed + reused) + "/" + std::to_string(mine) +
+                         " samples, " + std::to_string(static_cast<int64_t>(rate)) + " samples/s";
+      if (layout_.kind == "lm") line += ", " + std::to_string(static_cast<int64_t>(rate * layout_.seq_len)) + " tokens/s";
+      log::info(line + ", ETA " + seconds_string(left / std::max(rate, 1e-9)));
+      last_report = now;
+    }
+  }
+  fault_point("teacher_cache.before_index");
+
+  // Every rank has written its chunks (or the job was aborted): only then the index.
+  const int64_t total_computed = world::sum(computed), total_reused = world::sum(reused);
+  if (proc.rank == 0) write_cache_index(dir_, layout_);
+  world::barrier();
+  log::info("teacher_cache: teacher forward on " + std::to_string(total_computed) + " samples, " +
+            std::to_string(total_reused) + " reused from an interrupted run; cache " + dir_.string());
+}
+
+}  // namespace hawada

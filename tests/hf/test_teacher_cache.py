@@ -1,0 +1,205 @@
+"""Stage teacher_cache through `hawada-pipeline run`: the cache read with h5py against transformers'
+logits, reuse across runs, 2 ranks against 1, kills at three points then a rerun, and bad inputs.
+"""
+import glob
+import json
+import os
+import re
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, SEQ = 300, 8
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "llama"
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                                      tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    return path, model
+
+
+def token_file(path, samples, seed=0, vocab=VOCAB):
+    ids = np.random.default_rng(seed).integers(0, vocab, size=(samples, SEQ)).astype(np.int32)
+    with h5py.File(path, "w") as f:
+        f["input_ids"] = ids
+    return ids
+
+
+def config(tmp_path, model, data, cache, run="run", fmt="tokens_h5", extra=""):
+    text = f"""
+[run]
+dir = "{tmp_path / run}"
+threads_per_rank = 1
+[model]
+path = "{model}"
+dtype = "fp32"
+[data]
+format = "{fmt}"
+path = "{data}"
+seq_len = {SEQ}
+[teacher]
+cache_root = "{cache}"
+top_k = 16
+store_dtype = "bf16"
+batch_size = 16
+{extra}
+"""
+    p = tmp_path / f"{run}.toml"
+    p.write_text(text)
+    return p
+
+
+def cache_dir(cache):
+    dirs = [d for d in glob.glob(str(cache / "*")) if os.path.isdir(d)]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def read_cache(directory):
+    """All datasets of all chunks, concatenated in sample order (h5py: the independent reader)."""
+    index = json.load(open(os.path.join(directory, "index.json")))
+    out = {}
+    for chunk in index["chunks"]:
+        with h5py.File(os.path.join(directory, chunk["file"]), "r") as f:
+            assert f.attrs["format_version"] == index["format_version"]
+            for k in f:
+                out.setdefault(k, []).append(f[k][:])
+    return index, {k: np.concatenate(v) for k, v in out.items()}
+
+
+def bf16_bits_to_float(bits):
+    return torch.from_numpy(bits.astype(np.int16)).view(torch.bfloat16).float()
+
+
+def test_cache_matches_transformers_and_is_reused(tmp_path, llama, cli):
+    path, model = llama
+    ids = token_file(tmp_path / "tokens.h5", 100)
+    cache = tmp_path / "cache"
+    first = cli("run", config(tmp_path, path, tmp_path / "tokens.h5", cache))
+    assert "teacher forward on 100 samples" in first.stderr
+
+    index, c = read_cache(cache_dir(cache))
+    assert index["samples"] == 100 and index["top_k"] == 16 and len(index["chunks"]) == 2
+    assert c["topk_values"].shape == (100, SEQ, 16) and c["topk_indices"].dtype == np.int32
+    assert (c["sample_index"] == np.arange(100)).all()
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(ids).long()).logits.float()
+    ref_values, ref_indices = logits.topk(16, dim=-1)
+    ref_lse = torch.logsumexp(logits, dim=-1)
+    values = bf16_bits_to_float(c["topk_values"])
+    assert torch.equal(torch.from_numpy(c["topk_indices"]).long(), ref_indices), "top-k indices differ"
+    value_err = ((values - ref_values).abs() / ref_values.abs().clamp_min(1e-3)).max().item()
+    lse_err = (torch.from_numpy(c["logsumexp"]) - ref_lse).abs().max().item()
+    print(f"top-k values: max relative error {value_err:.2e} (bf16 storage: 2^-8 = 3.9e-3); lse max |diff| {lse_err:.2e}")
+    assert value_err <= 2 ** -8
+    assert lse_err <= 1e-4 * ref_lse.abs().max().item()
+
+    # Same teacher, data and settings from another run directory: reused, no teacher forward.
+    second = cli("run", config(tmp_path, path, tmp_path / "tokens.h5", cache, run="other"))
+    assert "reused the complete cache" in second.stderr and "teacher forward on" not in second.stderr
+    # A different k: a new directory, never a mix.
+    k8 = config(tmp_path, path, tmp_path / "tokens.h5", cache, run="k8")
+    k8.write_text(k8.read_text().replace("top_k = 16", "top_k = 8"))
+    third = cli("run", k8)
+    assert "teacher forward on 100 samples" in third.stderr
+    assert len([d for d in glob.glob(str(cache / "*")) if os.path.isdir(d)]) == 2
+
+
+def test_two_ranks_equal_one_rank(tmp_path, llama, mpirun):
+    path, _ = llama
+    token_file(tmp_path / "tokens.h5", 300, seed=1)
+    mpirun(1, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_one", run="one"))
+    two = mpirun(2, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_two", run="two"))
+    assert "teacher forward on 300 samples" in two.stderr
+    index1, a = read_cache(cache_dir(tmp_path / "cache_one"))
+    index2, b = read_cache(cache_dir(tmp_path / "cache_two"))
+    assert index1 == index2
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("point", ["before_first_write", "after_chunk", "before_index"])
+def test_killed_rank_then_rerun_completes_the_same_cache(tmp_path, llama, mpirun, point):
+    path, _ = llama
+    token_file(tmp_path / "tokens.h5", 300, seed=2)  # 5 chunks: rank 1 owns 3
+    mpirun(1, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_ref", run="ref"))
+    cfg = config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache")
+    killed = mpirun(2, "run", cfg, env={"HAWADA_FAULT": f"teacher_cache.{point}@1:kill"}, check=False)
+    assert killed.returncode != 0
+    directory = cache_dir(tmp_path / "cache")
+    assert not os.path.exists(os.path.join(directory, "index.json")), "index published although a rank died"
+    rerun = mpirun(2, "run", cfg)
+    done = re.search(r"teacher forward on (\d+) samples, (\d+) reused", rerun.stderr)
+    assert done, rerun.stderr
+    computed, reused = int(done.group(1)), int(done.group(2))
+    print(f"{point}: rerun computed {computed} samples, reused {reused}")
+    assert computed + reused == 300
+    if point == "before_index":
+        assert computed == 0, "every chunk was written before the kill"
+    if point == "after_chunk":
+        assert reused >= 64, "the chunk written before the kill must be reused"
+    _, ref = read_cache(cache_dir(tmp_path / "cache_ref"))
+    _, got = read_cache(directory)
+    for k in ref:
+        assert np.array_equal(ref[k], got[k]), k
+    assert not glob.glob(os.path.join(directory, ".*tmp*")), "temporary files left behind"
+
+
+def test_tampered_chunk_is_refused(tmp_path, llama, cli):
+    path, _ = llama
+    token_file(tmp_path / "tokens.h5", 70)
+    cfg = config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache")
+    cli("run", cfg)
+    directory = cache_dir(tmp_path / "cache")
+    chunk = sorted(glob.glob(os.path.join(directory, "chunk-*.h5")))[0]
+    with h5py.File(chunk, "a") as f:
+        del f.attrs["fingerprint"]
+        f.attrs.create("fingerprint", np.bytes_("0123456789abcdef"))
+    os.remove(tmp_path / "run" / "stages" / "teacher_cache.done")
+    p = cli("run", cfg, check=False)
+    assert p.returncode == 1 and "CacheError" in p.stderr and os.path.basename(chunk) in p.stderr
+    assert "fingerprint 0123456789abcdef" in p.stderr
+
+
+def test_bad_token_data_names_file_and_dataset(tmp_path, llama, cli):
+    path, _ = llama
+    ids = token_file(tmp_path / "tokens.h5", 20)
+    ids[7, 3] = VOCAB + 5
+    with h5py.File(tmp_path / "oov.h5", "w") as f:
+        f["input_ids"] = ids
+    p = cli("run", config(tmp_path, path, tmp_path / "oov.h5", tmp_path / "cache"), check=False)
+    assert p.returncode == 1 and "DataError" in p.stderr
+    assert "oov.h5" in p.stderr and "dataset 'input_ids'" in p.stderr and f"token id {VOCAB + 5}" in p.stderr
+    with h5py.File(tmp_path / "float.h5", "w") as f:
+        f["input_ids"] = ids.astype(np.float32)
+    p = cli("run", config(tmp_path, path, tmp_path / "float.h5", tmp_path / "cache", run="f"), check=False)
+    assert p.returncode == 1 and "float.h5" in p.stderr and "expected integer" in p.stderr
+
+
+def test_vit_classifier_cache_holds_full_logits(tmp_path, cli):
+    torch.manual_seed(0)
+    config_ = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=96, num_labels=10)
+    model = transformers.ViTForImageClassification(config_).eval()
+    model.save_pretrained(tmp_path / "vit")
+    pixels = np.random.default_rng(0).standard_normal((20, 3, 32, 32)).astype(np.float32)
+    with h5py.File(tmp_path / "images.h5", "w") as f:
+        f["pixel_values"] = pixels
+    cli("run", config(tmp_path, tmp_path / "vit", tmp_path / "images.h5", tmp_path / "cache", fmt="images_h5"))
+    index, c = read_cache(cache_dir(tmp_path / "cache"))
+    assert index["kind"] == "classifier" and c["logits"].shape == (20, 10)
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(pixels)).logits
+    diff = (torch.from_numpy(c["logits"]) - ref).abs().max().item()
+    print(f"vit cached logits: max |diff| {diff:.2e}")
+    assert diff <= 1e-4 * ref.abs().max().item()
