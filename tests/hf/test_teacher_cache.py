@@ -126,6 +126,9 @@ def test_two_ranks_equal_one_rank(tmp_path, llama, mpirun):
     assert index1 == index2
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+    # Written by 2 ranks, read by 1: the same cache, reused.
+    again = mpirun(1, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_two", run="again"))
+    assert "reused the complete cache" in again.stderr
 
 
 @pytest.mark.parametrize("point", ["before_first_write", "after_chunk", "before_index"])

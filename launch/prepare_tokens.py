@@ -1,0 +1,52 @@
+"""Turns a text corpus into the token HDF5 that `data.format = "tokens_h5"` reads, with the model's
+own tokenizer (transformers' AutoTokenizer on the model directory; nothing is downloaded).
+
+    python launch/prepare_tokens.py MODEL_DIR CORPUS.txt OUT.h5 --seq-len 512 [--samples N] [--no-eos]
+
+Documents are separated by blank lines; each gets the tokenizer's special tokens (BOS) and, unless
+--no-eos, an EOS token; all are concatenated and cut into windows of seq_len (the remainder is
+dropped). Writes input_ids int32 [samples, seq_len] and attributes naming the tokenizer and corpus.
+"""
+import argparse
+import os
+
+import h5py
+import numpy as np
+from transformers import AutoTokenizer
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model_dir")
+    p.add_argument("corpus")
+    p.add_argument("out")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--samples", type=int, default=0, help="at most this many windows (0 = all)")
+    p.add_argument("--no-eos", action="store_true")
+    a = p.parse_args()
+
+    tok = AutoTokenizer.from_pretrained(a.model_dir, local_files_only=True)
+    text = open(a.corpus, encoding="utf-8").read()
+    docs = [d.strip() for d in text.split("\n\n") if d.strip()]
+    ids = []
+    for d in docs:
+        ids.extend(tok(d)["input_ids"])
+        if not a.no_eos and tok.eos_token_id is not None:
+            ids.append(tok.eos_token_id)
+    windows = len(ids) // a.seq_len
+    if a.samples:
+        windows = min(windows, a.samples)
+    if windows == 0:
+        raise SystemExit(f"{a.corpus}: {len(ids)} tokens, fewer than one window of {a.seq_len}")
+    arr = np.asarray(ids[: windows * a.seq_len], dtype=np.int32).reshape(windows, a.seq_len)
+    tmp = a.out + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f["input_ids"] = arr
+        f.attrs["tokenizer"] = os.path.abspath(a.model_dir)
+        f.attrs["corpus"] = os.path.abspath(a.corpus)
+    os.replace(tmp, a.out)
+    print(f"wrote {a.out}: {windows} samples x {a.seq_len} tokens from {len(docs)} documents ({len(ids)} tokens)")
+
+
+if __name__ == "__main__":
+    main()
