@@ -1,0 +1,91 @@
+// Hard-concrete gates (distribution checks) and the top-k + tail distillation loss against an
+// independent torch reference (tests/unit/distill_loss_reference.py) and against full KL when k = V.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <sstream>
+
+#include "core/distill_loss.h"
+#include "core/gates.h"
+#include "core/safetensors.h"
+#include "tests/unit/test_util.h"
+
+namespace hawada {
+namespace {
+
+TEST(HardConcrete, DeterministicValuesAndKeepProbability) {
+  HardConcrete hc;
+  const at::Tensor la = at::linspace(-8, 8, 33);
+  const at::Tensor z = hc.deterministic(la);
+  EXPECT_TRUE((z >= 0).all().item<bool>() && (z <= 1).all().item<bool>());
+  EXPECT_EQ(hc.deterministic(at::full({1}, 10.0)).item<float>(), 1.0f);
+  EXPECT_EQ(hc.deterministic(at::full({1}, -10.0)).item<float>(), 0.0f);
+  for (double p : {0.05, 0.5, 0.9, 0.99})
+    EXPECT_NEAR(hc.keep_probability(at::full({1}, hc.log_alpha_for(p), at::kDouble)).item<double>(), p, 1e-12);
+}
+
+TEST(HardConcrete, SampledNonzeroFractionIsTheKeepProbability) {
+  HardConcrete hc;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1234);
+  for (double la : {-1.0, 0.0, 2.0}) {
+    const at::Tensor z = hc.sample(at::full({200000}, la), gen);
+    const double nonzero = (z > 0).to(at::kDouble).mean().item<double>();
+    const double expected = hc.keep_probability(at::full({1}, la)).item<double>();
+    EXPECT_NEAR(nonzero, expected, 0.005) << "log_alpha " << la;
+    EXPECT_GT((z == 1).sum().item<int64_t>(), 0) << "exact ones must occur";
+  }
+  at::Tensor la = at::zeros({16}).requires_grad_(true);
+  hc.sample(la, gen).sum().backward();
+  EXPECT_TRUE(la.grad().defined());
+}
+
+TEST(TopkKl, MatchesTorchReference) {
+  if (!std::filesystem::exists(HAWADA_PYTHON)) GTEST_SKIP() << "no project venv python at " << HAWADA_PYTHON;
+  testing::TempDir dir;
+  at::manual_seed(3);
+  const int64_t N = 12, V = 50, k = 8;
+  const at::Tensor teacher = at::randn({N, V}) * 3;
+  auto [values, indices] = teacher.topk(k, -1);
+  const at::Tensor student = at::randn({N, V}) * 3;
+  const at::Tensor lse = at::logsumexp(teacher, -1);
+  const at::Tensor mask = (at::arange(N) % 3 != 0).to(at::kFloat);
+  safetensors::write_file(dir.path() / "in.safetensors", {{"student", student}, {"values", values},
+                                                           {"indices", indices.to(at::kInt)}, {"lse", lse}, {"mask", mask}});
+  auto [code, out] = testing::run_capture(std::string(HAWADA_PYTHON) + " " + HAWADA_TEST_DATA_DIR +
+                                          "/../unit/distill_loss_reference.py " + (dir.path() / "in.safetensors").string());
+  ASSERT_EQ(code, 0) << out;
+  std::istringstream lines(out);
+  double ref[4];
+  for (double& r : ref) lines >> r;
+  const double ours[4] = {topk_kl_loss(student, values, indices, lse, 1.0).item<double>(),
+                          topk_kl_loss(student, values, indices, lse, 2.0).item<double>(),
+                          topk_kl_loss(student, values, indices, lse, 0.5).item<double>(),
+                          topk_kl_loss(student, values, indices, lse, 1.0, mask).item<double>()};
+  for (int i = 0; i < 4; ++i) {
+    std::printf("case %d: ours %.9g, torch reference %.9g\n", i, ours[i], ref[i]);
+    EXPECT_NEAR(ours[i], ref[i], 1e-5 * std::max(1.0, std::abs(ref[i])));
+  }
+}
+
+TEST(TopkKl, ZeroForTheTeacherAndFullKlWhenKIsTheVocabulary) {
+  at::manual_seed(4);
+  const at::Tensor teacher = at::randn({6, 20}) * 2;
+  const at::Tensor lse = at::logsumexp(teacher, -1);
+  auto [v5, i5] = teacher.topk(5, -1);
+  EXPECT_NEAR(topk_kl_loss(teacher, v5, i5, lse).item<double>(), 0.0, 1e-6);
+  const at::Tensor student = at::randn({6, 20}).requires_grad_(true);
+  auto [vall, iall] = teacher.topk(20, -1);
+  const at::Tensor ours = topk_kl_loss(student, vall, iall, lse);
+  const at::Tensor full = at::kl_div(at::log_softmax(student, -1), at::log_softmax(teacher, -1), at::Reduction::None,
+                                     /*log_target=*/true)
+                              .sum(-1)
+                              .mean();
+  EXPECT_NEAR(ours.item<double>(), full.item<double>(), 1e-5);
+  ours.backward();
+  EXPECT_TRUE(at::isfinite(student.grad()).all().item<bool>());
+}
+
+}  // namespace
+}  // namespace hawada
