@@ -79,6 +79,12 @@ std::string string(const nlohmann::json& config, const char* key, const std::fil
   return it->get<std::string>();
 }
 
+std::string architecture(const nlohmann::json& config, const std::string& fallback) {
+  auto a = config.find("architectures");
+  if (a != config.end() && a->is_array() && !a->empty() && (*a)[0].is_string()) return (*a)[0].get<std::string>();
+  return fallback;
+}
+
 double number(const nlohmann::json& config, const char* key, const std::filesystem::path& file, double fallback) {
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return fallback;

@@ -72,6 +72,8 @@ int64_t integer(const nlohmann::json& config, const char* key, const std::filesy
 bool boolean(const nlohmann::json& config, const char* key, const std::filesystem::path& file, bool fallback);
 std::string string(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
                    const std::string& fallback);
+/// architectures[0] of config.json, or `fallback` when absent.
+std::string architecture(const nlohmann::json& config, const std::string& fallback);
 /// A number (integer or float) field; `fallback` when absent.
 double number(const nlohmann::json& config, const char* key, const std::filesystem::path& file, double fallback);
 }  // namespace config_field

@@ -216,9 +216,7 @@ class LlamaModel final : public Model {
 ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::filesystem::path& file) const {
   ArchSummary s;
   s.model_type = "llama";
-  s.architecture = "LlamaForCausalLM";
-  if (auto a = config.find("architectures"); a != config.end() && a->is_array() && !a->empty() && (*a)[0].is_string())
-    s.architecture = (*a)[0].get<std::string>();
+  s.architecture = cf::architecture(config, "LlamaForCausalLM");
   s.layers = cf::integer(config, "num_hidden_layers", file);
   s.hidden = cf::integer(config, "hidden_size", file);
   s.heads = cf::integer(config, "num_attention_heads", file);

@@ -167,9 +167,7 @@ class VitModel final : public Model {
 ArchSummary VitAdapter::summarize(const nlohmann::json& config, const std::filesystem::path& file) const {
   ArchSummary s;
   s.model_type = "vit";
-  s.architecture = "ViTModel";
-  if (auto a = config.find("architectures"); a != config.end() && a->is_array() && !a->empty() && (*a)[0].is_string())
-    s.architecture = (*a)[0].get<std::string>();
+  s.architecture = cf::architecture(config, "ViTModel");
   s.layers = cf::integer(config, "num_hidden_layers", file);
   s.hidden = cf::integer(config, "hidden_size", file);
   s.heads = cf::integer(config, "num_attention_heads", file);

@@ -44,9 +44,3 @@ TEST(NcclCommunicator, CollectivesAtWorldSizeOne) {
 
 }  // namespace
 }  // namespace hawada
-
-int main(int argc, char** argv) {
-  hawada::MpiSession mpi(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

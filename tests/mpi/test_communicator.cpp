@@ -59,11 +59,3 @@ TEST(MpiCommunicator, RefusesWhatItCannotServe) {
 
 }  // namespace
 }  // namespace hawada
-
-int main(int argc, char** argv) {
-  hawada::MpiSession mpi(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  int local = RUN_ALL_TESTS(), global = 0;
-  MPI_Allreduce(&local, &global, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return global;
-}
