@@ -207,12 +207,14 @@ def test_vit_keep_all_export_resharded(tmp_path, cli):
 
 def test_fp16_weights_computed_in_fp32(tmp_path, cli):
     """Weights stored in fp16 are converted on load; the reference is transformers in fp32 on the same values."""
-    model = make_llama(tmp_path / "model", "gqa2_untied", torch.float16)
-    model.save_pretrained(tmp_path / "model")  # re-save in fp16
+    make_llama(tmp_path / "model", "gqa2_untied", torch.float16).save_pretrained(tmp_path / "model")  # in fp16
     assert json.load(open(tmp_path / "model" / "config.json"))["dtype"] == "float16"
+    # A fresh fp32 load: converting the in-memory fp16 model back with .float() would also carry its
+    # RoPE inv_freq buffer, which .to(float16) rounded.
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
     ids, mask = token_batch(model.config.vocab_size)
     with torch.no_grad():
-        theirs = model.float()(input_ids=ids, attention_mask=mask).logits
+        theirs = model(input_ids=ids, attention_mask=mask).logits
     ours = run_forward(cli, tmp_path / "model", tmp_path, {"input_ids": ids, "attention_mask": mask}, "fp32")["logits"]
     compare(ours, theirs, "fp32", "llama fp16 weights, fp32 compute", mask.bool())
 
