@@ -40,6 +40,28 @@ const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesys
   fail(config_file, "model_type", "unsupported model_type '" + type + "' (supported: " + list + ")");
 }
 
+ModelShape model_shape(const ArchSummary& a) {
+  ModelShape s;
+  s.family = a.model_type == "vit" ? ModelShape::Family::vit : ModelShape::Family::llama;
+  s.layers = a.layers;
+  s.hidden = a.hidden;
+  s.heads = a.heads;
+  s.kv_heads = a.kv_heads;
+  s.head_dim = a.head_dim;
+  s.ffn = a.ffn;
+  s.vocab = a.vocab_size;
+  s.tied = a.tied_embeddings;
+  s.attention_bias = a.attention_bias;
+  s.mlp_bias = a.mlp_bias;
+  s.num_labels = a.num_labels;
+  s.image_size = a.image_size;
+  s.patch_size = a.patch_size;
+  s.qkv_bias = a.qkv_bias;
+  s.classifier = a.num_labels > 0;
+  s.pooler = a.pooler;
+  return s;
+}
+
 std::vector<std::string> supported_model_types() {
   std::vector<std::string> out;
   for (const auto& a : registry()) out.emplace_back(a->model_type());

@@ -16,6 +16,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "adapters/model.h"
+#include "core/cost_model.h"
 
 namespace hawada {
 
@@ -43,7 +44,14 @@ struct ArchSummary {
   int64_t image_size = 0;   ///< vision; 0 otherwise
   int64_t patch_size = 0;   ///< vision; 0 otherwise
   bool tied_embeddings = false;
+  bool attention_bias = false;  ///< llama
+  bool mlp_bias = false;        ///< llama
+  bool qkv_bias = true;         ///< vit
+  bool pooler = false;          ///< vit: a ViTModel saved with its pooler
 };
+
+/// The shape the cost model needs (parameters, FLOPs, latency).
+ModelShape model_shape(const ArchSummary& arch);
 
 /// One Hugging Face architecture.
 class ModelAdapter {

@@ -26,7 +26,9 @@ std::string with_commas(uint64_t n) {
 std::string inspect_model(const std::filesystem::path& dir, bool as_json) {
   const HfCheckpoint ckpt = HfCheckpoint::open(dir);
   const auto config_file = dir / "config.json";
-  const ArchSummary s = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
+  ArchSummary s = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
+  s.pooler = ckpt.contains("pooler.dense.weight") || ckpt.contains("vit.pooler.dense.weight");
+  const int64_t config_parameters = parameter_count(model_shape(s));
 
   std::map<std::string, uint64_t> dtype_params;  // stored dtype -> parameters
   for (const auto& name : ckpt.tensor_names()) {
@@ -62,6 +64,7 @@ std::string inspect_model(const std::filesystem::path& dir, bool as_json) {
     if (s.image_size) j["image_size"] = s.image_size, j["patch_size"] = s.patch_size;
     j["tie_word_embeddings"] = s.tied_embeddings;
     j["parameters"] = ckpt.total_numel();
+    j["config_parameters"] = config_parameters;
     j["bytes"] = ckpt.total_bytes();
     j["tensors"] = ckpt.tensor_names().size();
     j["dtype"] = dtype;
@@ -83,7 +86,8 @@ std::string inspect_model(const std::filesystem::path& dir, bool as_json) {
   if (s.num_labels) out << "labels        " << s.num_labels << "\n";
   if (s.image_size) out << "image         " << s.image_size << " px, patch " << s.patch_size << "\n";
   out << "parameters    " << with_commas(ckpt.total_numel()) << " (" << with_commas(ckpt.total_bytes()) << " bytes in "
-      << ckpt.tensor_names().size() << " tensors)\n"
+      << ckpt.tensor_names().size() << " tensors; " << with_commas(static_cast<uint64_t>(config_parameters))
+      << " by config.json)\n"
       << "dtype         " << dtype << (config_dtype.empty() ? "" : " (config: " + config_dtype + ")") << "\n"
       << "files\n";
   for (const auto& [name, bytes] : files) out << "  " << name << "  " << with_commas(bytes) << " bytes\n";

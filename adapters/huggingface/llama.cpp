@@ -99,8 +99,7 @@ class LlamaModel final : public Model {
     const std::string act = cf::string(config, "hidden_act", file, "silu");
     if (act != "silu")
       throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: silu)");
-    const bool attn_bias = cf::boolean(config, "attention_bias", file, false);
-    const bool mlp_bias = cf::boolean(config, "mlp_bias", file, false);
+    const bool attn_bias = arch.attention_bias, mlp_bias = arch.mlp_bias;
     inv_freq_ = inverse_frequencies(read_rope(config, file), arch.head_dim).to(options.device);
 
     WeightLoader w(ckpt, options);
@@ -227,6 +226,8 @@ ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::fil
   s.head_dim = cf::integer(config, "head_dim", file, &default_head_dim);
   // LlamaConfig's default is untied.
   s.tied_embeddings = cf::boolean(config, "tie_word_embeddings", file, false);
+  s.attention_bias = cf::boolean(config, "attention_bias", file, false);
+  s.mlp_bias = cf::boolean(config, "mlp_bias", file, false);
   if (s.heads % s.kv_heads != 0)
     throw CheckpointError("'" + file.string() + "': num_attention_heads " + std::to_string(s.heads) +
                           " is not a multiple of num_key_value_heads " + std::to_string(s.kv_heads));

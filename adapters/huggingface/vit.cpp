@@ -52,7 +52,7 @@ class VitModel final : public Model {
     const std::string act = cf::string(config, "hidden_act", file, "gelu");
     if (act != "gelu")
       throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: gelu)");
-    const bool qkv_bias = cf::boolean(config, "qkv_bias", file, true);
+    const bool qkv_bias = arch.qkv_bias;
     const int64_t rgb = 3;
     channels_ = cf::integer(config, "num_channels", file, &rgb);
 
@@ -181,6 +181,7 @@ ArchSummary VitAdapter::summarize(const nlohmann::json& config, const std::files
     throw CheckpointError("'" + file.string() + "': hidden_size " + std::to_string(s.hidden) +
                           " is not a multiple of num_attention_heads " + std::to_string(s.heads));
   s.head_dim = s.hidden / s.heads;
+  s.qkv_bias = cf::boolean(config, "qkv_bias", file, true);
   if (s.architecture == "ViTForImageClassification") {
     // transformers derives num_labels from id2label; its default is 2.
     if (auto m = config.find("id2label"); m != config.end() && m->is_object()) {

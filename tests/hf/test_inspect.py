@@ -21,7 +21,7 @@ def test_llama_sharded_bf16(tmp_path, inspect_json):
     assert (got["layers"], got["heads"], got["kv_heads"], got["head_dim"]) == (3, 8, 2, 8)
     assert (got["hidden"], got["ffn"], got["vocab_size"]) == (64, 160, 256)
     assert got["tie_word_embeddings"] is True
-    assert got["parameters"] == model.num_parameters()
+    assert got["parameters"] == model.num_parameters() == got["config_parameters"]
     assert got["dtype"] == "BF16" and got["sharded"] is True
     shards = [f["name"] for f in got["files"] if f["name"].endswith(".safetensors")]
     assert len(shards) > 1 and shards == sorted(shards)
@@ -33,7 +33,7 @@ def test_llama_untied_fp32_single_file(tmp_path, inspect_json):
     model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(tmp_path)
     got = inspect_json(tmp_path)
-    assert got["parameters"] == model.num_parameters()
+    assert got["parameters"] == model.num_parameters() == got["config_parameters"]
     assert (got["kv_heads"], got["head_dim"], got["dtype"], got["sharded"]) == (4, 8, "F32", False)
     assert got["tie_word_embeddings"] is False
 
@@ -47,7 +47,29 @@ def test_vit_classifier(tmp_path, inspect_json):
     assert got["architecture"] == "ViTForImageClassification"
     assert (got["layers"], got["heads"], got["head_dim"], got["hidden"], got["ffn"]) == (2, 4, 12, 48, 96)
     assert (got["num_labels"], got["image_size"], got["patch_size"]) == (10, 32, 8)
-    assert got["parameters"] == model.num_parameters()
+    assert got["parameters"] == model.num_parameters() == got["config_parameters"]
+
+
+def test_config_parameter_count_matches_transformers_for_random_shapes(tmp_path, inspect_json):
+    """The cost model's parameter count (core/cost_model) against num_parameters() of transformers' models."""
+    rng = torch.Generator().manual_seed(5)
+    pick = lambda *xs: xs[int(torch.randint(len(xs), (1,), generator=rng))]
+    for i in range(6):
+        heads = pick(2, 4, 8)
+        config = transformers.LlamaConfig(vocab_size=pick(50, 128), hidden_size=pick(32, 64), num_hidden_layers=pick(1, 2),
+                                          num_attention_heads=heads, num_key_value_heads=pick(*[k for k in (1, 2, 4) if heads % k == 0]),
+                                          head_dim=pick(4, 8, 16), intermediate_size=pick(24, 40),
+                                          tie_word_embeddings=bool(i % 2), attention_bias=bool(i % 3 == 0), mlp_bias=bool(i % 4 == 1))
+        model = transformers.LlamaForCausalLM(config)
+        model.save_pretrained(tmp_path / f"llama{i}")
+        assert inspect_json(tmp_path / f"llama{i}")["config_parameters"] == model.num_parameters(), config
+    for i, cls in enumerate([transformers.ViTModel, transformers.ViTForImageClassification]):
+        config = transformers.ViTConfig(image_size=32, patch_size=pick(4, 8), hidden_size=24, num_hidden_layers=2,
+                                        num_attention_heads=pick(2, 3), intermediate_size=40, num_labels=3,
+                                        qkv_bias=bool(i))
+        model = cls(config)
+        model.save_pretrained(tmp_path / f"vit{i}")
+        assert inspect_json(tmp_path / f"vit{i}")["config_parameters"] == model.num_parameters(), (cls, config)
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path, cli):

@@ -1,0 +1,46 @@
+// What a transformer shape costs: parameters, forward FLOPs and bytes, and a roofline latency on a
+// target device (default: H100 SXM, dense bf16 989 TFLOP/s, 3.35 TB/s). Every layer has the same
+// shape (DESIGN.md: transformers builds every layer from the global config). Used by the budget
+// (expected cost of the gates) and by the rounding search.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace hawada {
+
+/// A uniform transformer shape, as config.json describes it.
+struct ModelShape {
+  enum class Family { llama, vit };
+  Family family = Family::llama;
+  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, ffn = 0;
+  // llama
+  int64_t vocab = 0;
+  bool tied = false, attention_bias = false, mlp_bias = false;
+  // vit
+  int64_t num_labels = 0, image_size = 0, patch_size = 0, channels = 3;
+  bool qkv_bias = true, classifier = true, pooler = false;
+};
+
+/// Parameters of the Hugging Face model of this shape (tied embeddings counted once), as
+/// transformers' num_parameters() counts them.
+int64_t parameter_count(const ModelShape& shape);
+
+/// Work of one forward pass over `batch` sequences of `tokens` tokens (ViT: tokens = patches + 1).
+struct ForwardCost {
+  double flops = 0;  ///< 2 per multiply-add, matrix products and attention
+  double bytes = 0;  ///< weights read once plus activations read and written by the matrix products
+};
+ForwardCost forward_cost(const ModelShape& shape, int64_t batch, int64_t tokens, int64_t bytes_per_element = 2);
+
+/// A device's peak rates.
+struct DeviceRates {
+  double flops_per_s = 989e12;  ///< H100 SXM dense bf16
+  double bytes_per_s = 3.35e12; ///< H100 SXM HBM3
+};
+
+/// Roofline latency: each matrix product takes max(flops / peak, bytes / bandwidth); summed.
+double latency_seconds(const ModelShape& shape, int64_t batch, int64_t tokens, const DeviceRates& rates = {},
+                       int64_t bytes_per_element = 2);
+
+}  // namespace hawada
