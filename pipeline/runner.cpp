@@ -25,7 +25,11 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
     const std::string name(stage->name());
     const std::string fp = with_context(name + ": ", [&] { return stage->fingerprint(ctx); });
     const auto marker = markers / (name + ".done");
-    if (std::filesystem::exists(marker) && read_text_file(marker) == fp + "\n") {
+    // Rank 0 decides and every rank follows, so all ranks call the same collectives even where the
+    // run directory is not shared.
+    uint64_t skip = 0;
+    if (process_info().rank == 0) skip = std::filesystem::exists(marker) && read_text_file(marker) == fp + "\n";
+    if (world::broadcast(skip)) {
       log::info(name + ": skipped, its marker matches the inputs (" + fp + ")");
       continue;
     }

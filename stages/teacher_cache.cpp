@@ -133,12 +133,18 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
 void TeacherCacheStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const auto& proc = process_info();
-  if (proc.rank == 0) fs::create_directories(dir_);
-  world::barrier();
-  if (cache_complete(dir_, layout_)) {
+  // The cache root must be shared by the ranks (each writes its chunks, rank 0 the index); rank 0
+  // decides whether it is complete and every rank follows.
+  uint64_t complete = 0;
+  if (proc.rank == 0) {
+    fs::create_directories(dir_);
+    complete = cache_complete(dir_, layout_);
+  }
+  if (world::broadcast(complete)) {
     log::info("teacher_cache: reused the complete cache " + dir_.string() + " (no teacher forward)");
     return;
   }
+  fs::create_directories(dir_);
 
   const HfCheckpoint ckpt = HfCheckpoint::open(c.model.path);
   const auto config_file = c.model.path / "config.json";
