@@ -190,6 +190,11 @@ int cli_main(int argc, char** argv) {
   } catch (const Error& e) {
     report(e.kind(), e.what());
     code = exit_code_for(e);
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A directory that cannot be created or read (permissions, a file in the way, a full disk) is
+    // an I/O failure the user can act on, not an internal error; e.what() names the path.
+    report("IoError", e.what());
+    code = kExitRuntime;
   } catch (const std::exception& e) {
     report("internal error", e.what());
     code = kExitRuntime;

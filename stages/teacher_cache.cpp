@@ -121,8 +121,10 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
   Hasher h;
   for (uint64_t v : {static_cast<uint64_t>(kTeacherCacheFormat), weights, content,
                      static_cast<uint64_t>(layout_.samples), static_cast<uint64_t>(layout_.seq_len),
-                     static_cast<uint64_t>(layout_.top_k), static_cast<uint64_t>(compute_dtype(c))})
+                     static_cast<uint64_t>(layout_.top_k)})
     h.update_u64(v);
+  // Dtypes by name: enum values are not a stable on-disk key across LibTorch versions.
+  h.update(c10::toString(compute_dtype(c)));
   h.update(layout_.kind);
   h.update(layout_.store_dtype);
   layout_.fingerprint = hex64(h.digest());

@@ -96,5 +96,21 @@ TEST(Cli, InspectOfABrokenModelExitsOneNamingTheFile) {
   EXPECT_TRUE(contains(out, "rank 0/1 on host")) << out;
 }
 
+TEST(Cli, UnwritableCacheRootIsAnIoErrorNamingThePath) {
+  TempDir d;
+  std::ofstream(d.path() / "blocker") << "a file where a directory should go";
+  std::ofstream(d.path() / "run.toml") << "[run]\ndir = \"" << (d.path() / "run").string() << "\"\n"
+                                       << "[model]\npath = \"" << kData << "/tiny-llama\"\n"
+                                       << "[data]\nformat = \"tokens_bin\"\npath = \"" << kData
+                                       << "/tiny-tokens.bin\"\nseq_len = 8\n"
+                                       << "[teacher]\ncache_root = \"" << (d.path() / "blocker" / "cache").string()
+                                       << "\"\n";
+  auto [code, out] = run_capture(kCli + " run " + (d.path() / "run.toml").string());
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_TRUE(contains(out, "IoError")) << out;
+  EXPECT_TRUE(contains(out, (d.path() / "blocker").string())) << out;
+  EXPECT_TRUE(std::filesystem::exists(d.path() / "run" / "config.resolved.toml")) << "written before the failure";
+}
+
 }  // namespace
 }  // namespace hawada
