@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include <ATen/core/Tensor.h>
+
 namespace hawada {
 
 /// A uniform transformer shape, as config.json describes it.
@@ -42,5 +44,18 @@ struct DeviceRates {
 /// Roofline latency: each matrix product takes max(flops / peak, bytes / bandwidth); summed.
 double latency_seconds(const ModelShape& shape, int64_t batch, int64_t tokens, const DeviceRates& rates = {},
                        int64_t bytes_per_element = 2);
+
+/// Structure counts that may differ by layer, as training's expectations: heads [layers] (query
+/// heads; kv heads stay), ffn [layers], hidden [] (shared by every layer). Real-valued and
+/// differentiable; an undefined tensor means the dense count.
+struct GateCounts {
+  at::Tensor heads, ffn, hidden;
+};
+/// Parameters (as parameter_count) of a model with these counts, as a 0-dim fp64 tensor. The same
+/// formulas as parameter_count: at integer uniform counts the two agree exactly.
+at::Tensor expected_parameters(const ModelShape& shape, const GateCounts& counts);
+/// Roofline latency (as latency_seconds) of a model with these counts, as a 0-dim fp64 tensor.
+at::Tensor expected_latency(const ModelShape& shape, const GateCounts& counts, int64_t batch, int64_t tokens,
+                            const DeviceRates& rates = {}, int64_t bytes_per_element = 2);
 
 }  // namespace hawada

@@ -2,6 +2,8 @@
 // Parameter counts are checked against transformers in tests/hf/test_inspect.py.
 #include <gtest/gtest.h>
 
+#include <ATen/ATen.h>
+
 #include "core/cost_model.h"
 
 namespace hawada {
@@ -34,6 +36,47 @@ TEST(CostModel, RooflineLatency) {
   ModelShape slim = s;
   slim.ffn = 4096;
   EXPECT_LT(latency_seconds(slim, 8, 512), latency_seconds(s, 8, 512));
+}
+
+ModelShape vit_base() {
+  ModelShape s;
+  s.family = ModelShape::Family::vit;
+  s.layers = 12, s.hidden = 768, s.heads = 12, s.kv_heads = 12, s.head_dim = 64, s.ffn = 3072;
+  s.num_labels = 1000, s.image_size = 224, s.patch_size = 16;
+  return s;
+}
+
+// Training's differentiable cost and the search's concrete cost are one set of formulas: at
+// integer, uniform counts they agree exactly, for parameters and latency, on both families.
+TEST(CostModel, ExpectedCostAtIntegerCountsEqualsTheShapesCost) {
+  for (ModelShape s : {llama_1b(), vit_base()}) {
+    const bool vit = s.family == ModelShape::Family::vit;
+    ModelShape slim = s;
+    slim.heads = vit ? 8 : 16, slim.ffn = 1536, slim.hidden = vit ? 512 : 1536;
+    if (vit) slim.kv_heads = slim.heads;
+    GateCounts c;
+    c.heads = at::full({s.layers}, static_cast<double>(slim.heads), at::kDouble);
+    c.ffn = at::full({s.layers}, static_cast<double>(slim.ffn), at::kDouble);
+    c.hidden = at::scalar_tensor(static_cast<double>(slim.hidden), at::kDouble);
+    EXPECT_EQ(expected_parameters(slim, {}).item<double>(), static_cast<double>(parameter_count(slim)));
+    if (!vit) EXPECT_EQ(expected_parameters(s, c).item<double>(), static_cast<double>(parameter_count(slim)));
+    const int64_t tokens = vit ? 197 : 512;
+    if (!vit) EXPECT_DOUBLE_EQ(expected_latency(s, c, 4, tokens).item<double>(), latency_seconds(slim, 4, tokens));
+    EXPECT_DOUBLE_EQ(expected_latency(s, {}, 4, tokens).item<double>(), latency_seconds(s, 4, tokens));
+  }
+}
+
+TEST(CostModel, ExpectedCostIsDifferentiableInTheCounts) {
+  const ModelShape s = llama_1b();
+  GateCounts c;
+  c.heads = at::full({s.layers}, 20.0, at::kDouble).requires_grad_();
+  c.ffn = at::full({s.layers}, 5000.0, at::kDouble).requires_grad_();
+  c.hidden = at::scalar_tensor(1800.0, at::kDouble).requires_grad_();
+  expected_parameters(s, c).backward();
+  // d params / d ffn channel of one layer = 3 * hidden; / d head = 2 * hidden * head_dim.
+  EXPECT_DOUBLE_EQ(c.ffn.grad()[3].item<double>(), 3 * 1800.0);
+  EXPECT_DOUBLE_EQ(c.heads.grad()[0].item<double>(), 2 * 1800.0 * 64);
+  EXPECT_GT(c.hidden.grad().item<double>(), 0);
 }
 
 }  // namespace
