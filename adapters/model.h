@@ -13,11 +13,21 @@
 
 namespace hawada {
 
+/// Activation importance accumulated by a forward pass (reduce_gates): sums over tokens of the mean
+/// |output| of each structure after its gate. fp32 tensors, zero-initialised by the caller.
+struct ActivationImportance {
+  at::Tensor heads;   ///< [layers, heads]: mean |attention output| over the head's channels
+  at::Tensor ffn;     ///< [layers, intermediate]: |act(gate) * up| of each channel
+  at::Tensor hidden;  ///< [hidden]: |normalised input| of every block, summed over the blocks
+  int64_t tokens = 0;  ///< tokens seen (every position of every sequence)
+};
+
 /// Gate multipliers for one forward pass; an undefined tensor means "no gate of that kind".
 struct GateValues {
   at::Tensor heads;   ///< [layers, query heads]: scales each head's attention output before the output projection
   at::Tensor ffn;     ///< [layers, intermediate]: scales each FFN channel before the down projection
   at::Tensor hidden;  ///< [hidden]: one per residual-stream channel, shared by every layer, embedding and norm
+  ActivationImportance* importance = nullptr;  ///< when set, the forward pass adds to it
 };
 
 /// How many gates of each kind a model has.

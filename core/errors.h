@@ -53,6 +53,21 @@ HAWADA_DEFINE_ERROR(UsageError);
 
 #undef HAWADA_DEFINE_ERROR
 
+/// Exit status of a run that stopped on SIGTERM after checkpointing (SLURM preemption): the batch
+/// script requeues on it. 75 is EX_TEMPFAIL in sysexits.h.
+inline constexpr int kExitRequeue = 75;
+
+/// Not an error: every rank saw the preemption flag at the same step boundary and checkpointed;
+/// main exits with kExitRequeue without aborting the job.
+class Preempted : public std::exception {
+ public:
+  explicit Preempted(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
 /// Runs f(); an Error escaping it gets "context" prepended and is rethrown with its type intact.
 template <class F>
 decltype(auto) with_context(std::string_view context, F&& f) {

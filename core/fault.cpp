@@ -10,9 +10,12 @@
 
 namespace hawada {
 
-void fault_point(std::string_view point) {
+namespace {
+
+// The action HAWADA_FAULT asks of this point on this rank; empty when none.
+std::string requested_action(std::string_view point) {
   const char* env = std::getenv("HAWADA_FAULT");
-  if (!env || !*env) return;
+  if (!env || !*env) return {};
   std::string_view specs(env);
   while (!specs.empty()) {
     size_t comma = specs.find(',');
@@ -24,10 +27,29 @@ void fault_point(std::string_view point) {
     size_t colon = rest.find(':');
     std::string_view action = colon == std::string_view::npos ? "throw" : rest.substr(colon + 1);
     if (std::atoi(std::string(rest.substr(0, colon)).c_str()) != process_info().rank) continue;
-    log::warn("fault injected at '" + std::string(point) + "' (" + std::string(action) + ")");
-    if (action == "kill") std::raise(SIGKILL);
-    throw IoError("fault injected at '" + std::string(point) + "' on " + process_label());
+    return std::string(action);
   }
+  return {};
+}
+
+}  // namespace
+
+void fault_point(std::string_view point) {
+  const std::string action = requested_action(point);
+  if (action.empty() || action == "flag") return;
+  log::warn("fault injected at '" + std::string(point) + "' (" + action + ")");
+  if (action == "kill") std::raise(SIGKILL);
+  if (action == "term") {
+    std::raise(SIGTERM);
+    return;
+  }
+  throw IoError("fault injected at '" + std::string(point) + "' on " + process_label());
+}
+
+bool fault_flag(std::string_view point) {
+  if (requested_action(point) != "flag") return false;
+  log::warn("fault injected at '" + std::string(point) + "' (flag)");
+  return true;
 }
 
 }  // namespace hawada

@@ -1,5 +1,8 @@
 #include "core/log.h"
 
+#include <cmath>
+#include <cstdio>
+
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -31,5 +34,13 @@ void info(std::string_view message) {
 }
 void warn(std::string_view message) { emit("warning: ", message); }
 void error(std::string_view message) { emit("error: ", message); }
+
+std::string duration(double s) {
+  char buf[32];
+  if (!(s < 1e9)) return "?";
+  if (s < 120) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else std::snprintf(buf, sizeof buf, "%.0fm%02.0fs", std::floor(s / 60), std::fmod(s, 60));
+  return buf;
+}
 
 }  // namespace hawada::log

@@ -2,6 +2,7 @@
 // event, not per rank); warnings and errors go out on every rank.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 namespace hawada::log {
@@ -12,5 +13,7 @@ void info(std::string_view message);
 void warn(std::string_view message);
 /// Every rank, prefixed with the rank.
 void error(std::string_view message);
+/// "42s" or "3m05s", for ETAs.
+std::string duration(double seconds);
 
 }  // namespace hawada::log

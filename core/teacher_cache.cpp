@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
+
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -156,6 +158,47 @@ CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int6
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
     f.read_all("logits", h5::Type::f32, c.logits.data_ptr());
+  }
+  return c;
+}
+
+CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, const std::vector<int64_t>& samples) {
+  const int64_t n = static_cast<int64_t>(samples.size());
+  CacheChunk c;
+  c.sample_index = at::tensor(samples, at::kLong);
+  const bool lm = layout.kind == "lm", fp16 = layout.store_dtype == "fp16";
+  if (lm) {
+    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, fp16 ? at::kHalf : at::kBFloat16);
+    c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
+    c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
+  } else {
+    c.logits = at::empty({n, layout.num_labels}, at::kFloat);
+  }
+  // One open (and one check) per chunk file touched.
+  std::map<int64_t, h5::File> files;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t sample = samples[static_cast<size_t>(i)];
+    if (sample < 0 || sample >= layout.samples)
+      cache_fail(dir, "sample " + std::to_string(sample) + " is outside the cache's [0, " + std::to_string(layout.samples) + ")");
+    const int64_t start = sample / kCacheChunkSamples * kCacheChunkSamples;
+    const int64_t end = std::min(layout.samples, start + kCacheChunkSamples);
+    auto it = files.find(start);
+    if (it == files.end()) {
+      const fs::path path = dir / CacheLayout::chunk_name(start, end);
+      if (!fs::exists(path)) cache_fail(path, "missing");
+      h5::File f = h5::File::open_read(path);
+      check_chunk(f, layout, start, end);
+      it = files.emplace(start, std::move(f)).first;
+    }
+    const h5::File& f = it->second;
+    const int64_t row = sample - start;
+    if (lm) {
+      f.read_rows("topk_values", row, 1, fp16 ? h5::Type::f16 : h5::Type::u16, c.topk_values[i].data_ptr());
+      f.read_rows("topk_indices", row, 1, h5::Type::i32, c.topk_indices[i].data_ptr());
+      f.read_rows("logsumexp", row, 1, h5::Type::f32, c.logsumexp[i].data_ptr());
+    } else {
+      f.read_rows("logits", row, 1, h5::Type::f32, c.logits[i].data_ptr());
+    }
   }
   return c;
 }

@@ -58,6 +58,11 @@ bool cache_chunk_ready(const std::filesystem::path& dir, const CacheLayout& layo
 /// Reads a chunk back, checking it against the layout (CacheError naming the file otherwise).
 CacheChunk read_cache_chunk(const std::filesystem::path& dir, const CacheLayout& layout, int64_t start, int64_t end);
 
+/// Reads the rows of the given global samples, in that order, from whichever chunks hold them (the
+/// random access of training); checks each chunk touched against the layout.
+CacheChunk read_cache_samples(const std::filesystem::path& dir, const CacheLayout& layout,
+                              const std::vector<int64_t>& samples);
+
 /// Writes index.json atomically (after checking every chunk is ready).
 void write_cache_index(const std::filesystem::path& dir, const CacheLayout& layout);
 /// True when index.json exists and matches `layout` and every chunk is there; CacheError when the

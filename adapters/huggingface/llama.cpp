@@ -162,11 +162,14 @@ class LlamaModel final : public Model {
       }
     }
 
+    ActivationImportance* imp = gates ? gates->importance : nullptr;
+    if (imp) imp->tokens += B * L;
     at::Tensor x = layers::gate_last_dim(layers::embedding(embed_, ids, dtype_), hidden_gate);
     const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
       at::Tensor hs = layers::rms_norm(x, l.attn_norm, eps_, hidden_gate);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim}).transpose(1, 2);
       at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
       at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
@@ -175,12 +178,15 @@ class LlamaModel final : public Model {
       at::Tensor a = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, /*is_causal=*/!mask.defined(), scale,
                                                       /*enable_gqa=*/arch_.kv_heads != arch_.heads);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
+      if (imp && imp->heads.defined()) imp->heads[i] += a.abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
       a = a.transpose(1, 2).reshape({B, L, arch_.heads * arch_.head_dim});
       x = x + layers::gate_last_dim(l.proj[kO](a), hidden_gate);
 
       hs = layers::rms_norm(x, l.mlp_norm, eps_, hidden_gate);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       at::Tensor m = at::silu(l.proj[kGate](hs)) * l.proj[kUp](hs);
       if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
+      if (imp && imp->ffn.defined()) imp->ffn[i] += m.abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
       x = x + layers::gate_last_dim(l.proj[kDown](m), hidden_gate);
     }
     return layers::rms_norm(x, final_norm_, eps_, hidden_gate);

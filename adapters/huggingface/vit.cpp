@@ -131,23 +131,29 @@ class VitModel final : public Model {
     x = at::cat({cls_token_.expand({B, -1, -1}), x}, 1) + position_;
     x = layers::gate_last_dim(x, hidden_gate);
     const int64_t T = x.size(1);
+    ActivationImportance* imp = gates ? gates->importance : nullptr;
+    if (imp) imp->tokens += B * T;
     const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
     auto linear = [](const at::Tensor& t, const Affine& a) { return layers::linear(t, a.weight, a.bias); };
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const VitLayer& l = layers_[static_cast<size_t>(i)];
       at::Tensor hs = layers::layer_norm(x, l.norm_before.weight, l.norm_before.bias, eps_, hidden_gate);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       auto heads = [&](const Affine& a) {
         return linear(hs, a).view({B, T, arch_.heads, arch_.head_dim}).transpose(1, 2);
       };
       at::Tensor a = at::scaled_dot_product_attention(heads(l.proj[kQ]), heads(l.proj[kK]), heads(l.proj[kV]),
                                                       std::nullopt, 0.0, false, scale);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
+      if (imp && imp->heads.defined()) imp->heads[i] += a.abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
       a = a.transpose(1, 2).reshape({B, T, arch_.heads * arch_.head_dim});
       x = x + layers::gate_last_dim(linear(a, l.proj[kO]), hidden_gate);
 
       hs = layers::layer_norm(x, l.norm_after.weight, l.norm_after.bias, eps_, hidden_gate);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       at::Tensor m = at::gelu(linear(hs, l.proj[kFc1]));
       if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
+      if (imp && imp->ffn.defined()) imp->ffn[i] += m.abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
       x = x + layers::gate_last_dim(linear(m, l.proj[kFc2]), hidden_gate);
     }
     return layers::layer_norm(x, final_norm_.weight, final_norm_.bias, eps_, hidden_gate);
