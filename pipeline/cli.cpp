@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/errors.h"
+#include "core/log.h"
 #include "core/mpi_session.h"
 #include "core/process.h"
 #include "core/text.h"
@@ -28,7 +29,11 @@ and export a slimmer checkpoint that loads with plain from_pretrained.
 
 Usage:
   mpirun -np N hawada-pipeline CONFIG.toml      run the pipeline (same as `run CONFIG.toml`)
-  hawada-pipeline run CONFIG.toml               run the pipeline (one process, or under mpirun/srun)
+  hawada-pipeline run CONFIG.toml [--stages a,b] [--from STAGE] [--force a,b] [--dry-run]
+                                                run the pipeline (one process, or under mpirun/srun); stages
+                                                whose marker matches their inputs are reused. --stages runs
+                                                only those, --from reruns STAGE and all after it, --force
+                                                reruns STAGE, --dry-run prints what would run or be reused
   hawada-pipeline validate CONFIG.toml          check a config and print it resolved (defaults, absolute paths)
   hawada-pipeline inspect MODEL_DIR [--json]    architecture, counts, parameters, dtype and files of a model
   hawada-pipeline forward MODEL_DIR --inputs IN.safetensors --output OUT.safetensors [--dtype fp32|bf16] [--threads N]
@@ -38,12 +43,16 @@ Usage:
                                                 copy a model unchanged (byte-identical tensors), atomically
   hawada-pipeline --help | --version
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or config error.
+Stages, in order: teacher_cache, train_gates, reduce_gates.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or config error, 75 preempted by SIGTERM after a
+checkpoint (requeue and rerun the same command to resume).
 )";
 
 const std::vector<std::string_view> kCommands = {"run", "validate", "inspect", "forward", "export", "help"};
 // Options that take a value (`--name VALUE` or `--name=VALUE`).
-const std::vector<std::string_view> kValueOptions = {"--inputs", "--output", "--dtype", "--threads", "--max-shard-size"};
+const std::vector<std::string_view> kValueOptions = {"--inputs", "--output", "--dtype", "--threads", "--max-shard-size",
+                                                     "--stages", "--from", "--force"};
 
 struct Args {
   std::string command;
@@ -169,9 +178,24 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
     return kExitOk;
   }
   HAWADA_ASSERT(a.command == "run", "unhandled command " + a.command);
-  expect_args(a, 1, {}, "hawada-pipeline [run] CONFIG.toml");
+  expect_args(a, 1, {"--stages", "--from", "--force", "--dry-run"},
+              "hawada-pipeline [run] CONFIG.toml [--stages a,b] [--from STAGE] [--force a,b] [--dry-run]");
+  auto names = [](std::string list) {
+    std::vector<std::string> out;
+    while (!list.empty()) {
+      const size_t comma = list.find(',');
+      out.push_back(list.substr(0, comma));
+      list = comma == std::string::npos ? "" : list.substr(comma + 1);
+    }
+    return out;
+  };
+  RunOptions options;
+  options.only = names(a.value("--stages", ""));
+  options.from = a.value("--from", "");
+  options.force = names(a.value("--force", ""));
+  options.dry_run = a.has("--dry-run");
   mpi = std::make_unique<MpiSession>(&argc, &argv);
-  run_pipeline(a.positional[0], *mpi);
+  run_pipeline(a.positional[0], *mpi, options);
   return kExitOk;
 }
 
@@ -187,6 +211,10 @@ int cli_main(int argc, char** argv) {
   int code = kExitOk;
   try {
     code = dispatch(parse_args(argc, argv), mpi, argc, argv);
+  } catch (const Preempted& e) {
+    // Every rank checkpointed at the same step and leaves cleanly: no abort.
+    log::warn(e.what());
+    return kExitRequeue;
   } catch (const Error& e) {
     report(e.kind(), e.what());
     code = exit_code_for(e);

@@ -133,10 +133,15 @@ constexpr Key kTrain[] = {
     {"kd_temperature", at<&Config::train, &TrainConfig::kd_temperature>, above(0)},
     {"mse_weight", at<&Config::train, &TrainConfig::mse_weight>, at_least(0)},
     {"checkpoint_every", at<&Config::train, &TrainConfig::checkpoint_every>, at_least(1)},
+    {"holdout", at<&Config::train, &TrainConfig::holdout>, at_least(0)},
+    {"importance_batches", at<&Config::train, &TrainConfig::importance_batches>, at_least(1)},
 };
 constexpr Key kBudget[] = {
     {"metric", at<&Config::budget, &BudgetConfig::metric>},
     {"target", at<&Config::budget, &BudgetConfig::target>, {.lo = 0, .hi = 1, .lo_open = true}},
+    {"latency_batch", at<&Config::budget, &BudgetConfig::latency_batch>, at_least(1)},
+    {"device_flops", at<&Config::budget, &BudgetConfig::device_flops>, above(0)},
+    {"device_bandwidth", at<&Config::budget, &BudgetConfig::device_bandwidth>, above(0)},
 };
 constexpr Key kSearch[] = {
     {"ffn_multiple", at<&Config::search, &SearchConfig::ffn_multiple>, at_least(1)},
@@ -152,6 +157,7 @@ constexpr Key kExport[] = {
 constexpr Key kDist[] = {
     {"backend", at<&Config::dist, &DistConfig::backend>},
     {"timeout_s", at<&Config::dist, &DistConfig::timeout_s>, above(0)},
+    {"check_every", at<&Config::dist, &DistConfig::check_every>, at_least(1)},
 };
 
 constexpr Section kSections[] = {

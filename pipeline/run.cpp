@@ -18,7 +18,7 @@
 
 namespace hawada {
 
-void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mpi) {
+void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mpi, const RunOptions& options) {
   const Config config = load_config(config_file);
   const auto& proc = process_info();
   // Each rank gets its share of the node's cores unless the config says otherwise; under mpirun,
@@ -30,7 +30,9 @@ void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mp
   log::info("hawada-pipeline " HAWADA_VERSION ": " + std::to_string(proc.size) + " rank(s), " +
             std::to_string(threads) + " thread(s) per rank, config " + config.source.string());
 
-  if (mpi.rank() == 0) {
+  const auto stages = pipeline_stages();
+  check_stage_names(options, stages);
+  if (mpi.rank() == 0 && !options.dry_run) {
     std::filesystem::create_directories(config.run.dir);
     atomic_write_text(config.run.dir / "config.resolved.toml", to_toml(config));
     log::info("resolved config written to " + (config.run.dir / "config.resolved.toml").string());
@@ -47,7 +49,7 @@ void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mp
 
   // Every rank reaches this point or the job is aborted by main: no rank goes on alone.
   world::barrier();
-  run_stages(config, pipeline_stages());
+  run_stages(config, stages, options);
 }
 
 }  // namespace hawada

@@ -1,5 +1,6 @@
 #include "pipeline/runner.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "core/errors.h"
@@ -7,32 +8,67 @@
 #include "core/log.h"
 #include "core/mpi_session.h"
 #include "core/process.h"
+#include "stages/reduce_gates.h"
 #include "stages/teacher_cache.h"
+#include "stages/train_gates.h"
 
 namespace hawada {
 
 std::vector<std::unique_ptr<Stage>> pipeline_stages() {
   std::vector<std::unique_ptr<Stage>> stages;
   stages.push_back(std::make_unique<TeacherCacheStage>());
+  stages.push_back(std::make_unique<TrainGatesStage>());
+  stages.push_back(std::make_unique<ReduceGatesStage>());
   return stages;
 }
 
-void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages) {
-  const StageContext ctx{config, config.run.dir};
+void check_stage_names(const RunOptions& o, const std::vector<std::unique_ptr<Stage>>& stages) {
+  std::string known;
+  for (const auto& s : stages) known += (known.empty() ? "" : ", ") + std::string(s->name());
+  auto check = [&](const std::string& name, const char* option) {
+    for (const auto& s : stages)
+      if (s->name() == name) return;
+    throw UsageError(std::string(option) + ": unknown stage '" + name + "' (stages: " + known + ")");
+  };
+  for (const auto& n : o.only) check(n, "--stages");
+  if (!o.from.empty()) check(o.from, "--from");
+  for (const auto& n : o.force) check(n, "--force");
+}
+
+void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages, const RunOptions& options) {
+  check_stage_names(options, stages);
+  StageContext ctx{config, config.run.dir, {}};
   const auto markers = config.run.dir / "stages";
-  if (process_info().rank == 0) std::filesystem::create_directories(markers);
+  if (process_info().rank == 0 && !options.dry_run) std::filesystem::create_directories(markers);
+  bool from_reached = false;
   for (const auto& stage : stages) {
     const std::string name(stage->name());
+    const bool selected = options.only.empty() || std::find(options.only.begin(), options.only.end(), name) != options.only.end();
+    from_reached = from_reached || name == options.from;
+    const bool forced = from_reached || std::find(options.force.begin(), options.force.end(), name) != options.force.end();
+    // Every stage's fingerprint is computed, selected or not: later stages chain it.
     const std::string fp = with_context(name + ": ", [&] { return stage->fingerprint(ctx); });
+    ctx.fingerprints[name] = fp;
     const auto marker = markers / (name + ".done");
     // Rank 0 decides and every rank follows, so all ranks call the same collectives even where the
     // run directory is not shared.
     uint64_t skip = 0;
     if (process_info().rank == 0) skip = std::filesystem::exists(marker) && read_text_file(marker) == fp + "\n";
-    if (world::broadcast(skip)) {
+    skip = world::broadcast(skip);
+    if (options.dry_run) {
+      log::info(name + ": " + (!selected ? "not selected" : skip && !forced ? "reuse (marker matches " + fp + ")"
+                                                        : forced ? "run (forced)" : "run (inputs " + fp + ")"));
+      continue;
+    }
+    if (!selected) {
+      log::info(name + ": not selected (--stages)");
+      continue;
+    }
+    if (skip && !forced) {
       log::info(name + ": skipped, its marker matches the inputs (" + fp + ")");
       continue;
     }
+    if (process_info().rank == 0) std::filesystem::remove(marker);
     const auto t0 = std::chrono::steady_clock::now();
     with_context(name + ": ", [&] { stage->run(ctx); });
     world::barrier();

@@ -78,6 +78,8 @@ struct TrainConfig {
   double kd_temperature = 1.0;
   double mse_weight = 0.0;
   int64_t checkpoint_every = 200;
+  int64_t holdout = 16;           ///< The last samples of the data, never trained on: export verification.
+  int importance_batches = 8;     ///< Micro-batches per rank that reduce_gates measures importance on.
   bool operator==(const TrainConfig&) const = default;
 };
 
@@ -85,6 +87,9 @@ struct TrainConfig {
 struct BudgetConfig {
   BudgetMetric metric = BudgetMetric::params;
   double target = 0.5;
+  int64_t latency_batch = 1;         ///< Sequences (images) per forward the latency is modelled at.
+  double device_flops = 989e12;      ///< Target device's dense bf16 FLOP/s (default: H100 SXM).
+  double device_bandwidth = 3.35e12; ///< Target device's memory bandwidth in bytes/s (default: H100 SXM).
   bool operator==(const BudgetConfig&) const = default;
 };
 
@@ -109,6 +114,7 @@ struct ExportConfig {
 struct DistConfig {
   DistBackend backend = DistBackend::auto_;
   double timeout_s = 600;
+  int64_t check_every = 100;  ///< Steps between cross-rank checks that the gate parameters are identical.
   bool operator==(const DistConfig&) const = default;
 };
 

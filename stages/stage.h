@@ -6,6 +6,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -13,10 +14,12 @@
 
 namespace hawada {
 
-/// What a stage reads: the resolved settings and the run directory.
+/// What a stage reads: the resolved settings, the run directory, and the fingerprints of the stages
+/// before it (by name), which a stage chains into its own and uses to find their outputs.
 struct StageContext {
   const Config& config;
   std::filesystem::path run_dir;
+  std::map<std::string, std::string> fingerprints;
 };
 
 /// One stage of the pipeline.

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/mpi_session.h"
 #include "core/process.h"
+#include "stages/student.h"
 
 namespace hawada {
 namespace {
@@ -24,33 +25,6 @@ using Clock = std::chrono::steady_clock;
 // Logits are taken over at most this many bytes of fp32 [tokens, vocab] at a time.
 constexpr int64_t kLogitBytesPerPiece = 256ll << 20;
 
-DataSpec data_spec(const Config& c) {
-  DataSpec s;
-  s.format = c.data.format == DataFormat::tokens_h5    ? DataSpec::Format::tokens_h5
-             : c.data.format == DataFormat::tokens_bin ? DataSpec::Format::tokens_bin
-                                                       : DataSpec::Format::images_h5;
-  s.path = c.data.path;
-  s.seq_len = c.data.seq_len;
-  s.samples = c.data.samples;
-  s.token_bytes = c.data.token_dtype == TokenDtype::uint16 ? 2 : 4;
-  return s;
-}
-
-std::unique_ptr<DataSource> open_data(const Config& c, const ArchSummary& arch) {
-  DataExpectations expect;
-  expect.vocab_size = arch.vocab_size;
-  expect.image_size = arch.image_size;
-  return DataSource::open(data_spec(c), expect, read_pixel_normalization(c.model.path));
-}
-
-at::ScalarType compute_dtype(const Config& c) { return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat; }
-
-std::string seconds_string(double s) {
-  char buf[32];
-  if (s < 120) std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else std::snprintf(buf, sizeof buf, "%.0fm%02.0fs", std::floor(s / 60), std::fmod(s, 60));
-  return buf;
-}
 
 // Top-k and log-sum-exp of the LM head over [n, L, hidden] features, a piece of tokens at a time.
 CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout) {
@@ -207,7 +181,7 @@ void TeacherCacheStage::run(const StageContext& ctx) {
       std::string line = "teacher_cache: rank 0 " + std::to_string(computed + reused) + "/" + std::to_string(mine) +
                          " samples, " + std::to_string(static_cast<int64_t>(rate)) + " samples/s";
       if (layout_.kind == "lm") line += ", " + std::to_string(static_cast<int64_t>(rate * layout_.seq_len)) + " tokens/s";
-      log::info(line + ", ETA " + seconds_string(left / std::max(rate, 1e-9)));
+      log::info(line + ", ETA " + log::duration(left / std::max(rate, 1e-9)));
       last_report = now;
     }
   }

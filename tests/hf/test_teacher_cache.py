@@ -85,7 +85,7 @@ def test_cache_matches_transformers_and_is_reused(tmp_path, llama, cli):
     path, model = llama
     ids = token_file(tmp_path / "tokens.h5", 100)
     cache = tmp_path / "cache"
-    first = cli("run", config(tmp_path, path, tmp_path / "tokens.h5", cache))
+    first = cli("run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", cache))
     assert "teacher forward on 100 samples" in first.stderr
 
     index, c = read_cache(cache_dir(cache))
@@ -105,12 +105,12 @@ def test_cache_matches_transformers_and_is_reused(tmp_path, llama, cli):
     assert lse_err <= 1e-4 * ref_lse.abs().max().item()
 
     # Same teacher, data and settings from another run directory: reused, no teacher forward.
-    second = cli("run", config(tmp_path, path, tmp_path / "tokens.h5", cache, run="other"))
+    second = cli("run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", cache, run="other"))
     assert "reused the complete cache" in second.stderr and "teacher forward on" not in second.stderr
     # A different k: a new directory, never a mix.
     k8 = config(tmp_path, path, tmp_path / "tokens.h5", cache, run="k8")
     k8.write_text(k8.read_text().replace("top_k = 16", "top_k = 8"))
-    third = cli("run", k8)
+    third = cli("run", "--stages=teacher_cache", k8)
     assert "teacher forward on 100 samples" in third.stderr
     assert len([d for d in glob.glob(str(cache / "*")) if os.path.isdir(d)]) == 2
 
@@ -118,8 +118,8 @@ def test_cache_matches_transformers_and_is_reused(tmp_path, llama, cli):
 def test_two_ranks_equal_one_rank(tmp_path, llama, mpirun):
     path, _ = llama
     token_file(tmp_path / "tokens.h5", 300, seed=1)
-    mpirun(1, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_one", run="one"))
-    two = mpirun(2, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_two", run="two"))
+    mpirun(1, "run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_one", run="one"))
+    two = mpirun(2, "run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_two", run="two"))
     assert "teacher forward on 300 samples" in two.stderr
     index1, a = read_cache(cache_dir(tmp_path / "cache_one"))
     index2, b = read_cache(cache_dir(tmp_path / "cache_two"))
@@ -127,7 +127,7 @@ def test_two_ranks_equal_one_rank(tmp_path, llama, mpirun):
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     # Written by 2 ranks, read by 1: the same cache, reused.
-    again = mpirun(1, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_two", run="again"))
+    again = mpirun(1, "run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_two", run="again"))
     assert "reused the complete cache" in again.stderr
 
 
@@ -135,13 +135,13 @@ def test_two_ranks_equal_one_rank(tmp_path, llama, mpirun):
 def test_killed_rank_then_rerun_completes_the_same_cache(tmp_path, llama, mpirun, point):
     path, _ = llama
     token_file(tmp_path / "tokens.h5", 300, seed=2)  # 5 chunks: rank 1 owns 3
-    mpirun(1, "run", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_ref", run="ref"))
+    mpirun(1, "run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_ref", run="ref"))
     cfg = config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache")
-    killed = mpirun(2, "run", cfg, env={"HAWADA_FAULT": f"teacher_cache.{point}@1:kill"}, check=False)
+    killed = mpirun(2, "run", "--stages=teacher_cache", cfg, env={"HAWADA_FAULT": f"teacher_cache.{point}@1:kill"}, check=False)
     assert killed.returncode != 0
     directory = cache_dir(tmp_path / "cache")
     assert not os.path.exists(os.path.join(directory, "index.json")), "index published although a rank died"
-    rerun = mpirun(2, "run", cfg)
+    rerun = mpirun(2, "run", "--stages=teacher_cache", cfg)
     done = re.search(r"teacher forward on (\d+) samples, (\d+) reused", rerun.stderr)
     assert done, rerun.stderr
     computed, reused = int(done.group(1)), int(done.group(2))
@@ -162,14 +162,14 @@ def test_tampered_chunk_is_refused(tmp_path, llama, cli):
     path, _ = llama
     token_file(tmp_path / "tokens.h5", 70)
     cfg = config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache")
-    cli("run", cfg)
+    cli("run", "--stages=teacher_cache", cfg)
     directory = cache_dir(tmp_path / "cache")
     chunk = sorted(glob.glob(os.path.join(directory, "chunk-*.h5")))[0]
     with h5py.File(chunk, "a") as f:
         del f.attrs["fingerprint"]
         f.attrs.create("fingerprint", np.bytes_("0123456789abcdef"))
     os.remove(tmp_path / "run" / "stages" / "teacher_cache.done")
-    p = cli("run", cfg, check=False)
+    p = cli("run", "--stages=teacher_cache", cfg, check=False)
     assert p.returncode == 1 and "CacheError" in p.stderr and os.path.basename(chunk) in p.stderr
     assert "fingerprint 0123456789abcdef" in p.stderr
 
@@ -180,12 +180,12 @@ def test_bad_token_data_names_file_and_dataset(tmp_path, llama, cli):
     ids[7, 3] = VOCAB + 5
     with h5py.File(tmp_path / "oov.h5", "w") as f:
         f["input_ids"] = ids
-    p = cli("run", config(tmp_path, path, tmp_path / "oov.h5", tmp_path / "cache"), check=False)
+    p = cli("run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "oov.h5", tmp_path / "cache"), check=False)
     assert p.returncode == 1 and "DataError" in p.stderr
     assert "oov.h5" in p.stderr and "dataset 'input_ids'" in p.stderr and f"token id {VOCAB + 5}" in p.stderr
     with h5py.File(tmp_path / "float.h5", "w") as f:
         f["input_ids"] = ids.astype(np.float32)
-    p = cli("run", config(tmp_path, path, tmp_path / "float.h5", tmp_path / "cache", run="f"), check=False)
+    p = cli("run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "float.h5", tmp_path / "cache", run="f"), check=False)
     assert p.returncode == 1 and "float.h5" in p.stderr and "expected integer" in p.stderr
 
 
@@ -198,7 +198,7 @@ def test_vit_classifier_cache_holds_full_logits(tmp_path, cli):
     pixels = np.random.default_rng(0).standard_normal((20, 3, 32, 32)).astype(np.float32)
     with h5py.File(tmp_path / "images.h5", "w") as f:
         f["pixel_values"] = pixels
-    cli("run", config(tmp_path, tmp_path / "vit", tmp_path / "images.h5", tmp_path / "cache", fmt="images_h5"))
+    cli("run", "--stages=teacher_cache", config(tmp_path, tmp_path / "vit", tmp_path / "images.h5", tmp_path / "cache", fmt="images_h5"))
     index, c = read_cache(cache_dir(tmp_path / "cache"))
     assert index["kind"] == "classifier" and c["logits"].shape == (20, 10)
     with torch.no_grad():

@@ -23,7 +23,7 @@ set +e
 if [ "$mode" = abort ]; then
   HAWADA_FAULT="run.after_model@1" "$mpiexec" -n 2 --oversubscribe -x HAWADA_FAULT "$cli" "$tmp/run.toml" >"$tmp/out" 2>&1
 else
-  "$mpiexec" -n 2 --oversubscribe "$cli" "$tmp/run.toml" >"$tmp/out" 2>&1
+  "$mpiexec" -n 2 --oversubscribe "$cli" "$tmp/run.toml" --stages teacher_cache >"$tmp/out" 2>&1
 fi
 rc=$?
 set -e

@@ -122,9 +122,14 @@ TEST(ConfigValid, FullSetsEveryKey) {
                                   .warmup = 250,
                                   .kd_temperature = 2.5,
                                   .mse_weight = 0.125,
-                                  .checkpoint_every = 500}));
+                                  .checkpoint_every = 500,
+                                  .holdout = 32,
+                                  .importance_batches = 4}));
   EXPECT_EQ(c.budget.metric, BudgetMetric::latency);
   EXPECT_DOUBLE_EQ(c.budget.target, 0.3);
+  EXPECT_EQ(c.budget.latency_batch, 8);
+  EXPECT_DOUBLE_EQ(c.budget.device_flops, 1979e12);
+  EXPECT_DOUBLE_EQ(c.budget.device_bandwidth, 4.8e12);
   EXPECT_EQ(c.search.ffn_multiple, 64);
   EXPECT_EQ(c.search.hidden_multiple, 32);
   EXPECT_EQ(c.search.latency_table, abs("latency_table.csv"));
@@ -134,6 +139,7 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.export_.dtype, ExportDtype::bf16);
   EXPECT_EQ(c.dist.backend, DistBackend::nccl);
   EXPECT_DOUBLE_EQ(c.dist.timeout_s, 1800.5);
+  EXPECT_EQ(c.dist.check_every, 25);
 }
 
 TEST(ConfigValid, IntegersForDoublesUnitSizesAndInlineTables) {
@@ -337,7 +343,7 @@ TEST(ConfigParse, DottedKeysAtTopLevel) {
 TEST(ConfigParse, UnknownKeyWithoutNearMatchListsTheKeys) {
   const std::string msg = config_error(std::string(kRequired) + "[budget]\nwhatever = 1\n");
   EXPECT_NE(msg.find("inline.toml:6:1: budget.whatever: unknown key 'budget.whatever' (expected one of: "
-                     "metric, target)"),
+                     "metric, target, latency_batch, device_flops, device_bandwidth)"),
             std::string::npos)
       << msg;
 }

@@ -1,0 +1,98 @@
+#include "stages/reduce_gates.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "core/communicator.h"
+#include "core/errors.h"
+#include "core/fs.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+#include "core/safetensors.h"
+#include "stages/student.h"
+
+namespace hawada {
+
+namespace fs = std::filesystem;
+
+std::string ReduceGatesStage::fingerprint(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  Hasher h;
+  h.update("reduce_gates/1");
+  h.update(ctx.fingerprints.at("train_gates"));
+  h.update_u64(static_cast<uint64_t>(c.train.importance_batches));
+  fingerprint_ = hex64(h.digest());
+  return fingerprint_;
+}
+
+void ReduceGatesStage::run(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  const auto& proc = process_info();
+  LoadedModel lm = load_model(c);
+  const GatesConfig gates_config = effective_gates(c, lm.arch);
+  const auto data = open_data(c, lm.arch);
+  HardConcrete hc;
+  hc.beta = c.gates.temperature;
+  GateParameters gates(gates_config, lm.model->gate_shape());
+  {
+    const safetensors::Reader trained(trained_gates_file(ctx.run_dir));
+    gates.load(trained);
+  }
+  at::NoGradGuard no_grad;
+  GateValues values{gates.heads.defined() ? hc.evaluation(gates.heads) : at::Tensor(),
+                    gates.ffn.defined() ? hc.evaluation(gates.ffn) : at::Tensor(),
+                    gates.hidden.defined() ? hc.evaluation(gates.hidden) : at::Tensor()};
+
+  // Importance sums in one flat bucket laid out like the gates, plus the token count.
+  at::Tensor bucket = at::zeros({gates.flat.numel() + 1}, at::kFloat);
+  const GateParameters::Views sums = gates.views_of(bucket.narrow(0, 0, gates.flat.numel()));
+  ActivationImportance imp{sums.heads, sums.ffn, sums.hidden, 0};
+  values.importance = &imp;
+  const int64_t train_samples = std::max<int64_t>(1, data->size() - c.train.holdout);
+  const int64_t mb = std::min<int64_t>(c.train.micro_batch, train_samples);
+  for (int64_t b = proc.rank; b < c.train.importance_batches; b += proc.size) {
+    std::vector<int64_t> samples;
+    for (int64_t j = 0; j < mb; ++j) samples.push_back((b * mb + j) % train_samples);
+    const Batch batch = with_context("reduce_gates: ", [&] { return read_samples(*data, samples); });
+    lm.model->features(batch, &values);
+  }
+  bucket[-1] = static_cast<float>(imp.tokens);
+  auto comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
+  comm->all_reduce(bucket, Communicator::Op::sum);
+  const double tokens = std::max(1.0, static_cast<double>(bucket[-1].item<float>()));
+
+  std::vector<safetensors::NamedTensor> out;
+  const int64_t blocks = 2 * lm.arch.layers;  // hidden importance is summed over every block's input
+  auto add = [&](const char* kind, const at::Tensor& log_alpha, const at::Tensor& eval, const at::Tensor& sum,
+                 double per) {
+    if (!log_alpha.defined()) return;
+    const at::Tensor keep = hc.keep_probability(log_alpha).contiguous();
+    const at::Tensor importance = (sum / (tokens * per)).contiguous();
+    const at::Tensor score = keep * (importance / importance.mean().clamp_min(1e-30) + 1e-3);
+    out.push_back({std::string(kind) + ".keep_probability", keep});
+    out.push_back({std::string(kind) + ".evaluation", eval.contiguous()});
+    out.push_back({std::string(kind) + ".importance", importance});
+    out.push_back({std::string(kind) + ".score", score.contiguous()});
+  };
+  add("heads", gates.heads, values.heads, sums.heads, 1.0);
+  add("ffn", gates.ffn, values.ffn, sums.ffn, 1.0);
+  add("hidden", gates.hidden, values.hidden, sums.hidden, static_cast<double>(blocks));
+
+  // Every rank must hold the same bytes.
+  Hasher h;
+  for (const auto& t : out) h.update(t.tensor.data_ptr(), static_cast<size_t>(t.tensor.nbytes()));
+  const uint64_t mine = h.digest(), root = world::broadcast(mine);
+  if (world::sum(mine != root ? 1 : 0) > 0)
+    throw CommError("reduce_gates: the global scores differ across ranks (this rank " + hex64(mine) + ", rank 0 " +
+                    hex64(root) + ")");
+  if (proc.rank == 0) {
+    fs::create_directories(gate_scores_file(ctx.run_dir).parent_path());
+    safetensors::write_file(gate_scores_file(ctx.run_dir), out, {{"fingerprint", fingerprint_}, {"scores_hash", hex64(mine)}});
+  }
+  log::info("reduce_gates: scores of " + std::to_string(gates.flat.numel()) + " structures over " +
+            std::to_string(static_cast<int64_t>(tokens)) + " tokens, hash " + hex64(mine));
+}
+
+}  // namespace hawada

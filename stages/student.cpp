@@ -1,0 +1,162 @@
+#include "stages/student.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "core/errors.h"
+#include "core/teacher_cache.h"
+
+namespace hawada {
+
+namespace fs = std::filesystem;
+
+DataSpec data_spec(const Config& c) {
+  DataSpec s;
+  s.format = c.data.format == DataFormat::tokens_h5    ? DataSpec::Format::tokens_h5
+             : c.data.format == DataFormat::tokens_bin ? DataSpec::Format::tokens_bin
+                                                       : DataSpec::Format::images_h5;
+  s.path = c.data.path;
+  s.seq_len = c.data.seq_len;
+  s.samples = c.data.samples;
+  s.token_bytes = c.data.token_dtype == TokenDtype::uint16 ? 2 : 4;
+  return s;
+}
+
+at::ScalarType compute_dtype(const Config& c) { return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat; }
+
+std::unique_ptr<DataSource> open_data(const Config& c, const ArchSummary& arch) {
+  DataExpectations expect;
+  expect.vocab_size = arch.vocab_size;
+  expect.image_size = arch.image_size;
+  return DataSource::open(data_spec(c), expect, read_pixel_normalization(c.model.path));
+}
+
+Batch read_samples(const DataSource& data, const std::vector<int64_t>& samples) {
+  std::vector<at::Tensor> ids, mask, pixels;
+  for (int64_t s : samples) {
+    Batch b = data.read(s, 1);
+    if (b.input_ids.defined()) ids.push_back(b.input_ids);
+    if (b.attention_mask.defined()) mask.push_back(b.attention_mask);
+    if (b.pixel_values.defined()) pixels.push_back(b.pixel_values);
+  }
+  Batch out;
+  if (!ids.empty()) out.input_ids = at::cat(ids);
+  if (!mask.empty()) out.attention_mask = at::cat(mask);
+  if (!pixels.empty()) out.pixel_values = at::cat(pixels);
+  return out;
+}
+
+LoadedModel load_model(const Config& c, bool weights) {
+  LoadedModel m{with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); })};
+  const auto config_file = c.model.path / "config.json";
+  m.adapter = &adapter_for(m.checkpoint.config(), config_file);
+  m.arch = m.adapter->summarize(m.checkpoint.config(), config_file);
+  m.shape = model_shape(m.arch);
+  if (weights) m.model = with_context("loading model: ", [&] { return m.adapter->load(m.checkpoint, {compute_dtype(c)}); });
+  return m;
+}
+
+GatesConfig effective_gates(const Config& c, const ArchSummary& arch) {
+  if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden)
+    throw ConfigError(c.source.string() + ": [gates] turns every gate kind off (heads, ffn, hidden); nothing can be pruned");
+  GatesConfig g = c.gates;
+  if (arch.model_type == "vit" && g.heads != g.hidden) g.heads = g.hidden = true;
+  return g;
+}
+
+GateParameters::GateParameters(const GatesConfig& config, const GateShape& shape)
+    : shape_(shape),
+      n_heads_(config.heads ? shape.layers * shape.heads : 0),
+      n_ffn_(config.ffn ? shape.layers * shape.ffn : 0),
+      n_hidden_(config.hidden ? shape.hidden : 0) {
+  HardConcrete hc;
+  hc.beta = config.temperature;
+  flat = at::full({n_heads_ + n_ffn_ + n_hidden_}, hc.log_alpha_for(config.init), at::kFloat);
+  Views v = views_of(flat);
+  heads = v.heads, ffn = v.ffn, hidden = v.hidden;
+}
+
+GateParameters::Views GateParameters::views_of(const at::Tensor& t) const {
+  HAWADA_ASSERT(t.dim() == 1 && t.size(0) == flat.size(0), "a tensor laid out like the gate vector");
+  Views v;
+  if (n_heads_) v.heads = t.narrow(0, 0, n_heads_).view({shape_.layers, shape_.heads});
+  if (n_ffn_) v.ffn = t.narrow(0, n_heads_, n_ffn_).view({shape_.layers, shape_.ffn});
+  if (n_hidden_) v.hidden = t.narrow(0, n_heads_ + n_ffn_, n_hidden_);
+  return v;
+}
+
+GateCounts GateParameters::expected_counts(const HardConcrete& hc, const at::Tensor& t) const {
+  const Views v = views_of(t);
+  GateCounts c;
+  if (v.heads.defined()) c.heads = hc.keep_probability(v.heads).sum(-1);
+  if (v.ffn.defined()) c.ffn = hc.keep_probability(v.ffn).sum(-1);
+  if (v.hidden.defined()) c.hidden = hc.keep_probability(v.hidden).sum();
+  return c;
+}
+
+GateCounts GateParameters::evaluation_counts(const HardConcrete& hc, const at::Tensor& t) const {
+  const Views v = views_of(t);
+  GateCounts c;
+  auto nonzero = [&](const at::Tensor& la) { return (hc.evaluation(la) > 0).sum(-1).to(at::kDouble); };
+  if (v.heads.defined()) c.heads = nonzero(v.heads);
+  if (v.ffn.defined()) c.ffn = nonzero(v.ffn);
+  if (v.hidden.defined()) c.hidden = nonzero(v.hidden);
+  return c;
+}
+
+std::vector<safetensors::NamedTensor> GateParameters::named() const {
+  std::vector<safetensors::NamedTensor> out;
+  if (heads.defined()) out.push_back({"heads.log_alpha", heads.detach().clone()});
+  if (ffn.defined()) out.push_back({"ffn.log_alpha", ffn.detach().clone()});
+  if (hidden.defined()) out.push_back({"hidden.log_alpha", hidden.detach().clone()});
+  return out;
+}
+
+void GateParameters::load(const safetensors::Reader& file) {
+  at::NoGradGuard no_grad;
+  auto take = [&](const at::Tensor& dst, const char* name) {
+    if (!dst.defined()) {
+      if (file.contains(name))
+        throw CheckpointError("'" + file.path().string() + "' holds '" + name + "' but [gates] turns that kind off");
+      return;
+    }
+    if (!file.contains(name))
+      throw CheckpointError("'" + file.path().string() + "' has no tensor '" + name + "' that [gates] asks for");
+    const at::Tensor src = file.tensor(name);
+    if (src.sizes() != dst.sizes() || src.scalar_type() != at::kFloat)
+      throw CheckpointError("tensor '" + std::string(name) + "' in '" + file.path().string() + "' is " +
+                            c10::toString(src.scalar_type()) + " " + c10::str(src.sizes()) + ", expected Float " +
+                            c10::str(dst.sizes()));
+    const_cast<at::Tensor&>(dst).copy_(src);
+  };
+  take(heads, "heads.log_alpha");
+  take(ffn, "ffn.log_alpha");
+  take(hidden, "hidden.log_alpha");
+}
+
+BudgetCost::BudgetCost(const Config& c, const ModelShape& shape)
+    : metric_(c.budget.metric), shape_(shape), batch_(c.budget.latency_batch) {
+  tokens_ = shape.family == ModelShape::Family::vit
+                ? (shape.image_size / shape.patch_size) * (shape.image_size / shape.patch_size) + 1
+                : c.data.seq_len;
+  rates_.flops_per_s = c.budget.device_flops;
+  rates_.bytes_per_s = c.budget.device_bandwidth;
+  dense_ = metric_ == BudgetMetric::params ? static_cast<double>(parameter_count(shape))
+                                           : latency_seconds(shape, batch_, tokens_, rates_);
+}
+
+at::Tensor BudgetCost::ratio(const GateCounts& counts) const {
+  const at::Tensor cost = metric_ == BudgetMetric::params ? expected_parameters(shape_, counts)
+                                                          : expected_latency(shape_, counts, batch_, tokens_, rates_);
+  return cost / dense_;
+}
+
+double BudgetCost::ratio_of(const GateCounts& counts) const {
+  at::NoGradGuard no_grad;
+  return ratio(counts).item<double>();
+}
+
+fs::path trained_gates_file(const fs::path& run_dir) { return run_dir / "train" / "gates.safetensors"; }
+fs::path gate_scores_file(const fs::path& run_dir) { return run_dir / "gates" / "scores.safetensors"; }
+
+}  // namespace hawada

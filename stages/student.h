@@ -1,0 +1,98 @@
+// What the gate stages share: the model and data of a run, and the gate parameters of the student
+// (the frozen teacher weights with gates) as one flat vector.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "adapters/adapter.h"
+#include "adapters/model.h"
+#include "core/checkpoint.h"
+#include "core/cost_model.h"
+#include "core/data.h"
+#include "core/gates.h"
+#include "core/safetensors.h"
+#include "stages/settings.h"
+
+namespace hawada {
+
+/// How the config cuts the data.
+DataSpec data_spec(const Config& config);
+/// The compute dtype of `model.dtype`.
+at::ScalarType compute_dtype(const Config& config);
+/// The data source of the run, checked against the architecture (vocabulary, image size).
+std::unique_ptr<DataSource> open_data(const Config& config, const ArchSummary& arch);
+/// Reads the given samples, in order, as one batch.
+Batch read_samples(const DataSource& data, const std::vector<int64_t>& samples);
+
+/// The dense model of a run, loaded: checkpoint (which the weights map), architecture, model.
+struct LoadedModel {
+  HfCheckpoint checkpoint;
+  const ModelAdapter* adapter = nullptr;
+  ArchSummary arch;
+  ModelShape shape;
+  std::unique_ptr<Model> model;
+};
+/// Opens and loads `model.path` in the compute dtype; only the summary when `weights` is false.
+LoadedModel load_model(const Config& config, bool weights = true);
+
+/// The gates the run trains: the config's, except that a ViT couples heads and hidden (hidden_size =
+/// heads x head size in transformers), so either kind turns the other on. ConfigError when [gates]
+/// turns every kind off.
+GatesConfig effective_gates(const Config& config, const ArchSummary& arch);
+
+/// Log-alpha of every enabled gate in one fp32 vector, heads [L, H] then ffn [L, F] then hidden [D]:
+/// the one all-reduce bucket of training. The per-kind tensors are views into it.
+class GateParameters {
+ public:
+  GateParameters(const GatesConfig& config, const GateShape& shape);
+  at::Tensor flat;                ///< [P]
+  at::Tensor heads, ffn, hidden;  ///< views of flat; undefined where that kind is off
+
+  /// Per-kind views of any tensor laid out like flat (a gate sample, a gradient).
+  struct Views {
+    at::Tensor heads, ffn, hidden;
+  };
+  Views views_of(const at::Tensor& like_flat) const;
+  /// Expected structure counts (sums of keep probabilities), differentiable in flat.
+  GateCounts expected_counts(const HardConcrete& hc) const { return expected_counts(hc, flat); }
+  /// The same for another vector laid out like flat.
+  GateCounts expected_counts(const HardConcrete& hc, const at::Tensor& like_flat) const;
+  /// Counts of nonzero evaluation gates (HardConcrete::evaluation).
+  GateCounts evaluation_counts(const HardConcrete& hc) const { return evaluation_counts(hc, flat); }
+  GateCounts evaluation_counts(const HardConcrete& hc, const at::Tensor& like_flat) const;
+  /// The per-kind log-alphas by name ("heads.log_alpha", ...), for files.
+  std::vector<safetensors::NamedTensor> named() const;
+  /// Loads log-alphas written by named() into flat; CheckpointError naming the file on a mismatch.
+  void load(const safetensors::Reader& file);
+
+ private:
+  GateShape shape_;
+  int64_t n_heads_ = 0, n_ffn_ = 0, n_hidden_ = 0;
+};
+
+/// The cost ratio (of the dense model) of gate counts under the budget metric.
+class BudgetCost {
+ public:
+  BudgetCost(const Config& config, const ModelShape& shape);
+  at::Tensor ratio(const GateCounts& counts) const;
+  double ratio_of(const GateCounts& counts) const;
+
+ private:
+  BudgetMetric metric_;
+  ModelShape shape_;
+  int64_t batch_ = 1, tokens_ = 1;
+  DeviceRates rates_;
+  double dense_ = 1;
+};
+
+/// Where train_gates publishes its final gate parameters.
+std::filesystem::path trained_gates_file(const std::filesystem::path& run_dir);
+/// Where reduce_gates publishes the global scores.
+std::filesystem::path gate_scores_file(const std::filesystem::path& run_dir);
+
+}  // namespace hawada
