@@ -16,6 +16,8 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "adapters/model.h"
+#include "core/safetensors.h"
+#include "core/shape_search.h"
 #include "core/cost_model.h"
 
 namespace hawada {
@@ -65,6 +67,14 @@ class ModelAdapter {
   /// Loads the model: checks every weight the config implies (present, shape, no unexpected ones)
   /// and throws CheckpointError naming the tensor with expected and got.
   virtual std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const = 0;
+  /// Pruned export: every tensor of `checkpoint` sliced to the structures `plan` keeps, in the
+  /// stored dtype. `folds` holds gate values ([layers, heads], [layers, ffn]; undefined = 1) that
+  /// are folded into the output-side weights (o_proj / down_proj columns), so the export computes
+  /// what the gated student computes. Tensors the adapter does not know are a CheckpointError.
+  virtual std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
+                                                              const GateValues& folds) const = 0;
+  /// config.json of the pruned model: the counts of plan's shape written explicitly (ints as ints).
+  virtual nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const = 0;
 };
 
 /// The adapter for config["model_type"]; CheckpointError listing the supported types otherwise.

@@ -43,7 +43,7 @@ Usage:
                                                 copy a model unchanged (byte-identical tensors), atomically
   hawada-pipeline --help | --version
 
-Stages, in order: teacher_cache, train_gates, reduce_gates.
+Stages, in order: teacher_cache, train_gates, reduce_gates, rounding_search, export.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or config error, 75 preempted by SIGTERM after a
 checkpoint (requeue and rerun the same command to resume).

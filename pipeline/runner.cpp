@@ -8,7 +8,9 @@
 #include "core/log.h"
 #include "core/mpi_session.h"
 #include "core/process.h"
+#include "stages/export.h"
 #include "stages/reduce_gates.h"
+#include "stages/rounding_search.h"
 #include "stages/teacher_cache.h"
 #include "stages/train_gates.h"
 
@@ -19,6 +21,8 @@ std::vector<std::unique_ptr<Stage>> pipeline_stages() {
   stages.push_back(std::make_unique<TeacherCacheStage>());
   stages.push_back(std::make_unique<TrainGatesStage>());
   stages.push_back(std::make_unique<ReduceGatesStage>());
+  stages.push_back(std::make_unique<RoundingSearchStage>());
+  stages.push_back(std::make_unique<ExportStage>());
   return stages;
 }
 

@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "adapters/layers.h"
 #include "adapters/weights.h"
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/slicing.h"
 
 namespace hawada {
 namespace {
@@ -245,6 +247,64 @@ ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::fil
 std::unique_ptr<Model> LlamaAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
   const auto file = ckpt.dir() / "config.json";
   return std::make_unique<LlamaModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options);
+}
+
+}  // namespace hawada
+
+namespace hawada {
+
+std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
+                                                                  const GateValues& folds) const {
+  const int64_t hd = plan.dense.shape.head_dim;
+  const std::vector<int64_t>& hidden = plan.hidden;
+  std::vector<safetensors::NamedTensor> out;
+  for (const std::string& name : ckpt.tensor_names()) {
+    const at::Tensor t = ckpt.tensor(name);
+    int layer = -1, used = 0;
+    char rest[128] = {0};
+    if (std::sscanf(name.c_str(), "model.layers.%d.%127s%n", &layer, rest, &used) == 2 && layer >= 0 &&
+        layer < plan.dense.shape.layers) {
+      const auto l = static_cast<size_t>(layer);
+      const std::string r(rest);
+      const std::vector<int64_t> q = expand_indices(plan.heads[l], hd), kv = expand_indices(plan.kv_heads[l], hd);
+      const std::vector<int64_t>& f = plan.ffn[l];
+      at::Tensor head_scale, ffn_scale;
+      if (folds.heads.defined())
+        head_scale = folds.heads[layer].index_select(0, index_tensor(plan.heads[l])).repeat_interleave(hd);
+      if (folds.ffn.defined()) ffn_scale = folds.ffn[layer].index_select(0, index_tensor(f));
+      at::Tensor s;
+      if (r == "self_attn.q_proj.weight") s = slice_linear(t, q, hidden);
+      else if (r == "self_attn.q_proj.bias") s = slice_dim(t, 0, q);
+      else if (r == "self_attn.k_proj.weight" || r == "self_attn.v_proj.weight") s = slice_linear(t, kv, hidden);
+      else if (r == "self_attn.k_proj.bias" || r == "self_attn.v_proj.bias") s = slice_dim(t, 0, kv);
+      else if (r == "self_attn.o_proj.weight") s = slice_linear(t, hidden, q, head_scale);
+      else if (r == "self_attn.o_proj.bias" || r == "mlp.down_proj.bias") s = slice_dim(t, 0, hidden);
+      else if (r == "mlp.gate_proj.weight" || r == "mlp.up_proj.weight") s = slice_linear(t, f, hidden);
+      else if (r == "mlp.gate_proj.bias" || r == "mlp.up_proj.bias") s = slice_dim(t, 0, f);
+      else if (r == "mlp.down_proj.weight") s = slice_linear(t, hidden, f, ffn_scale);
+      else if (r == "input_layernorm.weight" || r == "post_attention_layernorm.weight") s = slice_norm(t, hidden);
+      else if (r == "self_attn.rotary_emb.inv_freq") s = t.contiguous();  // depends on head_dim only, which stays
+      else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
+      out.push_back({name, s});
+      continue;
+    }
+    if (name == LlamaNames::embed || name == LlamaNames::lm_head) out.push_back({name, slice_embedding(t, hidden)});
+    else if (name == LlamaNames::final_norm) out.push_back({name, slice_norm(t, hidden)});
+    else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
+  }
+  return out;
+}
+
+nlohmann::json LlamaAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {
+  nlohmann::json c = config;
+  const ModelShape& s = plan.chosen.shape;
+  c["hidden_size"] = s.hidden;
+  c["num_attention_heads"] = s.heads;
+  c["num_key_value_heads"] = s.kv_heads;
+  c["head_dim"] = s.head_dim;
+  c["intermediate_size"] = s.ffn;
+  c["tie_word_embeddings"] = s.tied;
+  return c;
 }
 
 }  // namespace hawada

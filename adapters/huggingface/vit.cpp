@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "adapters/layers.h"
 #include "adapters/weights.h"
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/slicing.h"
 
 namespace hawada {
 namespace {
@@ -203,6 +205,72 @@ ArchSummary VitAdapter::summarize(const nlohmann::json& config, const std::files
 std::unique_ptr<Model> VitAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
   const auto file = ckpt.dir() / "config.json";
   return std::make_unique<VitModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options);
+}
+
+}  // namespace hawada
+
+namespace hawada {
+
+std::vector<safetensors::NamedTensor> VitAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
+                                                                const GateValues& folds) const {
+  const int64_t hs = plan.dense.shape.head_dim;
+  const std::vector<int64_t>& hidden = plan.hidden;
+  std::vector<safetensors::NamedTensor> out;
+  for (const std::string& name : ckpt.tensor_names()) {
+    const at::Tensor t = ckpt.tensor(name);
+    const std::string n = name.rfind("vit.", 0) == 0 ? name.substr(4) : name;
+    int layer = -1;
+    char rest[128] = {0};
+    if (std::sscanf(n.c_str(), "encoder.layer.%d.%127s", &layer, rest) == 2 && layer >= 0 &&
+        layer < plan.dense.shape.layers) {
+      const auto l = static_cast<size_t>(layer);
+      const std::string r(rest);
+      const std::vector<int64_t> q = expand_indices(plan.heads[l], hs);
+      const std::vector<int64_t>& f = plan.ffn[l];
+      at::Tensor head_scale, ffn_scale;
+      if (folds.heads.defined())
+        head_scale = folds.heads[layer].index_select(0, index_tensor(plan.heads[l])).repeat_interleave(hs);
+      if (folds.ffn.defined()) ffn_scale = folds.ffn[layer].index_select(0, index_tensor(f));
+      at::Tensor s;
+      if (r == "attention.attention.query.weight" || r == "attention.attention.key.weight" ||
+          r == "attention.attention.value.weight")
+        s = slice_linear(t, q, hidden);
+      else if (r == "attention.attention.query.bias" || r == "attention.attention.key.bias" ||
+               r == "attention.attention.value.bias")
+        s = slice_dim(t, 0, q);
+      else if (r == "attention.output.dense.weight") s = slice_linear(t, hidden, q, head_scale);
+      else if (r == "attention.output.dense.bias" || r == "output.dense.bias") s = slice_dim(t, 0, hidden);
+      else if (r == "intermediate.dense.weight") s = slice_linear(t, f, hidden);
+      else if (r == "intermediate.dense.bias") s = slice_dim(t, 0, f);
+      else if (r == "output.dense.weight") s = slice_linear(t, hidden, f, ffn_scale);
+      else if (r.rfind("layernorm_before.", 0) == 0 || r.rfind("layernorm_after.", 0) == 0) s = slice_norm(t, hidden);
+      else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
+      out.push_back({name, s});
+      continue;
+    }
+    at::Tensor s;
+    if (n == std::string(VitNames::cls_token) || n == VitNames::position || n == VitNames::mask_token ||
+        n == "layernorm.weight" || n == "layernorm.bias")
+      s = slice_norm(t, hidden);  // along the last (hidden) dimension
+    else if (n == std::string(VitNames::patch) + ".weight" || n == std::string(VitNames::patch) + ".bias")
+      s = slice_dim(t, 0, hidden);
+    else if (n == std::string(VitNames::pooler) + ".weight") s = slice_linear(t, hidden, hidden);
+    else if (n == std::string(VitNames::pooler) + ".bias") s = slice_dim(t, 0, hidden);
+    else if (n == "classifier.weight") s = slice_linear(t, {}, hidden);
+    else if (n == "classifier.bias") s = t.contiguous();
+    else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
+    out.push_back({name, s});
+  }
+  return out;
+}
+
+nlohmann::json VitAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {
+  nlohmann::json c = config;
+  const ModelShape& s = plan.chosen.shape;
+  c["hidden_size"] = s.hidden;
+  c["num_attention_heads"] = s.heads;
+  c["intermediate_size"] = s.ffn;
+  return c;
 }
 
 }  // namespace hawada

@@ -11,6 +11,9 @@ class VitAdapter final : public ModelAdapter {
   std::string_view model_type() const override { return "vit"; }
   ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;
   std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const override;
+  std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
+                                                      const GateValues& folds) const override;
+  nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const override;
 };
 
 }  // namespace hawada

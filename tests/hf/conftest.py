@@ -8,7 +8,7 @@ import pytest
 CLI = os.environ.get("HAWADA_CLI", "")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
     if not CLI or not os.path.exists(CLI):
         pytest.skip("HAWADA_CLI does not point at a built hawada-pipeline")
@@ -27,7 +27,7 @@ def inspect_json(cli):
     return lambda path: json.loads(cli("inspect", "--json", path).stdout)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mpirun(cli):
     """Runs hawada-pipeline under `mpirun -np N` (one thread per rank); returns the CompletedProcess."""
     cli("--version")  # skips when the binary is missing

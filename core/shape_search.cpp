@@ -1,0 +1,337 @@
+#include "core/shape_search.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "core/errors.h"
+
+namespace hawada {
+namespace {
+
+// Indices of the n largest values (ties: lower index first), returned in ascending index order.
+std::vector<int64_t> top_indices(const std::vector<double>& v, int64_t n) {
+  std::vector<int64_t> idx(v.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return v[a] > v[b]; });
+  idx.resize(static_cast<size_t>(std::min<int64_t>(n, static_cast<int64_t>(v.size()))));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+// Prefix sums of the values sorted in descending order: prefix[k] = sum of the k largest.
+std::vector<double> sorted_prefix(std::vector<double> v) {
+  std::sort(v.begin(), v.end(), std::greater<>());
+  std::vector<double> p(v.size() + 1, 0.0);
+  for (size_t i = 0; i < v.size(); ++i) p[i + 1] = p[i] + v[i];
+  return p;
+}
+
+// Widths a kind may take: multiples of `multiple` up to dense, and dense itself.
+std::vector<int64_t> widths(int64_t dense, int64_t multiple, bool gated) {
+  if (!gated) return {dense};
+  std::vector<int64_t> w;
+  for (int64_t k = multiple; k < dense; k += multiple) w.push_back(k);
+  w.push_back(dense);
+  return w;
+}
+
+bool is_vit(const ModelShape& s) { return s.family == ModelShape::Family::vit; }
+
+// Query heads per kv group; for a ViT every head is its own group.
+int64_t group_size(const ModelShape& s) { return is_vit(s) ? 1 : s.heads / s.kv_heads; }
+int64_t groups(const ModelShape& s) { return is_vit(s) ? s.heads : s.kv_heads; }
+
+// Kept-importance evaluation of counts, from sorted prefix sums computed once.
+class Importance {
+ public:
+  Importance(const ModelShape& dense, const StructureScores& s) : dense_(dense) {
+    if (!s.heads.empty()) {
+      const int64_t g = groups(dense), q = group_size(dense);
+      for (const auto& layer : s.heads) {
+        std::vector<std::vector<double>> per_group;
+        for (int64_t k = 0; k < g; ++k)
+          per_group.push_back(sorted_prefix(std::vector<double>(layer.begin() + k * q, layer.begin() + (k + 1) * q)));
+        head_prefix_.push_back(std::move(per_group));
+        head_total_ += std::accumulate(layer.begin(), layer.end(), 0.0);
+        head_count_ += static_cast<double>(layer.size());
+      }
+    }
+    for (const auto& layer : s.ffn) {
+      ffn_prefix_.push_back(sorted_prefix(layer));
+      ffn_total_ += ffn_prefix_.back().back();
+      ffn_count_ += static_cast<double>(layer.size());
+    }
+    if (!s.hidden.empty()) hidden_prefix_ = sorted_prefix(s.hidden);
+  }
+
+  double operator()(int64_t kv, int64_t per_group, int64_t ffn, int64_t hidden) const {
+    double sum = 0;
+    int kinds = 0;
+    if (!head_prefix_.empty()) {
+      double kept = 0;
+      for (const auto& layer : head_prefix_) {
+        std::vector<double> value;
+        for (const auto& g : layer) value.push_back(g[static_cast<size_t>(per_group)]);
+        std::sort(value.begin(), value.end(), std::greater<>());
+        kept += std::accumulate(value.begin(), value.begin() + kv, 0.0);
+      }
+      sum += head_total_ > 0 ? kept / head_total_ : static_cast<double>(kv * per_group * dense_.layers) / head_count_;
+      ++kinds;
+    }
+    if (!ffn_prefix_.empty()) {
+      double kept = 0;
+      for (const auto& p : ffn_prefix_) kept += p[static_cast<size_t>(ffn)];
+      sum += ffn_total_ > 0 ? kept / ffn_total_ : static_cast<double>(ffn * dense_.layers) / ffn_count_;
+      ++kinds;
+    }
+    if (!hidden_prefix_.empty()) {
+      const double total = hidden_prefix_.back();
+      sum += total > 0 ? hidden_prefix_[static_cast<size_t>(hidden)] / total
+                       : static_cast<double>(hidden) / static_cast<double>(dense_.hidden);
+      ++kinds;
+    }
+    return kinds ? sum / kinds : 1.0;
+  }
+
+ private:
+  ModelShape dense_;
+  std::vector<std::vector<std::vector<double>>> head_prefix_;
+  std::vector<std::vector<double>> ffn_prefix_;
+  std::vector<double> hidden_prefix_;
+  double head_total_ = 0, head_count_ = 0, ffn_total_ = 0, ffn_count_ = 0;
+};
+
+Candidate price(const ModelShape& s, const CostSpec& cost) {
+  Candidate c;
+  c.shape = s;
+  c.parameters = static_cast<double>(parameter_count(s));
+  c.flops = forward_cost(s, cost.batch, cost.tokens).flops;
+  c.latency_s = latency_seconds(s, cost.batch, cost.tokens, cost.rates);
+  return c;
+}
+
+std::string ratio_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4f", v);
+  return buf;
+}
+
+nlohmann::json candidate_json(const Candidate& c) {
+  return {{"layers", c.shape.layers},         {"hidden_size", c.shape.hidden},  {"num_attention_heads", c.shape.heads},
+          {"num_key_value_heads", c.shape.kv_heads}, {"head_dim", c.shape.head_dim}, {"intermediate_size", c.shape.ffn},
+          {"parameters", c.parameters},       {"flops", c.flops},               {"latency_s", c.latency_s},
+          {"cost_ratio", c.cost_ratio},       {"importance", c.importance}};
+}
+
+}  // namespace
+
+std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules& r) {
+  std::vector<ModelShape> out;
+  const int64_t g = groups(dense), q = group_size(dense);
+  std::vector<int64_t> kv_options, q_options;
+  if (r.heads) {
+    for (int64_t k = (is_vit(dense) || r.prune_kv_groups) ? 1 : g; k <= g; ++k) kv_options.push_back(k);
+    for (int64_t k = 1; k <= q; ++k) q_options.push_back(k);
+  } else {
+    kv_options = {g};
+    q_options = {q};
+  }
+  const std::vector<int64_t> ffn_options = widths(dense.ffn, r.ffn_multiple, r.ffn);
+  for (int64_t kv : kv_options)
+    for (int64_t per : q_options) {
+      const int64_t heads = kv * per;
+      std::vector<int64_t> hidden_options;
+      if (is_vit(dense)) {
+        // Coupled: hidden = heads x head size.
+        const int64_t h = heads * dense.head_dim;
+        if (h == dense.hidden || h % r.hidden_multiple == 0) hidden_options = {h};
+      } else {
+        hidden_options = widths(dense.hidden, r.hidden_multiple, r.hidden);
+      }
+      for (int64_t hidden : hidden_options)
+        for (int64_t ffn : ffn_options) {
+          ModelShape s = dense;
+          s.heads = heads;
+          s.kv_heads = is_vit(dense) ? heads : kv;
+          s.hidden = hidden;
+          s.ffn = ffn;
+          if (transformers_violation(s, dense).empty()) out.push_back(s);
+        }
+    }
+  return out;
+}
+
+std::string transformers_violation(const ModelShape& s, const ModelShape& dense) {
+  if (s.layers != dense.layers) return "num_hidden_layers changed";
+  if (s.head_dim != dense.head_dim) return "head_dim changed (RoPE / head size must stay)";
+  if (s.heads < 1 || s.kv_heads < 1 || s.hidden < 1 || s.ffn < 1) return "a count below 1";
+  if (s.heads > dense.heads || s.kv_heads > dense.kv_heads || s.hidden > dense.hidden || s.ffn > dense.ffn)
+    return "a count above the dense model's";
+  if (s.hidden % s.heads != 0) return "hidden_size % num_attention_heads != 0";
+  if (is_vit(s)) {
+    if (s.hidden != s.heads * s.head_dim) return "ViT hidden_size != num_attention_heads x head size";
+  } else {
+    if (s.heads % s.kv_heads != 0) return "num_attention_heads % num_key_value_heads != 0";
+    if (s.head_dim % 2 != 0) return "odd head_dim (RoPE)";
+  }
+  return {};
+}
+
+SearchResult search_shape(const ModelShape& dense, const StructureScores& scores, const SearchRules& rules,
+                          const CostSpec& cost) {
+  const Importance importance(dense, scores);
+  SearchResult result;
+  Candidate dense_c = price(dense, cost);
+  const double dense_cost = cost.metric == CostSpec::Metric::params ? dense_c.parameters : dense_c.latency_s;
+  dense_c.cost_ratio = 1.0;
+  dense_c.importance = 1.0;
+
+  std::vector<Candidate> all;
+  for (const ModelShape& s : legal_shapes(dense, rules)) {
+    Candidate c = price(s, cost);
+    c.cost_ratio = (cost.metric == CostSpec::Metric::params ? c.parameters : c.latency_s) / dense_cost;
+    const int64_t kv = is_vit(dense) ? s.heads : s.kv_heads;
+    c.importance = importance(kv, s.heads / kv, s.ffn, s.hidden);
+    all.push_back(c);
+  }
+  result.legal = all.size();
+  std::sort(all.begin(), all.end(), [](const Candidate& a, const Candidate& b) {
+    return a.cost_ratio != b.cost_ratio ? a.cost_ratio < b.cost_ratio : a.importance > b.importance;
+  });
+  for (const Candidate& c : all)
+    if (result.pareto.empty() || c.importance > result.pareto.back().importance) result.pareto.push_back(c);
+
+  const Candidate* best = nullptr;
+  for (const Candidate& c : result.pareto)
+    if (c.cost_ratio <= cost.target * (1 + 1e-12)) best = &c;  // the front is sorted: the last one fitting wins
+  if (!best)
+    throw ConfigError("budget.target = " + ratio_text(cost.target) + " (" +
+                      (cost.metric == CostSpec::Metric::params ? "params" : "latency") +
+                      ") is below every legal shape: the smallest reachable cost is " +
+                      ratio_text(all.empty() ? 1.0 : all.front().cost_ratio) + " of the dense model (" +
+                      std::to_string(result.legal) + " legal shapes under [search])");
+
+  Plan& p = result.plan;
+  p.chosen = *best;
+  p.dense = dense_c;
+  p.metric = cost.metric == CostSpec::Metric::params ? "params" : "latency";
+  p.target = cost.target;
+  const ModelShape& s = best->shape;
+  const int64_t kv = is_vit(dense) ? s.heads : s.kv_heads, per = s.heads / kv, q = group_size(dense);
+  for (int64_t l = 0; l < dense.layers; ++l) {
+    std::vector<int64_t> heads, kv_heads;
+    if (scores.heads.empty()) {
+      for (int64_t h = 0; h < dense.heads; ++h) heads.push_back(h);
+      for (int64_t k = 0; k < dense.kv_heads && !is_vit(dense); ++k) kv_heads.push_back(k);
+    } else {
+      const auto& layer = scores.heads[static_cast<size_t>(l)];
+      std::vector<double> group_value;
+      std::vector<std::vector<int64_t>> group_heads;
+      for (int64_t g = 0; g < groups(dense); ++g) {
+        const std::vector<double> in(layer.begin() + g * q, layer.begin() + (g + 1) * q);
+        std::vector<int64_t> top = top_indices(in, per);
+        double v = 0;
+        for (int64_t& i : top) v += in[static_cast<size_t>(i)], i += g * q;
+        group_value.push_back(v);
+        group_heads.push_back(top);
+      }
+      for (int64_t g : top_indices(group_value, kv)) {
+        heads.insert(heads.end(), group_heads[static_cast<size_t>(g)].begin(), group_heads[static_cast<size_t>(g)].end());
+        if (!is_vit(dense)) kv_heads.push_back(g);
+      }
+    }
+    p.heads.push_back(heads);
+    p.kv_heads.push_back(kv_heads);
+    std::vector<int64_t> ffn;
+    if (scores.ffn.empty())
+      for (int64_t c = 0; c < dense.ffn; ++c) ffn.push_back(c);
+    else
+      ffn = top_indices(scores.ffn[static_cast<size_t>(l)], s.ffn);
+    p.ffn.push_back(ffn);
+  }
+  if (scores.hidden.empty()) {
+    for (int64_t c = 0; c < s.hidden; ++c) p.hidden.push_back(c);
+  } else {
+    p.hidden = top_indices(scores.hidden, s.hidden);
+  }
+  return result;
+}
+
+nlohmann::json plan_to_json(const Plan& p) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (size_t l = 0; l < p.heads.size(); ++l)
+    layers.push_back({{"heads", p.heads[l]}, {"kv_heads", p.kv_heads[l]}, {"ffn", p.ffn[l]}});
+  return {{"format_version", 1},
+          {"metric", p.metric},
+          {"target", p.target},
+          {"shape", candidate_json(p.chosen)},
+          {"dense", candidate_json(p.dense)},
+          {"layers", layers},
+          {"hidden", p.hidden}};
+}
+
+Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std::string& file) {
+  try {
+    Plan p;
+    if (j.at("format_version").get<int>() != 1) throw CheckpointError("'" + file + "': unknown plan format_version");
+    p.metric = j.at("metric").get<std::string>();
+    p.target = j.at("target").get<double>();
+    const auto& d = j.at("dense");
+    p.dense.shape = dense;
+    p.dense.parameters = d.at("parameters").get<double>();
+    p.dense.flops = d.at("flops").get<double>();
+    p.dense.latency_s = d.at("latency_s").get<double>();
+    p.dense.cost_ratio = 1.0;
+    p.dense.importance = 1.0;
+    if (d.at("hidden_size").get<int64_t>() != dense.hidden || d.at("intermediate_size").get<int64_t>() != dense.ffn ||
+        d.at("num_attention_heads").get<int64_t>() != dense.heads)
+      throw CheckpointError("'" + file + "': the plan was made for another model (its dense shape differs)");
+    const auto& s = j.at("shape");
+    p.chosen.shape = dense;
+    p.chosen.shape.hidden = s.at("hidden_size").get<int64_t>();
+    p.chosen.shape.heads = s.at("num_attention_heads").get<int64_t>();
+    p.chosen.shape.kv_heads = s.at("num_key_value_heads").get<int64_t>();
+    p.chosen.shape.ffn = s.at("intermediate_size").get<int64_t>();
+    p.chosen.parameters = s.at("parameters").get<double>();
+    p.chosen.flops = s.at("flops").get<double>();
+    p.chosen.latency_s = s.at("latency_s").get<double>();
+    p.chosen.cost_ratio = s.at("cost_ratio").get<double>();
+    p.chosen.importance = s.at("importance").get<double>();
+    if (s.at("layers").get<int64_t>() != dense.layers || s.at("head_dim").get<int64_t>() != dense.head_dim)
+      throw CheckpointError("'" + file + "': the plan was made for another model (layers or head_dim differ)");
+    const std::string why = transformers_violation(p.chosen.shape, dense);
+    if (!why.empty()) throw CheckpointError("'" + file + "': the planned shape is not loadable by transformers: " + why);
+    const auto& layers = j.at("layers");
+    if (static_cast<int64_t>(layers.size()) != dense.layers)
+      throw CheckpointError("'" + file + "': " + std::to_string(layers.size()) + " layers, the model has " +
+                            std::to_string(dense.layers));
+    auto check = [&](const std::vector<int64_t>& v, int64_t n, int64_t bound, const std::string& what) {
+      if (static_cast<int64_t>(v.size()) != n || !std::is_sorted(v.begin(), v.end()) ||
+          std::adjacent_find(v.begin(), v.end()) != v.end() || (!v.empty() && (v.front() < 0 || v.back() >= bound)))
+        throw CheckpointError("'" + file + "': " + what + " must be " + std::to_string(n) +
+                              " distinct indices in [0, " + std::to_string(bound) + ")");
+    };
+    for (size_t l = 0; l < layers.size(); ++l) {
+      p.heads.push_back(layers[l].at("heads").get<std::vector<int64_t>>());
+      p.kv_heads.push_back(layers[l].at("kv_heads").get<std::vector<int64_t>>());
+      p.ffn.push_back(layers[l].at("ffn").get<std::vector<int64_t>>());
+      const std::string at = "layers[" + std::to_string(l) + "].";
+      if (static_cast<int64_t>(p.heads.back().size()) != p.chosen.shape.heads)
+        throw CheckpointError("'" + file + "': " + at + "heads has " + std::to_string(p.heads.back().size()) +
+                              " entries, the shape says " + std::to_string(p.chosen.shape.heads));
+      if (dense.family == ModelShape::Family::llama)
+        check(p.kv_heads.back(), p.chosen.shape.kv_heads, dense.kv_heads, at + "kv_heads");
+      check(p.ffn.back(), p.chosen.shape.ffn, dense.ffn, at + "ffn");
+    }
+    p.hidden = j.at("hidden").get<std::vector<int64_t>>();
+    check(p.hidden, p.chosen.shape.hidden, dense.hidden, "hidden");
+    return p;
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError("'" + file + "': malformed plan: " + e.what());
+  }
+}
+
+}  // namespace hawada

@@ -1,0 +1,85 @@
+// The rounding search: from per-structure scores to one uniform shape that transformers can load,
+// that kernels like (widths in multiples), and that fits the budget, keeping the most importance.
+//
+// Legal shapes (DESIGN.md "Hugging Face rules"):
+//   LLaMA: head_dim kept; heads = kv x (query heads per kv group), the same count in every kept
+//          group; hidden % heads == 0 (5.x config validation); kv groups kept unless
+//          prune_kv_groups; every layer the same counts.
+//   ViT:   hidden = heads x head_size (head size kept); every layer the same counts.
+//   Both:  FFN width a multiple of ffn_multiple (or the dense width), hidden a multiple of
+//          hidden_multiple (or the dense width); counts >= 1; a kind without gates keeps its width.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/cost_model.h"
+
+namespace hawada {
+
+/// Global scores per structure (higher = more worth keeping); an empty kind has no gates.
+struct StructureScores {
+  std::vector<std::vector<double>> heads;  ///< [layers][query heads]
+  std::vector<std::vector<double>> ffn;    ///< [layers][intermediate]
+  std::vector<double> hidden;              ///< [hidden]
+};
+
+/// What may shrink and in which steps.
+struct SearchRules {
+  int64_t ffn_multiple = 256;
+  int64_t hidden_multiple = 128;
+  bool prune_kv_groups = false;
+  bool heads = true, ffn = true, hidden = false;  ///< kinds with gates
+};
+
+/// What a shape costs and what it may cost.
+struct CostSpec {
+  enum class Metric { params, latency } metric = Metric::params;
+  double target = 0.5;  ///< ratio of the dense model's cost
+  int64_t batch = 1, tokens = 512;
+  DeviceRates rates;
+};
+
+/// A candidate shape with its predictions.
+struct Candidate {
+  ModelShape shape;
+  double parameters = 0, flops = 0, latency_s = 0;
+  double cost_ratio = 0;  ///< under the metric, of the dense model
+  double importance = 0;  ///< kept fraction of the scores, averaged over the kinds with gates
+};
+
+/// The chosen shape and, per layer, which structures it keeps (sorted indices into the dense model).
+struct Plan {
+  Candidate chosen;
+  Candidate dense;
+  std::vector<std::vector<int64_t>> heads;     ///< [layers]: kept query heads, grouped by kv head
+  std::vector<std::vector<int64_t>> kv_heads;  ///< [layers]: kept kv heads (LLaMA)
+  std::vector<std::vector<int64_t>> ffn;       ///< [layers]: kept FFN channels
+  std::vector<int64_t> hidden;                 ///< kept hidden channels
+  std::string metric;
+  double target = 0;
+};
+
+/// Every legal shape under the rules, dense included.
+std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules& rules);
+/// Empty when transformers builds and loads this shape; otherwise why not.
+std::string transformers_violation(const ModelShape& shape, const ModelShape& dense);
+
+/// The search result: the plan and the Pareto front (cost against importance) of the legal shapes.
+struct SearchResult {
+  Plan plan;
+  std::vector<Candidate> pareto;  ///< ascending cost, strictly increasing importance
+  size_t legal = 0;
+};
+/// ConfigError naming budget.target and the smallest reachable cost when no legal shape fits.
+SearchResult search_shape(const ModelShape& dense, const StructureScores& scores, const SearchRules& rules,
+                          const CostSpec& cost);
+
+/// plan.json and its reader (CheckpointError naming the file on a malformed plan).
+nlohmann::json plan_to_json(const Plan& plan);
+Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std::string& file);
+
+}  // namespace hawada

@@ -1,0 +1,163 @@
+// The rounding search: legal shapes only (a property test over random models, rules, scores and
+// budgets), the budget met, the highest scores kept, the plan round-trips through JSON, and an
+// unreachable budget names the smallest reachable cost.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <algorithm>
+#include <memory>
+#include <random>
+#include <set>
+
+#include "core/errors.h"
+#include "core/shape_search.h"
+
+namespace hawada {
+namespace {
+
+ModelShape llama(int64_t layers, int64_t hidden, int64_t heads, int64_t kv, int64_t ffn) {
+  ModelShape s;
+  s.layers = layers, s.hidden = hidden, s.heads = heads, s.kv_heads = kv, s.head_dim = hidden / heads, s.ffn = ffn;
+  s.vocab = 1000, s.tied = true;
+  return s;
+}
+
+ModelShape vit(int64_t layers, int64_t heads, int64_t head_size, int64_t ffn) {
+  ModelShape s;
+  s.family = ModelShape::Family::vit;
+  s.layers = layers, s.heads = heads, s.kv_heads = heads, s.head_dim = head_size, s.hidden = heads * head_size;
+  s.ffn = ffn, s.num_labels = 10, s.image_size = 32, s.patch_size = 8;
+  return s;
+}
+
+StructureScores random_scores(const ModelShape& s, const SearchRules& r, std::mt19937& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  StructureScores sc;
+  for (int64_t l = 0; l < s.layers; ++l) {
+    if (r.heads) sc.heads.emplace_back(s.heads), std::generate(sc.heads.back().begin(), sc.heads.back().end(), [&] { return u(rng); });
+    if (r.ffn) sc.ffn.emplace_back(s.ffn), std::generate(sc.ffn.back().begin(), sc.ffn.back().end(), [&] { return u(rng); });
+  }
+  if (r.hidden) sc.hidden.resize(s.hidden), std::generate(sc.hidden.begin(), sc.hidden.end(), [&] { return u(rng); });
+  return sc;
+}
+
+TEST(ShapeSearch, Llama1BAtFullHiddenAllowsOnly8_16_32Heads) {
+  const ModelShape s = llama(16, 2048, 32, 8, 8192);
+  SearchRules r;
+  r.ffn = false;
+  std::set<int64_t> heads;
+  for (const ModelShape& c : legal_shapes(s, r)) heads.insert(c.heads);
+  EXPECT_EQ(heads, (std::set<int64_t>{8, 16, 32}));
+  // Hidden pruning opens other counts (hidden 1536 with 24 heads), and kv-group pruning others still.
+  r.hidden = true;
+  bool found = false;
+  for (const ModelShape& c : legal_shapes(s, r)) found = found || (c.hidden == 1536 && c.heads == 24);
+  EXPECT_TRUE(found);
+}
+
+TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
+  std::mt19937 rng(7);
+  int plans = 0, unreachable = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const bool is_vit = trial % 3 == 0;
+    std::uniform_int_distribution<int> pick(0, 3);
+    ModelShape s;
+    if (is_vit) {
+      const int64_t heads = std::vector<int64_t>{2, 4, 6, 12}[pick(rng)];
+      s = vit(1 + pick(rng), heads, std::vector<int64_t>{8, 16, 32, 64}[pick(rng)], 32 * (1 + pick(rng)));
+    } else {
+      const int64_t kv = std::vector<int64_t>{1, 2, 4, 8}[pick(rng)];
+      const int64_t heads = kv * std::vector<int64_t>{1, 2, 3, 4}[pick(rng)];
+      const int64_t head_dim = std::vector<int64_t>{4, 8, 16, 64}[pick(rng)];
+      s = llama(1 + pick(rng), heads * head_dim, heads, kv, 32 * (1 + pick(rng) * 3));
+    }
+    SearchRules r;
+    r.heads = pick(rng) != 0, r.ffn = pick(rng) != 0, r.hidden = !is_vit && pick(rng) == 0;
+    if (is_vit) r.hidden = r.heads;
+    r.prune_kv_groups = pick(rng) == 0;
+    r.ffn_multiple = std::vector<int64_t>{8, 16, 32, 256}[pick(rng)];
+    r.hidden_multiple = std::vector<int64_t>{8, 16, 32, 128}[pick(rng)];
+    CostSpec cost;
+    cost.metric = pick(rng) % 2 ? CostSpec::Metric::params : CostSpec::Metric::latency;
+    cost.target = std::uniform_real_distribution<double>(0.05, 1.0)(rng);
+    cost.tokens = is_vit ? 17 : 64;
+    const StructureScores scores = random_scores(s, r, rng);
+    SearchResult res;
+    try {
+      res = search_shape(s, scores, r, cost);
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("smallest reachable cost"), std::string::npos) << e.what();
+      ++unreachable;
+      continue;
+    }
+    ++plans;
+    const Plan& p = res.plan;
+    const ModelShape& c = p.chosen.shape;
+    ASSERT_EQ(transformers_violation(c, s), "") << "trial " << trial;
+    EXPECT_LE(p.chosen.cost_ratio, cost.target * (1 + 1e-12));
+    if (!r.heads) EXPECT_EQ(c.heads, s.heads);
+    if (!r.ffn) EXPECT_EQ(c.ffn, s.ffn);
+    if (r.ffn && c.ffn != s.ffn) EXPECT_EQ(c.ffn % r.ffn_multiple, 0);
+    if (!is_vit && c.hidden != s.hidden) EXPECT_EQ(c.hidden % r.hidden_multiple, 0);
+    if (!is_vit && !r.prune_kv_groups) EXPECT_EQ(c.kv_heads, s.kv_heads);
+    // Kept indices agree with the shape; query heads come whole kv groups at a time, in group order.
+    for (int64_t l = 0; l < s.layers; ++l) {
+      const auto& h = p.heads[static_cast<size_t>(l)];
+      ASSERT_EQ(static_cast<int64_t>(h.size()), c.heads);
+      if (!is_vit) {
+        const int64_t q = s.heads / s.kv_heads, per = c.heads / c.kv_heads;
+        for (size_t j = 0; j < h.size(); ++j)
+          EXPECT_EQ(h[j] / q, p.kv_heads[static_cast<size_t>(l)][j / static_cast<size_t>(per)]);
+      }
+      EXPECT_EQ(static_cast<int64_t>(p.ffn[static_cast<size_t>(l)].size()), c.ffn);
+    }
+    EXPECT_EQ(static_cast<int64_t>(p.hidden.size()), c.hidden);
+    // The JSON form reads back to the same plan.
+    const Plan back = plan_from_json(nlohmann::json::parse(plan_to_json(p).dump()), s, "plan.json");
+    EXPECT_EQ(back.heads, p.heads);
+    EXPECT_EQ(back.ffn, p.ffn);
+    EXPECT_EQ(back.hidden, p.hidden);
+    EXPECT_EQ(back.chosen.shape.heads, c.heads);
+  }
+  EXPECT_GT(plans, 100);
+  EXPECT_GT(unreachable, 0);
+}
+
+TEST(ShapeSearch, KeepsTheHighestScoresAndTheBestShapeWithinBudget) {
+  const ModelShape s = llama(1, 64, 4, 2, 64);
+  SearchRules r;
+  r.heads = false;
+  r.ffn_multiple = 16;
+  StructureScores sc;
+  sc.ffn.emplace_back(64, 0.0);
+  for (int64_t c : {3, 9, 17, 40, 41, 42, 50, 63, 5, 6, 7, 8, 10, 11, 12, 13}) sc.ffn[0][static_cast<size_t>(c)] = 1.0;
+  CostSpec cost;
+  cost.target = 0.999;
+  const SearchResult res = search_shape(s, sc, r, cost);
+  // 16 channels hold every score: the search keeps exactly those and, as wider shapes keep no more
+  // importance, takes the cheapest shape that keeps it all.
+  EXPECT_EQ(res.plan.chosen.shape.ffn, 16);
+  for (int64_t c : {3, 9, 17, 40, 41, 42, 50, 63, 5, 6, 7, 8, 10, 11, 12, 13})
+    EXPECT_TRUE(std::binary_search(res.plan.ffn[0].begin(), res.plan.ffn[0].end(), c)) << c;
+  EXPECT_DOUBLE_EQ(res.plan.chosen.importance, 1.0);
+}
+
+TEST(ShapeSearch, UnreachableBudgetNamesTheSmallestCost) {
+  const ModelShape s = llama(2, 64, 4, 2, 64);
+  SearchRules r;
+  CostSpec cost;
+  cost.target = 0.01;
+  StructureScores sc = random_scores(s, r, *std::make_unique<std::mt19937>(1));
+  try {
+    search_shape(s, sc, r, cost);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("budget.target = 0.0100 (params) is below every legal shape: the smallest "
+                                         "reachable cost is 0."),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace hawada
