@@ -24,10 +24,21 @@ at::Tensor topk_kl_loss(const at::Tensor& student_logits, const at::Tensor& topk
     const at::Tensor t_top = topk_values.to(at::kFloat) - teacher_lse.to(at::kFloat).unsqueeze(-1);
     const at::Tensor t_tail = at::log(at::clamp_min(1.0 - at::exp(t_top).sum(-1, true), 0.0));
     teacher = at::cat({t_top, t_tail}, -1);
-    // Student: its logits at the teacher's top-k tokens, and the log-sum-exp of every other logit.
+    // Student: its log-probabilities at the teacher's top-k tokens, and of the tail. The tail is
+    // log(1 - sum of the top-k probabilities): one pass over the vocabulary fewer than a
+    // log-sum-exp over the other logits, which matters at LLaMA-3's 128k vocabulary. Where the tail
+    // is tiny (< 1e-3) that difference loses fp32 digits, so those rows alone take the exact
+    // log-sum-exp of every logit outside the top-k.
     const at::Tensor s_top = s.gather(-1, idx) - student_lse;
-    const at::Tensor others = s.scatter(-1, idx, -std::numeric_limits<float>::infinity());
-    student = at::cat({s_top, at::logsumexp(others, -1, true) - student_lse}, -1);
+    const at::Tensor rest = 1.0 - at::exp(s_top).sum(-1, true);
+    at::Tensor tail = at::log(at::clamp_min(rest, 1e-30));
+    const at::Tensor tiny = (rest.detach().squeeze(-1) < 1e-3).nonzero().squeeze(-1);
+    if (tiny.numel() > 0) {
+      const at::Tensor rows = s.index_select(0, tiny);
+      const at::Tensor others = rows.scatter(-1, idx.index_select(0, tiny), -std::numeric_limits<float>::infinity());
+      tail = tail.index_copy(0, tiny, at::logsumexp(others, -1, true) - student_lse.index_select(0, tiny));
+    }
+    student = at::cat({s_top, tail}, -1);
   }
 
   if (temperature != 1.0) {

@@ -2,6 +2,8 @@
 // independent torch reference (tests/unit/distill_loss_reference.py) and against full KL when k = V.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -67,6 +69,34 @@ TEST(TopkKl, MatchesTorchReference) {
     std::printf("case %d: ours %.9g, torch reference %.9g\n", i, ours[i], ref[i]);
     EXPECT_NEAR(ours[i], ref[i], 1e-5 * std::max(1.0, std::abs(ref[i])));
   }
+}
+
+// A student that puts almost all its mass on the teacher's top-k has a tail near 1e-7, where
+// 1 - sum(top-k) in fp32 would lose every digit: those rows take the exact log-sum-exp path. The
+// loss and its gradient match the same formula in fp64.
+TEST(TopkKl, TinyStudentTailsKeepTheirPrecision) {
+  at::manual_seed(5);
+  const int64_t N = 6, V = 40, k = 5;
+  const at::Tensor teacher = at::randn({N, V}, at::kDouble) * 2;
+  auto [values, indices] = teacher.topk(k, -1);
+  const at::Tensor lse = at::logsumexp(teacher, -1);
+  at::Tensor student64 = at::randn({N, V}, at::kDouble);
+  student64.scatter_add_(-1, indices, at::full({N, k}, 18.0, at::kDouble));  // tails ~ e^-18
+  student64.index_put_({at::indexing::Slice(0, 2)}, at::randn({2, V}, at::kDouble));  // two ordinary rows
+  const at::Tensor student = student64.to(at::kFloat).requires_grad_(true);
+  const at::Tensor ours = topk_kl_loss(student, values.to(at::kFloat), indices, lse.to(at::kFloat));
+  ours.backward();
+
+  const at::Tensor s = student64.clone().requires_grad_(true);
+  const at::Tensor t_top = values - lse.unsqueeze(-1);
+  const at::Tensor t = at::cat({t_top, at::log(1.0 - at::exp(t_top).sum(-1, true))}, -1);
+  const at::Tensor s_lse = at::logsumexp(s, -1, true);
+  const at::Tensor others = s.scatter(-1, indices, -std::numeric_limits<double>::infinity());
+  const at::Tensor q = at::cat({s.gather(-1, indices) - s_lse, at::logsumexp(others, -1, true) - s_lse}, -1);
+  const at::Tensor exact = (at::exp(t) * (t - q)).sum(-1).mean();
+  exact.backward();
+  EXPECT_NEAR(ours.item<double>(), exact.item<double>(), 1e-5 * std::max(1.0, exact.item<double>()));
+  EXPECT_LT((student.grad().to(at::kDouble) - s.grad()).abs().max().item<double>(), 1e-5);
 }
 
 TEST(TopkKl, ZeroForTheTeacherAndFullKlWhenKIsTheVocabulary) {
