@@ -1,10 +1,9 @@
 #include "core/log.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
-
-#include <chrono>
-#include <cstdio>
+#include <mutex>
 #include <string>
 
 #include "core/process.h"
@@ -19,21 +18,36 @@ double seconds_since_start() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - g_start).count();
 }
 
-void emit(const char* level, std::string_view message) {
+// This rank's log file (every message of this rank, info included), once open_rank_file was called.
+std::FILE* g_file = nullptr;
+std::mutex g_mutex;
+
+void emit(const char* level, std::string_view message, bool to_stderr) {
   const auto& p = process_info();
   std::string prefix = p.size > 1 ? "[hawada r" + std::to_string(p.rank) + " " : "[hawada ";
-  std::fprintf(stderr, "%s%8.2fs] %s%.*s\n", prefix.c_str(), seconds_since_start(), level,
-               static_cast<int>(message.size()), message.data());
-  std::fflush(stderr);
+  const double t = seconds_since_start();
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (to_stderr) {
+    std::fprintf(stderr, "%s%8.2fs] %s%.*s\n", prefix.c_str(), t, level, static_cast<int>(message.size()), message.data());
+    std::fflush(stderr);
+  }
+  if (g_file) {
+    std::fprintf(g_file, "%s%8.2fs] %s%.*s\n", prefix.c_str(), t, level, static_cast<int>(message.size()), message.data());
+    std::fflush(g_file);
+  }
 }
 
 }  // namespace
 
-void info(std::string_view message) {
-  if (process_info().rank == 0) emit("", message);
+void open_rank_file(const std::filesystem::path& path) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_file) std::fclose(g_file);
+  g_file = std::fopen(path.c_str(), "a");
 }
-void warn(std::string_view message) { emit("warning: ", message); }
-void error(std::string_view message) { emit("error: ", message); }
+
+void info(std::string_view message) { emit("", message, process_info().rank == 0); }
+void warn(std::string_view message) { emit("warning: ", message, true); }
+void error(std::string_view message) { emit("error: ", message, true); }
 
 std::string duration(double s) {
   char buf[32];

@@ -1,5 +1,8 @@
 #include "core/mpi_session.h"
 
+#include <chrono>
+#include <thread>
+
 #include <cstdio>
 #include <cstdlib>
 
@@ -61,7 +64,17 @@ void MpiSession::abort(int code) const {
 namespace world {
 
 void barrier() {
-  if (MpiSession::active()) HAWADA_CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
+  if (!MpiSession::active()) return;
+  // Non-blocking barrier polled with short sleeps: MPI_Barrier busy-waits, and a rank waiting for
+  // rank 0 (writing an index, verifying an export) would otherwise take a core from it.
+  MPI_Request request;
+  HAWADA_CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &request));
+  int done = 0;
+  for (int polls = 0;; ++polls) {
+    HAWADA_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (polls > 100) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 uint64_t broadcast(uint64_t value, int root) {

@@ -68,7 +68,7 @@ uint64_t mix(std::initializer_list<uint64_t> values, std::string_view tag) {
 struct State {
   int64_t step = 0;          // steps completed
   at::Tensor adam_m, adam_v;  // [P]
-  double lambda1 = 0, lambda2 = 0;
+  double lambda1 = 0, lambda2 = 5;  // lambda2 starts as a penalty weight: see the Lagrangian below
 };
 
 // The global sample order: an infinite stream of epochs, each a seeded permutation of the training
@@ -95,7 +95,10 @@ class SampleOrder {
 struct LossParts {
   double kl = 0, mse = 0;
   int64_t tokens = 0;
+  double forward_s = 0, loss_s = 0, backward_s = 0;  // where the step's time went
 };
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // The distillation loss of one micro-batch, scaled by `scale` and backpropagated into the gates.
 // The LM head runs a piece of tokens at a time on detached features (so [tokens, vocab] never
@@ -103,8 +106,11 @@ struct LossParts {
 LossParts micro_batch_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues& gates,
                                const TrainConfig& tc, double scale) {
   LossParts parts;
+  auto t = Clock::now();
   const at::Tensor features = model.features(batch, &gates);
   const at::Tensor detached = features.detach().requires_grad_(true);
+  parts.forward_s = since(t);
+  t = Clock::now();
   const double T = tc.kd_temperature;
   if (teacher.logits.defined()) {  // classifier: the full teacher distribution
     const at::Tensor s = model.head(detached).to(at::kFloat), t = teacher.logits.to(s.device());
@@ -137,16 +143,22 @@ LossParts micro_batch_backward(const Model& model, const Batch& batch, const Cac
       const at::Tensor s = model.head(flat.slice(0, a, b));
       const at::Tensor kl = topk_kl_loss(s, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m) * w;
       at::Tensor loss = kl;
-      at::Tensor mse = (s.to(at::kFloat).gather(-1, indices.slice(0, a, b)) - values.slice(0, a, b)).pow(2).mean(-1);
-      mse = (mse * m).sum() / valid;
-      if (tc.mse_weight > 0) loss = loss + mse * tc.mse_weight;
+      if (tc.mse_weight > 0) {
+        // MSE on the logits the cache holds (the teacher's top-k).
+        at::Tensor mse = (s.to(at::kFloat).gather(-1, indices.slice(0, a, b)) - values.slice(0, a, b)).pow(2).mean(-1);
+        mse = (mse * m).sum() / valid;
+        loss = loss + mse * tc.mse_weight;
+        parts.mse += mse.item<double>();
+      }
       (loss * scale).backward();
       parts.kl += kl.item<double>();
-      parts.mse += mse.item<double>();
     }
     parts.tokens = static_cast<int64_t>(valid);
   }
+  parts.loss_s = since(t);
+  t = Clock::now();
   features.backward(detached.grad());
+  parts.backward_s = since(t);
   return parts;
 }
 
@@ -321,7 +333,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
 
   SampleOrder order(train_samples, c.run.seed);
   SigtermFlag sigterm;
-  const double lambda_lr = tc.lr;
+  const double lambda_lr = tc.lr * 0.2;
   const auto t0 = Clock::now();
   auto last_report = t0;
   const int64_t first_step = st.step;
@@ -342,12 +354,15 @@ void TrainGatesStage::run(const StageContext& ctx) {
     if (gates.flat.grad().defined()) gates.flat.mutable_grad().zero_();
 
     LossParts sum;
+    double data_s = 0;
     for (int64_t a = 0; a < accum; ++a) {
+      const auto data_t0 = Clock::now();
       const int64_t g = proc.rank * accum + a;  // global micro-batch index of this step
       std::vector<int64_t> samples;
       for (int64_t j = 0; j < mb; ++j) samples.push_back(order.at((step * global_micros + g) * mb + j));
       const Batch batch = with_context("train_gates: ", [&] { return read_samples(*data, samples); });
       const CacheChunk teacher = read_cache_samples(cache_dir_, layout, samples);
+      data_s += since(data_t0);
       // One gate sample per micro-batch, from noise fixed by (seed, step, global micro-batch).
       auto gen = at::make_generator<at::CPUGeneratorImpl>(
           mix({static_cast<uint64_t>(c.run.seed), static_cast<uint64_t>(step), static_cast<uint64_t>(g)}, "gates"));
@@ -359,13 +374,16 @@ void TrainGatesStage::run(const StageContext& ctx) {
       sum.kl += p.kl;
       sum.mse += p.mse;
       sum.tokens += p.tokens;
+      sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
     }
+    const auto sync_t0 = Clock::now();
     at::Tensor grad = gates.flat.grad().defined() ? gates.flat.grad().clone() : at::zeros_like(gates.flat.detach());
     comm->all_reduce(grad, Communicator::Op::sum);
     at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble);
     comm->all_reduce(stats, Communicator::Op::sum);
     const double kl = stats[0].item<double>() / global_micros, mse = stats[1].item<double>() / global_micros;
     const int64_t tokens = static_cast<int64_t>(stats[2].item<double>());
+    const double sync_s = since(sync_t0);
 
     // The Lagrangian lambda1 (C - t) + lambda2 (C - t)^2 on the expected cost ratio C: gradient
     // descent for the gates, ascent for the multipliers (identical on every rank).
@@ -404,7 +422,12 @@ void TrainGatesStage::run(const StageContext& ctx) {
                        {"lambda1", st.lambda1},
                        {"lambda2", st.lambda2},
                        {"tokens_per_s", static_cast<double>(tokens) / step_s},
-                       {"step_s", step_s}};
+                       {"step_s", step_s},
+                       {"data_s", data_s},
+                       {"forward_s", sum.forward_s},
+                       {"loss_s", sum.loss_s},
+                       {"backward_s", sum.backward_s},
+                       {"allreduce_s", sync_s}};
       at::NoGradGuard no_grad;
       const GateShape gs = lm.model->gate_shape();
       if (counts.heads.defined()) j["kept_heads"] = counts.heads.sum().item<double>() / (gs.layers * gs.heads);
