@@ -7,10 +7,10 @@ bash "$repo/launch/setup.sh"
 build=${HAWADA_BUILD_DIR:-$repo/build}
 cli=$build/pipeline/hawada-pipeline
 if [ ! -f "$repo/demo/tiny-llama/config.json" ]; then
-  printf '\n== making the demo model and tokens in demo/ (transformers, random weights)\n'
-  "$repo/.venv/bin/python" "$repo/launch/make_tiny_models.py" "$repo/demo" --hidden 64 --layers 4 --heads 8 \
-    --kv-heads 2 --ffn 256 --vocab 512 --tokens 8192
+  printf '\n== making the demo model and data in demo/ (random weights, deterministic)\n'
+  "$cli" make-model --arch llama --preset tiny --seed 0 "$repo/demo/tiny-llama"
 fi
+[ -f "$repo/demo/tokens.h5" ] || "$cli" make-data "$repo/demo/tiny-llama" --samples 512 --seq-len 64 --seed 0 "$repo/demo/tokens.h5"
 printf '\n== the demo model\n'
 "$cli" inspect "$repo/demo/tiny-llama"
 root_flags=(); [ "$(id -u)" -ne 0 ] || root_flags=(--allow-run-as-root)

@@ -19,6 +19,7 @@
 #include "pipeline/config.h"
 #include "pipeline/forward.h"
 #include "pipeline/inspect.h"
+#include "pipeline/make.h"
 #include "pipeline/run.h"
 
 namespace hawada {
@@ -41,18 +42,25 @@ Usage:
                                                 OUT gets logits (a bare ViTModel: last_hidden_state, pooler_output)
   hawada-pipeline export --keep-all MODEL_DIR OUT_DIR [--max-shard-size BYTES]
                                                 copy a model unchanged (byte-identical tensors), atomically
+  hawada-pipeline make-model --arch llama|vit --preset tiny|llama-3.2-1b|vit-base-patch16-224 [--seed S] OUT_DIR
+                                                a Hugging Face model directory with random weights (demo, benchmarks)
+  hawada-pipeline make-data MODEL_DIR --samples N [--seq-len L] [--seed S] OUT.h5
+                                                deterministic data for that model: token ids (tokens_h5) or
+                                                uint8 images (images_h5)
   hawada-pipeline --help | --version
 
-Stages, in order: teacher_cache, train_gates, reduce_gates, rounding_search, export.
+Stages, in order: teacher_cache, train_gates, reduce_gates, rounding_search, export, report.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or config error, 75 preempted by SIGTERM after a
 checkpoint (requeue and rerun the same command to resume).
 )";
 
-const std::vector<std::string_view> kCommands = {"run", "validate", "inspect", "forward", "export", "help"};
+const std::vector<std::string_view> kCommands = {"run",        "validate",  "inspect", "forward",
+                                                 "export",     "make-model", "make-data", "help"};
 // Options that take a value (`--name VALUE` or `--name=VALUE`).
 const std::vector<std::string_view> kValueOptions = {"--inputs", "--output", "--dtype", "--threads", "--max-shard-size",
-                                                     "--stages", "--from", "--force"};
+                                                     "--stages", "--from", "--force", "--arch", "--preset",
+                                                     "--seed", "--samples", "--seq-len"};
 
 struct Args {
   std::string command;
@@ -175,6 +183,21 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
     if (a.values.count("--max-shard-size"))
       max_shard = static_cast<uint64_t>(parse_count("--max-shard-size", a.values.at("--max-shard-size")));
     export_keep_all_command(a.positional[0], a.positional[1], max_shard);
+    return kExitOk;
+  }
+  if (a.command == "make-model") {
+    const char* synopsis =
+        "hawada-pipeline make-model --arch llama|vit --preset tiny|llama-3.2-1b|vit-base-patch16-224 [--seed S] OUT_DIR";
+    expect_args(a, 1, {"--arch", "--preset", "--seed"}, synopsis);
+    make_model(a.required("--arch"), a.required("--preset"), parse_count("--seed", a.value("--seed", "0")), a.positional[0]);
+    return kExitOk;
+  }
+  if (a.command == "make-data") {
+    const char* synopsis = "hawada-pipeline make-data MODEL_DIR --samples N [--seq-len L] [--seed S] OUT.h5";
+    expect_args(a, 2, {"--samples", "--seq-len", "--seed"}, synopsis);
+    make_data(a.positional[0], parse_count("--samples", a.required("--samples")),
+              parse_count("--seq-len", a.value("--seq-len", "0")), parse_count("--seed", a.value("--seed", "0")),
+              a.positional[1]);
     return kExitOk;
   }
   HAWADA_ASSERT(a.command == "run", "unhandled command " + a.command);

@@ -32,6 +32,10 @@ void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mp
 
   const auto stages = pipeline_stages();
   check_stage_names(options, stages);
+  if (!options.dry_run) {
+    std::filesystem::create_directories(config.run.dir / "logs");
+    log::open_rank_file(config.run.dir / "logs" / ("rank-" + std::to_string(mpi.rank()) + ".log"));
+  }
   if (mpi.rank() == 0 && !options.dry_run) {
     std::filesystem::create_directories(config.run.dir);
     atomic_write_text(config.run.dir / "config.resolved.toml", to_toml(config));

@@ -10,6 +10,7 @@
 #include "core/process.h"
 #include "stages/export.h"
 #include "stages/reduce_gates.h"
+#include "stages/report.h"
 #include "stages/rounding_search.h"
 #include "stages/teacher_cache.h"
 #include "stages/train_gates.h"
@@ -23,6 +24,7 @@ std::vector<std::unique_ptr<Stage>> pipeline_stages() {
   stages.push_back(std::make_unique<ReduceGatesStage>());
   stages.push_back(std::make_unique<RoundingSearchStage>());
   stages.push_back(std::make_unique<ExportStage>());
+  stages.push_back(std::make_unique<ReportStage>());
   return stages;
 }
 

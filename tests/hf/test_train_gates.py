@@ -15,6 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ = 256, 16
 REQUEUE = 75
+# These tests are about training: the stages after reduce_gates are tested in test_export.py.
+STAGES = ("--stages", "teacher_cache,train_gates,reduce_gates")
 
 
 def make_llama(path, seed=0, dead_heads=None, dead_ffn=None, layers=2, heads=4, kv=2, hidden=32, ffn=64):
@@ -98,8 +100,8 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(setup, mpirun):
     d = setup
     one = write_config(d, d / "llama", d / "tokens.bin", "acc2", train="steps = 12\nmicro_batch = 2\ngrad_accum = 2")
     two = write_config(d, d / "llama", d / "tokens.bin", "np2", train="steps = 12\nmicro_batch = 2\ngrad_accum = 1")
-    mpirun(1, one)
-    mpirun(2, two)
+    mpirun(1, one, *STAGES)
+    mpirun(2, two, *STAGES)
     a, b = gates_of(d / "acc2"), gates_of(d / "np2")
     assert a.keys() == b.keys() == {"heads.log_alpha", "ffn.log_alpha"}
     for k in a:
@@ -110,14 +112,14 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(setup, mpirun):
     # The gates moved: this is not two copies of the initial state.
     assert np.abs(a["ffn.log_alpha"] - a["ffn.log_alpha"].flat[0]).max() > 1e-3
     # Runner flags: everything is reused; --force and --from rerun what they name; bad names are usage errors.
-    dry = mpirun(1, one, "--dry-run").stderr
+    dry = mpirun(1, one, *STAGES, "--dry-run").stderr
     for stage in ("teacher_cache", "train_gates", "reduce_gates"):
         assert f"{stage}: reuse (marker matches" in dry, dry
-    dry = mpirun(1, one, "--dry-run", "--from", "train_gates").stderr
+    dry = mpirun(1, one, *STAGES, "--dry-run", "--from", "train_gates").stderr
     assert "teacher_cache: reuse" in dry and "train_gates: run (forced)" in dry and "reduce_gates: run (forced)" in dry
-    again = mpirun(1, one, "--force", "reduce_gates").stderr
+    again = mpirun(1, one, *STAGES, "--force", "reduce_gates").stderr
     assert "train_gates: skipped" in again and "reduce_gates: done" in again
-    bad = mpirun(1, one, "--stages", "train_gates,bogus", check=False)
+    bad = mpirun(1, one, *STAGES, "--stages", "train_gates,bogus", check=False)
     assert bad.returncode == 2 and "unknown stage 'bogus'" in bad.stderr and "reduce_gates" in bad.stderr
     # reduce_gates wrote scores, the same on every rank count.
     scores = load_file(os.path.join(d / "np2", "gates", "scores.safetensors"))
@@ -128,15 +130,15 @@ def test_resume_after_kill_and_sigterm_give_identical_gates(setup, mpirun):
     d = setup
     train = "steps = 20\nmicro_batch = 2\ncheckpoint_every = 5"
     ref = write_config(d, d / "llama", d / "tokens.bin", "ref", train=train)
-    mpirun(2, ref)
+    mpirun(2, ref, *STAGES)
     expected = gates_of(d / "ref")
 
     # Killed (SIGKILL) after step 12: the rerun resumes from the step-10 checkpoint.
     killed = write_config(d, d / "llama", d / "tokens.bin", "killed", train=train)
-    p = mpirun(2, killed, env={"HAWADA_FAULT": "train_gates.after_step_12@1:kill"}, check=False)
+    p = mpirun(2, killed, *STAGES, env={"HAWADA_FAULT": "train_gates.after_step_12@1:kill"}, check=False)
     assert p.returncode != 0
     assert os.listdir(d / "killed" / "train" / "checkpoints") == ["step-00000010"]
-    p = mpirun(2, killed)
+    p = mpirun(2, killed, *STAGES)
     assert "resumed from step 10" in p.stderr
     got = gates_of(d / "killed")
     for k in expected:
@@ -145,12 +147,12 @@ def test_resume_after_kill_and_sigterm_give_identical_gates(setup, mpirun):
 
     # SIGTERM after step 7 on one rank: every rank checkpoints step 7 and exits with the requeue code.
     termed = write_config(d, d / "llama", d / "tokens.bin", "termed", train=train)
-    p = mpirun(2, termed, env={"HAWADA_FAULT": "train_gates.after_step_7@1:term"}, check=False)
+    p = mpirun(2, termed, *STAGES, env={"HAWADA_FAULT": "train_gates.after_step_7@1:term"}, check=False)
     assert p.returncode == REQUEUE, p.stderr
     assert "SIGTERM: checkpointed step 7" in p.stderr
     assert os.path.isdir(d / "termed" / "train" / "checkpoints" / "step-00000007")
     assert not (d / "termed" / "stages" / "train_gates.done").exists()
-    p = mpirun(2, termed)
+    p = mpirun(2, termed, *STAGES)
     assert "resumed from step 7" in p.stderr
     got = gates_of(d / "termed")
     for k in expected:
@@ -161,7 +163,7 @@ def test_gate_drift_across_ranks_is_a_comm_error(setup, mpirun):
     d = setup
     cfg = write_config(d, d / "llama", d / "tokens.bin", "drift", train="steps = 6\nmicro_batch = 2",
                        dist="check_every = 3")
-    p = mpirun(2, cfg, env={"HAWADA_FAULT": "train_gates.perturb_gates@1:flag"}, check=False)
+    p = mpirun(2, cfg, *STAGES, env={"HAWADA_FAULT": "train_gates.perturb_gates@1:flag"}, check=False)
     assert p.returncode != 0
     assert "CommError" in p.stderr and "gate parameters differ across ranks after step 3" in p.stderr
 
@@ -169,7 +171,7 @@ def test_gate_drift_across_ranks_is_a_comm_error(setup, mpirun):
 def test_holdout_that_leaves_no_batch_is_a_config_error(setup, mpirun):
     d = setup
     cfg = write_config(d, d / "llama", d / "tokens.bin", "holdout", train="steps = 2\nwarmup = 1\nmicro_batch = 4\nholdout = 70")
-    p = mpirun(1, cfg, check=False)
+    p = mpirun(1, cfg, *STAGES, check=False)
     assert p.returncode == 2 and "train.holdout = 70" in p.stderr
 
 
@@ -204,7 +206,7 @@ warmup = 1
 micro_batch = 2
 holdout = 4
 """)
-    r = mpirun(1, p)
+    r = mpirun(1, p, *STAGES)
     assert "a ViT couples heads and hidden" in r.stderr
     gates = load_file(os.path.join(tmp_path / "run", "train", "gates.safetensors"))
     assert gates["heads.log_alpha"].shape == (1, 2) and gates["hidden.log_alpha"].shape == (32,)
@@ -227,7 +229,7 @@ def test_gates_find_the_dead_heads_and_ffn_channels(tmp_path, mpirun):
     cfg = write_config(tmp_path, tmp_path / "llama", tmp_path / "tokens.bin", "learn",
                        train="steps = 150\nmicro_batch = 4\nwarmup = 50\nlr = 0.1",
                        budget=f"metric = \"params\"\ntarget = {target!r}")
-    p = mpirun(2, cfg)
+    p = mpirun(2, cfg, *STAGES)
     scores = load_file(os.path.join(tmp_path / "learn", "gates", "scores.safetensors"))
     heads, ffn = scores["heads.evaluation"], scores["ffn.evaluation"]
     for l in range(2):

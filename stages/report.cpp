@@ -1,0 +1,282 @@
+#include "stages/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/checkpoint.h"
+#include "core/errors.h"
+#include "core/fs.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '<') o += "&lt;";
+    else if (c == '>') o += "&gt;";
+    else if (c == '&') o += "&amp;";
+    else if (c == '"') o += "&quot;";
+    else o += c;
+  }
+  return o;
+}
+
+// A human number: 1.24e9 -> "1.24 G".
+std::string human(double v) {
+  const char* units[] = {"", " k", " M", " G", " T", " P"};
+  int u = 0;
+  while (std::abs(v) >= 1000 && u < 5) v /= 1000, ++u;
+  return fmt(v < 10 ? "%.2f" : v < 100 ? "%.1f" : "%.0f", v) + units[u];
+}
+
+struct Series {
+  std::string name, color;
+  std::vector<double> x, y;
+};
+
+constexpr int kW = 560, kH = 260, kL = 60, kR = 20, kT = 30, kB = 40;
+
+// Axes box with min/max tick labels; maps data to pixels.
+struct Frame {
+  double x0, x1, y0, y1;
+  double px(double x) const { return kL + (x - x0) / std::max(x1 - x0, 1e-300) * (kW - kL - kR); }
+  double py(double y) const { return kH - kB - (y - y0) / std::max(y1 - y0, 1e-300) * (kH - kT - kB); }
+  std::string axes(const std::string& title, const std::string& xlabel) const {
+    std::ostringstream o;
+    o << "<text x='" << kW / 2 << "' y='18' text-anchor='middle' class='title'>" << escape(title) << "</text>";
+    o << "<rect x='" << kL << "' y='" << kT << "' width='" << kW - kL - kR << "' height='" << kH - kT - kB
+      << "' fill='none' stroke='#999'/>";
+    o << "<text x='" << kL << "' y='" << kH - kB + 15 << "' class='tick'>" << fmt("%.4g", x0) << "</text>";
+    o << "<text x='" << kW - kR << "' y='" << kH - kB + 15 << "' text-anchor='end' class='tick'>" << fmt("%.4g", x1) << "</text>";
+    o << "<text x='" << kW / 2 << "' y='" << kH - 8 << "' text-anchor='middle' class='tick'>" << escape(xlabel) << "</text>";
+    o << "<text x='" << kL - 4 << "' y='" << kT + 10 << "' text-anchor='end' class='tick'>" << fmt("%.4g", y1) << "</text>";
+    o << "<text x='" << kL - 4 << "' y='" << kH - kB << "' text-anchor='end' class='tick'>" << fmt("%.4g", y0) << "</text>";
+    return o.str();
+  }
+};
+
+Frame frame_of(const std::vector<Series>& series) {
+  Frame f{1e300, -1e300, 1e300, -1e300};
+  for (const auto& s : series)
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      f.x0 = std::min(f.x0, s.x[i]), f.x1 = std::max(f.x1, s.x[i]);
+      f.y0 = std::min(f.y0, s.y[i]), f.y1 = std::max(f.y1, s.y[i]);
+    }
+  if (f.x0 > f.x1) f = {0, 1, 0, 1};
+  if (f.y1 - f.y0 < 1e-12) f.y1 = f.y0 + 1e-12 + std::abs(f.y0) * 0.1, f.y0 -= std::abs(f.y0) * 0.1;
+  return f;
+}
+
+std::string line_chart(const std::string& id, const std::string& title, const std::vector<Series>& series) {
+  const Frame f = frame_of(series);
+  std::ostringstream o;
+  o << "<svg id='" << id << "' class='chart' width='" << kW << "' height='" << kH << "' viewBox='0 0 " << kW << " " << kH
+    << "' xmlns='http://www.w3.org/2000/svg'>" << f.axes(title, "step");
+  int legend = 0;
+  for (const auto& s : series) {
+    o << "<polyline class='series' fill='none' stroke='" << s.color << "' stroke-width='1.5' points='";
+    for (size_t i = 0; i < s.x.size(); ++i) o << fmt("%.1f", f.px(s.x[i])) << "," << fmt("%.1f", f.py(s.y[i])) << " ";
+    o << "'/>";
+    o << "<text x='" << kW - kR - 4 << "' y='" << kT + 14 + 14 * legend++ << "' text-anchor='end' fill='" << s.color
+      << "' class='tick'>" << escape(s.name) << "</text>";
+  }
+  o << "</svg>";
+  return o.str();
+}
+
+// Rows = layers, columns = structures; value = kept (1) or not (0), or a kept fraction of a bin.
+std::string heat_map(const std::string& id, const std::string& title, const std::vector<std::vector<double>>& rows) {
+  const int cols = rows.empty() ? 0 : static_cast<int>(rows[0].size());
+  const int cell_w = std::max(2, std::min(24, 480 / std::max(cols, 1))), cell_h = 16;
+  const int w = 60 + cols * cell_w + 10, h = 30 + static_cast<int>(rows.size()) * cell_h + 10;
+  std::ostringstream o;
+  o << "<svg id='" << id << "' class='heatmap' width='" << w << "' height='" << h << "' xmlns='http://www.w3.org/2000/svg'>"
+    << "<text x='4' y='16' class='title'>" << escape(title) << "</text>";
+  for (size_t l = 0; l < rows.size(); ++l) {
+    o << "<text x='4' y='" << 30 + (l + 1) * cell_h - 4 << "' class='tick'>layer " << l << "</text>";
+    for (int c = 0; c < cols; ++c) {
+      const double v = rows[l][static_cast<size_t>(c)];
+      const int shade = static_cast<int>(std::lround(235 - v * 180));
+      o << "<rect class='cell' x='" << 60 + c * cell_w << "' y='" << 30 + l * cell_h << "' width='" << cell_w - 1
+        << "' height='" << cell_h - 1 << "' fill='rgb(" << shade << "," << std::min(255, shade + 20) << ",255)'>"
+        << "<title>layer " << l << ", " << c << ": " << fmt("%.2f", v) << "</title></rect>";
+    }
+  }
+  o << "</svg>";
+  return o.str();
+}
+
+std::vector<json> read_metrics(const fs::path& file) {
+  std::vector<json> out;
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = json::parse(line, nullptr, false);
+    if (!j.is_discarded()) out.push_back(j);
+  }
+  return out;
+}
+
+std::vector<std::vector<std::string>> read_csv(const fs::path& file) {
+  std::vector<std::vector<std::string>> rows;
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    rows.push_back(cells);
+  }
+  return rows;
+}
+
+}  // namespace
+
+std::string render_report(const fs::path& run_dir, const std::string& title) {
+  std::ostringstream body;
+  // Curves.
+  const auto metrics = read_metrics(run_dir / "train" / "metrics.jsonl");
+  if (!metrics.empty()) {
+    Series loss{"loss", "#1f77b4", {}, {}}, kl{"KL", "#d62728", {}, {}}, cost{"expected cost", "#2ca02c", {}, {}},
+        target{"target", "#7f7f7f", {}, {}};
+    for (const auto& m : metrics) {
+      const double s = m.value("step", 0.0);
+      loss.x.push_back(s), loss.y.push_back(m.value("loss", 0.0));
+      kl.x.push_back(s), kl.y.push_back(m.value("kl", 0.0));
+      cost.x.push_back(s), cost.y.push_back(m.value("expected_cost", 0.0));
+      target.x.push_back(s), target.y.push_back(m.value("target", 0.0));
+    }
+    body << "<h2>Training</h2><div class='row'>" << line_chart("loss-curve", "loss (KL + budget term)", {loss})
+         << line_chart("kl-curve", "KL(teacher || student)", {kl})
+         << line_chart("cost-curve", "expected cost (ratio of dense)", {cost, target}) << "</div>";
+  } else {
+    body << "<h2>Training</h2><p>No metrics yet (train/metrics.jsonl).</p>";
+  }
+  // Plan: heat maps and before/after.
+  const fs::path plan_file = run_dir / "plan" / "plan.json";
+  if (fs::exists(plan_file)) {
+    const json plan = read_json_file(plan_file);
+    const json& s = plan.at("shape");
+    const json& d = plan.at("dense");
+    const int64_t heads = d.at("num_attention_heads"), ffn = d.at("intermediate_size");
+    std::vector<std::vector<double>> head_rows, ffn_rows;
+    const int64_t bins = std::min<int64_t>(ffn, 64);
+    for (const auto& layer : plan.at("layers")) {
+      std::vector<double> hr(static_cast<size_t>(heads), 0.0), fr(static_cast<size_t>(bins), 0.0);
+      for (int64_t h : layer.at("heads").get<std::vector<int64_t>>()) hr[static_cast<size_t>(h)] = 1.0;
+      for (int64_t c : layer.at("ffn").get<std::vector<int64_t>>()) fr[static_cast<size_t>(c * bins / ffn)] += 1.0;
+      for (int64_t b = 0; b < bins; ++b) {
+        const int64_t lo = (b * ffn + bins - 1) / bins, hi = ((b + 1) * ffn + bins - 1) / bins;
+        fr[static_cast<size_t>(b)] /= static_cast<double>(std::max<int64_t>(1, hi - lo));
+      }
+      head_rows.push_back(hr);
+      ffn_rows.push_back(fr);
+    }
+    body << "<h2>What each layer keeps</h2><div class='row'>"
+         << heat_map("heatmap-heads", "query heads kept (dark = kept)", head_rows)
+         << heat_map("heatmap-ffn", "FFN channels kept (fraction per bin of " + std::to_string(ffn / bins) + ")", ffn_rows)
+         << "</div>";
+    auto row = [&](const char* what, double before, double after, bool time = false) {
+      const std::string b = time ? fmt("%.3g s", before) : human(before), a = time ? fmt("%.3g s", after) : human(after);
+      return "<tr><td>" + std::string(what) + "</td><td>" + b + "</td><td>" + a + "</td><td>" +
+             fmt("%.3f", after / std::max(before, 1e-300)) + "</td></tr>";
+    };
+    body << "<h2>Before and after</h2><table id='before-after'><tr><th></th><th>dense</th><th>exported</th><th>ratio</th></tr>"
+         << row("parameters", d.at("parameters"), s.at("parameters")) << row("FLOPs per forward", d.at("flops"), s.at("flops"))
+         << row("predicted latency", d.at("latency_s"), s.at("latency_s"), true)
+         << "<tr><td>shape</td><td>hidden " << d.at("hidden_size") << ", heads " << d.at("num_attention_heads") << " (kv "
+         << d.at("num_key_value_heads") << "), FFN " << d.at("intermediate_size") << "</td><td>hidden " << s.at("hidden_size")
+         << ", heads " << s.at("num_attention_heads") << " (kv " << s.at("num_key_value_heads") << "), FFN "
+         << s.at("intermediate_size") << "</td><td></td></tr></table>"
+         << "<p>Budget: " << escape(plan.at("metric").get<std::string>()) << " " << fmt("%.3f", plan.at("target").get<double>())
+         << " of the dense model; kept importance " << fmt("%.3f", s.at("importance").get<double>()) << ".</p>";
+  }
+  // Pareto front.
+  const auto csv = read_csv(run_dir / "plan" / "candidates.csv");
+  if (csv.size() > 1) {
+    const auto& head = csv[0];
+    auto col = [&](const char* name) {
+      return static_cast<size_t>(std::find(head.begin(), head.end(), name) - head.begin());
+    };
+    const size_t lat = col("latency_s"), imp = col("importance"), chosen = col("chosen");
+    Series front{"Pareto front", "#1f77b4", {}, {}};
+    double cx = 0, cy = 0;
+    for (size_t i = 1; i < csv.size(); ++i) {
+      if (csv[i].size() <= std::max({lat, imp, chosen})) continue;
+      const double x = std::stod(csv[i][lat]) * 1e3, y = std::stod(csv[i][imp]);
+      front.x.push_back(x), front.y.push_back(y);
+      if (csv[i][chosen] == "1") cx = x, cy = y;
+    }
+    const Frame f = frame_of({front});
+    std::ostringstream o;
+    o << "<svg id='pareto' class='chart' width='" << kW << "' height='" << kH << "' xmlns='http://www.w3.org/2000/svg'>"
+      << f.axes("kept importance against predicted latency", "predicted latency (ms)");
+    for (size_t i = 0; i < front.x.size(); ++i)
+      o << "<circle class='candidate' cx='" << fmt("%.1f", f.px(front.x[i])) << "' cy='" << fmt("%.1f", f.py(front.y[i]))
+        << "' r='3' fill='#1f77b4'/>";
+    o << "<circle id='chosen' cx='" << fmt("%.1f", f.px(cx)) << "' cy='" << fmt("%.1f", f.py(cy))
+      << "' r='7' fill='none' stroke='#d62728' stroke-width='2'><title>chosen</title></circle></svg>";
+    body << "<h2>Shapes</h2>" << o.str();
+  }
+  // Verify.
+  const fs::path summary_file = run_dir / "export" / "summary.json";
+  if (fs::exists(summary_file)) {
+    const json sm = read_json_file(summary_file);
+    const json& v = sm.at("verify");
+    body << "<h2>Export</h2><p id='verify' class='" << (v.at("passed").get<bool>() ? "pass" : "fail") << "'>"
+         << escape(sm.at("export").get<std::string>()) << ": on " << v.at("samples") << " "
+         << (v.at("held_out").get<bool>() ? "held-out" : "training") << " samples the export's logits are "
+         << (v.at("passed").get<bool>() ? "equal to" : "DIFFERENT from") << " the hard-gated student's (max |diff| "
+         << fmt("%.3g", v.at("max_abs_diff").get<double>()) << ", " << fmt("%.3g", v.at("relative").get<double>())
+         << " of max |logit|, tolerance " << fmt("%.0e", v.at("tolerance").get<double>()) << "). Load it with "
+         << "<code>AutoModel*.from_pretrained(\"" << escape(sm.at("export").get<std::string>()) << "\")</code>.</p>";
+  }
+  std::ostringstream html;
+  html << "<!DOCTYPE html><html><head><meta charset='utf-8'><title>" << escape(title) << "</title><style>"
+       << "body{font-family:sans-serif;margin:24px;color:#222} .row{display:flex;flex-wrap:wrap;gap:12px}"
+       << ".title{font-size:13px;font-weight:bold} .tick{font-size:11px;fill:#555} table{border-collapse:collapse}"
+       << "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} .pass{color:#2a7a2a} .fail{color:#b00}"
+       << "</style></head><body><h1>" << escape(title) << "</h1>" << body.str() << "</body></html>\n";
+  return html.str();
+}
+
+std::string ReportStage::fingerprint(const StageContext& ctx) {
+  Hasher h;
+  h.update("report/1");
+  h.update(ctx.fingerprints.at("export"));
+  return hex64(h.digest());
+}
+
+void ReportStage::run(const StageContext& ctx) {
+  if (process_info().rank == 0) {
+    const fs::path dir = ctx.run_dir / "report";
+    fs::create_directories(dir);
+    atomic_write_text(dir / "index.html",
+                      render_report(ctx.run_dir, "hawada-pipeline run: " + ctx.config.model.path.filename().string()));
+    log::info("report: " + (dir / "index.html").string());
+  }
+  world::barrier();
+}
+
+}  // namespace hawada
