@@ -6,14 +6,23 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$repo/launch/setup.sh"
 build=${HAWADA_BUILD_DIR:-$repo/build}
 cli=$build/pipeline/hawada-pipeline
-if [ ! -f "$repo/demo/tiny-llama/config.json" ]; then
-  printf '\n== making the demo model and data in demo/ (random weights, deterministic)\n'
-  "$cli" make-model --arch llama --preset tiny --seed 0 "$repo/demo/tiny-llama"
-fi
-[ -f "$repo/demo/tokens.h5" ] || "$cli" make-data "$repo/demo/tiny-llama" --samples 512 --seq-len 64 --seed 0 "$repo/demo/tokens.h5"
-printf '\n== the demo model\n'
-"$cli" inspect "$repo/demo/tiny-llama"
 root_flags=(); [ "$(id -u)" -ne 0 ] || root_flags=(--allow-run-as-root)
-printf '\n== mpirun -np 2 hawada-pipeline configs/demo.toml\n'
-mpirun "${root_flags[@]}" -np 2 "$cli" "$repo/configs/demo.toml"
-printf '\n== done: run directory %s\n' "$repo/runs/demo"
+if [ "${1:-}" = --vit ]; then
+  model=$repo/demo/tiny-vit config=$repo/configs/demo-vit.toml run=$repo/runs/demo-vit export=demo-vit-slim
+  auto=AutoModelForImageClassification
+  [ -f "$model/config.json" ] || "$cli" make-model --arch vit --preset tiny --seed 0 "$model"
+  [ -f "$repo/demo/images.h5" ] || "$cli" make-data "$model" --samples 512 --seed 0 "$repo/demo/images.h5"
+else
+  model=$repo/demo/tiny-llama config=$repo/configs/demo.toml run=$repo/runs/demo export=demo-slim
+  auto=AutoModelForCausalLM
+  [ -f "$model/config.json" ] || "$cli" make-model --arch llama --preset tiny --seed 0 "$model"
+  [ -f "$repo/demo/tokens.h5" ] || "$cli" make-data "$model" --samples 512 --seq-len 64 --seed 0 "$repo/demo/tokens.h5"
+fi
+printf '\n== the demo model (random weights, made by hawada-pipeline make-model)\n'
+"$cli" inspect "$model"
+printf '\n== mpirun -np 2 hawada-pipeline %s\n' "${config#"$repo"/}"
+mpirun "${root_flags[@]}" -np 2 "$cli" "$config"
+printf '\n== done\n'
+printf 'slimmed model: %s  (transformers: %s.from_pretrained(that path))\n' "$run/export/$export" "$auto"
+printf 'report:        %s\n' "$run/report/index.html"
+printf 'logs, metrics, plan: %s\n' "$run"

@@ -12,7 +12,7 @@ say() { printf '\n== %s\n' "$*"; }
 # ---- Debian packages ------------------------------------------------------------------------------
 packages=(build-essential cmake ninja-build ccache pkg-config git python3-venv
   libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev slurm-wlm munge)
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev slurm-wlm munge chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
