@@ -109,7 +109,7 @@ Candidate price(const ModelShape& s, const CostSpec& cost) {
   c.shape = s;
   c.parameters = static_cast<double>(parameter_count(s));
   c.flops = forward_cost(s, cost.batch, cost.tokens).flops;
-  c.latency_s = latency_seconds(s, cost.batch, cost.tokens, cost.rates);
+  c.latency_s = cost.table ? cost.table->latency(s) : latency_seconds(s, cost.batch, cost.tokens, cost.rates);
   return c;
 }
 
@@ -127,6 +127,52 @@ nlohmann::json candidate_json(const Candidate& c) {
 }
 
 }  // namespace
+
+double LatencyTable::latency(const ModelShape& s) const {
+  auto missing = [&](const std::string& what) {
+    return ConfigError("latency table '" + file + "' has no " + what +
+                       "; profile again with this config's [search] multiples (hawada-pipeline profile)");
+  };
+  const auto a = attention.find({s.hidden, s.heads, s.kv_heads});
+  if (a == attention.end())
+    throw missing("attention block at hidden " + std::to_string(s.hidden) + ", " + std::to_string(s.heads) +
+                  " heads, " + std::to_string(s.kv_heads) + " kv heads");
+  const auto m = mlp.find({s.hidden, s.ffn});
+  if (m == mlp.end()) throw missing("MLP block at hidden " + std::to_string(s.hidden) + ", FFN " + std::to_string(s.ffn));
+  const auto o = other.find(s.hidden);
+  if (o == other.end()) throw missing("head/embedding timing at hidden " + std::to_string(s.hidden));
+  return static_cast<double>(s.layers) * (a->second + m->second) + o->second;
+}
+
+nlohmann::json latency_table_to_json(const LatencyTable& t) {
+  nlohmann::json att = nlohmann::json::array(), mlp = nlohmann::json::array(), other = nlohmann::json::array();
+  for (const auto& [k, v] : t.attention)
+    att.push_back({{"hidden", std::get<0>(k)}, {"heads", std::get<1>(k)}, {"kv_heads", std::get<2>(k)}, {"seconds", v}});
+  for (const auto& [k, v] : t.mlp) mlp.push_back({{"hidden", k.first}, {"ffn", k.second}, {"seconds", v}});
+  for (const auto& [k, v] : t.other) other.push_back({{"hidden", k}, {"seconds", v}});
+  return {{"format_version", 1}, {"device", t.device}, {"dtype", t.dtype}, {"batch", t.batch}, {"tokens", t.tokens},
+          {"attention", att}, {"mlp", mlp}, {"other", other}};
+}
+
+LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string& file) {
+  try {
+    LatencyTable t;
+    t.file = file;
+    if (j.at("format_version").get<int>() != 1) throw CheckpointError("'" + file + "': unknown format_version");
+    t.device = j.at("device").get<std::string>();
+    t.dtype = j.at("dtype").get<std::string>();
+    t.batch = j.at("batch").get<int64_t>();
+    t.tokens = j.at("tokens").get<int64_t>();
+    for (const auto& e : j.at("attention"))
+      t.attention[{e.at("hidden").get<int64_t>(), e.at("heads").get<int64_t>(), e.at("kv_heads").get<int64_t>()}] =
+          e.at("seconds").get<double>();
+    for (const auto& e : j.at("mlp")) t.mlp[{e.at("hidden").get<int64_t>(), e.at("ffn").get<int64_t>()}] = e.at("seconds").get<double>();
+    for (const auto& e : j.at("other")) t.other[e.at("hidden").get<int64_t>()] = e.at("seconds").get<double>();
+    return t;
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError("'" + file + "': malformed latency table: " + e.what());
+  }
+}
 
 std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules& r) {
   std::vector<ModelShape> out;

@@ -11,7 +11,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -35,12 +37,30 @@ struct SearchRules {
   bool heads = true, ffn = true, hidden = false;  ///< kinds with gates
 };
 
+/// Measured block latencies (hawada-pipeline profile): seconds of one attention block at (hidden,
+/// query heads, kv heads), one MLP block at (hidden, ffn) and the model's other work (LM head or patch
+/// embedding) at hidden, for `batch` sequences of `tokens` tokens on the device that measured them.
+struct LatencyTable {
+  std::string device, dtype, file;
+  int64_t batch = 0, tokens = 0;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, double> attention;
+  std::map<std::pair<int64_t, int64_t>, double> mlp;
+  std::map<int64_t, double> other;
+  /// Latency of a uniform shape: layers x (attention + MLP) + other. ConfigError naming the file and
+  /// the missing width when the table was measured for other widths.
+  double latency(const ModelShape& shape) const;
+};
+nlohmann::json latency_table_to_json(const LatencyTable& table);
+/// CheckpointError naming the file on a malformed table.
+LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string& file);
+
 /// What a shape costs and what it may cost.
 struct CostSpec {
   enum class Metric { params, latency } metric = Metric::params;
   double target = 0.5;  ///< ratio of the dense model's cost
   int64_t batch = 1, tokens = 512;
   DeviceRates rates;
+  const LatencyTable* table = nullptr;  ///< measured latencies instead of the roofline model
 };
 
 /// A candidate shape with its predictions.

@@ -20,6 +20,7 @@
 #include "pipeline/forward.h"
 #include "pipeline/inspect.h"
 #include "pipeline/make.h"
+#include "pipeline/profile.h"
 #include "pipeline/run.h"
 
 namespace hawada {
@@ -47,6 +48,10 @@ Usage:
   hawada-pipeline make-data MODEL_DIR --samples N [--seq-len L] [--seed S] OUT.h5
                                                 deterministic data for that model: token ids (tokens_h5) or
                                                 uint8 images (images_h5)
+  hawada-pipeline profile MODEL_DIR --out TABLE.json [--batch B] [--tokens T] [--ffn-multiple M]
+                          [--hidden-multiple M] [--hidden] [--prune-kv-groups] [--dtype bf16|fp32] [--repeats R]
+                                                time the attention and MLP blocks at every width the search can
+                                                pick, on the GPU when present (else CPU): search.latency_table
   hawada-pipeline --help | --version
 
 Stages, in order: teacher_cache, train_gates, reduce_gates, rounding_search, export, report.
@@ -56,11 +61,12 @@ checkpoint (requeue and rerun the same command to resume).
 )";
 
 const std::vector<std::string_view> kCommands = {"run",        "validate",  "inspect", "forward",
-                                                 "export",     "make-model", "make-data", "help"};
+                                                 "export",     "make-model", "make-data", "profile", "help"};
 // Options that take a value (`--name VALUE` or `--name=VALUE`).
 const std::vector<std::string_view> kValueOptions = {"--inputs", "--output", "--dtype", "--threads", "--max-shard-size",
                                                      "--stages", "--from", "--force", "--arch", "--preset",
-                                                     "--seed", "--samples", "--seq-len"};
+                                                     "--seed", "--samples", "--seq-len", "--out", "--batch",
+                                                     "--tokens", "--ffn-multiple", "--hidden-multiple", "--repeats"};
 
 struct Args {
   std::string command;
@@ -198,6 +204,25 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
     make_data(a.positional[0], parse_count("--samples", a.required("--samples")),
               parse_count("--seq-len", a.value("--seq-len", "0")), parse_count("--seed", a.value("--seed", "0")),
               a.positional[1]);
+    return kExitOk;
+  }
+  if (a.command == "profile") {
+    const char* synopsis =
+        "hawada-pipeline profile MODEL_DIR --out TABLE.json [--batch B] [--tokens T] [--ffn-multiple M] "
+        "[--hidden-multiple M] [--hidden] [--prune-kv-groups] [--dtype bf16|fp32] [--repeats R]";
+    expect_args(a, 1, {"--out", "--batch", "--tokens", "--ffn-multiple", "--hidden-multiple", "--hidden",
+                       "--prune-kv-groups", "--dtype", "--repeats"},
+                synopsis);
+    ProfileOptions o;
+    o.batch = std::max<int64_t>(1, parse_count("--batch", a.value("--batch", "1")));
+    o.tokens = parse_count("--tokens", a.value("--tokens", "0"));
+    o.ffn_multiple = std::max<int64_t>(1, parse_count("--ffn-multiple", a.value("--ffn-multiple", "256")));
+    o.hidden_multiple = std::max<int64_t>(1, parse_count("--hidden-multiple", a.value("--hidden-multiple", "128")));
+    o.hidden = a.has("--hidden");
+    o.prune_kv_groups = a.has("--prune-kv-groups");
+    o.dtype = a.value("--dtype", "");
+    o.repeats = static_cast<int>(std::max<int64_t>(1, parse_count("--repeats", a.value("--repeats", "3"))));
+    profile_command(a.positional[0], a.required("--out"), o);
     return kExitOk;
   }
   HAWADA_ASSERT(a.command == "run", "unhandled command " + a.command);

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/checkpoint.h"
 #include "core/errors.h"
 #include "core/fs.h"
 #include "core/hash.h"
@@ -45,6 +46,7 @@ std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
                     c.budget.latency_batch, c.data.seq_len})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {c.budget.target, c.budget.device_flops, c.budget.device_bandwidth}) h.update(&v, sizeof v);
+  if (!c.search.latency_table.empty()) h.update(read_text_file(c.search.latency_table));
   return hex64(h.digest());
 }
 
@@ -53,9 +55,6 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   if (process_info().rank == 0) {
     const LoadedModel lm = load_model(c, /*weights=*/false);
     const GatesConfig gates = effective_gates(c, lm.arch);
-    if (!c.search.latency_table.empty())
-      throw ConfigError(c.source.string() + ": search.latency_table is set, but measured latency tables are not "
-                        "supported yet; remove the key to use the analytic latency model");
     const safetensors::Reader file(gate_scores_file(ctx.run_dir));
     StructureScores scores;
     if (gates.heads) scores.heads = rows_of(file.tensor("heads.score"));
@@ -77,6 +76,18 @@ void RoundingSearchStage::run(const StageContext& ctx) {
                       ? (lm.shape.image_size / lm.shape.patch_size) * (lm.shape.image_size / lm.shape.patch_size) + 1
                       : c.data.seq_len;
     cost.rates = {c.budget.device_flops, c.budget.device_bandwidth};
+    LatencyTable table;
+    if (!c.search.latency_table.empty()) {
+      const std::string file = c.search.latency_table.string();
+      table = latency_table_from_json(read_json_file(c.search.latency_table), file);
+      if (table.batch != cost.batch || table.tokens != cost.tokens)
+        throw ConfigError(c.source.string() + ": search.latency_table '" + file + "' was measured at batch " +
+                          std::to_string(table.batch) + " x " + std::to_string(table.tokens) +
+                          " tokens; budget.latency_batch and the sequence length ask for " + std::to_string(cost.batch) +
+                          " x " + std::to_string(cost.tokens) + " (profile with --batch and --tokens to match)");
+      cost.table = &table;
+      log::info("rounding_search: latencies from " + file + " (" + table.device + ", " + table.dtype + ")");
+    }
 
     const auto t0 = std::chrono::steady_clock::now();
     const SearchResult r = search_shape(lm.shape, scores, rules, cost);

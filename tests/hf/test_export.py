@@ -186,3 +186,36 @@ def test_killed_export_leaves_nothing_final_and_reruns(llama_run, mpirun, point)
     for f in os.listdir(ref):
         if f.endswith(".safetensors"):
             assert (ref / f).read_bytes() == (run / "export" / "slim" / f).read_bytes(), f
+
+
+def test_profiled_latency_table_drives_the_search(llama_run, cli, mpirun):
+    d, cfg, _ = llama_run
+    table = d / "latency.json"
+    p = cli("profile", d / "llama", "--out", table, "--tokens", SEQ, "--ffn-multiple", "16", "--hidden-multiple",
+            "16", "--hidden", "--repeats", "1")
+    t = json.load(open(table))
+    assert t["device"] == "cpu" and t["batch"] == 1 and t["tokens"] == SEQ
+    assert {"hidden": 64, "heads": 8, "kv_heads": 2} in [{k: e[k] for k in ("hidden", "heads", "kv_heads")}
+                                                        for e in t["attention"]]
+    assert all(e["seconds"] > 0 for e in t["attention"] + t["mlp"] + t["other"])
+    text = cfg.read_text().replace("target = 0.55", 'metric = "latency"\ntarget = 0.7')
+    text = text.replace("ffn_multiple = 16", f'ffn_multiple = 16\nlatency_table = "{table}"')
+    text = text.replace(f'dir = "{d / "run"}"', f'dir = "{d / "run-table"}"')
+    c = d / "table.toml"
+    c.write_text(text)
+    p = mpirun(1, c, "--stages", "teacher_cache,train_gates,reduce_gates,rounding_search")
+    assert f"rounding_search: latencies from {table} (cpu, fp32)" in p.stderr
+    plan = json.load(open(d / "run-table" / "plan" / "plan.json"))
+    s = plan["shape"]
+    measured = {(e["hidden"], e["heads"], e["kv_heads"]): e["seconds"] for e in t["attention"]}
+    mlp = {(e["hidden"], e["ffn"]): e["seconds"] for e in t["mlp"]}
+    other = {e["hidden"]: e["seconds"] for e in t["other"]}
+    expect = 2 * (measured[(s["hidden_size"], s["num_attention_heads"], s["num_key_value_heads"])] +
+                  mlp[(s["hidden_size"], s["intermediate_size"])]) + other[s["hidden_size"]]
+    assert s["latency_s"] == pytest.approx(expect, rel=1e-9) and s["cost_ratio"] <= 0.7
+    # A table measured at another sequence length is refused with both sizes named.
+    cli("profile", d / "llama", "--out", d / "latency8.json", "--tokens", "8", "--repeats", "1",
+        "--ffn-multiple", "16", "--hidden-multiple", "16", "--hidden")
+    c.write_text(text.replace(str(table), str(d / "latency8.json")).replace("run-table", "run-table8"))
+    p = mpirun(1, c, check=False)
+    assert p.returncode == 2 and "was measured at batch 1 x 8 tokens" in p.stderr and f"1 x {SEQ}" in p.stderr

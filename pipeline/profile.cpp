@@ -1,0 +1,114 @@
+#include "pipeline/profile.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "adapters/adapter.h"
+#include "core/checkpoint.h"
+#include "core/errors.h"
+#include "core/fs.h"
+#include "core/log.h"
+#include "core/shape_search.h"
+
+namespace hawada {
+namespace {
+
+// Median seconds of fn() over `repeats` runs after one warm-up; item() waits for the device.
+template <class F>
+double time_median(F fn, int repeats) {
+  fn().sum().template item<float>();
+  std::vector<double> t;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn().sum().template item<float>();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+void profile_command(const std::filesystem::path& model_dir, const std::filesystem::path& out, const ProfileOptions& o) {
+  const HfCheckpoint ckpt = HfCheckpoint::open(model_dir);
+  const auto config_file = model_dir / "config.json";
+  const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
+  const ModelShape dense = model_shape(arch);
+  const bool vit = dense.family == ModelShape::Family::vit;
+  const at::Device device = at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const std::string dtype_name = !o.dtype.empty() ? o.dtype : device.is_cuda() ? "bf16" : "fp32";
+  if (dtype_name != "bf16" && dtype_name != "fp32") throw UsageError("--dtype must be bf16 or fp32, got '" + dtype_name + "'");
+  const auto opts = at::TensorOptions().device(device).dtype(dtype_name == "bf16" ? at::kBFloat16 : at::kFloat);
+  const int64_t B = o.batch,
+                T = o.tokens > 0 ? o.tokens : vit ? (dense.image_size / dense.patch_size) * (dense.image_size / dense.patch_size) + 1 : 512;
+
+  SearchRules rules;
+  rules.ffn_multiple = o.ffn_multiple;
+  rules.hidden_multiple = o.hidden_multiple;
+  rules.prune_kv_groups = o.prune_kv_groups;
+  rules.hidden = vit || o.hidden;
+  std::set<std::tuple<int64_t, int64_t, int64_t>> attention;
+  std::set<std::pair<int64_t, int64_t>> mlp;
+  std::set<int64_t> hidden;
+  for (const ModelShape& s : legal_shapes(dense, rules)) {
+    attention.insert({s.hidden, s.heads, s.kv_heads});
+    mlp.insert({s.hidden, s.ffn});
+    hidden.insert(s.hidden);
+  }
+  log::info("profile: " + std::to_string(attention.size()) + " attention, " + std::to_string(mlp.size()) + " MLP and " +
+            std::to_string(hidden.size()) + " head widths on " + device.str() + " (" + dtype_name + "), batch " +
+            std::to_string(B) + " x " + std::to_string(T) + " tokens");
+
+  at::NoGradGuard no_grad;
+  const int64_t hd = dense.head_dim;
+  LatencyTable table;
+  table.device = device.is_cuda() ? "cuda" : "cpu";
+  table.dtype = dtype_name;
+  table.batch = B;
+  table.tokens = T;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const auto& [h, n, k] : attention) {
+    const at::Tensor x = at::randn({B, T, h}, opts), wq = at::randn({n * hd, h}, opts) * 0.02,
+                     wk = at::randn({k * hd, h}, opts) * 0.02, wv = at::randn({k * hd, h}, opts) * 0.02,
+                     wo = at::randn({h, n * hd}, opts) * 0.02;
+    table.attention[{h, n, k}] = time_median(
+        [&] {
+          const at::Tensor q = at::linear(x, wq).view({B, T, n, hd}).transpose(1, 2);
+          const at::Tensor kk = at::linear(x, wk).view({B, T, k, hd}).transpose(1, 2);
+          const at::Tensor v = at::linear(x, wv).view({B, T, k, hd}).transpose(1, 2);
+          const at::Tensor a = at::scaled_dot_product_attention(q, kk, v, std::nullopt, 0.0, /*is_causal=*/!vit,
+                                                                std::nullopt, /*enable_gqa=*/n != k);
+          return at::linear(a.transpose(1, 2).reshape({B, T, n * hd}), wo);
+        },
+        o.repeats);
+  }
+  for (const auto& [h, f] : mlp) {
+    const at::Tensor x = at::randn({B, T, h}, opts), w1 = at::randn({f, h}, opts) * 0.02,
+                     w2 = at::randn({f, h}, opts) * 0.02, w3 = at::randn({h, f}, opts) * 0.02;
+    table.mlp[{h, f}] = time_median(
+        [&] {
+          if (vit) return at::linear(at::gelu(at::linear(x, w1)), w3);
+          return at::linear(at::silu(at::linear(x, w1)) * at::linear(x, w2), w3);
+        },
+        o.repeats);
+  }
+  for (int64_t h : hidden) {
+    // LM head over every token; for a ViT the patch embedding (as a matrix product) and classifier.
+    const int64_t rows = vit ? B * (T - 1) : B * T, in = vit ? 3 * dense.patch_size * dense.patch_size : h,
+                  outw = vit ? h : dense.vocab;
+    const at::Tensor x = at::randn({rows, in}, opts), w = at::randn({outw, in}, opts) * 0.02;
+    table.other[h] = time_median([&] { return at::linear(x, w); }, o.repeats);
+  }
+  atomic_write_text(out, latency_table_to_json(table).dump(1) + "\n");
+  log::info("profile: " + out.string() + " written in " +
+            std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).substr(0, 6) + " s");
+}
+
+}  // namespace hawada
