@@ -30,7 +30,8 @@ std::string ReduceGatesStage::fingerprint(const StageContext& ctx) {
 void ReduceGatesStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const auto& proc = process_info();
-  LoadedModel lm = load_model(c);
+  const at::Device device = run_device();
+  LoadedModel lm = load_model(c, true, device);
   const GatesConfig gates_config = effective_gates(c, lm.arch);
   const auto data = open_data(c, lm.arch);
   HardConcrete hc;
@@ -41,27 +42,31 @@ void ReduceGatesStage::run(const StageContext& ctx) {
     gates.load(trained);
   }
   at::NoGradGuard no_grad;
-  GateValues values{gates.heads.defined() ? hc.evaluation(gates.heads) : at::Tensor(),
-                    gates.ffn.defined() ? hc.evaluation(gates.ffn) : at::Tensor(),
-                    gates.hidden.defined() ? hc.evaluation(gates.hidden) : at::Tensor()};
+  const GateValues eval{gates.heads.defined() ? hc.evaluation(gates.heads) : at::Tensor(),
+                        gates.ffn.defined() ? hc.evaluation(gates.ffn) : at::Tensor(),
+                        gates.hidden.defined() ? hc.evaluation(gates.hidden) : at::Tensor()};
+  auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  GateValues values{on_device(eval.heads), on_device(eval.ffn), on_device(eval.hidden)};
 
-  // Importance sums in one flat bucket laid out like the gates, plus the token count.
-  at::Tensor bucket = at::zeros({gates.flat.numel() + 1}, at::kFloat);
-  const GateParameters::Views sums = gates.views_of(bucket.narrow(0, 0, gates.flat.numel()));
-  ActivationImportance imp{sums.heads, sums.ffn, sums.hidden, 0};
+  // Importance sums in one flat bucket laid out like the gates, on the compute device.
+  at::Tensor bucket = at::zeros({gates.flat.numel()}, at::TensorOptions().dtype(at::kFloat).device(device));
+  const GateParameters::Views dev_sums = gates.views_of(bucket);
+  ActivationImportance imp{dev_sums.heads, dev_sums.ffn, dev_sums.hidden, 0};
   values.importance = &imp;
   const int64_t train_samples = std::max<int64_t>(1, data->size() - c.train.holdout);
   const int64_t mb = std::min<int64_t>(c.train.micro_batch, train_samples);
   for (int64_t b = proc.rank; b < c.train.importance_batches; b += proc.size) {
     std::vector<int64_t> samples;
     for (int64_t j = 0; j < mb; ++j) samples.push_back((b * mb + j) % train_samples);
-    const Batch batch = with_context("reduce_gates: ", [&] { return read_samples(*data, samples); });
+    const Batch batch = to_device(with_context("reduce_gates: ", [&] { return read_samples(*data, samples); }), device);
     lm.model->features(batch, &values);
   }
-  bucket[-1] = static_cast<float>(imp.tokens);
+  // One all-reduce (over MPI, on a host copy) of the sums and the token count.
+  at::Tensor host = at::cat({bucket.cpu(), at::full({1}, static_cast<float>(imp.tokens), at::kFloat)});
   auto comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
-  comm->all_reduce(bucket, Communicator::Op::sum);
-  const double tokens = std::max(1.0, static_cast<double>(bucket[-1].item<float>()));
+  comm->all_reduce(host, Communicator::Op::sum);
+  const double tokens = std::max(1.0, static_cast<double>(host[-1].item<float>()));
+  const GateParameters::Views sums = gates.views_of(host.narrow(0, 0, gates.flat.numel()));
 
   std::vector<safetensors::NamedTensor> out;
   const int64_t blocks = 2 * lm.arch.layers;  // hidden importance is summed over every block's input
@@ -76,9 +81,9 @@ void ReduceGatesStage::run(const StageContext& ctx) {
     out.push_back({std::string(kind) + ".importance", importance});
     out.push_back({std::string(kind) + ".score", score.contiguous()});
   };
-  add("heads", gates.heads, values.heads, sums.heads, 1.0);
-  add("ffn", gates.ffn, values.ffn, sums.ffn, 1.0);
-  add("hidden", gates.hidden, values.hidden, sums.hidden, static_cast<double>(blocks));
+  add("heads", gates.heads, eval.heads, sums.heads, 1.0);
+  add("ffn", gates.ffn, eval.ffn, sums.ffn, 1.0);
+  add("hidden", gates.hidden, eval.hidden, sums.hidden, static_cast<double>(blocks));
 
   // Every rank must hold the same bytes.
   Hasher h;

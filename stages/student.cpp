@@ -1,9 +1,11 @@
 #include "stages/student.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 
 #include "core/errors.h"
+#include "core/process.h"
 #include "core/teacher_cache.h"
 
 namespace hawada {
@@ -46,13 +48,27 @@ Batch read_samples(const DataSource& data, const std::vector<int64_t>& samples) 
   return out;
 }
 
-LoadedModel load_model(const Config& c, bool weights) {
+at::Device run_device() {
+  if (!at::hasCUDA()) return at::kCPU;
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(process_info().local_rank));
+}
+
+Batch to_device(const Batch& b, const at::Device& device) {
+  Batch out;
+  if (b.input_ids.defined()) out.input_ids = b.input_ids.to(device);
+  if (b.attention_mask.defined()) out.attention_mask = b.attention_mask.to(device);
+  if (b.pixel_values.defined()) out.pixel_values = b.pixel_values.to(device);
+  return out;
+}
+
+LoadedModel load_model(const Config& c, bool weights, const at::Device& device) {
   LoadedModel m{with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); })};
   const auto config_file = c.model.path / "config.json";
   m.adapter = &adapter_for(m.checkpoint.config(), config_file);
   m.arch = m.adapter->summarize(m.checkpoint.config(), config_file);
   m.shape = model_shape(m.arch);
-  if (weights) m.model = with_context("loading model: ", [&] { return m.adapter->load(m.checkpoint, {compute_dtype(c)}); });
+  if (weights)
+    m.model = with_context("loading model: ", [&] { return m.adapter->load(m.checkpoint, {compute_dtype(c), device}); });
   return m;
 }
 
@@ -73,6 +89,12 @@ GateParameters::GateParameters(const GatesConfig& config, const GateShape& shape
   hc.beta = config.temperature;
   flat = at::full({n_heads_ + n_ffn_ + n_hidden_}, hc.log_alpha_for(config.init), at::kFloat);
   Views v = views_of(flat);
+  heads = v.heads, ffn = v.ffn, hidden = v.hidden;
+}
+
+void GateParameters::to(const at::Device& device) {
+  flat = flat.to(device);
+  const Views v = views_of(flat);
   heads = v.heads, ffn = v.ffn, hidden = v.hidden;
 }
 

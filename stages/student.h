@@ -37,8 +37,12 @@ struct LoadedModel {
   ModelShape shape;
   std::unique_ptr<Model> model;
 };
-/// Opens and loads `model.path` in the compute dtype; only the summary when `weights` is false.
-LoadedModel load_model(const Config& config, bool weights = true);
+/// The device a rank computes on: its local GPU (cuda:local_rank) when LibTorch sees one, else CPU.
+at::Device run_device();
+/// Moves a batch's tensors to `device`.
+Batch to_device(const Batch& batch, const at::Device& device);
+/// Opens and loads `model.path` in the compute dtype on `device`; only the summary when `weights` is false.
+LoadedModel load_model(const Config& config, bool weights = true, const at::Device& device = at::kCPU);
 
 /// The gates the run trains: the config's, except that a ViT couples heads and hidden (hidden_size =
 /// heads x head size in transformers), so either kind turns the other on. ConfigError when [gates]
@@ -58,6 +62,8 @@ class GateParameters {
     at::Tensor heads, ffn, hidden;
   };
   Views views_of(const at::Tensor& like_flat) const;
+  /// Moves the parameters (and their views) to `device`.
+  void to(const at::Device& device);
   /// Expected structure counts (sums of keep probabilities), differentiable in flat.
   GateCounts expected_counts(const HardConcrete& hc) const { return expected_counts(hc, flat); }
   /// The same for another vector laid out like flat.

@@ -195,6 +195,7 @@ void write_checkpoint(const fs::path& run_dir, const std::string& fingerprint, c
 // The newest checkpoint of these inputs, if any (rank 0 reads it; every rank receives it).
 bool resume(const fs::path& run_dir, const std::string& fingerprint, GateParameters& gates, State& st,
             Communicator& comm) {
+  // The state travels as CPU bytes over MPI, whatever device the gates live on.
   uint64_t found = 0;
   at::Tensor lambdas = at::zeros({2}, at::kDouble);
   if (comm.rank() == 0) {
@@ -289,7 +290,9 @@ void TrainGatesStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const TrainConfig& tc = c.train;
   const auto& proc = process_info();
-  LoadedModel lm = load_model(c);
+  // One GPU per rank when there are GPUs (NCCL all-reduce), else the CPU (MPI).
+  const at::Device device = run_device();
+  LoadedModel lm = load_model(c, true, device);
   const GatesConfig gates_config = effective_gates(c, lm.arch);
   const auto data = open_data(c, lm.arch);
   const CacheLayout layout = read_cache_index(cache_dir_);
@@ -306,7 +309,6 @@ void TrainGatesStage::run(const StageContext& ctx) {
                       " samples for training, fewer than one global batch (micro_batch x grad_accum x ranks = " +
                       std::to_string(mb * global_micros) + ")");
 
-  const at::Device device = at::kCPU;
   auto comm = make_communicator(c.dist.backend == DistBackend::nccl  ? "nccl"
                                 : c.dist.backend == DistBackend::mpi ? "mpi"
                                                                      : "auto",
@@ -314,15 +316,17 @@ void TrainGatesStage::run(const StageContext& ctx) {
   HardConcrete hc;
   hc.beta = c.gates.temperature;
   GateParameters gates(gates_config, lm.model->gate_shape());
+  gates.to(device);
   gates.flat.requires_grad_(true);
   const BudgetCost budget(c, lm.shape);
   State st;
   st.adam_m = at::zeros_like(gates.flat.detach());
-  st.adam_v = at::zeros_like(gates.flat.detach());
+  st.adam_v = at::zeros_like(gates.flat.detach());  // on the gates' device
 
   const fs::path train_dir = ctx.run_dir / "train", metrics_file = train_dir / "metrics.jsonl";
   if (proc.rank == 0) fs::create_directories(train_dir);
-  if (resume(ctx.run_dir, fingerprint_, gates, st, *comm))
+  const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
+  if (resume(ctx.run_dir, fingerprint_, gates, st, *cpu_comm))
     log::info("train_gates: resumed from step " + std::to_string(st.step) + " of " + std::to_string(tc.steps));
   if (proc.rank == 0) {
     if (st.step == 0) fs::remove(metrics_file);
@@ -360,7 +364,8 @@ void TrainGatesStage::run(const StageContext& ctx) {
       const int64_t g = proc.rank * accum + a;  // global micro-batch index of this step
       std::vector<int64_t> samples;
       for (int64_t j = 0; j < mb; ++j) samples.push_back(order.at((step * global_micros + g) * mb + j));
-      const Batch batch = with_context("train_gates: ", [&] { return read_samples(*data, samples); });
+      const Batch batch =
+          to_device(with_context("train_gates: ", [&] { return read_samples(*data, samples); }), device);
       const CacheChunk teacher = read_cache_samples(cache_dir_, layout, samples);
       data_s += since(data_t0);
       // One gate sample per micro-batch, from noise fixed by (seed, step, global micro-batch).
@@ -379,7 +384,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
     const auto sync_t0 = Clock::now();
     at::Tensor grad = gates.flat.grad().defined() ? gates.flat.grad().clone() : at::zeros_like(gates.flat.detach());
     comm->all_reduce(grad, Communicator::Op::sum);
-    at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble);
+    at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble).to(device);
     comm->all_reduce(stats, Communicator::Op::sum);
     const double kl = stats[0].item<double>() / global_micros, mse = stats[1].item<double>() / global_micros;
     const int64_t tokens = static_cast<int64_t>(stats[2].item<double>());
