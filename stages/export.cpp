@@ -17,6 +17,7 @@
 #include "core/process.h"
 #include "core/safetensors.h"
 #include "core/shape_search.h"
+#include "core/slicing.h"
 #include "stages/student.h"
 
 namespace hawada {
@@ -41,19 +42,14 @@ GateValues student_gates(const GateParameters& gates, const HardConcrete& hc, co
   GateValues v;
   auto per_layer = [&](const at::Tensor& log_alpha, const std::vector<std::vector<int64_t>>& kept) {
     const at::Tensor det = hc.deterministic(log_alpha.detach());
-    at::Tensor out = at::zeros_like(det);
-    for (size_t l = 0; l < kept.size(); ++l)
-      for (int64_t i : kept[l]) {
-        const float d = det[static_cast<int64_t>(l)][i].item<float>();
-        out[static_cast<int64_t>(l)][i] = d > 0 ? d : 1.0f;
-      }
-    return out;
+    at::Tensor keep = at::zeros(det.sizes(), det.options().dtype(at::kBool));
+    for (size_t l = 0; l < kept.size(); ++l) keep[static_cast<int64_t>(l)].index_fill_(0, index_tensor(kept[l]), true);
+    return at::where(keep, at::where(det > 0, det, at::ones_like(det)), at::zeros_like(det));
   };
   if (gates.heads.defined()) v.heads = per_layer(gates.heads, plan.heads);
   if (gates.ffn.defined()) v.ffn = per_layer(gates.ffn, plan.ffn);
   if (plan.chosen.shape.hidden != plan.dense.shape.hidden) {
-    v.hidden = at::zeros({plan.dense.shape.hidden}, at::kFloat);
-    for (int64_t c : plan.hidden) v.hidden[c] = 1.0f;
+    v.hidden = at::zeros({plan.dense.shape.hidden}, at::kFloat).index_fill_(0, index_tensor(plan.hidden), 1.0);
   }
   return v;
 }
