@@ -112,7 +112,9 @@ std::vector<Widths<double>> dense(const ModelShape& s) {
 
 // Per-layer widths from expected counts; an undefined tensor means the dense count.
 std::vector<Widths<at::Tensor>> widths(const ModelShape& s, const GateCounts& c) {
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  // On the device of the counts (a GPU run keeps its gates there).
+  const at::Tensor& any = c.heads.defined() ? c.heads : c.ffn.defined() ? c.ffn : c.hidden;
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(any.defined() ? any.device() : at::Device(at::kCPU));
   auto per_layer = [&](const at::Tensor& t, int64_t dense, const char* what) {
     if (!t.defined()) return at::full({s.layers}, static_cast<double>(dense), opts);
     HAWADA_ASSERT(t.dim() == 1 && t.size(0) == s.layers, std::string("GateCounts.") + what + " is [layers]");

@@ -26,11 +26,18 @@ void throw_h5_error(const char* call, const char* file, int line) {
 }  // namespace detail
 
 namespace h5 {
+
+bool library_threadsafe() {
+  hbool_t yes = 0;
+  return H5is_library_threadsafe(&yes) >= 0 && yes;
+}
+
 namespace {
 
 void silence_hdf5() {
-  static std::once_flag once;
-  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+  // Per thread: a thread-safe HDF5 keeps one error stack (and its printing switch) per thread.
+  thread_local bool silenced = false;
+  if (!silenced) H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr), silenced = true;
 }
 
 hid_t native(Type t) {

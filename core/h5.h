@@ -42,6 +42,10 @@ struct DatasetInfo {
   std::string type_name() const;
 };
 
+/// True when this HDF5 library serialises calls from several threads itself (built thread-safe), so
+/// one thread may write a file while another reads another.
+bool library_threadsafe();
+
 /// An HDF5 identifier closed on destruction.
 class Id {
  public:

@@ -39,6 +39,7 @@ constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
 constexpr std::string_view kBudgetMetric[] = {"params", "latency"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
 constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
+constexpr std::string_view kDeviceRequest[] = {"auto", "cpu", "cuda"};
 
 std::span<const std::string_view> names_of(ComputeDtype) { return kComputeDtype; }
 std::span<const std::string_view> names_of(DataFormat) { return kDataFormat; }
@@ -47,6 +48,7 @@ std::span<const std::string_view> names_of(StoreDtype) { return kStoreDtype; }
 std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric; }
 std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
 std::span<const std::string_view> names_of(DistBackend) { return kDistBackend; }
+std::span<const std::string_view> names_of(DeviceRequest) { return kDeviceRequest; }
 
 template <class E>
 std::string_view name_of(E value) {
@@ -59,7 +61,7 @@ std::string_view name_of(E value) {
 
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*,
-                         DataFormat*, TokenDtype*, StoreDtype*, BudgetMetric*, ExportDtype*, DistBackend*>;
+                         DataFormat*, TokenDtype*, StoreDtype*, BudgetMetric*, ExportDtype*, DistBackend*, DeviceRequest*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -99,6 +101,7 @@ constexpr Key kRun[] = {
     {"dir", at<&Config::run, &RunConfig::dir>},
     {"seed", at<&Config::run, &RunConfig::seed>, at_least(0)},
     {"threads_per_rank", at<&Config::run, &RunConfig::threads_per_rank>, at_least(0)},
+    {"device", at<&Config::run, &RunConfig::device>},
 };
 constexpr Key kModel[] = {
     {"path", at<&Config::model, &ModelConfig::path>, checked(Check::model_dir, true)},
@@ -594,5 +597,6 @@ std::string_view to_string(StoreDtype value) { return name_of(value); }
 std::string_view to_string(BudgetMetric value) { return name_of(value); }
 std::string_view to_string(ExportDtype value) { return name_of(value); }
 std::string_view to_string(DistBackend value) { return name_of(value); }
+std::string_view to_string(DeviceRequest value) { return name_of(value); }
 
 }  // namespace hawada

@@ -36,5 +36,6 @@ std::string_view to_string(StoreDtype value);
 std::string_view to_string(BudgetMetric value);
 std::string_view to_string(ExportDtype value);
 std::string_view to_string(DistBackend value);
+std::string_view to_string(DeviceRequest value);
 
 }  // namespace hawada

@@ -12,6 +12,7 @@
 
 #include "adapters/adapter.h"
 #include "core/checkpoint.h"
+#include "core/device.h"
 #include "core/errors.h"
 #include "core/fs.h"
 #include "core/log.h"
@@ -42,7 +43,7 @@ void profile_command(const std::filesystem::path& model_dir, const std::filesyst
   const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
   const ModelShape dense = model_shape(arch);
   const bool vit = dense.family == ModelShape::Family::vit;
-  const at::Device device = at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const at::Device device = pick_device(DeviceRequest::auto_, 0);
   const std::string dtype_name = !o.dtype.empty() ? o.dtype : device.is_cuda() ? "bf16" : "fp32";
   if (dtype_name != "bf16" && dtype_name != "fp32") throw UsageError("--dtype must be bf16 or fp32, got '" + dtype_name + "'");
   const auto opts = at::TensorOptions().device(device).dtype(dtype_name == "bf16" ? at::kBFloat16 : at::kFloat);

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 
+#include "core/device.h"
 #include "core/errors.h"
 #include "core/fs.h"
 #include "core/log.h"
@@ -44,6 +46,10 @@ void check_stage_names(const RunOptions& o, const std::vector<std::unique_ptr<St
 void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages, const RunOptions& options) {
   check_stage_names(options, stages);
   StageContext ctx{config, config.run.dir, {}};
+  // The device is decided once, here, before any stage (a `cuda` request on a node without a GPU fails
+  // now, not after the teacher forward); every stage asks run_device(config) for the same answer.
+  const at::Device device = pick_device(config.run.device, process_info().local_rank);
+  if (!options.dry_run) log::info("device: " + describe_device(device));
   const auto markers = config.run.dir / "stages";
   if (process_info().rank == 0 && !options.dry_run) std::filesystem::create_directories(markers);
   bool from_reached = false;
@@ -76,11 +82,16 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
     }
     if (process_info().rank == 0) std::filesystem::remove(marker);
     const auto t0 = std::chrono::steady_clock::now();
+    reset_peak_device_memory(device);
     with_context(name + ": ", [&] { stage->run(ctx); });
     world::barrier();
     if (process_info().rank == 0) atomic_write_text(marker, fp + "\n");
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    log::info(name + ": done in " + std::to_string(s).substr(0, 6) + " s");
+    char line[256];
+    std::snprintf(line, sizeof line, "%s: done in %.2f s (peak memory of rank %d: device %.2f GiB, host RSS %.2f GiB)",
+                  name.c_str(), s, process_info().rank, static_cast<double>(peak_device_memory(device)) / (1ull << 30),
+                  static_cast<double>(peak_host_memory()) / (1ull << 30));
+    log::info(line);
   }
 }
 

@@ -161,13 +161,16 @@ void ExportStage::run(const StageContext& ctx) {
   const int64_t n = data->size();
   const bool held_out = c.train.holdout > 0;
   const int64_t first_sample = held_out ? n - c.train.holdout : 0, samples = held_out ? c.train.holdout : std::min<int64_t>(8, n);
-  const auto dense = lm.adapter->load(lm.checkpoint, {compute_dtype(c)});
+  const at::Device device = run_device(c);
+  const auto dense = lm.adapter->load(lm.checkpoint, {compute_dtype(c), device});
   const HfCheckpoint exported = HfCheckpoint::open(final_dir);
-  const auto slim = lm.adapter->load(exported, {compute_dtype(c)});
+  const auto slim = lm.adapter->load(exported, {compute_dtype(c), device});
+  auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  const GateValues student_on_device{on_device(student.heads), on_device(student.ffn), on_device(student.hidden)};
   double max_abs = 0, max_ref = 0;
   for (int64_t s = first_sample; s < first_sample + samples; ++s) {
-    const Batch b = data->read(s, 1);
-    const at::Tensor want = dense->logits(b, &student).to(at::kFloat), got = slim->logits(b).to(at::kFloat);
+    const Batch b = to_device(data->read(s, 1), device);
+    const at::Tensor want = dense->logits(b, &student_on_device).to(at::kFloat), got = slim->logits(b).to(at::kFloat);
     max_abs = std::max(max_abs, (want - got).abs().max().item<double>());
     max_ref = std::max(max_ref, want.abs().max().item<double>());
   }

@@ -30,7 +30,7 @@ std::string ReduceGatesStage::fingerprint(const StageContext& ctx) {
 void ReduceGatesStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const auto& proc = process_info();
-  const at::Device device = run_device();
+  const at::Device device = run_device(c);
   LoadedModel lm = load_model(c, true, device);
   const GatesConfig gates_config = effective_gates(c, lm.arch);
   const auto data = open_data(c, lm.arch);
@@ -61,10 +61,11 @@ void ReduceGatesStage::run(const StageContext& ctx) {
     const Batch batch = to_device(with_context("reduce_gates: ", [&] { return read_samples(*data, samples); }), device);
     lm.model->features(batch, &values);
   }
-  // One all-reduce (over MPI, on a host copy) of the sums and the token count.
-  at::Tensor host = at::cat({bucket.cpu(), at::full({1}, static_cast<float>(imp.tokens), at::kFloat)});
-  auto comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
-  comm->all_reduce(host, Communicator::Op::sum);
+  // One all-reduce of the sums and the token count, on the device (NCCL on GPUs, MPI on CPUs).
+  at::Tensor all = at::cat({bucket, at::full({1}, static_cast<float>(imp.tokens), bucket.options())});
+  auto comm = run_communicator(c, device);
+  comm->all_reduce(all, Communicator::Op::sum);
+  const at::Tensor host = all.cpu();
   const double tokens = std::max(1.0, static_cast<double>(host[-1].item<float>()));
   const GateParameters::Views sums = gates.views_of(host.narrow(0, 0, gates.flat.numel()));
 

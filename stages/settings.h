@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <string>
 
+#include "core/device.h"
+
 namespace hawada {
 
 /// Dtype the student and teacher compute in (`model.dtype`).
@@ -29,6 +31,7 @@ struct RunConfig {
   std::filesystem::path dir;  ///< Default: runs/<config file stem> next to the config file.
   int64_t seed = 0;
   int threads_per_rank = 0;  ///< 0 = automatic.
+  DeviceRequest device = DeviceRequest::auto_;  ///< auto = the local GPU when LibTorch sees one, else the CPU.
   bool operator==(const RunConfig&) const = default;
 };
 

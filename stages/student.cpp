@@ -4,6 +4,7 @@
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 
+#include "core/device.h"
 #include "core/errors.h"
 #include "core/process.h"
 #include "core/teacher_cache.h"
@@ -48,9 +49,11 @@ Batch read_samples(const DataSource& data, const std::vector<int64_t>& samples) 
   return out;
 }
 
-at::Device run_device() {
-  if (!at::hasCUDA()) return at::kCPU;
-  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(process_info().local_rank));
+at::Device run_device(const Config& c) { return pick_device(c.run.device, process_info().local_rank); }
+
+std::unique_ptr<Communicator> run_communicator(const Config& c, const at::Device& device) {
+  const char* backend = c.dist.backend == DistBackend::nccl ? "nccl" : c.dist.backend == DistBackend::mpi ? "mpi" : "auto";
+  return make_communicator(backend, device, c.dist.timeout_s);
 }
 
 Batch to_device(const Batch& b, const at::Device& device) {

@@ -12,6 +12,7 @@
 #include "adapters/adapter.h"
 #include "adapters/model.h"
 #include "core/checkpoint.h"
+#include "core/communicator.h"
 #include "core/cost_model.h"
 #include "core/data.h"
 #include "core/gates.h"
@@ -37,8 +38,10 @@ struct LoadedModel {
   ModelShape shape;
   std::unique_ptr<Model> model;
 };
-/// The device a rank computes on: its local GPU (cuda:local_rank) when LibTorch sees one, else CPU.
-at::Device run_device();
+/// The device this rank computes on, as `run.device` asks (core/device.h decides; every stage calls this).
+at::Device run_device(const Config& config);
+/// The communicator of `dist.backend` for tensors on `device` (auto: NCCL for GPUs, MPI for the CPU).
+std::unique_ptr<Communicator> run_communicator(const Config& config, const at::Device& device);
 /// Moves a batch's tensors to `device`.
 Batch to_device(const Batch& batch, const at::Device& device);
 /// Opens and loads `model.path` in the compute dtype on `device`; only the summary when `weights` is false.

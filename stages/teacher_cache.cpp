@@ -4,12 +4,15 @@
 #include <ATen/core/grad_mode.h>
 
 #include <chrono>
+#include <cstdio>
+#include <future>
 
 #include "adapters/adapter.h"
 #include "core/checkpoint.h"
 #include "core/data.h"
 #include "core/errors.h"
 #include "core/fault.h"
+#include "core/h5.h"
 #include "core/hash.h"
 #include "core/log.h"
 #include "core/mpi_session.h"
@@ -122,11 +125,12 @@ void TeacherCacheStage::run(const StageContext& ctx) {
   }
   fs::create_directories(dir_);
 
+  const at::Device device = run_device(c);
   const HfCheckpoint ckpt = HfCheckpoint::open(c.model.path);
   const auto config_file = c.model.path / "config.json";
   const auto& adapter = adapter_for(ckpt.config(), config_file);
   const ArchSummary arch = adapter.summarize(ckpt.config(), config_file);
-  const auto model = with_context("loading teacher: ", [&] { return adapter.load(ckpt, {compute_dtype(c)}); });
+  const auto model = with_context("loading teacher: ", [&] { return adapter.load(ckpt, {compute_dtype(c), device}); });
   const auto data = open_data(c, arch);
 
   // Contiguous chunk ranges per rank.
@@ -136,30 +140,47 @@ void TeacherCacheStage::run(const StageContext& ctx) {
   int64_t mine = 0, computed = 0, reused = 0;
   for (size_t i = first; i < last; ++i) mine += chunks[i].second - chunks[i].first;
 
+  // The HDF5 write of chunk i runs on a second thread while the device computes chunk i + 1. With an
+  // HDF5 that is not thread-safe the main thread waits for the writer before its own HDF5 calls.
+  const bool overlap = h5::library_threadsafe();
+  std::future<void> writer;
+  auto wait_writer = [&] {
+    if (!writer.valid()) return;
+    writer.get();  // rethrows the writer's error here
+    fault_point("teacher_cache.after_chunk");  // a chunk is on disk
+  };
+
   at::InferenceMode inference;
   fault_point("teacher_cache.before_first_write");
   const auto t0 = Clock::now();
   auto last_report = t0;
+  double forward_s = 0;
   for (size_t i = first; i < last; ++i) {
     const auto [start, end] = chunks[i];
+    if (!overlap) wait_writer();
     if (cache_chunk_ready(dir_, layout_, start, end)) {
       reused += end - start;
       continue;
     }
-    std::vector<CacheChunk> parts;
+    std::vector<Batch> inputs;
     for (int64_t s = start; s < end; s += c.teacher.batch_size) {
       const int64_t n = std::min<int64_t>(c.teacher.batch_size, end - s);
-      const Batch batch = with_context("teacher_cache: ", [&] { return data->read(s, n); });
-      const at::Tensor features = model->features(batch);
+      inputs.push_back(with_context("teacher_cache: ", [&] { return data->read(s, n); }));
+    }
+    const auto f0 = Clock::now();
+    std::vector<CacheChunk> parts;
+    for (const Batch& cpu_batch : inputs) {
+      const at::Tensor features = model->features(to_device(cpu_batch, device));
       CacheChunk part = layout_.kind == "lm" ? lm_chunk(*model, features, layout_) : CacheChunk{};
       if (layout_.kind == "classifier") part.logits = model->head(features).to(at::kFloat);
       parts.push_back(std::move(part));
     }
+    // Only the top-k rows cross to the host.
     CacheChunk chunk;
     auto cat = [&](at::Tensor CacheChunk::*field) {
       std::vector<at::Tensor> ts;
       for (auto& p : parts) ts.push_back(p.*field);
-      return at::cat(ts);
+      return at::cat(ts).cpu();
     };
     if (layout_.kind == "lm") {
       chunk.topk_values = cat(&CacheChunk::topk_values);
@@ -169,9 +190,12 @@ void TeacherCacheStage::run(const StageContext& ctx) {
       chunk.logits = cat(&CacheChunk::logits);
     }
     chunk.sample_index = at::arange(start, end, at::kLong);
-    write_cache_chunk(dir_, layout_, start, end, chunk);
+    forward_s += std::chrono::duration<double>(Clock::now() - f0).count();
+    wait_writer();
+    writer = std::async(std::launch::async, [this, start = start, end = end, chunk = std::move(chunk)] {
+      write_cache_chunk(dir_, layout_, start, end, chunk);
+    });
     computed += end - start;
-    fault_point("teacher_cache.after_chunk");
 
     const auto now = Clock::now();
     if (proc.rank == 0 && (now - last_report > std::chrono::seconds(5) || i + 1 == last)) {
@@ -185,7 +209,18 @@ void TeacherCacheStage::run(const StageContext& ctx) {
       last_report = now;
     }
   }
+  wait_writer();
   fault_point("teacher_cache.before_index");
+  if (proc.rank == 0 && computed > 0) {
+    char line[256];
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::snprintf(line, sizeof line,
+                  "teacher_cache: rank 0 computed %lld samples in %.3f s (forward %.3f s): %.1f tokens/s on %s",
+                  static_cast<long long>(computed), wall, forward_s,
+                  static_cast<double>(computed * std::max<int64_t>(1, layout_.seq_len)) / std::max(wall, 1e-9),
+                  device.str().c_str());
+    log::info(line);
+  }
 
   // Every rank has written its chunks (or the job was aborted): only then the index.
   const int64_t total_computed = world::sum(computed), total_reused = world::sum(reused);

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/communicator.h"
+#include "core/device.h"
 #include "core/distill_loss.h"
 #include "core/errors.h"
 #include "core/fault.h"
@@ -109,6 +110,8 @@ LossParts micro_batch_backward(const Model& model, const Batch& batch, const Cac
   auto t = Clock::now();
   const at::Tensor features = model.features(batch, &gates);
   const at::Tensor detached = features.detach().requires_grad_(true);
+  const at::Device dev = features.device();
+  synchronize(dev);  // phase times are wall times of finished device work
   parts.forward_s = since(t);
   t = Clock::now();
   const double T = tc.kd_temperature;
@@ -124,21 +127,27 @@ LossParts micro_batch_backward(const Model& model, const Batch& batch, const Cac
     parts.tokens = s.size(0);
   } else {
     const int64_t B = features.size(0), L = features.size(1), D = features.size(2), k = teacher.topk_values.size(-1);
-    const auto dev = features.device();
     const at::Tensor flat = detached.view({B * L, D});
     const at::Tensor values = teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
     const at::Tensor indices = teacher.topk_indices.to(dev).view({B * L, k}).to(at::kLong);
     const at::Tensor lse = teacher.logsumexp.to(dev).view({B * L});
-    const at::Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(dev).view({B * L}).to(at::kFloat)
-                                                           : at::ones({B * L}, at::TensorOptions().device(dev));
-    const double valid = mask.sum().item<double>();
+    // The token weights on the host (no device round trip per piece), and on the device for the loss.
+    const at::Tensor host_mask = batch.attention_mask.defined()
+                                     ? batch.attention_mask.cpu().view({B * L}).ne(0).to(at::kDouble)
+                                     : at::ones({B * L}, at::kDouble);
+    const at::Tensor host_cumsum = at::cat({at::zeros({1}, at::kDouble), host_mask.cumsum(0)});
+    const double* cum = host_cumsum.data_ptr<double>();
+    const at::Tensor mask = host_mask.to(at::kFloat).to(dev);
+    const double valid = cum[B * L];
     if (valid == 0) throw DataError("a micro-batch has no unmasked token to learn from");
     const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
     const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (vocab * 4));
+    at::Tensor kl_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
+    at::Tensor mse_sum = at::zeros_like(kl_sum);
     for (int64_t a = 0; a < B * L; a += piece) {
       const int64_t b = std::min(B * L, a + piece);
       const at::Tensor m = mask.slice(0, a, b);
-      const double w = m.sum().item<double>() / valid;
+      const double w = (cum[b] - cum[a]) / valid;
       if (w == 0) continue;
       const at::Tensor s = model.head(flat.slice(0, a, b));
       const at::Tensor kl = topk_kl_loss(s, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m) * w;
@@ -148,16 +157,19 @@ LossParts micro_batch_backward(const Model& model, const Batch& batch, const Cac
         at::Tensor mse = (s.to(at::kFloat).gather(-1, indices.slice(0, a, b)) - values.slice(0, a, b)).pow(2).mean(-1);
         mse = (mse * m).sum() / valid;
         loss = loss + mse * tc.mse_weight;
-        parts.mse += mse.item<double>();
+        mse_sum += mse.detach().to(at::kDouble);
       }
       (loss * scale).backward();
-      parts.kl += kl.item<double>();
+      kl_sum += kl.detach().to(at::kDouble);
     }
+    parts.kl = kl_sum.item<double>();
+    parts.mse = mse_sum.item<double>();
     parts.tokens = static_cast<int64_t>(valid);
   }
   parts.loss_s = since(t);
   t = Clock::now();
   features.backward(detached.grad());
+  synchronize(dev);
   parts.backward_s = since(t);
   return parts;
 }
@@ -291,7 +303,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
   const TrainConfig& tc = c.train;
   const auto& proc = process_info();
   // One GPU per rank when there are GPUs (NCCL all-reduce), else the CPU (MPI).
-  const at::Device device = run_device();
+  const at::Device device = run_device(c);
   LoadedModel lm = load_model(c, true, device);
   const GatesConfig gates_config = effective_gates(c, lm.arch);
   const auto data = open_data(c, lm.arch);
@@ -309,10 +321,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
                       " samples for training, fewer than one global batch (micro_batch x grad_accum x ranks = " +
                       std::to_string(mb * global_micros) + ")");
 
-  auto comm = make_communicator(c.dist.backend == DistBackend::nccl  ? "nccl"
-                                : c.dist.backend == DistBackend::mpi ? "mpi"
-                                                                     : "auto",
-                                device, c.dist.timeout_s);
+  auto comm = run_communicator(c, device);
   HardConcrete hc;
   hc.beta = c.gates.temperature;
   GateParameters gates(gates_config, lm.model->gate_shape());
