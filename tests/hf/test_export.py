@@ -198,7 +198,15 @@ def test_profiled_latency_table_drives_the_search(llama_run, cli, mpirun):
     assert {"hidden": 64, "heads": 8, "kv_heads": 2} in [{k: e[k] for k in ("hidden", "heads", "kv_heads")}
                                                         for e in t["attention"]]
     assert all(e["seconds"] > 0 for e in t["attention"] + t["mlp"] + t["other"])
-    text = cfg.read_text().replace("target = 0.55", 'metric = "latency"\ntarget = 0.7')
+    # The target lies between the fastest shape the table allows and the dense model (timings of this
+    # tiny model differ from machine to machine, so a fixed target could be unreachable).
+    att = {(e["hidden"], e["heads"], e["kv_heads"]): e["seconds"] for e in t["attention"]}
+    mlp_t = {(e["hidden"], e["ffn"]): e["seconds"] for e in t["mlp"]}
+    oth = {e["hidden"]: e["seconds"] for e in t["other"]}
+    dense_s = 2 * (att[(64, 8, 2)] + mlp_t[(64, 96)]) + oth[64]
+    fastest = min(2 * (a + m) + oth[h] for (h, _, _), a in att.items() for (h2, _), m in mlp_t.items() if h2 == h)
+    target = round((fastest / dense_s + 1) / 2, 4)
+    text = cfg.read_text().replace("target = 0.55", f'metric = "latency"\ntarget = {target}')
     text = text.replace("ffn_multiple = 16", f'ffn_multiple = 16\nlatency_table = "{table}"')
     text = text.replace(f'dir = "{d / "run"}"', f'dir = "{d / "run-table"}"')
     c = d / "table.toml"
@@ -212,7 +220,7 @@ def test_profiled_latency_table_drives_the_search(llama_run, cli, mpirun):
     other = {e["hidden"]: e["seconds"] for e in t["other"]}
     expect = 2 * (measured[(s["hidden_size"], s["num_attention_heads"], s["num_key_value_heads"])] +
                   mlp[(s["hidden_size"], s["intermediate_size"])]) + other[s["hidden_size"]]
-    assert s["latency_s"] == pytest.approx(expect, rel=1e-9) and s["cost_ratio"] <= 0.7
+    assert s["latency_s"] == pytest.approx(expect, rel=1e-9) and s["cost_ratio"] <= target
     # A table measured at another sequence length is refused with both sizes named.
     cli("profile", d / "llama", "--out", d / "latency8.json", "--tokens", "8", "--repeats", "1",
         "--ffn-multiple", "16", "--hidden-multiple", "16", "--hidden")
