@@ -1,5 +1,6 @@
 #include "core/device.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -47,9 +48,17 @@ void synchronize(const c10::Device& device) {
 #endif
 }
 
+#ifdef HAWADA_WITH_CUDA
+namespace {
+// The caching allocator's statistics exist only once it has allocated on the device.
+void touch_allocator(const c10::Device& device) { (void)at::empty({1}, at::TensorOptions().device(device)); }
+}  // namespace
+#endif
+
 int64_t peak_device_memory(const c10::Device& device) {
 #ifdef HAWADA_WITH_CUDA
   if (device.is_cuda()) {
+    touch_allocator(device);
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
     return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
   }
@@ -61,7 +70,10 @@ int64_t peak_device_memory(const c10::Device& device) {
 
 void reset_peak_device_memory(const c10::Device& device) {
 #ifdef HAWADA_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  if (device.is_cuda()) {
+    touch_allocator(device);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  }
 #else
   (void)device;
 #endif

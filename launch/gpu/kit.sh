@@ -101,7 +101,7 @@ export LD_LIBRARY_PATH="$hawada_kit/lib:$hawada_torch_lib$hawada_nvidia${LD_LIBR
 export OPAL_PREFIX="$hawada_kit/ompi"
 export OMPI_MCA_mca_base_component_path="$hawada_kit/ompi/lib/x86_64-linux-gnu/openmpi/lib/openmpi3"
 export PMIX_MCA_mca_base_component_path="$hawada_kit/ompi/lib/x86_64-linux-gnu/pmix2/lib/pmix"
-export PMIX_INSTALL_PREFIX="$hawada_kit/ompi"
+export PMIX_INSTALL_PREFIX="$hawada_kit/ompi" PMIX_MCA_pcompress_base_silence_warning=1
 # One node, no network: shared memory between ranks; no InfiniBand/UCX probing.
 export OMPI_MCA_btl="self,vader" OMPI_MCA_pml="ob1" OMPI_MCA_mtl="^ofi,psm,psm2" OMPI_MCA_btl_vader_single_copy_mechanism="none"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
