@@ -1,9 +1,10 @@
 """Turns a text corpus into the token HDF5 that `data.format = "tokens_h5"` reads, with the model's
 own tokenizer (transformers' AutoTokenizer on the model directory; nothing is downloaded).
 
-    python launch/prepare_tokens.py MODEL_DIR CORPUS.txt OUT.h5 --seq-len 512 [--samples N] [--no-eos]
+    python launch/prepare_tokens.py MODEL_DIR CORPUS OUT.h5 --seq-len 512 [--samples N] [--no-eos]
 
-Documents are separated by blank lines; each gets the tokenizer's special tokens (BOS) and, unless
+CORPUS is a text file whose documents are separated by blank lines, or a directory whose *.txt files
+are one document each (in name order). Each document gets the tokenizer's special tokens (BOS) and, unless
 --no-eos, an EOS token; all are concatenated and cut into windows of seq_len (the remainder is
 dropped). Writes input_ids int32 [samples, seq_len] and attributes naming the tokenizer and corpus.
 """
@@ -26,8 +27,13 @@ def main():
     a = p.parse_args()
 
     tok = AutoTokenizer.from_pretrained(a.model_dir, local_files_only=True)
-    text = open(a.corpus, encoding="utf-8").read()
-    docs = [d.strip() for d in text.split("\n\n") if d.strip()]
+    if os.path.isdir(a.corpus):
+        docs = [open(os.path.join(a.corpus, n), encoding="utf-8").read().strip()
+                for n in sorted(os.listdir(a.corpus)) if n.endswith(".txt")]
+        docs = [d for d in docs if d]
+    else:
+        text = open(a.corpus, encoding="utf-8").read()
+        docs = [d.strip() for d in text.split("\n\n") if d.strip()]
     ids = []
     for d in docs:
         ids.extend(tok(d)["input_ids"])

