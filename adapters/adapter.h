@@ -75,7 +75,13 @@ class ModelAdapter {
                                                               const GateValues& folds) const = 0;
   /// config.json of the pruned model: the counts of plan's shape written explicitly (ints as ints).
   virtual nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const = 0;
+  /// What a weight is, by its Hugging Face name: "attention", "mlp", "norm", "embedding" or "head"
+  /// (heal.train selects by these kinds); "other" when unknown.
+  virtual std::string weight_kind(const std::string& name) const = 0;
 };
+
+/// The weight kinds heal.train may name.
+inline constexpr const char* kWeightKinds[] = {"attention", "mlp", "norm", "embedding", "head"};
 
 /// The adapter for config["model_type"]; CheckpointError listing the supported types otherwise.
 const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesystem::path& config_file);

@@ -27,6 +27,10 @@ struct GateValues {
   at::Tensor heads;   ///< [layers, query heads]: scales each head's attention output before the output projection
   at::Tensor ffn;     ///< [layers, intermediate]: scales each FFN channel before the down projection
   at::Tensor hidden;  ///< [hidden]: one per residual-stream channel, shared by every layer, embedding and norm
+  /// [layers, hidden]: output scales of each block's last projection (attention output / MLP down), per
+  /// output channel. Calibration fits them with the weights frozen; an export folds them into that
+  /// projection's rows (and bias).
+  at::Tensor attn_out, mlp_out;
   ActivationImportance* importance = nullptr;  ///< when set, the forward pass adds to it
 };
 
@@ -61,6 +65,12 @@ class Model {
   virtual GateShape gate_shape() const = 0;
   /// Compute dtype of the forward pass.
   virtual at::ScalarType dtype() const = 0;
+  /// The weights the forward pass uses, by Hugging Face name (a tied LM head appears once, as the
+  /// embedding): changing one in place changes the model. For the stages that train them (heal).
+  const std::vector<std::pair<std::string, at::Tensor>>& named_weights() const { return weights_; }
+
+ protected:
+  std::vector<std::pair<std::string, at::Tensor>> weights_;
 };
 
 }  // namespace hawada

@@ -54,6 +54,7 @@ at::Tensor WeightLoader::fetch(const std::string& name, const std::vector<int64_
   at::Tensor t = checkpoint_.tensor(name);
   const auto dtype = wanted.value_or(t.scalar_type());
   if (t.scalar_type() != dtype || t.device() != options_.device) t = t.to(options_.device, dtype);
+  loaded_.emplace_back(name, t);
   return t;
 }
 

@@ -39,6 +39,8 @@ class WeightLoader {
   void ignore(const std::string& name);
   /// CheckpointError listing tensors the architecture did not take (the config does not match them).
   void finish() const;
+  /// Every tensor handed out, by name, in the order taken: the model's weights (Model::named_weights).
+  const std::vector<std::pair<std::string, at::Tensor>>& loaded() const { return loaded_; }
 
  private:
   at::Tensor fetch(const std::string& name, const std::vector<int64_t>& shape, std::optional<at::ScalarType> dtype);
@@ -47,6 +49,7 @@ class WeightLoader {
   LoadOptions options_;
   bool matrices_in_fp32_ = false;
   std::set<std::string> taken_;
+  std::vector<std::pair<std::string, at::Tensor>> loaded_;
 };
 
 /// "model.layers.%d.mlp.up_proj.weight" with %d replaced by layer.

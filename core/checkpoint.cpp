@@ -111,6 +111,25 @@ HfCheckpoint HfCheckpoint::open(const fs::path& dir) {
   return c;
 }
 
+HfCheckpoint HfCheckpoint::in_memory(nlohmann::json config, const std::vector<safetensors::NamedTensor>& tensors,
+                                     const fs::path& label) {
+  HfCheckpoint c;
+  c.dir_ = label;
+  c.config_ = std::move(config);
+  for (const auto& t : tensors) {
+    if (c.where_.count(t.name)) throw CheckpointError("'" + label.string() + "': tensor '" + t.name + "' given twice");
+    safetensors::TensorInfo info;
+    info.name = t.name;
+    info.dtype = safetensors::from_scalar_type(t.tensor.scalar_type(), t.name);
+    info.shape = t.tensor.sizes().vec();
+    info.end = static_cast<uint64_t>(t.tensor.numel()) * safetensors::dtype_size(info.dtype);
+    c.where_.emplace(t.name, c.memory_.size());
+    c.memory_.push_back(t.tensor.cpu().contiguous());
+    c.memory_info_.push_back(std::move(info));
+  }
+  return c;
+}
+
 void export_keep_all(const HfCheckpoint& source, const fs::path& out_dir, std::optional<uint64_t> max_shard_bytes) {
   std::vector<safetensors::NamedTensor> tensors;
   for (const auto& name : source.tensor_names()) tensors.push_back({name, source.tensor(name)});
@@ -139,11 +158,13 @@ const safetensors::TensorInfo& HfCheckpoint::info(std::string_view name) const {
   auto it = where_.find(std::string(name));
   if (it == where_.end())
     throw CheckpointError("model directory '" + dir_.string() + "' has no tensor '" + std::string(name) + "'");
+  if (!memory_.empty()) return memory_info_[it->second];
   return readers_[it->second]->info(name);
 }
 
 at::Tensor HfCheckpoint::tensor(std::string_view name) const {
   info(name);  // throws naming the directory when absent
+  if (!memory_.empty()) return memory_[where_.find(std::string(name))->second];
   return readers_[where_.find(std::string(name))->second]->tensor(name);
 }
 
@@ -154,11 +175,13 @@ size_t HfCheckpoint::where_file(std::string_view name) const {
 
 const uint8_t* HfCheckpoint::bytes(std::string_view name) const {
   const auto& t = info(name);
+  if (!memory_.empty()) return static_cast<const uint8_t*>(memory_[where_.find(std::string(name))->second].data_ptr());
   return readers_[where_.find(std::string(name))->second]->bytes(t);
 }
 
 uint64_t HfCheckpoint::total_numel() const {
   uint64_t n = 0;
+  for (const auto& t : memory_info_) n += t.numel();
   for (const auto& r : readers_)
     for (const auto& t : r->header().tensors) n += t.numel();
   return n;
@@ -166,6 +189,7 @@ uint64_t HfCheckpoint::total_numel() const {
 
 uint64_t HfCheckpoint::total_bytes() const {
   uint64_t n = 0;
+  for (const auto& t : memory_info_) n += t.nbytes();
   for (const auto& r : readers_)
     for (const auto& t : r->header().tensors) n += t.nbytes();
   return n;

@@ -23,6 +23,10 @@ class HfCheckpoint {
   /// tensor). Pickle-only directories are refused with a pointer to safetensors conversion.
   /// Throws CheckpointError/IoError naming the file and tensor.
   static HfCheckpoint open(const std::filesystem::path& dir);
+  /// A model held in memory (a pruned or healed student): `config` and contiguous CPU tensors by
+  /// Hugging Face name. `label` stands for the directory in messages. It has no weight or side files.
+  static HfCheckpoint in_memory(nlohmann::json config, const std::vector<safetensors::NamedTensor>& tensors,
+                                const std::filesystem::path& label);
 
   const std::filesystem::path& dir() const { return dir_; }
   /// config.json as parsed.
@@ -55,7 +59,10 @@ class HfCheckpoint {
   std::vector<std::string> weight_files_;
   std::vector<std::string> side_files_;
   std::vector<std::shared_ptr<safetensors::Reader>> readers_;
-  std::map<std::string, size_t> where_;  // tensor name -> reader
+  std::map<std::string, size_t> where_;  // tensor name -> reader (or index into memory_)
+  // In-memory checkpoints: the tensors and their header entries (readers_ is then empty).
+  std::vector<at::Tensor> memory_;
+  std::vector<safetensors::TensorInfo> memory_info_;
 };
 
 /// Keep-all export: a new model directory whose tensors are byte-identical to `source`'s, with

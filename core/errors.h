@@ -50,6 +50,9 @@ HAWADA_DEFINE_ERROR(CommError);
 HAWADA_DEFINE_ERROR(IoError);
 /// Command-line misuse: unknown subcommand, missing argument.
 HAWADA_DEFINE_ERROR(UsageError);
+/// A non-finite value where a number must be finite (a loss, a gradient, gates, weights, logits):
+/// the run stops there, names what and where, and publishes nothing.
+HAWADA_DEFINE_ERROR(NumericError);
 
 #undef HAWADA_DEFINE_ERROR
 

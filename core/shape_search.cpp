@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <numeric>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -260,12 +262,29 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
                       ratio_text(all.empty() ? 1.0 : all.front().cost_ratio) + " of the dense model (" +
                       std::to_string(result.legal) + " legal shapes under [search])");
 
-  Plan& p = result.plan;
-  p.chosen = *best;
+  // The widest fitting shape per (hidden, heads, kv heads), by importance.
+  std::map<std::tuple<int64_t, int64_t, int64_t>, Candidate> widest;
+  for (const Candidate& c : all) {
+    if (c.cost_ratio > cost.target * (1 + 1e-12)) continue;
+    const auto key = std::make_tuple(c.shape.hidden, c.shape.heads, c.shape.kv_heads);
+    auto it = widest.find(key);
+    if (it == widest.end() || c.importance > it->second.importance) widest[key] = c;
+  }
+  for (const auto& [key, c] : widest) result.widest.push_back(c);
+  std::stable_sort(result.widest.begin(), result.widest.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.importance > b.importance; });
+  result.plan = plan_for(dense, scores, *best, cost, dense_c);
+  return result;
+}
+
+Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Candidate& chosen, const CostSpec& cost,
+              const Candidate& dense_c) {
+  Plan p;
+  p.chosen = chosen;
   p.dense = dense_c;
   p.metric = cost.metric == CostSpec::Metric::params ? "params" : "latency";
   p.target = cost.target;
-  const ModelShape& s = best->shape;
+  const ModelShape& s = chosen.shape;
   const int64_t kv = is_vit(dense) ? s.heads : s.kv_heads, per = s.heads / kv, q = group_size(dense);
   for (int64_t l = 0; l < dense.layers; ++l) {
     std::vector<int64_t> heads, kv_heads;
@@ -303,7 +322,7 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
   } else {
     p.hidden = top_indices(scores.hidden, s.hidden);
   }
-  return result;
+  return p;
 }
 
 nlohmann::json plan_to_json(const Plan& p) {

@@ -92,11 +92,18 @@ std::string transformers_violation(const ModelShape& shape, const ModelShape& de
 struct SearchResult {
   Plan plan;
   std::vector<Candidate> pareto;  ///< ascending cost, strictly increasing importance
+  /// Within the budget, the widest shape (most kept importance) at each (hidden, heads, kv heads):
+  /// the qualitatively different trade-offs, by descending kept importance. plan.chosen is the first.
+  std::vector<Candidate> widest;
   size_t legal = 0;
 };
 /// ConfigError naming budget.target and the smallest reachable cost when no legal shape fits.
 SearchResult search_shape(const ModelShape& dense, const StructureScores& scores, const SearchRules& rules,
                           const CostSpec& cost);
+
+/// The plan of one candidate shape: which structures each layer keeps, by the scores.
+Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Candidate& shape, const CostSpec& cost,
+              const Candidate& dense_candidate);
 
 /// plan.json and its reader (CheckpointError naming the file on a malformed plan).
 nlohmann::json plan_to_json(const Plan& plan);

@@ -31,12 +31,28 @@ at::Tensor slice_dim(const at::Tensor& t, int64_t dim, const std::vector<int64_t
 }
 
 at::Tensor slice_linear(const at::Tensor& weight, const std::vector<int64_t>& rows, const std::vector<int64_t>& cols,
-                        const at::Tensor& col_scale) {
+                        const at::Tensor& col_scale, const at::Tensor& row_scale) {
   HAWADA_ASSERT(weight.dim() == 2, "a Linear weight is 2-D");
   at::Tensor w = slice_dim(slice_dim(weight, 0, rows), 1, cols);
-  if (!col_scale.defined()) return w;
-  HAWADA_ASSERT(col_scale.dim() == 1 && col_scale.size(0) == w.size(1), "one scale per kept column");
-  return (w.to(at::kFloat) * col_scale.to(w.device()).to(at::kFloat).unsqueeze(0)).to(weight.scalar_type()).contiguous();
+  if (!col_scale.defined() && !row_scale.defined()) return w;
+  // Both folds in fp32, rounded once to the stored dtype.
+  at::Tensor f = w.to(at::kFloat);
+  if (col_scale.defined()) {
+    HAWADA_ASSERT(col_scale.dim() == 1 && col_scale.size(0) == w.size(1), "one scale per kept column");
+    f = f * col_scale.to(w.device()).to(at::kFloat).unsqueeze(0);
+  }
+  if (row_scale.defined()) {
+    HAWADA_ASSERT(row_scale.dim() == 1 && row_scale.size(0) == w.size(0), "one scale per kept row");
+    f = f * row_scale.to(w.device()).to(at::kFloat).unsqueeze(1);
+  }
+  return f.to(weight.scalar_type()).contiguous();
+}
+
+at::Tensor slice_vector(const at::Tensor& v, const std::vector<int64_t>& indices, const at::Tensor& scale) {
+  at::Tensor s = slice_dim(v, 0, indices);
+  if (!scale.defined()) return s;
+  HAWADA_ASSERT(scale.dim() == 1 && scale.size(0) == s.size(0), "one scale per kept entry");
+  return (s.to(at::kFloat) * scale.to(s.device()).to(at::kFloat)).to(v.scalar_type()).contiguous();
 }
 
 at::Tensor slice_embedding(const at::Tensor& table, const std::vector<int64_t>& channels) {

@@ -16,9 +16,12 @@ at::Tensor index_tensor(const std::vector<int64_t>& indices);
 std::vector<int64_t> expand_indices(const std::vector<int64_t>& indices, int64_t width);
 
 /// A Linear weight [out, in]: keep `rows` (output features) and `cols` (input features); an empty
-/// list keeps all. `col_scale` (one value per kept column, or undefined) multiplies the kept columns.
+/// list keeps all. `col_scale` / `row_scale` (one value per kept column / row, or undefined) multiply
+/// the kept columns / rows.
 at::Tensor slice_linear(const at::Tensor& weight, const std::vector<int64_t>& rows, const std::vector<int64_t>& cols,
-                        const at::Tensor& col_scale = {});
+                        const at::Tensor& col_scale = {}, const at::Tensor& row_scale = {});
+/// A vector (a bias) [n]: keep `indices`; `scale` (one per kept entry, or undefined) multiplies them.
+at::Tensor slice_vector(const at::Tensor& v, const std::vector<int64_t>& indices, const at::Tensor& scale = {});
 /// An embedding table [vocab, hidden]: keep the given hidden channels.
 at::Tensor slice_embedding(const at::Tensor& table, const std::vector<int64_t>& channels);
 /// A norm's weight or bias [hidden] (or any tensor along its last dimension): keep the given channels.

@@ -69,7 +69,7 @@ Ref at(Config& c) {
 }
 
 /// Extra validation beyond type and numeric range.
-enum class Check { none, model_dir, data_file, optional_file, file_name };
+enum class Check { none, model_dir, data_file, optional_file, file_name, weight_kinds };
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -151,11 +151,40 @@ constexpr Key kSearch[] = {
     {"hidden_multiple", at<&Config::search, &SearchConfig::hidden_multiple>, at_least(1)},
     {"latency_table", at<&Config::search, &SearchConfig::latency_table>, checked(Check::optional_file)},
     {"prune_kv_groups", at<&Config::search, &SearchConfig::prune_kv_groups>},
+    {"probe_shapes", at<&Config::search, &SearchConfig::probe_shapes>, between(0, 64)},
+    {"probe_steps", at<&Config::search, &SearchConfig::probe_steps>, at_least(1)},
+    {"probe_samples", at<&Config::search, &SearchConfig::probe_samples>, at_least(1)},
+};
+constexpr Key kCalibrate[] = {
+    {"steps", at<&Config::calibrate, &CalibrateConfig::steps>, at_least(0)},
+    {"lr", at<&Config::calibrate, &CalibrateConfig::lr>, above(0)},
+    {"warmup", at<&Config::calibrate, &CalibrateConfig::warmup>, at_least(0)},
+    {"micro_batch", at<&Config::calibrate, &CalibrateConfig::micro_batch>, at_least(0)},
+    {"grad_accum", at<&Config::calibrate, &CalibrateConfig::grad_accum>, at_least(0)},
+    {"output_scales", at<&Config::calibrate, &CalibrateConfig::output_scales>},
+    {"checkpoint_every", at<&Config::calibrate, &CalibrateConfig::checkpoint_every>, at_least(1)},
 };
 constexpr Key kExport[] = {
     {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},
     {"max_shard_size", at<&Config::export_, &ExportConfig::max_shard_size>, at_least(1024)},
     {"dtype", at<&Config::export_, &ExportConfig::dtype>},
+};
+constexpr Key kHeal[] = {
+    {"steps", at<&Config::heal, &HealConfig::steps>, at_least(0)},
+    {"lr", at<&Config::heal, &HealConfig::lr>, above(0)},
+    {"warmup", at<&Config::heal, &HealConfig::warmup>, at_least(0)},
+    {"micro_batch", at<&Config::heal, &HealConfig::micro_batch>, at_least(0)},
+    {"grad_accum", at<&Config::heal, &HealConfig::grad_accum>, at_least(0)},
+    {"weight_decay", at<&Config::heal, &HealConfig::weight_decay>, at_least(0)},
+    {"clip", at<&Config::heal, &HealConfig::clip>, at_least(0)},
+    {"train", at<&Config::heal, &HealConfig::train>, checked(Check::weight_kinds)},
+    {"checkpoint_every", at<&Config::heal, &HealConfig::checkpoint_every>, at_least(1)},
+    {"eval_every", at<&Config::heal, &HealConfig::eval_every>, at_least(0)},
+};
+constexpr Key kEvaluate[] = {
+    {"data", at<&Config::evaluate, &EvaluateConfig::data>, checked(Check::optional_file)},
+    {"samples", at<&Config::evaluate, &EvaluateConfig::samples>, at_least(0)},
+    {"latency_repeats", at<&Config::evaluate, &EvaluateConfig::latency_repeats>, between(1, 1000)},
 };
 constexpr Key kDist[] = {
     {"backend", at<&Config::dist, &DistConfig::backend>},
@@ -165,7 +194,8 @@ constexpr Key kDist[] = {
 
 constexpr Section kSections[] = {
     {"run", kRun},     {"model", kModel},   {"data", kData},     {"teacher", kTeacher}, {"gates", kGates},
-    {"train", kTrain}, {"budget", kBudget}, {"search", kSearch}, {"export", kExport},   {"dist", kDist},
+    {"train", kTrain}, {"budget", kBudget}, {"search", kSearch}, {"calibrate", kCalibrate},
+    {"heal", kHeal}, {"export", kExport}, {"evaluate", kEvaluate}, {"dist", kDist},
 };
 
 /// max_shard_size units, matched case-insensitively; "" means bytes.
@@ -411,6 +441,26 @@ struct ValueReader {
       rd.fail(node.source().begin, key,
               "invalid name (expected a non-empty file name without '/' or '\\', not \".\" or \"..\", got " +
                   quote(s) + ")");
+    if (rule.check == Check::weight_kinds) {
+      // "all", or a comma-separated list of weight kinds (each once).
+      std::vector<std::string> seen;
+      std::string rest = s;
+      bool ok = !s.empty();
+      while (ok && !rest.empty()) {
+        const size_t comma = rest.find(',');
+        const std::string kind = rest.substr(0, comma);
+        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+        if (comma != std::string::npos && rest.empty()) ok = false;
+        const bool known = kind == "all" || kind == "attention" || kind == "mlp" || kind == "norm" ||
+                           kind == "embedding" || kind == "head";
+        if (!known || std::find(seen.begin(), seen.end(), kind) != seen.end() || (kind == "all" && s != "all")) ok = false;
+        seen.push_back(kind);
+      }
+      if (!ok)
+        rd.fail(node.source().begin, key,
+                "invalid weight kinds (expected \"all\" or a comma-separated list of attention, mlp, norm, "
+                "embedding, head, got " + quote(s) + ")");
+    }
     *out = s;
   }
 

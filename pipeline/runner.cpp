@@ -10,7 +10,10 @@
 #include "core/log.h"
 #include "core/mpi_session.h"
 #include "core/process.h"
+#include "stages/calibrate.h"
+#include "stages/evaluate.h"
 #include "stages/export.h"
+#include "stages/heal.h"
 #include "stages/reduce_gates.h"
 #include "stages/report.h"
 #include "stages/rounding_search.h"
@@ -25,7 +28,10 @@ std::vector<std::unique_ptr<Stage>> pipeline_stages() {
   stages.push_back(std::make_unique<TrainGatesStage>());
   stages.push_back(std::make_unique<ReduceGatesStage>());
   stages.push_back(std::make_unique<RoundingSearchStage>());
+  stages.push_back(std::make_unique<CalibrateStage>());
+  stages.push_back(std::make_unique<HealStage>());
   stages.push_back(std::make_unique<ExportStage>());
+  stages.push_back(std::make_unique<EvaluateStage>());
   stages.push_back(std::make_unique<ReportStage>());
   return stages;
 }

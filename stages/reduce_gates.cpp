@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include "core/communicator.h"
 #include "core/errors.h"
 #include "core/fs.h"
 #include "core/hash.h"
@@ -11,6 +10,7 @@
 #include "core/mpi_session.h"
 #include "core/process.h"
 #include "core/safetensors.h"
+#include "stages/distill.h"
 #include "stages/student.h"
 
 namespace hawada {
@@ -18,87 +18,74 @@ namespace hawada {
 namespace fs = std::filesystem;
 
 std::string ReduceGatesStage::fingerprint(const StageContext& ctx) {
-  const Config& c = ctx.config;
   Hasher h;
-  h.update("reduce_gates/1");
+  h.update("reduce_gates/2");
   h.update(ctx.fingerprints.at("train_gates"));
-  h.update_u64(static_cast<uint64_t>(c.train.importance_batches));
   fingerprint_ = hex64(h.digest());
   return fingerprint_;
 }
 
+// One global score per structure from what train_gates learned and measured (the importance there was
+// already all-reduced over the ranks' samples): score = keep probability x importance, where importance =
+// activation x sqrt(Fisher), each normalised per layer. Every rank computes the same bytes from the same
+// file; rank 0 publishes them.
 void ReduceGatesStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
-  const auto& proc = process_info();
-  const at::Device device = run_device(c);
-  LoadedModel lm = load_model(c, true, device);
+  const LoadedModel lm = load_model(c, /*weights=*/false);
   const GatesConfig gates_config = effective_gates(c, lm.arch);
-  const auto data = open_data(c, lm.arch);
   HardConcrete hc;
   hc.beta = c.gates.temperature;
-  GateParameters gates(gates_config, lm.model->gate_shape());
-  {
-    const safetensors::Reader trained(trained_gates_file(ctx.run_dir));
-    gates.load(trained);
-  }
+  GateParameters gates(gates_config, GateShape{lm.arch.layers, lm.arch.heads, lm.arch.ffn, lm.arch.hidden});
+  const safetensors::Reader trained(trained_gates_file(ctx.run_dir));
+  gates.load(trained);
   at::NoGradGuard no_grad;
-  const GateValues eval{gates.heads.defined() ? hc.evaluation(gates.heads) : at::Tensor(),
-                        gates.ffn.defined() ? hc.evaluation(gates.ffn) : at::Tensor(),
-                        gates.hidden.defined() ? hc.evaluation(gates.hidden) : at::Tensor()};
-  auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
-  GateValues values{on_device(eval.heads), on_device(eval.ffn), on_device(eval.hidden)};
-
-  // Importance sums in one flat bucket laid out like the gates, on the compute device.
-  at::Tensor bucket = at::zeros({gates.flat.numel()}, at::TensorOptions().dtype(at::kFloat).device(device));
-  const GateParameters::Views dev_sums = gates.views_of(bucket);
-  ActivationImportance imp{dev_sums.heads, dev_sums.ffn, dev_sums.hidden, 0};
-  values.importance = &imp;
-  const int64_t train_samples = std::max<int64_t>(1, data->size() - c.train.holdout);
-  const int64_t mb = std::min<int64_t>(c.train.micro_batch, train_samples);
-  for (int64_t b = proc.rank; b < c.train.importance_batches; b += proc.size) {
-    std::vector<int64_t> samples;
-    for (int64_t j = 0; j < mb; ++j) samples.push_back((b * mb + j) % train_samples);
-    const Batch batch = to_device(with_context("reduce_gates: ", [&] { return read_samples(*data, samples); }), device);
-    lm.model->features(batch, &values);
-  }
-  // One all-reduce of the sums and the token count, on the device (NCCL on GPUs, MPI on CPUs).
-  at::Tensor all = at::cat({bucket, at::full({1}, static_cast<float>(imp.tokens), bucket.options())});
-  auto comm = run_communicator(c, device);
-  comm->all_reduce(all, Communicator::Op::sum);
-  const at::Tensor host = all.cpu();
-  const double tokens = std::max(1.0, static_cast<double>(host[-1].item<float>()));
-  const GateParameters::Views sums = gates.views_of(host.narrow(0, 0, gates.flat.numel()));
 
   std::vector<safetensors::NamedTensor> out;
-  const int64_t blocks = 2 * lm.arch.layers;  // hidden importance is summed over every block's input
-  auto add = [&](const char* kind, const at::Tensor& log_alpha, const at::Tensor& eval, const at::Tensor& sum,
-                 double per) {
+  auto normalised = [](const at::Tensor& t) { return t / t.mean(-1, true).clamp_min(1e-30); };
+  auto add = [&](const std::string& kind, const at::Tensor& log_alpha) {
     if (!log_alpha.defined()) return;
+    auto take = [&](const std::string& name) {
+      if (!trained.contains(name))
+        throw CheckpointError("'" + trained.path().string() + "' has no tensor '" + name + "' (written by train_gates)");
+      const at::Tensor t = trained.tensor(name).to(at::kFloat);
+      if (t.sizes() != log_alpha.sizes())
+        throw CheckpointError("'" + trained.path().string() + "': tensor '" + name + "' has shape " + c10::str(t.sizes()) +
+                              ", the gates " + c10::str(log_alpha.sizes()));
+      return t;
+    };
+    const at::Tensor activation = take(kind + ".activation"), fisher = take(kind + ".fisher");
     const at::Tensor keep = hc.keep_probability(log_alpha).contiguous();
-    const at::Tensor importance = (sum / (tokens * per)).contiguous();
-    const at::Tensor score = keep * (importance / importance.mean().clamp_min(1e-30) + 1e-3);
-    out.push_back({std::string(kind) + ".keep_probability", keep});
-    out.push_back({std::string(kind) + ".evaluation", eval.contiguous()});
-    out.push_back({std::string(kind) + ".importance", importance});
-    out.push_back({std::string(kind) + ".score", score.contiguous()});
+    const at::Tensor importance = (normalised(activation) * normalised(fisher).sqrt()).contiguous();
+    const at::Tensor score = (keep * (importance + 1e-6)).contiguous();
+    const at::Tensor eval = hc.evaluation(log_alpha).contiguous();
+    for (const auto& [name, t] : {std::pair<const char*, at::Tensor>{"keep_probability", keep},
+                                  {"evaluation", eval},
+                                  {"activation", activation.contiguous()},
+                                  {"fisher", fisher.contiguous()},
+                                  {"importance", importance},
+                                  {"score", score}}) {
+      if (!at::isfinite(t).all().item<bool>())
+        throw NumericError("reduce_gates: " + kind + "." + name + " holds non-finite values (from '" +
+                           trained.path().string() + "'); nothing is published");
+      out.push_back({kind + "." + name, t});
+    }
   };
-  add("heads", gates.heads, eval.heads, sums.heads, 1.0);
-  add("ffn", gates.ffn, eval.ffn, sums.ffn, 1.0);
-  add("hidden", gates.hidden, eval.hidden, sums.hidden, static_cast<double>(blocks));
+  add("heads", gates.heads);
+  add("ffn", gates.ffn);
+  add("hidden", gates.hidden);
 
-  // Every rank must hold the same bytes.
   Hasher h;
   for (const auto& t : out) h.update(t.tensor.data_ptr(), static_cast<size_t>(t.tensor.nbytes()));
   const uint64_t mine = h.digest(), root = world::broadcast(mine);
   if (world::sum(mine != root ? 1 : 0) > 0)
     throw CommError("reduce_gates: the global scores differ across ranks (this rank " + hex64(mine) + ", rank 0 " +
                     hex64(root) + ")");
-  if (proc.rank == 0) {
+  if (process_info().rank == 0) {
     fs::create_directories(gate_scores_file(ctx.run_dir).parent_path());
     safetensors::write_file(gate_scores_file(ctx.run_dir), out, {{"fingerprint", fingerprint_}, {"scores_hash", hex64(mine)}});
   }
-  log::info("reduce_gates: scores of " + std::to_string(gates.flat.numel()) + " structures over " +
-            std::to_string(static_cast<int64_t>(tokens)) + " tokens, hash " + hex64(mine));
+  log::info("reduce_gates: scores of " + std::to_string(gates.flat.numel()) + " structures (keep probability x "
+            "activation x sqrt(Fisher)), hash " + hex64(mine));
 }
 
 }  // namespace hawada

@@ -248,8 +248,8 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
          << escape(sm.at("export").get<std::string>()) << ": on " << v.at("samples") << " "
          << (v.at("held_out").get<bool>() ? "held-out" : "training") << " samples the export's logits are "
          << (v.at("passed").get<bool>() ? "equal to" : "DIFFERENT from") << " the hard-gated student's (max |diff| "
-         << fmt("%.3g", v.at("max_abs_diff").get<double>()) << ", " << fmt("%.3g", v.at("relative").get<double>())
-         << " of max |logit|, tolerance " << fmt("%.0e", v.at("tolerance").get<double>()) << "). Load it with "
+         << fmt("%.3g", v.value("max_abs_diff", 0.0)) << ", relative L2 " << fmt("%.3g", v.value("relative_l2", 0.0))
+         << ", tolerance " << fmt("%.0e", v.at("tolerance").get<double>()) << "). Load it with "
          << "<code>AutoModel*.from_pretrained(\"" << escape(sm.at("export").get<std::string>()) << "\")</code>.</p>";
   }
   std::ostringstream html;
@@ -263,8 +263,8 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
 
 std::string ReportStage::fingerprint(const StageContext& ctx) {
   Hasher h;
-  h.update("report/1");
-  h.update(ctx.fingerprints.at("export"));
+  h.update("report/2");
+  h.update(ctx.fingerprints.at("evaluate"));
   return hex64(h.digest());
 }
 

@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +18,7 @@
 #include "core/mpi_session.h"
 #include "core/process.h"
 #include "core/shape_search.h"
+#include "stages/calibrate.h"
 #include "stages/student.h"
 
 namespace hawada {
@@ -39,65 +42,129 @@ std::vector<std::vector<double>> rows_of(const at::Tensor& t) {
 std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   Hasher h;
-  h.update("rounding_search/1");
+  h.update("rounding_search/2");
   h.update(ctx.fingerprints.at("reduce_gates"));
   for (int64_t v : {static_cast<int64_t>(c.search.ffn_multiple), static_cast<int64_t>(c.search.hidden_multiple),
                     static_cast<int64_t>(c.search.prune_kv_groups), static_cast<int64_t>(c.budget.metric),
-                    c.budget.latency_batch, c.data.seq_len})
+                    c.budget.latency_batch, c.data.seq_len, static_cast<int64_t>(c.search.probe_shapes)})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {c.budget.target, c.budget.device_flops, c.budget.device_bandwidth}) h.update(&v, sizeof v);
   if (!c.search.latency_table.empty()) h.update(read_text_file(c.search.latency_table));
+  if (c.search.probe_shapes > 0) {
+    // The probes fit scales on the teacher cache: its samples and the fit's settings count.
+    h.update(ctx.fingerprints.at("teacher_cache"));
+    for (int64_t v : {c.search.probe_steps, c.search.probe_samples, static_cast<int64_t>(c.train.micro_batch),
+                      static_cast<int64_t>(c.train.grad_accum) * process_info().size, c.run.seed, c.train.holdout,
+                      static_cast<int64_t>(c.calibrate.output_scales)})
+      h.update_u64(static_cast<uint64_t>(v));
+    for (double v : {c.calibrate.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
+    h.update(c10::toString(compute_dtype(c)));
+  }
+  cache_dir_ = c.teacher.cache_root / ctx.fingerprints.at("teacher_cache");
   return hex64(h.digest());
 }
 
 void RoundingSearchStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
-  if (process_info().rank == 0) {
-    const LoadedModel lm = load_model(c, /*weights=*/false);
-    const GatesConfig gates = effective_gates(c, lm.arch);
-    const safetensors::Reader file(gate_scores_file(ctx.run_dir));
-    StructureScores scores;
-    if (gates.heads) scores.heads = rows_of(file.tensor("heads.score"));
-    if (gates.ffn) scores.ffn = rows_of(file.tensor("ffn.score"));
-    if (gates.hidden && lm.shape.family == ModelShape::Family::llama) scores.hidden = to_vector(file.tensor("hidden.score"));
-    if (gates.hidden && lm.shape.family == ModelShape::Family::vit) scores.hidden = to_vector(file.tensor("hidden.score"));
-    SearchRules rules;
-    rules.ffn_multiple = c.search.ffn_multiple;
-    rules.hidden_multiple = c.search.hidden_multiple;
-    rules.prune_kv_groups = c.search.prune_kv_groups;
-    rules.heads = gates.heads;
-    rules.ffn = gates.ffn;
-    rules.hidden = gates.hidden;
-    CostSpec cost;
-    cost.metric = c.budget.metric == BudgetMetric::params ? CostSpec::Metric::params : CostSpec::Metric::latency;
-    cost.target = c.budget.target;
-    cost.batch = c.budget.latency_batch;
-    cost.tokens = lm.shape.family == ModelShape::Family::vit
-                      ? (lm.shape.image_size / lm.shape.patch_size) * (lm.shape.image_size / lm.shape.patch_size) + 1
-                      : c.data.seq_len;
-    cost.rates = {c.budget.device_flops, c.budget.device_bandwidth};
-    LatencyTable table;
-    if (!c.search.latency_table.empty()) {
-      const std::string file = c.search.latency_table.string();
-      table = latency_table_from_json(read_json_file(c.search.latency_table), file);
-      if (table.batch != cost.batch || table.tokens != cost.tokens)
-        throw ConfigError(c.source.string() + ": search.latency_table '" + file + "' was measured at batch " +
-                          std::to_string(table.batch) + " x " + std::to_string(table.tokens) +
-                          " tokens; budget.latency_batch and the sequence length ask for " + std::to_string(cost.batch) +
-                          " x " + std::to_string(cost.tokens) + " (profile with --batch and --tokens to match)");
-      cost.table = &table;
-      log::info("rounding_search: latencies from " + file + " (" + table.device + ", " + table.dtype + ")");
+  // Every rank runs the search (it is deterministic); the probes are collective; rank 0 writes.
+  const LoadedModel lm = load_model(c, /*weights=*/false);
+  const GatesConfig gates = effective_gates(c, lm.arch);
+  const safetensors::Reader file(gate_scores_file(ctx.run_dir));
+  StructureScores scores;
+  if (gates.heads) scores.heads = rows_of(file.tensor("heads.score"));
+  if (gates.ffn) scores.ffn = rows_of(file.tensor("ffn.score"));
+  if (gates.hidden) scores.hidden = to_vector(file.tensor("hidden.score"));
+  SearchRules rules;
+  rules.ffn_multiple = c.search.ffn_multiple;
+  rules.hidden_multiple = c.search.hidden_multiple;
+  rules.prune_kv_groups = c.search.prune_kv_groups;
+  rules.heads = gates.heads;
+  rules.ffn = gates.ffn;
+  rules.hidden = gates.hidden;
+  CostSpec cost;
+  cost.metric = c.budget.metric == BudgetMetric::params ? CostSpec::Metric::params : CostSpec::Metric::latency;
+  cost.target = c.budget.target;
+  cost.batch = c.budget.latency_batch;
+  cost.tokens = lm.shape.family == ModelShape::Family::vit
+                    ? (lm.shape.image_size / lm.shape.patch_size) * (lm.shape.image_size / lm.shape.patch_size) + 1
+                    : c.data.seq_len;
+  cost.rates = {c.budget.device_flops, c.budget.device_bandwidth};
+  LatencyTable table;
+  if (!c.search.latency_table.empty()) {
+    const std::string file_name = c.search.latency_table.string();
+    table = latency_table_from_json(read_json_file(c.search.latency_table), file_name);
+    if (table.batch != cost.batch || table.tokens != cost.tokens)
+      throw ConfigError(c.source.string() + ": search.latency_table '" + file_name + "' was measured at batch " +
+                        std::to_string(table.batch) + " x " + std::to_string(table.tokens) +
+                        " tokens; budget.latency_batch and the sequence length ask for " + std::to_string(cost.batch) +
+                        " x " + std::to_string(cost.tokens) + " (profile with --batch and --tokens to match)");
+    cost.table = &table;
+    log::info("rounding_search: latencies from " + file_name + " (" + table.device + ", " + table.dtype + ")");
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  SearchResult r = search_shape(lm.shape, scores, rules, cost);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  // Probes: the kept importance does not tell which trade-off (fewer heads or a narrower FFN) keeps
+  // the model best, so the widest shapes of the few best head/hidden counts are each calibrated for a
+  // few steps and measured (KL to the teacher on training samples none of the fits saw first); the
+  // lowest KL wins.
+  nlohmann::json probes = nlohmann::json::array();
+  const int64_t n_probe = std::min<int64_t>(c.search.probe_shapes, static_cast<int64_t>(r.widest.size()));
+  if (n_probe > 1) {
+    const at::Device device = run_device(c);
+    auto comm = run_communicator(c, device);
+    const int64_t mb = c.train.micro_batch, accum = c.train.grad_accum;
+    const DistillData data(c, lm.arch, cache_dir_, mb * accum * process_info().size, "the search probes");
+    SampleOrder eval_order(data.train_samples(), c.run.seed, "probe-eval");
+    std::vector<int64_t> eval;
+    for (int64_t i = 0; i < std::min(c.search.probe_samples, data.train_samples()); ++i) eval.push_back(eval_order.at(i));
+    double best = std::numeric_limits<double>::infinity();
+    Candidate chosen = r.plan.chosen;
+    for (int64_t i = 0; i < n_probe; ++i) {
+      const Candidate& cand = r.widest[static_cast<size_t>(i)];
+      const Plan plan = plan_for(lm.shape, scores, cand, cost, r.plan.dense);
+      FitOptions o;
+      o.steps = c.search.probe_steps;
+      o.lr = c.calibrate.lr;
+      o.warmup = std::min<int64_t>(2, o.steps);
+      o.micro_batch = mb;
+      o.grad_accum = accum;
+      o.output_scales = c.calibrate.output_scales;
+      o.order_tag = "probe";
+      o.stage = "rounding_search";
+      const auto p0 = std::chrono::steady_clock::now();
+      const Scales sc = fit_scales(c, lm, plan, data, o, device, *comm);
+      const double kl = student_kl(c, lm, plan, sc, data, eval, device, *comm);
+      const double probe_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - p0).count();
+      const ModelShape& s = cand.shape;
+      char line[320];
+      std::snprintf(line, sizeof line,
+                    "rounding_search: probe %lld/%lld: hidden %lld, heads %lld (kv %lld), ffn %lld: %.4f of the dense "
+                    "%s, importance %.4f, KL %.4f after %lld calibration steps (%.1f s)",
+                    static_cast<long long>(i + 1), static_cast<long long>(n_probe), static_cast<long long>(s.hidden),
+                    static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads), static_cast<long long>(s.ffn),
+                    cand.cost_ratio, c.budget.metric == BudgetMetric::params ? "params" : "latency", cand.importance, kl,
+                    static_cast<long long>(o.steps), probe_s);
+      log::info(line);
+      probes.push_back({{"hidden_size", s.hidden}, {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv_heads},
+                        {"intermediate_size", s.ffn}, {"cost_ratio", cand.cost_ratio}, {"importance", cand.importance},
+                        {"kl", std::isfinite(kl) ? nlohmann::json(kl) : nlohmann::json(nullptr)}, {"seconds", probe_s}});
+      if (kl < best) best = kl, chosen = cand;
     }
+    if (!std::isfinite(best))
+      throw NumericError("rounding_search: every probe's KL is non-finite (a broken teacher cache or model?)");
+    r.plan = plan_for(lm.shape, scores, chosen, cost, r.plan.dense);
+  }
 
-    const auto t0 = std::chrono::steady_clock::now();
-    const SearchResult r = search_shape(lm.shape, scores, rules, cost);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
+  if (process_info().rank == 0) {
     const fs::path dir = ctx.run_dir / "plan";
     fs::create_directories(dir);
     nlohmann::json j = plan_to_json(r.plan);
     j["legal_shapes"] = r.legal;
     j["search_seconds"] = seconds;
+    j["probes"] = probes;
     atomic_write_text(dir / "plan.json", j.dump(1) + "\n");
     std::ostringstream csv;
     csv << "hidden_size,num_attention_heads,num_key_value_heads,intermediate_size,parameters,flops,latency_s,"
@@ -116,16 +183,16 @@ void RoundingSearchStage::run(const StageContext& ctx) {
       csv << line;
     }
     atomic_write_text(dir / "candidates.csv", csv.str());
-    const ModelShape& s = r.plan.chosen.shape;
-    char line[512];
-    std::snprintf(line, sizeof line,
-                  "rounding_search: hidden %lld, heads %lld (kv %lld), ffn %lld: %.4f of the dense %s (target %.4f), "
-                  "importance kept %.4f; %zu legal shapes, %zu on the Pareto front, %.3f s",
-                  static_cast<long long>(s.hidden), static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
-                  static_cast<long long>(s.ffn), r.plan.chosen.cost_ratio, r.plan.metric.c_str(), c.budget.target,
-                  r.plan.chosen.importance, r.legal, r.pareto.size(), seconds);
-    log::info(line);
   }
+  const ModelShape& s = r.plan.chosen.shape;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "rounding_search: hidden %lld, heads %lld (kv %lld), ffn %lld: %.4f of the dense %s (target %.4f), "
+                "importance kept %.4f; %zu legal shapes, %zu on the Pareto front, %.3f s",
+                static_cast<long long>(s.hidden), static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
+                static_cast<long long>(s.ffn), r.plan.chosen.cost_ratio, r.plan.metric.c_str(), c.budget.target,
+                r.plan.chosen.importance, r.legal, r.pareto.size(), seconds);
+  log::info(line);
   world::barrier();
 }
 

@@ -1,8 +1,13 @@
 // Stage rounding_search: from the global gate scores to one legal, GPU-friendly shape within the
-// budget (core/shape_search), and which heads and channels each layer keeps. Rank 0 computes and
-// writes <run_dir>/plan/plan.json and <run_dir>/plan/candidates.csv (the Pareto front); the search
-// is cheap and deterministic, so other ranks only wait.
+// budget (core/shape_search), and which heads and channels each layer keeps. Every rank runs the
+// (deterministic) search; then, with search.probe_shapes > 1, the widest shapes of the best few
+// head/hidden counts are each calibrated for search.probe_steps steps and measured (KL to the teacher
+// on training samples), collectively, and the lowest KL wins: kept importance alone does not say
+// whether fewer heads or a narrower FFN keeps the model better. Rank 0 writes
+// <run_dir>/plan/plan.json (with the probes) and <run_dir>/plan/candidates.csv (the Pareto front).
 #pragma once
+
+#include <filesystem>
 
 #include "stages/stage.h"
 
@@ -14,6 +19,9 @@ class RoundingSearchStage final : public Stage {
   std::string_view name() const override { return "rounding_search"; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
+
+ private:
+  std::filesystem::path cache_dir_;
 };
 
 }  // namespace hawada

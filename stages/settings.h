@@ -82,7 +82,7 @@ struct TrainConfig {
   double mse_weight = 0.0;
   int64_t checkpoint_every = 200;
   int64_t holdout = 16;           ///< The last samples of the data, never trained on: export verification.
-  int importance_batches = 8;     ///< Micro-batches per rank that reduce_gates measures importance on.
+  int importance_batches = 16;    ///< Micro-batches (in all) the importance pass before training measures.
   bool operator==(const TrainConfig&) const = default;
 };
 
@@ -102,7 +102,45 @@ struct SearchConfig {
   int hidden_multiple = 128;
   std::filesystem::path latency_table;  ///< Empty = analytic latency model.
   bool prune_kv_groups = false;
+  int probe_shapes = 4;    ///< Candidate shapes (each the widest at its head/hidden counts) measured by a short fit.
+  int64_t probe_steps = 8; ///< Calibration steps of each probe.
+  int64_t probe_samples = 16;  ///< Training samples each probe's KL is measured on.
   bool operator==(const SearchConfig&) const = default;
+};
+
+/// [calibrate]: the kept structures' scales fitted to the teacher at the chosen shape (weights frozen).
+struct CalibrateConfig {
+  int64_t steps = 100;          ///< 0: the plain 0/1 masks (every scale 1).
+  double lr = 0.03;
+  int64_t warmup = 10;
+  int micro_batch = 0;          ///< 0 = train.micro_batch.
+  int grad_accum = 0;           ///< 0 = train.grad_accum.
+  bool output_scales = true;    ///< also one scale per output channel of o_proj / down_proj (per layer)
+  int64_t checkpoint_every = 50;
+  bool operator==(const CalibrateConfig&) const = default;
+};
+
+/// [heal]: distillation of the pruned model's weights from the teacher cache (off when steps = 0).
+struct HealConfig {
+  int64_t steps = 0;
+  double lr = 1e-4;
+  int64_t warmup = 20;
+  int micro_batch = 0;           ///< 0 = train.micro_batch.
+  int grad_accum = 0;            ///< 0 = train.grad_accum.
+  double weight_decay = 0.0;
+  double clip = 1.0;             ///< global gradient-norm clip (0 = none)
+  std::string train = "all";     ///< "all", or a comma-separated list of attention, mlp, norm, embedding, head
+  int64_t checkpoint_every = 100;
+  int64_t eval_every = 50;       ///< steps between held-out KL measurements (0 = only at the end)
+  bool operator==(const HealConfig&) const = default;
+};
+
+/// [evaluate]: how the export's quality and speed are measured.
+struct EvaluateConfig {
+  std::filesystem::path data;  ///< Empty: the run's held-out samples; else a file of data.format.
+  int64_t samples = 0;         ///< 0 = every held-out sample (or every sample of `data`).
+  int latency_repeats = 10;
+  bool operator==(const EvaluateConfig&) const = default;
 };
 
 /// [export]: the pruned checkpoint written at the end.
@@ -132,7 +170,10 @@ struct Config {
   TrainConfig train;
   BudgetConfig budget;
   SearchConfig search;
+  CalibrateConfig calibrate;
+  HealConfig heal;
   ExportConfig export_;  ///< The [export] section (`export` is a C++ keyword).
+  EvaluateConfig evaluate;
   DistConfig dist;
   bool operator==(const Config&) const = default;
 };

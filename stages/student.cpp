@@ -4,8 +4,11 @@
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 
+#include <nlohmann/json.hpp>
+
 #include "core/device.h"
 #include "core/errors.h"
+#include "core/slicing.h"
 #include "core/process.h"
 #include "core/teacher_cache.h"
 
@@ -180,6 +183,116 @@ double BudgetCost::ratio_of(const GateCounts& counts) const {
   at::NoGradGuard no_grad;
   return ratio(counts).item<double>();
 }
+
+namespace {
+
+// Rows of `dense` [layers, n] at each layer's kept indices -> [layers, kept].
+at::Tensor gather_rows(const at::Tensor& dense, const std::vector<std::vector<int64_t>>& kept) {
+  std::vector<at::Tensor> rows;
+  for (size_t l = 0; l < kept.size(); ++l) rows.push_back(dense[static_cast<int64_t>(l)].index_select(0, index_tensor(kept[l])));
+  return at::stack(rows);
+}
+
+// [layers, kept] -> [layers, n] with `fill` elsewhere.
+at::Tensor scatter_rows(const at::Tensor& sliced, const std::vector<std::vector<int64_t>>& kept, int64_t n, double fill) {
+  at::Tensor out = at::full({static_cast<int64_t>(kept.size()), n}, fill, at::kFloat);
+  const at::Tensor src = sliced.detach().cpu().to(at::kFloat);
+  for (size_t l = 0; l < kept.size(); ++l)
+    out[static_cast<int64_t>(l)].index_copy_(0, index_tensor(kept[l]), src[static_cast<int64_t>(l)]);
+  return out;
+}
+
+std::vector<std::vector<int64_t>> every_layer(const std::vector<int64_t>& kept, size_t layers) {
+  return std::vector<std::vector<int64_t>>(layers, kept);
+}
+
+}  // namespace
+
+Scales Scales::ones(const Plan& plan) {
+  const ModelShape& d = plan.dense.shape;
+  Scales s;
+  s.heads = scatter_rows(at::ones({d.layers, plan.chosen.shape.heads}), plan.heads, d.heads, 0.0);
+  s.ffn = scatter_rows(at::ones({d.layers, plan.chosen.shape.ffn}), plan.ffn, d.ffn, 0.0);
+  return s;
+}
+
+Scales Scales::from_sliced(const Plan& plan, const GateValues& g) {
+  const ModelShape& d = plan.dense.shape;
+  const auto hidden = every_layer(plan.hidden, static_cast<size_t>(d.layers));
+  Scales s = ones(plan);
+  if (g.heads.defined()) s.heads = scatter_rows(g.heads, plan.heads, d.heads, 0.0);
+  if (g.ffn.defined()) s.ffn = scatter_rows(g.ffn, plan.ffn, d.ffn, 0.0);
+  if (g.attn_out.defined()) s.attn_out = scatter_rows(g.attn_out, hidden, d.hidden, 1.0);
+  if (g.mlp_out.defined()) s.mlp_out = scatter_rows(g.mlp_out, hidden, d.hidden, 1.0);
+  return s;
+}
+
+GateValues Scales::sliced(const Plan& plan) const {
+  const auto hidden = every_layer(plan.hidden, plan.heads.size());
+  GateValues g;
+  g.heads = gather_rows(heads, plan.heads);
+  g.ffn = gather_rows(ffn, plan.ffn);
+  if (attn_out.defined()) g.attn_out = gather_rows(attn_out, hidden);
+  if (mlp_out.defined()) g.mlp_out = gather_rows(mlp_out, hidden);
+  return g;
+}
+
+std::vector<safetensors::NamedTensor> Scales::named() const {
+  std::vector<safetensors::NamedTensor> out{{"heads", heads.contiguous()}, {"ffn", ffn.contiguous()}};
+  if (attn_out.defined()) out.push_back({"attn_out", attn_out.contiguous()});
+  if (mlp_out.defined()) out.push_back({"mlp_out", mlp_out.contiguous()});
+  return out;
+}
+
+Scales Scales::read(const fs::path& file, const Plan& plan) {
+  const safetensors::Reader r(file);
+  const ModelShape& d = plan.dense.shape;
+  auto take = [&](const char* name, std::vector<int64_t> shape, bool required) {
+    if (!r.contains(name)) {
+      if (required) throw CheckpointError("'" + file.string() + "' has no tensor '" + name + "'");
+      return at::Tensor();
+    }
+    const at::Tensor t = r.tensor(name);
+    if (t.sizes() != at::IntArrayRef(shape) || t.scalar_type() != at::kFloat)
+      throw CheckpointError("tensor '" + std::string(name) + "' in '" + file.string() + "' is " +
+                            c10::toString(t.scalar_type()) + " " + c10::str(t.sizes()) + ", expected Float " +
+                            c10::str(at::IntArrayRef(shape)));
+    if (!at::isfinite(t).all().item<bool>())
+      throw NumericError("tensor '" + std::string(name) + "' in '" + file.string() + "' holds non-finite values");
+    return t.clone();
+  };
+  Scales s;
+  s.heads = take("heads", {d.layers, d.heads}, true);
+  s.ffn = take("ffn", {d.layers, d.ffn}, true);
+  s.attn_out = take("attn_out", {d.layers, d.hidden}, false);
+  s.mlp_out = take("mlp_out", {d.layers, d.hidden}, false);
+  return s;
+}
+
+GateValues student_gates(const Plan& plan, const Scales& scales) {
+  GateValues v;
+  v.heads = scales.heads;
+  v.ffn = scales.ffn;
+  v.attn_out = scales.attn_out;
+  v.mlp_out = scales.mlp_out;
+  if (plan.chosen.shape.hidden != plan.dense.shape.hidden)
+    v.hidden = at::zeros({plan.dense.shape.hidden}, at::kFloat).index_fill_(0, index_tensor(plan.hidden), 1.0);
+  return v;
+}
+
+HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const Scales& scales) {
+  const GateValues folds = student_gates(plan, scales);
+  std::vector<safetensors::NamedTensor> tensors = dense.adapter->prune_weights(dense.checkpoint, plan, folds);
+  nlohmann::json config = dense.adapter->pruned_config(dense.checkpoint.config(), plan);
+  return HfCheckpoint::in_memory(std::move(config), tensors, dense.checkpoint.dir() / "(pruned in memory)");
+}
+
+Plan read_plan(const fs::path& run_dir, const ModelShape& dense) {
+  const fs::path file = run_dir / "plan" / "plan.json";
+  return plan_from_json(read_json_file(file), dense, file.string());
+}
+
+fs::path scales_file(const fs::path& run_dir) { return run_dir / "calibrate" / "scales.safetensors"; }
 
 fs::path trained_gates_file(const fs::path& run_dir) { return run_dir / "train" / "gates.safetensors"; }
 fs::path gate_scores_file(const fs::path& run_dir) { return run_dir / "gates" / "scores.safetensors"; }

@@ -17,6 +17,7 @@
 #include "core/data.h"
 #include "core/gates.h"
 #include "core/safetensors.h"
+#include "core/shape_search.h"
 #include "stages/settings.h"
 
 namespace hawada {
@@ -99,6 +100,38 @@ class BudgetCost {
   double dense_ = 1;
 };
 
+/// What a pruned student multiplies its kept structures by, indexed like the dense model (fp32, host):
+/// heads [layers, heads] and ffn [layers, ffn] (0 for the structures the plan removes), attn_out and
+/// mlp_out [layers, hidden] (the output scales of each block's last projection; undefined = 1). The
+/// export folds them into o_proj / down_proj; calibrate fits them.
+struct Scales {
+  at::Tensor heads, ffn, attn_out, mlp_out;
+  /// 1 on every structure the plan keeps, 0 on the rest; no output scales.
+  static Scales ones(const Plan& plan);
+  /// The scales of a model sliced to the plan's shape (per kept structure, [layers, kept]) spread to the
+  /// dense indices.
+  static Scales from_sliced(const Plan& plan, const GateValues& sliced);
+  /// The inverse: per kept structure, for a model sliced to the plan's shape (attn_out/mlp_out at the
+  /// kept hidden channels).
+  GateValues sliced(const Plan& plan) const;
+  std::vector<safetensors::NamedTensor> named() const;
+  /// CheckpointError naming the file when it does not hold scales for this plan.
+  static Scales read(const std::filesystem::path& file, const Plan& plan);
+};
+
+/// The hard-gated student of a plan: the dense model's gate values (the scales, and the 0/1 mask of the
+/// kept hidden channels when hidden channels are pruned). Its logits equal the pruned export's.
+GateValues student_gates(const Plan& plan, const Scales& scales);
+
+/// The pruned model of `plan` in memory: the dense checkpoint sliced, `scales` folded into the output
+/// projections, its config.json with the plan's counts.
+HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const Scales& scales);
+
+/// Reads <run_dir>/plan/plan.json for the dense model of a run.
+Plan read_plan(const std::filesystem::path& run_dir, const ModelShape& dense);
+
+/// Where calibrate publishes the fitted scales.
+std::filesystem::path scales_file(const std::filesystem::path& run_dir);
 /// Where train_gates publishes its final gate parameters.
 std::filesystem::path trained_gates_file(const std::filesystem::path& run_dir);
 /// Where reduce_gates publishes the global scores.

@@ -130,6 +130,7 @@ class LlamaModel final : public Model {
       layers_.push_back(std::move(layer));
     }
     w.finish();
+    weights_ = w.loaded();
   }
 
   at::Tensor features(const Batch& batch, const GateValues* gates) const override { return hidden_states(batch, gates); }
@@ -171,7 +172,7 @@ class LlamaModel final : public Model {
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
       at::Tensor hs = layers::rms_norm(x, l.attn_norm, eps_, hidden_gate);
-      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim}).transpose(1, 2);
       at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
       at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
@@ -180,16 +181,20 @@ class LlamaModel final : public Model {
       at::Tensor a = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, /*is_causal=*/!mask.defined(), scale,
                                                       /*enable_gqa=*/arch_.kv_heads != arch_.heads);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
-      if (imp && imp->heads.defined()) imp->heads[i] += a.abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
+      if (imp && imp->heads.defined()) imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
       a = a.transpose(1, 2).reshape({B, L, arch_.heads * arch_.head_dim});
-      x = x + layers::gate_last_dim(l.proj[kO](a), hidden_gate);
+      at::Tensor o = l.proj[kO](a);
+      if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
+      x = x + layers::gate_last_dim(o, hidden_gate);
 
       hs = layers::rms_norm(x, l.mlp_norm, eps_, hidden_gate);
-      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       at::Tensor m = at::silu(l.proj[kGate](hs)) * l.proj[kUp](hs);
       if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
-      if (imp && imp->ffn.defined()) imp->ffn[i] += m.abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
-      x = x + layers::gate_last_dim(l.proj[kDown](m), hidden_gate);
+      if (imp && imp->ffn.defined()) imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
+      at::Tensor d = l.proj[kDown](m);
+      if (gates && gates->mlp_out.defined()) d = d * gates->mlp_out[i].to(dtype_);
+      x = x + layers::gate_last_dim(d, hidden_gate);
     }
     return layers::rms_norm(x, final_norm_, eps_, hidden_gate);
   }
@@ -268,20 +273,23 @@ std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckp
       const std::string r(rest);
       const std::vector<int64_t> q = expand_indices(plan.heads[l], hd), kv = expand_indices(plan.kv_heads[l], hd);
       const std::vector<int64_t>& f = plan.ffn[l];
-      at::Tensor head_scale, ffn_scale;
+      at::Tensor head_scale, ffn_scale, attn_rows, mlp_rows;
       if (folds.heads.defined())
         head_scale = folds.heads[layer].index_select(0, index_tensor(plan.heads[l])).repeat_interleave(hd);
       if (folds.ffn.defined()) ffn_scale = folds.ffn[layer].index_select(0, index_tensor(f));
+      if (folds.attn_out.defined()) attn_rows = folds.attn_out[layer].index_select(0, index_tensor(hidden));
+      if (folds.mlp_out.defined()) mlp_rows = folds.mlp_out[layer].index_select(0, index_tensor(hidden));
       at::Tensor s;
       if (r == "self_attn.q_proj.weight") s = slice_linear(t, q, hidden);
       else if (r == "self_attn.q_proj.bias") s = slice_dim(t, 0, q);
       else if (r == "self_attn.k_proj.weight" || r == "self_attn.v_proj.weight") s = slice_linear(t, kv, hidden);
       else if (r == "self_attn.k_proj.bias" || r == "self_attn.v_proj.bias") s = slice_dim(t, 0, kv);
-      else if (r == "self_attn.o_proj.weight") s = slice_linear(t, hidden, q, head_scale);
-      else if (r == "self_attn.o_proj.bias" || r == "mlp.down_proj.bias") s = slice_dim(t, 0, hidden);
+      else if (r == "self_attn.o_proj.weight") s = slice_linear(t, hidden, q, head_scale, attn_rows);
+      else if (r == "self_attn.o_proj.bias") s = slice_vector(t, hidden, attn_rows);
+      else if (r == "mlp.down_proj.bias") s = slice_vector(t, hidden, mlp_rows);
       else if (r == "mlp.gate_proj.weight" || r == "mlp.up_proj.weight") s = slice_linear(t, f, hidden);
       else if (r == "mlp.gate_proj.bias" || r == "mlp.up_proj.bias") s = slice_dim(t, 0, f);
-      else if (r == "mlp.down_proj.weight") s = slice_linear(t, hidden, f, ffn_scale);
+      else if (r == "mlp.down_proj.weight") s = slice_linear(t, hidden, f, ffn_scale, mlp_rows);
       else if (r == "input_layernorm.weight" || r == "post_attention_layernorm.weight") s = slice_norm(t, hidden);
       else if (r == "self_attn.rotary_emb.inv_freq") s = t.contiguous();  // depends on head_dim only, which stays
       else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
@@ -293,6 +301,15 @@ std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckp
     else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
   }
   return out;
+}
+
+std::string LlamaAdapter::weight_kind(const std::string& name) const {
+  if (name.find(".self_attn.") != std::string::npos) return "attention";
+  if (name.find(".mlp.") != std::string::npos) return "mlp";
+  if (name.find("layernorm") != std::string::npos || name == LlamaNames::final_norm) return "norm";
+  if (name == LlamaNames::embed) return "embedding";
+  if (name == LlamaNames::lm_head) return "head";
+  return "other";
 }
 
 nlohmann::json LlamaAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {

@@ -14,6 +14,7 @@ class LlamaAdapter final : public ModelAdapter {
   std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
                                                       const GateValues& folds) const override;
   nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const override;
+  std::string weight_kind(const std::string& name) const override;
 };
 
 }  // namespace hawada

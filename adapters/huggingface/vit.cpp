@@ -90,6 +90,7 @@ class VitModel final : public Model {
       pooler_ = affine(p + VitNames::pooler, {pooled, h}, true);
     }
     w.finish();
+    weights_ = w.loaded();
   }
 
   at::Tensor features(const Batch& batch, const GateValues* gates) const override {
@@ -140,23 +141,27 @@ class VitModel final : public Model {
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const VitLayer& l = layers_[static_cast<size_t>(i)];
       at::Tensor hs = layers::layer_norm(x, l.norm_before.weight, l.norm_before.bias, eps_, hidden_gate);
-      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       auto heads = [&](const Affine& a) {
         return linear(hs, a).view({B, T, arch_.heads, arch_.head_dim}).transpose(1, 2);
       };
       at::Tensor a = at::scaled_dot_product_attention(heads(l.proj[kQ]), heads(l.proj[kK]), heads(l.proj[kV]),
                                                       std::nullopt, 0.0, false, scale);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
-      if (imp && imp->heads.defined()) imp->heads[i] += a.abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
+      if (imp && imp->heads.defined()) imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
       a = a.transpose(1, 2).reshape({B, T, arch_.heads * arch_.head_dim});
-      x = x + layers::gate_last_dim(linear(a, l.proj[kO]), hidden_gate);
+      at::Tensor o = linear(a, l.proj[kO]);
+      if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
+      x = x + layers::gate_last_dim(o, hidden_gate);
 
       hs = layers::layer_norm(x, l.norm_after.weight, l.norm_after.bias, eps_, hidden_gate);
-      if (imp && imp->hidden.defined()) imp->hidden += hs.abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
+      if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       at::Tensor m = at::gelu(linear(hs, l.proj[kFc1]));
       if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
-      if (imp && imp->ffn.defined()) imp->ffn[i] += m.abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
-      x = x + layers::gate_last_dim(linear(m, l.proj[kFc2]), hidden_gate);
+      if (imp && imp->ffn.defined()) imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
+      at::Tensor d = linear(m, l.proj[kFc2]);
+      if (gates && gates->mlp_out.defined()) d = d * gates->mlp_out[i].to(dtype_);
+      x = x + layers::gate_last_dim(d, hidden_gate);
     }
     return layers::layer_norm(x, final_norm_.weight, final_norm_.bias, eps_, hidden_gate);
   }
@@ -227,10 +232,12 @@ std::vector<safetensors::NamedTensor> VitAdapter::prune_weights(const HfCheckpoi
       const std::string r(rest);
       const std::vector<int64_t> q = expand_indices(plan.heads[l], hs);
       const std::vector<int64_t>& f = plan.ffn[l];
-      at::Tensor head_scale, ffn_scale;
+      at::Tensor head_scale, ffn_scale, attn_rows, mlp_rows;
       if (folds.heads.defined())
         head_scale = folds.heads[layer].index_select(0, index_tensor(plan.heads[l])).repeat_interleave(hs);
       if (folds.ffn.defined()) ffn_scale = folds.ffn[layer].index_select(0, index_tensor(f));
+      if (folds.attn_out.defined()) attn_rows = folds.attn_out[layer].index_select(0, index_tensor(hidden));
+      if (folds.mlp_out.defined()) mlp_rows = folds.mlp_out[layer].index_select(0, index_tensor(hidden));
       at::Tensor s;
       if (r == "attention.attention.query.weight" || r == "attention.attention.key.weight" ||
           r == "attention.attention.value.weight")
@@ -238,11 +245,12 @@ std::vector<safetensors::NamedTensor> VitAdapter::prune_weights(const HfCheckpoi
       else if (r == "attention.attention.query.bias" || r == "attention.attention.key.bias" ||
                r == "attention.attention.value.bias")
         s = slice_dim(t, 0, q);
-      else if (r == "attention.output.dense.weight") s = slice_linear(t, hidden, q, head_scale);
-      else if (r == "attention.output.dense.bias" || r == "output.dense.bias") s = slice_dim(t, 0, hidden);
+      else if (r == "attention.output.dense.weight") s = slice_linear(t, hidden, q, head_scale, attn_rows);
+      else if (r == "attention.output.dense.bias") s = slice_vector(t, hidden, attn_rows);
+      else if (r == "output.dense.bias") s = slice_vector(t, hidden, mlp_rows);
       else if (r == "intermediate.dense.weight") s = slice_linear(t, f, hidden);
       else if (r == "intermediate.dense.bias") s = slice_dim(t, 0, f);
-      else if (r == "output.dense.weight") s = slice_linear(t, hidden, f, ffn_scale);
+      else if (r == "output.dense.weight") s = slice_linear(t, hidden, f, ffn_scale, mlp_rows);
       else if (r.rfind("layernorm_before.", 0) == 0 || r.rfind("layernorm_after.", 0) == 0) s = slice_norm(t, hidden);
       else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
       out.push_back({name, s});
@@ -262,6 +270,16 @@ std::vector<safetensors::NamedTensor> VitAdapter::prune_weights(const HfCheckpoi
     out.push_back({name, s});
   }
   return out;
+}
+
+std::string VitAdapter::weight_kind(const std::string& full) const {
+  const std::string name = full.rfind("vit.", 0) == 0 ? full.substr(4) : full;
+  if (name.find(".attention.") != std::string::npos) return "attention";
+  if (name.find(".intermediate.") != std::string::npos || name.find(".output.dense") != std::string::npos) return "mlp";
+  if (name.find("layernorm") != std::string::npos) return "norm";
+  if (name.rfind("embeddings.", 0) == 0) return "embedding";
+  if (name.rfind("classifier.", 0) == 0 || name.rfind("pooler.", 0) == 0) return "head";
+  return "other";
 }
 
 nlohmann::json VitAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {

@@ -131,7 +131,7 @@ def test_llama_export_loads_and_matches(llama_run, cli, tmp_path):
     rel = (theirs - ours).abs().max() / theirs.abs().max()
     assert rel <= 1e-4, rel
     summary = json.load(open(d / "run" / "export" / "summary.json"))
-    assert summary["verify"]["passed"] and summary["verify"]["held_out"] and summary["verify"]["relative"] <= 1e-4
+    assert summary["verify"]["passed"] and summary["verify"]["held_out"] and summary["verify"]["relative_l2"] <= 1e-4
     assert "export: verify on 8 held-out samples" in p.stderr
 
 

@@ -103,7 +103,8 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(setup, mpirun):
     mpirun(1, one, *STAGES)
     mpirun(2, two, *STAGES)
     a, b = gates_of(d / "acc2"), gates_of(d / "np2")
-    assert a.keys() == b.keys() == {"heads.log_alpha", "ffn.log_alpha"}
+    assert a.keys() == b.keys() == {"heads.log_alpha", "ffn.log_alpha", "heads.activation", "heads.fisher",
+                                    "ffn.activation", "ffn.fisher"}
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=k)
     ma, mb = metrics_of(d / "acc2"), metrics_of(d / "np2")

@@ -1,0 +1,246 @@
+#include "stages/calibrate.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/errors.h"
+#include "core/fault.h"
+#include "core/fs.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+#include "core/safetensors.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The trainable scales of a sliced student in one flat fp32 vector: heads [L, H'], ffn [L, F'], and
+// (optionally) attn_out, mlp_out [L, D'].
+struct FlatScales {
+  FlatScales(const ModelShape& s, bool output_scales, const at::Device& device)
+      : layers(s.layers), heads(s.heads), ffn(s.ffn), hidden(output_scales ? s.hidden : 0) {
+    flat = at::ones({layers * (heads + ffn + 2 * hidden)}, at::TensorOptions().dtype(at::kFloat).device(device));
+  }
+  GateValues values(const at::Tensor& like) const {
+    GateValues g;
+    int64_t at = 0;
+    auto take = [&](int64_t width) {
+      at::Tensor v = like.narrow(0, at, layers * width).view({layers, width});
+      at += layers * width;
+      return v;
+    };
+    g.heads = take(heads);
+    g.ffn = take(ffn);
+    if (hidden > 0) g.attn_out = take(hidden), g.mlp_out = take(hidden);
+    return g;
+  }
+  int64_t layers, heads, ffn, hidden;
+  at::Tensor flat;
+};
+
+}  // namespace
+
+Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, const DistillData& data,
+                  const FitOptions& o, const at::Device& device, Communicator& comm) {
+  const auto& proc = process_info();
+  const HfCheckpoint ckpt = with_context(o.stage + ": slicing the student: ", [&] {
+    return pruned_checkpoint(dense, plan, Scales::ones(plan));
+  });
+  const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
+  FlatScales scales(plan.chosen.shape, o.output_scales, device);
+  Adam adam(scales.flat);
+  const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
+  int64_t step = 0;
+  if (o.checkpoints) {
+    step = o.checkpoints->resume({{"scales", &scales.flat}, {"adam_m", &adam.m}, {"adam_v", &adam.v}}, *cpu_comm);
+    if (step > 0) log::info(o.stage + ": resumed from step " + std::to_string(step) + " of " + std::to_string(o.steps));
+  }
+  std::ofstream metrics;
+  if (proc.rank == 0 && !o.metrics.empty()) {
+    fs::create_directories(o.metrics.parent_path());
+    if (step == 0) fs::remove(o.metrics);
+    else trim_metrics(o.metrics, step);
+    metrics.open(o.metrics, std::ios::app);
+  }
+  const int64_t global_micros = static_cast<int64_t>(proc.size) * o.grad_accum;
+  SampleOrder order(data.train_samples(), c.run.seed, o.order_tag);
+  std::unique_ptr<PreemptionFlag> sigterm;
+  if (o.checkpoints) sigterm = std::make_unique<PreemptionFlag>();
+  const auto t0 = Clock::now();
+  auto last_report = t0;
+  const int64_t first_step = step;
+  scales.flat.requires_grad_(true);
+  while (step < o.steps) {
+    const auto step_t0 = Clock::now();
+    if (scales.flat.grad().defined()) scales.flat.mutable_grad().zero_();
+    const GateValues values = scales.values(scales.flat);
+    LossParts sum;
+    for (int64_t a = 0; a < o.grad_accum; ++a) {
+      const int64_t g = proc.rank * o.grad_accum + a;
+      const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, o.micro_batch);
+      const Batch batch = with_context(o.stage + ": ", [&] { return data.batch(samples, device); });
+      const LossParts p = distill_backward(*model, batch, data.teacher(samples), &values, c.train.kd_temperature,
+                                           c.train.mse_weight, 1.0 / static_cast<double>(global_micros));
+      sum.kl += p.kl, sum.tokens += p.tokens;
+      sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
+    }
+    at::Tensor grad = scales.flat.grad().defined() ? scales.flat.grad().detach() : at::zeros_like(scales.flat.detach());
+    at::Tensor bucket = at::cat({grad.to(at::kDouble), at::tensor({sum.kl, static_cast<double>(sum.tokens)}, at::kDouble).to(device)});
+    comm.all_reduce(bucket, Communicator::Op::sum);
+    grad = bucket.narrow(0, 0, grad.numel()).to(at::kFloat);
+    const at::Tensor stats = bucket.narrow(0, grad.numel(), 2).cpu();
+    const double kl = stats[0].item<double>() / static_cast<double>(global_micros);
+    check_finite(kl, "the distillation loss", o.stage, step + 1);
+    check_finite(grad.abs().sum().item<double>(), "the scale gradient", o.stage, step + 1);
+    const double lr = o.lr * warmup_cosine(step, o.warmup, o.steps, 0.0);
+    {
+      at::NoGradGuard no_grad;
+      at::Tensor params = scales.flat.detach();
+      adam.step(params, grad, lr, step + 1);
+    }
+    step += 1;
+    const double step_s = since(step_t0);
+    if (proc.rank == 0 && metrics.is_open()) {
+      nlohmann::json j{{"step", step}, {"kl", kl}, {"lr", lr}, {"tokens_per_s", stats[1].item<double>() / step_s},
+                       {"step_s", step_s}, {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s},
+                       {"backward_s", sum.backward_s}};
+      metrics << j.dump() << "\n" << std::flush;
+    }
+    if (proc.rank == 0 && (Clock::now() - last_report > std::chrono::seconds(5) || step == o.steps)) {
+      const double per_step = since(t0) / static_cast<double>(step - first_step);
+      char line[256];
+      std::snprintf(line, sizeof line, "%s: step %lld/%lld kl %.4f lr %.4f ETA %s", o.stage.c_str(),
+                    static_cast<long long>(step), static_cast<long long>(o.steps), kl, lr,
+                    log::duration(per_step * static_cast<double>(o.steps - step)).c_str());
+      log::info(line);
+      last_report = Clock::now();
+    }
+    if (!o.checkpoints) continue;
+    if (step % c.dist.check_every == 0 || step == o.steps) check_identical_across_ranks(scales.flat, "scales", step);
+    fault_point(o.stage + ".after_step_" + std::to_string(step));
+    const bool preempt = sigterm->any_rank();
+    if (step % o.checkpoint_every == 0 || step == o.steps || preempt)
+      o.checkpoints->write(step, {{"scales", scales.flat.detach()}, {"adam_m", adam.m}, {"adam_v", adam.v}});
+    if (preempt && step < o.steps) {
+      world::barrier();
+      throw Preempted(o.stage + ": SIGTERM: checkpointed step " + std::to_string(step) + " of " +
+                      std::to_string(o.steps) + "; rerun the same command to resume (exit " +
+                      std::to_string(kExitRequeue) + " = requeue)");
+    }
+  }
+  at::NoGradGuard no_grad;
+  const at::Tensor host = scales.flat.detach().cpu();
+  return Scales::from_sliced(plan, scales.values(host));
+}
+
+double student_kl(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
+                  const DistillData& data, const std::vector<int64_t>& samples, const at::Device& device,
+                  Communicator& comm) {
+  const auto& proc = process_info();
+  const HfCheckpoint ckpt = pruned_checkpoint(dense, plan, scales);
+  const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
+  double sum = 0, tokens = 0;
+  for (size_t i = static_cast<size_t>(proc.rank); i < samples.size(); i += static_cast<size_t>(proc.size)) {
+    const Batch batch = data.batch({samples[i]}, device);
+    const double n = batch.attention_mask.defined() ? batch.attention_mask.ne(0).sum().item<double>()
+                     : batch.input_ids.defined()    ? static_cast<double>(batch.input_ids.numel())
+                                                    : 1.0;
+    sum += distill_loss(*model, batch, data.teacher({samples[i]}), nullptr, c.train.kd_temperature) * n;
+    tokens += n;
+  }
+  at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
+  comm.all_reduce(t, Communicator::Op::sum);
+  const at::Tensor h = t.cpu();
+  return h[0].item<double>() / std::max(1.0, h[1].item<double>());
+}
+
+std::string CalibrateStage::fingerprint(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  const CalibrateConfig& k = c.calibrate;
+  const int64_t world = process_info().size;
+  const int64_t mb = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
+  const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  Hasher h;
+  h.update("calibrate/1");
+  h.update(ctx.fingerprints.at("rounding_search"));
+  h.update(c10::toString(compute_dtype(c)));
+  for (int64_t v : {k.steps, k.warmup, mb, accum * world, static_cast<int64_t>(k.output_scales), c.run.seed,
+                    c.train.holdout})
+    h.update_u64(static_cast<uint64_t>(v));
+  for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
+  fingerprint_ = hex64(h.digest());
+  cache_dir_ = c.teacher.cache_root / ctx.fingerprints.at("teacher_cache");
+  return fingerprint_;
+}
+
+void CalibrateStage::run(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  const CalibrateConfig& k = c.calibrate;
+  const auto& proc = process_info();
+  const at::Device device = run_device(c);
+  const LoadedModel dense = load_model(c, /*weights=*/false);
+  const Plan plan = read_plan(ctx.run_dir, dense.shape);
+  FitOptions o;
+  o.steps = k.steps;
+  o.lr = k.lr;
+  o.warmup = std::min(k.warmup, k.steps);
+  o.micro_batch = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
+  o.grad_accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  o.output_scales = k.output_scales;
+  o.checkpoint_every = k.checkpoint_every;
+  const fs::path dir = ctx.run_dir / "calibrate";
+  const StateCheckpoints checkpoints(dir / "checkpoints", fingerprint_, "calibrate");
+  o.checkpoints = &checkpoints;
+  o.metrics = dir / "metrics.jsonl";
+  const DistillData data(c, dense.arch, cache_dir_, o.micro_batch * o.grad_accum * proc.size, "calibration");
+  auto comm = run_communicator(c, device);
+
+  Scales scales = Scales::ones(plan);
+  if (k.steps > 0) {
+    log::info("calibrate: fitting the scales of " + std::to_string(plan.chosen.shape.heads) + " heads, " +
+              std::to_string(plan.chosen.shape.ffn) + " FFN channels" +
+              (k.output_scales ? " and " + std::to_string(plan.chosen.shape.hidden) + " output channels" : std::string()) +
+              " per layer, weights frozen: " + std::to_string(k.steps) + " steps of " +
+              std::to_string(o.micro_batch * o.grad_accum * proc.size) + " samples");
+    scales = fit_scales(c, dense, plan, data, o, device, *comm);
+  } else {
+    log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
+  }
+  // Held-out KL of the 0/1-mask student and of the calibrated one (on the samples export verifies on).
+  std::vector<int64_t> held;
+  for (int64_t s = data.train_samples(); s < data.samples() && held.size() < 16; ++s) held.push_back(s);
+  nlohmann::json summary{{"steps", k.steps}, {"output_scales", k.output_scales}};
+  if (!held.empty()) {
+    const double before = student_kl(c, dense, plan, Scales::ones(plan), data, held, device, *comm);
+    const double after = k.steps > 0 ? student_kl(c, dense, plan, scales, data, held, device, *comm) : before;
+    check_finite(after, "the held-out KL", "calibrate", k.steps);
+    summary["heldout_samples"] = held.size();
+    summary["heldout_kl_masks"] = before;
+    summary["heldout_kl_calibrated"] = after;
+    char line[256];
+    std::snprintf(line, sizeof line, "calibrate: held-out KL to the teacher on %zu samples: %.4f with 0/1 masks, %.4f calibrated",
+                  held.size(), before, after);
+    log::info(line);
+  }
+  if (proc.rank == 0) {
+    fs::create_directories(dir);
+    std::map<std::string, std::string> meta{{"fingerprint", fingerprint_}};
+    safetensors::write_file(scales_file(ctx.run_dir), scales.named(), meta);
+    atomic_write_text(dir / "summary.json", summary.dump(2) + "\n");
+  }
+  world::barrier();
+}
+
+}  // namespace hawada

@@ -1,0 +1,377 @@
+#include "stages/distill.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "core/device.h"
+#include "core/distill_loss.h"
+#include "core/errors.h"
+#include "core/fs.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+#include "stages/student.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Logits of one piece of tokens are at most this many bytes of fp32 [tokens, vocab]: small on the
+// CPU (cache-friendly, bounded memory), larger on a GPU (fewer, fuller launches).
+int64_t logit_piece_bytes(const at::Device& device) { return device.is_cuda() ? (1ll << 30) : (256ll << 20); }
+
+std::atomic<int> g_preempt{0};
+struct sigaction g_previous {};
+extern "C" void on_sigterm(int) { g_preempt.store(1); }
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string step_dir_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+}  // namespace
+
+PreemptionFlag::PreemptionFlag() {
+  g_preempt.store(0);
+  struct sigaction sa {};
+  sa.sa_handler = on_sigterm;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, &g_previous);
+}
+
+PreemptionFlag::~PreemptionFlag() { sigaction(SIGTERM, &g_previous, nullptr); }
+
+bool PreemptionFlag::any_rank() const { return world::sum(g_preempt.load()) > 0; }
+
+uint64_t mix_seed(std::initializer_list<uint64_t> values, std::string_view tag) {
+  Hasher h;
+  h.update(tag);
+  for (uint64_t v : values) h.update_u64(v);
+  return h.digest();
+}
+
+SampleOrder::SampleOrder(int64_t samples, int64_t seed, std::string_view tag)
+    : samples_(samples), seed_(seed), tag_(tag) {
+  HAWADA_ASSERT(samples > 0, "a sample order over at least one sample");
+}
+
+int64_t SampleOrder::at(int64_t position) {
+  const int64_t epoch = position / samples_;
+  auto it = epochs_.find(epoch);
+  if (it == epochs_.end()) {
+    if (epochs_.size() > 2) epochs_.erase(epochs_.begin());
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(
+        mix_seed({static_cast<uint64_t>(seed_), static_cast<uint64_t>(epoch)}, tag_));
+    it = epochs_.emplace(epoch, at::randperm(samples_, gen, at::kLong)).first;
+  }
+  return it->second[position % samples_].item<int64_t>();
+}
+
+std::vector<int64_t> SampleOrder::micro_batch(int64_t step, int64_t g, int64_t micros, int64_t micro_batch) {
+  std::vector<int64_t> samples;
+  for (int64_t j = 0; j < micro_batch; ++j) samples.push_back(at((step * micros + g) * micro_batch + j));
+  return samples;
+}
+
+LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
+                           double T, double mse_weight, double scale) {
+  LossParts parts;
+  auto t = Clock::now();
+  const at::Tensor features = model.features(batch, gates);
+  const at::Tensor detached = features.detach().requires_grad_(true);
+  const at::Device dev = features.device();
+  synchronize(dev);  // phase times are wall times of finished device work
+  parts.forward_s = since(t);
+  t = Clock::now();
+  if (teacher.logits.defined()) {  // classifier: the full teacher distribution
+    const at::Tensor s = model.head(detached).to(at::kFloat), tl = teacher.logits.to(s.device());
+    const at::Tensor kl =
+        (at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() * (T * T);
+    at::Tensor loss = kl;
+    const at::Tensor mse = (s - tl).pow(2).mean();
+    if (mse_weight > 0) loss = loss + mse * mse_weight;
+    (loss * scale).backward();
+    parts.kl = kl.item<double>();
+    parts.mse = mse.item<double>();
+    parts.tokens = s.size(0);
+  } else {
+    const int64_t B = features.size(0), L = features.size(1), D = features.size(2), k = teacher.topk_values.size(-1);
+    const at::Tensor flat = detached.view({B * L, D});
+    const at::Tensor values = teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
+    const at::Tensor indices = teacher.topk_indices.to(dev).view({B * L, k}).to(at::kLong);
+    const at::Tensor lse = teacher.logsumexp.to(dev).view({B * L});
+    // Token weights on the host (no device round trip per piece), and on the device for the loss.
+    const at::Tensor host_mask = batch.attention_mask.defined()
+                                     ? batch.attention_mask.cpu().reshape({B * L}).ne(0).to(at::kDouble)
+                                     : at::ones({B * L}, at::kDouble);
+    const at::Tensor host_cumsum = at::cat({at::zeros({1}, at::kDouble), host_mask.cumsum(0)});
+    const double* cum = host_cumsum.data_ptr<double>();
+    const at::Tensor mask = host_mask.to(at::kFloat).to(dev);
+    const double valid = cum[B * L];
+    if (valid == 0) throw DataError("a micro-batch has no unmasked token to learn from");
+    const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
+    const int64_t piece = std::max<int64_t>(1, logit_piece_bytes(dev) / (vocab * 4));
+    at::Tensor kl_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
+    at::Tensor mse_sum = at::zeros_like(kl_sum);
+    for (int64_t a = 0; a < B * L; a += piece) {
+      const int64_t b = std::min(B * L, a + piece);
+      const at::Tensor m = mask.slice(0, a, b);
+      const double w = (cum[b] - cum[a]) / valid;
+      if (w == 0) continue;
+      const at::Tensor s = model.head(flat.slice(0, a, b));
+      const at::Tensor kl = topk_kl_loss(s, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m) * w;
+      at::Tensor loss = kl;
+      if (mse_weight > 0) {
+        // MSE on the logits the cache holds (the teacher's top-k).
+        at::Tensor mse = (s.to(at::kFloat).gather(-1, indices.slice(0, a, b)) - values.slice(0, a, b)).pow(2).mean(-1);
+        mse = (mse * m).sum() / valid;
+        loss = loss + mse * mse_weight;
+        mse_sum += mse.detach().to(at::kDouble);
+      }
+      (loss * scale).backward();
+      kl_sum += kl.detach().to(at::kDouble);
+    }
+    parts.kl = kl_sum.item<double>();
+    parts.mse = mse_sum.item<double>();
+    parts.tokens = static_cast<int64_t>(valid);
+  }
+  parts.loss_s = since(t);
+  t = Clock::now();
+  if (features.requires_grad()) features.backward(detached.grad());
+  synchronize(dev);
+  parts.backward_s = since(t);
+  return parts;
+}
+
+double nll_backward(const Model& model, const Batch& batch, const at::Tensor& targets, const GateValues* gates) {
+  const at::Tensor features = model.features(batch, gates);
+  const at::Tensor detached = features.detach().requires_grad_(true);
+  const at::Device dev = features.device();
+  at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
+  if (features.dim() == 2) {  // classifier: [B, hidden] -> [B, labels]
+    const at::Tensor lp = at::log_softmax(model.head(detached).to(at::kFloat), -1);
+    const at::Tensor nll = -lp.gather(-1, targets.to(dev).view({-1, 1})).sum();
+    nll.backward();
+    total += nll.detach().to(at::kDouble);
+  } else {
+    const int64_t B = features.size(0), L = features.size(1), D = features.size(2);
+    const at::Tensor flat = detached.view({B * L, D});
+    const at::Tensor y = targets.to(dev).reshape({B * L, 1});
+    const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
+    const int64_t piece = std::max<int64_t>(1, logit_piece_bytes(dev) / (vocab * 4));
+    for (int64_t a = 0; a < B * L; a += piece) {
+      const int64_t b = std::min(B * L, a + piece);
+      const at::Tensor lp = at::log_softmax(model.head(flat.slice(0, a, b)).to(at::kFloat), -1);
+      const at::Tensor nll = -lp.gather(-1, y.slice(0, a, b)).sum();
+      nll.backward();
+      total += nll.detach().to(at::kDouble);
+    }
+  }
+  if (features.requires_grad()) features.backward(detached.grad());
+  return total.item<double>();
+}
+
+at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  if (teacher.logits.defined()) {
+    const at::Tensor p = at::softmax(teacher.logits.cpu().to(at::kDouble), -1);
+    return at::multinomial(p, 1, false, gen).view({-1});
+  }
+  const int64_t k = teacher.topk_values.size(-1);
+  const at::Tensor v = teacher.topk_values.cpu().to(at::kFloat).reshape({-1, k});
+  const at::Tensor p = at::softmax(v.to(at::kDouble), -1);  // the top-k, renormalised
+  const at::Tensor pick = at::multinomial(p, 1, false, gen);
+  const at::Tensor idx = teacher.topk_indices.cpu().to(at::kLong).reshape({-1, k});
+  return idx.gather(-1, pick).view(teacher.topk_indices.sizes().slice(0, teacher.topk_indices.dim() - 1));
+}
+
+double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates, double T) {
+  at::NoGradGuard no_grad;
+  const at::Tensor features = model.features(batch, gates);
+  const at::Device dev = features.device();
+  if (teacher.logits.defined()) {
+    const at::Tensor s = model.head(features).to(at::kFloat), tl = teacher.logits.to(dev);
+    return ((at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() * (T * T))
+        .item<double>();
+  }
+  const int64_t B = features.size(0), L = features.size(1), D = features.size(2), k = teacher.topk_values.size(-1);
+  const at::Tensor flat = features.reshape({B * L, D});
+  const at::Tensor values = teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
+  const at::Tensor indices = teacher.topk_indices.to(dev).view({B * L, k}).to(at::kLong);
+  const at::Tensor lse = teacher.logsumexp.to(dev).view({B * L});
+  const at::Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(dev).reshape({B * L}).ne(0).to(at::kFloat)
+                                                         : at::ones({B * L}, at::TensorOptions().device(dev));
+  const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
+  const int64_t piece = std::max<int64_t>(1, logit_piece_bytes(dev) / (vocab * 4));
+  at::Tensor sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
+  for (int64_t a = 0; a < B * L; a += piece) {
+    const int64_t b = std::min(B * L, a + piece);
+    const at::Tensor m = mask.slice(0, a, b);
+    const at::Tensor kl =
+        topk_kl_loss(model.head(flat.slice(0, a, b)), values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m);
+    sum += kl.to(at::kDouble) * m.sum().to(at::kDouble);
+  }
+  return sum.item<double>() / std::max(1.0, mask.sum().item<double>());
+}
+
+DistillData::DistillData(const Config& c, const ArchSummary& arch, const fs::path& cache_dir, int64_t global_batch,
+                         const std::string& stage)
+    : data_(open_data(c, arch)), layout_(read_cache_index(cache_dir)), cache_dir_(cache_dir) {
+  if (layout_.samples != data_->size())
+    throw CacheError("'" + cache_dir.string() + "' holds " + std::to_string(layout_.samples) + " samples, the data " +
+                     std::to_string(data_->size()));
+  train_samples_ = data_->size() - c.train.holdout;
+  if (train_samples_ < global_batch)
+    throw ConfigError(c.source.string() + ": train.holdout = " + std::to_string(c.train.holdout) + " leaves " +
+                      std::to_string(std::max<int64_t>(0, train_samples_)) + " of " + std::to_string(data_->size()) +
+                      " samples for " + stage + ", fewer than one global batch (micro_batch x grad_accum x ranks = " +
+                      std::to_string(global_batch) + ")");
+}
+
+Batch DistillData::batch(const std::vector<int64_t>& samples, const at::Device& device) const {
+  return to_device(read_samples(*data_, samples), device);
+}
+
+CacheChunk DistillData::teacher(const std::vector<int64_t>& samples) const {
+  return read_cache_samples(cache_dir_, layout_, samples);
+}
+
+Adam::Adam(const at::Tensor& like, double beta1, double beta2, double eps)
+    : m(at::zeros_like(like.detach(), at::TensorOptions().dtype(at::kFloat))),
+      v(at::zeros_like(like.detach(), at::TensorOptions().dtype(at::kFloat))),
+      beta1_(beta1),
+      beta2_(beta2),
+      eps_(eps) {}
+
+void Adam::step(at::Tensor& params, const at::Tensor& grad, double lr, int64_t step, double weight_decay) {
+  at::NoGradGuard no_grad;
+  const double t = static_cast<double>(step);
+  m.mul_(beta1_).add_(grad, 1 - beta1_);
+  v.mul_(beta2_).addcmul_(grad, grad, 1 - beta2_);
+  const double c1 = 1 - std::pow(beta1_, t), c2 = 1 - std::pow(beta2_, t);
+  if (weight_decay > 0) params.mul_(1 - lr * weight_decay);
+  // p -= lr * (m / c1) / (sqrt(v / c2) + eps)
+  const at::Tensor denom = (v / c2).sqrt_().add_(eps_);
+  params.addcdiv_(m, denom, -lr / c1);
+}
+
+StateCheckpoints::StateCheckpoints(fs::path dir, std::string fingerprint, std::string stage)
+    : dir_(std::move(dir)), fingerprint_(std::move(fingerprint)), stage_(std::move(stage)) {}
+
+void StateCheckpoints::write(int64_t step, const std::vector<safetensors::NamedTensor>& tensors) const {
+  if (process_info().rank != 0) return;
+  fs::create_directories(dir_);
+  const fs::path final_dir = dir_ / step_dir_name(step);
+  if (fs::exists(final_dir)) return;  // the same state, written before a crash
+  std::vector<safetensors::NamedTensor> cpu;
+  for (const auto& t : tensors) cpu.push_back({t.name, t.tensor.detach().cpu().contiguous()});
+  publish_directory(final_dir, [&](const fs::path& tmp) {
+    safetensors::write_file(tmp / "state.safetensors", cpu, {{"step", std::to_string(step)}, {"fingerprint", fingerprint_}});
+  });
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("step-", 0) == 0 && n < final_dir.filename().string()) fs::remove_all(e.path());
+  }
+}
+
+int64_t StateCheckpoints::resume(const std::vector<std::pair<std::string, at::Tensor*>>& targets,
+                                 Communicator& cpu_comm) const {
+  uint64_t step = 0;
+  if (cpu_comm.rank() == 0 && fs::exists(dir_)) {
+    fs::path newest;
+    for (const auto& e : fs::directory_iterator(dir_)) {
+      const std::string n = e.path().filename().string();
+      if (std::regex_match(n, std::regex("step-[0-9]{8}")) && (newest.empty() || n > newest.filename().string()))
+        newest = e.path();
+    }
+    if (!newest.empty()) {
+      const safetensors::Reader r(newest / "state.safetensors");
+      const auto& meta = r.header().metadata;
+      if (!meta.count("fingerprint") || meta.at("fingerprint") != fingerprint_) {
+        log::warn(stage_ + ": " + dir_.string() + " holds checkpoints of other inputs; starting afresh");
+        fs::remove_all(dir_);
+      } else {
+        at::NoGradGuard no_grad;
+        for (const auto& [name, t] : targets) {
+          if (!r.contains(name)) throw CheckpointError("'" + r.path().string() + "' has no tensor '" + name + "'");
+          const at::Tensor src = r.tensor(name);
+          if (src.sizes() != t->sizes() || src.scalar_type() != t->scalar_type())
+            throw CheckpointError("'" + r.path().string() + "': tensor '" + name + "' is " +
+                                  c10::toString(src.scalar_type()) + " " + c10::str(src.sizes()) + ", expected " +
+                                  c10::toString(t->scalar_type()) + " " + c10::str(t->sizes()));
+          t->copy_(src);
+        }
+        step = static_cast<uint64_t>(std::stoll(meta.at("step")));
+      }
+    }
+  }
+  step = world::broadcast(step);
+  if (step == 0) return 0;
+  at::NoGradGuard no_grad;
+  for (const auto& [name, t] : targets) {
+    at::Tensor cpu = t->cpu().contiguous();
+    at::Tensor bytes = cpu.view({-1}).view(at::kByte);  // exact: the bytes travel
+    cpu_comm.broadcast(bytes, 0);
+    t->copy_(cpu);
+  }
+  return static_cast<int64_t>(step);
+}
+
+void trim_metrics(const fs::path& file, int64_t step) {
+  if (!fs::exists(file)) return;
+  std::ifstream in(file);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() > step) break;
+    kept += line + "\n";
+  }
+  atomic_write_text(file, kept);
+}
+
+uint64_t tensor_hash(const at::Tensor& t) {
+  const at::Tensor c = t.detach().cpu().contiguous();
+  Hasher h;
+  h.update(c.data_ptr(), static_cast<size_t>(c.nbytes()));
+  return h.digest();
+}
+
+void check_identical_across_ranks(const at::Tensor& t, const std::string& what, int64_t step) {
+  const uint64_t mine = tensor_hash(t), root = world::broadcast(mine);
+  if (world::sum(mine != root ? 1 : 0) > 0)
+    throw CommError(what + " differ across ranks after step " + std::to_string(step) + " (this rank " + hex64(mine) +
+                    ", rank 0 " + hex64(root) + ")");
+}
+
+void check_finite(double value, const std::string& what, const std::string& stage, int64_t step) {
+  if (std::isfinite(value)) return;
+  throw NumericError(stage + ": " + what + " is " + std::to_string(value) + " at step " + std::to_string(step) + " on " +
+                     process_label() +
+                     " (a non-finite teacher cache, weights or learning rate?); nothing of this run is published");
+}
+
+double warmup_cosine(int64_t step, int64_t warmup, int64_t total, double floor) {
+  if (warmup > 0 && step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
+  const double span = static_cast<double>(std::max<int64_t>(1, total - warmup));
+  const double progress = std::min(1.0, static_cast<double>(step - warmup) / span);
+  return floor + (1 - floor) * 0.5 * (1 + std::cos(M_PI * progress));
+}
+
+}  // namespace hawada

@@ -1,0 +1,149 @@
+// What the training stages share (train_gates, calibrate, heal): distillation from the teacher cache,
+// data-parallel steps whose global batch is the same samples whatever the world size, Adam on one
+// flat fp32 parameter vector, checkpoints that resume bit for bit, SIGTERM at a step boundary, and the
+// metrics file.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "adapters/model.h"
+#include "core/communicator.h"
+#include "core/data.h"
+#include "core/safetensors.h"
+#include "core/teacher_cache.h"
+#include "stages/settings.h"
+
+namespace hawada {
+
+struct ArchSummary;
+
+/// The data and the teacher cache of a distillation stage, checked against each other: the last
+/// `train.holdout` samples are never trained on.
+class DistillData {
+ public:
+  /// CacheError when the cache does not hold the data's samples; ConfigError when the holdout leaves
+  /// fewer training samples than one global batch (`global_batch`).
+  DistillData(const Config& config, const ArchSummary& arch, const std::filesystem::path& cache_dir,
+              int64_t global_batch, const std::string& stage);
+  int64_t train_samples() const { return train_samples_; }
+  int64_t samples() const { return data_->size(); }
+  /// The inputs of `samples`, on `device`, and their cached teacher rows (on the host).
+  Batch batch(const std::vector<int64_t>& samples, const at::Device& device) const;
+  CacheChunk teacher(const std::vector<int64_t>& samples) const;
+
+ private:
+  std::unique_ptr<DataSource> data_;
+  CacheLayout layout_;
+  std::filesystem::path cache_dir_;
+  int64_t train_samples_ = 0;
+};
+
+/// SIGTERM (SLURM preemption) sets a flag for the lifetime of the object; the step boundary asks.
+class PreemptionFlag {
+ public:
+  PreemptionFlag();
+  ~PreemptionFlag();
+  PreemptionFlag(const PreemptionFlag&) = delete;
+  PreemptionFlag& operator=(const PreemptionFlag&) = delete;
+  /// True when any rank received SIGTERM (collective: every rank calls it at the same step).
+  bool any_rank() const;
+};
+
+/// An infinite stream of epochs, each a seeded permutation of [0, samples): position p is the same
+/// sample whatever the world size.
+class SampleOrder {
+ public:
+  SampleOrder(int64_t samples, int64_t seed, std::string_view tag = "order");
+  int64_t at(int64_t position);
+  /// The `micro_batch` samples of global micro-batch `g` of step `step` (micros = global micro-batches per step).
+  std::vector<int64_t> micro_batch(int64_t step, int64_t g, int64_t micros, int64_t micro_batch);
+
+ private:
+  int64_t samples_, seed_;
+  std::string tag_;
+  std::map<int64_t, at::Tensor> epochs_;
+};
+
+/// A 64-bit seed from values and a tag (XXH64): noise and orders keyed by (seed, step, ...).
+uint64_t mix_seed(std::initializer_list<uint64_t> values, std::string_view tag);
+
+/// What one micro-batch's loss was, and where its time went (wall times of finished device work).
+struct LossParts {
+  double kl = 0, mse = 0;
+  int64_t tokens = 0;
+  double forward_s = 0, loss_s = 0, backward_s = 0;
+};
+
+/// The distillation loss of one micro-batch against the cached teacher, times `scale`, backpropagated
+/// into whatever requires gradients (gates, scales or weights). LMs: top-k + tail KL at temperature T
+/// (core/distill_loss.h), plus mse_weight x MSE on the cached top-k logits; the LM head runs a piece of
+/// tokens at a time on detached features, so [tokens, vocab] never exists whole. Classifiers: KL on
+/// the full cached logits.
+LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
+                           double kd_temperature, double mse_weight, double scale);
+
+/// The negative log-likelihood of `targets` ([B, L] token ids for an LM, [B] labels for a classifier),
+/// summed over tokens, backpropagated into whatever requires gradients (the Fisher information pass).
+double nll_backward(const Model& model, const Batch& batch, const at::Tensor& targets, const GateValues* gates);
+/// Targets drawn from the cached teacher distribution (its top-k, renormalised; the full logits of a
+/// classifier), with a generator keyed by `seed`.
+at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed);
+
+/// The distillation loss without gradients (held-out evaluation): mean KL per token over the batch.
+double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
+                    double kd_temperature);
+
+/// Adam(W) on one flat fp32 vector (the moments live beside it, on its device).
+class Adam {
+ public:
+  Adam() = default;
+  Adam(const at::Tensor& like, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8);
+  /// One step at `lr` with decoupled weight decay `weight_decay` (AdamW) on `params` from `grad`.
+  /// `step` counts from 1 (bias correction).
+  void step(at::Tensor& params, const at::Tensor& grad, double lr, int64_t step, double weight_decay = 0);
+  at::Tensor m, v;
+
+ private:
+  double beta1_ = 0.9, beta2_ = 0.999, eps_ = 1e-8;
+};
+
+/// Training checkpoints of one stage: <dir>/step-NNNNNNNN/state.safetensors, published atomically by
+/// rank 0; the newest is kept.
+class StateCheckpoints {
+ public:
+  StateCheckpoints(std::filesystem::path dir, std::string fingerprint, std::string stage);
+  /// Rank 0 writes the named tensors (any device; written as CPU bytes) for `step`.
+  void write(int64_t step, const std::vector<safetensors::NamedTensor>& tensors) const;
+  /// The newest checkpoint of this fingerprint: rank 0 reads it into `targets` (same shapes and dtypes,
+  /// CheckpointError otherwise) and broadcasts every tensor's bytes to the other ranks. Returns its step,
+  /// 0 when there is none (a directory of other inputs is removed with a warning).
+  int64_t resume(const std::vector<std::pair<std::string, at::Tensor*>>& targets, Communicator& cpu_comm) const;
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  std::filesystem::path dir_;
+  std::string fingerprint_, stage_;
+};
+
+/// metrics.jsonl without the lines past `step` (a resumed run rewrites them).
+void trim_metrics(const std::filesystem::path& file, int64_t step);
+
+/// XXH64 of a tensor's bytes (on any device).
+uint64_t tensor_hash(const at::Tensor& t);
+/// CommError naming `what` and the step when the ranks hold different bytes of `t` (collective).
+void check_identical_across_ranks(const at::Tensor& t, const std::string& what, int64_t step);
+/// A typed error naming the stage, the step and the rank when `value` is not finite (nothing non-finite
+/// is ever trained on or published).
+void check_finite(double value, const std::string& what, const std::string& stage, int64_t step);
+
+/// Learning-rate factor of warm-up then cosine decay to `floor` (a fraction of the peak) at `total`.
+double warmup_cosine(int64_t step, int64_t warmup, int64_t total, double floor = 0.1);
+
+}  // namespace hawada

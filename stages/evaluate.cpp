@@ -1,0 +1,245 @@
+#include "stages/evaluate.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "adapters/adapter.h"
+#include "core/checkpoint.h"
+#include "core/device.h"
+#include "core/errors.h"
+#include "core/fs.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+#include "stages/model_card.h"
+#include "stages/student.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// Tokens per piece of logits compared at once (two [piece, vocab] fp32 tensors and their softmaxes).
+constexpr int64_t kLogitBytesPerPiece = 128ll << 20;
+
+json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+std::string fixed(double v, const char* f = "%.4g") {
+  if (!std::isfinite(v)) return "n/a";
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+}  // namespace
+
+json evaluate_quality(const Model& teacher, const Model& student, const DataSource& data, int64_t first, int64_t count,
+                      const at::Device& device) {
+  at::NoGradGuard no_grad;
+  double kl = 0, agree = 0, positions = 0, t_nll = 0, s_nll = 0, targets = 0;
+  bool lm = true;
+  for (int64_t i = first; i < first + count; ++i) {
+    const Batch b = to_device(data.read(i, 1), device);
+    const at::Tensor tf = teacher.features(b), sf = student.features(b);
+    if (tf.dim() == 2) {  // classifier: [1, hidden]
+      lm = false;
+      const at::Tensor tl = at::log_softmax(teacher.head(tf).to(at::kFloat), -1);
+      const at::Tensor sl = at::log_softmax(student.head(sf).to(at::kFloat), -1);
+      kl += (tl.exp() * (tl - sl)).sum().item<double>();
+      agree += (tl.argmax(-1) == sl.argmax(-1)).sum().item<double>();
+      positions += static_cast<double>(tl.size(0));
+      continue;
+    }
+    const int64_t L = tf.size(1);
+    const at::Tensor t2 = tf.reshape({L, tf.size(2)}), s2 = sf.reshape({L, sf.size(2)});
+    const at::Tensor ids = b.input_ids.reshape({L});
+    const at::Tensor valid = b.attention_mask.defined() ? b.attention_mask.reshape({L}).ne(0)
+                                                        : at::ones({L}, at::TensorOptions().dtype(at::kBool).device(device));
+    const int64_t vocab = teacher.head(t2.slice(0, 0, 1)).size(-1);
+    const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (vocab * 4));
+    for (int64_t a = 0; a < L; a += piece) {
+      const int64_t e = std::min(L, a + piece);
+      const at::Tensor tl = at::log_softmax(teacher.head(t2.slice(0, a, e)).to(at::kFloat), -1);
+      const at::Tensor sl = at::log_softmax(student.head(s2.slice(0, a, e)).to(at::kFloat), -1);
+      const at::Tensor m = valid.slice(0, a, e).to(at::kDouble);
+      kl += ((tl.exp() * (tl - sl)).sum(-1).to(at::kDouble) * m).sum().item<double>();
+      agree += ((tl.argmax(-1) == sl.argmax(-1)).to(at::kDouble) * m).sum().item<double>();
+      positions += m.sum().item<double>();
+      // Next-token NLL: position p predicts token p + 1 (both real tokens).
+      const int64_t last = std::min(e, L - 1);
+      if (last > a) {
+        const at::Tensor next = ids.slice(0, a + 1, last + 1).view({-1, 1});
+        const at::Tensor nm = (valid.slice(0, a, last) & valid.slice(0, a + 1, last + 1)).to(at::kDouble);
+        t_nll -= (tl.slice(0, 0, last - a).gather(-1, next).view({-1}).to(at::kDouble) * nm).sum().item<double>();
+        s_nll -= (sl.slice(0, 0, last - a).gather(-1, next).view({-1}).to(at::kDouble) * nm).sum().item<double>();
+        targets += nm.sum().item<double>();
+      }
+    }
+  }
+  json out;
+  if (lm) {
+    const double tn = t_nll / std::max(1.0, targets), sn = s_nll / std::max(1.0, targets);
+    out = {{"samples", count},
+           {"tokens", targets},
+           {"teacher_nll", finite_or_null(tn)},
+           {"student_nll", finite_or_null(sn)},
+           {"teacher_ppl", finite_or_null(std::exp(tn))},
+           {"student_ppl", finite_or_null(std::exp(sn))},
+           {"kl", finite_or_null(kl / std::max(1.0, positions))},
+           {"top1_agreement", finite_or_null(agree / std::max(1.0, positions))}};
+  } else {
+    out = {{"samples", count},
+           {"kl", finite_or_null(kl / std::max(1.0, positions))},
+           {"top1_agreement", finite_or_null(agree / std::max(1.0, positions))}};
+  }
+  return out;
+}
+
+double measure_latency(const Model& model, const Batch& example, int repeats, const at::Device& device) {
+  at::NoGradGuard no_grad;
+  const Batch b = to_device(example, device);
+  auto once = [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    const at::Tensor y = model.logits(b);
+    synchronize(device);
+    (void)y;
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  once();  // warm-up: allocations, kernel selection
+  std::vector<double> t;
+  for (int r = 0; r < std::max(1, repeats); ++r) t.push_back(once());
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+std::string EvaluateStage::fingerprint(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  Hasher h;
+  h.update("evaluate/1");
+  h.update(ctx.fingerprints.at("export"));
+  h.update(c.evaluate.data.string());
+  if (!c.evaluate.data.empty()) h.update_u64(fs::file_size(c.evaluate.data));
+  for (int64_t v : {c.evaluate.samples, static_cast<int64_t>(c.evaluate.latency_repeats), c.budget.latency_batch})
+    h.update_u64(static_cast<uint64_t>(v));
+  return hex64(h.digest());
+}
+
+void EvaluateStage::run(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  if (process_info().rank != 0) {
+    world::barrier();
+    return;
+  }
+  const at::Device device = run_device(c);
+  const LoadedModel lm = load_model(c, /*weights=*/false);
+  const fs::path export_dir = ctx.run_dir / "export", final_dir = export_dir / c.export_.name;
+  const HfCheckpoint exported = with_context("evaluate: ", [&] { return HfCheckpoint::open(final_dir); });
+
+  // The samples: evaluate.data, or the run's held-out samples.
+  std::unique_ptr<DataSource> data;
+  int64_t first = 0, count = 0;
+  std::string source;
+  if (!c.evaluate.data.empty()) {
+    DataSpec spec = data_spec(c);
+    spec.path = c.evaluate.data;
+    spec.samples = 0;
+    DataExpectations expect;
+    expect.vocab_size = lm.arch.vocab_size;
+    expect.image_size = lm.arch.image_size;
+    data = DataSource::open(spec, expect, read_pixel_normalization(c.model.path));
+    count = c.evaluate.samples > 0 ? std::min(c.evaluate.samples, data->size()) : data->size();
+    source = c.evaluate.data.string();
+  } else {
+    data = open_data(c, lm.arch);
+    first = data->size() - c.train.holdout;
+    count = c.train.holdout;
+    if (c.evaluate.samples > 0) count = std::min(count, c.evaluate.samples);
+    source = c.data.path.string() + " (the last " + std::to_string(c.train.holdout) + " samples, never trained on)";
+  }
+  if (count <= 0)
+    throw ConfigError(c.source.string() + ": evaluate has no samples: train.holdout = 0 and no evaluate.data");
+
+  const auto t0 = std::chrono::steady_clock::now();
+  json result{{"data", source}, {"first_sample", first}, {"compute_dtype", "float32"}, {"device", describe_device(device)}};
+  {
+    const auto teacher = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
+    const auto student = lm.adapter->load(exported, {at::kFloat, device});
+    result["export"] = evaluate_quality(*teacher, *student, *data, first, count, device);
+    // Healed runs: the unhealed student (the calibrated slice) beside it.
+    if (fs::exists(ctx.run_dir / "heal" / "weights.safetensors")) {
+      const Plan plan = read_plan(ctx.run_dir, lm.shape);
+      const HfCheckpoint unhealed = pruned_checkpoint(lm, plan, Scales::read(scales_file(ctx.run_dir), plan));
+      const auto model = lm.adapter->load(unhealed, {at::kFloat, device});
+      result["unhealed"] = evaluate_quality(*teacher, *model, *data, first, count, device);
+    }
+  }
+  for (const char* key : {"kl", "top1_agreement"})
+    if (result["export"][key].is_null())
+      throw NumericError("evaluate: the export's " + std::string(key) + " on " + source +
+                         " is not finite: the exported model produces non-finite logits");
+
+  // Latency of dense and export in the compute dtype, at the budget's batch and sequence length.
+  Batch example;
+  {
+    const Batch one = data->read(first, 1);
+    const int64_t B = c.budget.latency_batch;
+    if (one.input_ids.defined()) {
+      example.input_ids = one.input_ids.repeat({B, 1});
+      if (c.data.seq_len > example.input_ids.size(1))
+        example.input_ids = at::cat({example.input_ids,
+                                     example.input_ids.slice(1, 0, 1).expand({B, c.data.seq_len - example.input_ids.size(1)})}, 1);
+    }
+    if (one.pixel_values.defined()) example.pixel_values = one.pixel_values.repeat({B, 1, 1, 1});
+  }
+  {
+    const int repeats = static_cast<int>(c.evaluate.latency_repeats);
+    const auto teacher = lm.adapter->load(lm.checkpoint, {compute_dtype(c), device});
+    const double dense_s = measure_latency(*teacher, example, repeats, device);
+    const auto student = lm.adapter->load(exported, {compute_dtype(c), device});
+    const double slim_s = measure_latency(*student, example, repeats, device);
+    const Plan plan = read_plan(ctx.run_dir, lm.shape);
+    result["latency"] = {{"batch", c.budget.latency_batch},
+                         {"tokens", example.input_ids.defined() ? example.input_ids.size(1) : 0},
+                         {"dtype", c10::toString(compute_dtype(c))},
+                         {"repeats", repeats},
+                         {"dense_s", dense_s},
+                         {"export_s", slim_s},
+                         {"measured_speedup", dense_s / std::max(slim_s, 1e-12)},
+                         {"predicted_speedup", plan.dense.latency_s / std::max(plan.chosen.latency_s, 1e-12)}};
+  }
+  result["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  // evaluate/evaluate.json, the "evaluate" key of export/summary.json, and the model card.
+  fs::create_directories(ctx.run_dir / "evaluate");
+  atomic_write_text(ctx.run_dir / "evaluate" / "evaluate.json", result.dump(2) + "\n");
+  json summary = read_json_file(export_dir / "summary.json");
+  summary["evaluate"] = result;
+  atomic_write_text(export_dir / "summary.json", summary.dump(2) + "\n");
+  atomic_write_text(final_dir / "README.md", model_card(c, lm, summary, ctx.run_dir));
+
+  const json& q = result["export"];
+  std::string line = "evaluate: " + std::to_string(count) + " samples of " + source + ": ";
+  if (q.contains("student_ppl"))
+    line += "perplexity teacher " + fixed(q.value("teacher_ppl", NAN)) + ", export " + fixed(q.value("student_ppl", NAN)) + "; ";
+  line += "KL " + fixed(q.value("kl", NAN)) + ", top-1 agreement " + fixed(q.value("top1_agreement", NAN), "%.3f");
+  if (result.contains("unhealed") && result["unhealed"].contains("student_ppl"))
+    line += " (unhealed: perplexity " + fixed(result["unhealed"].value("student_ppl", NAN)) + ")";
+  line += "; latency dense " + fixed(result["latency"]["dense_s"].get<double>() * 1e3) + " ms, export " +
+          fixed(result["latency"]["export_s"].get<double>() * 1e3) + " ms (speedup " +
+          fixed(result["latency"]["measured_speedup"].get<double>(), "%.2f") + "x measured, " +
+          fixed(result["latency"]["predicted_speedup"].get<double>(), "%.2f") + "x predicted)";
+  log::info(line);
+  world::barrier();
+}
+
+}  // namespace hawada

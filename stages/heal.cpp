@@ -1,0 +1,293 @@
+#include "stages/heal.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "core/errors.h"
+#include "core/fault.h"
+#include "core/fs.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/mpi_session.h"
+#include "core/process.h"
+#include "core/safetensors.h"
+#include "stages/distill.h"
+#include "stages/student.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Elements per all-reduce bucket of the weight gradients (fp32: 256 MB).
+constexpr int64_t kBucketElements = 64ll << 20;
+// Held-out samples the KL is measured on every heal.eval_every steps.
+constexpr int64_t kEvalSamples = 16;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::set<std::string> kinds_of(const std::string& list) {
+  std::set<std::string> out;
+  if (list == "all") {
+    for (const char* k : kWeightKinds) out.insert(k);
+    return out;
+  }
+  std::string rest = list;
+  while (!rest.empty()) {
+    const size_t comma = rest.find(',');
+    out.insert(rest.substr(0, comma));
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+  }
+  return out;
+}
+
+// The trained weights of the student and their fp32 masters, laid end to end in one flat vector.
+struct Trainable {
+  std::vector<std::string> names;
+  std::vector<at::Tensor> weights;  // the model's own tensors (compute dtype)
+  std::vector<int64_t> offsets;
+  at::Tensor masters;  // [P] fp32
+  at::Tensor master(size_t i) const {
+    return masters.narrow(0, offsets[i], weights[i].numel()).view(weights[i].sizes());
+  }
+};
+
+// Mean KL per token on `samples` (each rank its share; summed over the ranks). Collective.
+double heldout_kl(const Model& model, const DistillData& data, const std::vector<int64_t>& samples, double T,
+                  const at::Device& device, Communicator& comm) {
+  const auto& proc = process_info();
+  double sum = 0, tokens = 0;
+  for (size_t i = static_cast<size_t>(proc.rank); i < samples.size(); i += static_cast<size_t>(proc.size)) {
+    const Batch b = data.batch({samples[i]}, device);
+    const double n = b.input_ids.defined() ? static_cast<double>(b.input_ids.numel()) : 1.0;
+    sum += distill_loss(model, b, data.teacher({samples[i]}), nullptr, T) * n;
+    tokens += n;
+  }
+  at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
+  comm.all_reduce(t, Communicator::Op::sum);
+  const at::Tensor h = t.cpu();
+  return h[0].item<double>() / std::max(1.0, h[1].item<double>());
+}
+
+}  // namespace
+
+fs::path healed_weights_file(const fs::path& run_dir) { return run_dir / "heal" / "weights.safetensors"; }
+
+std::string HealStage::fingerprint(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  const HealConfig& k = c.heal;
+  const int64_t world = process_info().size;
+  const int64_t mb = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
+  const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  Hasher h;
+  h.update("heal/1");
+  h.update(ctx.fingerprints.at("calibrate"));
+  h.update(c10::toString(compute_dtype(c)));
+  h.update(k.train);
+  for (int64_t v : {k.steps, k.warmup, mb, accum * world, c.run.seed, c.train.holdout}) h.update_u64(static_cast<uint64_t>(v));
+  for (double v : {k.lr, k.weight_decay, k.clip, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
+  fingerprint_ = hex64(h.digest());
+  cache_dir_ = c.teacher.cache_root / ctx.fingerprints.at("teacher_cache");
+  return fingerprint_;
+}
+
+void HealStage::run(const StageContext& ctx) {
+  const Config& c = ctx.config;
+  const HealConfig& k = c.heal;
+  const auto& proc = process_info();
+  const fs::path dir = ctx.run_dir / "heal";
+  if (k.steps == 0) {
+    // Off: nothing of an earlier healed run may reach the export.
+    if (proc.rank == 0) fs::remove_all(dir);
+    log::info("heal: off (heal.steps = 0)");
+    world::barrier();
+    return;
+  }
+  const at::Device device = run_device(c);
+  const LoadedModel dense = load_model(c, /*weights=*/false);
+  const Plan plan = read_plan(ctx.run_dir, dense.shape);
+  const Scales scales = Scales::read(scales_file(ctx.run_dir), plan);
+  const HfCheckpoint ckpt = pruned_checkpoint(dense, plan, scales);
+  const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
+
+  // The trained weights (by kind) and their masters; everything else stays frozen.
+  const std::set<std::string> kinds = kinds_of(k.train);
+  Trainable tr;
+  int64_t total = 0;
+  for (const auto& [name, w] : model->named_weights()) {
+    if (!kinds.count(dense.adapter->weight_kind(name))) continue;
+    tr.names.push_back(name);
+    tr.weights.push_back(w);
+    tr.offsets.push_back(total);
+    total += w.numel();
+  }
+  if (tr.weights.empty())
+    throw ConfigError(c.source.string() + ": heal.train = \"" + k.train + "\" selects no weight of this model");
+  tr.masters = at::empty({total}, at::TensorOptions().dtype(at::kFloat).device(device));
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < tr.weights.size(); ++i) tr.master(i).copy_(tr.weights[i]);
+  }
+  Adam adam(tr.masters);
+  at::Tensor grads = at::zeros_like(tr.masters);
+
+  const int64_t mb = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
+  const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  const int64_t global_micros = static_cast<int64_t>(proc.size) * accum;
+  const DistillData data(c, dense.arch, cache_dir_, mb * global_micros, "healing");
+  auto comm = run_communicator(c, device);
+  const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
+  const StateCheckpoints checkpoints(dir / "checkpoints", fingerprint_, "heal");
+  int64_t step = checkpoints.resume({{"masters", &tr.masters}, {"adam_m", &adam.m}, {"adam_v", &adam.v}}, *cpu_comm);
+  auto masters_to_weights = [&] {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < tr.weights.size(); ++i) tr.weights[i].copy_(tr.master(i));
+  };
+  if (step > 0) {
+    masters_to_weights();
+    log::info("heal: resumed from step " + std::to_string(step) + " of " + std::to_string(k.steps));
+  }
+  for (auto& w : tr.weights) w.requires_grad_(true);
+
+  std::vector<int64_t> held;
+  for (int64_t s = data.train_samples(); s < data.samples() && static_cast<int64_t>(held.size()) < kEvalSamples; ++s)
+    held.push_back(s);
+  const fs::path metrics_file = dir / "metrics.jsonl";
+  std::ofstream metrics;
+  if (proc.rank == 0) {
+    fs::create_directories(dir);
+    if (step == 0) fs::remove(metrics_file);
+    else trim_metrics(metrics_file, step);
+    metrics.open(metrics_file, std::ios::app);
+  }
+  const double bytes_per_param =
+      static_cast<double>(c10::elementSize(tr.weights[0].scalar_type())) + 4 + 4 + 8;  // weight, master, grad, moments
+  char intro[320];
+  std::snprintf(intro, sizeof intro,
+                "heal: %lld steps of %lld samples (%d rank(s) x %lld micro-batch(es) of %lld), %lld of %llu weights "
+                "train (%s); about %.0f bytes per trained parameter (%.2f GB) on %s",
+                static_cast<long long>(k.steps), static_cast<long long>(mb * global_micros), proc.size,
+                static_cast<long long>(accum), static_cast<long long>(mb), static_cast<long long>(total),
+                static_cast<unsigned long long>(ckpt.total_numel()), k.train.c_str(), bytes_per_param,
+                bytes_per_param * static_cast<double>(total) / 1e9, device.str().c_str());
+  log::info(intro);
+
+  SampleOrder order(data.train_samples(), c.run.seed, "heal");
+  PreemptionFlag sigterm;
+  const auto t0 = Clock::now();
+  auto last_report = t0;
+  const int64_t first_step = step;
+  while (step < k.steps) {
+    const auto step_t0 = Clock::now();
+    grads.zero_();
+    LossParts sum;
+    double data_s = 0;
+    for (int64_t a = 0; a < accum; ++a) {
+      const auto d0 = Clock::now();
+      const int64_t g = proc.rank * accum + a;
+      const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, mb);
+      const Batch batch = with_context("heal: ", [&] { return data.batch(samples, device); });
+      const CacheChunk teacher = data.teacher(samples);
+      data_s += since(d0);
+      const LossParts p = distill_backward(*model, batch, teacher, nullptr, c.train.kd_temperature, c.train.mse_weight,
+                                           1.0 / static_cast<double>(global_micros));
+      sum.kl += p.kl, sum.mse += p.mse, sum.tokens += p.tokens;
+      sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
+      // Each micro-batch's weight gradients go into the fp32 accumulator and are freed.
+      at::NoGradGuard no_grad;
+      for (size_t i = 0; i < tr.weights.size(); ++i) {
+        at::Tensor& w = tr.weights[i];
+        if (!w.grad().defined()) continue;
+        grads.narrow(0, tr.offsets[i], w.numel()).view(w.sizes()).add_(w.grad());
+        w.mutable_grad().reset();
+      }
+    }
+    // The gradients in buckets, then the losses.
+    const auto s0 = Clock::now();
+    for (int64_t a = 0; a < total; a += kBucketElements) {
+      at::Tensor bucket = grads.narrow(0, a, std::min(kBucketElements, total - a));
+      comm->all_reduce(bucket, Communicator::Op::sum);
+    }
+    at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble).to(device);
+    comm->all_reduce(stats, Communicator::Op::sum);
+    const at::Tensor hs = stats.cpu();
+    const double sync_s = since(s0);
+    const double kl = hs[0].item<double>() / global_micros, mse = hs[1].item<double>() / global_micros;
+    const double grad_norm = grads.norm().item<double>();
+    check_finite(kl + mse, "the distillation loss", "heal", step + 1);
+    check_finite(grad_norm, "the gradient norm", "heal", step + 1);
+    if (k.clip > 0 && grad_norm > k.clip) grads.mul_(k.clip / grad_norm);
+    const double lr = k.lr * warmup_cosine(step, std::min(k.warmup, k.steps), k.steps, 0.1);
+    adam.step(tr.masters, grads, lr, step + 1, k.weight_decay);
+    masters_to_weights();
+    step += 1;
+
+    double held_kl = NAN;
+    if (!held.empty() && ((k.eval_every > 0 && step % k.eval_every == 0) || step == k.steps))
+      held_kl = heldout_kl(*model, data, held, c.train.kd_temperature, device, *comm);
+    const double step_s = since(step_t0);
+    if (proc.rank == 0) {
+      nlohmann::json j{{"step", step}, {"kl", kl}, {"mse", mse}, {"lr", lr}, {"grad_norm", grad_norm},
+                       {"tokens_per_s", hs[2].item<double>() / step_s}, {"step_s", step_s}, {"data_s", data_s},
+                       {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s}, {"backward_s", sum.backward_s},
+                       {"allreduce_s", sync_s}};
+      if (std::isfinite(held_kl)) j["heldout_kl"] = held_kl;
+      metrics << j.dump() << "\n" << std::flush;
+      if (Clock::now() - last_report > std::chrono::seconds(5) || step == k.steps || std::isfinite(held_kl)) {
+        const double per_step = since(t0) / static_cast<double>(step - first_step);
+        char line[256];
+        std::snprintf(line, sizeof line, "heal: step %lld/%lld kl %.4f%s lr %.2e %.0f tokens/s ETA %s",
+                      static_cast<long long>(step), static_cast<long long>(k.steps), kl,
+                      std::isfinite(held_kl) ? (" held-out kl " + std::to_string(held_kl).substr(0, 6)).c_str() : "", lr,
+                      hs[2].item<double>() / step_s, log::duration(per_step * static_cast<double>(k.steps - step)).c_str());
+        log::info(line);
+        last_report = Clock::now();
+      }
+    }
+    if (step % c.dist.check_every == 0 || step == k.steps) check_identical_across_ranks(tr.masters, "healed weights", step);
+    fault_point("heal.after_step_" + std::to_string(step));
+    const bool preempt = sigterm.any_rank();
+    if (step % k.checkpoint_every == 0 || step == k.steps || preempt)
+      checkpoints.write(step, {{"masters", tr.masters}, {"adam_m", adam.m}, {"adam_v", adam.v}});
+    if (preempt && step < k.steps) {
+      world::barrier();
+      throw Preempted("heal: SIGTERM: checkpointed step " + std::to_string(step) + " of " + std::to_string(k.steps) +
+                      "; rerun the same command to resume (exit " + std::to_string(kExitRequeue) + " = requeue)");
+    }
+  }
+
+  // Every tensor of the pruned model in fp32: the trained masters, the rest as sliced. A tied LM head
+  // stored in the checkpoint follows the healed embedding.
+  if (proc.rank == 0) {
+    std::map<std::string, at::Tensor> healed;
+    for (size_t i = 0; i < tr.names.size(); ++i) healed[tr.names[i]] = tr.master(i).detach().cpu();
+    std::vector<safetensors::NamedTensor> out;
+    const bool tied = ckpt.config().value("tie_word_embeddings", false);
+    for (const std::string& name : ckpt.tensor_names()) {
+      auto it = healed.find(name);
+      at::Tensor t = it != healed.end() ? it->second : ckpt.tensor(name).to(at::kFloat);
+      if (tied && dense.adapter->weight_kind(name) == "head") {
+        for (const auto& [n, v] : healed)
+          if (dense.adapter->weight_kind(n) == "embedding" && v.sizes() == t.sizes()) t = v;
+      }
+      if (!at::isfinite(t).all().item<bool>())
+        throw NumericError("heal: tensor '" + name + "' holds non-finite values after step " + std::to_string(step));
+      out.push_back({name, t.contiguous()});
+    }
+    safetensors::write_file(healed_weights_file(ctx.run_dir), out, {{"fingerprint", fingerprint_}, {"steps", std::to_string(step)}});
+  }
+  world::barrier();
+  log::info("heal: " + healed_weights_file(ctx.run_dir).string() + " after " + std::to_string(step) + " steps (" +
+            log::duration(since(t0)) + ")");
+}
+
+}  // namespace hawada

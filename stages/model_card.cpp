@@ -1,0 +1,102 @@
+#include "stages/model_card.h"
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/fs.h"
+#include "core/process.h"
+#include "stages/student.h"
+
+namespace hawada {
+namespace {
+
+using json = nlohmann::json;
+
+std::string num(const json& j, const char* key, const char* f = "%.4g") {
+  if (!j.contains(key) || !j[key].is_number()) return "n/a";
+  char b[64];
+  std::snprintf(b, sizeof b, f, j[key].get<double>());
+  return b;
+}
+
+// A YAML double-quoted scalar (escapes quotes, backslashes and control characters).
+std::string yaml_string(const std::string& s) {
+  std::string out = "\"";
+  for (const unsigned char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\', out += static_cast<char>(ch);
+    else if (ch < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02x", ch);
+      out += b;
+    } else out += static_cast<char>(ch);
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+std::string model_card(const Config& c, const LoadedModel& dense, const json& summary, const std::filesystem::path& run_dir) {
+  const std::string base = c.model.path.filename().string();
+  const json& shape = summary.at("shape");
+  const json& ev = summary.value("evaluate", json::object());
+  const json& q = ev.value("export", json::object());
+  const ModelShape& d = dense.shape;
+  std::ostringstream o;
+  o << "---\n"
+    << "base_model: " << yaml_string(base) << "\n"
+    << "library_name: transformers\n"
+    << "pipeline_tag: " << (dense.arch.vocab_size > 0 ? "text-generation" : "image-classification") << "\n"
+    << "tags:\n  - hawada-pipeline\n  - pruned\n  - structured-pruning\n  - distillation\n"
+    << "---\n\n"
+    << "# " << c.export_.name << "\n\n"
+    << "A structurally pruned version of `" << base << "` (" << dense.arch.architecture << "), made with "
+    << "hawada-pipeline. It is a plain Hugging Face checkpoint: load it with `from_pretrained`, no custom code.\n\n"
+    << "## How it was made\n\n"
+    << "Gates on attention heads and FFN channels" << (c.gates.hidden ? " and hidden channels" : "")
+    << " were learned by distillation from the cached outputs of the original model (top-" << c.teacher.top_k
+    << " logits), starting from one-shot importance (activation x Fisher information); a budget of "
+    << summary.value("parameters", 0.0) / std::max(1.0, summary.value("dense_parameters", 1.0)) << " of the parameters ("
+    << (c.budget.metric == BudgetMetric::params ? "params" : "latency") << " budget " << c.budget.target
+    << ") chose the shape, whose candidates were compared by a short calibrated probe; the kept structures' "
+    << "scales were then fitted to the original model with every weight frozen (" << c.calibrate.steps
+    << " steps) and folded into the output projections.";
+  if (std::filesystem::exists(run_dir / "heal" / "weights.safetensors"))
+    o << " Finally all weights of the pruned model were trained by distillation from the same cache (heal).";
+  o << "\n\n## Shape\n\n| | original | this model |\n| --- | --- | --- |\n"
+    << "| hidden_size | " << d.hidden << " | " << shape.value("hidden_size", 0) << " |\n"
+    << "| num_attention_heads | " << d.heads << " | " << shape.value("num_attention_heads", 0) << " |\n"
+    << "| num_key_value_heads | " << d.kv_heads << " | " << shape.value("num_key_value_heads", 0) << " |\n"
+    << "| intermediate_size | " << d.ffn << " | " << shape.value("intermediate_size", 0) << " |\n"
+    << "| num_hidden_layers | " << d.layers << " | " << shape.value("num_hidden_layers", 0) << " |\n"
+    << "| parameters | " << static_cast<int64_t>(summary.value("dense_parameters", 0.0)) << " | "
+    << static_cast<int64_t>(summary.value("parameters", 0.0)) << " |\n\n";
+  if (!q.empty()) {
+    o << "## Quality\n\nOn " << q.value("samples", 0) << " samples of " << ev.value("data", std::string("held-out data"))
+      << ", in fp32:\n\n| metric | value |\n| --- | --- |\n";
+    if (q.contains("student_ppl"))
+      o << "| perplexity, original | " << num(q, "teacher_ppl") << " |\n| perplexity, this model | "
+        << num(q, "student_ppl") << " |\n";
+    o << "| KL(original \\|\\| this model) per token | " << num(q, "kl") << " |\n"
+      << "| top-1 agreement with the original | " << num(q, "top1_agreement", "%.3f") << " |\n\n";
+  }
+  if (ev.contains("latency")) {
+    const json& l = ev["latency"];
+    o << "## Speed\n\nForward pass of " << l.value("batch", 0) << " x " << l.value("tokens", 0) << " tokens in "
+      << l.value("dtype", std::string()) << " on " << ev.value("device", std::string()) << ": original "
+      << num(l, "dense_s", "%.4g") << " s, this model " << num(l, "export_s", "%.4g") << " s (measured speedup "
+      << num(l, "measured_speedup", "%.2f") << "x; the cost model predicted " << num(l, "predicted_speedup", "%.2f")
+      << "x).\n\n";
+  }
+  o << "## Reproduce\n\n```\nmpirun -np " << process_info().size << " hawada-pipeline " << c.source.string()
+    << "\n```\n\nwith this configuration (resolved):\n\n```toml\n"
+    << read_text_file(run_dir / "config.resolved.toml") << "```\n\n"
+    << "## Use\n\n```python\nfrom transformers import " << (dense.arch.vocab_size > 0 ? "AutoModelForCausalLM" : "AutoModel")
+    << "\nmodel = " << (dense.arch.vocab_size > 0 ? "AutoModelForCausalLM" : "AutoModel")
+    << ".from_pretrained(\"path/to/" << c.export_.name << "\")\n```\n";
+  return o.str();
+}
+
+}  // namespace hawada
