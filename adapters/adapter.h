@@ -70,9 +70,11 @@ class ModelAdapter {
   /// Pruned export: every tensor of `checkpoint` sliced to the structures `plan` keeps, in the
   /// stored dtype. `folds` holds gate values ([layers, heads], [layers, ffn]; undefined = 1) that
   /// are folded into the output-side weights (o_proj / down_proj columns), so the export computes
-  /// what the gated student computes. Tensors the adapter does not know are a CheckpointError.
+  /// what the gated student computes. With `dtype`, every tensor is converted to it first (an fp32
+  /// slice keeps the folds unrounded). Tensors the adapter does not know are a CheckpointError.
   virtual std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
-                                                              const GateValues& folds) const = 0;
+                                                              const GateValues& folds,
+                                                              std::optional<at::ScalarType> dtype = std::nullopt) const = 0;
   /// config.json of the pruned model: the counts of plan's shape written explicitly (ints as ints).
   virtual nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const = 0;
   /// What a weight is, by its Hugging Face name: "attention", "mlp", "norm", "embedding" or "head"

@@ -52,21 +52,27 @@ Usage:
                           [--hidden-multiple M] [--hidden] [--prune-kv-groups] [--dtype bf16|fp32] [--repeats R]
                                                 time the attention and MLP blocks at every width the search can
                                                 pick, on the GPU when present (else CPU): search.latency_table
+  hawada-pipeline evaluate TEACHER_DIR STUDENT_DIR --data FILE [--format tokens_h5|tokens_bin|images_h5]
+                          [--seq-len L] [--samples N] [--first I] [--device auto|cpu|cuda] [--json]
+                                                quality of any student against its teacher on those samples (fp32):
+                                                perplexity, KL, top-1 agreement (classifiers: KL, agreement)
   hawada-pipeline --help | --version
 
-Stages, in order: teacher_cache, train_gates, reduce_gates, rounding_search, export, report.
+Stages, in order: teacher_cache, train_gates, reduce_gates, rounding_search, calibrate, heal, export,
+evaluate, report.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or config error, 75 preempted by SIGTERM after a
 checkpoint (requeue and rerun the same command to resume).
 )";
 
-const std::vector<std::string_view> kCommands = {"run",        "validate",  "inspect", "forward",
-                                                 "export",     "make-model", "make-data", "profile", "help"};
+const std::vector<std::string_view> kCommands = {"run",        "validate",  "inspect", "forward",  "export",
+                                                 "make-model", "make-data", "profile", "evaluate", "help"};
 // Options that take a value (`--name VALUE` or `--name=VALUE`).
 const std::vector<std::string_view> kValueOptions = {"--inputs", "--output", "--dtype", "--threads", "--max-shard-size",
                                                      "--stages", "--from", "--force", "--arch", "--preset",
                                                      "--seed", "--samples", "--seq-len", "--out", "--batch",
-                                                     "--tokens", "--ffn-multiple", "--hidden-multiple", "--repeats"};
+                                                     "--tokens", "--ffn-multiple", "--hidden-multiple", "--repeats",
+                                                     "--data", "--format", "--first", "--device"};
 
 struct Args {
   std::string command;
@@ -223,6 +229,21 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
     o.dtype = a.value("--dtype", "");
     o.repeats = static_cast<int>(std::max<int64_t>(1, parse_count("--repeats", a.value("--repeats", "3"))));
     profile_command(a.positional[0], a.required("--out"), o);
+    return kExitOk;
+  }
+  if (a.command == "evaluate") {
+    const char* synopsis =
+        "hawada-pipeline evaluate TEACHER_DIR STUDENT_DIR --data FILE [--format tokens_h5|tokens_bin|images_h5] "
+        "[--seq-len L] [--samples N] [--first I] [--device auto|cpu|cuda] [--json]";
+    expect_args(a, 2, {"--data", "--format", "--seq-len", "--samples", "--first", "--device", "--json"}, synopsis);
+    EvaluateOptions o;
+    o.data = a.required("--data");
+    o.format = a.value("--format", "tokens_h5");
+    o.seq_len = parse_count("--seq-len", a.value("--seq-len", "0"));
+    o.samples = parse_count("--samples", a.value("--samples", "0"));
+    o.first = parse_count("--first", a.value("--first", "0"));
+    o.device = a.value("--device", "auto");
+    std::cout << evaluate_command(a.positional[0], a.positional[1], o, a.has("--json"));
     return kExitOk;
   }
   HAWADA_ASSERT(a.command == "run", "unhandled command " + a.command);

@@ -8,6 +8,13 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "core/device.h"
+#include "core/h5.h"
+#include "stages/evaluate.h"
+
+#include <sstream>
+
+#include <nlohmann/json.hpp>
 
 namespace hawada {
 namespace {
@@ -75,6 +82,58 @@ void export_keep_all_command(const std::filesystem::path& model_dir, const std::
   adapter_for(ckpt.config(), model_dir / "config.json").load(ckpt, {.dtype = std::nullopt});
   export_keep_all(ckpt, out_dir, max_shard_bytes);
   log::info("exported " + std::to_string(ckpt.tensor_names().size()) + " tensors unchanged to " + out_dir.string());
+}
+
+}  // namespace hawada
+
+namespace hawada {
+
+std::string evaluate_command(const std::filesystem::path& teacher_dir, const std::filesystem::path& student_dir,
+                             const EvaluateOptions& o, bool as_json) {
+  const HfCheckpoint teacher_ckpt = HfCheckpoint::open(teacher_dir), student_ckpt = HfCheckpoint::open(student_dir);
+  const auto teacher_file = teacher_dir / "config.json", student_file = student_dir / "config.json";
+  const ModelAdapter& ta = adapter_for(teacher_ckpt.config(), teacher_file);
+  const ModelAdapter& sa = adapter_for(student_ckpt.config(), student_file);
+  const ArchSummary tarch = ta.summarize(teacher_ckpt.config(), teacher_file);
+  const ArchSummary sarch = sa.summarize(student_ckpt.config(), student_file);
+  if (tarch.vocab_size != sarch.vocab_size || tarch.num_labels != sarch.num_labels)
+    throw UsageError("'" + student_dir.string() + "' and '" + teacher_dir.string() +
+                     "' do not share an output space (vocabulary / labels differ)");
+  DataSpec spec;
+  if (o.format == "tokens_h5") spec.format = DataSpec::Format::tokens_h5;
+  else if (o.format == "tokens_bin") spec.format = DataSpec::Format::tokens_bin;
+  else if (o.format == "images_h5") spec.format = DataSpec::Format::images_h5;
+  else throw UsageError("--format must be tokens_h5, tokens_bin or images_h5, got '" + o.format + "'");
+  spec.path = o.data;
+  spec.seq_len = o.seq_len;
+  if (spec.format == DataSpec::Format::tokens_h5 && spec.seq_len == 0) {
+    // The file's own window length.
+    spec.seq_len = h5::File::open_read(o.data).info("input_ids").shape.at(1);
+  }
+  if (spec.format == DataSpec::Format::tokens_bin && spec.seq_len == 0)
+    throw UsageError("--seq-len is required for --format tokens_bin");
+  DataExpectations expect;
+  expect.vocab_size = tarch.vocab_size;
+  expect.image_size = tarch.image_size;
+  const auto data = DataSource::open(spec, expect, read_pixel_normalization(teacher_dir));
+  if (o.first >= data->size()) throw UsageError("--first " + std::to_string(o.first) + " is past the " +
+                                                std::to_string(data->size()) + " samples of '" + o.data.string() + "'");
+  const int64_t count = o.samples > 0 ? std::min(o.samples, data->size() - o.first) : data->size() - o.first;
+  const DeviceRequest req = o.device == "cpu" ? DeviceRequest::cpu : o.device == "cuda" ? DeviceRequest::cuda : DeviceRequest::auto_;
+  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda")
+    throw UsageError("--device must be auto, cpu or cuda, got '" + o.device + "'");
+  const at::Device device = pick_device(req, 0, "--device");
+  const auto teacher = ta.load(teacher_ckpt, {at::kFloat, device});
+  const auto student = sa.load(student_ckpt, {at::kFloat, device});
+  nlohmann::json r = evaluate_quality(*teacher, *student, *data, o.first, count, device);
+  r["teacher"] = teacher_dir.string();
+  r["student"] = student_dir.string();
+  r["data"] = o.data.string();
+  r["first_sample"] = o.first;
+  if (as_json) return r.dump(2) + "\n";
+  std::ostringstream out;
+  for (const auto& [k, v] : r.items()) out << k << ": " << v.dump() << "\n";
+  return out.str();
 }
 
 }  // namespace hawada

@@ -167,11 +167,33 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
       cost.x.push_back(s), cost.y.push_back(m.value("expected_cost", 0.0));
       target.x.push_back(s), target.y.push_back(m.value("target", 0.0));
     }
-    body << "<h2>Training</h2><div class='row'>" << line_chart("loss-curve", "loss (KL + budget term)", {loss})
+    body << "<h2>Gate training</h2><div class='row'>" << line_chart("loss-curve", "loss (KL + MSE)", {loss})
          << line_chart("kl-curve", "KL(teacher || student)", {kl})
          << line_chart("cost-curve", "expected cost (ratio of dense)", {cost, target}) << "</div>";
   } else {
-    body << "<h2>Training</h2><p>No metrics yet (train/metrics.jsonl).</p>";
+    body << "<h2>Gate training</h2><p>No metrics yet (train/metrics.jsonl).</p>";
+  }
+  // Calibration and heal curves.
+  {
+    const auto cal = read_metrics(run_dir / "calibrate" / "metrics.jsonl");
+    const auto heal = read_metrics(run_dir / "heal" / "metrics.jsonl");
+    if (!cal.empty() || !heal.empty()) {
+      body << "<h2>Calibration and heal</h2><div class='row'>";
+      if (!cal.empty()) {
+        Series kl{"KL (training batch)", "#d62728", {}, {}};
+        for (const auto& m : cal) kl.x.push_back(m.value("step", 0.0)), kl.y.push_back(m.value("kl", 0.0));
+        body << line_chart("calibrate-curve", "calibration: KL(teacher || student), weights frozen", {kl});
+      }
+      if (!heal.empty()) {
+        Series kl{"KL (training batch)", "#d62728", {}, {}}, held{"held-out KL", "#1f77b4", {}, {}};
+        for (const auto& m : heal) {
+          kl.x.push_back(m.value("step", 0.0)), kl.y.push_back(m.value("kl", 0.0));
+          if (m.contains("heldout_kl")) held.x.push_back(m.value("step", 0.0)), held.y.push_back(m["heldout_kl"].get<double>());
+        }
+        body << line_chart("heal-curve", "heal: KL(teacher || student)", {kl, held});
+      }
+      body << "</div>";
+    }
   }
   // Plan: heat maps and before/after.
   const fs::path plan_file = run_dir / "plan" / "plan.json";
@@ -212,6 +234,21 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
          << "<p>Budget: " << escape(plan.at("metric").get<std::string>()) << " " << fmt("%.3f", plan.at("target").get<double>())
          << " of the dense model; kept importance " << fmt("%.3f", s.at("importance").get<double>()) << ".</p>";
   }
+  // The probed shapes.
+  if (fs::exists(plan_file)) {
+    const json plan = read_json_file(plan_file);
+    if (plan.contains("probes") && !plan["probes"].empty()) {
+      body << "<h2>Probed shapes</h2><table id='probes'><tr><th>hidden</th><th>heads (kv)</th><th>FFN</th><th>cost</th>"
+           << "<th>kept importance</th><th>KL after a short calibration</th></tr>";
+      for (const auto& p : plan["probes"])
+        body << "<tr><td>" << p.value("hidden_size", 0) << "</td><td>" << p.value("num_attention_heads", 0) << " ("
+             << p.value("num_key_value_heads", 0) << ")</td><td>" << p.value("intermediate_size", 0) << "</td><td>"
+             << fmt("%.4f", p.value("cost_ratio", 0.0)) << "</td><td>" << fmt("%.4f", p.value("importance", 0.0))
+             << "</td><td>" << (p["kl"].is_number() ? fmt("%.4f", p["kl"].get<double>()) : std::string("n/a"))
+             << "</td></tr>";
+      body << "</table>";
+    }
+  }
   // Pareto front.
   const auto csv = read_csv(run_dir / "plan" / "candidates.csv");
   if (csv.size() > 1) {
@@ -251,6 +288,37 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
          << fmt("%.3g", v.value("max_abs_diff", 0.0)) << ", relative L2 " << fmt("%.3g", v.value("relative_l2", 0.0))
          << ", tolerance " << fmt("%.0e", v.at("tolerance").get<double>()) << "). Load it with "
          << "<code>AutoModel*.from_pretrained(\"" << escape(sm.at("export").get<std::string>()) << "\")</code>.</p>";
+  }
+  // Quality and measured speed (evaluate).
+  if (fs::exists(summary_file)) {
+    const json sm = read_json_file(summary_file);
+    if (sm.contains("evaluate")) {
+      const json& ev = sm["evaluate"];
+      auto cell = [](const json& j, const char* k, const char* f) {
+        return j.contains(k) && j[k].is_number() ? fmt(f, j[k].get<double>()) : std::string("n/a");
+      };
+      const json& q = ev["export"];
+      const bool lm = q.contains("student_ppl");
+      body << "<h2>Quality</h2><p>On " << q.value("samples", 0) << " samples of " << escape(ev.value("data", std::string()))
+           << " (fp32):</p><table id='quality'><tr><th>model</th>" << (lm ? "<th>perplexity</th>" : "")
+           << "<th>KL(teacher || model)</th><th>top-1 agreement</th></tr>";
+      if (lm) body << "<tr><td>dense teacher</td><td>" << cell(q, "teacher_ppl", "%.3f") << "</td><td>0</td><td>1</td></tr>";
+      if (ev.contains("unhealed")) {
+        const json& u = ev["unhealed"];
+        body << "<tr><td>pruned, calibrated (before heal)</td>" << (lm ? "<td>" + cell(u, "student_ppl", "%.3f") + "</td>" : "")
+             << "<td>" << cell(u, "kl", "%.4f") << "</td><td>" << cell(u, "top1_agreement", "%.3f") << "</td></tr>";
+      }
+      body << "<tr><td>export</td>" << (lm ? "<td>" + cell(q, "student_ppl", "%.3f") + "</td>" : "") << "<td>"
+           << cell(q, "kl", "%.4f") << "</td><td>" << cell(q, "top1_agreement", "%.3f") << "</td></tr></table>";
+      if (ev.contains("latency")) {
+        const json& l = ev["latency"];
+        body << "<p id='speedup'>Measured forward latency (" << l.value("batch", 0) << " x " << l.value("tokens", 0)
+             << " tokens, " << escape(l.value("dtype", std::string())) << ", " << escape(ev.value("device", std::string()))
+             << "): dense " << cell(l, "dense_s", "%.4g") << " s, export " << cell(l, "export_s", "%.4g")
+             << " s: <b>" << cell(l, "measured_speedup", "%.2f") << "x</b> measured, " << cell(l, "predicted_speedup", "%.2f")
+             << "x predicted by the cost model.</p>";
+      }
+    }
   }
   std::ostringstream html;
   html << "<!DOCTYPE html><html><head><meta charset='utf-8'><title>" << escape(title) << "</title><style>"

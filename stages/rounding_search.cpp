@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -169,7 +170,16 @@ void RoundingSearchStage::run(const StageContext& ctx) {
     std::ostringstream csv;
     csv << "hidden_size,num_attention_heads,num_key_value_heads,intermediate_size,parameters,flops,latency_s,"
            "cost_ratio,importance,chosen\n";
-    for (const Candidate& k : r.pareto) {
+    // The Pareto front, and the chosen shape where a probe picked one off it.
+    std::vector<Candidate> rows = r.pareto;
+    auto same = [](const ModelShape& a, const ModelShape& b) {
+      return a.hidden == b.hidden && a.heads == b.heads && a.kv_heads == b.kv_heads && a.ffn == b.ffn;
+    };
+    if (std::none_of(rows.begin(), rows.end(), [&](const Candidate& k) { return same(k.shape, r.plan.chosen.shape); })) {
+      rows.push_back(r.plan.chosen);
+      std::stable_sort(rows.begin(), rows.end(), [](const Candidate& a, const Candidate& b) { return a.cost_ratio < b.cost_ratio; });
+    }
+    for (const Candidate& k : rows) {
       char line[512];
       const ModelShape& s = k.shape;
       std::snprintf(line, sizeof line, "%lld,%lld,%lld,%lld,%.0f,%.6g,%.6g,%.6f,%.6f,%d\n",

@@ -259,12 +259,12 @@ std::unique_ptr<Model> LlamaAdapter::load(const HfCheckpoint& ckpt, const LoadOp
 namespace hawada {
 
 std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
-                                                                  const GateValues& folds) const {
+                                                                  const GateValues& folds, std::optional<at::ScalarType> dtype) const {
   const int64_t hd = plan.dense.shape.head_dim;
   const std::vector<int64_t>& hidden = plan.hidden;
   std::vector<safetensors::NamedTensor> out;
   for (const std::string& name : ckpt.tensor_names()) {
-    const at::Tensor t = ckpt.tensor(name);
+    const at::Tensor t = dtype ? ckpt.tensor(name).to(*dtype) : ckpt.tensor(name);
     int layer = -1, used = 0;
     char rest[128] = {0};
     if (std::sscanf(name.c_str(), "model.layers.%d.%127s%n", &layer, rest, &used) == 2 && layer >= 0 &&

@@ -217,12 +217,12 @@ std::unique_ptr<Model> VitAdapter::load(const HfCheckpoint& ckpt, const LoadOpti
 namespace hawada {
 
 std::vector<safetensors::NamedTensor> VitAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
-                                                                const GateValues& folds) const {
+                                                                const GateValues& folds, std::optional<at::ScalarType> dtype) const {
   const int64_t hs = plan.dense.shape.head_dim;
   const std::vector<int64_t>& hidden = plan.hidden;
   std::vector<safetensors::NamedTensor> out;
   for (const std::string& name : ckpt.tensor_names()) {
-    const at::Tensor t = ckpt.tensor(name);
+    const at::Tensor t = dtype ? ckpt.tensor(name).to(*dtype) : ckpt.tensor(name);
     const std::string n = name.rfind("vit.", 0) == 0 ? name.substr(4) : name;
     int layer = -1;
     char rest[128] = {0};

@@ -12,7 +12,8 @@ class VitAdapter final : public ModelAdapter {
   ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;
   std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const override;
   std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
-                                                      const GateValues& folds) const override;
+                                                      const GateValues& folds,
+                                                      std::optional<at::ScalarType> dtype) const override;
   nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const override;
   std::string weight_kind(const std::string& name) const override;
 };

@@ -22,6 +22,23 @@ def cli():
     return run
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODELS = os.environ.get("HAWADA_MODELS_DIR", os.path.join(REPO, "models"))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real pretrained SmolLM2-135M-Instruct (launch/real_models.py) and its token files
+    (launch/real_data.py); skipped where set-up has not made them."""
+    model = os.path.join(MODELS, "smollm2-135m")
+    train = os.path.join(MODELS, "data", "smollm2-train-256.h5")
+    evalf = os.path.join(MODELS, "data", "smollm2-eval-256.h5")
+    for f in (os.path.join(model, "model.safetensors"), train, evalf):
+        if not os.path.exists(f):
+            pytest.skip(f"{f} missing: run launch/setup.sh (launch/real_models.py, launch/real_data.py)")
+    return {"model": model, "train": train, "eval": evalf}
+
+
 @pytest.fixture
 def inspect_json(cli):
     return lambda path: json.loads(cli("inspect", "--json", path).stdout)

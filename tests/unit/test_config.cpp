@@ -91,6 +91,11 @@ TEST(ConfigValid, MinimalFillsDefaults) {
   EXPECT_EQ(c.budget, BudgetConfig{});
   EXPECT_EQ(c.search, SearchConfig{});
   EXPECT_TRUE(c.search.latency_table.empty());
+  EXPECT_EQ(c.run.device, DeviceRequest::auto_);
+  EXPECT_EQ(c.calibrate, CalibrateConfig{});
+  EXPECT_EQ(c.heal, HealConfig{});
+  EXPECT_EQ(c.heal.steps, 0) << "heal is off unless asked for";
+  EXPECT_EQ(c.evaluate, EvaluateConfig{});
   EXPECT_EQ(c.export_.name, "slim");
   EXPECT_EQ(c.export_.max_shard_size, 5'000'000'000ULL);
   EXPECT_EQ(c.export_.dtype, ExportDtype::keep);
@@ -103,6 +108,7 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.run.dir, abs("valid/experiments/full"));
   EXPECT_EQ(c.run.seed, 1234);
   EXPECT_EQ(c.run.threads_per_rank, 6);
+  EXPECT_EQ(c.run.device, DeviceRequest::cpu);
   EXPECT_EQ(c.model.path, abs("model"));
   EXPECT_EQ(c.model.dtype, ComputeDtype::fp32);
   EXPECT_EQ(c.data.format, DataFormat::tokens_bin);
@@ -134,6 +140,17 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.search.hidden_multiple, 32);
   EXPECT_EQ(c.search.latency_table, abs("latency_table.csv"));
   EXPECT_TRUE(c.search.prune_kv_groups);
+  EXPECT_EQ(c.search.probe_shapes, 2);
+  EXPECT_EQ(c.search.probe_steps, 5);
+  EXPECT_EQ(c.search.probe_samples, 12);
+  EXPECT_EQ(c.calibrate, (CalibrateConfig{.steps = 40, .lr = 0.02, .warmup = 4, .micro_batch = 3, .grad_accum = 2,
+                                          .output_scales = false, .checkpoint_every = 20}));
+  EXPECT_EQ(c.heal, (HealConfig{.steps = 300, .lr = 0.0002, .warmup = 30, .micro_batch = 6, .grad_accum = 3,
+                                .weight_decay = 0.01, .clip = 0.5, .train = "mlp,norm", .checkpoint_every = 150,
+                                .eval_every = 25}));
+  EXPECT_EQ(c.evaluate.data, abs("data.bin"));
+  EXPECT_EQ(c.evaluate.samples, 48);
+  EXPECT_EQ(c.evaluate.latency_repeats, 5);
   EXPECT_EQ(c.export_.name, "llama-slim-30");
   EXPECT_EQ(c.export_.max_shard_size, 2'000'000'000ULL);
   EXPECT_EQ(c.export_.dtype, ExportDtype::bf16);
@@ -192,7 +209,7 @@ TEST_P(ValidConfig, ToTomlListsEverySectionInOrder) {
   const std::string text = to_toml(load_config(GetParam()));
   std::size_t from = 0;
   for (const char* section : {"[run]", "[model]", "[data]", "[teacher]", "[gates]", "[train]", "[budget]",
-                              "[search]", "[export]", "[dist]"}) {
+                              "[search]", "[calibrate]", "[heal]", "[export]", "[evaluate]", "[dist]"}) {
     const std::size_t at = text.find(std::string(section) + "\n", from);
     ASSERT_NE(at, std::string::npos) << section << " missing or out of order in:\n" << text;
     EXPECT_TRUE(at == 0 || text[at - 1] == '\n') << text;

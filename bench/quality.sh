@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Quality on a real pretrained model (issues 11 and 12): SmolLM2-135M-Instruct, 1,104 windows of 256
+# tokens of English prose from Debian packages (1,024 trained on, 80 held out), evaluated on 64 windows of
+# a different document set (GNU Coding Standards). For each budget: the held-out perplexity of the dense
+# model, ours, the one-shot activation baseline (Minitron's width criterion) and the weight-magnitude
+# baseline at our exported shape, then ours healed after two token counts, and the wall time of every
+# stage; then our heal step against a Python reference of the same heal (steps/s, peak memory).
+#
+#   bash bench/quality.sh [OUT_DIR]        (default bench-data/quality; 3 to 5 hours on 2 cores)
+#   QUALITY_BUDGETS="0.7" QUALITY_HEAL_TOKENS="500000" bash bench/quality.sh   (a shorter run)
+#
+# Budget of the gate stages, as in the issue's run (1,024 x 256 tokens, 200 steps of 8 samples):
+# importance 64 samples (8 step-equivalents), 60 gate steps, 3 probes x 8 steps, 100 calibration
+# steps = 192 steps of 8 samples. Prints a table and writes OUT_DIR/quality.json.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=${1:-$repo/bench-data/quality}
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+py=$repo/.venv/bin/python
+cli=${HAWADA_CLI:-$repo/build/pipeline/hawada-pipeline}
+models=${HAWADA_MODELS_DIR:-$repo/models}
+model=$models/smollm2-135m train=$models/data/smollm2-train-256.h5 evalf=$models/data/smollm2-eval-256.h5
+for f in "$model/model.safetensors" "$train" "$evalf" "$cli"; do
+  [ -e "$f" ] || { echo "quality.sh: $f missing: run launch/setup.sh" >&2; exit 1; }
+done
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+ranks=${QUALITY_RANKS:-2}
+budgets=${QUALITY_BUDGETS:-"0.7 0.5"}
+heal_tokens=${QUALITY_HEAL_TOKENS:-"500000 2000000"}
+latency_target=${QUALITY_LATENCY_TARGET:-0.7}
+tokens_per_step=$((8 * 256))
+
+config() {  # config NAME METRIC TARGET HEAL_STEPS
+  cat > "$out/$1.toml" <<TOML
+[run]
+dir = "$out/runs/$1"
+threads_per_rank = 1
+[model]
+path = "$model"
+dtype = "bf16"
+[data]
+format = "tokens_h5"
+path = "$train"
+seq_len = 256
+[teacher]
+cache_root = "$out/teacher-cache"
+top_k = 64
+[train]
+steps = 60
+warmup = 30
+micro_batch = $((8 / ranks))
+holdout = 80
+importance_batches = $((64 / (8 / ranks)))
+lr = 0.1
+[budget]
+metric = "$2"
+target = $3
+[search]
+ffn_multiple = 128
+probe_shapes = 3
+probe_steps = 8
+[calibrate]
+steps = 100
+lr = 0.03
+[heal]
+steps = $4
+lr = 0.0002
+warmup = 20
+eval_every = 100
+checkpoint_every = 200
+[evaluate]
+data = "$evalf"
+TOML
+}
+
+ppl() { "$py" "$repo/bench/quality_reference.py" ppl "$1" "$evalf" 2>/dev/null | tail -1 | "$py" -c 'import json,sys; print(json.load(sys.stdin)["ppl"])'; }
+stage_times() { grep -ho '[a-z_]*: done in [0-9.]* s' "$1" | sed 's/: done in /=/; s/ s$//' | paste -sd' '; }
+
+results="$out/quality.jsonl"
+: > "$results"
+dense=$(ppl "$model")
+echo "dense perplexity on the eval set: $dense"
+echo "{\"model\": \"dense\", \"ppl\": $dense}" >> "$results"
+
+run_budget() {  # NAME METRIC TARGET
+  local name=$1 metric=$2 target=$3
+  config "$name" "$metric" "$target" 0
+  local t0; t0=$(date +%s)
+  mpirun -np "$ranks" --oversubscribe "$cli" "$out/$name.toml" > "$out/$name.log" 2>&1
+  local wall=$(( $(date +%s) - t0 ))
+  local export=$out/runs/$name/export/slim
+  local ours; ours=$(ppl "$export")
+  "$py" "$repo/bench/quality_reference.py" baseline activation "$model" "$export" "$train" "$out/$name-activation" > /dev/null 2>&1
+  "$py" "$repo/bench/quality_reference.py" baseline magnitude "$model" "$export" "$train" "$out/$name-magnitude" > /dev/null 2>&1
+  local act mag; act=$(ppl "$out/$name-activation"); mag=$(ppl "$out/$name-magnitude")
+  local shape; shape=$("$py" -c "import json; s=json.load(open('$out/runs/$name/plan/plan.json'))['shape']; print(f\"heads {s['num_attention_heads']}, ffn {s['intermediate_size']}, hidden {s['hidden_size']}, {s['cost_ratio']:.3f} of the dense {('$metric')}\")")
+  echo "$metric $target: $shape: ours $ours, one-shot activation $act, magnitude $mag (dense $dense); wall ${wall}s: $(stage_times "$out/$name.log")"
+  echo "{\"budget\": \"$metric $target\", \"shape\": \"$shape\", \"ours\": $ours, \"activation\": $act, \"magnitude\": $mag, \"dense\": $dense, \"wall_s\": $wall, \"stages\": \"$(stage_times "$out/$name.log")\"}" >> "$results"
+}
+
+heal_budget() {  # NAME TARGET TOKENS
+  local name=$1 target=$2 tokens=$3
+  local steps=$(( tokens / tokens_per_step ))
+  config "$name" params "$target" "$steps"
+  local t0; t0=$(date +%s)
+  mpirun -np "$ranks" --oversubscribe "$cli" "$out/$name.toml" > "$out/heal-$name-$tokens.log" 2>&1
+  local wall=$(( $(date +%s) - t0 ))
+  local healed; healed=$(ppl "$out/runs/$name/export/slim")
+  echo "params $target healed on $tokens tokens ($steps steps): perplexity $healed (dense $dense, ratio $("$py" -c "print(round($healed/$dense, 3))")); wall ${wall}s: $(stage_times "$out/heal-$name-$tokens.log")"
+  echo "{\"budget\": \"params $target\", \"heal_tokens\": $tokens, \"heal_steps\": $steps, \"healed\": $healed, \"dense\": $dense, \"wall_s\": $wall}" >> "$results"
+}
+
+for t in $budgets; do run_budget "params-$t" params "$t"; done
+run_budget "latency-$latency_target" latency "$latency_target"
+for t in $budgets; do
+  for n in $heal_tokens; do heal_budget "params-$t" "$t" "$n"; done
+done
+
+# Our heal step against the Python reference, same model (the unhealed 0.7 export), cache, batch, 1 thread each.
+first=$(echo $budgets | cut -d' ' -f1)
+unhealed=$out/params-$first-unhealed
+cp -r "$out/runs/params-$first/export/slim" "$unhealed.tmp" 2>/dev/null || true
+cache=$(ls -d "$out"/teacher-cache/*/ | head -1)
+config "speed" params "$first" 20
+sed -i "s#^dir = .*#dir = \"$out/runs/speed\"#" "$out/speed.toml"
+mpirun -np 1 "$cli" "$out/speed.toml" --stages teacher_cache,train_gates,reduce_gates,rounding_search,calibrate > /dev/null 2>&1
+/usr/bin/time -v mpirun -np 1 "$cli" "$out/speed.toml" --stages heal > "$out/speed-ours.log" 2> "$out/speed-ours.time" || true
+ours_step=$("$py" -c "import json,statistics; r=[json.loads(l) for l in open('$out/runs/speed/heal/metrics.jsonl')][2:]; print(statistics.median(x['step_s'] for x in r))")
+ours_rss=$(grep 'Maximum resident' "$out/speed-ours.time" | awk '{print $NF * 1024}')
+mpirun -np 1 "$cli" "$out/speed.toml" --stages export > /dev/null 2>&1 || true
+ref=$("$py" "$repo/bench/heal_reference.py" "$out/runs/params-$first/export/slim" "$cache" "$train" --steps 20 \
+      --micro-batch 8 --grad-accum 1 --threads 1 2>/dev/null | tail -1)
+echo "heal step, 8 x 256 tokens, 1 thread: ours $ours_step s (peak RSS $ours_rss B); reference $ref"
+"$py" - "$ours_step" "$ours_rss" "$ref" >> "$results" <<'PY'
+import json, sys
+ours_s, ours_rss, ref = float(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
+print(json.dumps({"heal_speed": {"ours_step_s": ours_s, "ours_peak_rss": ours_rss, "reference": ref,
+                                 "steps_per_s_ratio": ref["median_step_s"] / ours_s,
+                                 "peak_memory_ratio": ours_rss / ref["peak_rss_bytes"]}}))
+PY
+tail -1 "$results"

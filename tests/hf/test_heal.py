@@ -1,0 +1,158 @@
+"""Stages calibrate and heal on a tiny transformers LLaMA (fp32): data parallelism (2 ranks equal 1 rank
+with twice the accumulation), kill -9 and SIGTERM mid-heal then a rerun that equals an uninterrupted
+run bit for bit, heal.train selecting weight kinds, and the healed export loading in transformers with
+logits equal to our forward.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from safetensors.torch import save_file, load_file as load_torch
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, SEQ = 256, 16
+REQUEUE = 75
+
+
+def make_llama(path):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                                      tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+
+
+def write_config(d, run, heal, calibrate="steps = 6\nmicro_batch = 2", accum=1):
+    p = d / f"{run}.toml"
+    p.write_text(f"""
+[run]
+dir = "{d / run}"
+threads_per_rank = 1
+seed = 5
+[model]
+path = "{d / 'llama'}"
+dtype = "fp32"
+[data]
+format = "tokens_bin"
+path = "{d / 'tokens.bin'}"
+seq_len = {SEQ}
+[teacher]
+cache_root = "{d / 'cache'}"
+top_k = 32
+[train]
+steps = 6
+warmup = 3
+micro_batch = 2
+grad_accum = {accum}
+holdout = 8
+importance_batches = 2
+[budget]
+target = 0.6
+[search]
+ffn_multiple = 16
+probe_shapes = 1
+[calibrate]
+{calibrate}
+[heal]
+{heal}
+""")
+    return p
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("heal")
+    make_llama(d / "llama")
+    np.random.default_rng(0).integers(0, VOCAB, size=72 * SEQ).astype(np.uint16).tofile(d / "tokens.bin")
+    return d
+
+
+def healed(d, run):
+    return load_file(os.path.join(d / run, "heal", "weights.safetensors"))
+
+
+def test_two_ranks_equal_one_rank_with_twice_the_accumulation(setup, mpirun):
+    d = setup
+    # Every stage of the 1-rank run accumulates twice what each of the 2 ranks does.
+    one = write_config(d, "h-acc2", "steps = 5\nmicro_batch = 2\ngrad_accum = 2\nlr = 0.003\nwarmup = 1", accum=2)
+    two = write_config(d, "h-np2", "steps = 5\nmicro_batch = 2\ngrad_accum = 1\nlr = 0.003\nwarmup = 1")
+    p1 = mpirun(1, one)
+    mpirun(2, two)
+    a, b = healed(d, "h-acc2"), healed(d, "h-np2")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=k)
+    ma = [json.loads(l) for l in open(d / "h-acc2" / "heal" / "metrics.jsonl")]
+    mb = [json.loads(l) for l in open(d / "h-np2" / "heal" / "metrics.jsonl")]
+    np.testing.assert_allclose([m["kl"] for m in ma], [m["kl"] for m in mb], rtol=1e-5)
+    assert all(m["grad_norm"] > 0 and m["lr"] > 0 for m in ma), ma
+    assert "bytes per trained parameter" in p1.stderr
+
+
+def test_kill_and_sigterm_mid_heal_resume_bit_identical(setup, mpirun):
+    d = setup
+    heal = "steps = 9\nlr = 0.003\nwarmup = 1\ncheckpoint_every = 3"
+    ref = write_config(d, "h-ref", heal)
+    mpirun(2, ref)
+    expected = healed(d, "h-ref")
+
+    killed = write_config(d, "h-killed", heal)
+    p = mpirun(2, killed, env={"HAWADA_FAULT": "heal.after_step_5@1:kill"}, check=False)
+    assert p.returncode != 0
+    assert os.listdir(d / "h-killed" / "heal" / "checkpoints") == ["step-00000003"]
+    assert not (d / "h-killed" / "heal" / "weights.safetensors").exists()
+    p = mpirun(2, killed)
+    assert "heal: resumed from step 3" in p.stderr
+    got = healed(d, "h-killed")
+    for k in expected:
+        assert np.array_equal(got[k], expected[k]), k
+
+    termed = write_config(d, "h-termed", heal)
+    p = mpirun(2, termed, env={"HAWADA_FAULT": "heal.after_step_4@0:term"}, check=False)
+    assert p.returncode == REQUEUE, p.stderr
+    assert "heal: SIGTERM: checkpointed step 4" in p.stderr
+    assert not (d / "h-termed" / "stages" / "heal.done").exists()
+    p = mpirun(2, termed)
+    assert "heal: resumed from step 4" in p.stderr
+    got = healed(d, "h-termed")
+    for k in expected:
+        assert np.array_equal(got[k], expected[k]), k
+    metrics = [json.loads(l) for l in open(d / "h-termed" / "heal" / "metrics.jsonl")]
+    assert [m["step"] for m in metrics] == list(range(1, 10))
+
+
+def test_heal_train_selects_kinds_and_the_export_loads(setup, mpirun, cli, tmp_path):
+    d = setup
+    cfg = write_config(d, "h-mlp", "steps = 4\nlr = 0.003\nwarmup = 1\ntrain = \"mlp,norm\"")
+    mpirun(2, cfg)
+    w = healed(d, "h-mlp")
+    # Only MLP and norm weights moved: attention and embedding equal the calibrated slice.
+    unhealed_cfg = write_config(d, "h-none", "steps = 0")
+    mpirun(2, unhealed_cfg)
+    slim = load_torch(d / "h-none" / "export" / "slim" / "model.safetensors")
+    for name, t in w.items():
+        moved = not np.array_equal(t, slim[name].float().numpy())
+        if ".mlp." in name:
+            assert moved, name
+        elif "norm" not in name:
+            assert not moved, name
+    # The healed export: transformers loads it and its logits equal our forward.
+    export = d / "h-mlp" / "export" / "slim"
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(export, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    ids = torch.from_numpy(np.fromfile(d / "tokens.bin", dtype=np.uint16).astype(np.int64).reshape(-1, SEQ)[-4:])
+    with torch.no_grad():
+        theirs = model.eval()(input_ids=ids).logits
+    save_file({"input_ids": ids}, tmp_path / "in.safetensors")
+    cli("forward", export, "--inputs", tmp_path / "in.safetensors", "--output", tmp_path / "out.safetensors",
+        "--threads", "1")
+    ours = load_torch(tmp_path / "out.safetensors")["logits"]
+    assert ((theirs - ours).abs().max() / theirs.abs().max()).item() <= 1e-4
+    s = json.load(open(d / "h-mlp" / "export" / "summary.json"))
+    assert s["healed"] and s["verify"]["passed"] and "unhealed" in s["evaluate"]
+    # heal.steps = 0 leaves no heal output behind.
+    assert not (d / "h-none" / "heal").exists()
