@@ -9,9 +9,12 @@ kept for independent acceptance):
          sources), debian-reference-en (HTML, tags stripped)   -> models/data/corpus-train/*.txt
   eval:  gnu-standards (GNU Coding Standards and Information for Maintainers of GNU Software, text):
          a different document set                               -> models/data/corpus-eval/*.txt
+  heal:  perl-doc (the Perl manual pages, POD markup stripped; the release deltas left out): more
+         distinct text for heal.data than the gate stages use   -> models/data/corpus-heal/*.txt
 One file per document. For SmolLM2 (models/smollm2-135m) the token files are
   models/data/smollm2-train-256.h5   1,104 windows of 256 tokens (1,024 to train on + 80 held out)
   models/data/smollm2-eval-256.h5    64 windows of 256 tokens of the eval document set
+  models/data/smollm2-heal-256.h5    8,192 windows of 256 tokens (2.1 M tokens) of the heal text
 """
 import argparse
 import glob
@@ -53,7 +56,26 @@ def html_text(path):
     return "".join(p.parts)
 
 
+def pod_text(text):
+    """POD to plain text: directives dropped (headings kept as lines), formatting codes unwrapped."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("=head") or line.startswith("=item"):
+            out.append(line.split(None, 1)[1] if " " in line else "")
+        elif line.startswith("="):
+            out.append("")
+        else:
+            out.append(line)
+    text = "\n".join(out)
+    for _ in range(3):  # nested codes
+        text = re.sub(r"[A-Z]<<+\s*(.*?)\s*>>+", r"\1", text)
+        text = re.sub(r"[A-Z]<([^<>]*)>", r"\1", text)
+    return text
+
+
 def read(path):
+    if path.endswith(".pod"):
+        return pod_text(open(path, encoding="utf-8", errors="replace").read())
     if path.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
     if path.endswith(".html"):
@@ -73,6 +95,7 @@ SOURCES = {
               "/usr/share/developers-reference/_sources/*.rst.txt",
               "/usr/share/debian-reference/*.en.html"],
     "eval": ["/usr/share/doc/gnu-standards/*.text.gz"],
+    "heal": ["/usr/share/perl/5.*/pod/perl[!5]*.pod"],
 }
 
 
@@ -107,10 +130,12 @@ def main():
     os.makedirs(data, exist_ok=True)
     train = write_corpus(os.path.join(data, "corpus-train"), SOURCES["train"])
     evalc = write_corpus(os.path.join(data, "corpus-eval"), SOURCES["eval"])
+    healc = write_corpus(os.path.join(data, "corpus-heal"), SOURCES["heal"])
     smol = os.path.join(os.path.abspath(a.models), "smollm2-135m")
     if os.path.exists(os.path.join(smol, "tokenizer.json")):
         tokens(smol, train, os.path.join(data, "smollm2-train-256.h5"), 256, 1104)
         tokens(smol, evalc, os.path.join(data, "smollm2-eval-256.h5"), 256, 64)
+        tokens(smol, healc, os.path.join(data, "smollm2-heal-256.h5"), 256, 8192)
     print(f"real data in {data}")
 
 

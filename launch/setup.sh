@@ -13,8 +13,8 @@ say() { printf '\n== %s\n' "$*"; }
 packages=(build-essential cmake ninja-build ccache pkg-config git python3-venv
   libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev slurm-wlm munge chromium patchelf
-  debian-policy developers-reference debian-reference-en gnu-standards)
-# (the last four: English prose for the real-model tests and benchmarks; launch/real_data.py)
+  debian-policy developers-reference debian-reference-en gnu-standards perl-doc)
+# (the last five: English prose for the real-model tests and benchmarks; launch/real_data.py)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -180,6 +180,7 @@ constexpr Key kHeal[] = {
     {"train", at<&Config::heal, &HealConfig::train>, checked(Check::weight_kinds)},
     {"checkpoint_every", at<&Config::heal, &HealConfig::checkpoint_every>, at_least(1)},
     {"eval_every", at<&Config::heal, &HealConfig::eval_every>, at_least(0)},
+    {"data", at<&Config::heal, &HealConfig::data>, checked(Check::optional_file)},
 };
 constexpr Key kEvaluate[] = {
     {"data", at<&Config::evaluate, &EvaluateConfig::data>, checked(Check::optional_file)},

@@ -181,7 +181,7 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
-  cache_dir_ = c.teacher.cache_root / ctx.fingerprints.at("teacher_cache");
+  cache_dir_ = run_cache_dir(c, ctx.fingerprints);
   return fingerprint_;
 }
 

@@ -233,13 +233,17 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
 
 DistillData::DistillData(const Config& c, const ArchSummary& arch, const fs::path& cache_dir, int64_t global_batch,
                          const std::string& stage)
-    : data_(open_data(c, arch)), layout_(read_cache_index(cache_dir)), cache_dir_(cache_dir) {
+    : DistillData(c, data_spec(c), c.train.holdout, arch, cache_dir, global_batch, stage) {}
+
+DistillData::DistillData(const Config& c, const DataSpec& spec, int64_t holdout, const ArchSummary& arch,
+                         const fs::path& cache_dir, int64_t global_batch, const std::string& stage)
+    : data_(open_data_spec(spec, arch, c.model.path)), layout_(read_cache_index(cache_dir)), cache_dir_(cache_dir) {
   if (layout_.samples != data_->size())
     throw CacheError("'" + cache_dir.string() + "' holds " + std::to_string(layout_.samples) + " samples, the data " +
-                     std::to_string(data_->size()));
-  train_samples_ = data_->size() - c.train.holdout;
+                     std::to_string(data_->size()) + " ('" + spec.path.string() + "')");
+  train_samples_ = data_->size() - holdout;
   if (train_samples_ < global_batch)
-    throw ConfigError(c.source.string() + ": train.holdout = " + std::to_string(c.train.holdout) + " leaves " +
+    throw ConfigError(c.source.string() + ": '" + spec.path.string() + "' with holdout " + std::to_string(holdout) + " leaves " +
                       std::to_string(std::max<int64_t>(0, train_samples_)) + " of " + std::to_string(data_->size()) +
                       " samples for " + stage + ", fewer than one global batch (micro_batch x grad_accum x ranks = " +
                       std::to_string(global_batch) + ")");

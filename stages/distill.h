@@ -32,6 +32,9 @@ class DistillData {
   /// fewer training samples than one global batch (`global_batch`).
   DistillData(const Config& config, const ArchSummary& arch, const std::filesystem::path& cache_dir,
               int64_t global_batch, const std::string& stage);
+  /// Any data set (heal.data): every sample but the last `holdout` is a training sample.
+  DistillData(const Config& config, const DataSpec& spec, int64_t holdout, const ArchSummary& arch,
+              const std::filesystem::path& cache_dir, int64_t global_batch, const std::string& stage);
   int64_t train_samples() const { return train_samples_; }
   int64_t samples() const { return data_->size(); }
   /// The inputs of `samples`, on `device`, and their cached teacher rows (on the host).

@@ -95,8 +95,10 @@ std::string HealStage::fingerprint(const StageContext& ctx) {
   h.update(k.train);
   for (int64_t v : {k.steps, k.warmup, mb, accum * world, c.run.seed, c.train.holdout}) h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, k.weight_decay, k.clip, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
+  cache_dir_ = run_cache_dir(c, ctx.fingerprints);
+  heal_cache_ = heal_cache_dir(c, ctx.fingerprints);
+  h.update(heal_cache_.filename().string());  // the heal data's cache fingerprint (none: empty)
   fingerprint_ = hex64(h.digest());
-  cache_dir_ = c.teacher.cache_root / ctx.fingerprints.at("teacher_cache");
   return fingerprint_;
 }
 
@@ -143,7 +145,19 @@ void HealStage::run(const StageContext& ctx) {
   const int64_t mb = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
   const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
   const int64_t global_micros = static_cast<int64_t>(proc.size) * accum;
-  const DistillData data(c, dense.arch, cache_dir_, mb * global_micros, "healing");
+  // Training samples: heal.data (every sample), else the run's (without its held-out samples); the
+  // held-out KL is always measured on the run's held-out samples.
+  const DistillData run_data(c, dense.arch, cache_dir_, 1, "heal");
+  std::unique_ptr<DistillData> heal_data;
+  if (!heal_cache_.empty()) {
+    DataSpec spec = data_spec(c);
+    spec.path = c.heal.data;
+    spec.samples = 0;
+    heal_data = std::make_unique<DistillData>(c, spec, 0, dense.arch, heal_cache_, mb * global_micros, "healing");
+    log::info("heal: training on every sample of heal.data = " + spec.path.string() + " (" +
+              std::to_string(heal_data->samples()) + " samples)");
+  }
+  const DistillData& data = heal_data ? *heal_data : run_data;
   auto comm = run_communicator(c, device);
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
   const StateCheckpoints checkpoints(dir / "checkpoints", fingerprint_, "heal");
@@ -159,7 +173,7 @@ void HealStage::run(const StageContext& ctx) {
   for (auto& w : tr.weights) w.requires_grad_(true);
 
   std::vector<int64_t> held;
-  for (int64_t s = data.train_samples(); s < data.samples() && static_cast<int64_t>(held.size()) < kEvalSamples; ++s)
+  for (int64_t s = run_data.train_samples(); s < run_data.samples() && static_cast<int64_t>(held.size()) < kEvalSamples; ++s)
     held.push_back(s);
   const fs::path metrics_file = dir / "metrics.jsonl";
   std::ofstream metrics;
@@ -233,7 +247,7 @@ void HealStage::run(const StageContext& ctx) {
 
     double held_kl = NAN;
     if (!held.empty() && ((k.eval_every > 0 && step % k.eval_every == 0) || step == k.steps))
-      held_kl = heldout_kl(*model, data, held, c.train.kd_temperature, device, *comm);
+      held_kl = heldout_kl(*model, run_data, held, c.train.kd_temperature, device, *comm);
     const double step_s = since(step_t0);
     if (proc.rank == 0) {
       nlohmann::json j{{"step", step}, {"kl", kl}, {"mse", mse}, {"lr", lr}, {"grad_norm", grad_norm},

@@ -40,7 +40,7 @@ class HealStage final : public Stage {
 
  private:
   std::string fingerprint_;
-  std::filesystem::path cache_dir_;
+  std::filesystem::path cache_dir_, heal_cache_;
 };
 
 }  // namespace hawada

@@ -53,7 +53,7 @@ std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
   if (!c.search.latency_table.empty()) h.update(read_text_file(c.search.latency_table));
   if (c.search.probe_shapes > 0) {
     // The probes fit scales on the teacher cache: its samples and the fit's settings count.
-    h.update(ctx.fingerprints.at("teacher_cache"));
+    h.update(run_cache_dir(c, ctx.fingerprints).filename().string());
     for (int64_t v : {c.search.probe_steps, c.search.probe_samples, static_cast<int64_t>(c.train.micro_batch),
                       static_cast<int64_t>(c.train.grad_accum) * process_info().size, c.run.seed, c.train.holdout,
                       static_cast<int64_t>(c.calibrate.output_scales)})
@@ -61,7 +61,7 @@ std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
     for (double v : {c.calibrate.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
     h.update(c10::toString(compute_dtype(c)));
   }
-  cache_dir_ = c.teacher.cache_root / ctx.fingerprints.at("teacher_cache");
+  cache_dir_ = run_cache_dir(c, ctx.fingerprints);
   return hex64(h.digest());
 }
 

@@ -132,6 +132,7 @@ struct HealConfig {
   std::string train = "all";     ///< "all", or a comma-separated list of attention, mlp, norm, embedding, head
   int64_t checkpoint_every = 100;
   int64_t eval_every = 50;       ///< steps between held-out KL measurements (0 = only at the end)
+  std::filesystem::path data;    ///< Empty: heal on the run's training samples; else every sample of this file
   bool operator==(const HealConfig&) const = default;
 };
 

@@ -31,10 +31,27 @@ DataSpec data_spec(const Config& c) {
 at::ScalarType compute_dtype(const Config& c) { return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat; }
 
 std::unique_ptr<DataSource> open_data(const Config& c, const ArchSummary& arch) {
+  return open_data_spec(data_spec(c), arch, c.model.path);
+}
+
+std::unique_ptr<DataSource> open_data_spec(const DataSpec& spec, const ArchSummary& arch, const fs::path& model_dir) {
   DataExpectations expect;
   expect.vocab_size = arch.vocab_size;
   expect.image_size = arch.image_size;
-  return DataSource::open(data_spec(c), expect, read_pixel_normalization(c.model.path));
+  // Only image data reads preprocessor_config.json (a text model's is none of our business).
+  return DataSource::open(spec, expect,
+                          spec.format == DataSpec::Format::images_h5 ? read_pixel_normalization(model_dir) : PixelNormalization{});
+}
+
+fs::path run_cache_dir(const Config& c, const std::map<std::string, std::string>& fp) {
+  const std::string& f = fp.at("teacher_cache");
+  return c.teacher.cache_root / f.substr(0, f.find('+'));
+}
+
+fs::path heal_cache_dir(const Config& c, const std::map<std::string, std::string>& fp) {
+  const std::string& f = fp.at("teacher_cache");
+  const size_t plus = f.find('+');
+  return plus == std::string::npos ? fs::path() : c.teacher.cache_root / f.substr(plus + 1);
 }
 
 Batch read_samples(const DataSource& data, const std::vector<int64_t>& samples) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,13 @@ DataSpec data_spec(const Config& config);
 at::ScalarType compute_dtype(const Config& config);
 /// The data source of the run, checked against the architecture (vocabulary, image size).
 std::unique_ptr<DataSource> open_data(const Config& config, const ArchSummary& arch);
+/// The same for any data spec (evaluate.data, heal.data); pixels normalise as `model_dir` says.
+std::unique_ptr<DataSource> open_data_spec(const DataSpec& spec, const ArchSummary& arch,
+                                           const std::filesystem::path& model_dir);
+/// The teacher cache of the run's data, and of heal.data (empty when there is none), from the
+/// fingerprint the teacher_cache stage published ("<data>" or "<data>+<heal data>").
+std::filesystem::path run_cache_dir(const Config& config, const std::map<std::string, std::string>& fingerprints);
+std::filesystem::path heal_cache_dir(const Config& config, const std::map<std::string, std::string>& fingerprints);
 /// Reads the given samples, in order, as one batch.
 Batch read_samples(const DataSource& data, const std::vector<int64_t>& samples);
 

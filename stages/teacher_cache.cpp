@@ -69,61 +69,77 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
   const HfCheckpoint ckpt = with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); });
   const auto config_file = c.model.path / "config.json";
   const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
-  const auto data = open_data(c, arch);
+  targets_.clear();
+  targets_.push_back({"data", data_spec(c), {}, {}});
+  if (c.heal.steps > 0 && !c.heal.data.empty()) {
+    DataSpec heal = data_spec(c);
+    heal.path = c.heal.data;
+    heal.samples = 0;
+    targets_.push_back({"heal.data", heal, {}, {}});
+  }
 
   // Rank 0 reads the weights and the data once; every rank gets the same hashes.
-  uint64_t weights = 0, content = 0;
+  uint64_t weights = 0;
   if (process_info().rank == 0) {
     const auto t0 = Clock::now();
     weights = hash_model_weights(c.model.path);
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     log::info("teacher_cache: hashed " + std::to_string(ckpt.total_bytes() / 1000000) + " MB of teacher weights in " +
               std::to_string(s).substr(0, 5) + " s");
-    content = data->content_hash();
   }
   weights = world::broadcast(weights);
-  content = world::broadcast(content);
-
-  layout_ = CacheLayout{};
-  layout_.kind = arch.vocab_size > 0 ? "lm" : "classifier";
-  layout_.samples = data->size();
-  if (layout_.kind == "lm") {
-    layout_.seq_len = c.data.seq_len;
-    layout_.top_k = std::min<int64_t>(c.teacher.top_k, arch.vocab_size);
-    layout_.vocab_size = arch.vocab_size;
-    layout_.store_dtype = c.teacher.store_dtype == StoreDtype::fp16 ? "fp16" : "bf16";
-  } else {
-    layout_.num_labels = arch.num_labels;
+  std::string out;
+  for (Target& t : targets_) {
+    const auto data = open_data_spec(t.spec, arch, c.model.path);
+    uint64_t content = process_info().rank == 0 ? data->content_hash() : 0;
+    content = world::broadcast(content);
+    CacheLayout& layout = t.layout;
+    layout.kind = arch.vocab_size > 0 ? "lm" : "classifier";
+    layout.samples = data->size();
+    if (layout.kind == "lm") {
+      layout.seq_len = t.spec.seq_len;
+      layout.top_k = std::min<int64_t>(c.teacher.top_k, arch.vocab_size);
+      layout.vocab_size = arch.vocab_size;
+      layout.store_dtype = c.teacher.store_dtype == StoreDtype::fp16 ? "fp16" : "bf16";
+    } else {
+      layout.num_labels = arch.num_labels;
+    }
+    Hasher h;
+    for (uint64_t v : {static_cast<uint64_t>(kTeacherCacheFormat), weights, content,
+                       static_cast<uint64_t>(layout.samples), static_cast<uint64_t>(layout.seq_len),
+                       static_cast<uint64_t>(layout.top_k)})
+      h.update_u64(v);
+    // Dtypes by name: enum values are not a stable on-disk key across LibTorch versions.
+    h.update(c10::toString(compute_dtype(c)));
+    h.update(layout.kind);
+    h.update(layout.store_dtype);
+    layout.fingerprint = hex64(h.digest());
+    t.dir = c.teacher.cache_root / layout.fingerprint;
+    out += (out.empty() ? "" : "+") + layout.fingerprint;
   }
-  Hasher h;
-  for (uint64_t v : {static_cast<uint64_t>(kTeacherCacheFormat), weights, content,
-                     static_cast<uint64_t>(layout_.samples), static_cast<uint64_t>(layout_.seq_len),
-                     static_cast<uint64_t>(layout_.top_k)})
-    h.update_u64(v);
-  // Dtypes by name: enum values are not a stable on-disk key across LibTorch versions.
-  h.update(c10::toString(compute_dtype(c)));
-  h.update(layout_.kind);
-  h.update(layout_.store_dtype);
-  layout_.fingerprint = hex64(h.digest());
-  dir_ = c.teacher.cache_root / layout_.fingerprint;
-  return layout_.fingerprint;
+  return out;
 }
 
 void TeacherCacheStage::run(const StageContext& ctx) {
+  for (const Target& t : targets_) cache_one(ctx, t.what, t.spec, t.layout, t.dir);
+}
+
+void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& what, const DataSpec& spec,
+                                  const CacheLayout& layout, const fs::path& dir) {
   const Config& c = ctx.config;
   const auto& proc = process_info();
   // The cache root must be shared by the ranks (each writes its chunks, rank 0 the index); rank 0
   // decides whether it is complete and every rank follows.
   uint64_t complete = 0;
   if (proc.rank == 0) {
-    fs::create_directories(dir_);
-    complete = cache_complete(dir_, layout_);
+    fs::create_directories(dir);
+    complete = cache_complete(dir, layout);
   }
   if (world::broadcast(complete)) {
-    log::info("teacher_cache: reused the complete cache " + dir_.string() + " (no teacher forward)");
+    log::info("teacher_cache: reused the complete cache " + dir.string() + " (no teacher forward)");
     return;
   }
-  fs::create_directories(dir_);
+  fs::create_directories(dir);
 
   const at::Device device = run_device(c);
   const HfCheckpoint ckpt = HfCheckpoint::open(c.model.path);
@@ -131,10 +147,11 @@ void TeacherCacheStage::run(const StageContext& ctx) {
   const auto& adapter = adapter_for(ckpt.config(), config_file);
   const ArchSummary arch = adapter.summarize(ckpt.config(), config_file);
   const auto model = with_context("loading teacher: ", [&] { return adapter.load(ckpt, {compute_dtype(c), device}); });
-  const auto data = open_data(c, arch);
+  const auto data = open_data_spec(spec, arch, c.model.path);
+  if (what != "data") log::info("teacher_cache: caching " + what + " = " + spec.path.string());
 
   // Contiguous chunk ranges per rank.
-  const auto chunks = layout_.chunks();
+  const auto chunks = layout.chunks();
   const size_t first = chunks.size() * static_cast<size_t>(proc.rank) / static_cast<size_t>(proc.size);
   const size_t last = chunks.size() * static_cast<size_t>(proc.rank + 1) / static_cast<size_t>(proc.size);
   int64_t mine = 0, computed = 0, reused = 0;
@@ -158,7 +175,7 @@ void TeacherCacheStage::run(const StageContext& ctx) {
   for (size_t i = first; i < last; ++i) {
     const auto [start, end] = chunks[i];
     if (!overlap) wait_writer();
-    if (cache_chunk_ready(dir_, layout_, start, end)) {
+    if (cache_chunk_ready(dir, layout, start, end)) {
       reused += end - start;
       continue;
     }
@@ -171,8 +188,8 @@ void TeacherCacheStage::run(const StageContext& ctx) {
     std::vector<CacheChunk> parts;
     for (const Batch& cpu_batch : inputs) {
       const at::Tensor features = model->features(to_device(cpu_batch, device));
-      CacheChunk part = layout_.kind == "lm" ? lm_chunk(*model, features, layout_) : CacheChunk{};
-      if (layout_.kind == "classifier") part.logits = model->head(features).to(at::kFloat);
+      CacheChunk part = layout.kind == "lm" ? lm_chunk(*model, features, layout) : CacheChunk{};
+      if (layout.kind == "classifier") part.logits = model->head(features).to(at::kFloat);
       parts.push_back(std::move(part));
     }
     // Only the top-k rows cross to the host.
@@ -182,7 +199,7 @@ void TeacherCacheStage::run(const StageContext& ctx) {
       for (auto& p : parts) ts.push_back(p.*field);
       return at::cat(ts).cpu();
     };
-    if (layout_.kind == "lm") {
+    if (layout.kind == "lm") {
       chunk.topk_values = cat(&CacheChunk::topk_values);
       chunk.topk_indices = cat(&CacheChunk::topk_indices);
       chunk.logsumexp = cat(&CacheChunk::logsumexp);
@@ -192,8 +209,8 @@ void TeacherCacheStage::run(const StageContext& ctx) {
     chunk.sample_index = at::arange(start, end, at::kLong);
     forward_s += std::chrono::duration<double>(Clock::now() - f0).count();
     wait_writer();
-    writer = std::async(std::launch::async, [this, start = start, end = end, chunk = std::move(chunk)] {
-      write_cache_chunk(dir_, layout_, start, end, chunk);
+    writer = std::async(std::launch::async, [&dir, &layout, start = start, end = end, chunk = std::move(chunk)] {
+      write_cache_chunk(dir, layout, start, end, chunk);
     });
     computed += end - start;
 
@@ -204,7 +221,7 @@ void TeacherCacheStage::run(const StageContext& ctx) {
       const int64_t left = mine - computed - reused;
       std::string line = "teacher_cache: rank 0 " + std::to_string(computed + reused) + "/" + std::to_string(mine) +
                          " samples, " + std::to_string(static_cast<int64_t>(rate)) + " samples/s";
-      if (layout_.kind == "lm") line += ", " + std::to_string(static_cast<int64_t>(rate * layout_.seq_len)) + " tokens/s";
+      if (layout.kind == "lm") line += ", " + std::to_string(static_cast<int64_t>(rate * layout.seq_len)) + " tokens/s";
       log::info(line + ", ETA " + log::duration(left / std::max(rate, 1e-9)));
       last_report = now;
     }
@@ -217,17 +234,17 @@ void TeacherCacheStage::run(const StageContext& ctx) {
     std::snprintf(line, sizeof line,
                   "teacher_cache: rank 0 computed %lld samples in %.3f s (forward %.3f s): %.1f tokens/s on %s",
                   static_cast<long long>(computed), wall, forward_s,
-                  static_cast<double>(computed * std::max<int64_t>(1, layout_.seq_len)) / std::max(wall, 1e-9),
+                  static_cast<double>(computed * std::max<int64_t>(1, layout.seq_len)) / std::max(wall, 1e-9),
                   device.str().c_str());
     log::info(line);
   }
 
   // Every rank has written its chunks (or the job was aborted): only then the index.
   const int64_t total_computed = world::sum(computed), total_reused = world::sum(reused);
-  if (proc.rank == 0) write_cache_index(dir_, layout_);
+  if (proc.rank == 0) write_cache_index(dir, layout);
   world::barrier();
   log::info("teacher_cache: teacher forward on " + std::to_string(total_computed) + " samples, " +
-            std::to_string(total_reused) + " reused from an interrupted run; cache " + dir_.string());
+            std::to_string(total_reused) + " reused from an interrupted run; cache " + dir.string());
 }
 
 }  // namespace hawada

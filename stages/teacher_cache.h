@@ -3,12 +3,16 @@
 // in a cache directory shared across runs and keyed by a fingerprint of the teacher weights, the
 // data, seq_len, k, dtypes and the format version. Each rank computes a contiguous range of chunks;
 // rank 0 publishes index.json only after every rank finished. Reruns compute only missing chunks.
+// With heal.data (and heal.steps > 0) the heal data set is cached too, in its own directory: the stage's
+// fingerprint is then "<data fingerprint>+<heal data fingerprint>" (run_cache_dir / heal_cache_dir in
+// stages/student.h split it).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <optional>
 
+#include "core/data.h"
 #include "core/teacher_cache.h"
 #include "stages/stage.h"
 
@@ -20,12 +24,19 @@ class TeacherCacheStage final : public Stage {
   std::string_view name() const override { return "teacher_cache"; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
-  /// The cache directory of the last fingerprint() call.
-  const std::filesystem::path& cache_dir() const { return dir_; }
+  /// The cache directory of the run's data, from the last fingerprint() call.
+  const std::filesystem::path& cache_dir() const { return targets_.at(0).dir; }
 
  private:
-  CacheLayout layout_;
-  std::filesystem::path dir_;
+  struct Target {
+    std::string what;  // "data" or "heal.data"
+    DataSpec spec;
+    CacheLayout layout;
+    std::filesystem::path dir;
+  };
+  std::vector<Target> targets_;
+  void cache_one(const StageContext& ctx, const std::string& what, const DataSpec& spec, const CacheLayout& layout,
+                 const std::filesystem::path& dir);
 };
 
 /// XXH64 over every tensor of a model directory (name, dtype, shape, bytes), in name order.

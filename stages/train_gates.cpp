@@ -142,7 +142,7 @@ std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
   const int64_t world = process_info().size;
   Hasher h;
   h.update("train_gates/2");
-  h.update(ctx.fingerprints.at("teacher_cache"));
+  h.update(run_cache_dir(c, ctx.fingerprints).filename().string());
   h.update(c10::toString(compute_dtype(c)));
   // The global batch (not how it is split over ranks) fixes the result.
   for (int64_t v : {c.run.seed, c.train.steps, static_cast<int64_t>(c.train.micro_batch),
@@ -155,7 +155,7 @@ std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
                    c.budget.target, c.budget.device_flops, c.budget.device_bandwidth})
     h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
-  cache_dir_ = c.teacher.cache_root / ctx.fingerprints.at("teacher_cache");
+  cache_dir_ = run_cache_dir(c, ctx.fingerprints);
   return fingerprint_;
 }
 
