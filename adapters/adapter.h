@@ -15,6 +15,7 @@
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json_fwd.hpp>
 
+#include "adapters/arch.h"
 #include "adapters/model.h"
 #include "core/safetensors.h"
 #include "core/shape_search.h"
@@ -29,27 +30,6 @@ struct LoadOptions {
   /// Compute dtype: weights stored in another dtype are converted; none keeps the stored dtype (no copies).
   std::optional<at::ScalarType> dtype = at::kFloat;
   at::Device device = at::kCPU;
-};
-
-/// The shape of a model as its config.json describes it.
-struct ArchSummary {
-  std::string architecture;  ///< architectures[0], e.g. "LlamaForCausalLM"
-  std::string model_type;    ///< "llama", "vit"
-  int64_t layers = 0;
-  int64_t heads = 0;
-  int64_t kv_heads = 0;
-  int64_t head_dim = 0;
-  int64_t hidden = 0;
-  int64_t ffn = 0;  ///< intermediate_size
-  int64_t vocab_size = 0;   ///< LMs; 0 otherwise
-  int64_t num_labels = 0;   ///< classifiers; 0 otherwise
-  int64_t image_size = 0;   ///< vision; 0 otherwise
-  int64_t patch_size = 0;   ///< vision; 0 otherwise
-  bool tied_embeddings = false;
-  bool attention_bias = false;  ///< llama
-  bool mlp_bias = false;        ///< llama
-  bool qkv_bias = true;         ///< vit
-  bool pooler = false;          ///< vit: a ViTModel saved with its pooler
 };
 
 /// The shape the cost model needs (parameters, FLOPs, latency).
@@ -90,18 +70,6 @@ const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesys
 /// Every registered model_type, sorted.
 std::vector<std::string> supported_model_types();
 
-/// Typed reads of config.json fields, with errors that name the file and key.
-namespace config_field {
-/// A positive integer (or non-negative when allow_zero) field; `fallback` when absent (nullptr: required).
-int64_t integer(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
-                const int64_t* fallback = nullptr, bool allow_zero = false);
-bool boolean(const nlohmann::json& config, const char* key, const std::filesystem::path& file, bool fallback);
-std::string string(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
-                   const std::string& fallback);
-/// architectures[0] of config.json, or `fallback` when absent.
-std::string architecture(const nlohmann::json& config, const std::string& fallback);
-/// A number (integer or float) field; `fallback` when absent.
-double number(const nlohmann::json& config, const char* key, const std::filesystem::path& file, double fallback);
-}  // namespace config_field
+
 
 }  // namespace hawada

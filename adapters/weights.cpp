@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include <ATen/ATen.h>
+
 #include "core/checkpoint.h"
 #include "core/cpu_features.h"
 #include "core/errors.h"
@@ -52,6 +54,11 @@ at::Tensor WeightLoader::fetch(const std::string& name, const std::vector<int64_
                           shape_string(info.shape) + ", config.json implies " + shape_string(shape));
   taken_.insert(name);
   at::Tensor t = checkpoint_.tensor(name);
+  // One NaN in a weight makes every output NaN: refuse it here, by name (a pass over the bytes, well
+  // under a second per GB).
+  if (t.is_floating_point() && !at::isfinite(t).all().item<bool>())
+    throw CheckpointError("model directory '" + checkpoint_.dir().string() + "': tensor '" + name +
+                          "' holds non-finite values (NaN or infinity)");
   const auto dtype = wanted.value_or(t.scalar_type());
   if (t.scalar_type() != dtype || t.device() != options_.device) t = t.to(options_.device, dtype);
   loaded_.emplace_back(name, t);

@@ -4,6 +4,7 @@
 #include <fnmatch.h>
 
 #include "core/errors.h"
+#include "core/json_input.h"
 #include "core/fs.h"
 
 namespace hawada {
@@ -30,10 +31,35 @@ bool matches_any(const std::string& name, const auto& patterns) {
   return false;
 }
 
+// A side file is copied into exports byte for byte, so a symbolic link must not reach outside the
+// model: a relative link resolving inside the directory is followed, and so is a Hugging Face hub cache
+// snapshot's link into its own blobs (<repo>/snapshots/<rev>/f -> ../../blobs/<hash>); an absolute
+// link, or one escaping anywhere else (e.g. tokenizer.json -> /etc/passwd), is a CheckpointError.
+void check_link_stays_inside(const fs::path& dir, const std::string& name) {
+  const fs::path p = dir / name;
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(p, ec))) return;
+  const fs::path target = fs::read_symlink(p, ec);
+  const fs::path resolved = fs::weakly_canonical(p, ec);
+  const fs::path root = fs::weakly_canonical(dir, ec);
+  auto inside = [](const fs::path& x, const fs::path& base) {
+    const auto rel = x.lexically_relative(base);
+    return !rel.empty() && *rel.begin() != "..";
+  };
+  const bool hub_blob = root.parent_path().filename() == "snapshots" &&
+                        inside(resolved, root.parent_path().parent_path() / "blobs");
+  if (target.is_absolute() || !(inside(resolved, root) || hub_blob))
+    throw CheckpointError("'" + p.string() + "' is a symbolic link to '" + target.string() +
+                          "', outside the model directory; exports copy side files, so only links inside it (or a "
+                          "hub cache snapshot's into its blobs) are followed: copy the file in instead");
+}
+
 }  // namespace
 
 nlohmann::json read_json_file(const fs::path& path) {
   std::string text = read_text_file(path);
+  if (const std::string deep = json_depth_problem(text); !deep.empty())
+    throw CheckpointError("'" + path.string() + "' " + deep + "; refused");
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
@@ -56,7 +82,10 @@ HfCheckpoint HfCheckpoint::open(const fs::path& dir) {
     if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
   std::sort(names.begin(), names.end());
   for (const auto& n : names)
-    if (matches_any(n, kSideFilePatterns)) c.side_files_.push_back(n);
+    if (matches_any(n, kSideFilePatterns)) {
+      check_link_stays_inside(dir, n);
+      c.side_files_.push_back(n);
+    }
 
   const fs::path index_path = dir / "model.safetensors.index.json";
   std::map<std::string, std::string> expected_shard;  // tensor -> shard, from the index
@@ -66,6 +95,8 @@ HfCheckpoint HfCheckpoint::open(const fs::path& dir) {
     c.weight_files_ = index.shard_files();
     expected_shard = index.weight_map;
   } else if (fs::exists(dir / "model.safetensors")) {
+    if (!fs::is_regular_file(dir / "model.safetensors"))
+      throw CheckpointError("'" + (dir / "model.safetensors").string() + "' is not a regular file");
     c.weight_files_ = {"model.safetensors"};
   } else {
     std::vector<std::string> foreign;

@@ -9,20 +9,9 @@
 
 #include <ATen/core/Tensor.h>
 
-namespace hawada {
+#include "core/model_shape.h"
 
-/// A uniform transformer shape, as config.json describes it.
-struct ModelShape {
-  enum class Family { llama, vit };
-  Family family = Family::llama;
-  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, ffn = 0;
-  // llama
-  int64_t vocab = 0;
-  bool tied = false, attention_bias = false, mlp_bias = false;
-  // vit
-  int64_t num_labels = 0, image_size = 0, patch_size = 0, channels = 3;
-  bool qkv_bias = true, classifier = true, pooler = false;
-};
+namespace hawada {
 
 /// Parameters of the Hugging Face model of this shape (tied embeddings counted once), as
 /// transformers' num_parameters() counts them.

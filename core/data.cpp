@@ -53,7 +53,43 @@ std::unique_ptr<h5::File> open_h5(const fs::path& path) {
   }
 }
 
+// A data set's rows are read lazily, but the sample order and the teacher cache's chunk list are sized by
+// the sample count: more samples than this is refused rather than allocated.
+constexpr int64_t kMaxSamples = int64_t{1} << 28;
+
+// The dataset must be readable here and live entirely in this file (else the fingerprint of the file's
+// bytes would not see the data change): a DataError naming the file and dataset otherwise.
+void check_dataset(const h5::File& f, const std::string& dataset) {
+  try {
+    f.check_self_contained(dataset);
+  } catch (const IoError& e) {
+    throw DataError(std::string("data file ") + e.what());
+  }
+}
+
+// A dataset's shape and type, any HDF5 failure (a group where a dataset belongs, a damaged header)
+// becoming a DataError naming the file and dataset.
+h5::DatasetInfo h5_info(const h5::File& f, const fs::path& file, const std::string& dataset) {
+  try {
+    return f.info(dataset);
+  } catch (const IoError& e) {
+    throw DataError(std::string("data file ") + e.what());
+  }
+}
+
+// Rows of a dataset; a read failure (a truncated or damaged file) is a DataError naming file and dataset.
+void read_rows(const h5::File& f, const std::string& dataset, int64_t row, int64_t rows, h5::Type type, void* out) {
+  try {
+    f.read_rows(dataset, row, rows, type, out);
+  } catch (const IoError& e) {
+    throw DataError(std::string("data file ") + e.what());
+  }
+}
+
 int64_t limit(int64_t available, int64_t wanted, const fs::path& file, const std::string& dataset) {
+  if (available > kMaxSamples)
+    fail(file, dataset, "declares " + std::to_string(available) + " samples, more than the " +
+                            std::to_string(kMaxSamples) + " this pipeline handles");
   if (wanted > available)
     fail(file, dataset, "data.samples = " + std::to_string(wanted) + " but the file holds " +
                             std::to_string(available) + " samples");
@@ -65,6 +101,7 @@ class TokensH5 final : public DataSource {
   TokensH5(const DataSpec& spec, const DataExpectations& expect) : spec_(spec), expect_(expect) {
     file_ = open_h5(spec.path);
     const auto ids = info("input_ids");
+    check_dataset(*file_, "input_ids");
     if (!ids.is_integer || ids.shape.size() != 2)
       fail(spec.path, "input_ids", "expected integer [samples, seq_len], got " + ids.type_name() + " " +
                                        shape_string(ids.shape));
@@ -76,6 +113,7 @@ class TokensH5 final : public DataSource {
       if (!mask.is_integer || mask.shape != ids.shape)
         fail(spec.path, "attention_mask", "expected integer " + shape_string(ids.shape) + " like input_ids, got " +
                                               mask.type_name() + " " + shape_string(mask.shape));
+      check_dataset(*file_, "attention_mask");
       has_mask_ = true;
     }
     size_ = limit(ids.shape[0], spec.samples, spec.path, "input_ids");
@@ -85,11 +123,11 @@ class TokensH5 final : public DataSource {
   Batch read(int64_t start, int64_t count) const override {
     Batch b;
     b.input_ids = at::empty({count, spec_.seq_len}, at::kLong);
-    file_->read_rows("input_ids", start, count, h5::Type::i64, b.input_ids.data_ptr());
+    read_rows(*file_, "input_ids", start, count, h5::Type::i64, b.input_ids.data_ptr());
     check_ids(b.input_ids, expect_.vocab_size, spec_.path, "input_ids", start);
     if (has_mask_) {
       b.attention_mask = at::empty({count, spec_.seq_len}, at::kLong);
-      file_->read_rows("attention_mask", start, count, h5::Type::i64, b.attention_mask.data_ptr());
+      read_rows(*file_, "attention_mask", start, count, h5::Type::i64, b.attention_mask.data_ptr());
     }
     return b;
   }
@@ -97,7 +135,7 @@ class TokensH5 final : public DataSource {
  private:
   h5::DatasetInfo info(const std::string& dataset) {
     if (!file_->has(dataset)) fail(spec_.path, dataset, "missing");
-    return file_->info(dataset);
+    return h5_info(*file_, spec_.path, dataset);
   }
   DataSpec spec_;
   DataExpectations expect_;
@@ -147,7 +185,8 @@ class ImagesH5 final : public DataSource {
       : spec_(spec), norm_(norm) {
     file_ = open_h5(spec.path);
     if (!file_->has("pixel_values")) fail(spec.path, "pixel_values", "missing");
-    const auto px = file_->info("pixel_values");
+    const auto px = h5_info(*file_, spec.path, "pixel_values");
+    check_dataset(*file_, "pixel_values");
     const bool u8 = px.is_integer && !px.is_signed && px.element_size == 1;
     if (!(u8 || px.is_float) || px.shape.size() != 4)
       fail(spec.path, "pixel_values", "expected uint8 or float [samples, channels, height, width], got " +
@@ -165,7 +204,7 @@ class ImagesH5 final : public DataSource {
   Batch read(int64_t start, int64_t count) const override {
     Batch b;
     b.pixel_values = at::empty({count, shape_[1], shape_[2], shape_[3]}, at::kFloat);
-    file_->read_rows("pixel_values", start, count, h5::Type::f32, b.pixel_values.data_ptr());
+    read_rows(*file_, "pixel_values", start, count, h5::Type::f32, b.pixel_values.data_ptr());
     if (uint8_) {
       if (norm_.do_rescale) b.pixel_values.mul_(norm_.rescale_factor);
       if (norm_.do_normalize) {

@@ -106,7 +106,9 @@ File File::open_read(const std::filesystem::path& path) {
   f.path_ = path;
   if (!std::filesystem::is_regular_file(path)) throw IoError("'" + path.string() + "' does not exist");
   if (H5Fis_hdf5(path.c_str()) <= 0) throw IoError("'" + path.string() + "' is not an HDF5 file");
-  f.file_ = Id(HAWADA_CHECK_H5(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT)), H5Fclose);
+  f.file_ = with_context("'" + path.string() + "': ", [&] {
+    return Id(HAWADA_CHECK_H5(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT)), H5Fclose);
+  });
   return f;
 }
 
@@ -124,6 +126,15 @@ bool File::has(const std::string& dataset) const {
 
 DatasetInfo File::info(const std::string& dataset) const {
   if (!has(dataset)) throw IoError("'" + path_.string() + "' has no dataset '" + dataset + "'");
+  return with_context("'" + path_.string() + "', dataset '" + dataset + "': ", [&] { return info_unchecked(dataset); });
+}
+
+DatasetInfo File::info_unchecked(const std::string& dataset) const {
+  H5O_info_t oinfo{};
+  HAWADA_CHECK_H5(H5Oget_info_by_name2(file_.get(), dataset.c_str(), &oinfo, H5O_INFO_BASIC, H5P_DEFAULT));
+  if (oinfo.type != H5O_TYPE_DATASET)
+    throw IoError(std::string("is a ") + (oinfo.type == H5O_TYPE_GROUP ? "group" : "named type or other object") +
+                  ", not a dataset");
   Id d(HAWADA_CHECK_H5(H5Dopen2(file_.get(), dataset.c_str(), H5P_DEFAULT)), H5Dclose);
   Id space(HAWADA_CHECK_H5(H5Dget_space(d.get())), H5Sclose);
   Id type(HAWADA_CHECK_H5(H5Dget_type(d.get())), H5Tclose);
@@ -140,8 +151,52 @@ DatasetInfo File::info(const std::string& dataset) const {
   return info;
 }
 
-void File::read_rows(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const {
+void File::check_self_contained(const std::string& dataset) const {
+  const std::string where = "'" + path_.string() + "', dataset '" + dataset + "': ";
+  H5L_info_t link{};
+  HAWADA_CHECK_H5(H5Lget_info(file_.get(), dataset.c_str(), &link, H5P_DEFAULT));
+  if (link.type == H5L_TYPE_EXTERNAL)
+    throw IoError(where + "is an external link to another file; the data must live in this file (its fingerprint "
+                          "would not see the other file change): copy it in, e.g. h5copy or h5py");
   const DatasetInfo meta = info(dataset);
+  Id d(HAWADA_CHECK_H5(H5Dopen2(file_.get(), dataset.c_str(), H5P_DEFAULT)), H5Dclose);
+  Id dcpl(HAWADA_CHECK_H5(H5Dget_create_plist(d.get())), H5Pclose);
+  const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+  if (layout == H5D_VIRTUAL)
+    throw IoError(where + "is a virtual dataset (its bytes live in other files, which the fingerprint would not "
+                          "see change); write a self-contained copy, e.g. h5repack");
+  if (HAWADA_CHECK_H5(H5Pget_external_count(dcpl.get())) > 0)
+    throw IoError(where + "keeps its raw data in external files (which the fingerprint would not see change); "
+                          "write a self-contained copy, e.g. h5repack");
+  const int filters = HAWADA_CHECK_H5(H5Pget_nfilters(dcpl.get()));
+  for (int i = 0; i < filters; ++i) {
+    unsigned flags = 0, config = 0;
+    size_t nvalues = 0;
+    char name[128] = {0};
+    const H5Z_filter_t id = H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &nvalues, nullptr, sizeof name,
+                                           name, &config);
+    if (id < 0 || H5Zfilter_avail(id) <= 0)
+      throw IoError(where + "is compressed with filter " + std::to_string(id) + " ('" + name +
+                    "'), which this HDF5 library does not have (lzf is h5py's own); rewrite it with gzip, e.g. "
+                    "h5repack -f GZIP=4 in.h5 out.h5");
+  }
+  uint64_t declared = meta.element_size;
+  for (int64_t n : meta.shape) declared = n == 0 ? 0 : (declared > UINT64_MAX / static_cast<uint64_t>(n) ? UINT64_MAX : declared * static_cast<uint64_t>(n));
+  const uint64_t stored = H5Dget_storage_size(d.get());
+  // Compression shrinks data by small factors; far less storage than declared is a truncated or sparse
+  // dataset whose rows were never written (or a file built to make readers allocate).
+  const uint64_t plausible = filters > 0 ? declared / 1000 : declared;
+  if (declared > 0 && stored < plausible)
+    throw IoError(where + "declares " + std::to_string(declared) + " bytes of data but stores " + std::to_string(stored) +
+                  (filters > 0 ? " compressed" : "") + ": the file is truncated or the dataset was never fully written");
+}
+
+void File::read_rows(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const {
+  with_context("'" + path_.string() + "', dataset '" + dataset + "': ", [&] { read_rows_unchecked(dataset, row, rows, type, out); });
+}
+
+void File::read_rows_unchecked(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const {
+  const DatasetInfo meta = info_unchecked(dataset);
   HAWADA_ASSERT(!meta.shape.empty() && row >= 0 && row + rows <= meta.shape[0], "row range inside the dataset");
   Id d(HAWADA_CHECK_H5(H5Dopen2(file_.get(), dataset.c_str(), H5P_DEFAULT)), H5Dclose);
   Id file_space(HAWADA_CHECK_H5(H5Dget_space(d.get())), H5Sclose);

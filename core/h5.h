@@ -73,8 +73,13 @@ class File {
   const std::filesystem::path& path() const { return path_; }
 
   bool has(const std::string& dataset) const;
-  /// Shape and element type; IoError naming the file and dataset when absent.
+  /// Shape and element type; IoError naming the file and dataset when absent or not a dataset.
   DatasetInfo info(const std::string& dataset) const;
+  /// IoError naming the file and dataset when the dataset's bytes do not all live in this file or
+  /// cannot be read here: an external link, a virtual dataset, external raw storage (all of which a
+  /// fingerprint of this file would not see change), a compression filter this HDF5 lacks, or less
+  /// storage than the declared size (a truncated or sparse dataset).
+  void check_self_contained(const std::string& dataset) const;
   /// Reads rows [row, row + rows) of the first dimension, converted by HDF5 to `type`, into `out`.
   void read_rows(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const;
   /// Reads the whole dataset.
@@ -90,6 +95,8 @@ class File {
   void close();
 
  private:
+  DatasetInfo info_unchecked(const std::string& dataset) const;
+  void read_rows_unchecked(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const;
   std::filesystem::path path_;
   Id file_;
 };

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/json_input.h"
 
 namespace hawada::safetensors {
 namespace {
@@ -56,6 +57,7 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& file,
     }
     return true;
   };
+  if (const std::string deep = json_depth_problem(text); !deep.empty()) fail(file, std::string(what) + " " + deep);
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text.begin(), text.end(), callback);
@@ -86,12 +88,12 @@ uint64_t checked_nbytes(const std::vector<int64_t>& shape, DType dtype, const st
 
 uint64_t json_uint(const nlohmann::json& v, const std::string& file, const std::string& name, const char* field) {
   if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
-    fail_tensor(file, name, std::string(field) + " must hold non-negative integers, got " + v.dump());
+    fail_tensor(file, name, std::string(field) + " must hold non-negative integers, got " + json_excerpt(v));
   return v.get<uint64_t>();
 }
 
 TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry, const std::string& file) {
-  if (!entry.is_object()) fail_tensor(file, name, "entry must be an object, got " + entry.dump());
+  if (!entry.is_object()) fail_tensor(file, name, "entry must be an object, got " + json_excerpt(entry));
   TensorInfo t;
   t.name = name;
   auto it = entry.find("dtype");
@@ -168,10 +170,10 @@ Header parse_file(const uint8_t* data, uint64_t size, const std::string& file) {
   h.data_offset = 8 + n;
   for (const auto& [key, value] : j.items()) {
     if (key == "__metadata__") {
-      if (!value.is_object()) fail(file, "__metadata__ must be an object of strings, got " + value.dump());
+      if (!value.is_object()) fail(file, "__metadata__ must be an object of strings, got " + json_excerpt(value));
       for (const auto& [mk, mv] : value.items()) {
         if (!mv.is_string())
-          fail(file, "__metadata__ value for '" + mk + "' must be a string, got " + mv.dump());
+          fail(file, "__metadata__ value for '" + mk + "' must be a string, got " + json_excerpt(mv));
         h.metadata.emplace(mk, mv.get<std::string>());
       }
       continue;
@@ -256,17 +258,17 @@ ShardIndex parse_index(std::string_view json_text, const std::string& file) {
   if (!j.is_object()) fail(file, "index is not a JSON object");
   ShardIndex index;
   if (auto m = j.find("metadata"); m != j.end() && !m->is_null()) {
-    if (!m->is_object()) fail(file, "'metadata' must be an object, got " + m->dump());
+    if (!m->is_object()) fail(file, "'metadata' must be an object, got " + json_excerpt(*m));
     if (auto ts = m->find("total_size"); ts != m->end()) {
       if (!ts->is_number_integer() || ts->get<int64_t>() < 0)
-        fail(file, "'metadata.total_size' must be a non-negative integer, got " + ts->dump());
+        fail(file, "'metadata.total_size' must be a non-negative integer, got " + json_excerpt(*ts));
       index.total_size = ts->get<uint64_t>();
     }
   }
   auto wm = j.find("weight_map");
   if (wm == j.end() || !wm->is_object()) fail(file, "missing object 'weight_map'");
   for (const auto& [name, shard] : wm->items()) {
-    if (!shard.is_string()) fail_tensor(file, name, "weight_map value must be a file name, got " + shard.dump());
+    if (!shard.is_string()) fail_tensor(file, name, "weight_map value must be a file name, got " + json_excerpt(shard));
     const auto& s = shard.get_ref<const std::string&>();
     if (!plain_file_name(s))
       fail_tensor(file, name, "shard '" + s + "' is not a plain file name inside the model directory");

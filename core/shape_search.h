@@ -19,6 +19,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "core/cost_model.h"
+#include "core/plan.h"
 
 namespace hawada {
 
@@ -63,31 +64,8 @@ struct CostSpec {
   const LatencyTable* table = nullptr;  ///< measured latencies instead of the roofline model
 };
 
-/// A candidate shape with its predictions.
-struct Candidate {
-  ModelShape shape;
-  double parameters = 0, flops = 0, latency_s = 0;
-  double cost_ratio = 0;  ///< under the metric, of the dense model
-  double importance = 0;  ///< kept fraction of the scores, averaged over the kinds with gates
-};
-
-/// The chosen shape and, per layer, which structures it keeps (sorted indices into the dense model).
-struct Plan {
-  Candidate chosen;
-  Candidate dense;
-  std::vector<std::vector<int64_t>> heads;     ///< [layers]: kept query heads, grouped by kv head
-  std::vector<std::vector<int64_t>> kv_heads;  ///< [layers]: kept kv heads (LLaMA)
-  std::vector<std::vector<int64_t>> ffn;       ///< [layers]: kept FFN channels
-  std::vector<int64_t> hidden;                 ///< kept hidden channels
-  std::string metric;
-  double target = 0;
-};
-
 /// Every legal shape under the rules, dense included.
 std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules& rules);
-/// Empty when transformers builds and loads this shape; otherwise why not.
-std::string transformers_violation(const ModelShape& shape, const ModelShape& dense);
-
 /// The search result: the plan and the Pareto front (cost against importance) of the legal shapes.
 struct SearchResult {
   Plan plan;
@@ -104,9 +82,5 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
 /// The plan of one candidate shape: which structures each layer keeps, by the scores.
 Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Candidate& shape, const CostSpec& cost,
               const Candidate& dense_candidate);
-
-/// plan.json and its reader (CheckpointError naming the file on a malformed plan).
-nlohmann::json plan_to_json(const Plan& plan);
-Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std::string& file);
 
 }  // namespace hawada

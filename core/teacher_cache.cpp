@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/json_input.h"
 #include "core/fs.h"
 #include "core/h5.h"
 
@@ -34,6 +35,25 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_datasets(cons
             {"logsumexp", {n, l.seq_len}},
             {"sample_index", {n}}};
   return {{"logits", {n, l.num_labels}}, {"sample_index", {n}}};
+}
+
+// The values of a chunk (written or read): finite logits and log-sum-exps, indices inside the
+// vocabulary. `where` names the file (or the samples) in the CacheError.
+void check_values(const CacheChunk& c, const CacheLayout& layout, const std::string& where) {
+  if (layout.kind == "lm") {
+    if (!at::isfinite(c.topk_values.to(at::kFloat)).all().item<bool>())
+      throw CacheError(where + ": topk_values holds non-finite teacher logits (a broken teacher or cache file)");
+    if (!at::isfinite(c.logsumexp).all().item<bool>())
+      throw CacheError(where + ": logsumexp holds non-finite values (a broken teacher or cache file)");
+    if (c.topk_indices.numel() > 0) {
+      const int64_t lo = c.topk_indices.min().item<int64_t>(), hi = c.topk_indices.max().item<int64_t>();
+      if (lo < 0 || hi >= layout.vocab_size)
+        throw CacheError(where + ": topk_indices holds token " + std::to_string(lo < 0 ? lo : hi) +
+                         ", outside the vocabulary [0, " + std::to_string(layout.vocab_size) + ")");
+    }
+  } else if (!at::isfinite(c.logits).all().item<bool>()) {
+    throw CacheError(where + ": logits holds non-finite values (a broken teacher or cache file)");
+  }
 }
 
 void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, int64_t end) {
@@ -87,6 +107,9 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
   const std::string stale_prefix = "." + final_path.filename().string() + ".tmp.";
   for (const auto& e : fs::directory_iterator(dir))
     if (e.path().filename().string().rfind(stale_prefix, 0) == 0) fs::remove(e.path());
+  // Nothing non-finite is ever cached: a NaN from the teacher stops the run here, naming the samples.
+  check_values(c, layout, "teacher outputs of samples [" + std::to_string(start) + ", " + std::to_string(end) +
+                              ") for '" + final_path.string() + "'");
   const fs::path tmp = temp_sibling(final_path);
   try {
     h5::File f = h5::File::create(tmp);
@@ -159,6 +182,7 @@ CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int6
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
     f.read_all("logits", h5::Type::f32, c.logits.data_ptr());
   }
+  check_values(c, layout, "'" + path.string() + "'");
   return c;
 }
 
@@ -200,6 +224,9 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
       f.read_rows("logits", row, 1, h5::Type::f32, c.logits[i].data_ptr());
     }
   }
+  std::string files_read;
+  for (const auto& [start, f] : files) files_read += (files_read.empty() ? "'" : ", '") + f.path().string() + "'";
+  check_values(c, layout, files_read);
   return c;
 }
 
@@ -217,10 +244,12 @@ CacheLayout read_cache_index(const fs::path& dir) {
   const fs::path path = dir / "index.json";
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_text_file(path));
+    const std::string text = read_text_file(path);
+    if (const std::string deep = json_depth_problem(text); !deep.empty()) cache_fail(path, "index " + deep);
+    j = nlohmann::json::parse(text);
     CacheLayout l;
     if (j.at("format_version").get<int64_t>() != kTeacherCacheFormat)
-      cache_fail(path, "format version " + j.at("format_version").dump() + ", expected " +
+      cache_fail(path, "format version " + json_excerpt(j.at("format_version")) + ", expected " +
                            std::to_string(kTeacherCacheFormat));
     l.fingerprint = j.at("fingerprint").get<std::string>();
     l.kind = j.at("kind").get<std::string>();

@@ -437,11 +437,15 @@ struct ValueReader {
 
   void operator()(std::string* out) const {
     const std::string& s = string();
+    const bool control = std::any_of(s.begin(), s.end(), [](char ch) {
+      return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+    });
     if (rule.check == Check::file_name &&
-        (s.empty() || s == "." || s == ".." || s.find_first_of("/\\") != std::string::npos))
+        (s.empty() || s == "." || s == ".." || s.find_first_of("/\\") != std::string::npos || control ||
+         s.size() > 200))
       rd.fail(node.source().begin, key,
-              "invalid name (expected a non-empty file name without '/' or '\\', not \".\" or \"..\", got " +
-                  quote(s) + ")");
+              "invalid name (expected a non-empty file name of at most 200 bytes without '/', '\\' or control "
+              "characters, not \".\" or \"..\", got " + quote(s.size() > 60 ? s.substr(0, 60) + "..." : s) + ")");
     if (rule.check == Check::weight_kinds) {
       // "all", or a comma-separated list of weight kinds (each once).
       std::vector<std::string> seen;

@@ -126,6 +126,11 @@ std::string heat_map(const std::string& id, const std::string& title, const std:
   return o.str();
 }
 
+// A number field as text, "n/a" when absent, null or not a number (a report never dies on a value).
+std::string number_or_na(const json& j, const char* key, const char* f) {
+  return j.contains(key) && j[key].is_number() ? fmt(f, j[key].get<double>()) : std::string("n/a");
+}
+
 std::vector<json> read_metrics(const fs::path& file) {
   std::vector<json> out;
   std::ifstream in(file);
@@ -163,6 +168,7 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
     for (const auto& m : metrics) {
       const double s = m.value("step", 0.0);
       loss.x.push_back(s), loss.y.push_back(m.value("loss", 0.0));
+      if (!m["kl"].is_number() || !m["expected_cost"].is_number()) continue;  // a broken line
       kl.x.push_back(s), kl.y.push_back(m.value("kl", 0.0));
       cost.x.push_back(s), cost.y.push_back(m.value("expected_cost", 0.0));
       target.x.push_back(s), target.y.push_back(m.value("target", 0.0));
@@ -285,8 +291,8 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
          << escape(sm.at("export").get<std::string>()) << ": on " << v.at("samples") << " "
          << (v.at("held_out").get<bool>() ? "held-out" : "training") << " samples the export's logits are "
          << (v.at("passed").get<bool>() ? "equal to" : "DIFFERENT from") << " the hard-gated student's (max |diff| "
-         << fmt("%.3g", v.value("max_abs_diff", 0.0)) << ", relative L2 " << fmt("%.3g", v.value("relative_l2", 0.0))
-         << ", tolerance " << fmt("%.0e", v.at("tolerance").get<double>()) << "). Load it with "
+         << number_or_na(v, "max_abs_diff", "%.3g") << ", relative L2 " << number_or_na(v, "relative_l2", "%.3g")
+         << ", tolerance " << number_or_na(v, "tolerance", "%.0e") << "). Load it with "
          << "<code>AutoModel*.from_pretrained(\"" << escape(sm.at("export").get<std::string>()) << "\")</code>.</p>";
   }
   // Quality and measured speed (evaluate).

@@ -53,13 +53,24 @@ struct Rope {
 Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) {
   Rope r;
   r.theta = cf::number(config, "rope_theta", file, r.theta);
+  auto positive = [&](double v, const char* key) {
+    if (!(v > 0) || !std::isfinite(v))
+      throw CheckpointError("'" + file.string() + "': key '" + key + "': expected a positive finite number, got " +
+                            std::to_string(v));
+  };
   const nlohmann::json* p = nullptr;
   if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object()) p = &*it;
   else if (auto it2 = config.find("rope_scaling"); it2 != config.end() && it2->is_object()) p = &*it2;
-  if (!p) return r;
+  if (!p) {
+    positive(r.theta, "rope_theta");
+    return r;
+  }
   r.theta = cf::number(*p, "rope_theta", file, r.theta);
   r.type = cf::string(*p, "rope_type", file, cf::string(*p, "type", file, "default"));
-  if (r.type == "default") return r;
+  if (r.type == "default") {
+    positive(r.theta, "rope_theta");
+    return r;
+  }
   if (r.type != "llama3")
     throw CheckpointError("'" + file.string() + "': rope type '" + r.type +
                           "' is not supported (supported: default, llama3)");
@@ -68,6 +79,11 @@ Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) 
   r.low_freq_factor = cf::number(*p, "low_freq_factor", file, 1);
   r.high_freq_factor = cf::number(*p, "high_freq_factor", file, 4);
   r.original_max_positions = cf::number(*p, "original_max_position_embeddings", file, max_pos);
+  positive(r.theta, "rope_theta");
+  positive(r.factor, "rope_scaling.factor");
+  positive(r.original_max_positions, "original_max_position_embeddings");
+  if (!(r.high_freq_factor > r.low_freq_factor))
+    throw CheckpointError("'" + file.string() + "': high_freq_factor must exceed low_freq_factor");
   return r;
 }
 
@@ -102,7 +118,7 @@ class LlamaModel final : public Model {
     if (act != "silu")
       throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: silu)");
     const bool attn_bias = arch.attention_bias, mlp_bias = arch.mlp_bias;
-    inv_freq_ = inverse_frequencies(read_rope(config, file), arch.head_dim).to(options.device);
+    const Rope rope = read_rope(config, file);
 
     WeightLoader w(ckpt, options);
     const int64_t h = arch.hidden, q = arch.heads * arch.head_dim, kv = arch.kv_heads * arch.head_dim, f = arch.ffn;
@@ -131,6 +147,8 @@ class LlamaModel final : public Model {
     }
     w.finish();
     weights_ = w.loaded();
+    // Sized by head_dim: only now that every weight agreed with config.json.
+    inv_freq_ = inverse_frequencies(rope, arch.head_dim).to(options.device);
   }
 
   at::Tensor features(const Batch& batch, const GateValues* gates) const override { return hidden_states(batch, gates); }
@@ -226,27 +244,7 @@ class LlamaModel final : public Model {
 }  // namespace
 
 ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::filesystem::path& file) const {
-  ArchSummary s;
-  s.model_type = "llama";
-  s.architecture = cf::architecture(config, "LlamaForCausalLM");
-  s.layers = cf::integer(config, "num_hidden_layers", file);
-  s.hidden = cf::integer(config, "hidden_size", file);
-  s.heads = cf::integer(config, "num_attention_heads", file);
-  s.kv_heads = cf::integer(config, "num_key_value_heads", file, &s.heads);
-  s.ffn = cf::integer(config, "intermediate_size", file);
-  s.vocab_size = cf::integer(config, "vocab_size", file);
-  const int64_t default_head_dim = s.hidden / s.heads;
-  s.head_dim = cf::integer(config, "head_dim", file, &default_head_dim);
-  // LlamaConfig's default is untied.
-  s.tied_embeddings = cf::boolean(config, "tie_word_embeddings", file, false);
-  s.attention_bias = cf::boolean(config, "attention_bias", file, false);
-  s.mlp_bias = cf::boolean(config, "mlp_bias", file, false);
-  if (s.heads % s.kv_heads != 0)
-    throw CheckpointError("'" + file.string() + "': num_attention_heads " + std::to_string(s.heads) +
-                          " is not a multiple of num_key_value_heads " + std::to_string(s.kv_heads));
-  if (s.head_dim % 2 != 0)
-    throw CheckpointError("'" + file.string() + "': head_dim " + std::to_string(s.head_dim) + " must be even (RoPE)");
-  return s;
+  return summarize_llama_config(config, file);
 }
 
 std::unique_ptr<Model> LlamaAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {

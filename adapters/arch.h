@@ -1,0 +1,57 @@
+// What an architecture's config.json says, read without LibTorch: the summary every stage sizes things
+// by, and the typed field readers (errors name the file and key; sizes are bounded before anything is
+// allocated by them).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace hawada {
+
+/// The shape of a model as its config.json describes it.
+struct ArchSummary {
+  std::string architecture;  ///< architectures[0], e.g. "LlamaForCausalLM"
+  std::string model_type;    ///< "llama", "vit"
+  int64_t layers = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t hidden = 0;
+  int64_t ffn = 0;  ///< intermediate_size
+  int64_t vocab_size = 0;   ///< LMs; 0 otherwise
+  int64_t num_labels = 0;   ///< classifiers; 0 otherwise
+  int64_t image_size = 0;   ///< vision; 0 otherwise
+  int64_t patch_size = 0;   ///< vision; 0 otherwise
+  bool tied_embeddings = false;
+  bool attention_bias = false;  ///< llama
+  bool mlp_bias = false;        ///< llama
+  bool qkv_bias = true;         ///< vit
+  bool pooler = false;          ///< vit: a ViTModel saved with its pooler
+};
+
+/// Typed reads of config.json fields, with errors that name the file and key.
+namespace config_field {
+/// A positive integer (or non-negative when allow_zero) field; `fallback` when absent (nullptr: required).
+/// Counts above kMaxConfigInteger are refused: no config.json sizes an allocation of that many things.
+inline constexpr int64_t kMaxConfigInteger = int64_t{1} << 24;
+int64_t integer(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
+                const int64_t* fallback = nullptr, bool allow_zero = false, int64_t max = kMaxConfigInteger);
+bool boolean(const nlohmann::json& config, const char* key, const std::filesystem::path& file, bool fallback);
+std::string string(const nlohmann::json& config, const char* key, const std::filesystem::path& file,
+                   const std::string& fallback);
+/// architectures[0] of config.json, or `fallback` when absent.
+std::string architecture(const nlohmann::json& config, const std::string& fallback);
+/// A number (integer or float) field; `fallback` when absent.
+double number(const nlohmann::json& config, const char* key, const std::filesystem::path& file, double fallback);
+}  // namespace config_field
+
+/// The config.json readers of the Hugging Face architectures (adapters/huggingface/*_config.cpp):
+/// CheckpointError naming the file and key when a field is missing, mistyped, out of bounds or
+/// inconsistent.
+ArchSummary summarize_llama_config(const nlohmann::json& config, const std::filesystem::path& file);
+ArchSummary summarize_vit_config(const nlohmann::json& config, const std::filesystem::path& file);
+
+}  // namespace hawada

@@ -1,0 +1,25 @@
+// JSON that comes from outside (config.json, index.json, safetensors headers, preprocessor and
+// generation configs, plan.json, latency tables, the teacher-cache index): nesting is bounded before
+// anything parses or recurses over it, and error messages quote a bounded excerpt, never the value.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace hawada {
+
+/// Deeper nesting than this is refused (real files nest a few levels).
+inline constexpr int kMaxJsonDepth = 64;
+
+/// Empty when `text` nests at most `max_depth` arrays/objects deep (one iterative pass that respects
+/// strings and escapes); otherwise what is wrong, for the caller's typed error.
+std::string json_depth_problem(std::string_view text, int max_depth = kMaxJsonDepth);
+
+/// A single-line excerpt of a value for messages: scalars as JSON, containers by their first items,
+/// at most `max_chars` characters.
+std::string json_excerpt(const nlohmann::json& value, std::size_t max_chars = 80);
+
+}  // namespace hawada

@@ -1,0 +1,30 @@
+// libFuzzer target: an architecture's config.json reader (the adapter's, without LibTorch). Any input
+// must parse to a summary whose sizes are within the readers' bounds, or throw CheckpointError naming
+// the file; never crash, recurse without bound or allocate by the file's numbers.
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "adapters/arch.h"
+#include "core/errors.h"
+#include "core/json_input.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view text(reinterpret_cast<const char*>(data), size);
+  // As read_json_file does: the depth check first, then the parse.
+  if (!hawada::json_depth_problem(text).empty()) return 0;
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return 0;
+  for (auto* read : {&hawada::summarize_llama_config, &hawada::summarize_vit_config}) {
+    try {
+      const hawada::ArchSummary s = read(j, "fuzz/config.json");
+      if (s.layers <= 0 || s.layers > 1024 || s.heads <= 0 || s.hidden <= 0 || s.head_dim <= 0) __builtin_trap();
+      if (s.kv_heads <= 0 || s.heads % s.kv_heads != 0) __builtin_trap();
+    } catch (const hawada::CheckpointError& e) {
+      if (std::string(e.what()).find("fuzz/config.json") == std::string::npos) __builtin_trap();
+    }
+  }
+  return 0;
+}
