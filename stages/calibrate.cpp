@@ -234,6 +234,9 @@ void CalibrateStage::run(const StageContext& ctx) {
                   held.size(), before, after);
     log::info(line);
   }
+  for (const auto& t : scales.named())
+    if (!at::isfinite(t.tensor).all().item<bool>())
+      throw NumericError("calibrate: the fitted scales '" + t.name + "' hold non-finite values; nothing is published");
   if (proc.rank == 0) {
     fs::create_directories(dir);
     std::map<std::string, std::string> meta{{"fingerprint", fingerprint_}};

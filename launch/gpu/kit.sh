@@ -136,9 +136,9 @@ test_nccl --gtest_brief=1 | tail -2
 CHECK
 )
 if [ "$(id -u)" -eq 0 ] && command -v unshare >/dev/null; then
-  env -i HOME=/tmp unshare -m bash -c "$check"
+  env -i HOME=/tmp HAWADA_TORCH_PYTHON="$venv/bin/python" unshare -m bash -c "$check"
 else
   echo "(not root: checking without hiding the system Open MPI)"
-  env -i HOME=/tmp bash -c "$(echo "$check" | grep -v 'mount -t tmpfs')"
+  env -i HOME=/tmp HAWADA_TORCH_PYTHON="$venv/bin/python" bash -c "$(echo "$check" | grep -v 'mount -t tmpfs')"
 fi
 say "kit ready: carry '$(realpath --relative-to="$repo" "$kit")' to the GPU machine and run bench/gpu/run.sh there"

@@ -41,7 +41,8 @@ def dom_of(html):
 def test_demo_exports_a_loadable_model_and_a_report(tmp_path, cli, mpirun, config, arch, auto):
     p = run_demo(tmp_path, cli, mpirun, config, arch)
     run = tmp_path / "runs" / ("demo" if arch == "llama" else "demo-vit")
-    for stage in ("teacher_cache", "train_gates", "reduce_gates", "rounding_search", "export", "report"):
+    for stage in ("teacher_cache", "train_gates", "reduce_gates", "rounding_search", "calibrate", "heal", "export",
+                  "evaluate", "report"):
         assert (run / "stages" / f"{stage}.done").exists(), stage
     summary = json.load(open(run / "export" / "summary.json"))
     assert summary["verify"]["passed"], summary
@@ -49,6 +50,8 @@ def test_demo_exports_a_loadable_model_and_a_report(tmp_path, cli, mpirun, confi
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert summary["parameters"] < summary["dense_parameters"]
     assert model.num_parameters() == summary["parameters"]
+    assert summary["evaluate"]["export"]["kl"] is not None and summary["evaluate"]["latency"]["export_s"] > 0
+    assert (run / "export" / os.path.basename(summary["export"]) / "README.md").read_text().startswith("---\nbase_model:")
     assert (run / "logs" / "rank-0.log").exists() and (run / "logs" / "rank-1.log").exists()
     assert "train_gates: done" in (run / "logs" / "rank-1.log").read_text()
 
@@ -59,8 +62,8 @@ def test_demo_exports_a_loadable_model_and_a_report(tmp_path, cli, mpirun, confi
     if not CHROMIUM:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium); report not opened")
     dom = dom_of(html)
-    for element in ("loss-curve", "kl-curve", "cost-curve", "heatmap-heads", "heatmap-ffn", "pareto", "chosen",
-                    "before-after", "verify"):
+    for element in ("loss-curve", "kl-curve", "cost-curve", "calibrate-curve", "heatmap-heads", "heatmap-ffn",
+                    "probes", "pareto", "chosen", "before-after", "verify", "quality", "speedup"):
         assert f'id="{element}"' in dom, element
     assert dom.count("<polyline") >= 4 and dom.count('class="cell"') > 8 and dom.count('class="candidate"') >= 2
     assert 'class="pass"' in dom
