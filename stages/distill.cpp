@@ -242,11 +242,16 @@ DistillData::DistillData(const Config& c, const DataSpec& spec, int64_t holdout,
     throw CacheError("'" + cache_dir.string() + "' holds " + std::to_string(layout_.samples) + " samples, the data " +
                      std::to_string(data_->size()) + " ('" + spec.path.string() + "')");
   train_samples_ = data_->size() - holdout;
-  if (train_samples_ < global_batch)
-    throw ConfigError(c.source.string() + ": '" + spec.path.string() + "' with holdout " + std::to_string(holdout) + " leaves " +
-                      std::to_string(std::max<int64_t>(0, train_samples_)) + " of " + std::to_string(data_->size()) +
-                      " samples for " + stage + ", fewer than one global batch (micro_batch x grad_accum x ranks = " +
-                      std::to_string(global_batch) + ")");
+  if (train_samples_ < global_batch) {
+    const std::string file = "'" + spec.path.string() + "'";
+    const std::string total = std::to_string(data_->size());
+    const std::string what =
+        holdout > 0 ? "train.holdout = " + std::to_string(holdout) + " leaves " +
+                          std::to_string(std::max<int64_t>(0, train_samples_)) + " of the " + total + " samples of " + file
+                    : file + " holds only " + total + " samples";
+    throw ConfigError(c.source.string() + ": " + what + " for " + stage +
+                      ", fewer than one global batch (micro_batch x grad_accum x ranks = " + std::to_string(global_batch) + ")");
+  }
 }
 
 Batch DistillData::batch(const std::vector<int64_t>& samples, const at::Device& device) const {

@@ -25,7 +25,10 @@ say() { printf '== %s\n' "$*"; }
 
 cli=$build/pipeline/hawada-pipeline
 [ -x "$cli" ] || { echo "kit.sh: $cli not built; run launch/setup.sh first" >&2; exit 1; }
-if ! ldd "$cli" | grep -q 'libnccl'; then
+# read ldd into a variable first: `ldd | grep -q` under pipefail fails at random when grep
+# exits before ldd is done writing (SIGPIPE), which made this check flaky.
+cli_libs=$(ldd "$cli")
+if ! grep -q 'libnccl' <<<"$cli_libs"; then
   echo "kit.sh: $cli was built without CUDA/NCCL (the torch wheel in .venv has no CUDA?); the kit needs the CUDA build" >&2
   exit 1
 fi
