@@ -7,6 +7,7 @@
 
 #include "adapters/huggingface/llama.h"
 #include "adapters/huggingface/vit.h"
+#include "core/checkpoint.h"
 #include "core/errors.h"
 #include "core/json_input.h"
 
@@ -17,7 +18,7 @@ namespace {
 const std::vector<std::unique_ptr<ModelAdapter>>& registry() {
   static const auto adapters = [] {
     std::vector<std::unique_ptr<ModelAdapter>> v;
-    v.push_back(std::make_unique<LlamaAdapter>());
+    for (const char* type : LlamaAdapter::kModelTypes) v.push_back(std::make_unique<LlamaAdapter>(type));
     v.push_back(std::make_unique<VitAdapter>());
     return v;
   }();
@@ -28,6 +29,12 @@ const std::vector<std::unique_ptr<ModelAdapter>>& registry() {
   throw CheckpointError("'" + file.string() + "': key '" + key + "': " + what);
 }
 
+std::string supported_list() {
+  std::string list;
+  for (const auto& t : supported_model_types()) list += (list.empty() ? "" : ", ") + t;
+  return list;
+}
+
 }  // namespace
 
 const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesystem::path& config_file) {
@@ -36,30 +43,28 @@ const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesys
   const auto& type = it->get_ref<const std::string&>();
   for (const auto& a : registry())
     if (a->model_type() == type) return *a;
-  std::string list;
-  for (const auto& t : supported_model_types()) list += (list.empty() ? "" : ", ") + t;
-  fail(config_file, "model_type", "unsupported model_type '" + type + "' (supported: " + list + ")");
+  fail(config_file, "model_type", "unsupported model_type '" + type + "' (supported: " + supported_list() + ")");
+}
+
+ArchSummary ModelAdapter::summarize_checkpoint(const HfCheckpoint& ckpt) const {
+  return summarize(ckpt.config(), ckpt.dir() / "config.json");
+}
+
+const ModelAdapter& adapter_for_type(const std::string& type) {
+  for (const auto& a : registry())
+    if (a->model_type() == type) return *a;
+  throw CheckpointError("unsupported model_type '" + type + "' (supported: " + supported_list() + ")");
 }
 
 ModelShape model_shape(const ArchSummary& a) {
   ModelShape s;
-  s.family = a.model_type == "vit" ? ModelShape::Family::vit : ModelShape::Family::llama;
   s.layers = a.layers;
   s.hidden = a.hidden;
   s.heads = a.heads;
   s.kv_heads = a.kv_heads;
   s.head_dim = a.head_dim;
   s.ffn = a.ffn;
-  s.vocab = a.vocab_size;
-  s.tied = a.tied_embeddings;
-  s.attention_bias = a.attention_bias;
-  s.mlp_bias = a.mlp_bias;
-  s.num_labels = a.num_labels;
-  s.image_size = a.image_size;
-  s.patch_size = a.patch_size;
-  s.qkv_bias = a.qkv_bias;
-  s.classifier = a.num_labels > 0;
-  s.pooler = a.pooler;
+  s.traits = adapter_for_type(a.model_type).traits(a);
   return s;
 }
 

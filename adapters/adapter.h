@@ -32,7 +32,8 @@ struct LoadOptions {
   at::Device device = at::kCPU;
 };
 
-/// The shape the cost model needs (parameters, FLOPs, latency).
+/// The shape the cost model needs (parameters, FLOPs, latency): the counts of `arch` and the traits its
+/// adapter gives; CheckpointError listing the supported model types when arch.model_type has none.
 ModelShape model_shape(const ArchSummary& arch);
 
 /// One Hugging Face architecture.
@@ -44,6 +45,12 @@ class ModelAdapter {
   /// Reads the architecture from config.json; CheckpointError naming the file and key when a
   /// field is missing, mistyped or inconsistent.
   virtual ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const = 0;
+  /// summarize() of the checkpoint's config.json, plus what only its weights tell (a ViTModel saved
+  /// with its pooler).
+  virtual ArchSummary summarize_checkpoint(const HfCheckpoint& checkpoint) const;
+  /// The architecture as data for core (cost model, search, plan checks) and the tools: grouping,
+  /// coupling, biases, norms, tokens per sample, the parameters and products outside the layers.
+  virtual ShapeTraits traits(const ArchSummary& arch) const = 0;
   /// Loads the model: checks every weight the config implies (present, shape, no unexpected ones)
   /// and throws CheckpointError naming the tensor with expected and got.
   virtual std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const = 0;
@@ -67,6 +74,8 @@ inline constexpr const char* kWeightKinds[] = {"attention", "mlp", "norm", "embe
 
 /// The adapter for config["model_type"]; CheckpointError listing the supported types otherwise.
 const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesystem::path& config_file);
+/// The adapter of a model_type; CheckpointError listing the supported types otherwise.
+const ModelAdapter& adapter_for_type(const std::string& model_type);
 /// Every registered model_type, sorted.
 std::vector<std::string> supported_model_types();
 

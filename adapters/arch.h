@@ -26,9 +26,12 @@ struct ArchSummary {
   int64_t image_size = 0;   ///< vision; 0 otherwise
   int64_t patch_size = 0;   ///< vision; 0 otherwise
   bool tied_embeddings = false;
-  bool attention_bias = false;  ///< llama
-  bool mlp_bias = false;        ///< llama
-  bool qkv_bias = true;         ///< vit
+  int64_t channels = 0;     ///< vision: num_channels; 0 otherwise
+  bool qkv_bias = false;        ///< bias on the q, k and v projections
+  bool out_bias = false;        ///< bias on the attention output projection
+  bool mlp_bias = false;        ///< biases on the MLP's matrices
+  bool qk_norm = false;         ///< per-head RMSNorm of queries and keys (qwen3)
+  int64_t sliding_window = 0;   ///< attention window of the windowed layers; 0: none
   bool pooler = false;          ///< vit: a ViTModel saved with its pooler
 };
 
@@ -53,5 +56,8 @@ double number(const nlohmann::json& config, const char* key, const std::filesyst
 /// inconsistent.
 ArchSummary summarize_llama_config(const nlohmann::json& config, const std::filesystem::path& file);
 ArchSummary summarize_vit_config(const nlohmann::json& config, const std::filesystem::path& file);
+/// The LLaMA family (llama, mistral, qwen2, qwen3): LLaMA's layout with the differences of `model_type`.
+ArchSummary summarize_llama_family_config(const std::string& model_type, const nlohmann::json& config,
+                                          const std::filesystem::path& file);
 
 }  // namespace hawada

@@ -33,20 +33,26 @@ struct Widths {
   T h, heads, f;
 };
 
-// Calls fn(Gemm) for every matrix product of one forward pass, in order (per layer, then the head).
+// Rows, inner and outer width of a product outside the layers (0 stands for the hidden width h).
+template <class T>
+Gemm<T> outer_gemm(const OuterProduct& p, const T& h, int64_t batch, int64_t tokens) {
+  const double rows = p.rows_per_token * static_cast<double>(batch * tokens) + p.rows_per_sample * static_cast<double>(batch);
+  auto width = [&](int64_t w) { return w == 0 ? h : lift(static_cast<double>(w), h); };
+  return Gemm<T>{lift(rows, h), width(p.in), width(p.out)};
+}
+
+// Calls fn(Gemm) for every matrix product of one forward pass, in order (before the layers, per
+// layer, after them).
 template <class T, class Fn>
 void for_each_gemm(const ModelShape& s, const std::vector<Widths<T>>& layers, int64_t batch, int64_t tokens, Fn fn) {
+  const ShapeTraits& tr = s.traits;
   const T& like = layers.front().h;
   const T t = lift(static_cast<double>(batch * tokens), like);
   const double hd = static_cast<double>(s.head_dim), kv = static_cast<double>(s.kv_heads * s.head_dim);
-  if (s.family == ModelShape::Family::vit) {
-    const double patches = static_cast<double>((tokens - 1) * batch);
-    fn(Gemm<T>{lift(patches, like), lift(static_cast<double>(s.channels * s.patch_size * s.patch_size), like),
-               layers.front().h});
-  }
+  for (const OuterProduct& p : tr.before) fn(outer_gemm(p, layers.front().h, batch, tokens));
   for (const Widths<T>& w : layers) {
     const T q = w.heads * hd;
-    const T kvw = s.family == ModelShape::Family::vit ? q : lift(kv, like);
+    const T kvw = tr.kv_groups ? lift(kv, like) : q;
     fn(Gemm<T>{t, w.h, q});
     fn(Gemm<T>{t, w.h, kvw});
     fn(Gemm<T>{t, w.h, kvw});
@@ -55,44 +61,30 @@ void for_each_gemm(const ModelShape& s, const std::vector<Widths<T>>& layers, in
     fn(Gemm<T>{rows, lift(hd, like), lift(static_cast<double>(tokens), like)});
     fn(Gemm<T>{rows, lift(static_cast<double>(tokens), like), lift(hd, like)});
     fn(Gemm<T>{t, q, w.h});
-    fn(Gemm<T>{t, w.h, w.f});                                          // gate / fc1
-    if (s.family == ModelShape::Family::llama) fn(Gemm<T>{t, w.h, w.f});  // up
+    for (int m = 1; m < tr.mlp_matrices; ++m) fn(Gemm<T>{t, w.h, w.f});  // gate, up / fc1
     fn(Gemm<T>{t, w.f, w.h});                                          // down / fc2
   }
-  const T& h = layers.back().h;
-  if (s.family == ModelShape::Family::llama) fn(Gemm<T>{t, h, lift(static_cast<double>(s.vocab), like)});
-  else if (s.classifier)
-    fn(Gemm<T>{lift(static_cast<double>(batch), like), h, lift(static_cast<double>(s.num_labels), like)});
+  for (const OuterProduct& p : tr.after) fn(outer_gemm(p, layers.back().h, batch, tokens));
 }
 
 template <class T>
 T parameters(const ModelShape& s, const std::vector<Widths<T>>& layers) {
+  const ShapeTraits& tr = s.traits;
   const double hd = static_cast<double>(s.head_dim), kv = static_cast<double>(s.kv_heads * s.head_dim);
   const T& h = layers.front().h;
   T total = lift(0.0, h);
   for (const Widths<T>& w : layers) {
     const T q = w.heads * hd;
-    if (s.family == ModelShape::Family::llama) {
-      total = total + w.h * q * 2.0 + w.h * (2.0 * kv) + w.h * w.f * 3.0 + w.h * 2.0;
-      if (s.attention_bias) total = total + q + (2.0 * kv) + w.h;
-      if (s.mlp_bias) total = total + w.f * 2.0 + w.h;
-    } else {
-      // q, k, v, o (+ o bias), fc1 and fc2 with biases, two LayerNorms.
-      total = total + w.h * q * 4.0 + w.h + w.h * w.f * 2.0 + w.f + w.h + w.h * 4.0;
-      if (s.qkv_bias) total = total + q * 3.0;
-    }
+    const T kvw = tr.kv_groups ? lift(kv, h) : q;
+    total = total + w.h * q * 2.0 + w.h * kvw * 2.0 + w.h * w.f * static_cast<double>(tr.mlp_matrices) +
+            w.h * static_cast<double>(tr.norm_vectors);
+    if (tr.qkv_bias) total = total + q + kvw * 2.0;
+    if (tr.out_bias) total = total + w.h;
+    if (tr.mlp_in_bias) total = total + w.f * static_cast<double>(tr.mlp_matrices - 1);
+    if (tr.mlp_out_bias) total = total + w.h;
+    if (tr.qk_norm) total = total + lift(2.0 * hd, h);
   }
-  if (s.family == ModelShape::Family::llama) {
-    total = total + h * static_cast<double>(s.vocab * (s.tied ? 1 : 2)) + h;  // embedding (+ lm_head), final norm
-  } else {
-    const double patches = static_cast<double>((s.image_size / s.patch_size) * (s.image_size / s.patch_size));
-    // patch projection + bias, CLS token, position embeddings, final LayerNorm
-    total = total + h * static_cast<double>(s.channels * s.patch_size * s.patch_size) + h * 2.0 + h * (patches + 1) +
-            h * 2.0;
-    if (s.classifier) total = total + h * static_cast<double>(s.num_labels) + static_cast<double>(s.num_labels);
-    if (s.pooler) total = total + h * h + h;
-  }
-  return total;
+  return total + h * h * tr.outer_h2 + h * tr.outer_h1 + tr.outer_h0;
 }
 
 template <class T>

@@ -17,7 +17,7 @@ namespace hawada {
 /// transformers' num_parameters() counts them.
 int64_t parameter_count(const ModelShape& shape);
 
-/// Work of one forward pass over `batch` sequences of `tokens` tokens (ViT: tokens = patches + 1).
+/// Work of one forward pass over `batch` sequences of `tokens` tokens (an architecture may fix tokens, e.g. patches + 1).
 struct ForwardCost {
   double flops = 0;  ///< 2 per multiply-add, matrix products and attention
   double bytes = 0;  ///< weights read once plus activations read and written by the matrix products

@@ -30,7 +30,7 @@ struct DataSpec {
   int token_bytes = 2;      ///< tokens_bin: 2 (uint16) or 4 (uint32)
 };
 
-/// How uint8 pixels become model inputs (transformers' ViTImageProcessor: rescale, then normalise).
+/// How uint8 pixels become model inputs (transformers' image processors: rescale, then normalise).
 struct PixelNormalization {
   bool do_rescale = true;
   double rescale_factor = 1.0 / 255.0;
@@ -38,7 +38,7 @@ struct PixelNormalization {
   std::array<double, 3> mean{0.5, 0.5, 0.5};
   std::array<double, 3> std{0.5, 0.5, 0.5};
 };
-/// Reads `model_dir/preprocessor_config.json`; ViTImageProcessor's defaults when it is absent.
+/// Reads `model_dir/preprocessor_config.json`; the image processor's defaults (mean and std 0.5) when it is absent.
 PixelNormalization read_pixel_normalization(const std::filesystem::path& model_dir);
 
 /// What the model accepts; a sample outside it is a DataError naming the file and dataset.

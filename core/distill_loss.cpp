@@ -26,7 +26,7 @@ at::Tensor topk_kl_loss(const at::Tensor& student_logits, const at::Tensor& topk
     teacher = at::cat({t_top, t_tail}, -1);
     // Student: its log-probabilities at the teacher's top-k tokens, and of the tail. The tail is
     // log(1 - sum of the top-k probabilities): one pass over the vocabulary fewer than a
-    // log-sum-exp over the other logits, which matters at LLaMA-3's 128k vocabulary. Where the tail
+    // log-sum-exp over the other logits, which matters at a 128k vocabulary. Where the tail
     // is tiny (< 1e-3) that difference loses fp32 digits, so those rows alone take the exact
     // log-sum-exp of every logit outside the top-k.
     const at::Tensor s_top = s.gather(-1, idx) - student_lse;

@@ -9,8 +9,6 @@
 namespace hawada {
 namespace {
 
-bool is_vit(const ModelShape& s) { return s.family == ModelShape::Family::vit; }
-
 nlohmann::json candidate_json(const Candidate& c) {
   return {{"layers", c.shape.layers},         {"hidden_size", c.shape.hidden},  {"num_attention_heads", c.shape.heads},
           {"num_key_value_heads", c.shape.kv_heads}, {"head_dim", c.shape.head_dim}, {"intermediate_size", c.shape.ffn},
@@ -26,13 +24,12 @@ std::string transformers_violation(const ModelShape& s, const ModelShape& dense)
   if (s.heads < 1 || s.kv_heads < 1 || s.hidden < 1 || s.ffn < 1) return "a count below 1";
   if (s.heads > dense.heads || s.kv_heads > dense.kv_heads || s.hidden > dense.hidden || s.ffn > dense.ffn)
     return "a count above the dense model's";
-  if (s.hidden % s.heads != 0) return "hidden_size % num_attention_heads != 0";
-  if (is_vit(s)) {
-    if (s.hidden != s.heads * s.head_dim) return "ViT hidden_size != num_attention_heads x head size";
-  } else {
-    if (s.heads % s.kv_heads != 0) return "num_attention_heads % num_key_value_heads != 0";
-    if (s.head_dim % 2 != 0) return "odd head_dim (RoPE)";
-  }
+  const ShapeTraits& t = dense.traits;
+  if (t.hidden_multiple_of_heads && s.hidden % s.heads != 0) return "hidden_size % num_attention_heads != 0";
+  if (t.hidden_is_heads && s.hidden != s.heads * s.head_dim) return "hidden_size != num_attention_heads x head size";
+  if (t.kv_groups && s.heads % s.kv_heads != 0) return "num_attention_heads % num_key_value_heads != 0";
+  if (!t.kv_groups && s.kv_heads != s.heads) return "num_key_value_heads != num_attention_heads (no kv groups)";
+  if (t.rope && s.head_dim % 2 != 0) return "odd head_dim (RoPE)";
   return {};
 }
 
@@ -98,17 +95,17 @@ Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std:
       if (static_cast<int64_t>(p.heads.back().size()) != p.chosen.shape.heads)
         throw CheckpointError("'" + file + "': " + at + "heads has " + std::to_string(p.heads.back().size()) +
                               " entries, the shape says " + std::to_string(p.chosen.shape.heads));
-      if (dense.family == ModelShape::Family::llama)
+      if (dense.traits.kv_groups)
         check(p.kv_heads.back(), p.chosen.shape.kv_heads, dense.kv_heads, at + "kv_heads");
       check(p.ffn.back(), p.chosen.shape.ffn, dense.ffn, at + "ffn");
-      // Query heads: distinct, in range, and (LLaMA) the same number from each kept kv group.
+      // Query heads: distinct, in range, and (kv groups) the same number from each kept kv group.
       std::vector<int64_t> sorted = p.heads.back();
       std::sort(sorted.begin(), sorted.end());
       if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end() ||
           (!sorted.empty() && (sorted.front() < 0 || sorted.back() >= dense.heads)))
         throw CheckpointError("'" + file + "': " + at + "heads must be " + std::to_string(p.chosen.shape.heads) +
                               " distinct indices in [0, " + std::to_string(dense.heads) + ")");
-      if (dense.family == ModelShape::Family::llama && dense.kv_heads > 0 && p.chosen.shape.kv_heads > 0) {
+      if (dense.traits.kv_groups && dense.kv_heads > 0 && p.chosen.shape.kv_heads > 0) {
         const int64_t q = dense.heads / dense.kv_heads, per = p.chosen.shape.heads / p.chosen.shape.kv_heads;
         for (int64_t g : p.kv_heads.back()) {
           const auto n = std::count_if(sorted.begin(), sorted.end(), [&](int64_t h) { return h / q == g; });

@@ -26,7 +26,7 @@ struct Plan {
   Candidate chosen;
   Candidate dense;
   std::vector<std::vector<int64_t>> heads;     ///< [layers]: kept query heads, grouped by kv head
-  std::vector<std::vector<int64_t>> kv_heads;  ///< [layers]: kept kv heads (LLaMA)
+  std::vector<std::vector<int64_t>> kv_heads;  ///< [layers]: kept kv heads (architectures with kv groups)
   std::vector<std::vector<int64_t>> ffn;       ///< [layers]: kept FFN channels
   std::vector<int64_t> hidden;                 ///< kept hidden channels
   std::string metric;

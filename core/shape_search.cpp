@@ -40,11 +40,10 @@ std::vector<int64_t> widths(int64_t dense, int64_t multiple, bool gated) {
   return w;
 }
 
-bool is_vit(const ModelShape& s) { return s.family == ModelShape::Family::vit; }
-
-// Query heads per kv group; for a ViT every head is its own group.
-int64_t group_size(const ModelShape& s) { return is_vit(s) ? 1 : s.heads / s.kv_heads; }
-int64_t groups(const ModelShape& s) { return is_vit(s) ? s.heads : s.kv_heads; }
+// Query heads per kv group; without kv groups every head is its own group.
+bool grouped(const ModelShape& s) { return s.traits.kv_groups; }
+int64_t group_size(const ModelShape& s) { return grouped(s) ? s.heads / s.kv_heads : 1; }
+int64_t groups(const ModelShape& s) { return grouped(s) ? s.kv_heads : s.heads; }
 
 // Kept-importance evaluation of counts, from sorted prefix sums computed once.
 class Importance {
@@ -174,7 +173,7 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
   const int64_t g = groups(dense), q = group_size(dense);
   std::vector<int64_t> kv_options, q_options;
   if (r.heads) {
-    for (int64_t k = (is_vit(dense) || r.prune_kv_groups) ? 1 : g; k <= g; ++k) kv_options.push_back(k);
+    for (int64_t k = (!grouped(dense) || r.prune_kv_groups) ? 1 : g; k <= g; ++k) kv_options.push_back(k);
     for (int64_t k = 1; k <= q; ++k) q_options.push_back(k);
   } else {
     kv_options = {g};
@@ -185,7 +184,7 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
     for (int64_t per : q_options) {
       const int64_t heads = kv * per;
       std::vector<int64_t> hidden_options;
-      if (is_vit(dense)) {
+      if (dense.traits.hidden_is_heads) {
         // Coupled: hidden = heads x head size.
         const int64_t h = heads * dense.head_dim;
         if (h == dense.hidden || h % r.hidden_multiple == 0) hidden_options = {h};
@@ -196,7 +195,7 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
         for (int64_t ffn : ffn_options) {
           ModelShape s = dense;
           s.heads = heads;
-          s.kv_heads = is_vit(dense) ? heads : kv;
+          s.kv_heads = grouped(dense) ? kv : heads;
           s.hidden = hidden;
           s.ffn = ffn;
           if (transformers_violation(s, dense).empty()) out.push_back(s);
@@ -218,7 +217,7 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
   for (const ModelShape& s : legal_shapes(dense, rules)) {
     Candidate c = price(s, cost);
     c.cost_ratio = (cost.metric == CostSpec::Metric::params ? c.parameters : c.latency_s) / dense_cost;
-    const int64_t kv = is_vit(dense) ? s.heads : s.kv_heads;
+    const int64_t kv = grouped(dense) ? s.kv_heads : s.heads;
     c.importance = importance(kv, s.heads / kv, s.ffn, s.hidden);
     all.push_back(c);
   }
@@ -262,12 +261,12 @@ Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Cand
   p.metric = cost.metric == CostSpec::Metric::params ? "params" : "latency";
   p.target = cost.target;
   const ModelShape& s = chosen.shape;
-  const int64_t kv = is_vit(dense) ? s.heads : s.kv_heads, per = s.heads / kv, q = group_size(dense);
+  const int64_t kv = grouped(dense) ? s.kv_heads : s.heads, per = s.heads / kv, q = group_size(dense);
   for (int64_t l = 0; l < dense.layers; ++l) {
     std::vector<int64_t> heads, kv_heads;
     if (scores.heads.empty()) {
       for (int64_t h = 0; h < dense.heads; ++h) heads.push_back(h);
-      for (int64_t k = 0; k < dense.kv_heads && !is_vit(dense); ++k) kv_heads.push_back(k);
+      for (int64_t k = 0; k < dense.kv_heads && grouped(dense); ++k) kv_heads.push_back(k);
     } else {
       const auto& layer = scores.heads[static_cast<size_t>(l)];
       std::vector<double> group_value;
@@ -282,7 +281,7 @@ Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Cand
       }
       for (int64_t g : top_indices(group_value, kv)) {
         heads.insert(heads.end(), group_heads[static_cast<size_t>(g)].begin(), group_heads[static_cast<size_t>(g)].end());
-        if (!is_vit(dense)) kv_heads.push_back(g);
+        if (grouped(dense)) kv_heads.push_back(g);
       }
     }
     p.heads.push_back(heads);

@@ -2,11 +2,11 @@
 // that kernels like (widths in multiples), and that fits the budget, keeping the most importance.
 //
 // Legal shapes (DESIGN.md "Hugging Face rules"):
-//   LLaMA: head_dim kept; heads = kv x (query heads per kv group), the same count in every kept
-//          group; hidden % heads == 0 (5.x config validation); kv groups kept unless
-//          prune_kv_groups; every layer the same counts.
-//   ViT:   hidden = heads x head_size (head size kept); every layer the same counts.
-//   Both:  FFN width a multiple of ffn_multiple (or the dense width), hidden a multiple of
+//   kv groups (traits.kv_groups): head_dim kept; heads = kv x (query heads per kv group), the same
+//          count in every kept group; kv groups kept unless prune_kv_groups.
+//   coupled (traits.hidden_is_heads): hidden = heads x head_size (head size kept).
+//   hidden % heads == 0 where transformers validates it (traits.hidden_multiple_of_heads).
+//   All:   every layer the same counts; FFN width a multiple of ffn_multiple (or the dense width), hidden a multiple of
 //          hidden_multiple (or the dense width); counts >= 1; a kind without gates keeps its width.
 #pragma once
 

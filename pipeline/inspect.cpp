@@ -26,8 +26,7 @@ std::string with_commas(uint64_t n) {
 std::string inspect_model(const std::filesystem::path& dir, bool as_json) {
   const HfCheckpoint ckpt = HfCheckpoint::open(dir);
   const auto config_file = dir / "config.json";
-  ArchSummary s = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
-  s.pooler = ckpt.contains("pooler.dense.weight") || ckpt.contains("vit.pooler.dense.weight");
+  const ArchSummary s = adapter_for(ckpt.config(), config_file).summarize_checkpoint(ckpt);
   const int64_t config_parameters = parameter_count(model_shape(s));
 
   std::map<std::string, uint64_t> dtype_params;  // stored dtype -> parameters

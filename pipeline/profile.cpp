@@ -40,21 +40,21 @@ double time_median(F fn, int repeats) {
 void profile_command(const std::filesystem::path& model_dir, const std::filesystem::path& out, const ProfileOptions& o) {
   const HfCheckpoint ckpt = HfCheckpoint::open(model_dir);
   const auto config_file = model_dir / "config.json";
-  const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
+  const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize_checkpoint(ckpt);
   const ModelShape dense = model_shape(arch);
-  const bool vit = dense.family == ModelShape::Family::vit;
+  const ShapeTraits& traits = dense.traits;
   const at::Device device = pick_device(DeviceRequest::auto_, 0);
   const std::string dtype_name = !o.dtype.empty() ? o.dtype : device.is_cuda() ? "bf16" : "fp32";
   if (dtype_name != "bf16" && dtype_name != "fp32") throw UsageError("--dtype must be bf16 or fp32, got '" + dtype_name + "'");
   const auto opts = at::TensorOptions().device(device).dtype(dtype_name == "bf16" ? at::kBFloat16 : at::kFloat);
   const int64_t B = o.batch,
-                T = o.tokens > 0 ? o.tokens : vit ? (dense.image_size / dense.patch_size) * (dense.image_size / dense.patch_size) + 1 : 512;
+                T = o.tokens > 0 ? o.tokens : traits.tokens_per_sample > 0 ? traits.tokens_per_sample : 512;
 
   SearchRules rules;
   rules.ffn_multiple = o.ffn_multiple;
   rules.hidden_multiple = o.hidden_multiple;
   rules.prune_kv_groups = o.prune_kv_groups;
-  rules.hidden = vit || o.hidden;
+  rules.hidden = traits.hidden_is_heads || o.hidden;
   std::set<std::tuple<int64_t, int64_t, int64_t>> attention;
   std::set<std::pair<int64_t, int64_t>> mlp;
   std::set<int64_t> hidden;
@@ -84,7 +84,7 @@ void profile_command(const std::filesystem::path& model_dir, const std::filesyst
           const at::Tensor q = at::linear(x, wq).view({B, T, n, hd}).transpose(1, 2);
           const at::Tensor kk = at::linear(x, wk).view({B, T, k, hd}).transpose(1, 2);
           const at::Tensor v = at::linear(x, wv).view({B, T, k, hd}).transpose(1, 2);
-          const at::Tensor a = at::scaled_dot_product_attention(q, kk, v, std::nullopt, 0.0, /*is_causal=*/!vit,
+          const at::Tensor a = at::scaled_dot_product_attention(q, kk, v, std::nullopt, 0.0, /*is_causal=*/traits.causal,
                                                                 std::nullopt, /*enable_gqa=*/n != k);
           return at::linear(a.transpose(1, 2).reshape({B, T, n * hd}), wo);
         },
@@ -95,17 +95,31 @@ void profile_command(const std::filesystem::path& model_dir, const std::filesyst
                      w2 = at::randn({f, h}, opts) * 0.02, w3 = at::randn({h, f}, opts) * 0.02;
     table.mlp[{h, f}] = time_median(
         [&] {
-          if (vit) return at::linear(at::gelu(at::linear(x, w1)), w3);
+          if (traits.mlp_matrices == 2) return at::linear(at::gelu(at::linear(x, w1)), w3);
           return at::linear(at::silu(at::linear(x, w1)) * at::linear(x, w2), w3);
         },
         o.repeats);
   }
   for (int64_t h : hidden) {
-    // LM head over every token; for a ViT the patch embedding (as a matrix product) and classifier.
-    const int64_t rows = vit ? B * (T - 1) : B * T, in = vit ? 3 * dense.patch_size * dense.patch_size : h,
-                  outw = vit ? h : dense.vocab;
-    const at::Tensor x = at::randn({rows, in}, opts), w = at::randn({outw, in}, opts) * 0.02;
-    table.other[h] = time_median([&] { return at::linear(x, w); }, o.repeats);
+    // The matrix products outside the layers (LM head, patch embedding, classifier, ...), one after another.
+    std::vector<std::pair<at::Tensor, at::Tensor>> products;
+    for (const auto* list : {&traits.before, &traits.after})
+      for (const OuterProduct& p : *list) {
+        const auto rows = static_cast<int64_t>(p.rows_per_token * static_cast<double>(B * T) + p.rows_per_sample * static_cast<double>(B));
+        const int64_t in = p.in == 0 ? h : p.in, outw = p.out == 0 ? h : p.out;
+        products.emplace_back(at::randn({std::max<int64_t>(rows, 1), in}, opts), at::randn({outw, in}, opts) * 0.02);
+      }
+    if (products.empty()) {
+      table.other[h] = 0;
+      continue;
+    }
+    table.other[h] = time_median(
+        [&] {
+          at::Tensor sum = at::zeros({}, opts);
+          for (const auto& [x, w] : products) sum = sum + at::linear(x, w).sum();
+          return sum;
+        },
+        o.repeats);
   }
   atomic_write_text(out, latency_table_to_json(table).dump(1) + "\n");
   log::info("profile: " + out.string() + " written in " +

@@ -10,7 +10,7 @@
 //
 // Bytes held per trained parameter: the weight in the compute dtype (2 for bf16), its gradient in that
 // dtype while a backward runs (2), the fp32 master (4), the fp32 gradient accumulator (4) and the two
-// Adam moments (8): 20 bytes, 18 between backwards. LLaMA-3.2-1B pruned to 0.7 (0.87 G parameters):
+// Adam moments (8): 20 bytes, 18 between backwards. A 1.24 G-parameter model pruned to 0.7 (0.87 G parameters):
 // 17 GB, which leaves most of an 80 GB GPU for activations. In fp32 compute the weights are the
 // masters (16 bytes).
 //

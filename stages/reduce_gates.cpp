@@ -32,7 +32,7 @@ std::string ReduceGatesStage::fingerprint(const StageContext& ctx) {
 void ReduceGatesStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const LoadedModel lm = load_model(c, /*weights=*/false);
-  const GatesConfig gates_config = effective_gates(c, lm.arch);
+  const GatesConfig gates_config = effective_gates(c, lm.shape);
   HardConcrete hc;
   hc.beta = c.gates.temperature;
   GateParameters gates(gates_config, GateShape{lm.arch.layers, lm.arch.heads, lm.arch.ffn, lm.arch.hidden});

@@ -69,7 +69,7 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   // Every rank runs the search (it is deterministic); the probes are collective; rank 0 writes.
   const LoadedModel lm = load_model(c, /*weights=*/false);
-  const GatesConfig gates = effective_gates(c, lm.arch);
+  const GatesConfig gates = effective_gates(c, lm.shape);
   const safetensors::Reader file(gate_scores_file(ctx.run_dir));
   StructureScores scores;
   if (gates.heads) scores.heads = rows_of(file.tensor("heads.score"));
@@ -86,9 +86,7 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   cost.metric = c.budget.metric == BudgetMetric::params ? CostSpec::Metric::params : CostSpec::Metric::latency;
   cost.target = c.budget.target;
   cost.batch = c.budget.latency_batch;
-  cost.tokens = lm.shape.family == ModelShape::Family::vit
-                    ? (lm.shape.image_size / lm.shape.patch_size) * (lm.shape.image_size / lm.shape.patch_size) + 1
-                    : c.data.seq_len;
+  cost.tokens = lm.shape.traits.tokens_per_sample > 0 ? lm.shape.traits.tokens_per_sample : c.data.seq_len;
   cost.rates = {c.budget.device_flops, c.budget.device_bandwidth};
   LatencyTable table;
   if (!c.search.latency_table.empty()) {

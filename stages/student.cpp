@@ -88,18 +88,19 @@ LoadedModel load_model(const Config& c, bool weights, const at::Device& device) 
   LoadedModel m{with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); })};
   const auto config_file = c.model.path / "config.json";
   m.adapter = &adapter_for(m.checkpoint.config(), config_file);
-  m.arch = m.adapter->summarize(m.checkpoint.config(), config_file);
+  m.arch = m.adapter->summarize_checkpoint(m.checkpoint);
   m.shape = model_shape(m.arch);
   if (weights)
     m.model = with_context("loading model: ", [&] { return m.adapter->load(m.checkpoint, {compute_dtype(c), device}); });
   return m;
 }
 
-GatesConfig effective_gates(const Config& c, const ArchSummary& arch) {
+GatesConfig effective_gates(const Config& c, const ModelShape& shape) {
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden)
     throw ConfigError(c.source.string() + ": [gates] turns every gate kind off (heads, ffn, hidden); nothing can be pruned");
   GatesConfig g = c.gates;
-  if (arch.model_type == "vit" && g.heads != g.hidden) g.heads = g.hidden = true;
+  // hidden = heads x head size: a head cannot go without its hidden channels, nor they without it.
+  if (shape.traits.hidden_is_heads && g.heads != g.hidden) g.heads = g.hidden = true;
   return g;
 }
 
@@ -181,9 +182,7 @@ void GateParameters::load(const safetensors::Reader& file) {
 
 BudgetCost::BudgetCost(const Config& c, const ModelShape& shape)
     : metric_(c.budget.metric), shape_(shape), batch_(c.budget.latency_batch) {
-  tokens_ = shape.family == ModelShape::Family::vit
-                ? (shape.image_size / shape.patch_size) * (shape.image_size / shape.patch_size) + 1
-                : c.data.seq_len;
+  tokens_ = shape.traits.tokens_per_sample > 0 ? shape.traits.tokens_per_sample : c.data.seq_len;
   rates_.flops_per_s = c.budget.device_flops;
   rates_.bytes_per_s = c.budget.device_bandwidth;
   dense_ = metric_ == BudgetMetric::params ? static_cast<double>(parameter_count(shape))

@@ -56,10 +56,10 @@ Batch to_device(const Batch& batch, const at::Device& device);
 /// Opens and loads `model.path` in the compute dtype on `device`; only the summary when `weights` is false.
 LoadedModel load_model(const Config& config, bool weights = true, const at::Device& device = at::kCPU);
 
-/// The gates the run trains: the config's, except that a ViT couples heads and hidden (hidden_size =
+/// The gates the run trains: the config's, except that an architecture coupling heads and hidden (hidden_size =
 /// heads x head size in transformers), so either kind turns the other on. ConfigError when [gates]
 /// turns every kind off.
-GatesConfig effective_gates(const Config& config, const ArchSummary& arch);
+GatesConfig effective_gates(const Config& config, const ModelShape& shape);
 
 /// Log-alpha of every enabled gate in one fp32 vector, heads [L, H] then ffn [L, F] then hidden [D]:
 /// the one all-reduce bucket of training. The per-kind tensors are views into it.

@@ -165,7 +165,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
   const auto& proc = process_info();
   const at::Device device = run_device(c);
   LoadedModel lm = load_model(c, true, device);
-  const GatesConfig gates_config = effective_gates(c, lm.arch);
+  const GatesConfig gates_config = effective_gates(c, lm.shape);
   const int64_t world = proc.size, accum = tc.grad_accum, mb = tc.micro_batch, global_micros = world * accum;
   const DistillData data(c, lm.arch, cache_dir_, mb * global_micros, "training");
 
@@ -216,7 +216,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
   auto last_report = t0;
   const int64_t first_step = step;
   if (gates_config != c.gates)
-    log::info("train_gates: a ViT couples heads and hidden (hidden_size = heads x head size), so both get gates");
+    log::info("train_gates: this architecture couples heads and hidden (hidden_size = heads x head size), so both get gates");
   log::info("train_gates: " + std::to_string(tc.steps) + " steps of " + std::to_string(mb * global_micros) +
             " samples (" + std::to_string(world) + " rank(s) x " + std::to_string(accum) + " micro-batch(es) of " +
             std::to_string(mb) + "), " + std::to_string(gates.flat.numel()) + " gates, budget " +

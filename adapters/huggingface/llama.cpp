@@ -28,6 +28,9 @@ struct LlamaNames {
                                          "model.layers.%d.self_attn.v_proj", "model.layers.%d.self_attn.o_proj",
                                          "model.layers.%d.mlp.gate_proj",    "model.layers.%d.mlp.up_proj",
                                          "model.layers.%d.mlp.down_proj"};
+  // Qwen3: per-head RMSNorm of queries and keys ([head_dim], shared by the heads).
+  static constexpr const char* q_norm = "model.layers.%d.self_attn.q_norm.weight";
+  static constexpr const char* k_norm = "model.layers.%d.self_attn.k_norm.weight";
   // Buffers that older transformers versions saved; they are recomputed, never read.
   static constexpr const char* rotary_inv_freq = "model.layers.%d.self_attn.rotary_emb.inv_freq";
 };
@@ -39,7 +42,7 @@ struct Linear {
 };
 
 struct LlamaLayer {
-  at::Tensor attn_norm, mlp_norm;
+  at::Tensor attn_norm, mlp_norm, q_norm, k_norm;
   Linear proj[7];
 };
 
@@ -117,7 +120,7 @@ class LlamaModel final : public Model {
     const std::string act = cf::string(config, "hidden_act", file, "silu");
     if (act != "silu")
       throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: silu)");
-    const bool attn_bias = arch.attention_bias, mlp_bias = arch.mlp_bias;
+    const bool bias[7] = {arch.qkv_bias, arch.qkv_bias, arch.qkv_bias, arch.out_bias, arch.mlp_bias, arch.mlp_bias, arch.mlp_bias};
     const Rope rope = read_rope(config, file);
 
     WeightLoader w(ckpt, options);
@@ -138,9 +141,12 @@ class LlamaModel final : public Model {
       layer.mlp_norm = w.get(layer_name(LlamaNames::mlp_norm, i), {h});
       for (int p = 0; p < 7; ++p) {
         const std::string base = layer_name(LlamaNames::proj[p], i);
-        const bool bias = p <= kO ? attn_bias : mlp_bias;
         layer.proj[p].weight = w.matrix(base + ".weight", out_in[p]);
-        layer.proj[p].bias = w.matrix_if(bias, base + ".bias", {out_in[p][0]});
+        layer.proj[p].bias = w.matrix_if(bias[p], base + ".bias", {out_in[p][0]});
+      }
+      if (arch.qk_norm) {
+        layer.q_norm = w.get(layer_name(LlamaNames::q_norm, i), {arch.head_dim});
+        layer.k_norm = w.get(layer_name(LlamaNames::k_norm, i), {arch.head_dim});
       }
       if (w.has(layer_name(LlamaNames::rotary_inv_freq, i))) w.ignore(layer_name(LlamaNames::rotary_inv_freq, i));
       layers_.push_back(std::move(layer));
@@ -191,8 +197,14 @@ class LlamaModel final : public Model {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
       at::Tensor hs = layers::rms_norm(x, l.attn_norm, eps_, hidden_gate);
       if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
-      at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim}).transpose(1, 2);
-      at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
+      at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim});
+      at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim});
+      if (arch_.qk_norm) {
+        q = layers::rms_norm(q, l.q_norm, eps_, at::Tensor());
+        k = layers::rms_norm(k, l.k_norm, eps_, at::Tensor());
+      }
+      q = q.transpose(1, 2);
+      k = k.transpose(1, 2);
       at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
       q = q * cos + rotate_half(q) * sin;
       k = k * cos + rotate_half(k) * sin;
@@ -229,6 +241,13 @@ class LlamaModel final : public Model {
         throw DataError("input_ids holds token id " + std::to_string(lo < 0 ? lo : hi) +
                         " outside the vocabulary [0, " + std::to_string(arch_.vocab_size) + ")");
     }
+    // Within the window a sliding-window layer attends exactly like a full one; beyond it, it does not,
+    // and we do not implement the window: refuse rather than compute another model.
+    if (arch_.sliding_window > 0 && ids.size(1) > arch_.sliding_window)
+      throw DataError("sequence length " + std::to_string(ids.size(1)) + " exceeds the sliding_window " +
+                      std::to_string(arch_.sliding_window) + " of this " + arch_.model_type +
+                      " model (attention within the window is exact; beyond it is not supported): use data.seq_len <= " +
+                      std::to_string(arch_.sliding_window));
     const at::Tensor& m = batch.attention_mask;
     if (m.defined() && m.sizes() != ids.sizes())
       throw DataError("attention_mask has shape " + c10::str(m.sizes()) + ", input_ids has " + c10::str(ids.sizes()));
@@ -244,7 +263,26 @@ class LlamaModel final : public Model {
 }  // namespace
 
 ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::filesystem::path& file) const {
-  return summarize_llama_config(config, file);
+  return summarize_llama_family_config(type_, config, file);
+}
+
+ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
+  ShapeTraits t;
+  t.kv_groups = true;
+  t.hidden_is_heads = false;
+  t.hidden_multiple_of_heads = type_ == "llama";  // only LlamaConfig validates hidden_size % heads
+  t.rope = true;
+  t.causal = true;
+  t.mlp_matrices = 3;
+  t.qkv_bias = a.qkv_bias;
+  t.out_bias = a.out_bias;
+  t.mlp_in_bias = t.mlp_out_bias = a.mlp_bias;
+  t.qk_norm = a.qk_norm;
+  t.norm_vectors = 2;  // input_layernorm, post_attention_layernorm (RMSNorm: a weight)
+  // Embedding, the LM head unless tied, the final RMSNorm.
+  t.outer_h1 = static_cast<double>(a.vocab_size * (a.tied_embeddings ? 1 : 2) + 1);
+  t.after.push_back({1, 0, 0, a.vocab_size});  // LM head over every token
+  return t;
 }
 
 std::unique_ptr<Model> LlamaAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
@@ -290,6 +328,7 @@ std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckp
       else if (r == "mlp.down_proj.weight") s = slice_linear(t, hidden, f, ffn_scale, mlp_rows);
       else if (r == "input_layernorm.weight" || r == "post_attention_layernorm.weight") s = slice_norm(t, hidden);
       else if (r == "self_attn.rotary_emb.inv_freq") s = t.contiguous();  // depends on head_dim only, which stays
+      else if (r == "self_attn.q_norm.weight" || r == "self_attn.k_norm.weight") s = t.contiguous();  // per head_dim
       else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
       out.push_back({name, s});
       continue;
@@ -318,7 +357,6 @@ nlohmann::json LlamaAdapter::pruned_config(const nlohmann::json& config, const P
   c["num_key_value_heads"] = s.kv_heads;
   c["head_dim"] = s.head_dim;
   c["intermediate_size"] = s.ffn;
-  c["tie_word_embeddings"] = s.tied;
   return c;
 }
 

@@ -1,4 +1,5 @@
-// LlamaForCausalLM's config.json, read without LibTorch (the fuzz target of the reader builds it alone).
+// The config.json of the LLaMA family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+// Qwen3ForCausalLM), read without LibTorch (the fuzz target of the reader builds it alone).
 #include <nlohmann/json.hpp>
 
 #include "adapters/arch.h"
@@ -13,30 +14,68 @@ namespace cf = config_field;
 // beyond them is refused before anything is sized by it.
 constexpr int64_t kMaxLayers = 1024, kMaxHidden = int64_t{1} << 17, kMaxHeads = 4096, kMaxHeadDim = 4096;
 
+// The attention window of the windowed layers, 0 when no layer is windowed. Mistral windows every
+// layer unless sliding_window is null; Qwen2/Qwen3 only with use_sliding_window, from layer
+// max_window_layers on (or as layer_types lists them).
+int64_t sliding_window(const std::string& type, const nlohmann::json& config, const std::filesystem::path& file,
+                       int64_t layers) {
+  const int64_t default_window = 4096;
+  auto it = config.find("sliding_window");
+  const bool null_window = it != config.end() && it->is_null();
+  if (type == "mistral") return null_window ? 0 : cf::integer(config, "sliding_window", file, &default_window);
+  if (type != "qwen2" && type != "qwen3") return 0;
+  if (!cf::boolean(config, "use_sliding_window", file, false) || null_window) return 0;
+  const int64_t window = cf::integer(config, "sliding_window", file, &default_window);
+  if (auto lt = config.find("layer_types"); lt != config.end() && lt->is_array()) {
+    for (const auto& t : *lt)
+      if (t.is_string() && t.get_ref<const std::string&>() == "sliding_attention") return window;
+    return 0;
+  }
+  const int64_t default_full = 28;
+  return cf::integer(config, "max_window_layers", file, &default_full, true) < layers ? window : 0;
+}
+
 }  // namespace
 
-ArchSummary summarize_llama_config(const nlohmann::json& config, const std::filesystem::path& file) {
+ArchSummary summarize_llama_family_config(const std::string& type, const nlohmann::json& config,
+                                          const std::filesystem::path& file) {
   ArchSummary s;
-  s.model_type = "llama";
-  s.architecture = cf::architecture(config, "LlamaForCausalLM");
+  s.model_type = type;
+  s.architecture = cf::architecture(config, type == "llama"     ? "LlamaForCausalLM"
+                                            : type == "mistral" ? "MistralForCausalLM"
+                                            : type == "qwen2"   ? "Qwen2ForCausalLM"
+                                                                : "Qwen3ForCausalLM");
   s.layers = cf::integer(config, "num_hidden_layers", file, nullptr, false, kMaxLayers);
   s.hidden = cf::integer(config, "hidden_size", file, nullptr, false, kMaxHidden);
   s.heads = cf::integer(config, "num_attention_heads", file, nullptr, false, kMaxHeads);
   s.kv_heads = cf::integer(config, "num_key_value_heads", file, &s.heads, false, s.heads);
   s.ffn = cf::integer(config, "intermediate_size", file);
   s.vocab_size = cf::integer(config, "vocab_size", file);
-  const int64_t default_head_dim = s.hidden / s.heads;
+  // Qwen3Config's head_dim defaults to 128; the others derive it from hidden_size / heads.
+  const int64_t default_head_dim = type == "qwen3" ? 128 : s.hidden / s.heads;
   s.head_dim = cf::integer(config, "head_dim", file, &default_head_dim, false, kMaxHeadDim);
-  // LlamaConfig's default is untied.
+  // Every config class of the family defaults to untied embeddings.
   s.tied_embeddings = cf::boolean(config, "tie_word_embeddings", file, false);
-  s.attention_bias = cf::boolean(config, "attention_bias", file, false);
-  s.mlp_bias = cf::boolean(config, "mlp_bias", file, false);
+  if (type == "llama") {
+    s.qkv_bias = s.out_bias = cf::boolean(config, "attention_bias", file, false);
+    s.mlp_bias = cf::boolean(config, "mlp_bias", file, false);
+  } else if (type == "qwen2") {
+    s.qkv_bias = true;  // Qwen2Attention: q, k, v with bias, o_proj without
+  } else if (type == "qwen3") {
+    s.qkv_bias = s.out_bias = cf::boolean(config, "attention_bias", file, false);
+    s.qk_norm = true;
+  }
+  s.sliding_window = sliding_window(type, config, file, s.layers);
   if (s.heads % s.kv_heads != 0)
     throw CheckpointError("'" + file.string() + "': num_attention_heads " + std::to_string(s.heads) +
                           " is not a multiple of num_key_value_heads " + std::to_string(s.kv_heads));
   if (s.head_dim % 2 != 0)
     throw CheckpointError("'" + file.string() + "': head_dim " + std::to_string(s.head_dim) + " must be even (RoPE)");
   return s;
+}
+
+ArchSummary summarize_llama_config(const nlohmann::json& config, const std::filesystem::path& file) {
+  return summarize_llama_family_config("llama", config, file);
 }
 
 }  // namespace hawada

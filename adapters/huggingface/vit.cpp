@@ -181,6 +181,42 @@ ArchSummary VitAdapter::summarize(const nlohmann::json& config, const std::files
   return summarize_vit_config(config, file);
 }
 
+ArchSummary VitAdapter::summarize_checkpoint(const HfCheckpoint& ckpt) const {
+  ArchSummary s = summarize(ckpt.config(), ckpt.dir() / "config.json");
+  s.pooler = ckpt.contains(std::string("vit.") + VitNames::pooler + ".weight") ||
+             ckpt.contains(std::string(VitNames::pooler) + ".weight");
+  return s;
+}
+
+ShapeTraits VitAdapter::traits(const ArchSummary& a) const {
+  ShapeTraits t;
+  t.kv_groups = false;       // every head has its own key and value
+  t.hidden_is_heads = true;  // hidden_size = heads x head size
+  t.hidden_multiple_of_heads = true;
+  t.rope = false;
+  t.causal = false;
+  t.mlp_matrices = 2;  // fc1 (intermediate.dense), fc2 (output.dense)
+  t.qkv_bias = a.qkv_bias;
+  t.out_bias = t.mlp_in_bias = t.mlp_out_bias = true;
+  t.norm_vectors = 4;  // layernorm_before, layernorm_after (weight and bias)
+  const int64_t grid = a.image_size / a.patch_size, patch_in = a.channels * a.patch_size * a.patch_size;
+  t.tokens_per_sample = grid * grid + 1;  // patches + CLS
+  // Patch projection (+ bias), CLS token, position embeddings, final LayerNorm.
+  t.outer_h1 = static_cast<double>(patch_in + 1 + 1 + (grid * grid + 1) + 2);
+  t.before.push_back({1, -1, patch_in, 0});  // the patch embedding as a matrix product, over the patches
+  if (a.num_labels > 0) {
+    t.outer_h1 += static_cast<double>(a.num_labels);
+    t.outer_h0 += static_cast<double>(a.num_labels);
+    t.after.push_back({0, 1, 0, a.num_labels});  // classifier on the CLS token
+  }
+  if (a.pooler) {
+    t.outer_h2 += 1;
+    t.outer_h1 += 1;
+    t.after.push_back({0, 1, 0, 0});  // pooler dense on the CLS token
+  }
+  return t;
+}
+
 std::unique_ptr<Model> VitAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
   const auto file = ckpt.dir() / "config.json";
   return std::make_unique<VitModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options);

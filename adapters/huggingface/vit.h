@@ -10,6 +10,8 @@ class VitAdapter final : public ModelAdapter {
  public:
   std::string_view model_type() const override { return "vit"; }
   ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;
+  ArchSummary summarize_checkpoint(const HfCheckpoint& checkpoint) const override;
+  ShapeTraits traits(const ArchSummary& arch) const override;
   std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const override;
   std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
                                                       const GateValues& folds,

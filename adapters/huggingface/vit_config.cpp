@@ -31,6 +31,9 @@ ArchSummary summarize_vit_config(const nlohmann::json& config, const std::filesy
                           " is not a multiple of num_attention_heads " + std::to_string(s.heads));
   s.head_dim = s.hidden / s.heads;
   s.qkv_bias = cf::boolean(config, "qkv_bias", file, true);
+  s.out_bias = s.mlp_bias = true;  // ViTSelfOutput, ViTIntermediate, ViTOutput always have biases
+  const int64_t rgb = 3;
+  s.channels = cf::integer(config, "num_channels", file, &rgb, false, 64);
   if (s.architecture == "ViTForImageClassification") {
     // transformers derives num_labels from id2label; its default is 2.
     if (auto m = config.find("id2label"); m != config.end() && m->is_object()) {

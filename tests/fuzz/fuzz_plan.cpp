@@ -17,9 +17,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!hawada::json_depth_problem(text).empty()) return 0;
   const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return 0;
-  hawada::ModelShape dense;  // a small LLaMA: 2 layers, 8 heads in 2 kv groups, head_dim 8
-  dense.layers = 2, dense.hidden = 64, dense.heads = 8, dense.kv_heads = 2, dense.head_dim = 8, dense.ffn = 96,
-  dense.vocab = 256;
+  hawada::ModelShape dense;  // 2 layers, 8 heads in 2 kv groups (the default traits), head_dim 8
+  dense.layers = 2, dense.hidden = 64, dense.heads = 8, dense.kv_heads = 2, dense.head_dim = 8, dense.ffn = 96;
   try {
     const hawada::Plan p = hawada::plan_from_json(j, dense, "fuzz/plan.json");
     if (p.heads.size() != 2 || p.ffn.size() != 2) __builtin_trap();

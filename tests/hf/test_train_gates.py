@@ -208,7 +208,7 @@ micro_batch = 2
 holdout = 4
 """)
     r = mpirun(1, p, *STAGES)
-    assert "a ViT couples heads and hidden" in r.stderr
+    assert "couples heads and hidden" in r.stderr
     gates = load_file(os.path.join(tmp_path / "run", "train", "gates.safetensors"))
     assert gates["heads.log_alpha"].shape == (1, 2) and gates["hidden.log_alpha"].shape == (32,)
     assert gates["ffn.log_alpha"].shape == (1, 64)

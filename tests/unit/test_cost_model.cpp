@@ -4,16 +4,23 @@
 
 #include <ATen/ATen.h>
 
+#include <nlohmann/json.hpp>
+
+#include "adapters/adapter.h"
 #include "core/cost_model.h"
 
 namespace hawada {
 namespace {
 
+// Shapes as the adapters describe them from a config.json (their traits included).
+ModelShape shape_of(const nlohmann::json& config) {
+  return model_shape(adapter_for(config, "config.json").summarize(config, "config.json"));
+}
+
 ModelShape llama_1b() {
-  ModelShape s;
-  s.layers = 16, s.hidden = 2048, s.heads = 32, s.kv_heads = 8, s.head_dim = 64, s.ffn = 8192, s.vocab = 128256;
-  s.tied = true;
-  return s;
+  return shape_of({{"model_type", "llama"}, {"num_hidden_layers", 16}, {"hidden_size", 2048},
+                   {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"head_dim", 64},
+                   {"intermediate_size", 8192}, {"vocab_size", 128256}, {"tie_word_embeddings", true}});
 }
 
 TEST(CostModel, Llama1BParametersAndFlops) {
@@ -39,18 +46,18 @@ TEST(CostModel, RooflineLatency) {
 }
 
 ModelShape vit_base() {
-  ModelShape s;
-  s.family = ModelShape::Family::vit;
-  s.layers = 12, s.hidden = 768, s.heads = 12, s.kv_heads = 12, s.head_dim = 64, s.ffn = 3072;
-  s.num_labels = 1000, s.image_size = 224, s.patch_size = 16;
-  return s;
+  nlohmann::json labels;
+  for (int i = 0; i < 1000; ++i) labels[std::to_string(i)] = "c" + std::to_string(i);
+  return shape_of({{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}}, {"num_hidden_layers", 12},
+                   {"hidden_size", 768}, {"num_attention_heads", 12}, {"intermediate_size", 3072}, {"id2label", labels},
+                   {"image_size", 224}, {"patch_size", 16}});
 }
 
 // Training's differentiable cost and the search's concrete cost are one set of formulas: at
 // integer, uniform counts they agree exactly, for parameters and latency, on both families.
 TEST(CostModel, ExpectedCostAtIntegerCountsEqualsTheShapesCost) {
   for (ModelShape s : {llama_1b(), vit_base()}) {
-    const bool vit = s.family == ModelShape::Family::vit;
+    const bool vit = s.traits.hidden_is_heads;
     ModelShape slim = s;
     slim.heads = vit ? 8 : 16, slim.ffn = 1536, slim.hidden = vit ? 512 : 1536;
     if (vit) slim.kv_heads = slim.heads;

@@ -10,24 +10,26 @@
 #include <set>
 
 #include "core/errors.h"
+#include "adapters/adapter.h"
 #include "core/shape_search.h"
 
 namespace hawada {
 namespace {
 
+// Shapes as the adapters describe them from a config.json (their traits included).
 ModelShape llama(int64_t layers, int64_t hidden, int64_t heads, int64_t kv, int64_t ffn) {
-  ModelShape s;
-  s.layers = layers, s.hidden = hidden, s.heads = heads, s.kv_heads = kv, s.head_dim = hidden / heads, s.ffn = ffn;
-  s.vocab = 1000, s.tied = true;
-  return s;
+  const nlohmann::json c = {{"model_type", "llama"}, {"num_hidden_layers", layers}, {"hidden_size", hidden},
+                            {"num_attention_heads", heads}, {"num_key_value_heads", kv}, {"intermediate_size", ffn},
+                            {"vocab_size", 1000}, {"tie_word_embeddings", true}};
+  return model_shape(adapter_for(c, "config.json").summarize(c, "config.json"));
 }
 
 ModelShape vit(int64_t layers, int64_t heads, int64_t head_size, int64_t ffn) {
-  ModelShape s;
-  s.family = ModelShape::Family::vit;
-  s.layers = layers, s.heads = heads, s.kv_heads = heads, s.head_dim = head_size, s.hidden = heads * head_size;
-  s.ffn = ffn, s.num_labels = 10, s.image_size = 32, s.patch_size = 8;
-  return s;
+  const nlohmann::json c = {{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}},
+                            {"num_hidden_layers", layers}, {"hidden_size", heads * head_size},
+                            {"num_attention_heads", heads}, {"intermediate_size", ffn}, {"num_labels", 10},
+                            {"image_size", 32}, {"patch_size", 8}};
+  return model_shape(adapter_for(c, "config.json").summarize(c, "config.json"));
 }
 
 StructureScores random_scores(const ModelShape& s, const SearchRules& r, std::mt19937& rng) {
