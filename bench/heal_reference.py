@@ -25,24 +25,32 @@ import torch
 import transformers
 
 
-def read_cache(cache_dir):
-    """Every chunk's rows, indexed by sample: values fp32, indices int64, lse fp32."""
-    with open(os.path.join(cache_dir, "index.json")) as f:
-        index = json.load(f)
-    n, L, k = index["samples"], index["seq_len"], index["top_k"]
-    vals = np.zeros((n, L, k), np.float32)
-    idx = np.zeros((n, L, k), np.int64)
-    lse = np.zeros((n, L), np.float32)
-    for path in sorted(glob.glob(os.path.join(cache_dir, "chunk-*.h5"))):
-        with h5py.File(path, "r") as f:
-            s = f["sample_index"][...]
-            v = f["topk_values"][...]
-            if v.dtype == np.uint16:  # bf16 stored as its bits
-                v = (v.astype(np.uint32) << 16).view(np.float32)
-            vals[s] = v
-            idx[s] = f["topk_indices"][...]
-            lse[s] = f["logsumexp"][...]
-    return torch.from_numpy(vals), torch.from_numpy(idx), torch.from_numpy(lse)
+class Cache:
+    """The teacher cache read per micro-batch, as our heal reads it (h5py, one chunk file per 64 samples):
+    values fp32, indices int64, lse fp32 of the requested samples. Nothing else is held in memory, so the
+    peak memory compares the training, not a preloaded cache."""
+
+    def __init__(self, cache_dir):
+        with open(os.path.join(cache_dir, "index.json")) as f:
+            index = json.load(f)
+        self.where = {}
+        for path in sorted(glob.glob(os.path.join(cache_dir, "chunk-*.h5"))):
+            with h5py.File(path, "r") as f:
+                for row, s in enumerate(f["sample_index"][...]):
+                    self.where[int(s)] = (path, row)
+
+    def read(self, samples):
+        vals, idx, lse = [], [], []
+        for s in samples:
+            path, row = self.where[int(s)]
+            with h5py.File(path, "r") as f:
+                v = f["topk_values"][row]
+                if v.dtype == np.uint16:  # bf16 stored as its bits
+                    v = (v.astype(np.uint32) << 16).view(np.float32)
+                vals.append(torch.from_numpy(v.astype(np.float32)))
+                idx.append(torch.from_numpy(f["topk_indices"][row].astype(np.int64)))
+                lse.append(torch.from_numpy(f["logsumexp"][row].astype(np.float32)))
+        return torch.stack(vals), torch.stack(idx), torch.stack(lse)
 
 
 def topk_kl(logits, values, indices, lse):
@@ -79,7 +87,7 @@ def main():
     torch.manual_seed(0)
     with h5py.File(a.tokens, "r") as f:
         ids = torch.from_numpy(f["input_ids"][...].astype(np.int64))
-    values, indices, lse = read_cache(a.cache)
+    cache = Cache(a.cache)
     train = ids.shape[0] - a.holdout
     model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     model.train()
@@ -97,7 +105,7 @@ def main():
             s = torch.randint(0, train, (a.micro_batch,), generator=gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
                 logits = model(input_ids=ids[s]).logits
-            loss = topk_kl(logits, values[s], indices[s], lse[s]) / a.grad_accum
+            loss = topk_kl(logits, *cache.read(s.tolist())) / a.grad_accum
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
