@@ -64,4 +64,20 @@ std::string json_excerpt(const nlohmann::json& value, std::size_t max_chars) {
   return out;
 }
 
+int64_t json_int(const nlohmann::json& v) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    throw nlohmann::json::type_error::create(302, "integer out of range: " + json_excerpt(v), nullptr);
+  if (!v.is_number_integer())
+    throw nlohmann::json::type_error::create(302, "expected an integer, got " + json_excerpt(v), nullptr);
+  return v.get<int64_t>();
+}
+
+std::vector<int64_t> json_ints(const nlohmann::json& v) {
+  if (!v.is_array()) throw nlohmann::json::type_error::create(302, "expected an array of integers, got " + json_excerpt(v), nullptr);
+  std::vector<int64_t> out;
+  out.reserve(v.size());
+  for (const auto& e : v) out.push_back(json_int(e));
+  return out;
+}
+
 }  // namespace hawada

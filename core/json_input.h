@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -21,5 +23,12 @@ std::string json_depth_problem(std::string_view text, int max_depth = kMaxJsonDe
 /// A single-line excerpt of a value for messages: scalars as JSON, containers by their first items,
 /// at most `max_chars` characters.
 std::string json_excerpt(const nlohmann::json& value, std::size_t max_chars = 80);
+
+/// The integer a JSON value holds. nlohmann's get<int64_t>() converts a float (1e30) by a cast whose
+/// result is undefined; these refuse anything but a JSON integer within int64 with a
+/// nlohmann::json::type_error (callers turn it into their typed error naming the file).
+int64_t json_int(const nlohmann::json& value);
+/// An array of JSON integers, each as json_int.
+std::vector<int64_t> json_ints(const nlohmann::json& value);
 
 }  // namespace hawada

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/json_input.h"
 
 namespace hawada {
 namespace {
@@ -49,7 +50,7 @@ nlohmann::json plan_to_json(const Plan& p) {
 Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std::string& file) {
   try {
     Plan p;
-    if (j.at("format_version").get<int>() != 1) throw CheckpointError("'" + file + "': unknown plan format_version");
+    if (json_int(j.at("format_version")) != 1) throw CheckpointError("'" + file + "': unknown plan format_version");
     p.metric = j.at("metric").get<std::string>();
     p.target = j.at("target").get<double>();
     const auto& d = j.at("dense");
@@ -59,21 +60,21 @@ Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std:
     p.dense.latency_s = d.at("latency_s").get<double>();
     p.dense.cost_ratio = 1.0;
     p.dense.importance = 1.0;
-    if (d.at("hidden_size").get<int64_t>() != dense.hidden || d.at("intermediate_size").get<int64_t>() != dense.ffn ||
-        d.at("num_attention_heads").get<int64_t>() != dense.heads)
+    if (json_int(d.at("hidden_size")) != dense.hidden || json_int(d.at("intermediate_size")) != dense.ffn ||
+        json_int(d.at("num_attention_heads")) != dense.heads)
       throw CheckpointError("'" + file + "': the plan was made for another model (its dense shape differs)");
     const auto& s = j.at("shape");
     p.chosen.shape = dense;
-    p.chosen.shape.hidden = s.at("hidden_size").get<int64_t>();
-    p.chosen.shape.heads = s.at("num_attention_heads").get<int64_t>();
-    p.chosen.shape.kv_heads = s.at("num_key_value_heads").get<int64_t>();
-    p.chosen.shape.ffn = s.at("intermediate_size").get<int64_t>();
+    p.chosen.shape.hidden = json_int(s.at("hidden_size"));
+    p.chosen.shape.heads = json_int(s.at("num_attention_heads"));
+    p.chosen.shape.kv_heads = json_int(s.at("num_key_value_heads"));
+    p.chosen.shape.ffn = json_int(s.at("intermediate_size"));
     p.chosen.parameters = s.at("parameters").get<double>();
     p.chosen.flops = s.at("flops").get<double>();
     p.chosen.latency_s = s.at("latency_s").get<double>();
     p.chosen.cost_ratio = s.at("cost_ratio").get<double>();
     p.chosen.importance = s.at("importance").get<double>();
-    if (s.at("layers").get<int64_t>() != dense.layers || s.at("head_dim").get<int64_t>() != dense.head_dim)
+    if (json_int(s.at("layers")) != dense.layers || json_int(s.at("head_dim")) != dense.head_dim)
       throw CheckpointError("'" + file + "': the plan was made for another model (layers or head_dim differ)");
     const std::string why = transformers_violation(p.chosen.shape, dense);
     if (!why.empty()) throw CheckpointError("'" + file + "': the planned shape is not loadable by transformers: " + why);
@@ -88,9 +89,9 @@ Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std:
                               " distinct indices in [0, " + std::to_string(bound) + ")");
     };
     for (size_t l = 0; l < layers.size(); ++l) {
-      p.heads.push_back(layers[l].at("heads").get<std::vector<int64_t>>());
-      p.kv_heads.push_back(layers[l].at("kv_heads").get<std::vector<int64_t>>());
-      p.ffn.push_back(layers[l].at("ffn").get<std::vector<int64_t>>());
+      p.heads.push_back(json_ints(layers[l].at("heads")));
+      p.kv_heads.push_back(json_ints(layers[l].at("kv_heads")));
+      p.ffn.push_back(json_ints(layers[l].at("ffn")));
       const std::string at = "layers[" + std::to_string(l) + "].";
       if (static_cast<int64_t>(p.heads.back().size()) != p.chosen.shape.heads)
         throw CheckpointError("'" + file + "': " + at + "heads has " + std::to_string(p.heads.back().size()) +
@@ -115,7 +116,7 @@ Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std:
         }
       }
     }
-    p.hidden = j.at("hidden").get<std::vector<int64_t>>();
+    p.hidden = json_ints(j.at("hidden"));
     check(p.hidden, p.chosen.shape.hidden, dense.hidden, "hidden");
     return p;
   } catch (const nlohmann::json::exception& e) {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/json_input.h"
 
 namespace hawada {
 namespace {
@@ -152,16 +153,16 @@ LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string&
   try {
     LatencyTable t;
     t.file = file;
-    if (j.at("format_version").get<int>() != 1) throw CheckpointError("'" + file + "': unknown format_version");
+    if (json_int(j.at("format_version")) != 1) throw CheckpointError("'" + file + "': unknown format_version");
     t.device = j.at("device").get<std::string>();
     t.dtype = j.at("dtype").get<std::string>();
-    t.batch = j.at("batch").get<int64_t>();
-    t.tokens = j.at("tokens").get<int64_t>();
+    t.batch = json_int(j.at("batch"));
+    t.tokens = json_int(j.at("tokens"));
     for (const auto& e : j.at("attention"))
-      t.attention[{e.at("hidden").get<int64_t>(), e.at("heads").get<int64_t>(), e.at("kv_heads").get<int64_t>()}] =
+      t.attention[{json_int(e.at("hidden")), json_int(e.at("heads")), json_int(e.at("kv_heads"))}] =
           e.at("seconds").get<double>();
-    for (const auto& e : j.at("mlp")) t.mlp[{e.at("hidden").get<int64_t>(), e.at("ffn").get<int64_t>()}] = e.at("seconds").get<double>();
-    for (const auto& e : j.at("other")) t.other[e.at("hidden").get<int64_t>()] = e.at("seconds").get<double>();
+    for (const auto& e : j.at("mlp")) t.mlp[{json_int(e.at("hidden")), json_int(e.at("ffn"))}] = e.at("seconds").get<double>();
+    for (const auto& e : j.at("other")) t.other[json_int(e.at("hidden"))] = e.at("seconds").get<double>();
     return t;
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError("'" + file + "': malformed latency table: " + e.what());

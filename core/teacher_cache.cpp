@@ -248,18 +248,18 @@ CacheLayout read_cache_index(const fs::path& dir) {
     if (const std::string deep = json_depth_problem(text); !deep.empty()) cache_fail(path, "index " + deep);
     j = nlohmann::json::parse(text);
     CacheLayout l;
-    if (j.at("format_version").get<int64_t>() != kTeacherCacheFormat)
+    if (json_int(j.at("format_version")) != kTeacherCacheFormat)
       cache_fail(path, "format version " + json_excerpt(j.at("format_version")) + ", expected " +
                            std::to_string(kTeacherCacheFormat));
     l.fingerprint = j.at("fingerprint").get<std::string>();
     l.kind = j.at("kind").get<std::string>();
-    l.samples = j.at("samples").get<int64_t>();
-    l.seq_len = j.at("seq_len").get<int64_t>();
-    l.top_k = j.at("top_k").get<int64_t>();
-    l.vocab_size = j.at("vocab_size").get<int64_t>();
-    l.num_labels = j.at("num_labels").get<int64_t>();
+    l.samples = json_int(j.at("samples"));
+    l.seq_len = json_int(j.at("seq_len"));
+    l.top_k = json_int(j.at("top_k"));
+    l.vocab_size = json_int(j.at("vocab_size"));
+    l.num_labels = json_int(j.at("num_labels"));
     l.store_dtype = j.at("store_dtype").get<std::string>();
-    if (j.at("chunk_samples").get<int64_t>() != kCacheChunkSamples) cache_fail(path, "unexpected chunk_samples");
+    if (json_int(j.at("chunk_samples")) != kCacheChunkSamples) cache_fail(path, "unexpected chunk_samples");
     return l;
   } catch (const nlohmann::json::exception& e) {
     cache_fail(path, std::string("malformed index: ") + e.what());

@@ -11,6 +11,7 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/json_input.h"
 #include "core/fs.h"
 #include "core/hash.h"
 #include "core/log.h"
@@ -207,13 +208,21 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
     const json plan = read_json_file(plan_file);
     const json& s = plan.at("shape");
     const json& d = plan.at("dense");
-    const int64_t heads = d.at("num_attention_heads"), ffn = d.at("intermediate_size");
+    const int64_t heads = json_int(d.at("num_attention_heads")), ffn = json_int(d.at("intermediate_size"));
+    auto index = [&](int64_t i, int64_t n, const char* what) {
+      if (i < 0 || i >= n)
+        throw CheckpointError("'" + plan_file.string() + "': " + what + " index " + std::to_string(i) + " outside [0, " +
+                              std::to_string(n) + ")");
+      return static_cast<size_t>(i);
+    };
+    if (heads < 1 || heads > (int64_t{1} << 20) || ffn < 1 || ffn > (int64_t{1} << 24))
+      throw CheckpointError("'" + plan_file.string() + "': implausible dense counts");
     std::vector<std::vector<double>> head_rows, ffn_rows;
     const int64_t bins = std::min<int64_t>(ffn, 64);
     for (const auto& layer : plan.at("layers")) {
       std::vector<double> hr(static_cast<size_t>(heads), 0.0), fr(static_cast<size_t>(bins), 0.0);
-      for (int64_t h : layer.at("heads").get<std::vector<int64_t>>()) hr[static_cast<size_t>(h)] = 1.0;
-      for (int64_t c : layer.at("ffn").get<std::vector<int64_t>>()) fr[static_cast<size_t>(c * bins / ffn)] += 1.0;
+      for (int64_t h : json_ints(layer.at("heads"))) hr[index(h, heads, "heads")] = 1.0;
+      for (int64_t c : json_ints(layer.at("ffn"))) fr[index(c, ffn, "ffn") * static_cast<size_t>(bins) / static_cast<size_t>(ffn)] += 1.0;
       for (int64_t b = 0; b < bins; ++b) {
         const int64_t lo = (b * ffn + bins - 1) / bins, hi = ((b + 1) * ffn + bins - 1) / bins;
         fr[static_cast<size_t>(b)] /= static_cast<double>(std::max<int64_t>(1, hi - lo));

@@ -214,13 +214,16 @@ def test_broken_plans_are_refused_and_nothing_is_published(base, tmp_path):
     before = export.read_bytes()
     plan_file = tmp_path / "run" / "plan" / "plan.json"
     good = json.load(open(plan_file))
-    for what, edit in (("duplicate", lambda l: l.__setitem__("heads", [l["heads"][0]] * len(l["heads"]))),
-                       ("out of range", lambda l: l.__setitem__("heads", [99] + l["heads"][1:]))):
+    for what, edit, says in (
+            ("duplicate", lambda l: l.__setitem__("heads", [l["heads"][0]] * len(l["heads"])), "layers[0].heads"),
+            ("out of range", lambda l: l.__setitem__("heads", [99] + l["heads"][1:]), "layers[0].heads"),
+            # A float where an index belongs: converting 4e28 to int64 is undefined behaviour (found by fuzz_plan).
+            ("float", lambda l: l.__setitem__("ffn", [4.4e28] + l["ffn"][1:]), "expected an integer")):
         plan = json.loads(json.dumps(good))
         edit(plan["layers"][0])
         json.dump(plan, open(plan_file, "w"))
         p = run("run", cfg, "--force", "export")
-        expect_error(p, "CheckpointError", "plan.json", "layers[0].heads")
+        expect_error(p, "CheckpointError", "plan.json", says)
         assert export.read_bytes() == before, "the verified export was touched"
     json.dump(good, open(plan_file, "w"))
 
