@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_models import (assert_loads_cleanly, compare, run_forward, tensors_of, token_batch)
+from test_models import assert_loads_cleanly, compare_causal_lm, run_forward, tensors_of, token_batch
 
 transformers = pytest.importorskip("transformers")
 
@@ -56,15 +56,7 @@ def make(path, name, dtype=torch.float32):
 def test_logits_match_transformers(tmp_path, cli, variant, dtype):
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
     model = make(tmp_path / "model", variant, torch_dtype)
-    ids, mask = token_batch(VOCAB)
-    for label, inputs, where in ((f"{variant} {dtype} padded", {"input_ids": ids, "attention_mask": mask}, mask.bool()),
-                                 (f"{variant} {dtype}", {"input_ids": ids}, None)):
-        with torch.no_grad():
-            theirs = model(**inputs).logits
-            reference = model.float()(**inputs).logits if dtype == "bf16" else None
-            model.to(torch_dtype)
-        ours = run_forward(cli, tmp_path / "model", tmp_path, inputs, dtype)["logits"]
-        compare(ours, theirs, dtype, label, where, reference)
+    compare_causal_lm(cli, model, tmp_path / "model", tmp_path, dtype, variant)
 
 
 @pytest.mark.parametrize("variant", list(FAMILY))

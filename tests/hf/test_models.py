@@ -96,15 +96,21 @@ def compare(ours, theirs, dtype, label, where=None, reference=None):
 def test_llama_logits_match_transformers(tmp_path, cli, variant, dtype):
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
     model = make_llama(tmp_path / "model", variant, torch_dtype)
+    compare_causal_lm(cli, model, tmp_path / "model", tmp_path, dtype, f"llama {variant}")
+
+
+def compare_causal_lm(cli, model, model_dir, tmp_path, dtype, name):
+    """Our logits against transformers' causal LM (saved in model_dir, loaded in `dtype`), with right and
+    left padding and without a mask; in bf16 the fp32 math on the same weights is printed beside."""
+    torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
     ids, mask = token_batch(model.config.vocab_size)
-    for label, inputs, where in ((f"llama {variant} {dtype} padded", {"input_ids": ids, "attention_mask": mask},
-                                  mask.bool()),
-                                 (f"llama {variant} {dtype}", {"input_ids": ids}, None)):
+    for label, inputs, where in ((f"{name} {dtype} padded", {"input_ids": ids, "attention_mask": mask}, mask.bool()),
+                                 (f"{name} {dtype}", {"input_ids": ids}, None)):
         with torch.no_grad():
             theirs = model(**inputs).logits
             reference = model.float()(**inputs).logits if dtype == "bf16" else None
             model.to(torch_dtype)
-        ours = run_forward(cli, tmp_path / "model", tmp_path, inputs, dtype)["logits"]
+        ours = run_forward(cli, model_dir, tmp_path, inputs, dtype)["logits"]
         compare(ours, theirs, dtype, label, where, reference)
 
 
