@@ -32,7 +32,8 @@ struct ArchSummary {
   bool mlp_bias = false;        ///< biases on the MLP's matrices
   bool qk_norm = false;         ///< per-head RMSNorm of queries and keys (qwen3)
   int64_t sliding_window = 0;   ///< attention window of the windowed layers; 0: none
-  bool pooler = false;          ///< vit: a ViTModel saved with its pooler
+  bool pooler = false;          ///< a bare encoder saved with its pooler (vit, bert)
+  int64_t embedding_rows = 0;   ///< rows of embedding tables besides the vocabulary (learned positions, token types)
 };
 
 /// Typed reads of config.json fields, with errors that name the file and key.

@@ -55,4 +55,35 @@ at::Tensor topk_kl_loss(const at::Tensor& student_logits, const at::Tensor& topk
   return kl.mean();
 }
 
+at::Tensor mean_pool(const at::Tensor& hidden, const at::Tensor& mask) {
+  const at::Tensor h = hidden.to(at::kFloat);
+  if (!mask.defined()) return h.mean(1);
+  const at::Tensor m = mask.ne(0).to(at::kFloat).unsqueeze(-1);
+  return (h * m).sum(1) / m.sum(1).clamp_min(1.0);
+}
+
+at::Tensor widen_channels(const at::Tensor& student, const at::Tensor& channels, int64_t width) {
+  if (!channels.defined()) return student;
+  std::vector<int64_t> shape(student.sizes().begin(), student.sizes().end());
+  shape.back() = width;
+  return at::zeros(shape, student.options()).index_copy(-1, channels.to(student.device()), student);
+}
+
+HiddenStateLoss hidden_state_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask,
+                                  const at::Tensor& channels) {
+  const at::Tensor t = teacher.to(at::kFloat);
+  const at::Tensor s = widen_channels(student.to(at::kFloat), channels, t.size(-1));
+  const at::Tensor m = mask.defined() ? mask.ne(0).to(at::kFloat) : at::ones({s.size(0), s.size(1)}, s.options());
+  const at::Tensor valid = m.sum().clamp_min(1.0);
+  // Relative per token: an encoder's hidden states have a few channels far larger than the rest, and
+  // tokens differ in norm; the tiny clamp only guards an all-zero teacher row.
+  const at::Tensor rel = (s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-12);
+  HiddenStateLoss out;
+  out.token = (rel * m).sum() / valid;
+  const at::Tensor cos = at::cosine_similarity(mean_pool(s, m), mean_pool(t, m), -1, 1e-8);
+  out.pooled = (1 - cos).mean();
+  out.loss = out.token + out.pooled;
+  return out;
+}
+
 }  // namespace hawada

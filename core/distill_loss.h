@@ -22,4 +22,25 @@ namespace hawada {
 at::Tensor topk_kl_loss(const at::Tensor& student_logits, const at::Tensor& topk_values, const at::Tensor& topk_indices,
                         const at::Tensor& teacher_lse, double temperature = 1.0, const at::Tensor& mask = {});
 
+/// The two terms of hidden-state distillation (encoders without a head, e.g. sentence encoders).
+struct HiddenStateLoss {
+  at::Tensor loss;       ///< token + pooled: what is minimised (fp32 scalar, differentiable)
+  at::Tensor token;      ///< mean over valid tokens of |s - t|^2 / |t|^2 (relative squared error)
+  at::Tensor pooled;     ///< mean over samples of 1 - cos(mean-pooled s, mean-pooled t)
+};
+/// Hidden-state distillation loss of student [B, L, H] against teacher [B, L, H] (any float dtypes;
+/// computed in fp32), over the tokens of `mask` [B, L] (nonzero = real token; undefined = all). The
+/// pooled term is the quantity a sentence encoder is judged by (the cosine of mean-pooled embeddings);
+/// the token term keeps every position close, scale-free. Differentiable in `student`.
+/// A student narrower than the teacher (`channels` int64 [H'], the teacher channel of each student
+/// channel) is compared in the teacher's coordinates, its dropped channels as zeros: what it lost counts.
+HiddenStateLoss hidden_state_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask = {},
+                                  const at::Tensor& channels = {});
+/// `student` [..., H'] placed at `channels` of a zero tensor [..., width] (differentiable); itself when
+/// channels is undefined.
+at::Tensor widen_channels(const at::Tensor& student, const at::Tensor& channels, int64_t width);
+
+/// Mean pooling over the real tokens: [B, L, H] and mask [B, L] (undefined = all) -> [B, H] in fp32.
+at::Tensor mean_pool(const at::Tensor& hidden, const at::Tensor& mask);
+
 }  // namespace hawada

@@ -19,8 +19,17 @@ struct OuterProduct {
   int64_t in = 0, out = 0;
 };
 
+/// What a model puts out, which decides what the teacher cache holds and what distillation compares.
+enum class ModelOutput {
+  token_logits,   ///< a language model: logits over the vocabulary at every position (cached as top-k)
+  sample_logits,  ///< a classifier: logits over the labels, one row per sample
+  hidden_states,  ///< an encoder without a head (sentence embeddings): the last hidden states [L, hidden]
+};
+
 /// What an architecture is, as data (filled by its adapter from config.json).
 struct ShapeTraits {
+  /// What the model puts out (see ModelOutput).
+  ModelOutput output = ModelOutput::token_logits;
   /// Key/value heads shared by groups of query heads (GQA; kv_heads divides heads). False: every query
   /// head has its own key and value (kv_heads == heads, and pruning a head prunes its k and v).
   bool kv_groups = true;

@@ -34,6 +34,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_datasets(cons
             {"topk_indices", {n, l.seq_len, l.top_k}},
             {"logsumexp", {n, l.seq_len}},
             {"sample_index", {n}}};
+  if (l.kind == "hidden") return {{"hidden_states", {n, l.seq_len, l.hidden_size}}, {"sample_index", {n}}};
   return {{"logits", {n, l.num_labels}}, {"sample_index", {n}}};
 }
 
@@ -51,6 +52,9 @@ void check_values(const CacheChunk& c, const CacheLayout& layout, const std::str
         throw CacheError(where + ": topk_indices holds token " + std::to_string(lo < 0 ? lo : hi) +
                          ", outside the vocabulary [0, " + std::to_string(layout.vocab_size) + ")");
     }
+  } else if (layout.kind == "hidden") {
+    if (!at::isfinite(c.hidden_states.to(at::kFloat)).all().item<bool>())
+      throw CacheError(where + ": hidden_states holds non-finite values (a broken teacher or cache file)");
   } else if (!at::isfinite(c.logits).all().item<bool>()) {
     throw CacheError(where + ": logits holds non-finite values (a broken teacher or cache file)");
   }
@@ -81,10 +85,16 @@ void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, in
 }
 
 nlohmann::json layout_json(const CacheLayout& l) {
-  return {{"format_version", kTeacherCacheFormat}, {"fingerprint", l.fingerprint}, {"kind", l.kind},
-          {"samples", l.samples}, {"seq_len", l.seq_len}, {"top_k", l.top_k}, {"vocab_size", l.vocab_size},
-          {"num_labels", l.num_labels}, {"store_dtype", l.store_dtype}, {"chunk_samples", kCacheChunkSamples}};
+  nlohmann::json j = {{"format_version", kTeacherCacheFormat}, {"fingerprint", l.fingerprint}, {"kind", l.kind},
+                      {"samples", l.samples}, {"seq_len", l.seq_len}, {"top_k", l.top_k}, {"vocab_size", l.vocab_size},
+                      {"num_labels", l.num_labels}, {"store_dtype", l.store_dtype}, {"chunk_samples", kCacheChunkSamples}};
+  if (l.kind == "hidden") j["hidden_size"] = l.hidden_size;
+  return j;
 }
+
+// The on-disk type of 16-bit values: fp16 as HDF5 half floats, bf16 as its uint16 bits.
+h5::Type store_type(const CacheLayout& l) { return l.store_dtype == "fp16" ? h5::Type::f16 : h5::Type::u16; }
+at::ScalarType store_scalar(const CacheLayout& l) { return l.store_dtype == "fp16" ? at::kHalf : at::kBFloat16; }
 
 }  // namespace
 
@@ -129,6 +139,11 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
       f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, c.logsumexp.to(at::kFloat).contiguous().data_ptr());
       f.set_attribute("topk_values_dtype", layout.store_dtype == "fp16" ? std::string("float16")
                                                                          : std::string("bfloat16 (uint16 bits)"));
+    } else if (layout.kind == "hidden") {
+      const at::Tensor values = c.hidden_states.to(store_scalar(layout)).contiguous();
+      f.write("hidden_states", store_type(layout), {n, layout.seq_len, layout.hidden_size}, values.data_ptr());
+      f.set_attribute("hidden_states_dtype", layout.store_dtype == "fp16" ? std::string("float16")
+                                                                           : std::string("bfloat16 (uint16 bits)"));
     } else {
       f.write("logits", h5::Type::f32, {n, layout.num_labels}, c.logits.to(at::kFloat).contiguous().data_ptr());
     }
@@ -171,13 +186,15 @@ CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int6
   c.sample_index = at::empty({n}, at::kLong);
   f.read_all("sample_index", h5::Type::i64, c.sample_index.data_ptr());
   if (layout.kind == "lm") {
-    const bool fp16 = layout.store_dtype == "fp16";
-    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, fp16 ? at::kHalf : at::kBFloat16);
-    f.read_all("topk_values", fp16 ? h5::Type::f16 : h5::Type::u16, c.topk_values.data_ptr());
+    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
+    f.read_all("topk_values", store_type(layout), c.topk_values.data_ptr());
     c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
     f.read_all("topk_indices", h5::Type::i32, c.topk_indices.data_ptr());
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
     f.read_all("logsumexp", h5::Type::f32, c.logsumexp.data_ptr());
+  } else if (layout.kind == "hidden") {
+    c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
+    f.read_all("hidden_states", store_type(layout), c.hidden_states.data_ptr());
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
     f.read_all("logits", h5::Type::f32, c.logits.data_ptr());
@@ -190,11 +207,13 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
   const int64_t n = static_cast<int64_t>(samples.size());
   CacheChunk c;
   c.sample_index = at::tensor(samples, at::kLong);
-  const bool lm = layout.kind == "lm", fp16 = layout.store_dtype == "fp16";
+  const bool lm = layout.kind == "lm";
   if (lm) {
-    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, fp16 ? at::kHalf : at::kBFloat16);
+    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
     c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
+  } else if (layout.kind == "hidden") {
+    c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
   }
@@ -217,9 +236,11 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
     const h5::File& f = it->second;
     const int64_t row = sample - start;
     if (lm) {
-      f.read_rows("topk_values", row, 1, fp16 ? h5::Type::f16 : h5::Type::u16, c.topk_values[i].data_ptr());
+      f.read_rows("topk_values", row, 1, store_type(layout), c.topk_values[i].data_ptr());
       f.read_rows("topk_indices", row, 1, h5::Type::i32, c.topk_indices[i].data_ptr());
       f.read_rows("logsumexp", row, 1, h5::Type::f32, c.logsumexp[i].data_ptr());
+    } else if (layout.kind == "hidden") {
+      f.read_rows("hidden_states", row, 1, store_type(layout), c.hidden_states[i].data_ptr());
     } else {
       f.read_rows("logits", row, 1, h5::Type::f32, c.logits[i].data_ptr());
     }
@@ -259,6 +280,8 @@ CacheLayout read_cache_index(const fs::path& dir) {
     l.vocab_size = json_int(j.at("vocab_size"));
     l.num_labels = json_int(j.at("num_labels"));
     l.store_dtype = j.at("store_dtype").get<std::string>();
+    if (l.kind != "lm" && l.kind != "classifier" && l.kind != "hidden") cache_fail(path, "unknown kind '" + l.kind + "'");
+    if (l.kind == "hidden") l.hidden_size = json_int(j.at("hidden_size"));
     if (json_int(j.at("chunk_samples")) != kCacheChunkSamples) cache_fail(path, "unexpected chunk_samples");
     return l;
   } catch (const nlohmann::json::exception& e) {

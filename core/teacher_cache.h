@@ -5,7 +5,8 @@
 //
 // LM chunks hold topk_values [n, L, k] (fp16, or bf16 stored as its uint16 bits), topk_indices int32
 // [n, L, k] sorted by descending value, logsumexp fp32 [n, L] over the full vocabulary, and
-// sample_index int64 [n]; classifier chunks hold logits fp32 [n, labels]. Every chunk carries the
+// sample_index int64 [n]; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks (encoders
+// without a head) hold hidden_states [n, L, hidden] (fp16, or bf16 as uint16 bits). Every chunk carries the
 // fingerprint and format version as attributes. Chunks are fixed global sample ranges, so a cache
 // written by W ranks is read by any W', and a killed run resumes by computing only missing chunks.
 #pragma once
@@ -17,6 +18,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "core/model_shape.h"
+
 namespace hawada {
 
 /// Bumped whenever the layout or the meaning of a cache file changes.
@@ -24,16 +27,27 @@ inline constexpr int64_t kTeacherCacheFormat = 1;
 /// Samples per chunk file: the unit of crash recovery.
 inline constexpr int64_t kCacheChunkSamples = 64;
 
+/// The cache kind of a model output: "lm", "classifier" or "hidden".
+inline const char* cache_kind(ModelOutput output) {
+  switch (output) {
+    case ModelOutput::token_logits: return "lm";
+    case ModelOutput::sample_logits: return "classifier";
+    case ModelOutput::hidden_states: return "hidden";
+  }
+  return "lm";
+}
+
 /// What a cache holds, fixed by its fingerprint.
 struct CacheLayout {
   std::string fingerprint;  ///< 16 hex digits
-  std::string kind;         ///< "lm" or "classifier"
+  std::string kind;         ///< "lm", "classifier" or "hidden"
   int64_t samples = 0;
-  int64_t seq_len = 0;      ///< lm
+  int64_t seq_len = 0;      ///< lm, hidden
   int64_t top_k = 0;        ///< lm
   int64_t vocab_size = 0;   ///< lm
   int64_t num_labels = 0;   ///< classifier
-  std::string store_dtype;  ///< lm: "fp16" or "bf16"
+  int64_t hidden_size = 0;  ///< hidden
+  std::string store_dtype;  ///< lm, hidden: "fp16" or "bf16"
   /// Global chunk ranges [start, end), covering [0, samples).
   std::vector<std::pair<int64_t, int64_t>> chunks() const;
   /// "chunk-0000000064-0000000128.h5"
@@ -46,6 +60,11 @@ struct CacheChunk {
   at::Tensor topk_indices;  ///< lm: int32 [n, L, k]
   at::Tensor logsumexp;     ///< lm: fp32 [n, L]
   at::Tensor logits;        ///< classifier: fp32 [n, labels]
+  at::Tensor hidden_states; ///< hidden: [n, L, hidden], fp16 or bf16
+  /// Not stored: set for a student narrower than the teacher (hidden channels pruned), int64 [hidden']:
+  /// the teacher channel each of the student's channels is. Its hidden states are compared in the
+  /// teacher's coordinates, the dropped channels as zeros.
+  at::Tensor hidden_channels;
   at::Tensor sample_index;  ///< int64 [n]
 };
 

@@ -125,7 +125,7 @@ std::string evaluate_command(const std::filesystem::path& teacher_dir, const std
   const at::Device device = pick_device(req, 0, "--device");
   const auto teacher = ta.load(teacher_ckpt, {at::kFloat, device});
   const auto student = sa.load(student_ckpt, {at::kFloat, device});
-  nlohmann::json r = evaluate_quality(*teacher, *student, *data, o.first, count, device);
+  nlohmann::json r = evaluate_quality(*teacher, *student, *data, o.first, count, device, model_shape(tarch).traits.output);
   r["teacher"] = teacher_dir.string();
   r["student"] = student_dir.string();
   r["data"] = o.data.string();

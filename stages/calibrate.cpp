@@ -91,7 +91,7 @@ Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, c
       const int64_t g = proc.rank * o.grad_accum + a;
       const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, o.micro_batch);
       const Batch batch = with_context(o.stage + ": ", [&] { return data.batch(samples, device); });
-      const LossParts p = distill_backward(*model, batch, data.teacher(samples), &values, c.train.kd_temperature,
+      const LossParts p = distill_backward(*model, batch, for_student(data.teacher(samples), plan), &values, c.train.kd_temperature,
                                            c.train.mse_weight, 1.0 / static_cast<double>(global_micros));
       sum.kl += p.kl, sum.tokens += p.tokens;
       sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
@@ -157,7 +157,7 @@ double student_kl(const Config& c, const LoadedModel& dense, const Plan& plan, c
     const double n = batch.attention_mask.defined() ? batch.attention_mask.ne(0).sum().item<double>()
                      : batch.input_ids.defined()    ? static_cast<double>(batch.input_ids.numel())
                                                     : 1.0;
-    sum += distill_loss(*model, batch, data.teacher({samples[i]}), nullptr, c.train.kd_temperature) * n;
+    sum += distill_loss(*model, batch, for_student(data.teacher({samples[i]}), plan), nullptr, c.train.kd_temperature) * n;
     tokens += n;
   }
   at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);

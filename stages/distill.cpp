@@ -100,7 +100,16 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
   synchronize(dev);  // phase times are wall times of finished device work
   parts.forward_s = since(t);
   t = Clock::now();
-  if (teacher.logits.defined()) {  // classifier: the full teacher distribution
+  if (teacher.hidden_states.defined()) {  // encoder: the teacher's last hidden states
+    const at::Tensor s = model.head(detached);
+    const HiddenStateLoss l =
+        hidden_state_loss(s, teacher.hidden_states.to(s.device()), batch.attention_mask, teacher.hidden_channels);
+    (l.loss * scale).backward();
+    parts.kl = l.loss.item<double>();
+    parts.mse = l.token.item<double>();
+    parts.tokens = batch.attention_mask.defined() ? batch.attention_mask.ne(0).sum().item<int64_t>()
+                                                  : s.size(0) * s.size(1);
+  } else if (teacher.logits.defined()) {  // classifier: the full teacher distribution
     const at::Tensor s = model.head(detached).to(at::kFloat), tl = teacher.logits.to(s.device());
     const at::Tensor kl =
         (at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() * (T * T);
@@ -165,7 +174,18 @@ double nll_backward(const Model& model, const Batch& batch, const at::Tensor& ta
   const at::Tensor detached = features.detach().requires_grad_(true);
   const at::Device dev = features.device();
   at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
-  if (features.dim() == 2) {  // classifier: [B, hidden] -> [B, labels]
+  if (at::isFloatingType(targets.scalar_type())) {
+    // Encoder: targets are hidden states drawn around the teacher's (sample_teacher_targets); the
+    // negative log-likelihood of a Gaussian whose variance per token is proportional to the target's
+    // mean square, over the real tokens.
+    const at::Tensor s = model.head(detached).to(at::kFloat), y = targets.to(dev).to(at::kFloat);
+    const at::Tensor m = batch.attention_mask.defined() ? batch.attention_mask.to(dev).ne(0).to(at::kFloat)
+                                                        : at::ones({s.size(0), s.size(1)}, s.options());
+    const at::Tensor var = y.pow(2).mean(-1).clamp_min(1e-12);
+    const at::Tensor nll = (0.5 * (s - y).pow(2).sum(-1) / var * m).sum();
+    nll.backward();
+    total += nll.detach().to(at::kDouble);
+  } else if (features.dim() == 2) {  // classifier: [B, hidden] -> [B, labels]
     const at::Tensor lp = at::log_softmax(model.head(detached).to(at::kFloat), -1);
     const at::Tensor nll = -lp.gather(-1, targets.to(dev).view({-1, 1})).sum();
     nll.backward();
@@ -190,6 +210,13 @@ double nll_backward(const Model& model, const Batch& batch, const at::Tensor& ta
 
 at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  if (teacher.hidden_states.defined()) {
+    // The teacher's hidden states plus Gaussian noise of each token's own root mean square: the
+    // sampled-Fisher targets of the relative squared error.
+    const at::Tensor t = teacher.hidden_states.cpu().to(at::kFloat);
+    const at::Tensor rms = t.pow(2).mean(-1, /*keepdim=*/true).sqrt();
+    return t + at::randn(t.sizes(), gen, at::TensorOptions().dtype(at::kFloat)) * rms;
+  }
   if (teacher.logits.defined()) {
     const at::Tensor p = at::softmax(teacher.logits.cpu().to(at::kDouble), -1);
     return at::multinomial(p, 1, false, gen).view({-1});
@@ -206,6 +233,11 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
   at::NoGradGuard no_grad;
   const at::Tensor features = model.features(batch, gates);
   const at::Device dev = features.device();
+  if (teacher.hidden_states.defined()) {
+    const at::Tensor s = model.head(features);
+    return hidden_state_loss(s, teacher.hidden_states.to(dev), batch.attention_mask, teacher.hidden_channels)
+        .loss.item<double>();
+  }
   if (teacher.logits.defined()) {
     const at::Tensor s = model.head(features).to(at::kFloat), tl = teacher.logits.to(dev);
     return ((at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() * (T * T))
@@ -260,6 +292,12 @@ Batch DistillData::batch(const std::vector<int64_t>& samples, const at::Device& 
 
 CacheChunk DistillData::teacher(const std::vector<int64_t>& samples) const {
   return read_cache_samples(cache_dir_, layout_, samples);
+}
+
+CacheChunk for_student(CacheChunk teacher, const Plan& plan) {
+  if (teacher.hidden_states.defined() && static_cast<int64_t>(plan.hidden.size()) < teacher.hidden_states.size(-1))
+    teacher.hidden_channels = at::tensor(plan.hidden, at::kLong);
+  return teacher;
 }
 
 Adam::Adam(const at::Tensor& like, double beta1, double beta2, double eps)

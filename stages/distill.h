@@ -16,6 +16,7 @@
 #include "adapters/model.h"
 #include "core/communicator.h"
 #include "core/data.h"
+#include "core/plan.h"
 #include "core/safetensors.h"
 #include "core/teacher_cache.h"
 #include "stages/settings.h"
@@ -47,6 +48,11 @@ class DistillData {
   std::filesystem::path cache_dir_;
   int64_t train_samples_ = 0;
 };
+
+/// The teacher rows as the sliced student of `plan` is compared with them: an encoder's hidden states
+/// in the teacher's coordinates (CacheChunk::hidden_channels), the channels the plan drops as zeros.
+/// Logits are unchanged.
+CacheChunk for_student(CacheChunk teacher, const Plan& plan);
 
 /// SIGTERM (SLURM preemption) sets a flag for the lifetime of the object; the step boundary asks.
 class PreemptionFlag {
@@ -88,18 +94,23 @@ struct LossParts {
 /// into whatever requires gradients (gates, scales or weights). LMs: top-k + tail KL at temperature T
 /// (core/distill_loss.h), plus mse_weight x MSE on the cached top-k logits; the LM head runs a piece of
 /// tokens at a time on detached features, so [tokens, vocab] never exists whole. Classifiers: KL on
-/// the full cached logits.
+/// the full cached logits. Encoders (hidden-state caches): the relative squared error of every token
+/// plus 1 - cosine of the mean-pooled embeddings (core/distill_loss.h hidden_state_loss), reported as
+/// `kl` (the loss) and `mse` (its token term); kd_temperature and mse_weight do not apply.
 LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
                            double kd_temperature, double mse_weight, double scale);
 
-/// The negative log-likelihood of `targets` ([B, L] token ids for an LM, [B] labels for a classifier),
+/// The negative log-likelihood of `targets` ([B, L] token ids for an LM, [B] labels for a classifier,
+/// float [B, L, hidden] states for an encoder under a Gaussian of each target's mean-square variance),
 /// summed over tokens, backpropagated into whatever requires gradients (the Fisher information pass).
 double nll_backward(const Model& model, const Batch& batch, const at::Tensor& targets, const GateValues* gates);
 /// Targets drawn from the cached teacher distribution (its top-k, renormalised; the full logits of a
-/// classifier), with a generator keyed by `seed`.
+/// classifier; the teacher's hidden states plus noise of each token's RMS for an encoder), with a
+/// generator keyed by `seed`.
 at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed);
 
-/// The distillation loss without gradients (held-out evaluation): mean KL per token over the batch.
+/// The distillation loss without gradients (held-out evaluation): mean KL per token over the batch
+/// (an encoder: its hidden-state loss).
 double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
                     double kd_temperature);
 

@@ -14,6 +14,7 @@
 #include "adapters/adapter.h"
 #include "core/checkpoint.h"
 #include "core/device.h"
+#include "core/distill_loss.h"
 #include "core/errors.h"
 #include "core/fs.h"
 #include "core/hash.h"
@@ -41,11 +42,70 @@ std::string fixed(double v, const char* f = "%.4g") {
   return b;
 }
 
+// Encoders: how close the student's hidden states are to the teacher's, as a sentence encoder is
+// judged (the cosine similarity of mean-pooled embeddings) and per token.
+json evaluate_hidden(const Model& teacher, const Model& student, const DataSource& data, int64_t first, int64_t count,
+                     const at::Device& device, const std::vector<int64_t>& student_channels) {
+  double cos_sum = 0, cos_min = 1, kept_sum = 0, token_cos = 0, rel = 0, tokens = 0;
+  const at::Tensor channels = student_channels.empty() ? at::Tensor() : at::tensor(student_channels, at::kLong).to(device);
+  std::vector<at::Tensor> t_pooled, s_pooled;
+  for (int64_t i = first; i < first + count; ++i) {
+    const Batch b = to_device(data.read(i, 1), device);
+    const at::Tensor t = teacher.head(teacher.features(b)).to(at::kFloat);
+    const at::Tensor narrow = student.head(student.features(b)).to(at::kFloat);
+    if (narrow.size(-1) != (channels.defined() ? channels.size(0) : t.size(-1)))
+      throw UsageError("the student's hidden states are " + std::to_string(narrow.size(-1)) + " wide, the teacher's " +
+                       std::to_string(t.size(-1)) + (channels.defined() ? " and the plan keeps " + std::to_string(channels.size(0)) : "") +
+                       ": an encoder is compared in the teacher's coordinates, which a narrower student needs its plan for");
+    const at::Tensor s = widen_channels(narrow, channels, t.size(-1));
+    const at::Tensor m = b.attention_mask.defined() ? b.attention_mask.ne(0).to(at::kFloat)
+                                                    : at::ones({t.size(0), t.size(1)}, t.options());
+    const at::Tensor tp = mean_pool(t, m), sp = mean_pool(narrow, m);
+    const double c = at::cosine_similarity(mean_pool(s, m), tp, -1, 1e-8).item<double>();
+    cos_sum += c;
+    cos_min = std::min(cos_min, c);
+    kept_sum += at::cosine_similarity(sp, channels.defined() ? tp.index_select(-1, channels) : tp, -1, 1e-8).item<double>();
+    t_pooled.push_back(tp);
+    s_pooled.push_back(sp);
+    token_cos += (at::cosine_similarity(s, t, -1, 1e-8) * m).sum().item<double>();
+    rel += ((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-12) * m).sum().item<double>();
+    tokens += m.sum().item<double>();
+  }
+  // Pairwise similarities between the samples, teacher against student (pairs i < j).
+  double correlation = NAN;
+  if (count >= 3) {
+    auto similarities = [](const std::vector<at::Tensor>& rows) {
+      const at::Tensor e = at::cat(rows).to(at::kDouble);
+      const at::Tensor n = e / e.norm(2, -1, true).clamp_min(1e-12);
+      const at::Tensor sim = n.matmul(n.t());
+      return sim.masked_select(at::ones_like(sim, at::kBool).triu(1));
+    };
+    const at::Tensor a = similarities(t_pooled), b = similarities(s_pooled);
+    const at::Tensor da = a - a.mean(), db = b - b.mean();
+    correlation = ((da * db).sum() / (da.norm() * db.norm()).clamp_min(1e-300)).item<double>();
+  }
+  return {{"samples", count},
+          {"tokens", tokens},
+          {"cosine", finite_or_null(cos_sum / std::max<int64_t>(1, count))},
+          {"min_cosine", finite_or_null(cos_min)},
+          {"cosine_kept_channels", finite_or_null(kept_sum / std::max<int64_t>(1, count))},
+          {"similarity_correlation", finite_or_null(correlation)},
+          {"token_cosine", finite_or_null(token_cos / std::max(1.0, tokens))},
+          {"relative_mse", finite_or_null(rel / std::max(1.0, tokens))}};
+}
+
 }  // namespace
 
+std::vector<std::string> required_quality_keys(ModelOutput output) {
+  if (output == ModelOutput::hidden_states) return {"cosine", "token_cosine", "relative_mse"};
+  return {"kl", "top1_agreement"};
+}
+
 json evaluate_quality(const Model& teacher, const Model& student, const DataSource& data, int64_t first, int64_t count,
-                      const at::Device& device) {
+                      const at::Device& device, ModelOutput output, const std::vector<int64_t>& student_channels) {
   at::NoGradGuard no_grad;
+  if (output == ModelOutput::hidden_states)
+    return evaluate_hidden(teacher, student, data, first, count, device, student_channels);
   double kl = 0, agree = 0, positions = 0, t_nll = 0, s_nll = 0, targets = 0;
   bool lm = true;
   for (int64_t i = first; i < first + count; ++i) {
@@ -174,19 +234,19 @@ void EvaluateStage::run(const StageContext& ctx) {
   {
     const auto teacher = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
     const auto student = lm.adapter->load(exported, {at::kFloat, device});
-    result["export"] = evaluate_quality(*teacher, *student, *data, first, count, device);
+    const Plan plan = read_plan(ctx.run_dir, lm.shape);
+    result["export"] = evaluate_quality(*teacher, *student, *data, first, count, device, lm.shape.traits.output, plan.hidden);
     // Healed runs: the unhealed student (the calibrated slice) beside it.
     if (fs::exists(ctx.run_dir / "heal" / "weights.safetensors")) {
-      const Plan plan = read_plan(ctx.run_dir, lm.shape);
       const HfCheckpoint unhealed = pruned_checkpoint(lm, plan, Scales::read(scales_file(ctx.run_dir), plan));
       const auto model = lm.adapter->load(unhealed, {at::kFloat, device});
-      result["unhealed"] = evaluate_quality(*teacher, *model, *data, first, count, device);
+      result["unhealed"] = evaluate_quality(*teacher, *model, *data, first, count, device, lm.shape.traits.output, plan.hidden);
     }
   }
-  for (const char* key : {"kl", "top1_agreement"})
+  for (const std::string& key : required_quality_keys(lm.shape.traits.output))
     if (result["export"][key].is_null())
-      throw NumericError("evaluate: the export's " + std::string(key) + " on " + source +
-                         " is not finite: the exported model produces non-finite logits");
+      throw NumericError("evaluate: the export's " + key + " on " + source +
+                         " is not finite: the exported model produces non-finite outputs");
 
   // Latency of dense and export in the compute dtype, at the budget's batch and sequence length.
   Batch example;
@@ -231,7 +291,15 @@ void EvaluateStage::run(const StageContext& ctx) {
   std::string line = "evaluate: " + std::to_string(count) + " samples of " + source + ": ";
   if (q.contains("student_ppl"))
     line += "perplexity teacher " + fixed(q.value("teacher_ppl", NAN)) + ", export " + fixed(q.value("student_ppl", NAN)) + "; ";
-  line += "KL " + fixed(q.value("kl", NAN)) + ", top-1 agreement " + fixed(q.value("top1_agreement", NAN), "%.3f");
+  if (q.contains("cosine"))
+    line += "embedding cosine to the teacher " + fixed(q.value("cosine", NAN), "%.4f") + " (min " +
+            fixed(q.value("min_cosine", NAN), "%.4f") + "; on the kept channels " +
+            fixed(q.value("cosine_kept_channels", NAN), "%.4f") + "), pairwise-similarity correlation " +
+            fixed(q.value("similarity_correlation", NAN), "%.4f") + ", token cosine " + fixed(q.value("token_cosine", NAN), "%.4f");
+  else
+    line += "KL " + fixed(q.value("kl", NAN)) + ", top-1 agreement " + fixed(q.value("top1_agreement", NAN), "%.3f");
+  if (result.contains("unhealed") && result["unhealed"].contains("cosine"))
+    line += " (unhealed: cosine " + fixed(result["unhealed"].value("cosine", NAN), "%.4f") + ")";
   if (result.contains("unhealed") && result["unhealed"].contains("student_ppl"))
     line += " (unhealed: perplexity " + fixed(result["unhealed"].value("student_ppl", NAN)) + ")";
   line += "; latency dense " + fixed(result["latency"]["dense_s"].get<double>() * 1e3) + " ms, export " +

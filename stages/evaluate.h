@@ -22,15 +22,27 @@
 
 #include "adapters/model.h"
 #include "core/data.h"
+#include "core/model_shape.h"
 #include "stages/stage.h"
 
 namespace hawada {
 
 /// Quality of `student` against `teacher` on samples [first, first + count) of `data` (fp32 models
 /// expected). LM keys: tokens, teacher_nll, student_nll, teacher_ppl, student_ppl, kl, top1_agreement;
-/// classifier keys: samples, kl, top1_agreement. Runs on rank 0 only (not collective).
+/// classifier keys: samples, kl, top1_agreement; encoder (hidden states) keys: samples, tokens, cosine
+/// (mean over samples of the cosine similarity of mean-pooled embeddings, teacher against student, in
+/// the teacher's coordinates: a student whose hidden channels were pruned has zeros there), min_cosine,
+/// cosine_kept_channels (the same on the channels the student kept), similarity_correlation (Pearson
+/// correlation of the pairwise cosine similarities between the samples' embeddings, teacher against
+/// student: what retrieval sees, whatever the widths), token_cosine (mean over real tokens),
+/// relative_mse (|s - t|^2 / |t|^2 per token). `output` is what the models put out (their adapter's
+/// traits); `student_channels` the teacher channel of each student channel when the student is narrower
+/// (plan.hidden). Runs on rank 0 only (not collective).
 nlohmann::json evaluate_quality(const Model& teacher, const Model& student, const DataSource& data, int64_t first,
-                                int64_t count, const at::Device& device);
+                                int64_t count, const at::Device& device, ModelOutput output,
+                                const std::vector<int64_t>& student_channels = {});
+/// The keys of evaluate_quality's result that must be finite for a published export.
+std::vector<std::string> required_quality_keys(ModelOutput output);
 
 /// Median forward seconds of `model` on random inputs shaped like `example` (after one warm-up).
 double measure_latency(const Model& model, const Batch& example, int repeats, const at::Device& device);

@@ -62,14 +62,16 @@ struct Trainable {
 };
 
 // Mean KL per token on `samples` (each rank its share; summed over the ranks). Collective.
-double heldout_kl(const Model& model, const DistillData& data, const std::vector<int64_t>& samples, double T,
-                  const at::Device& device, Communicator& comm) {
+double heldout_kl(const Model& model, const Plan& plan, const DistillData& data, const std::vector<int64_t>& samples,
+                  double T, const at::Device& device, Communicator& comm) {
   const auto& proc = process_info();
   double sum = 0, tokens = 0;
   for (size_t i = static_cast<size_t>(proc.rank); i < samples.size(); i += static_cast<size_t>(proc.size)) {
     const Batch b = data.batch({samples[i]}, device);
-    const double n = b.input_ids.defined() ? static_cast<double>(b.input_ids.numel()) : 1.0;
-    sum += distill_loss(model, b, data.teacher({samples[i]}), nullptr, T) * n;
+    const double n = b.attention_mask.defined() ? b.attention_mask.ne(0).sum().item<double>()
+                     : b.input_ids.defined()    ? static_cast<double>(b.input_ids.numel())
+                                                : 1.0;
+    sum += distill_loss(model, b, for_student(data.teacher({samples[i]}), plan), nullptr, T) * n;
     tokens += n;
   }
   at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
@@ -210,7 +212,7 @@ void HealStage::run(const StageContext& ctx) {
       const int64_t g = proc.rank * accum + a;
       const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, mb);
       const Batch batch = with_context("heal: ", [&] { return data.batch(samples, device); });
-      const CacheChunk teacher = data.teacher(samples);
+      const CacheChunk teacher = for_student(data.teacher(samples), plan);
       data_s += since(d0);
       const LossParts p = distill_backward(*model, batch, teacher, nullptr, c.train.kd_temperature, c.train.mse_weight,
                                            1.0 / static_cast<double>(global_micros));
@@ -247,7 +249,7 @@ void HealStage::run(const StageContext& ctx) {
 
     double held_kl = NAN;
     if (!held.empty() && ((k.eval_every > 0 && step % k.eval_every == 0) || step == k.steps))
-      held_kl = heldout_kl(*model, run_data, held, c.train.kd_temperature, device, *comm);
+      held_kl = heldout_kl(*model, plan, run_data, held, c.train.kd_temperature, device, *comm);
     const double step_s = since(step_t0);
     if (proc.rank == 0) {
       nlohmann::json j{{"step", step}, {"kl", kl}, {"mse", mse}, {"lr", lr}, {"grad_norm", grad_norm},

@@ -44,11 +44,16 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
   const json& ev = summary.value("evaluate", json::object());
   const json& q = ev.value("export", json::object());
   const ModelShape& d = dense.shape;
+  const ModelOutput out = d.traits.output;
+  const char* tag = out == ModelOutput::token_logits    ? "text-generation"
+                    : out == ModelOutput::hidden_states ? "feature-extraction"
+                                                        : "image-classification";
+  const char* auto_class = out == ModelOutput::token_logits ? "AutoModelForCausalLM" : "AutoModel";
   std::ostringstream o;
   o << "---\n"
     << "base_model: " << yaml_string(base) << "\n"
     << "library_name: transformers\n"
-    << "pipeline_tag: " << (dense.arch.vocab_size > 0 ? "text-generation" : "image-classification") << "\n"
+    << "pipeline_tag: " << tag << "\n"
     << "tags:\n  - hawada-pipeline\n  - pruned\n  - structured-pruning\n  - distillation\n"
     << "---\n\n"
     << "# " << c.export_.name << "\n\n"
@@ -56,8 +61,9 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
     << "hawada-pipeline. It is a plain Hugging Face checkpoint: load it with `from_pretrained`, no custom code.\n\n"
     << "## How it was made\n\n"
     << "Gates on attention heads and FFN channels" << (c.gates.hidden ? " and hidden channels" : "")
-    << " were learned by distillation from the cached outputs of the original model (top-" << c.teacher.top_k
-    << " logits), starting from one-shot importance (activation x Fisher information); a budget of "
+    << " were learned by distillation from the cached outputs of the original model ("
+    << (out == ModelOutput::token_logits ? "top-" + std::to_string(c.teacher.top_k) : std::string("its"))
+    << (out == ModelOutput::hidden_states ? " last hidden states" : " logits") << "), starting from one-shot importance (activation x Fisher information); a budget of "
     << summary.value("parameters", 0.0) / std::max(1.0, summary.value("dense_parameters", 1.0)) << " of the parameters ("
     << (c.budget.metric == BudgetMetric::params ? "params" : "latency") << " budget " << c.budget.target
     << ") chose the shape, whose candidates were compared by a short calibrated probe; the kept structures' "
@@ -79,8 +85,16 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
     if (q.contains("student_ppl"))
       o << "| perplexity, original | " << num(q, "teacher_ppl") << " |\n| perplexity, this model | "
         << num(q, "student_ppl") << " |\n";
-    o << "| KL(original \\|\\| this model) per token | " << num(q, "kl") << " |\n"
-      << "| top-1 agreement with the original | " << num(q, "top1_agreement", "%.3f") << " |\n\n";
+    if (q.contains("cosine"))
+      o << "| cosine similarity of mean-pooled embeddings to the original's (mean) | " << num(q, "cosine", "%.4f") << " |\n"
+        << "| the same, lowest sample | " << num(q, "min_cosine", "%.4f") << " |\n"
+        << "| the same, on the hidden channels this model kept | " << num(q, "cosine_kept_channels", "%.4f") << " |\n"
+        << "| correlation of pairwise sentence similarities with the original's | "
+        << num(q, "similarity_correlation", "%.4f") << " |\n"
+        << "| cosine similarity per token (mean) | " << num(q, "token_cosine", "%.4f") << " |\n\n";
+    else
+      o << "| KL(original \\|\\| this model) per token | " << num(q, "kl") << " |\n"
+        << "| top-1 agreement with the original | " << num(q, "top1_agreement", "%.3f") << " |\n\n";
   }
   if (ev.contains("latency")) {
     const json& l = ev["latency"];
@@ -93,8 +107,7 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
   o << "## Reproduce\n\n```\nmpirun -np " << process_info().size << " hawada-pipeline " << c.source.string()
     << "\n```\n\nwith this configuration (resolved):\n\n```toml\n"
     << read_text_file(run_dir / "config.resolved.toml") << "```\n\n"
-    << "## Use\n\n```python\nfrom transformers import " << (dense.arch.vocab_size > 0 ? "AutoModelForCausalLM" : "AutoModel")
-    << "\nmodel = " << (dense.arch.vocab_size > 0 ? "AutoModelForCausalLM" : "AutoModel")
+    << "## Use\n\n```python\nfrom transformers import " << auto_class << "\nmodel = " << auto_class
     << ".from_pretrained(\"path/to/" << c.export_.name << "\")\n```\n";
   return o.str();
 }

@@ -314,6 +314,21 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
       };
       const json& q = ev["export"];
       const bool lm = q.contains("student_ppl");
+      if (q.contains("cosine")) {  // an encoder: embeddings against the teacher's
+        body << "<h2>Quality</h2><p>On " << q.value("samples", 0) << " samples of " << escape(ev.value("data", std::string()))
+             << " (fp32), mean-pooled embeddings against the teacher's:</p><table id='quality'><tr><th>model</th>"
+             << "<th>cosine (mean)</th><th>cosine (min)</th><th>cosine on the kept channels</th>"
+             << "<th>pairwise-similarity correlation</th><th>token cosine</th><th>relative MSE</th></tr>";
+        auto row = [&](const char* name, const json& j) {
+          body << "<tr><td>" << name << "</td><td>" << cell(j, "cosine", "%.4f") << "</td><td>" << cell(j, "min_cosine", "%.4f")
+               << "</td><td>" << cell(j, "cosine_kept_channels", "%.4f") << "</td><td>"
+               << cell(j, "similarity_correlation", "%.4f") << "</td><td>" << cell(j, "token_cosine", "%.4f") << "</td><td>"
+               << cell(j, "relative_mse", "%.4f") << "</td></tr>";
+        };
+        if (ev.contains("unhealed")) row("pruned, calibrated (before heal)", ev["unhealed"]);
+        row("export", q);
+        body << "</table>";
+      } else {
       body << "<h2>Quality</h2><p>On " << q.value("samples", 0) << " samples of " << escape(ev.value("data", std::string()))
            << " (fp32):</p><table id='quality'><tr><th>model</th>" << (lm ? "<th>perplexity</th>" : "")
            << "<th>KL(teacher || model)</th><th>top-1 agreement</th></tr>";
@@ -325,6 +340,7 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
       }
       body << "<tr><td>export</td>" << (lm ? "<td>" + cell(q, "student_ppl", "%.3f") + "</td>" : "") << "<td>"
            << cell(q, "kl", "%.4f") << "</td><td>" << cell(q, "top1_agreement", "%.3f") << "</td></tr></table>";
+      }
       if (ev.contains("latency")) {
         const json& l = ev["latency"];
         body << "<p id='speedup'>Measured forward latency (" << l.value("batch", 0) << " x " << l.value("tokens", 0)

@@ -94,12 +94,16 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
     uint64_t content = process_info().rank == 0 ? data->content_hash() : 0;
     content = world::broadcast(content);
     CacheLayout& layout = t.layout;
-    layout.kind = arch.vocab_size > 0 ? "lm" : "classifier";
+    layout.kind = cache_kind(model_shape(arch).traits.output);
     layout.samples = data->size();
     if (layout.kind == "lm") {
       layout.seq_len = t.spec.seq_len;
       layout.top_k = std::min<int64_t>(c.teacher.top_k, arch.vocab_size);
       layout.vocab_size = arch.vocab_size;
+      layout.store_dtype = c.teacher.store_dtype == StoreDtype::fp16 ? "fp16" : "bf16";
+    } else if (layout.kind == "hidden") {
+      layout.seq_len = t.spec.seq_len;
+      layout.hidden_size = arch.hidden;
       layout.store_dtype = c.teacher.store_dtype == StoreDtype::fp16 ? "fp16" : "bf16";
     } else {
       layout.num_labels = arch.num_labels;
@@ -113,6 +117,7 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
     h.update(c10::toString(compute_dtype(c)));
     h.update(layout.kind);
     h.update(layout.store_dtype);
+    if (layout.kind == "hidden") h.update_u64(static_cast<uint64_t>(layout.hidden_size));
     layout.fingerprint = hex64(h.digest());
     t.dir = c.teacher.cache_root / layout.fingerprint;
     out += (out.empty() ? "" : "+") + layout.fingerprint;
@@ -190,6 +195,8 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
       const at::Tensor features = model->features(to_device(cpu_batch, device));
       CacheChunk part = layout.kind == "lm" ? lm_chunk(*model, features, layout) : CacheChunk{};
       if (layout.kind == "classifier") part.logits = model->head(features).to(at::kFloat);
+      if (layout.kind == "hidden")
+        part.hidden_states = model->head(features).to(layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16);
       parts.push_back(std::move(part));
     }
     // Only the top-k rows cross to the host.
@@ -203,6 +210,8 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
       chunk.topk_values = cat(&CacheChunk::topk_values);
       chunk.topk_indices = cat(&CacheChunk::topk_indices);
       chunk.logsumexp = cat(&CacheChunk::logsumexp);
+    } else if (layout.kind == "hidden") {
+      chunk.hidden_states = cat(&CacheChunk::hidden_states);
     } else {
       chunk.logits = cat(&CacheChunk::logits);
     }
@@ -221,7 +230,7 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
       const int64_t left = mine - computed - reused;
       std::string line = "teacher_cache: rank 0 " + std::to_string(computed + reused) + "/" + std::to_string(mine) +
                          " samples, " + std::to_string(static_cast<int64_t>(rate)) + " samples/s";
-      if (layout.kind == "lm") line += ", " + std::to_string(static_cast<int64_t>(rate * layout.seq_len)) + " tokens/s";
+      if (layout.seq_len > 0) line += ", " + std::to_string(static_cast<int64_t>(rate * layout.seq_len)) + " tokens/s";
       log::info(line + ", ETA " + log::duration(left / std::max(rate, 1e-9)));
       last_report = now;
     }

@@ -190,6 +190,7 @@ ArchSummary VitAdapter::summarize_checkpoint(const HfCheckpoint& ckpt) const {
 
 ShapeTraits VitAdapter::traits(const ArchSummary& a) const {
   ShapeTraits t;
+  t.output = ModelOutput::sample_logits;
   t.kv_groups = false;       // every head has its own key and value
   t.hidden_is_heads = true;  // hidden_size = heads x head size
   t.hidden_multiple_of_heads = true;
