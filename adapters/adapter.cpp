@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/huggingface/bert.h"
 #include "adapters/huggingface/llama.h"
 #include "adapters/huggingface/vit.h"
 #include "core/checkpoint.h"
@@ -20,6 +21,7 @@ const std::vector<std::unique_ptr<ModelAdapter>>& registry() {
     std::vector<std::unique_ptr<ModelAdapter>> v;
     for (const char* type : LlamaAdapter::kModelTypes) v.push_back(std::make_unique<LlamaAdapter>(type));
     v.push_back(std::make_unique<VitAdapter>());
+    v.push_back(std::make_unique<BertAdapter>());
     return v;
   }();
   return adapters;

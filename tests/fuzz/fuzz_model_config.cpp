@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/arch.h"
+#include "adapters/huggingface/bert_config.h"
 #include "core/errors.h"
 #include "core/json_input.h"
 
@@ -17,12 +18,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!hawada::json_depth_problem(text).empty()) return 0;
   const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return 0;
-  // Every reader: the LLaMA family's (one per model_type: windows, head_dim defaults differ) and ViT's.
-  for (const char* type : {"llama", "mistral", "qwen2", "qwen3", "vit"}) {
+  // Every reader: the LLaMA family's (one per model_type: windows, head_dim defaults differ), ViT's, BERT's.
+  for (const char* type : {"llama", "mistral", "qwen2", "qwen3", "vit", "bert"}) {
     try {
-      const hawada::ArchSummary s = std::string_view(type) == "vit"
-                                        ? hawada::summarize_vit_config(j, "fuzz/config.json")
-                                        : hawada::summarize_llama_family_config(type, j, "fuzz/config.json");
+      const std::string_view t(type);
+      const hawada::ArchSummary s = t == "vit"    ? hawada::summarize_vit_config(j, "fuzz/config.json")
+                                    : t == "bert" ? hawada::summarize_bert_config(j, "fuzz/config.json")
+                                                  : hawada::summarize_llama_family_config(type, j, "fuzz/config.json");
+      if (s.embedding_rows < 0) __builtin_trap();
       if (s.sliding_window < 0) __builtin_trap();
       if (s.layers <= 0 || s.layers > 1024 || s.heads <= 0 || s.hidden <= 0 || s.head_dim <= 0) __builtin_trap();
       if (s.kv_heads <= 0 || s.heads % s.kv_heads != 0) __builtin_trap();

@@ -95,7 +95,7 @@ def test_unknown_model_type_lists_the_supported_ones(tmp_path, cli):
     p = cli("inspect", tmp_path / "model", check=False)
     assert p.returncode != 0
     assert "unsupported model_type 'gpt_neox'" in p.stderr
-    assert "llama, mistral, qwen2, qwen3, vit" in p.stderr, p.stderr
+    assert "bert, llama, mistral, qwen2, qwen3, vit" in p.stderr, p.stderr
 
 
 SEQ = 16
