@@ -124,7 +124,9 @@ class BertModelImpl final : public Model {
     // Embeddings: words + absolute positions 0..T-1 + token type 0 (one segment), then LayerNorm
     // (transformers adds them in the weights' dtype).
     at::Tensor x = layers::embedding(word_, ids, dtype_) + token_type_[0] + position_.slice(0, 0, T).unsqueeze(0);
-    x = layers::layer_norm(x, embedding_norm_.weight, embedding_norm_.bias, eps_, hidden_gate);
+    // The norms take their statistics from the kept channels, which must be zero elsewhere.
+    x = layers::layer_norm(layers::gate_last_dim(x, hidden_gate), embedding_norm_.weight, embedding_norm_.bias, eps_,
+                           hidden_gate);
     // Padding: keys outside the mask are not attended to (every query still attends to the real keys).
     std::optional<at::Tensor> mask;
     if (batch.attention_mask.defined()) mask = batch.attention_mask.ne(0).view({B, 1, 1, T});

@@ -123,7 +123,8 @@ def sentences_h5(path, samples, seed=0):
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
 
 
-def test_pruned_export_loads_and_matches(tmp_path, cli, mpirun):
+@pytest.mark.parametrize("heal", [0, 3])
+def test_pruned_export_loads_and_matches(tmp_path, cli, mpirun, heal):
     make(tmp_path / "model", "pooler")
     ids, mask = sentences_h5(tmp_path / "sentences.h5", 48)
     cfg = tmp_path / "run.toml"
@@ -156,7 +157,7 @@ probe_samples = 4
 [calibrate]
 steps = 4
 [heal]
-steps = 3
+steps = {heal}
 warmup = 1
 """)
     mpirun(2, cfg)
