@@ -78,7 +78,7 @@ void break_slice_for_test(std::vector<safetensors::NamedTensor>& tensors, const 
       t.tensor = t.tensor.roll(1, 1).contiguous();
 }
 
-// Logits of `model` on held-out samples, for the comparisons of verify.
+// Outputs of `model` on held-out samples (logits; an encoder's hidden states), for the comparisons of verify.
 std::vector<at::Tensor> logits_of(const Model& model, const DataSource& data, int64_t first, int64_t count,
                                   const at::Device& device, const GateValues* gates = nullptr) {
   std::vector<at::Tensor> out;
@@ -236,7 +236,14 @@ void ExportStage::run(const StageContext& ctx) {
       auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
       const GateValues gates{on_device(student.heads), on_device(student.ffn), on_device(student.hidden),
                              on_device(student.attn_out), on_device(student.mlp_out)};
-      identity = distance(logits_of(*dense, *data, first_sample, samples, device, &gates), want_ref);
+      std::vector<at::Tensor> gated = logits_of(*dense, *data, first_sample, samples, device, &gates);
+      // An encoder's outputs are its hidden states: the gated model's are the teacher's width (zeros on
+      // the dropped channels), the slice's the kept channels.
+      const at::Tensor kept = at::tensor(plan.hidden, at::kLong);
+      for (size_t i = 0; i < gated.size(); ++i)
+        if (gated[i].size(-1) != want_ref[i].size(-1) && gated[i].size(-1) == plan.dense.shape.hidden)
+          gated[i] = gated[i].index_select(-1, kept);
+      identity = distance(gated, want_ref);
     }
     // 2. bytes
     const HfCheckpoint exported = HfCheckpoint::open(tmp);
