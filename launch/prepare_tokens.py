@@ -2,14 +2,22 @@
 own tokenizer (transformers' AutoTokenizer on the model directory; nothing is downloaded).
 
     python launch/prepare_tokens.py MODEL_DIR CORPUS OUT.h5 --seq-len 512 [--samples N] [--no-eos]
+    python launch/prepare_tokens.py MODEL_DIR CORPUS OUT.h5 --seq-len 64 --sentences [--samples N] [--seed S]
 
 CORPUS is a text file whose documents are separated by blank lines, or a directory whose *.txt files
 are one document each (in name order). Each document gets the tokenizer's special tokens (BOS) and, unless
 --no-eos, an EOS token; all are concatenated and cut into windows of seq_len (the remainder is
 dropped). Writes input_ids int32 [samples, seq_len] and attributes naming the tokenizer and corpus.
+
+--sentences (sentence encoders such as BERT): one sample per sentence of the corpus (5 to 80 words, the
+documents' whitespace collapsed), tokenized alone with the tokenizer's special tokens ([CLS] ... [SEP]),
+truncated to seq_len and right-padded, with attention_mask int32 [samples, seq_len] beside input_ids.
+The sentences are shuffled with --seed (documents are topical; a held-out tail should not be one topic).
 """
 import argparse
 import os
+import random
+import re
 
 import h5py
 import numpy as np
@@ -24,6 +32,8 @@ def main():
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--samples", type=int, default=0, help="at most this many windows (0 = all)")
     p.add_argument("--no-eos", action="store_true")
+    p.add_argument("--sentences", action="store_true", help="one padded sample per sentence, with attention_mask")
+    p.add_argument("--seed", type=int, default=0, help="--sentences: shuffle seed")
     a = p.parse_args()
 
     tok = AutoTokenizer.from_pretrained(a.model_dir, local_files_only=True)
@@ -34,6 +44,8 @@ def main():
     else:
         text = open(a.corpus, encoding="utf-8").read()
         docs = [d.strip() for d in text.split("\n\n") if d.strip()]
+    if a.sentences:
+        return sentences(a, tok, docs)
     ids = []
     for d in docs:
         ids.extend(tok(d)["input_ids"])
@@ -52,6 +64,34 @@ def main():
         f.attrs["corpus"] = os.path.abspath(a.corpus)
     os.replace(tmp, a.out)
     print(f"wrote {a.out}: {windows} samples x {a.seq_len} tokens from {len(docs)} documents ({len(ids)} tokens)")
+
+
+def sentences(a, tok, docs):
+    found = []
+    for d in docs:
+        for paragraph in re.split(r"\n\s*\n", d):
+            text = " ".join(paragraph.split())
+            for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+                if 5 <= len(sent.split()) <= 80:
+                    found.append(sent)
+    found = sorted(set(found))  # the same sentence twice is one sample
+    random.Random(a.seed).shuffle(found)
+    if a.samples:
+        found = found[: a.samples]
+    if not found:
+        raise SystemExit(f"{a.corpus}: no sentence of 5 to 80 words")
+    enc = tok(found, padding="max_length", truncation=True, max_length=a.seq_len)
+    ids = np.asarray(enc["input_ids"], dtype=np.int32)
+    mask = np.asarray(enc["attention_mask"], dtype=np.int32)
+    tmp = a.out + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f["input_ids"] = ids
+        f["attention_mask"] = mask
+        f.attrs["tokenizer"] = os.path.abspath(a.model_dir)
+        f.attrs["corpus"] = os.path.abspath(a.corpus)
+    os.replace(tmp, a.out)
+    print(f"wrote {a.out}: {len(found)} sentences, {int(mask.sum())} tokens in windows of {a.seq_len} "
+          f"({int((mask.sum(1) == a.seq_len).sum())} truncated)")
 
 
 if __name__ == "__main__":

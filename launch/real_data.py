@@ -15,6 +15,9 @@ One file per document. For SmolLM2 (models/smollm2-135m) the token files are
   models/data/smollm2-train-256.h5   1,104 windows of 256 tokens (1,024 to train on + 80 held out)
   models/data/smollm2-eval-256.h5    64 windows of 256 tokens of the eval document set
   models/data/smollm2-heal-256.h5    8,192 windows of 256 tokens (2.1 M tokens) of the heal text
+For all-MiniLM-L6-v2 (models/all-minilm-l6-v2), one padded sentence per sample (prepare_tokens.py --sentences):
+  models/data/minilm-train-64.h5     4,352 sentences of the train text (4,096 to train on + 256 held out)
+  models/data/minilm-eval-64.h5      512 sentences of the eval document set
 """
 import argparse
 import glob
@@ -115,11 +118,11 @@ def write_corpus(out_dir, patterns):
     return out_dir
 
 
-def tokens(model, corpus, out, seq_len, samples):
+def tokens(model, corpus, out, seq_len, samples, *extra):
     if os.path.exists(out):
         return
     subprocess.run([sys.executable, os.path.join(HERE, "prepare_tokens.py"), model, corpus, out,
-                    "--seq-len", str(seq_len), "--samples", str(samples)], check=True)
+                    "--seq-len", str(seq_len), "--samples", str(samples), *extra], check=True)
 
 
 def main():
@@ -136,6 +139,10 @@ def main():
         tokens(smol, train, os.path.join(data, "smollm2-train-256.h5"), 256, 1104)
         tokens(smol, evalc, os.path.join(data, "smollm2-eval-256.h5"), 256, 64)
         tokens(smol, healc, os.path.join(data, "smollm2-heal-256.h5"), 256, 8192)
+    minilm = os.path.join(os.path.abspath(a.models), "all-minilm-l6-v2")
+    if os.path.exists(os.path.join(minilm, "tokenizer.json")):
+        tokens(minilm, train, os.path.join(data, "minilm-train-64.h5"), 64, 4352, "--sentences")
+        tokens(minilm, evalc, os.path.join(data, "minilm-eval-64.h5"), 64, 512, "--sentences")
     print(f"real data in {data}")
 
 

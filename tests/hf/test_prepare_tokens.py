@@ -38,3 +38,31 @@ def test_corpus_to_token_h5(tmp_path):
         ids = f["input_ids"][:]
     assert ids.dtype == np.int32 and ids.shape == (len(expected) // 16, 16)
     assert (ids.reshape(-1) == np.asarray(expected[: ids.size])).all()
+
+
+def test_sentences_padded_with_attention_mask(tmp_path):
+    """--sentences: one sample per sentence (5 to 80 words), tokenised alone, padded, with attention_mask."""
+    text = ("The quick brown fox jumps over the lazy dog. Too short. A second sentence with enough words in it!\n\n"
+            "Another paragraph starts here and goes on for a while. The quick brown fox jumps over the lazy dog.")
+    (tmp_path / "corpus.txt").write_text(text)
+    model = tmp_path / "model"
+    model.mkdir()
+    wp = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    wp.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    wp.train_from_iterator([text], tokenizers.trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    wp.post_processor = tokenizers.processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=wp, pad_token="[PAD]", unk_token="[UNK]",
+                                                cls_token="[CLS]", sep_token="[SEP]")
+    fast.save_pretrained(model)
+    subprocess.run([sys.executable, SCRIPT, model, tmp_path / "corpus.txt", tmp_path / "s.h5", "--seq-len", "12",
+                    "--sentences"], check=True)
+    with h5py.File(tmp_path / "s.h5") as f:
+        ids, mask = f["input_ids"][:], f["attention_mask"][:]
+    # Three distinct sentences of 5+ words (the repeated one once, "Too short." dropped).
+    assert ids.shape == mask.shape == (3, 12)
+    assert (ids[:, 0] == 2).all() and (ids[mask == 0] == 0).all()
+    lengths = mask.sum(1)
+    for row, n in zip(ids, lengths):
+        assert row[n - 1] == 3 or n == 12  # [SEP] ends every sentence that fits
+    decoded = sorted(fast.decode(r[1:n - 1]) for r, n in zip(ids, lengths))
+    assert "The quick brown fox jumps over the lazy dog ." in decoded
