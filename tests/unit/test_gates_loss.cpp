@@ -119,3 +119,44 @@ TEST(TopkKl, ZeroForTheTeacherAndFullKlWhenKIsTheVocabulary) {
 
 }  // namespace
 }  // namespace hawada
+
+namespace hawada {
+namespace {
+
+TEST(HiddenStateLoss, ZeroForTheTeacherAndMaskedPaddingIgnored) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  const at::Tensor t = at::randn({2, 5, 8}, gen);
+  const at::Tensor mask = at::tensor({1, 1, 1, 0, 0, 1, 1, 1, 1, 1}, at::kLong).view({2, 5});
+  EXPECT_NEAR(hidden_state_loss(t, t, mask).loss.item<double>(), 0.0, 1e-6);
+  // Garbage at padded positions changes nothing.
+  at::Tensor s = t.clone();
+  s[0][4] += 100;
+  EXPECT_NEAR(hidden_state_loss(s, t, mask).loss.item<double>(), 0.0, 1e-6);
+  EXPECT_GT(hidden_state_loss(s, t).loss.item<double>(), 0.1);
+  // The token term is the relative squared error: a student at half the teacher has 0.25 on every token,
+  // and the pooled cosine does not see a scale.
+  const HiddenStateLoss half = hidden_state_loss(t * 0.5, t, mask);
+  EXPECT_NEAR(half.token.item<double>(), 0.25, 1e-5);
+  EXPECT_NEAR(half.pooled.item<double>(), 0.0, 1e-6);
+}
+
+TEST(HiddenStateLoss, NarrowStudentIsComparedInTheTeachersCoordinates) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const at::Tensor t = at::randn({1, 4, 6}, gen);
+  const at::Tensor kept = at::tensor({0, 2, 3, 5}, at::kLong);
+  // The teacher's own kept channels: what is lost is exactly the dropped channels' share.
+  const at::Tensor s = t.index_select(-1, kept).clone().requires_grad_(true);
+  const HiddenStateLoss l = hidden_state_loss(s, t, {}, kept);
+  const at::Tensor dropped = t.index_select(-1, at::tensor({1, 4}, at::kLong));
+  const at::Tensor expect = (dropped.pow(2).sum(-1) / t.pow(2).sum(-1)).mean();
+  EXPECT_NEAR(l.token.item<double>(), expect.item<double>(), 1e-6);
+  l.loss.backward();
+  ASSERT_TRUE(s.grad().defined());
+  EXPECT_EQ(s.grad().sizes(), s.sizes());
+  const at::Tensor wide = widen_channels(s.detach(), kept, 6);
+  EXPECT_TRUE(at::equal(wide.index_select(-1, kept), s.detach()));
+  EXPECT_EQ(wide.index_select(-1, at::tensor({1, 4}, at::kLong)).abs().sum().item<double>(), 0.0);
+}
+
+}  // namespace
+}  // namespace hawada
