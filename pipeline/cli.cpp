@@ -17,10 +17,10 @@
 #include "core/process.h"
 #include "core/text.h"
 #include "pipeline/config.h"
-#include "pipeline/forward.h"
-#include "pipeline/inspect.h"
-#include "pipeline/make.h"
-#include "pipeline/profile.h"
+#include "pipeline/tools/forward.h"
+#include "pipeline/tools/inspect.h"
+#include "pipeline/tools/make.h"
+#include "pipeline/tools/profile.h"
 #include "pipeline/run.h"
 
 namespace hawada {

@@ -1,4 +1,4 @@
-#include "pipeline/make.h"
+#include "pipeline/tools/make.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>

@@ -1,4 +1,4 @@
-#include "pipeline/inspect.h"
+#include "pipeline/tools/inspect.h"
 
 #include <map>
 #include <sstream>

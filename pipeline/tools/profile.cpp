@@ -1,4 +1,4 @@
-#include "pipeline/profile.h"
+#include "pipeline/tools/profile.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>

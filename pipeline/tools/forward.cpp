@@ -1,4 +1,4 @@
-#include "pipeline/forward.h"
+#include "pipeline/tools/forward.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
