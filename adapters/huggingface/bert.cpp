@@ -8,6 +8,7 @@
 
 #include "adapters/huggingface/bert_config.h"
 #include "adapters/layers.h"
+#include "adapters/prune.h"
 #include "adapters/weights.h"
 #include "core/checkpoint.h"
 #include "core/errors.h"
@@ -210,7 +211,6 @@ std::unique_ptr<Model> BertAdapter::load(const HfCheckpoint& ckpt, const LoadOpt
 
 std::vector<safetensors::NamedTensor> BertAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
                                                                  const GateValues& folds, std::optional<at::ScalarType> dtype) const {
-  const int64_t hs = plan.dense.shape.head_dim;
   const std::vector<int64_t>& hidden = plan.hidden;
   std::vector<safetensors::NamedTensor> out;
   for (const std::string& name : ckpt.tensor_names()) {
@@ -220,16 +220,12 @@ std::vector<safetensors::NamedTensor> BertAdapter::prune_weights(const HfCheckpo
     char rest[128] = {0};
     if (std::sscanf(name.c_str(), "encoder.layer.%d.%127s", &layer, rest) == 2 && layer >= 0 &&
         layer < plan.dense.shape.layers) {
-      const auto l = static_cast<size_t>(layer);
       const std::string r(rest);
-      const std::vector<int64_t> q = expand_indices(plan.heads[l], hs);
-      const std::vector<int64_t>& f = plan.ffn[l];
-      at::Tensor head_scale, ffn_scale, attn_rows, mlp_rows;
-      if (folds.heads.defined())
-        head_scale = folds.heads[layer].index_select(0, index_tensor(plan.heads[l])).repeat_interleave(hs);
-      if (folds.ffn.defined()) ffn_scale = folds.ffn[layer].index_select(0, index_tensor(f));
-      if (folds.attn_out.defined()) attn_rows = folds.attn_out[layer].index_select(0, index_tensor(hidden));
-      if (folds.mlp_out.defined()) mlp_rows = folds.mlp_out[layer].index_select(0, index_tensor(hidden));
+      const LayerFolds lf = layer_folds(plan, folds, layer);
+      const std::vector<int64_t>& q = lf.q;
+      const std::vector<int64_t>& f = lf.ffn;
+      const at::Tensor &head_scale = lf.head_scale, &ffn_scale = lf.ffn_scale, &attn_rows = lf.attn_rows,
+                       &mlp_rows = lf.mlp_rows;
       at::Tensor s;
       if (r == "attention.self.query.weight" || r == "attention.self.key.weight" || r == "attention.self.value.weight")
         s = slice_linear(t, q, hidden);

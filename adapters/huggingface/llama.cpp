@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/layers.h"
+#include "adapters/prune.h"
 #include "adapters/weights.h"
 #include "core/checkpoint.h"
 #include "core/errors.h"
@@ -307,14 +308,12 @@ std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckp
         layer < plan.dense.shape.layers) {
       const auto l = static_cast<size_t>(layer);
       const std::string r(rest);
-      const std::vector<int64_t> q = expand_indices(plan.heads[l], hd), kv = expand_indices(plan.kv_heads[l], hd);
-      const std::vector<int64_t>& f = plan.ffn[l];
-      at::Tensor head_scale, ffn_scale, attn_rows, mlp_rows;
-      if (folds.heads.defined())
-        head_scale = folds.heads[layer].index_select(0, index_tensor(plan.heads[l])).repeat_interleave(hd);
-      if (folds.ffn.defined()) ffn_scale = folds.ffn[layer].index_select(0, index_tensor(f));
-      if (folds.attn_out.defined()) attn_rows = folds.attn_out[layer].index_select(0, index_tensor(hidden));
-      if (folds.mlp_out.defined()) mlp_rows = folds.mlp_out[layer].index_select(0, index_tensor(hidden));
+      const LayerFolds lf = layer_folds(plan, folds, layer);
+      const std::vector<int64_t>& q = lf.q;
+      const std::vector<int64_t> kv = expand_indices(plan.kv_heads[l], hd);
+      const std::vector<int64_t>& f = lf.ffn;
+      const at::Tensor &head_scale = lf.head_scale, &ffn_scale = lf.ffn_scale, &attn_rows = lf.attn_rows,
+                       &mlp_rows = lf.mlp_rows;
       at::Tensor s;
       if (r == "self_attn.q_proj.weight") s = slice_linear(t, q, hidden);
       else if (r == "self_attn.q_proj.bias") s = slice_dim(t, 0, q);
