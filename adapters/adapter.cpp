@@ -8,9 +8,9 @@
 #include "adapters/huggingface/bert.h"
 #include "adapters/huggingface/llama.h"
 #include "adapters/huggingface/vit.h"
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/json_input.h"
+#include "core/io/checkpoint.h"
+#include "core/base/errors.h"
+#include "core/base/json_input.h"
 
 namespace hawada {
 namespace {

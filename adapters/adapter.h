@@ -17,9 +17,9 @@
 
 #include "adapters/arch.h"
 #include "adapters/model.h"
-#include "core/safetensors.h"
-#include "core/shape_search.h"
-#include "core/cost_model.h"
+#include "core/io/safetensors.h"
+#include "core/prune/shape_search.h"
+#include "core/prune/cost_model.h"
 
 namespace hawada {
 

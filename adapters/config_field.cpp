@@ -2,8 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/errors.h"
-#include "core/json_input.h"
+#include "core/base/errors.h"
+#include "core/base/json_input.h"
 
 namespace hawada {
 namespace {

@@ -9,7 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/data.h"
+#include "core/prune/batch.h"
 
 namespace hawada {
 

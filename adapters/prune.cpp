@@ -2,7 +2,7 @@
 
 #include <ATen/ATen.h>
 
-#include "core/slicing.h"
+#include "core/prune/slicing.h"
 
 namespace hawada {
 

@@ -9,11 +9,11 @@
 #include <ATen/core/Tensor.h>
 
 #include "adapters/model.h"
-#include "core/plan.h"
+#include "core/format/plan.h"
 
 namespace hawada {
 
-/// One layer of a plan, ready for slice_linear / slice_vector (core/slicing.h).
+/// One layer of a plan, ready for slice_linear / slice_vector (core/prune/slicing.h).
 struct LayerFolds {
   std::vector<int64_t> q;     ///< kept query channels: each kept head's head_dim channels
   std::vector<int64_t> ffn;   ///< kept FFN channels

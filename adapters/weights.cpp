@@ -4,9 +4,9 @@
 
 #include <ATen/ATen.h>
 
-#include "core/checkpoint.h"
-#include "core/cpu_features.h"
-#include "core/errors.h"
+#include "core/io/checkpoint.h"
+#include "core/base/cpu_features.h"
+#include "core/base/errors.h"
 
 namespace hawada {
 namespace {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/checkpoint.h"
+#include "core/io/checkpoint.h"
 
 namespace {
 

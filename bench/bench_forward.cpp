@@ -10,7 +10,7 @@
 #include <string>
 
 #include "adapters/adapter.h"
-#include "core/checkpoint.h"
+#include "core/io/checkpoint.h"
 
 int main(int argc, char** argv) {
   if (argc != 7) {

@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "core/errors.h"
-#include "core/log.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
-#include "core/text.h"
+#include "core/base/errors.h"
+#include "core/base/log.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
+#include "core/base/text.h"
 #include "pipeline/config.h"
 #include "pipeline/tools/forward.h"
 #include "pipeline/tools/inspect.h"

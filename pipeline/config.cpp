@@ -22,8 +22,8 @@
 #endif
 #include <toml++/toml.h>
 
-#include "core/errors.h"
-#include "core/text.h"
+#include "core/base/errors.h"
+#include "core/base/text.h"
 
 namespace hawada {
 namespace fs = std::filesystem;

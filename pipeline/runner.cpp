@@ -4,12 +4,12 @@
 #include <chrono>
 #include <cstdio>
 
-#include "core/device.h"
-#include "core/errors.h"
-#include "core/fs.h"
-#include "core/log.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
+#include "core/dist/device.h"
+#include "core/base/errors.h"
+#include "core/base/fs.h"
+#include "core/base/log.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
 #include "stages/calibrate.h"
 #include "stages/evaluate.h"
 #include "stages/export.h"

@@ -18,8 +18,8 @@
 #include <filesystem>
 #include <string>
 
-#include "core/communicator.h"
-#include "core/shape_search.h"
+#include "core/dist/communicator.h"
+#include "core/prune/shape_search.h"
 #include "stages/distill.h"
 #include "stages/stage.h"
 #include "stages/student.h"

@@ -14,14 +14,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/device.h"
-#include "core/distill_loss.h"
-#include "core/errors.h"
-#include "core/fs.h"
-#include "core/hash.h"
-#include "core/log.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
+#include "core/dist/device.h"
+#include "core/prune/distill_loss.h"
+#include "core/base/errors.h"
+#include "core/base/fs.h"
+#include "core/base/hash.h"
+#include "core/base/log.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
 #include "stages/student.h"
 
 namespace hawada {

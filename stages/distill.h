@@ -14,11 +14,11 @@
 #include <ATen/core/Tensor.h>
 
 #include "adapters/model.h"
-#include "core/communicator.h"
-#include "core/data.h"
-#include "core/plan.h"
-#include "core/safetensors.h"
-#include "core/teacher_cache.h"
+#include "core/dist/communicator.h"
+#include "core/data/data.h"
+#include "core/format/plan.h"
+#include "core/io/safetensors.h"
+#include "core/data/teacher_cache.h"
 #include "stages/settings.h"
 
 namespace hawada {
@@ -92,10 +92,10 @@ struct LossParts {
 
 /// The distillation loss of one micro-batch against the cached teacher, times `scale`, backpropagated
 /// into whatever requires gradients (gates, scales or weights). LMs: top-k + tail KL at temperature T
-/// (core/distill_loss.h), plus mse_weight x MSE on the cached top-k logits; the LM head runs a piece of
+/// (core/prune/distill_loss.h), plus mse_weight x MSE on the cached top-k logits; the LM head runs a piece of
 /// tokens at a time on detached features, so [tokens, vocab] never exists whole. Classifiers: KL on
 /// the full cached logits. Encoders (hidden-state caches): the relative squared error of every token
-/// plus 1 - cosine of the mean-pooled embeddings (core/distill_loss.h hidden_state_loss), reported as
+/// plus 1 - cosine of the mean-pooled embeddings (core/prune/distill_loss.h hidden_state_loss), reported as
 /// `kl` (the loss) and `mse` (its token term); kd_temperature and mse_weight do not apply.
 LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
                            double kd_temperature, double mse_weight, double scale);

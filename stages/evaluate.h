@@ -21,8 +21,8 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "adapters/model.h"
-#include "core/data.h"
-#include "core/model_shape.h"
+#include "core/data/data.h"
+#include "core/format/model_shape.h"
 #include "stages/stage.h"
 
 namespace hawada {

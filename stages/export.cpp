@@ -10,16 +10,16 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/errors.h"
-#include "core/fault.h"
-#include "core/fs.h"
-#include "core/hash.h"
-#include "core/log.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
-#include "core/safetensors.h"
-#include "core/shape_search.h"
-#include "core/slicing.h"
+#include "core/base/errors.h"
+#include "core/base/fault.h"
+#include "core/base/fs.h"
+#include "core/base/hash.h"
+#include "core/base/log.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
+#include "core/io/safetensors.h"
+#include "core/prune/shape_search.h"
+#include "core/prune/slicing.h"
 #include "stages/heal.h"
 #include "stages/student.h"
 

@@ -6,8 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/fs.h"
-#include "core/process.h"
+#include "core/base/fs.h"
+#include "core/base/process.h"
 #include "stages/student.h"
 
 namespace hawada {

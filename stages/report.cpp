@@ -9,14 +9,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/json_input.h"
-#include "core/fs.h"
-#include "core/hash.h"
-#include "core/log.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
+#include "core/io/checkpoint.h"
+#include "core/base/errors.h"
+#include "core/base/json_input.h"
+#include "core/base/fs.h"
+#include "core/base/hash.h"
+#include "core/base/log.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
 
 namespace hawada {
 namespace {

@@ -11,14 +11,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/fs.h"
-#include "core/hash.h"
-#include "core/log.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
-#include "core/shape_search.h"
+#include "core/io/checkpoint.h"
+#include "core/base/errors.h"
+#include "core/base/fs.h"
+#include "core/base/hash.h"
+#include "core/base/log.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
+#include "core/prune/shape_search.h"
 #include "stages/calibrate.h"
 #include "stages/student.h"
 

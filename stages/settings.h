@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <string>
 
-#include "core/device.h"
+#include "core/dist/device.h"
 
 namespace hawada {
 

@@ -6,11 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/device.h"
-#include "core/errors.h"
-#include "core/slicing.h"
-#include "core/process.h"
-#include "core/teacher_cache.h"
+#include "core/dist/device.h"
+#include "core/base/errors.h"
+#include "core/prune/slicing.h"
+#include "core/base/process.h"
+#include "core/data/teacher_cache.h"
 
 namespace hawada {
 

@@ -12,13 +12,13 @@
 
 #include "adapters/adapter.h"
 #include "adapters/model.h"
-#include "core/checkpoint.h"
-#include "core/communicator.h"
-#include "core/cost_model.h"
-#include "core/data.h"
-#include "core/gates.h"
-#include "core/safetensors.h"
-#include "core/shape_search.h"
+#include "core/io/checkpoint.h"
+#include "core/dist/communicator.h"
+#include "core/prune/cost_model.h"
+#include "core/data/data.h"
+#include "core/prune/gates.h"
+#include "core/io/safetensors.h"
+#include "core/prune/shape_search.h"
 #include "stages/settings.h"
 
 namespace hawada {
@@ -47,7 +47,7 @@ struct LoadedModel {
   ModelShape shape;
   std::unique_ptr<Model> model;
 };
-/// The device this rank computes on, as `run.device` asks (core/device.h decides; every stage calls this).
+/// The device this rank computes on, as `run.device` asks (core/dist/device.h decides; every stage calls this).
 at::Device run_device(const Config& config);
 /// The communicator of `dist.backend` for tensors on `device` (auto: NCCL for GPUs, MPI for the CPU).
 std::unique_ptr<Communicator> run_communicator(const Config& config, const at::Device& device);

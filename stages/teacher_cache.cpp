@@ -8,15 +8,15 @@
 #include <future>
 
 #include "adapters/adapter.h"
-#include "core/checkpoint.h"
-#include "core/data.h"
-#include "core/errors.h"
-#include "core/fault.h"
-#include "core/h5.h"
-#include "core/hash.h"
-#include "core/log.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
+#include "core/io/checkpoint.h"
+#include "core/data/data.h"
+#include "core/base/errors.h"
+#include "core/base/fault.h"
+#include "core/data/h5.h"
+#include "core/base/hash.h"
+#include "core/base/log.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
 #include "stages/student.h"
 
 namespace hawada {

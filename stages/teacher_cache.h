@@ -12,8 +12,8 @@
 #include <memory>
 #include <optional>
 
-#include "core/data.h"
-#include "core/teacher_cache.h"
+#include "core/data/data.h"
+#include "core/data/teacher_cache.h"
 #include "stages/stage.h"
 
 namespace hawada {

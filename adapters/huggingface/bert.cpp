@@ -10,10 +10,10 @@
 #include "adapters/layers.h"
 #include "adapters/prune.h"
 #include "adapters/weights.h"
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/plan.h"
-#include "core/slicing.h"
+#include "core/io/checkpoint.h"
+#include "core/base/errors.h"
+#include "core/format/plan.h"
+#include "core/prune/slicing.h"
 
 namespace hawada {
 namespace {

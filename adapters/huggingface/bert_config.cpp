@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/errors.h"
+#include "core/base/errors.h"
 
 namespace hawada {
 namespace {

@@ -2,7 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/arch.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
 
 namespace hawada {
 namespace {

@@ -4,12 +4,12 @@
 #include <ATen/core/grad_mode.h>
 
 #include "adapters/adapter.h"
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/log.h"
-#include "core/safetensors.h"
-#include "core/device.h"
-#include "core/h5.h"
+#include "core/io/checkpoint.h"
+#include "core/base/errors.h"
+#include "core/base/log.h"
+#include "core/io/safetensors.h"
+#include "core/dist/device.h"
+#include "core/data/h5.h"
 #include "stages/evaluate.h"
 
 #include <sstream>

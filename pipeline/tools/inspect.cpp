@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
-#include "core/checkpoint.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {

@@ -6,12 +6,12 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/fs.h"
-#include "core/h5.h"
-#include "core/log.h"
-#include "core/safetensors.h"
+#include "core/io/checkpoint.h"
+#include "core/base/errors.h"
+#include "core/base/fs.h"
+#include "core/data/h5.h"
+#include "core/base/log.h"
+#include "core/io/safetensors.h"
 
 namespace hawada {
 namespace {

@@ -11,12 +11,12 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
-#include "core/checkpoint.h"
-#include "core/device.h"
-#include "core/errors.h"
-#include "core/fs.h"
-#include "core/log.h"
-#include "core/shape_search.h"
+#include "core/io/checkpoint.h"
+#include "core/dist/device.h"
+#include "core/base/errors.h"
+#include "core/base/fs.h"
+#include "core/base/log.h"
+#include "core/prune/shape_search.h"
 
 namespace hawada {
 namespace {

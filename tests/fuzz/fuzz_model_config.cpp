@@ -9,8 +9,8 @@
 
 #include "adapters/arch.h"
 #include "adapters/huggingface/bert_config.h"
-#include "core/errors.h"
-#include "core/json_input.h"
+#include "core/base/errors.h"
+#include "core/base/json_input.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);

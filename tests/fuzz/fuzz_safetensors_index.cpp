@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "core/errors.h"
-#include "core/safetensors_format.h"
+#include "core/base/errors.h"
+#include "core/format/safetensors_format.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace hawada::safetensors;

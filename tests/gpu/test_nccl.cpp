@@ -5,9 +5,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
-#include "core/communicator.h"
-#include "core/errors.h"
-#include "core/mpi_session.h"
+#include "core/dist/communicator.h"
+#include "core/base/errors.h"
+#include "core/dist/mpi_session.h"
 
 namespace hawada {
 namespace {

@@ -2,7 +2,7 @@
 // fails when any rank's tests failed.
 #include <gtest/gtest.h>
 
-#include "core/mpi_session.h"
+#include "core/dist/mpi_session.h"
 
 int main(int argc, char** argv) {
   hawada::MpiSession mpi(&argc, &argv);

@@ -3,10 +3,10 @@
 
 #include <ATen/ATen.h>
 
-#include "core/communicator.h"
-#include "core/errors.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
+#include "core/dist/communicator.h"
+#include "core/base/errors.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
 
 namespace hawada {
 namespace {

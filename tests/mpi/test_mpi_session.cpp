@@ -1,9 +1,9 @@
 // Runs under `mpiexec -n 2` (ctest): the MPI session, process info and the MPI check macro.
 #include <gtest/gtest.h>
 
-#include "core/errors.h"
-#include "core/mpi_session.h"
-#include "core/process.h"
+#include "core/base/errors.h"
+#include "core/dist/mpi_session.h"
+#include "core/base/process.h"
 
 namespace hawada {
 namespace {

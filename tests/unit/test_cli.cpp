@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "tests/unit/test_util.h"
 
 namespace hawada {

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "core/errors.h"
-#include "core/text.h"
+#include "core/base/errors.h"
+#include "core/base/text.h"
 #include "pipeline/config.h"
 
 #ifndef HAWADA_TEST_DATA_DIR

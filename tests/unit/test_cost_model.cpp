@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
-#include "core/cost_model.h"
+#include "core/prune/cost_model.h"
 
 namespace hawada {
 namespace {

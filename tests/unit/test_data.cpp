@@ -7,9 +7,9 @@
 
 #include <fstream>
 
-#include "core/data.h"
-#include "core/errors.h"
-#include "core/h5.h"
+#include "core/data/data.h"
+#include "core/base/errors.h"
+#include "core/data/h5.h"
 #include "tests/unit/test_util.h"
 
 namespace hawada {

@@ -9,9 +9,9 @@
 
 #include <sstream>
 
-#include "core/distill_loss.h"
-#include "core/gates.h"
-#include "core/safetensors.h"
+#include "core/prune/distill_loss.h"
+#include "core/prune/gates.h"
+#include "core/io/safetensors.h"
 #include "tests/unit/test_util.h"
 
 namespace hawada {

@@ -7,8 +7,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include "adapters/adapter.h"
-#include "core/checkpoint.h"
-#include "core/errors.h"
+#include "core/io/checkpoint.h"
+#include "core/base/errors.h"
 
 namespace hawada {
 namespace {

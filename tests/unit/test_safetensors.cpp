@@ -14,9 +14,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/errors.h"
-#include "core/fs.h"
-#include "core/safetensors.h"
+#include "core/base/errors.h"
+#include "core/base/fs.h"
+#include "core/io/safetensors.h"
 #include "tests/unit/test_util.h"
 
 namespace hawada::safetensors {

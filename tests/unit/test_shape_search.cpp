@@ -9,9 +9,9 @@
 #include <random>
 #include <set>
 
-#include "core/errors.h"
+#include "core/base/errors.h"
 #include "adapters/adapter.h"
-#include "core/shape_search.h"
+#include "core/prune/shape_search.h"
 
 namespace hawada {
 namespace {

@@ -1,0 +1,306 @@
+#include "core/data/teacher_cache.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "core/base/errors.h"
+#include "core/base/json_input.h"
+#include "core/base/fs.h"
+#include "core/data/h5.h"
+
+namespace hawada {
+namespace {
+
+namespace fs = std::filesystem;
+
+[[noreturn]] void cache_fail(const fs::path& file, const std::string& what) {
+  throw CacheError("teacher cache file '" + file.string() + "': " + what);
+}
+
+std::string shape_string(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// The datasets a chunk of `n` samples must hold, with their shapes.
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_datasets(const CacheLayout& l, int64_t n) {
+  if (l.kind == "lm")
+    return {{"topk_values", {n, l.seq_len, l.top_k}},
+            {"topk_indices", {n, l.seq_len, l.top_k}},
+            {"logsumexp", {n, l.seq_len}},
+            {"sample_index", {n}}};
+  if (l.kind == "hidden") return {{"hidden_states", {n, l.seq_len, l.hidden_size}}, {"sample_index", {n}}};
+  return {{"logits", {n, l.num_labels}}, {"sample_index", {n}}};
+}
+
+// The values of a chunk (written or read): finite logits and log-sum-exps, indices inside the
+// vocabulary. `where` names the file (or the samples) in the CacheError.
+void check_values(const CacheChunk& c, const CacheLayout& layout, const std::string& where) {
+  if (layout.kind == "lm") {
+    if (!at::isfinite(c.topk_values.to(at::kFloat)).all().item<bool>())
+      throw CacheError(where + ": topk_values holds non-finite teacher logits (a broken teacher or cache file)");
+    if (!at::isfinite(c.logsumexp).all().item<bool>())
+      throw CacheError(where + ": logsumexp holds non-finite values (a broken teacher or cache file)");
+    if (c.topk_indices.numel() > 0) {
+      const int64_t lo = c.topk_indices.min().item<int64_t>(), hi = c.topk_indices.max().item<int64_t>();
+      if (lo < 0 || hi >= layout.vocab_size)
+        throw CacheError(where + ": topk_indices holds token " + std::to_string(lo < 0 ? lo : hi) +
+                         ", outside the vocabulary [0, " + std::to_string(layout.vocab_size) + ")");
+    }
+  } else if (layout.kind == "hidden") {
+    if (!at::isfinite(c.hidden_states.to(at::kFloat)).all().item<bool>())
+      throw CacheError(where + ": hidden_states holds non-finite values (a broken teacher or cache file)");
+  } else if (!at::isfinite(c.logits).all().item<bool>()) {
+    throw CacheError(where + ": logits holds non-finite values (a broken teacher or cache file)");
+  }
+}
+
+void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, int64_t end) {
+  try {
+    if (f.string_attribute("fingerprint") != layout.fingerprint)
+      cache_fail(f.path(), "fingerprint " + f.string_attribute("fingerprint") + ", the directory is " +
+                               layout.fingerprint);
+    if (f.int_attribute("format_version") != kTeacherCacheFormat)
+      cache_fail(f.path(), "format version " + std::to_string(f.int_attribute("format_version")) + ", expected " +
+                               std::to_string(kTeacherCacheFormat));
+    if (f.int_attribute("start") != start || f.int_attribute("end") != end)
+      cache_fail(f.path(), "holds samples [" + std::to_string(f.int_attribute("start")) + ", " +
+                               std::to_string(f.int_attribute("end")) + "), its name says [" + std::to_string(start) +
+                               ", " + std::to_string(end) + ")");
+    for (const auto& [name, shape] : expected_datasets(layout, end - start)) {
+      if (!f.has(name)) cache_fail(f.path(), "missing dataset '" + name + "'");
+      const auto info = f.info(name);
+      if (info.shape != shape)
+        cache_fail(f.path(), "dataset '" + name + "' has shape " + shape_string(info.shape) + ", expected " +
+                                 shape_string(shape));
+    }
+  } catch (const IoError& e) {
+    cache_fail(f.path(), e.what());
+  }
+}
+
+nlohmann::json layout_json(const CacheLayout& l) {
+  nlohmann::json j = {{"format_version", kTeacherCacheFormat}, {"fingerprint", l.fingerprint}, {"kind", l.kind},
+                      {"samples", l.samples}, {"seq_len", l.seq_len}, {"top_k", l.top_k}, {"vocab_size", l.vocab_size},
+                      {"num_labels", l.num_labels}, {"store_dtype", l.store_dtype}, {"chunk_samples", kCacheChunkSamples}};
+  if (l.kind == "hidden") j["hidden_size"] = l.hidden_size;
+  return j;
+}
+
+// The on-disk type of 16-bit values: fp16 as HDF5 half floats, bf16 as its uint16 bits.
+h5::Type store_type(const CacheLayout& l) { return l.store_dtype == "fp16" ? h5::Type::f16 : h5::Type::u16; }
+at::ScalarType store_scalar(const CacheLayout& l) { return l.store_dtype == "fp16" ? at::kHalf : at::kBFloat16; }
+
+}  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> CacheLayout::chunks() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t s = 0; s < samples; s += kCacheChunkSamples) out.emplace_back(s, std::min(samples, s + kCacheChunkSamples));
+  return out;
+}
+
+std::string CacheLayout::chunk_name(int64_t start, int64_t end) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "chunk-%010lld-%010lld.h5", static_cast<long long>(start), static_cast<long long>(end));
+  return buf;
+}
+
+void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end,
+                       const CacheChunk& c) {
+  const fs::path final_path = dir / CacheLayout::chunk_name(start, end);
+  // Temporaries of this chunk left by a killed run are garbage: its name is per chunk.
+  const std::string stale_prefix = "." + final_path.filename().string() + ".tmp.";
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind(stale_prefix, 0) == 0) fs::remove(e.path());
+  // Nothing non-finite is ever cached: a NaN from the teacher stops the run here, naming the samples.
+  check_values(c, layout, "teacher outputs of samples [" + std::to_string(start) + ", " + std::to_string(end) +
+                              ") for '" + final_path.string() + "'");
+  const fs::path tmp = temp_sibling(final_path);
+  try {
+    h5::File f = h5::File::create(tmp);
+    const int64_t n = end - start;
+    HAWADA_ASSERT(c.sample_index.numel() == n, "chunk row count");
+    if (layout.kind == "lm") {
+      const at::Tensor values = c.topk_values.contiguous();
+      if (layout.store_dtype == "fp16") {
+        HAWADA_ASSERT(values.scalar_type() == at::kHalf, "fp16 values");
+        f.write("topk_values", h5::Type::f16, {n, layout.seq_len, layout.top_k}, values.data_ptr());
+      } else {
+        HAWADA_ASSERT(values.scalar_type() == at::kBFloat16, "bf16 values");
+        f.write("topk_values", h5::Type::u16, {n, layout.seq_len, layout.top_k}, values.data_ptr());
+      }
+      f.write("topk_indices", h5::Type::i32, {n, layout.seq_len, layout.top_k},
+              c.topk_indices.to(at::kInt).contiguous().data_ptr());
+      f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, c.logsumexp.to(at::kFloat).contiguous().data_ptr());
+      f.set_attribute("topk_values_dtype", layout.store_dtype == "fp16" ? std::string("float16")
+                                                                         : std::string("bfloat16 (uint16 bits)"));
+    } else if (layout.kind == "hidden") {
+      const at::Tensor values = c.hidden_states.to(store_scalar(layout)).contiguous();
+      f.write("hidden_states", store_type(layout), {n, layout.seq_len, layout.hidden_size}, values.data_ptr());
+      f.set_attribute("hidden_states_dtype", layout.store_dtype == "fp16" ? std::string("float16")
+                                                                           : std::string("bfloat16 (uint16 bits)"));
+    } else {
+      f.write("logits", h5::Type::f32, {n, layout.num_labels}, c.logits.to(at::kFloat).contiguous().data_ptr());
+    }
+    f.write("sample_index", h5::Type::i64, {n}, c.sample_index.to(at::kLong).contiguous().data_ptr());
+    f.set_attribute("fingerprint", layout.fingerprint);
+    f.set_attribute("format_version", kTeacherCacheFormat);
+    f.set_attribute("start", start);
+    f.set_attribute("end", end);
+    f.close();
+    sync_file(tmp);
+    rename_into(tmp, final_path);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw;
+  }
+}
+
+bool cache_chunk_ready(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end) {
+  const fs::path path = dir / CacheLayout::chunk_name(start, end);
+  if (!fs::exists(path)) return false;
+  h5::File f = [&] {
+    try {
+      return h5::File::open_read(path);
+    } catch (const IoError& e) {
+      cache_fail(path, e.what());
+    }
+  }();
+  check_chunk(f, layout, start, end);
+  return true;
+}
+
+CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end) {
+  const fs::path path = dir / CacheLayout::chunk_name(start, end);
+  if (!fs::exists(path)) cache_fail(path, "missing");
+  h5::File f = h5::File::open_read(path);
+  check_chunk(f, layout, start, end);
+  const int64_t n = end - start;
+  CacheChunk c;
+  c.sample_index = at::empty({n}, at::kLong);
+  f.read_all("sample_index", h5::Type::i64, c.sample_index.data_ptr());
+  if (layout.kind == "lm") {
+    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
+    f.read_all("topk_values", store_type(layout), c.topk_values.data_ptr());
+    c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
+    f.read_all("topk_indices", h5::Type::i32, c.topk_indices.data_ptr());
+    c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
+    f.read_all("logsumexp", h5::Type::f32, c.logsumexp.data_ptr());
+  } else if (layout.kind == "hidden") {
+    c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
+    f.read_all("hidden_states", store_type(layout), c.hidden_states.data_ptr());
+  } else {
+    c.logits = at::empty({n, layout.num_labels}, at::kFloat);
+    f.read_all("logits", h5::Type::f32, c.logits.data_ptr());
+  }
+  check_values(c, layout, "'" + path.string() + "'");
+  return c;
+}
+
+CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, const std::vector<int64_t>& samples) {
+  const int64_t n = static_cast<int64_t>(samples.size());
+  CacheChunk c;
+  c.sample_index = at::tensor(samples, at::kLong);
+  const bool lm = layout.kind == "lm";
+  if (lm) {
+    c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
+    c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
+    c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
+  } else if (layout.kind == "hidden") {
+    c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
+  } else {
+    c.logits = at::empty({n, layout.num_labels}, at::kFloat);
+  }
+  // One open (and one check) per chunk file touched.
+  std::map<int64_t, h5::File> files;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t sample = samples[static_cast<size_t>(i)];
+    if (sample < 0 || sample >= layout.samples)
+      cache_fail(dir, "sample " + std::to_string(sample) + " is outside the cache's [0, " + std::to_string(layout.samples) + ")");
+    const int64_t start = sample / kCacheChunkSamples * kCacheChunkSamples;
+    const int64_t end = std::min(layout.samples, start + kCacheChunkSamples);
+    auto it = files.find(start);
+    if (it == files.end()) {
+      const fs::path path = dir / CacheLayout::chunk_name(start, end);
+      if (!fs::exists(path)) cache_fail(path, "missing");
+      h5::File f = h5::File::open_read(path);
+      check_chunk(f, layout, start, end);
+      it = files.emplace(start, std::move(f)).first;
+    }
+    const h5::File& f = it->second;
+    const int64_t row = sample - start;
+    if (lm) {
+      f.read_rows("topk_values", row, 1, store_type(layout), c.topk_values[i].data_ptr());
+      f.read_rows("topk_indices", row, 1, h5::Type::i32, c.topk_indices[i].data_ptr());
+      f.read_rows("logsumexp", row, 1, h5::Type::f32, c.logsumexp[i].data_ptr());
+    } else if (layout.kind == "hidden") {
+      f.read_rows("hidden_states", row, 1, store_type(layout), c.hidden_states[i].data_ptr());
+    } else {
+      f.read_rows("logits", row, 1, h5::Type::f32, c.logits[i].data_ptr());
+    }
+  }
+  std::string files_read;
+  for (const auto& [start, f] : files) files_read += (files_read.empty() ? "'" : ", '") + f.path().string() + "'";
+  check_values(c, layout, files_read);
+  return c;
+}
+
+void write_cache_index(const fs::path& dir, const CacheLayout& layout) {
+  nlohmann::json j = layout_json(layout);
+  j["chunks"] = nlohmann::json::array();
+  for (const auto& [s, e] : layout.chunks()) {
+    if (!cache_chunk_ready(dir, layout, s, e)) cache_fail(dir / CacheLayout::chunk_name(s, e), "missing");
+    j["chunks"].push_back({{"file", CacheLayout::chunk_name(s, e)}, {"start", s}, {"end", e}});
+  }
+  atomic_write_text(dir / "index.json", j.dump(2) + "\n");
+}
+
+CacheLayout read_cache_index(const fs::path& dir) {
+  const fs::path path = dir / "index.json";
+  nlohmann::json j;
+  try {
+    const std::string text = read_text_file(path);
+    if (const std::string deep = json_depth_problem(text); !deep.empty()) cache_fail(path, "index " + deep);
+    j = nlohmann::json::parse(text);
+    CacheLayout l;
+    if (json_int(j.at("format_version")) != kTeacherCacheFormat)
+      cache_fail(path, "format version " + json_excerpt(j.at("format_version")) + ", expected " +
+                           std::to_string(kTeacherCacheFormat));
+    l.fingerprint = j.at("fingerprint").get<std::string>();
+    l.kind = j.at("kind").get<std::string>();
+    l.samples = json_int(j.at("samples"));
+    l.seq_len = json_int(j.at("seq_len"));
+    l.top_k = json_int(j.at("top_k"));
+    l.vocab_size = json_int(j.at("vocab_size"));
+    l.num_labels = json_int(j.at("num_labels"));
+    l.store_dtype = j.at("store_dtype").get<std::string>();
+    if (l.kind != "lm" && l.kind != "classifier" && l.kind != "hidden") cache_fail(path, "unknown kind '" + l.kind + "'");
+    if (l.kind == "hidden") l.hidden_size = json_int(j.at("hidden_size"));
+    if (json_int(j.at("chunk_samples")) != kCacheChunkSamples) cache_fail(path, "unexpected chunk_samples");
+    return l;
+  } catch (const nlohmann::json::exception& e) {
+    cache_fail(path, std::string("malformed index: ") + e.what());
+  } catch (const IoError& e) {
+    cache_fail(path, e.what());
+  }
+}
+
+bool cache_complete(const fs::path& dir, const CacheLayout& layout) {
+  if (!fs::exists(dir / "index.json")) return false;
+  const CacheLayout found = read_cache_index(dir);
+  if (layout_json(found) != layout_json(layout))
+    cache_fail(dir / "index.json", "describes " + layout_json(found).dump() + ", this run expects " +
+                                       layout_json(layout).dump());
+  for (const auto& [s, e] : layout.chunks())
+    if (!cache_chunk_ready(dir, layout, s, e))
+      cache_fail(dir / CacheLayout::chunk_name(s, e), "listed by index.json but missing");
+  return true;
+}
+
+}  // namespace hawada

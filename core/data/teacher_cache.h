@@ -1,0 +1,93 @@
+// The teacher-logit cache on disk (DESIGN.md "Teacher cache"), shared across runs:
+//
+//   <cache_root>/<fingerprint>/chunk-<start>-<end>.h5   one HDF5 file per slice of samples
+//   <cache_root>/<fingerprint>/index.json              written last, by rank 0, once every chunk exists
+//
+// LM chunks hold topk_values [n, L, k] (fp16, or bf16 stored as its uint16 bits), topk_indices int32
+// [n, L, k] sorted by descending value, logsumexp fp32 [n, L] over the full vocabulary, and
+// sample_index int64 [n]; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks (encoders
+// without a head) hold hidden_states [n, L, hidden] (fp16, or bf16 as uint16 bits). Every chunk carries the
+// fingerprint and format version as attributes. Chunks are fixed global sample ranges, so a cache
+// written by W ranks is read by any W', and a killed run resumes by computing only missing chunks.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "core/format/model_shape.h"
+
+namespace hawada {
+
+/// Bumped whenever the layout or the meaning of a cache file changes.
+inline constexpr int64_t kTeacherCacheFormat = 1;
+/// Samples per chunk file: the unit of crash recovery.
+inline constexpr int64_t kCacheChunkSamples = 64;
+
+/// The cache kind of a model output: "lm", "classifier" or "hidden".
+inline const char* cache_kind(ModelOutput output) {
+  switch (output) {
+    case ModelOutput::token_logits: return "lm";
+    case ModelOutput::sample_logits: return "classifier";
+    case ModelOutput::hidden_states: return "hidden";
+  }
+  return "lm";
+}
+
+/// What a cache holds, fixed by its fingerprint.
+struct CacheLayout {
+  std::string fingerprint;  ///< 16 hex digits
+  std::string kind;         ///< "lm", "classifier" or "hidden"
+  int64_t samples = 0;
+  int64_t seq_len = 0;      ///< lm, hidden
+  int64_t top_k = 0;        ///< lm
+  int64_t vocab_size = 0;   ///< lm
+  int64_t num_labels = 0;   ///< classifier
+  int64_t hidden_size = 0;  ///< hidden
+  std::string store_dtype;  ///< lm, hidden: "fp16" or "bf16"
+  /// Global chunk ranges [start, end), covering [0, samples).
+  std::vector<std::pair<int64_t, int64_t>> chunks() const;
+  /// "chunk-0000000064-0000000128.h5"
+  static std::string chunk_name(int64_t start, int64_t end);
+};
+
+/// One chunk's values, in memory.
+struct CacheChunk {
+  at::Tensor topk_values;   ///< lm: [n, L, k], fp16 or bf16
+  at::Tensor topk_indices;  ///< lm: int32 [n, L, k]
+  at::Tensor logsumexp;     ///< lm: fp32 [n, L]
+  at::Tensor logits;        ///< classifier: fp32 [n, labels]
+  at::Tensor hidden_states; ///< hidden: [n, L, hidden], fp16 or bf16
+  /// Not stored: set for a student narrower than the teacher (hidden channels pruned), int64 [hidden']:
+  /// the teacher channel each of the student's channels is. Its hidden states are compared in the
+  /// teacher's coordinates, the dropped channels as zeros.
+  at::Tensor hidden_channels;
+  at::Tensor sample_index;  ///< int64 [n]
+};
+
+/// Writes a chunk atomically (temporary name, fsync, rename); stale temporaries of it are removed.
+void write_cache_chunk(const std::filesystem::path& dir, const CacheLayout& layout, int64_t start, int64_t end,
+                       const CacheChunk& chunk);
+/// True when the chunk file exists and matches the layout; CacheError when it exists but does not
+/// (wrong fingerprint, format, shapes): a cache is never silently mixed.
+bool cache_chunk_ready(const std::filesystem::path& dir, const CacheLayout& layout, int64_t start, int64_t end);
+/// Reads a chunk back, checking it against the layout (CacheError naming the file otherwise).
+CacheChunk read_cache_chunk(const std::filesystem::path& dir, const CacheLayout& layout, int64_t start, int64_t end);
+
+/// Reads the rows of the given global samples, in that order, from whichever chunks hold them (the
+/// random access of training); checks each chunk touched against the layout.
+CacheChunk read_cache_samples(const std::filesystem::path& dir, const CacheLayout& layout,
+                              const std::vector<int64_t>& samples);
+
+/// Writes index.json atomically (after checking every chunk is ready).
+void write_cache_index(const std::filesystem::path& dir, const CacheLayout& layout);
+/// True when index.json exists and matches `layout` and every chunk is there; CacheError when the
+/// directory holds an index for another layout or names a missing or mismatched chunk.
+bool cache_complete(const std::filesystem::path& dir, const CacheLayout& layout);
+/// Reads the layout from an existing index.json (for readers that do not know it); CacheError otherwise.
+CacheLayout read_cache_index(const std::filesystem::path& dir);
+
+}  // namespace hawada

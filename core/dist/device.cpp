@@ -1,0 +1,88 @@
+#include "core/dist/device.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <sys/resource.h>
+
+#include "core/base/errors.h"
+
+// The CUDA parts are compiled only with CUDA (HAWADA_WITH_CUDA, set by CMake); the CPU build reports
+// zeros for device memory and never sees a CUDA device.
+#ifdef HAWADA_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace hawada {
+
+c10::Device pick_device(DeviceRequest request, int local_rank, std::string_view where) {
+  const bool gpu = at::hasCUDA() && at::getNumGPUs() > 0;
+  if (request == DeviceRequest::cpu || (request == DeviceRequest::auto_ && !gpu)) return c10::Device(c10::kCPU);
+  if (!gpu)
+    throw ConfigError(std::string(where) + " = \"cuda\", but " +
+                      (at::hasCUDA() ? "LibTorch sees no GPU" : "this LibTorch has no CUDA") +
+                      " on this node (use \"auto\" or \"cpu\")");
+  const int n = static_cast<int>(at::getNumGPUs());
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank % n));
+}
+
+std::string describe_device(const c10::Device& device) {
+  if (device.is_cpu()) return "cpu (" + std::to_string(at::get_num_threads()) + " threads)";
+#ifdef HAWADA_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto* p = at::cuda::getDeviceProperties(device.index());
+    char mem[32];
+    std::snprintf(mem, sizeof mem, "%.1f GiB", static_cast<double>(p->totalGlobalMem) / (1ull << 30));
+    return device.str() + " (" + p->name + ", " + mem + ")";
+  }
+#endif
+  return device.str();
+}
+
+void synchronize(const c10::Device& device) {
+#ifdef HAWADA_WITH_CUDA
+  if (device.is_cuda()) at::cuda::getCurrentCUDAStream(device.index()).synchronize();
+#else
+  (void)device;
+#endif
+}
+
+#ifdef HAWADA_WITH_CUDA
+namespace {
+// The caching allocator's statistics exist only once it has allocated on the device.
+void touch_allocator(const c10::Device& device) { (void)at::empty({1}, at::TensorOptions().device(device)); }
+}  // namespace
+#endif
+
+int64_t peak_device_memory(const c10::Device& device) {
+#ifdef HAWADA_WITH_CUDA
+  if (device.is_cuda()) {
+    touch_allocator(device);
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#else
+  (void)device;
+#endif
+  return 0;
+}
+
+void reset_peak_device_memory(const c10::Device& device) {
+#ifdef HAWADA_WITH_CUDA
+  if (device.is_cuda()) {
+    touch_allocator(device);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  }
+#else
+  (void)device;
+#endif
+}
+
+int64_t peak_host_memory() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+}  // namespace hawada
