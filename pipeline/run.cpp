@@ -15,6 +15,7 @@
 #include "core/base/process.h"
 #include "pipeline/config.h"
 #include "pipeline/runner.h"
+#include "stages/layout.h"
 
 namespace hawada {
 
@@ -30,16 +31,17 @@ void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mp
   log::info("hawada-pipeline " HAWADA_VERSION ": " + std::to_string(proc.size) + " rank(s), " +
             std::to_string(threads) + " thread(s) per rank, config " + config.source.string());
 
+  const RunLayout layout(config.run.dir);
   const auto stages = pipeline_stages();
   check_stage_names(options, stages);
   if (!options.dry_run) {
-    std::filesystem::create_directories(config.run.dir / "logs");
-    log::open_rank_file(config.run.dir / "logs" / ("rank-" + std::to_string(mpi.rank()) + ".log"));
+    std::filesystem::create_directories(layout.logs());
+    log::open_rank_file(layout.rank_log(mpi.rank()));
   }
   if (mpi.rank() == 0 && !options.dry_run) {
     std::filesystem::create_directories(config.run.dir);
-    atomic_write_text(config.run.dir / "config.resolved.toml", to_toml(config));
-    log::info("resolved config written to " + (config.run.dir / "config.resolved.toml").string());
+    atomic_write_text(layout.resolved_config(), to_toml(config));
+    log::info("resolved config written to " + layout.resolved_config().string());
   }
 
   const HfCheckpoint model = with_context("loading model: ", [&] { return HfCheckpoint::open(config.model.path); });

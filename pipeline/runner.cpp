@@ -11,6 +11,7 @@
 #include "core/dist/mpi_session.h"
 #include "core/base/process.h"
 #include "stages/calibrate.h"
+#include "stages/layout.h"
 #include "stages/evaluate.h"
 #include "stages/export.h"
 #include "stages/heal.h"
@@ -56,7 +57,8 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
   // now, not after the teacher forward); every stage asks run_device(config) for the same answer.
   const at::Device device = pick_device(config.run.device, process_info().local_rank);
   if (!options.dry_run) log::info("device: " + describe_device(device));
-  const auto markers = config.run.dir / "stages";
+  const RunLayout layout(config.run.dir);
+  const auto markers = layout.markers();
   if (process_info().rank == 0 && !options.dry_run) std::filesystem::create_directories(markers);
   bool from_reached = false;
   for (const auto& stage : stages) {
@@ -67,7 +69,7 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
     // Every stage's fingerprint is computed, selected or not: later stages chain it.
     const std::string fp = with_context(name + ": ", [&] { return stage->fingerprint(ctx); });
     ctx.fingerprints[name] = fp;
-    const auto marker = markers / (name + ".done");
+    const auto marker = layout.marker(name);
     // Rank 0 decides and every rank follows, so all ranks call the same collectives even where the
     // run directory is not shared.
     uint64_t skip = 0;

@@ -62,25 +62,12 @@ Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, c
   FlatScales scales(plan.chosen.shape, o.output_scales, device);
   Adam adam(scales.flat);
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
-  int64_t step = 0;
-  if (o.checkpoints) {
-    step = o.checkpoints->resume({{"scales", &scales.flat}, {"adam_m", &adam.m}, {"adam_v", &adam.v}}, *cpu_comm);
-    if (step > 0) log::info(o.stage + ": resumed from step " + std::to_string(step) + " of " + std::to_string(o.steps));
-  }
-  std::ofstream metrics;
-  if (proc.rank == 0 && !o.metrics.empty()) {
-    fs::create_directories(o.metrics.parent_path());
-    if (step == 0) fs::remove(o.metrics);
-    else trim_metrics(o.metrics, step);
-    metrics.open(o.metrics, std::ios::app);
-  }
+  TrainingLoop loop({.stage = o.stage, .steps = o.steps, .checkpoint_every = o.checkpoint_every,
+                     .check_every = c.dist.check_every, .checkpoints = o.checkpoints, .metrics = o.metrics},
+                    {{"scales", &scales.flat}, {"adam_m", &adam.m}, {"adam_v", &adam.v}});
+  int64_t step = loop.resume(*cpu_comm);
   const int64_t global_micros = static_cast<int64_t>(proc.size) * o.grad_accum;
   SampleOrder order(data.train_samples(), c.run.seed, o.order_tag);
-  std::unique_ptr<PreemptionFlag> sigterm;
-  if (o.checkpoints) sigterm = std::make_unique<PreemptionFlag>();
-  const auto t0 = Clock::now();
-  auto last_report = t0;
-  const int64_t first_step = step;
   scales.flat.requires_grad_(true);
   while (step < o.steps) {
     const auto step_t0 = Clock::now();
@@ -112,33 +99,12 @@ Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, c
     }
     step += 1;
     const double step_s = since(step_t0);
-    if (proc.rank == 0 && metrics.is_open()) {
-      nlohmann::json j{{"step", step}, {"kl", kl}, {"lr", lr}, {"tokens_per_s", stats[1].item<double>() / step_s},
-                       {"step_s", step_s}, {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s},
-                       {"backward_s", sum.backward_s}};
-      metrics << j.dump() << "\n" << std::flush;
-    }
-    if (proc.rank == 0 && (Clock::now() - last_report > std::chrono::seconds(5) || step == o.steps)) {
-      const double per_step = since(t0) / static_cast<double>(step - first_step);
-      char line[256];
-      std::snprintf(line, sizeof line, "%s: step %lld/%lld kl %.4f lr %.4f ETA %s", o.stage.c_str(),
-                    static_cast<long long>(step), static_cast<long long>(o.steps), kl, lr,
-                    log::duration(per_step * static_cast<double>(o.steps - step)).c_str());
-      log::info(line);
-      last_report = Clock::now();
-    }
-    if (!o.checkpoints) continue;
-    if (step % c.dist.check_every == 0 || step == o.steps) check_identical_across_ranks(scales.flat, "scales", step);
-    fault_point(o.stage + ".after_step_" + std::to_string(step));
-    const bool preempt = sigterm->any_rank();
-    if (step % o.checkpoint_every == 0 || step == o.steps || preempt)
-      o.checkpoints->write(step, {{"scales", scales.flat.detach()}, {"adam_m", adam.m}, {"adam_v", adam.v}});
-    if (preempt && step < o.steps) {
-      world::barrier();
-      throw Preempted(o.stage + ": SIGTERM: checkpointed step " + std::to_string(step) + " of " +
-                      std::to_string(o.steps) + "; rerun the same command to resume (exit " +
-                      std::to_string(kExitRequeue) + " = requeue)");
-    }
+    loop.record({{"step", step}, {"kl", kl}, {"lr", lr}, {"tokens_per_s", stats[1].item<double>() / step_s},
+                 {"step_s", step_s}, {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s}, {"backward_s", sum.backward_s}});
+    char what[96];
+    std::snprintf(what, sizeof what, "kl %.4f lr %.4f", kl, lr);
+    loop.progress(step, what);
+    loop.end_step(step, scales.flat, "scales");
   }
   at::NoGradGuard no_grad;
   const at::Tensor host = scales.flat.detach().cpu();
@@ -174,7 +140,7 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
   const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
   Hasher h;
   h.update("calibrate/1");
-  h.update(ctx.fingerprints.at("rounding_search"));
+  h.update(ctx.fingerprints.at(std::string(stage_names::rounding_search)));
   h.update(c10::toString(compute_dtype(c)));
   for (int64_t v : {k.steps, k.warmup, mb, accum * world, static_cast<int64_t>(k.output_scales), c.run.seed,
                     c.train.holdout})
@@ -200,10 +166,11 @@ void CalibrateStage::run(const StageContext& ctx) {
   o.grad_accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
   o.output_scales = k.output_scales;
   o.checkpoint_every = k.checkpoint_every;
-  const fs::path dir = ctx.run_dir / "calibrate";
-  const StateCheckpoints checkpoints(dir / "checkpoints", fingerprint_, "calibrate");
+  const RunLayout layout(ctx.run_dir);
+  const fs::path dir = layout.calibrate();
+  const StateCheckpoints checkpoints(RunLayout::checkpoints(dir), fingerprint_, std::string(stage_names::calibrate));
   o.checkpoints = &checkpoints;
-  o.metrics = dir / "metrics.jsonl";
+  o.metrics = RunLayout::metrics(dir);
   const DistillData data(c, dense.arch, cache_dir_, o.micro_batch * o.grad_accum * proc.size, "calibration");
   auto comm = run_communicator(c, device);
 
@@ -240,8 +207,8 @@ void CalibrateStage::run(const StageContext& ctx) {
   if (proc.rank == 0) {
     fs::create_directories(dir);
     std::map<std::string, std::string> meta{{"fingerprint", fingerprint_}};
-    safetensors::write_file(scales_file(ctx.run_dir), scales.named(), meta);
-    atomic_write_text(dir / "summary.json", summary.dump(2) + "\n");
+    safetensors::write_file(RunLayout(ctx.run_dir).scales(), scales.named(), meta);
+    atomic_write_text(layout.calibrate_summary(), summary.dump(2) + "\n");
   }
   world::barrier();
 }

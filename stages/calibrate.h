@@ -21,6 +21,8 @@
 #include "core/dist/communicator.h"
 #include "core/prune/shape_search.h"
 #include "stages/distill.h"
+#include "stages/training_loop.h"
+#include "stages/layout.h"
 #include "stages/stage.h"
 #include "stages/student.h"
 
@@ -53,7 +55,7 @@ double student_kl(const Config& config, const LoadedModel& dense, const Plan& pl
 /// The calibrate stage.
 class CalibrateStage final : public Stage {
  public:
-  std::string_view name() const override { return "calibrate"; }
+  std::string_view name() const override { return stage_names::calibrate; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 

@@ -54,17 +54,6 @@ class DistillData {
 /// Logits are unchanged.
 CacheChunk for_student(CacheChunk teacher, const Plan& plan);
 
-/// SIGTERM (SLURM preemption) sets a flag for the lifetime of the object; the step boundary asks.
-class PreemptionFlag {
- public:
-  PreemptionFlag();
-  ~PreemptionFlag();
-  PreemptionFlag(const PreemptionFlag&) = delete;
-  PreemptionFlag& operator=(const PreemptionFlag&) = delete;
-  /// True when any rank received SIGTERM (collective: every rank calls it at the same step).
-  bool any_rank() const;
-};
-
 /// An infinite stream of epochs, each a seeded permutation of [0, samples): position p is the same
 /// sample whatever the world size.
 class SampleOrder {
@@ -114,50 +103,5 @@ at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed);
 double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
                     double kd_temperature);
 
-/// Adam(W) on one flat fp32 vector (the moments live beside it, on its device).
-class Adam {
- public:
-  Adam() = default;
-  Adam(const at::Tensor& like, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8);
-  /// One step at `lr` with decoupled weight decay `weight_decay` (AdamW) on `params` from `grad`.
-  /// `step` counts from 1 (bias correction).
-  void step(at::Tensor& params, const at::Tensor& grad, double lr, int64_t step, double weight_decay = 0);
-  at::Tensor m, v;
-
- private:
-  double beta1_ = 0.9, beta2_ = 0.999, eps_ = 1e-8;
-};
-
-/// Training checkpoints of one stage: <dir>/step-NNNNNNNN/state.safetensors, published atomically by
-/// rank 0; the newest is kept.
-class StateCheckpoints {
- public:
-  StateCheckpoints(std::filesystem::path dir, std::string fingerprint, std::string stage);
-  /// Rank 0 writes the named tensors (any device; written as CPU bytes) for `step`.
-  void write(int64_t step, const std::vector<safetensors::NamedTensor>& tensors) const;
-  /// The newest checkpoint of this fingerprint: rank 0 reads it into `targets` (same shapes and dtypes,
-  /// CheckpointError otherwise) and broadcasts every tensor's bytes to the other ranks. Returns its step,
-  /// 0 when there is none (a directory of other inputs is removed with a warning).
-  int64_t resume(const std::vector<std::pair<std::string, at::Tensor*>>& targets, Communicator& cpu_comm) const;
-  const std::filesystem::path& dir() const { return dir_; }
-
- private:
-  std::filesystem::path dir_;
-  std::string fingerprint_, stage_;
-};
-
-/// metrics.jsonl without the lines past `step` (a resumed run rewrites them).
-void trim_metrics(const std::filesystem::path& file, int64_t step);
-
-/// XXH64 of a tensor's bytes (on any device).
-uint64_t tensor_hash(const at::Tensor& t);
-/// CommError naming `what` and the step when the ranks hold different bytes of `t` (collective).
-void check_identical_across_ranks(const at::Tensor& t, const std::string& what, int64_t step);
-/// A typed error naming the stage, the step and the rank when `value` is not finite (nothing non-finite
-/// is ever trained on or published).
-void check_finite(double value, const std::string& what, const std::string& stage, int64_t step);
-
-/// Learning-rate factor of warm-up then cosine decay to `floor` (a fraction of the peak) at `total`.
-double warmup_cosine(int64_t step, int64_t warmup, int64_t total, double floor = 0.1);
 
 }  // namespace hawada

@@ -186,7 +186,7 @@ std::string EvaluateStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   Hasher h;
   h.update("evaluate/1");
-  h.update(ctx.fingerprints.at("export"));
+  h.update(ctx.fingerprints.at(std::string(stage_names::export_)));
   h.update(c.evaluate.data.string());
   if (!c.evaluate.data.empty()) h.update_u64(fs::file_size(c.evaluate.data));
   for (int64_t v : {c.evaluate.samples, static_cast<int64_t>(c.evaluate.latency_repeats), c.budget.latency_batch})
@@ -202,7 +202,8 @@ void EvaluateStage::run(const StageContext& ctx) {
   }
   const at::Device device = run_device(c);
   const LoadedModel lm = load_model(c, /*weights=*/false);
-  const fs::path export_dir = ctx.run_dir / "export", final_dir = export_dir / c.export_.name;
+  const RunLayout layout(ctx.run_dir);
+  const fs::path final_dir = layout.exported_model(c.export_.name);
   const HfCheckpoint exported = with_context("evaluate: ", [&] { return HfCheckpoint::open(final_dir); });
 
   // The samples: evaluate.data, or the run's held-out samples.
@@ -237,8 +238,8 @@ void EvaluateStage::run(const StageContext& ctx) {
     const Plan plan = read_plan(ctx.run_dir, lm.shape);
     result["export"] = evaluate_quality(*teacher, *student, *data, first, count, device, lm.shape.traits.output, plan.hidden);
     // Healed runs: the unhealed student (the calibrated slice) beside it.
-    if (fs::exists(ctx.run_dir / "heal" / "weights.safetensors")) {
-      const HfCheckpoint unhealed = pruned_checkpoint(lm, plan, Scales::read(scales_file(ctx.run_dir), plan));
+    if (fs::exists(layout.healed_weights())) {
+      const HfCheckpoint unhealed = pruned_checkpoint(lm, plan, Scales::read(RunLayout(ctx.run_dir).scales(), plan));
       const auto model = lm.adapter->load(unhealed, {at::kFloat, device});
       result["unhealed"] = evaluate_quality(*teacher, *model, *data, first, count, device, lm.shape.traits.output, plan.hidden);
     }
@@ -280,11 +281,11 @@ void EvaluateStage::run(const StageContext& ctx) {
   result["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   // evaluate/evaluate.json, the "evaluate" key of export/summary.json, and the model card.
-  fs::create_directories(ctx.run_dir / "evaluate");
-  atomic_write_text(ctx.run_dir / "evaluate" / "evaluate.json", result.dump(2) + "\n");
-  json summary = read_json_file(export_dir / "summary.json");
+  fs::create_directories(layout.evaluate());
+  atomic_write_text(layout.evaluation(), result.dump(2) + "\n");
+  json summary = read_json_file(layout.export_summary());
   summary["evaluate"] = result;
-  atomic_write_text(export_dir / "summary.json", summary.dump(2) + "\n");
+  atomic_write_text(layout.export_summary(), summary.dump(2) + "\n");
   atomic_write_text(final_dir / "README.md", model_card(c, lm, summary, ctx.run_dir));
 
   const json& q = result["export"];

@@ -23,6 +23,7 @@
 #include "adapters/model.h"
 #include "core/data/data.h"
 #include "core/format/model_shape.h"
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
@@ -50,7 +51,7 @@ double measure_latency(const Model& model, const Batch& example, int repeats, co
 /// The evaluate stage.
 class EvaluateStage final : public Stage {
  public:
-  std::string_view name() const override { return "evaluate"; }
+  std::string_view name() const override { return stage_names::evaluate; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 };

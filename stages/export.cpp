@@ -101,9 +101,9 @@ std::string ExportStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   Hasher h;
   h.update("export/2");
-  h.update(ctx.fingerprints.at("rounding_search"));
-  h.update(ctx.fingerprints.at("calibrate"));
-  h.update(ctx.fingerprints.at("heal"));
+  h.update(ctx.fingerprints.at(std::string(stage_names::rounding_search)));
+  h.update(ctx.fingerprints.at(std::string(stage_names::calibrate)));
+  h.update(ctx.fingerprints.at(std::string(stage_names::heal)));
   h.update_u64(static_cast<uint64_t>(c.heal.steps > 0));
   h.update(c.export_.name);
   h.update_u64(c.export_.max_shard_size);
@@ -118,7 +118,7 @@ void ExportStage::run(const StageContext& ctx) {
   const auto& proc = process_info();
   LoadedModel lm = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, lm.shape);
-  const Scales scales = Scales::read(scales_file(ctx.run_dir), plan);
+  const Scales scales = Scales::read(RunLayout(ctx.run_dir).scales(), plan);
   at::NoGradGuard no_grad;
   const GateValues student = student_gates(plan, scales);
 
@@ -129,7 +129,7 @@ void ExportStage::run(const StageContext& ctx) {
   const bool healed = c.heal.steps > 0;
   std::unique_ptr<safetensors::Reader> healed_file;
   if (healed) {
-    healed_file = std::make_unique<safetensors::Reader>(healed_weights_file(ctx.run_dir));
+    healed_file = std::make_unique<safetensors::Reader>(RunLayout(ctx.run_dir).healed_weights());
     for (auto& t : tensors) {
       if (!healed_file->contains(t.name))
         throw CheckpointError("'" + healed_file->path().string() + "' has no tensor '" + t.name + "'");
@@ -159,7 +159,8 @@ void ExportStage::run(const StageContext& ctx) {
   std::vector<std::string> files;
   for (size_t s = 0; s < count; ++s) files.push_back(count == 1 ? "model.safetensors" : safetensors::shard_file_name(s + 1, count));
 
-  const fs::path export_dir = ctx.run_dir / "export", final_dir = export_dir / c.export_.name;
+  const RunLayout layout(ctx.run_dir);
+  const fs::path export_dir = layout.export_dir(), final_dir = layout.exported_model(c.export_.name);
   const fs::path tmp = export_dir / ("." + c.export_.name + ".partial");
   const fs::path failed = export_dir / ("." + c.export_.name + ".failed");
   if (proc.rank == 0) {
@@ -311,13 +312,13 @@ void ExportStage::run(const StageContext& ctx) {
         {"bytes", total_bytes},
         {"healed", healed},
         {"verify", verify}};
-    if (passed) atomic_write_text(export_dir / "summary.json", summary.dump(2) + "\n");
-    else atomic_write_text(export_dir / "failed-summary.json", summary.dump(2) + "\n");
+    if (passed) atomic_write_text(layout.export_summary(), summary.dump(2) + "\n");
+    else atomic_write_text(layout.failed_export_summary(), summary.dump(2) + "\n");
   }
   passed = world::broadcast(passed);
   if (!passed)
     throw CheckpointError("export: the written model does not reproduce the hard-gated student (see " +
-                          (export_dir / "failed-summary.json").string() + "); it was not published: " +
+                          layout.failed_export_summary().string() + "); it was not published: " +
                           failed.string());
 }
 

@@ -9,6 +9,7 @@
 // equals the hard-gated student and writes <run_dir>/export/summary.json.
 #pragma once
 
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
@@ -16,7 +17,7 @@ namespace hawada {
 /// The export stage.
 class ExportStage final : public Stage {
  public:
-  std::string_view name() const override { return "export"; }
+  std::string_view name() const override { return stage_names::export_; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 };

@@ -20,6 +20,7 @@
 #include "core/base/process.h"
 #include "core/io/safetensors.h"
 #include "stages/distill.h"
+#include "stages/training_loop.h"
 #include "stages/student.h"
 
 namespace hawada {
@@ -82,7 +83,6 @@ double heldout_kl(const Model& model, const Plan& plan, const DistillData& data,
 
 }  // namespace
 
-fs::path healed_weights_file(const fs::path& run_dir) { return run_dir / "heal" / "weights.safetensors"; }
 
 std::string HealStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
@@ -92,7 +92,7 @@ std::string HealStage::fingerprint(const StageContext& ctx) {
   const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
   Hasher h;
   h.update("heal/1");
-  h.update(ctx.fingerprints.at("calibrate"));
+  h.update(ctx.fingerprints.at(std::string(stage_names::calibrate)));
   h.update(c10::toString(compute_dtype(c)));
   h.update(k.train);
   for (int64_t v : {k.steps, k.warmup, mb, accum * world, c.run.seed, c.train.holdout}) h.update_u64(static_cast<uint64_t>(v));
@@ -108,7 +108,7 @@ void HealStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const HealConfig& k = c.heal;
   const auto& proc = process_info();
-  const fs::path dir = ctx.run_dir / "heal";
+  const fs::path dir = RunLayout(ctx.run_dir).heal();
   if (k.steps == 0) {
     // Off: nothing of an earlier healed run may reach the export.
     if (proc.rank == 0) fs::remove_all(dir);
@@ -119,7 +119,7 @@ void HealStage::run(const StageContext& ctx) {
   const at::Device device = run_device(c);
   const LoadedModel dense = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
-  const Scales scales = Scales::read(scales_file(ctx.run_dir), plan);
+  const Scales scales = Scales::read(RunLayout(ctx.run_dir).scales(), plan);
   const HfCheckpoint ckpt = pruned_checkpoint(dense, plan, scales);
   const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
 
@@ -162,29 +162,21 @@ void HealStage::run(const StageContext& ctx) {
   const DistillData& data = heal_data ? *heal_data : run_data;
   auto comm = run_communicator(c, device);
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
-  const StateCheckpoints checkpoints(dir / "checkpoints", fingerprint_, "heal");
-  int64_t step = checkpoints.resume({{"masters", &tr.masters}, {"adam_m", &adam.m}, {"adam_v", &adam.v}}, *cpu_comm);
+  const StateCheckpoints checkpoints(RunLayout::checkpoints(dir), fingerprint_, std::string(stage_names::heal));
+  TrainingLoop loop({.stage = "heal", .steps = k.steps, .checkpoint_every = k.checkpoint_every,
+                     .check_every = c.dist.check_every, .checkpoints = &checkpoints, .metrics = RunLayout::metrics(dir)},
+                    {{"masters", &tr.masters}, {"adam_m", &adam.m}, {"adam_v", &adam.v}});
+  int64_t step = loop.resume(*cpu_comm);
   auto masters_to_weights = [&] {
     at::NoGradGuard no_grad;
     for (size_t i = 0; i < tr.weights.size(); ++i) tr.weights[i].copy_(tr.master(i));
   };
-  if (step > 0) {
-    masters_to_weights();
-    log::info("heal: resumed from step " + std::to_string(step) + " of " + std::to_string(k.steps));
-  }
+  if (step > 0) masters_to_weights();
   for (auto& w : tr.weights) w.requires_grad_(true);
 
   std::vector<int64_t> held;
   for (int64_t s = run_data.train_samples(); s < run_data.samples() && static_cast<int64_t>(held.size()) < kEvalSamples; ++s)
     held.push_back(s);
-  const fs::path metrics_file = dir / "metrics.jsonl";
-  std::ofstream metrics;
-  if (proc.rank == 0) {
-    fs::create_directories(dir);
-    if (step == 0) fs::remove(metrics_file);
-    else trim_metrics(metrics_file, step);
-    metrics.open(metrics_file, std::ios::app);
-  }
   const double bytes_per_param =
       static_cast<double>(c10::elementSize(tr.weights[0].scalar_type())) + 4 + 4 + 8;  // weight, master, grad, moments
   char intro[320];
@@ -198,10 +190,7 @@ void HealStage::run(const StageContext& ctx) {
   log::info(intro);
 
   SampleOrder order(data.train_samples(), c.run.seed, "heal");
-  PreemptionFlag sigterm;
   const auto t0 = Clock::now();
-  auto last_report = t0;
-  const int64_t first_step = step;
   while (step < k.steps) {
     const auto step_t0 = Clock::now();
     grads.zero_();
@@ -251,34 +240,18 @@ void HealStage::run(const StageContext& ctx) {
     if (!held.empty() && ((k.eval_every > 0 && step % k.eval_every == 0) || step == k.steps))
       held_kl = heldout_kl(*model, plan, run_data, held, c.train.kd_temperature, device, *comm);
     const double step_s = since(step_t0);
-    if (proc.rank == 0) {
-      nlohmann::json j{{"step", step}, {"kl", kl}, {"mse", mse}, {"lr", lr}, {"grad_norm", grad_norm},
-                       {"tokens_per_s", hs[2].item<double>() / step_s}, {"step_s", step_s}, {"data_s", data_s},
-                       {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s}, {"backward_s", sum.backward_s},
-                       {"allreduce_s", sync_s}};
-      if (std::isfinite(held_kl)) j["heldout_kl"] = held_kl;
-      metrics << j.dump() << "\n" << std::flush;
-      if (Clock::now() - last_report > std::chrono::seconds(5) || step == k.steps || std::isfinite(held_kl)) {
-        const double per_step = since(t0) / static_cast<double>(step - first_step);
-        char line[256];
-        std::snprintf(line, sizeof line, "heal: step %lld/%lld kl %.4f%s lr %.2e %.0f tokens/s ETA %s",
-                      static_cast<long long>(step), static_cast<long long>(k.steps), kl,
-                      std::isfinite(held_kl) ? (" held-out kl " + std::to_string(held_kl).substr(0, 6)).c_str() : "", lr,
-                      hs[2].item<double>() / step_s, log::duration(per_step * static_cast<double>(k.steps - step)).c_str());
-        log::info(line);
-        last_report = Clock::now();
-      }
-    }
-    if (step % c.dist.check_every == 0 || step == k.steps) check_identical_across_ranks(tr.masters, "healed weights", step);
-    fault_point("heal.after_step_" + std::to_string(step));
-    const bool preempt = sigterm.any_rank();
-    if (step % k.checkpoint_every == 0 || step == k.steps || preempt)
-      checkpoints.write(step, {{"masters", tr.masters}, {"adam_m", adam.m}, {"adam_v", adam.v}});
-    if (preempt && step < k.steps) {
-      world::barrier();
-      throw Preempted("heal: SIGTERM: checkpointed step " + std::to_string(step) + " of " + std::to_string(k.steps) +
-                      "; rerun the same command to resume (exit " + std::to_string(kExitRequeue) + " = requeue)");
-    }
+    nlohmann::json j{{"step", step}, {"kl", kl}, {"mse", mse}, {"lr", lr}, {"grad_norm", grad_norm},
+                     {"tokens_per_s", hs[2].item<double>() / step_s}, {"step_s", step_s}, {"data_s", data_s},
+                     {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s}, {"backward_s", sum.backward_s},
+                     {"allreduce_s", sync_s}};
+    if (std::isfinite(held_kl)) j["heldout_kl"] = held_kl;
+    loop.record(j);
+    char what[160];
+    std::snprintf(what, sizeof what, "kl %.4f%s lr %.2e %.0f tokens/s", kl,
+                  std::isfinite(held_kl) ? (" held-out kl " + std::to_string(held_kl).substr(0, 6)).c_str() : "", lr,
+                  hs[2].item<double>() / step_s);
+    loop.progress(step, what, /*force=*/std::isfinite(held_kl));
+    loop.end_step(step, tr.masters, "healed weights");
   }
 
   // Every tensor of the pruned model in fp32: the trained masters, the rest as sliced. A tied LM head
@@ -299,10 +272,10 @@ void HealStage::run(const StageContext& ctx) {
         throw NumericError("heal: tensor '" + name + "' holds non-finite values after step " + std::to_string(step));
       out.push_back({name, t.contiguous()});
     }
-    safetensors::write_file(healed_weights_file(ctx.run_dir), out, {{"fingerprint", fingerprint_}, {"steps", std::to_string(step)}});
+    safetensors::write_file(RunLayout(ctx.run_dir).healed_weights(), out, {{"fingerprint", fingerprint_}, {"steps", std::to_string(step)}});
   }
   world::barrier();
-  log::info("heal: " + healed_weights_file(ctx.run_dir).string() + " after " + std::to_string(step) + " steps (" +
+  log::info("heal: " + RunLayout(ctx.run_dir).healed_weights().string() + " after " + std::to_string(step) + " steps (" +
             log::duration(since(t0)) + ")");
 }
 

@@ -24,17 +24,16 @@
 #include <filesystem>
 #include <string>
 
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
 
-/// Where heal publishes the healed weights.
-std::filesystem::path healed_weights_file(const std::filesystem::path& run_dir);
 
 /// The heal stage.
 class HealStage final : public Stage {
  public:
-  std::string_view name() const override { return "heal"; }
+  std::string_view name() const override { return stage_names::heal; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 

@@ -8,6 +8,7 @@
 
 #include "core/base/fs.h"
 #include "core/base/process.h"
+#include "stages/layout.h"
 #include "stages/student.h"
 
 namespace hawada {
@@ -69,7 +70,7 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
     << ") chose the shape, whose candidates were compared by a short calibrated probe; the kept structures' "
     << "scales were then fitted to the original model with every weight frozen (" << c.calibrate.steps
     << " steps) and folded into the output projections.";
-  if (std::filesystem::exists(run_dir / "heal" / "weights.safetensors"))
+  if (std::filesystem::exists(RunLayout(run_dir).healed_weights()))
     o << " Finally all weights of the pruned model were trained by distillation from the same cache (heal).";
   o << "\n\n## Shape\n\n| | original | this model |\n| --- | --- | --- |\n"
     << "| hidden_size | " << d.hidden << " | " << shape.value("hidden_size", 0) << " |\n"
@@ -106,7 +107,7 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
   }
   o << "## Reproduce\n\n```\nmpirun -np " << process_info().size << " hawada-pipeline " << c.source.string()
     << "\n```\n\nwith this configuration (resolved):\n\n```toml\n"
-    << read_text_file(run_dir / "config.resolved.toml") << "```\n\n"
+    << read_text_file(RunLayout(run_dir).resolved_config()) << "```\n\n"
     << "## Use\n\n```python\nfrom transformers import " << auto_class << "\nmodel = " << auto_class
     << ".from_pretrained(\"path/to/" << c.export_.name << "\")\n```\n";
   return o.str();

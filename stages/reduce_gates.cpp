@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 std::string ReduceGatesStage::fingerprint(const StageContext& ctx) {
   Hasher h;
   h.update("reduce_gates/2");
-  h.update(ctx.fingerprints.at("train_gates"));
+  h.update(ctx.fingerprints.at(std::string(stage_names::train_gates)));
   fingerprint_ = hex64(h.digest());
   return fingerprint_;
 }
@@ -36,7 +36,7 @@ void ReduceGatesStage::run(const StageContext& ctx) {
   HardConcrete hc;
   hc.beta = c.gates.temperature;
   GateParameters gates(gates_config, GateShape{lm.arch.layers, lm.arch.heads, lm.arch.ffn, lm.arch.hidden});
-  const safetensors::Reader trained(trained_gates_file(ctx.run_dir));
+  const safetensors::Reader trained(RunLayout(ctx.run_dir).trained_gates());
   gates.load(trained);
   at::NoGradGuard no_grad;
 
@@ -81,8 +81,8 @@ void ReduceGatesStage::run(const StageContext& ctx) {
     throw CommError("reduce_gates: the global scores differ across ranks (this rank " + hex64(mine) + ", rank 0 " +
                     hex64(root) + ")");
   if (process_info().rank == 0) {
-    fs::create_directories(gate_scores_file(ctx.run_dir).parent_path());
-    safetensors::write_file(gate_scores_file(ctx.run_dir), out, {{"fingerprint", fingerprint_}, {"scores_hash", hex64(mine)}});
+    fs::create_directories(RunLayout(ctx.run_dir).gate_scores().parent_path());
+    safetensors::write_file(RunLayout(ctx.run_dir).gate_scores(), out, {{"fingerprint", fingerprint_}, {"scores_hash", hex64(mine)}});
   }
   log::info("reduce_gates: scores of " + std::to_string(gates.flat.numel()) + " structures (keep probability x "
             "activation x sqrt(Fisher)), hash " + hex64(mine));

@@ -10,6 +10,7 @@
 //   <kind>.score              keep_probability x (importance / mean importance of the kind + 1e-3)
 #pragma once
 
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
@@ -17,7 +18,7 @@ namespace hawada {
 /// The reduce_gates stage.
 class ReduceGatesStage final : public Stage {
  public:
-  std::string_view name() const override { return "reduce_gates"; }
+  std::string_view name() const override { return stage_names::reduce_gates; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 

@@ -160,9 +160,10 @@ std::vector<std::vector<std::string>> read_csv(const fs::path& file) {
 }  // namespace
 
 std::string render_report(const fs::path& run_dir, const std::string& title) {
+  const RunLayout layout(run_dir);
   std::ostringstream body;
   // Curves.
-  const auto metrics = read_metrics(run_dir / "train" / "metrics.jsonl");
+  const auto metrics = read_metrics(RunLayout::metrics(layout.train()));
   if (!metrics.empty()) {
     Series loss{"loss", "#1f77b4", {}, {}}, kl{"KL", "#d62728", {}, {}}, cost{"expected cost", "#2ca02c", {}, {}},
         target{"target", "#7f7f7f", {}, {}};
@@ -182,8 +183,8 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
   }
   // Calibration and heal curves.
   {
-    const auto cal = read_metrics(run_dir / "calibrate" / "metrics.jsonl");
-    const auto heal = read_metrics(run_dir / "heal" / "metrics.jsonl");
+    const auto cal = read_metrics(RunLayout::metrics(layout.calibrate()));
+    const auto heal = read_metrics(RunLayout::metrics(layout.heal()));
     if (!cal.empty() || !heal.empty()) {
       body << "<h2>Calibration and heal</h2><div class='row'>";
       if (!cal.empty()) {
@@ -203,7 +204,7 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
     }
   }
   // Plan: heat maps and before/after.
-  const fs::path plan_file = run_dir / "plan" / "plan.json";
+  const fs::path plan_file = layout.plan();
   if (fs::exists(plan_file)) {
     const json plan = read_json_file(plan_file);
     const json& s = plan.at("shape");
@@ -265,7 +266,7 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
     }
   }
   // Pareto front.
-  const auto csv = read_csv(run_dir / "plan" / "candidates.csv");
+  const auto csv = read_csv(layout.candidates());
   if (csv.size() > 1) {
     const auto& head = csv[0];
     auto col = [&](const char* name) {
@@ -292,7 +293,7 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
     body << "<h2>Shapes</h2>" << o.str();
   }
   // Verify.
-  const fs::path summary_file = run_dir / "export" / "summary.json";
+  const fs::path summary_file = layout.export_summary();
   if (fs::exists(summary_file)) {
     const json sm = read_json_file(summary_file);
     const json& v = sm.at("verify");
@@ -363,17 +364,18 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
 std::string ReportStage::fingerprint(const StageContext& ctx) {
   Hasher h;
   h.update("report/2");
-  h.update(ctx.fingerprints.at("evaluate"));
+  h.update(ctx.fingerprints.at(std::string(stage_names::evaluate)));
   return hex64(h.digest());
 }
 
 void ReportStage::run(const StageContext& ctx) {
   if (process_info().rank == 0) {
-    const fs::path dir = ctx.run_dir / "report";
+    const RunLayout layout(ctx.run_dir);
+    const fs::path dir = layout.report();
     fs::create_directories(dir);
-    atomic_write_text(dir / "index.html",
+    atomic_write_text(layout.report_page(),
                       render_report(ctx.run_dir, "hawada-pipeline run: " + ctx.config.model.path.filename().string()));
-    log::info("report: " + (dir / "index.html").string());
+    log::info("report: " + layout.report_page().string());
   }
   world::barrier();
 }

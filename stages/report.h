@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
@@ -16,7 +17,7 @@ namespace hawada {
 /// The report stage.
 class ReportStage final : public Stage {
  public:
-  std::string_view name() const override { return "report"; }
+  std::string_view name() const override { return stage_names::report; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 };

@@ -44,7 +44,7 @@ std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   Hasher h;
   h.update("rounding_search/2");
-  h.update(ctx.fingerprints.at("reduce_gates"));
+  h.update(ctx.fingerprints.at(std::string(stage_names::reduce_gates)));
   for (int64_t v : {static_cast<int64_t>(c.search.ffn_multiple), static_cast<int64_t>(c.search.hidden_multiple),
                     static_cast<int64_t>(c.search.prune_kv_groups), static_cast<int64_t>(c.budget.metric),
                     c.budget.latency_batch, c.data.seq_len, static_cast<int64_t>(c.search.probe_shapes)})
@@ -70,7 +70,7 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   // Every rank runs the search (it is deterministic); the probes are collective; rank 0 writes.
   const LoadedModel lm = load_model(c, /*weights=*/false);
   const GatesConfig gates = effective_gates(c, lm.shape);
-  const safetensors::Reader file(gate_scores_file(ctx.run_dir));
+  const safetensors::Reader file(RunLayout(ctx.run_dir).gate_scores());
   StructureScores scores;
   if (gates.heads) scores.heads = rows_of(file.tensor("heads.score"));
   if (gates.ffn) scores.ffn = rows_of(file.tensor("ffn.score"));
@@ -158,13 +158,14 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   }
 
   if (process_info().rank == 0) {
-    const fs::path dir = ctx.run_dir / "plan";
+    const RunLayout layout(ctx.run_dir);
+    const fs::path dir = layout.plan_dir();
     fs::create_directories(dir);
     nlohmann::json j = plan_to_json(r.plan);
     j["legal_shapes"] = r.legal;
     j["search_seconds"] = seconds;
     j["probes"] = probes;
-    atomic_write_text(dir / "plan.json", j.dump(1) + "\n");
+    atomic_write_text(layout.plan(), j.dump(1) + "\n");
     std::ostringstream csv;
     csv << "hidden_size,num_attention_heads,num_key_value_heads,intermediate_size,parameters,flops,latency_s,"
            "cost_ratio,importance,chosen\n";
@@ -190,7 +191,7 @@ void RoundingSearchStage::run(const StageContext& ctx) {
                         : 0);
       csv << line;
     }
-    atomic_write_text(dir / "candidates.csv", csv.str());
+    atomic_write_text(layout.candidates(), csv.str());
   }
   const ModelShape& s = r.plan.chosen.shape;
   char line[512];

@@ -9,6 +9,7 @@
 
 #include <filesystem>
 
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
@@ -16,7 +17,7 @@ namespace hawada {
 /// The rounding_search stage.
 class RoundingSearchStage final : public Stage {
  public:
-  std::string_view name() const override { return "rounding_search"; }
+  std::string_view name() const override { return stage_names::rounding_search; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 

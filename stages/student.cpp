@@ -11,6 +11,7 @@
 #include "core/prune/slicing.h"
 #include "core/base/process.h"
 #include "core/data/teacher_cache.h"
+#include "stages/layout.h"
 
 namespace hawada {
 
@@ -304,13 +305,10 @@ HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const
 }
 
 Plan read_plan(const fs::path& run_dir, const ModelShape& dense) {
-  const fs::path file = run_dir / "plan" / "plan.json";
+  const fs::path file = RunLayout(run_dir).plan();
   return plan_from_json(read_json_file(file), dense, file.string());
 }
 
-fs::path scales_file(const fs::path& run_dir) { return run_dir / "calibrate" / "scales.safetensors"; }
 
-fs::path trained_gates_file(const fs::path& run_dir) { return run_dir / "train" / "gates.safetensors"; }
-fs::path gate_scores_file(const fs::path& run_dir) { return run_dir / "gates" / "scores.safetensors"; }
 
 }  // namespace hawada

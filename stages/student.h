@@ -135,14 +135,8 @@ GateValues student_gates(const Plan& plan, const Scales& scales);
 /// projections, its config.json with the plan's counts.
 HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const Scales& scales);
 
-/// Reads <run_dir>/plan/plan.json for the dense model of a run.
+/// Reads the run's plan (RunLayout::plan) for the dense model of a run.
 Plan read_plan(const std::filesystem::path& run_dir, const ModelShape& dense);
 
-/// Where calibrate publishes the fitted scales.
-std::filesystem::path scales_file(const std::filesystem::path& run_dir);
-/// Where train_gates publishes its final gate parameters.
-std::filesystem::path trained_gates_file(const std::filesystem::path& run_dir);
-/// Where reduce_gates publishes the global scores.
-std::filesystem::path gate_scores_file(const std::filesystem::path& run_dir);
 
 }  // namespace hawada

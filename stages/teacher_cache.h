@@ -14,6 +14,7 @@
 
 #include "core/data/data.h"
 #include "core/data/teacher_cache.h"
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
@@ -21,7 +22,7 @@ namespace hawada {
 /// The teacher_cache stage.
 class TeacherCacheStage final : public Stage {
  public:
-  std::string_view name() const override { return "teacher_cache"; }
+  std::string_view name() const override { return stage_names::teacher_cache; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
   /// The cache directory of the run's data, from the last fingerprint() call.

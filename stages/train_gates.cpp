@@ -19,6 +19,7 @@
 #include "core/base/process.h"
 #include "core/io/safetensors.h"
 #include "stages/distill.h"
+#include "stages/training_loop.h"
 #include "stages/student.h"
 
 namespace hawada {
@@ -135,6 +136,118 @@ double budget_shift(const GateParameters& gates, const HardConcrete& hc, const B
   return 0.5 * (lo + hi);
 }
 
+
+// One step's distillation over the global batch: each rank's micro-batches, each with its own gate
+// sample (noise fixed by seed, step and global micro-batch index), then one all-reduce of the gate
+// gradient and the losses. Leaves the summed gradient in `grad`.
+struct StepLoss {
+  double kl = 0, mse = 0;
+  int64_t tokens = 0;
+  double data_s = 0, allreduce_s = 0;
+  LossParts parts;  // this rank's timings
+};
+
+StepLoss distill_step(const Model& model, const DistillData& data, const GateParameters& gates, const HardConcrete& hc,
+                      SampleOrder& order, int64_t step, const Config& c, const at::Device& device, Communicator& comm,
+                      at::Tensor& grad) {
+  const auto& proc = process_info();
+  const int64_t accum = c.train.grad_accum, mb = c.train.micro_batch, global_micros = proc.size * accum;
+  if (gates.flat.grad().defined()) gates.flat.mutable_grad().zero_();
+  StepLoss out;
+  LossParts& sum = out.parts;
+  for (int64_t a = 0; a < accum; ++a) {
+    const auto data_t0 = Clock::now();
+    const int64_t g = proc.rank * accum + a;  // global micro-batch index of this step
+    const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, mb);
+    const Batch batch = with_context("train_gates: ", [&] { return data.batch(samples, device); });
+    const CacheChunk teacher = data.teacher(samples);
+    out.data_s += since(data_t0);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(
+        mix_seed({static_cast<uint64_t>(c.run.seed), static_cast<uint64_t>(step), static_cast<uint64_t>(g)}, "gates"));
+    const at::Tensor u = at::empty({gates.flat.numel()}, at::kFloat).uniform_(1e-6, 1.0 - 1e-6, gen).to(device);
+    const GateValues values = values_of(gates, hc.sample_from_uniform(gates.flat, u));
+    const LossParts p = distill_backward(model, batch, teacher, &values, c.train.kd_temperature, c.train.mse_weight,
+                                         1.0 / static_cast<double>(global_micros));
+    sum.kl += p.kl, sum.mse += p.mse, sum.tokens += p.tokens;
+    sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
+  }
+  const auto sync_t0 = Clock::now();
+  grad = gates.flat.grad().defined() ? gates.flat.grad().clone() : at::zeros_like(gates.flat.detach());
+  const at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble).to(device);
+  at::Tensor bucket = at::cat({grad.to(at::kDouble), stats});
+  comm.all_reduce(bucket, Communicator::Op::sum);  // one all-reduce: the gradients and the losses
+  grad = bucket.narrow(0, 0, grad.numel()).to(at::kFloat);
+  const at::Tensor host = bucket.narrow(0, grad.numel(), 3).cpu();
+  out.kl = host[0].item<double>() / global_micros;
+  out.mse = host[1].item<double>() / global_micros;
+  out.tokens = static_cast<int64_t>(host[2].item<double>());
+  out.allreduce_s = since(sync_t0);
+  check_finite(out.kl + out.mse, "the distillation loss", "train_gates", step + 1);
+  check_finite(grad.abs().sum().item<double>(), "the gate gradient", "train_gates", step + 1);
+  return out;
+}
+
+// The budget falls linearly from the dense model to budget.target over the warm-up.
+double budget_schedule(const Config& c, int64_t step) {
+  const int64_t warmup = c.train.warmup;
+  if (warmup == 0) return c.budget.target;
+  return 1.0 - (1.0 - c.budget.target) * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup));
+}
+
+// Projection onto the budget: one uniform shift of every log-alpha puts the expected cost on `target`,
+// so training always works at the cost it must reach. Returns the shift.
+double project_onto_budget(GateParameters& gates, const HardConcrete& hc, const BudgetCost& budget, double target) {
+  at::NoGradGuard no_grad;
+  const double shift = budget_shift(gates, hc, budget, target);
+  gates.flat.detach().add_(shift);
+  return shift;
+}
+
+// The metrics line of one step (rank 0): losses, cost, the kept fractions, the timings.
+nlohmann::json step_metrics(int64_t step, const StepLoss& l, const Config& c, const GateParameters& gates,
+                            const HardConcrete& hc, const GateShape& gs, double cost, double target, double shift,
+                            double step_s) {
+  at::NoGradGuard no_grad;
+  const GateCounts counts = gates.expected_counts(hc, gates.flat.detach().cpu());
+  nlohmann::json j{{"step", step},
+                   {"loss", l.kl + c.train.mse_weight * l.mse},
+                   {"kl", l.kl},
+                   {"mse", l.mse},
+                   {"expected_cost", cost},
+                   {"target", target},
+                   {"shift", shift},
+                   {"tokens_per_s", static_cast<double>(l.tokens) / step_s},
+                   {"step_s", step_s},
+                   {"data_s", l.data_s},
+                   {"forward_s", l.parts.forward_s},
+                   {"loss_s", l.parts.loss_s},
+                   {"backward_s", l.parts.backward_s},
+                   {"allreduce_s", l.allreduce_s}};
+  if (counts.heads.defined()) j["kept_heads"] = counts.heads.sum().item<double>() / (gs.layers * gs.heads);
+  if (counts.ffn.defined()) j["kept_ffn"] = counts.ffn.sum().item<double>() / (gs.layers * gs.ffn);
+  if (counts.hidden.defined()) j["kept_hidden"] = counts.hidden.item<double>() / gs.hidden;
+  return j;
+}
+
+// <run_dir>/train/gates.safetensors: the log-alphas and the importance they started from, per kind.
+void write_trained_gates(const std::filesystem::path& file, const GateParameters& gates, const Importance& importance,
+                         const Config& c, const std::string& fingerprint, double final_cost) {
+  fs::create_directories(file.parent_path());
+  std::vector<safetensors::NamedTensor> out = gates.named();
+  const GateParameters::Views a = gates.views_of(importance.activation), f = gates.views_of(importance.fisher);
+  auto add = [&](const char* kind, const at::Tensor& va, const at::Tensor& vf) {
+    if (!va.defined()) return;
+    out.push_back({std::string(kind) + ".activation", va.contiguous()});
+    out.push_back({std::string(kind) + ".fisher", vf.contiguous()});
+  };
+  add("heads", a.heads, f.heads);
+  add("ffn", a.ffn, f.ffn);
+  add("hidden", a.hidden, f.hidden);
+  safetensors::write_file(file, out,
+                          {{"fingerprint", fingerprint},
+                           {"temperature", std::to_string(c.gates.temperature)},
+                           {"deterministic_cost", std::to_string(final_cost)}});
+}
 }  // namespace
 
 std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
@@ -166,173 +279,82 @@ void TrainGatesStage::run(const StageContext& ctx) {
   const at::Device device = run_device(c);
   LoadedModel lm = load_model(c, true, device);
   const GatesConfig gates_config = effective_gates(c, lm.shape);
-  const int64_t world = proc.size, accum = tc.grad_accum, mb = tc.micro_batch, global_micros = world * accum;
-  const DistillData data(c, lm.arch, cache_dir_, mb * global_micros, "training");
-
+  const int64_t world = proc.size, global_batch = tc.micro_batch * world * tc.grad_accum;
+  const DistillData data(c, lm.arch, cache_dir_, global_batch, "training");
   auto comm = run_communicator(c, device);
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
+
+  // The state: log-alphas, their Adam moments, and the importance they started from.
   HardConcrete hc;
   hc.beta = c.gates.temperature;
   GateParameters gates(gates_config, lm.model->gate_shape());
   gates.to(device);
   const BudgetCost budget(c, lm.shape);
   Adam adam(gates.flat);
-  at::Tensor act = at::zeros({gates.flat.numel()}, at::kFloat), fisher = at::zeros_like(act);
+  Importance importance{at::zeros({gates.flat.numel()}, at::kFloat), at::zeros({gates.flat.numel()}, at::kFloat)};
+  const RunLayout layout(ctx.run_dir);
+  const StateCheckpoints checkpoints(RunLayout::checkpoints(layout.train()), fingerprint_,
+                                     std::string(stage_names::train_gates));
+  TrainingLoop loop({.stage = "train_gates", .steps = tc.steps, .checkpoint_every = tc.checkpoint_every,
+                     .check_every = c.dist.check_every, .checkpoints = &checkpoints,
+                     .metrics = RunLayout::metrics(layout.train())},
+                    {{"log_alpha", &gates.flat}, {"adam_m", &adam.m}, {"adam_v", &adam.v},
+                     {"importance.activation", &importance.activation}, {"importance.fisher", &importance.fisher}});
+  int64_t step = loop.resume(*cpu_comm);
 
-  const fs::path train_dir = ctx.run_dir / "train", metrics_file = train_dir / "metrics.jsonl";
-  if (proc.rank == 0) fs::create_directories(train_dir);
-  const StateCheckpoints checkpoints(train_dir / "checkpoints", fingerprint_, "train_gates");
-  int64_t step = 0;
-  {
-    at::Tensor la = gates.flat.detach();
-    step = checkpoints.resume({{"log_alpha", &la}, {"adam_m", &adam.m}, {"adam_v", &adam.v}, {"importance.activation", &act},
-                               {"importance.fisher", &fisher}},
-                              *cpu_comm);
-  }
-  if (step > 0) {
-    log::info("train_gates: resumed from step " + std::to_string(step) + " of " + std::to_string(tc.steps));
-  } else {
+  // A fresh start: gates initialised from the one-shot importance of the dense model.
+  if (step == 0) {
     const auto t0 = Clock::now();
     const Importance imp = measure_importance(*lm.model, data, gates, c, device, *comm);
-    act.copy_(imp.activation);
-    fisher.copy_(imp.fisher);
+    importance.activation.copy_(imp.activation);
+    importance.fisher.copy_(imp.fisher);
     at::NoGradGuard no_grad;
     gates.flat.copy_(initial_log_alpha(gates, imp.combined(gates), hc, c.gates.init));
     log::info("train_gates: importance (activation, Fisher) of " + std::to_string(gates.flat.numel()) + " gates over " +
-              std::to_string(std::min<int64_t>(data.train_samples(), tc.importance_batches * mb)) + " samples in " +
-              log::duration(since(t0)));
+              std::to_string(std::min<int64_t>(data.train_samples(), tc.importance_batches * tc.micro_batch)) +
+              " samples in " + log::duration(since(t0)));
   }
-  const Importance importance{act, fisher};
-  if (proc.rank == 0) {
-    if (step == 0) fs::remove(metrics_file);
-    else trim_metrics(metrics_file, step);
-  }
-  std::ofstream metrics;
-  if (proc.rank == 0) metrics.open(metrics_file, std::ios::app);
-
-  SampleOrder order(data.train_samples(), c.run.seed);
-  PreemptionFlag sigterm;
-  const auto t0 = Clock::now();
-  auto last_report = t0;
-  const int64_t first_step = step;
   if (gates_config != c.gates)
     log::info("train_gates: this architecture couples heads and hidden (hidden_size = heads x head size), so both get gates");
-  log::info("train_gates: " + std::to_string(tc.steps) + " steps of " + std::to_string(mb * global_micros) +
-            " samples (" + std::to_string(world) + " rank(s) x " + std::to_string(accum) + " micro-batch(es) of " +
-            std::to_string(mb) + "), " + std::to_string(gates.flat.numel()) + " gates, budget " +
+  log::info("train_gates: " + std::to_string(tc.steps) + " steps of " + std::to_string(global_batch) + " samples (" +
+            std::to_string(world) + " rank(s) x " + std::to_string(tc.grad_accum) + " micro-batch(es) of " +
+            std::to_string(tc.micro_batch) + "), " + std::to_string(gates.flat.numel()) + " gates, budget " +
             (c.budget.metric == BudgetMetric::params ? "params" : "latency") + " " + std::to_string(c.budget.target) +
             " (the expected cost follows the schedule: a projection after every step)");
 
+  // The algorithm: distil through sampled gates, one Adam step on the log-alphas, projection onto this
+  // step's budget.
+  SampleOrder order(data.train_samples(), c.run.seed);
+  const GateShape gate_shape = lm.model->gate_shape();
   gates.flat.requires_grad_(true);
   while (step < tc.steps) {
     const auto step_t0 = Clock::now();
-    // The budget falls linearly from the dense model to budget.target over the warm-up.
-    const double target =
-        tc.warmup == 0 ? c.budget.target
-                       : 1.0 - (1.0 - c.budget.target) * std::min(1.0, static_cast<double>(step + 1) / tc.warmup);
-    if (gates.flat.grad().defined()) gates.flat.mutable_grad().zero_();
-
-    LossParts sum;
-    double data_s = 0;
-    for (int64_t a = 0; a < accum; ++a) {
-      const auto data_t0 = Clock::now();
-      const int64_t g = proc.rank * accum + a;  // global micro-batch index of this step
-      const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, mb);
-      const Batch batch = with_context("train_gates: ", [&] { return data.batch(samples, device); });
-      const CacheChunk teacher = data.teacher(samples);
-      data_s += since(data_t0);
-      // One gate sample per micro-batch, from noise fixed by (seed, step, global micro-batch).
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(
-          mix_seed({static_cast<uint64_t>(c.run.seed), static_cast<uint64_t>(step), static_cast<uint64_t>(g)}, "gates"));
-      const at::Tensor u = at::empty({gates.flat.numel()}, at::kFloat).uniform_(1e-6, 1.0 - 1e-6, gen).to(device);
-      const GateValues values = values_of(gates, hc.sample_from_uniform(gates.flat, u));
-      const LossParts p = distill_backward(*lm.model, batch, teacher, &values, tc.kd_temperature, tc.mse_weight,
-                                           1.0 / static_cast<double>(global_micros));
-      sum.kl += p.kl, sum.mse += p.mse, sum.tokens += p.tokens;
-      sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
-    }
-    const auto sync_t0 = Clock::now();
-    at::Tensor grad = gates.flat.grad().defined() ? gates.flat.grad().clone() : at::zeros_like(gates.flat.detach());
-    at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble).to(device);
-    at::Tensor bucket = at::cat({grad.to(at::kDouble), stats});
-    comm->all_reduce(bucket, Communicator::Op::sum);  // one all-reduce: the gradients and the losses
-    grad = bucket.narrow(0, 0, grad.numel()).to(at::kFloat);
-    const at::Tensor host_stats = bucket.narrow(0, grad.numel(), 3).cpu();
-    const double kl = host_stats[0].item<double>() / global_micros, mse = host_stats[1].item<double>() / global_micros;
-    const int64_t tokens = static_cast<int64_t>(host_stats[2].item<double>());
-    const double sync_s = since(sync_t0);
-    check_finite(kl + mse, "the distillation loss", "train_gates", step + 1);
-    check_finite(grad.abs().sum().item<double>(), "the gate gradient", "train_gates", step + 1);
-
-    double shift = 0, cost = 0;
+    const double target = budget_schedule(c, step);
+    at::Tensor grad;
+    const StepLoss loss = distill_step(*lm.model, data, gates, hc, order, step, c, device, *comm, grad);
     {
       at::NoGradGuard no_grad;
       at::Tensor params = gates.flat.detach();
       adam.step(params, grad, tc.lr, step + 1);
-      // Projection onto the budget: one uniform shift of every log-alpha puts the expected cost on
-      // this step's target, so training always works at the cost it must reach.
-      shift = budget_shift(gates, hc, budget, target);
-      params.add_(shift);
-      if (fault_flag("train_gates.perturb_gates")) params.add_(1e-3);  // for the drift test
-      cost = budget.ratio_of(gates.expected_counts(hc, params.cpu()));
     }
+    const double shift = project_onto_budget(gates, hc, budget, target);
+    if (fault_flag("train_gates.perturb_gates")) gates.flat.detach().add_(1e-3);  // for the drift test
+    const double cost = budget.ratio_of(gates.expected_counts(hc, gates.flat.detach().cpu()));
     step += 1;
 
-    const double step_s = since(step_t0);
-    if (proc.rank == 0) {
-      at::NoGradGuard no_grad;
-      const GateCounts counts = gates.expected_counts(hc, gates.flat.detach().cpu());
-      nlohmann::json j{{"step", step},
-                       {"loss", kl + tc.mse_weight * mse},
-                       {"kl", kl},
-                       {"mse", mse},
-                       {"expected_cost", cost},
-                       {"target", target},
-                       {"shift", shift},
-                       {"tokens_per_s", static_cast<double>(tokens) / step_s},
-                       {"step_s", step_s},
-                       {"data_s", data_s},
-                       {"forward_s", sum.forward_s},
-                       {"loss_s", sum.loss_s},
-                       {"backward_s", sum.backward_s},
-                       {"allreduce_s", sync_s}};
-      const GateShape gs = lm.model->gate_shape();
-      if (counts.heads.defined()) j["kept_heads"] = counts.heads.sum().item<double>() / (gs.layers * gs.heads);
-      if (counts.ffn.defined()) j["kept_ffn"] = counts.ffn.sum().item<double>() / (gs.layers * gs.ffn);
-      if (counts.hidden.defined()) j["kept_hidden"] = counts.hidden.item<double>() / gs.hidden;
-      metrics << j.dump() << "\n" << std::flush;
-      const auto now = Clock::now();
-      if (now - last_report > std::chrono::seconds(5) || step == tc.steps) {
-        const double per_step = since(t0) / static_cast<double>(step - first_step);
-        char line[256];
-        std::snprintf(line, sizeof line, "train_gates: step %lld/%lld kl %.4f cost %.3f (target %.3f) %.0f tokens/s ETA %s",
-                      static_cast<long long>(step), static_cast<long long>(tc.steps), kl, cost, target,
-                      static_cast<double>(tokens) / step_s, log::duration(per_step * (tc.steps - step)).c_str());
-        log::info(line);
-        last_report = now;
-      }
-    }
-
-    if (step % c.dist.check_every == 0 || step == tc.steps)
-      check_identical_across_ranks(gates.flat, "gate parameters", step);  // a drift is a bug or a bad node
-    fault_point("train_gates.after_step_" + std::to_string(step));
-    const bool preempt = sigterm.any_rank();
-    if (step % tc.checkpoint_every == 0 || step == tc.steps || preempt)
-      checkpoints.write(step, {{"log_alpha", gates.flat.detach()}, {"adam_m", adam.m}, {"adam_v", adam.v},
-                               {"importance.activation", act}, {"importance.fisher", fisher}});
-    if (preempt && step < tc.steps) {
-      world::barrier();
-      throw Preempted("train_gates: SIGTERM: checkpointed step " + std::to_string(step) + " of " +
-                      std::to_string(tc.steps) + "; rerun the same command to resume (exit " +
-                      std::to_string(kExitRequeue) + " = requeue)");
-    }
+    if (proc.rank == 0)
+      loop.record(step_metrics(step, loss, c, gates, hc, gate_shape, cost, target, shift, since(step_t0)));
+    char what[160];
+    std::snprintf(what, sizeof what, "kl %.4f cost %.3f (target %.3f) %.0f tokens/s", loss.kl, cost, target,
+                  static_cast<double>(loss.tokens) / since(step_t0));
+    loop.progress(step, what);
+    loop.end_step(step, gates.flat, "gate parameters");
   }
 
   // The final projection onto budget.target itself (a warm-up longer than the run, or none at all,
   // leaves the last step's target elsewhere).
   at::NoGradGuard no_grad;
-  const double shift = budget_shift(gates, hc, budget, c.budget.target);
-  gates.flat.add_(shift);
+  const double shift = project_onto_budget(gates, hc, budget, c.budget.target);
   const double expected = budget.ratio_of(gates.expected_counts(hc, gates.flat.cpu()));
   const double final_cost = budget.ratio_of(gates.evaluation_counts(hc, gates.flat.cpu()));
   check_finite(expected + final_cost, "the gates' cost", "train_gates", step);
@@ -345,23 +367,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
   if (std::abs(final_cost / c.budget.target - 1) > 0.02)
     log::warn("train_gates: the evaluation gates miss the budget by more than 2%: the model has too few structures "
               "for this target to be hit closely");
-  if (proc.rank == 0) {
-    fs::create_directories(trained_gates_file(ctx.run_dir).parent_path());
-    std::vector<safetensors::NamedTensor> out = gates.named();
-    const GateParameters::Views a = gates.views_of(importance.activation), f = gates.views_of(importance.fisher);
-    auto add = [&](const char* kind, const at::Tensor& va, const at::Tensor& vf) {
-      if (!va.defined()) return;
-      out.push_back({std::string(kind) + ".activation", va.contiguous()});
-      out.push_back({std::string(kind) + ".fisher", vf.contiguous()});
-    };
-    add("heads", a.heads, f.heads);
-    add("ffn", a.ffn, f.ffn);
-    add("hidden", a.hidden, f.hidden);
-    safetensors::write_file(trained_gates_file(ctx.run_dir), out,
-                            {{"fingerprint", fingerprint_},
-                             {"temperature", std::to_string(c.gates.temperature)},
-                             {"deterministic_cost", std::to_string(final_cost)}});
-  }
+  if (proc.rank == 0) write_trained_gates(layout.trained_gates(), gates, importance, c, fingerprint_, final_cost);
 }
 
 }  // namespace hawada

@@ -11,6 +11,7 @@
 //   <run_dir>/train/gates.safetensors                      the final log-alphas, per kind
 #pragma once
 
+#include "stages/layout.h"
 #include "stages/stage.h"
 
 namespace hawada {
@@ -18,7 +19,7 @@ namespace hawada {
 /// The train_gates stage.
 class TrainGatesStage final : public Stage {
  public:
-  std::string_view name() const override { return "train_gates"; }
+  std::string_view name() const override { return stage_names::train_gates; }
   std::string fingerprint(const StageContext& context) override;
   void run(const StageContext& context) override;
 
