@@ -52,6 +52,34 @@ ArchSummary ModelAdapter::summarize_checkpoint(const HfCheckpoint& ckpt) const {
   return summarize(ckpt.config(), ckpt.dir() / "config.json");
 }
 
+std::string ModelAdapter::weight_prefix(const HfCheckpoint& ckpt) const {
+  const std::vector<std::string> prefixes = weight_prefixes();
+  for (const std::string& p : prefixes)
+    if (ckpt.contains(roles().name(0, -1, p))) return p;
+  return prefixes.back();
+}
+
+std::vector<safetensors::NamedTensor> ModelAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
+                                                                  const GateValues& folds,
+                                                                  std::optional<at::ScalarType> dtype) const {
+  return roles().prune(ckpt, plan, folds, dtype, weight_prefix(ckpt));
+}
+
+std::string ModelAdapter::weight_kind(const std::string& name) const {
+  for (const std::string& p : weight_prefixes())
+    if (const std::string k = roles().kind(name, p); k != "other") return k;
+  return "other";
+}
+
+nlohmann::json ModelAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {
+  nlohmann::json c = config;
+  const ModelShape& s = plan.chosen.shape;
+  c["hidden_size"] = s.hidden;
+  c["num_attention_heads"] = s.heads;
+  c["intermediate_size"] = s.ffn;
+  return c;
+}
+
 const ModelAdapter& adapter_for_type(const std::string& type) {
   for (const auto& a : registry())
     if (a->model_type() == type) return *a;

@@ -17,6 +17,7 @@
 
 #include "adapters/arch.h"
 #include "adapters/model.h"
+#include "adapters/roles.h"
 #include "core/io/safetensors.h"
 #include "core/prune/shape_search.h"
 #include "core/prune/cost_model.h"
@@ -54,19 +55,30 @@ class ModelAdapter {
   /// Loads the model: checks every weight the config implies (present, shape, no unexpected ones)
   /// and throws CheckpointError naming the tensor with expected and got.
   virtual std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const = 0;
+  /// The architecture's weights as data (adapters/roles.h): the model's loading, pruning, parameter
+  /// counts and make-model's random weights derive from it.
+  virtual const RoleTable& roles() const = 0;
+  /// The prefixes the table's prefixed names may carry, most specific first (ViT: "vit." inside
+  /// ViTForImageClassification, none in a bare ViTModel). Default: none.
+  virtual std::vector<std::string> weight_prefixes() const { return {""}; }
+  /// config.json of the pruned model: the counts of plan's shape written explicitly (ints as ints).
+  /// Default: hidden_size, num_attention_heads, intermediate_size.
+  virtual nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const;
+
+  /// The prefix of `checkpoint`'s weight names: the first of weight_prefixes() under which it holds the
+  /// table's first role.
+  std::string weight_prefix(const HfCheckpoint& checkpoint) const;
   /// Pruned export: every tensor of `checkpoint` sliced to the structures `plan` keeps, in the
   /// stored dtype. `folds` holds gate values ([layers, heads], [layers, ffn]; undefined = 1) that
   /// are folded into the output-side weights (o_proj / down_proj columns), so the export computes
   /// what the gated student computes. With `dtype`, every tensor is converted to it first (an fp32
-  /// slice keeps the folds unrounded). Tensors the adapter does not know are a CheckpointError.
-  virtual std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
-                                                              const GateValues& folds,
-                                                              std::optional<at::ScalarType> dtype = std::nullopt) const = 0;
-  /// config.json of the pruned model: the counts of plan's shape written explicitly (ints as ints).
-  virtual nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const = 0;
+  /// slice keeps the folds unrounded). Tensors the role table does not know are a CheckpointError.
+  std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
+                                                      const GateValues& folds,
+                                                      std::optional<at::ScalarType> dtype = std::nullopt) const;
   /// What a weight is, by its Hugging Face name: "attention", "mlp", "norm", "embedding" or "head"
   /// (heal.train selects by these kinds); "other" when unknown.
-  virtual std::string weight_kind(const std::string& name) const = 0;
+  std::string weight_kind(const std::string& name) const;
 };
 
 /// The weight kinds heal.train may name.

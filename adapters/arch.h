@@ -34,6 +34,9 @@ struct ArchSummary {
   int64_t sliding_window = 0;   ///< attention window of the windowed layers; 0: none
   bool pooler = false;          ///< a bare encoder saved with its pooler (vit, bert)
   int64_t embedding_rows = 0;   ///< rows of embedding tables besides the vocabulary (learned positions, token types)
+  int64_t positions = 0;        ///< learned position embeddings (BERT: max_position_embeddings; ViT: tokens per image)
+  int64_t token_types = 0;      ///< BERT: type_vocab_size
+  int64_t pooled = 0;           ///< a pooler's outputs (ViT: pooler_output_size); 0: hidden
 };
 
 /// Typed reads of config.json fields, with errors that name the file and key.

@@ -33,9 +33,6 @@ at::Tensor WeightLoader::matrix(const std::string& name, const std::vector<int64
   return fetch(name, shape, matrices_in_fp32_ ? std::optional<at::ScalarType>(at::kFloat) : options_.dtype);
 }
 
-at::Tensor WeightLoader::matrix_if(bool present, const std::string& name, const std::vector<int64_t>& shape) {
-  return present ? matrix(name, shape) : at::Tensor();
-}
 
 bool WeightLoader::has(const std::string& name) const { return checkpoint_.contains(name); }
 
@@ -65,9 +62,6 @@ at::Tensor WeightLoader::fetch(const std::string& name, const std::vector<int64_
   return t;
 }
 
-at::Tensor WeightLoader::get_if(bool present, const std::string& name, const std::vector<int64_t>& shape) {
-  return present ? get(name, shape) : at::Tensor();
-}
 
 void WeightLoader::ignore(const std::string& name) { taken_.insert(name); }
 
@@ -83,10 +77,5 @@ void WeightLoader::finish() const {
                         " tensor(s) that config.json does not account for: " + list);
 }
 
-std::string layer_name(const char* pattern, int64_t layer) {
-  char buf[256];
-  std::snprintf(buf, sizeof buf, pattern, static_cast<int>(layer));
-  return buf;
-}
 
 }  // namespace hawada

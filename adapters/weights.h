@@ -22,15 +22,12 @@ class WeightLoader {
   /// when already so). CheckpointError "tensor 'x' has shape [a, b], config.json implies [c, d]" or
   /// "missing tensor 'x'".
   at::Tensor get(const std::string& name, const std::vector<int64_t>& shape);
-  /// Like get() when `present` (the config says the tensor exists), else an undefined tensor.
-  at::Tensor get_if(bool present, const std::string& name, const std::vector<int64_t>& shape);
   /// Like get(), for a weight used in matrix products (linear, convolution, embedding table): kept in
   /// fp32 when the compute dtype is bf16 on a CPU without native bf16 matrix instructions (AVX512-BF16
   /// or AMX), where LibTorch's bf16 GEMM is several times slower than fp32. The values are bf16-exact,
   /// and layers::linear rounds results back to bf16, so the numerics are those of a bf16 GEMM with fp32
   /// accumulation. Elsewhere identical to get().
   at::Tensor matrix(const std::string& name, const std::vector<int64_t>& shape);
-  at::Tensor matrix_if(bool present, const std::string& name, const std::vector<int64_t>& shape);
   /// The activation dtype: the requested compute dtype, or the stored dtype of `reference` when none.
   at::ScalarType compute_dtype(const std::string& reference) const;
   /// True when the checkpoint holds `name`.
@@ -52,7 +49,5 @@ class WeightLoader {
   std::vector<std::pair<std::string, at::Tensor>> loaded_;
 };
 
-/// "model.layers.%d.mlp.up_proj.weight" with %d replaced by layer.
-std::string layer_name(const char* pattern, int64_t layer);
 
 }  // namespace hawada

@@ -43,7 +43,7 @@ Usage:
                                                 OUT gets logits (a bare ViTModel: last_hidden_state, pooler_output)
   hawada-pipeline export --keep-all MODEL_DIR OUT_DIR [--max-shard-size BYTES]
                                                 copy a model unchanged (byte-identical tensors), atomically
-  hawada-pipeline make-model --arch llama|vit --preset tiny|llama-3.2-1b|vit-base-patch16-224 [--seed S] OUT_DIR
+  hawada-pipeline make-model --arch llama|vit|bert --preset tiny|llama-3.2-1b|vit-base-patch16-224 [--seed S] OUT_DIR
                                                 a Hugging Face model directory with random weights (demo, benchmarks)
   hawada-pipeline make-data MODEL_DIR --samples N [--seq-len L] [--seed S] OUT.h5
                                                 deterministic data for that model: token ids (tokens_h5) or
@@ -199,7 +199,7 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
   }
   if (a.command == "make-model") {
     const char* synopsis =
-        "hawada-pipeline make-model --arch llama|vit --preset tiny|llama-3.2-1b|vit-base-patch16-224 [--seed S] OUT_DIR";
+        "hawada-pipeline make-model --arch llama|vit|bert --preset tiny|llama-3.2-1b|vit-base-patch16-224 [--seed S] OUT_DIR";
     expect_args(a, 1, {"--arch", "--preset", "--seed"}, synopsis);
     make_model(a.required("--arch"), a.required("--preset"), parse_count("--seed", a.value("--seed", "0")), a.positional[0]);
     return kExitOk;

@@ -8,34 +8,57 @@
 
 #include "adapters/huggingface/bert_config.h"
 #include "adapters/layers.h"
-#include "adapters/prune.h"
 #include "adapters/weights.h"
 #include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/format/plan.h"
-#include "core/prune/slicing.h"
 
 namespace hawada {
 namespace {
 
 namespace cf = config_field;
 
-// Hugging Face weight names of BertModel as save_pretrained writes them.
-struct BertNames {
-  static constexpr const char* word = "embeddings.word_embeddings.weight";
-  static constexpr const char* position = "embeddings.position_embeddings.weight";
-  static constexpr const char* token_type = "embeddings.token_type_embeddings.weight";
-  static constexpr const char* embedding_norm = "embeddings.LayerNorm";
-  // Buffers some checkpoints carry: not weights, kept as they are by an export.
-  static constexpr const char* buffers[] = {"embeddings.position_ids", "embeddings.token_type_ids"};
-  static constexpr const char* proj[] = {"encoder.layer.%d.attention.self.query", "encoder.layer.%d.attention.self.key",
-                                         "encoder.layer.%d.attention.self.value", "encoder.layer.%d.attention.output.dense",
-                                         "encoder.layer.%d.intermediate.dense", "encoder.layer.%d.output.dense"};
-  static constexpr const char* attention_norm = "encoder.layer.%d.attention.output.LayerNorm";
-  static constexpr const char* output_norm = "encoder.layer.%d.output.LayerNorm";
-  static constexpr const char* pooler = "pooler.dense";
+// BertModel's weights as save_pretrained writes them, in one table.
+enum Role {
+  kWord, kPosition, kTokenType, kEmbeddingNormW, kEmbeddingNormB, kPositionIds, kTokenTypeIds,
+  kQW, kQB, kKW, kKB, kVW, kVB, kOW, kOB, kFc1W, kFc1B, kFc2W, kFc2B,  // weight, bias per projection
+  kAttentionNormW, kAttentionNormB, kOutputNormW, kOutputNormB, kPoolerW, kPoolerB,
 };
-enum Proj { kQ, kK, kV, kO, kFc1, kFc2 };
+using A = Axis;
+const RoleTable& bert_roles() {
+  constexpr auto always = Presence::always;
+  static const RoleTable table({
+      {"embeddings.word_embeddings.weight", "embedding", {A::vocab, A::hidden}},
+      {"embeddings.position_embeddings.weight", "embedding", {A::positions, A::hidden}, always, Fold::none, Use::vector},
+      {"embeddings.token_type_embeddings.weight", "embedding", {A::token_types, A::hidden}, always, Fold::none, Use::vector},
+      {"embeddings.LayerNorm.weight", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::ones},
+      {"embeddings.LayerNorm.bias", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::zeros},
+      // Buffers some checkpoints carry: not weights, kept as they are by an export.
+      {"embeddings.position_ids", "embedding", {}, Presence::buffer},
+      {"embeddings.token_type_ids", "embedding", {}, Presence::buffer},
+      {"encoder.layer.%d.attention.self.query.weight", "attention", {A::q, A::hidden}},
+      {"encoder.layer.%d.attention.self.query.bias", "attention", {A::q}, always, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.attention.self.key.weight", "attention", {A::q, A::hidden}},
+      {"encoder.layer.%d.attention.self.key.bias", "attention", {A::q}, always, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.attention.self.value.weight", "attention", {A::q, A::hidden}},
+      {"encoder.layer.%d.attention.self.value.bias", "attention", {A::q}, always, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.attention.output.dense.weight", "attention", {A::hidden, A::q}, always, Fold::attention_out},
+      {"encoder.layer.%d.attention.output.dense.bias", "attention", {A::hidden}, always, Fold::attention_out, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.intermediate.dense.weight", "mlp", {A::ffn, A::hidden}},
+      {"encoder.layer.%d.intermediate.dense.bias", "mlp", {A::ffn}, always, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.output.dense.weight", "mlp", {A::hidden, A::ffn}, always, Fold::mlp_out},
+      {"encoder.layer.%d.output.dense.bias", "mlp", {A::hidden}, always, Fold::mlp_out, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.attention.output.LayerNorm.weight", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::ones},
+      {"encoder.layer.%d.attention.output.LayerNorm.bias", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::zeros},
+      {"encoder.layer.%d.output.LayerNorm.weight", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::ones},
+      {"encoder.layer.%d.output.LayerNorm.bias", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::zeros},
+      // BertPooler: dense(hidden, hidden) on the CLS token, when saved.
+      {"pooler.dense.weight", "head", {A::hidden, A::hidden}, Presence::pooler},
+      {"pooler.dense.bias", "head", {A::hidden}, Presence::pooler, Fold::none, Use::matrix, Init::zeros},
+  });
+  return table;
+}
+enum Proj { kQ, kK, kV, kO, kFc1, kFc2 };  // BertLayer::proj
 
 struct Affine {
   at::Tensor weight, bias;
@@ -51,33 +74,24 @@ class BertModelImpl final : public Model {
                 const HfCheckpoint& ckpt, const LoadOptions& options)
       : arch_(arch) {
     eps_ = cf::number(config, "layer_norm_eps", file, 1e-12);
-    const int64_t positions = 512, types = 2;
-    positions_ = cf::integer(config, "max_position_embeddings", file, &positions);
-    const int64_t type_vocab = cf::integer(config, "type_vocab_size", file, &types);
-    const int64_t h = arch.hidden, f = arch.ffn;
-    WeightLoader w(ckpt, options);
-    auto norm = [&](const std::string& base) { return Affine{w.get(base + ".weight", {h}), w.get(base + ".bias", {h})}; };
-    auto affine = [&](const std::string& base, std::vector<int64_t> shape) {
-      return Affine{w.matrix(base + ".weight", shape), w.matrix(base + ".bias", {shape[0]})};
-    };
-    dtype_ = w.compute_dtype(BertNames::word);
-    word_ = w.matrix(BertNames::word, {arch.vocab_size, h});
-    position_ = w.get(BertNames::position, {positions_, h});
-    token_type_ = w.get(BertNames::token_type, {type_vocab, h});
-    embedding_norm_ = norm(BertNames::embedding_norm);
-    for (const char* b : BertNames::buffers)
-      if (w.has(b)) w.ignore(b);
-    const std::vector<int64_t> shapes[6] = {{h, h}, {h, h}, {h, h}, {h, h}, {f, h}, {h, f}};
+    positions_ = arch.positions;
+    WeightLoader loader(ckpt, options);
+    RoleLoader w(loader, bert_roles(), arch);
+    dtype_ = loader.compute_dtype(bert_roles().name(kWord));
+    word_ = w(kWord);
+    position_ = w(kPosition);
+    token_type_ = w(kTokenType);
+    embedding_norm_ = {w(kEmbeddingNormW), w(kEmbeddingNormB)};
     for (int64_t i = 0; i < arch.layers; ++i) {
       BertLayer l;
-      for (int k = 0; k < 6; ++k) l.proj[k] = affine(layer_name(BertNames::proj[k], i), shapes[k]);
-      l.attention_norm = norm(layer_name(BertNames::attention_norm, i));
-      l.output_norm = norm(layer_name(BertNames::output_norm, i));
+      for (int k = 0; k < 6; ++k) l.proj[k] = {w(kQW + 2 * k, i), w(kQW + 2 * k + 1, i)};
+      l.attention_norm = {w(kAttentionNormW, i), w(kAttentionNormB, i)};
+      l.output_norm = {w(kOutputNormW, i), w(kOutputNormB, i)};
       layers_.push_back(std::move(l));
     }
-    if (w.has(std::string(BertNames::pooler) + ".weight")) pooler_ = affine(BertNames::pooler, {h, h});
+    pooler_ = {w(kPoolerW), w(kPoolerB)};
     w.finish();
-    weights_ = w.loaded();
+    weights_ = loader.loaded();
   }
 
   /// The last hidden states [B, L, hidden].
@@ -179,7 +193,7 @@ ArchSummary BertAdapter::summarize(const nlohmann::json& config, const std::file
 
 ArchSummary BertAdapter::summarize_checkpoint(const HfCheckpoint& ckpt) const {
   ArchSummary s = summarize(ckpt.config(), ckpt.dir() / "config.json");
-  s.pooler = ckpt.contains(std::string(BertNames::pooler) + ".weight");
+  s.pooler = ckpt.contains(bert_roles().name(kPoolerW));
   return s;
 }
 
@@ -209,68 +223,6 @@ std::unique_ptr<Model> BertAdapter::load(const HfCheckpoint& ckpt, const LoadOpt
   return std::make_unique<BertModelImpl>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options);
 }
 
-std::vector<safetensors::NamedTensor> BertAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
-                                                                 const GateValues& folds, std::optional<at::ScalarType> dtype) const {
-  const std::vector<int64_t>& hidden = plan.hidden;
-  std::vector<safetensors::NamedTensor> out;
-  for (const std::string& name : ckpt.tensor_names()) {
-    const at::Tensor stored = ckpt.tensor(name);
-    const at::Tensor t = dtype && at::isFloatingType(stored.scalar_type()) ? stored.to(*dtype) : stored;
-    int layer = -1;
-    char rest[128] = {0};
-    if (std::sscanf(name.c_str(), "encoder.layer.%d.%127s", &layer, rest) == 2 && layer >= 0 &&
-        layer < plan.dense.shape.layers) {
-      const std::string r(rest);
-      const LayerFolds lf = layer_folds(plan, folds, layer);
-      const std::vector<int64_t>& q = lf.q;
-      const std::vector<int64_t>& f = lf.ffn;
-      const at::Tensor &head_scale = lf.head_scale, &ffn_scale = lf.ffn_scale, &attn_rows = lf.attn_rows,
-                       &mlp_rows = lf.mlp_rows;
-      at::Tensor s;
-      if (r == "attention.self.query.weight" || r == "attention.self.key.weight" || r == "attention.self.value.weight")
-        s = slice_linear(t, q, hidden);
-      else if (r == "attention.self.query.bias" || r == "attention.self.key.bias" || r == "attention.self.value.bias")
-        s = slice_dim(t, 0, q);
-      else if (r == "attention.output.dense.weight") s = slice_linear(t, hidden, q, head_scale, attn_rows);
-      else if (r == "attention.output.dense.bias") s = slice_vector(t, hidden, attn_rows);
-      else if (r == "intermediate.dense.weight") s = slice_linear(t, f, hidden);
-      else if (r == "intermediate.dense.bias") s = slice_dim(t, 0, f);
-      else if (r == "output.dense.weight") s = slice_linear(t, hidden, f, ffn_scale, mlp_rows);
-      else if (r == "output.dense.bias") s = slice_vector(t, hidden, mlp_rows);
-      else if (r.rfind("attention.output.LayerNorm.", 0) == 0 || r.rfind("output.LayerNorm.", 0) == 0) s = slice_norm(t, hidden);
-      else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
-      out.push_back({name, s});
-      continue;
-    }
-    at::Tensor s;
-    if (name == BertNames::word || name == BertNames::position || name == BertNames::token_type ||
-        name.rfind(std::string(BertNames::embedding_norm) + ".", 0) == 0)
-      s = slice_norm(t, hidden);  // along the last (hidden) dimension
-    else if (name == BertNames::buffers[0] || name == BertNames::buffers[1]) s = t.contiguous();
-    else if (name == std::string(BertNames::pooler) + ".weight") s = slice_linear(t, hidden, hidden);
-    else if (name == std::string(BertNames::pooler) + ".bias") s = slice_dim(t, 0, hidden);
-    else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
-    out.push_back({name, s});
-  }
-  return out;
-}
-
-std::string BertAdapter::weight_kind(const std::string& name) const {
-  if (name.find("LayerNorm") != std::string::npos) return "norm";
-  if (name.find(".attention.") != std::string::npos) return "attention";
-  if (name.find(".intermediate.") != std::string::npos || name.find(".output.dense") != std::string::npos) return "mlp";
-  if (name.rfind("embeddings.", 0) == 0) return "embedding";
-  if (name.rfind("pooler.", 0) == 0) return "head";
-  return "other";
-}
-
-nlohmann::json BertAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {
-  nlohmann::json c = config;
-  const ModelShape& s = plan.chosen.shape;
-  c["hidden_size"] = s.hidden;
-  c["num_attention_heads"] = s.heads;
-  c["intermediate_size"] = s.ffn;
-  return c;
-}
+const RoleTable& BertAdapter::roles() const { return bert_roles(); }
 
 }  // namespace hawada

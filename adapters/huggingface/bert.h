@@ -15,11 +15,7 @@ class BertAdapter final : public ModelAdapter {
   ArchSummary summarize_checkpoint(const HfCheckpoint& checkpoint) const override;
   ShapeTraits traits(const ArchSummary& arch) const override;
   std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const override;
-  std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
-                                                      const GateValues& folds,
-                                                      std::optional<at::ScalarType> dtype) const override;
-  nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const override;
-  std::string weight_kind(const std::string& name) const override;
+  const RoleTable& roles() const override;
 };
 
 }  // namespace hawada

@@ -42,6 +42,8 @@ ArchSummary summarize_bert_config(const nlohmann::json& config, const std::files
   const int64_t max_positions = cf::integer(config, "max_position_embeddings", file, &positions, false, kMaxPositions);
   const int64_t type_vocab = cf::integer(config, "type_vocab_size", file, &types, false, kMaxPositions);
   s.embedding_rows = max_positions + type_vocab;
+  s.positions = max_positions;
+  s.token_types = type_vocab;
   if (const std::string p = cf::string(config, "position_embedding_type", file, "absolute"); p != "absolute")
     refuse(file, "position_embedding_type", "'" + p + "' is not supported (supported: absolute)");
   if (cf::boolean(config, "is_decoder", file, false)) refuse(file, "is_decoder", "a decoder BERT is not supported");

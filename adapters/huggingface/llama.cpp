@@ -7,34 +7,52 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/layers.h"
-#include "adapters/prune.h"
 #include "adapters/weights.h"
 #include "core/io/checkpoint.h"
 #include "core/base/errors.h"
-#include "core/prune/slicing.h"
 
 namespace hawada {
 namespace {
 
 namespace cf = config_field;
 
-// Hugging Face weight names of LlamaForCausalLM, in one table.
-struct LlamaNames {
-  static constexpr const char* embed = "model.embed_tokens.weight";
-  static constexpr const char* final_norm = "model.norm.weight";
-  static constexpr const char* lm_head = "lm_head.weight";
-  static constexpr const char* attn_norm = "model.layers.%d.input_layernorm.weight";
-  static constexpr const char* mlp_norm = "model.layers.%d.post_attention_layernorm.weight";
-  static constexpr const char* proj[] = {"model.layers.%d.self_attn.q_proj", "model.layers.%d.self_attn.k_proj",
-                                         "model.layers.%d.self_attn.v_proj", "model.layers.%d.self_attn.o_proj",
-                                         "model.layers.%d.mlp.gate_proj",    "model.layers.%d.mlp.up_proj",
-                                         "model.layers.%d.mlp.down_proj"};
-  // Qwen3: per-head RMSNorm of queries and keys ([head_dim], shared by the heads).
-  static constexpr const char* q_norm = "model.layers.%d.self_attn.q_norm.weight";
-  static constexpr const char* k_norm = "model.layers.%d.self_attn.k_norm.weight";
-  // Buffers that older transformers versions saved; they are recomputed, never read.
-  static constexpr const char* rotary_inv_freq = "model.layers.%d.self_attn.rotary_emb.inv_freq";
+// LlamaForCausalLM's weights (and the LLaMA family's: Qwen2's q/k/v biases, Qwen3's per-head q/k
+// norms), in one table: names, axes, folds, presence, kinds.
+enum Role {
+  kEmbed, kFinalNorm, kLmHead, kAttnNorm, kMlpNorm,
+  kQW, kQB, kKW, kKB, kVW, kVB, kOW, kOB, kGateW, kGateB, kUpW, kUpB, kDownW, kDownB,  // weight, bias per projection
+  kQNorm, kKNorm, kInvFreq,
 };
+using A = Axis;
+const RoleTable& llama_roles() {
+  static const RoleTable table({
+      {"model.embed_tokens.weight", "embedding", {A::vocab, A::hidden}},
+      {"model.norm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"lm_head.weight", "head", {A::vocab, A::hidden}, Presence::untied_head},
+      {"model.layers.%d.input_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"model.layers.%d.post_attention_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"model.layers.%d.self_attn.q_proj.weight", "attention", {A::q, A::hidden}},
+      {"model.layers.%d.self_attn.q_proj.bias", "attention", {A::q}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.self_attn.k_proj.weight", "attention", {A::kv, A::hidden}},
+      {"model.layers.%d.self_attn.k_proj.bias", "attention", {A::kv}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.self_attn.v_proj.weight", "attention", {A::kv, A::hidden}},
+      {"model.layers.%d.self_attn.v_proj.bias", "attention", {A::kv}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.self_attn.o_proj.weight", "attention", {A::hidden, A::q}, Presence::always, Fold::attention_out},
+      {"model.layers.%d.self_attn.o_proj.bias", "attention", {A::hidden}, Presence::out_bias, Fold::attention_out, Use::matrix, Init::zeros},
+      {"model.layers.%d.mlp.gate_proj.weight", "mlp", {A::ffn, A::hidden}},
+      {"model.layers.%d.mlp.gate_proj.bias", "mlp", {A::ffn}, Presence::mlp_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.mlp.up_proj.weight", "mlp", {A::ffn, A::hidden}},
+      {"model.layers.%d.mlp.up_proj.bias", "mlp", {A::ffn}, Presence::mlp_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.mlp.down_proj.weight", "mlp", {A::hidden, A::ffn}, Presence::always, Fold::mlp_out},
+      {"model.layers.%d.mlp.down_proj.bias", "mlp", {A::hidden}, Presence::mlp_bias, Fold::mlp_out, Use::matrix, Init::zeros},
+      // Qwen3: per-head RMSNorm of queries and keys ([head_dim], shared by the heads).
+      {"model.layers.%d.self_attn.q_norm.weight", "attention", {A::head_dim}, Presence::qk_norm, Fold::none, Use::vector, Init::ones},
+      {"model.layers.%d.self_attn.k_norm.weight", "attention", {A::head_dim}, Presence::qk_norm, Fold::none, Use::vector, Init::ones},
+      // A buffer older transformers versions saved; recomputed, never read.
+      {"model.layers.%d.self_attn.rotary_emb.inv_freq", "attention", {}, Presence::buffer},
+  });
+  return table;
+}
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
 
 struct Linear {
@@ -121,39 +139,28 @@ class LlamaModel final : public Model {
     const std::string act = cf::string(config, "hidden_act", file, "silu");
     if (act != "silu")
       throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: silu)");
-    const bool bias[7] = {arch.qkv_bias, arch.qkv_bias, arch.qkv_bias, arch.out_bias, arch.mlp_bias, arch.mlp_bias, arch.mlp_bias};
     const Rope rope = read_rope(config, file);
 
-    WeightLoader w(ckpt, options);
-    const int64_t h = arch.hidden, q = arch.heads * arch.head_dim, kv = arch.kv_heads * arch.head_dim, f = arch.ffn;
-    dtype_ = w.compute_dtype(LlamaNames::embed);
-    embed_ = w.matrix(LlamaNames::embed, {arch.vocab_size, h});
-    final_norm_ = w.get(LlamaNames::final_norm, {h});
-    if (arch.tied_embeddings) {
-      lm_head_ = embed_;
-      if (w.has(LlamaNames::lm_head)) w.ignore(LlamaNames::lm_head);
-    } else {
-      lm_head_ = w.matrix(LlamaNames::lm_head, {arch.vocab_size, h});
-    }
-    const std::vector<int64_t> out_in[7] = {{q, h}, {kv, h}, {kv, h}, {h, q}, {f, h}, {f, h}, {h, f}};
+    WeightLoader loader(ckpt, options);
+    RoleLoader w(loader, llama_roles(), arch);
+    dtype_ = loader.compute_dtype(llama_roles().name(kEmbed));
+    embed_ = w(kEmbed);
+    final_norm_ = w(kFinalNorm);
+    lm_head_ = arch.tied_embeddings ? embed_ : w(kLmHead);
     for (int64_t i = 0; i < arch.layers; ++i) {
       LlamaLayer layer;
-      layer.attn_norm = w.get(layer_name(LlamaNames::attn_norm, i), {h});
-      layer.mlp_norm = w.get(layer_name(LlamaNames::mlp_norm, i), {h});
+      layer.attn_norm = w(kAttnNorm, i);
+      layer.mlp_norm = w(kMlpNorm, i);
       for (int p = 0; p < 7; ++p) {
-        const std::string base = layer_name(LlamaNames::proj[p], i);
-        layer.proj[p].weight = w.matrix(base + ".weight", out_in[p]);
-        layer.proj[p].bias = w.matrix_if(bias[p], base + ".bias", {out_in[p][0]});
+        layer.proj[p].weight = w(kQW + 2 * p, i);
+        layer.proj[p].bias = w(kQW + 2 * p + 1, i);
       }
-      if (arch.qk_norm) {
-        layer.q_norm = w.get(layer_name(LlamaNames::q_norm, i), {arch.head_dim});
-        layer.k_norm = w.get(layer_name(LlamaNames::k_norm, i), {arch.head_dim});
-      }
-      if (w.has(layer_name(LlamaNames::rotary_inv_freq, i))) w.ignore(layer_name(LlamaNames::rotary_inv_freq, i));
+      layer.q_norm = w(kQNorm, i);
+      layer.k_norm = w(kKNorm, i);
       layers_.push_back(std::move(layer));
     }
     w.finish();
-    weights_ = w.loaded();
+    weights_ = loader.loaded();
     // Sized by head_dim: only now that every weight agreed with config.json.
     inv_freq_ = inverse_frequencies(rope, arch.head_dim).to(options.device);
   }
@@ -295,67 +302,12 @@ std::unique_ptr<Model> LlamaAdapter::load(const HfCheckpoint& ckpt, const LoadOp
 
 namespace hawada {
 
-std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
-                                                                  const GateValues& folds, std::optional<at::ScalarType> dtype) const {
-  const int64_t hd = plan.dense.shape.head_dim;
-  const std::vector<int64_t>& hidden = plan.hidden;
-  std::vector<safetensors::NamedTensor> out;
-  for (const std::string& name : ckpt.tensor_names()) {
-    const at::Tensor t = dtype ? ckpt.tensor(name).to(*dtype) : ckpt.tensor(name);
-    int layer = -1, used = 0;
-    char rest[128] = {0};
-    if (std::sscanf(name.c_str(), "model.layers.%d.%127s%n", &layer, rest, &used) == 2 && layer >= 0 &&
-        layer < plan.dense.shape.layers) {
-      const auto l = static_cast<size_t>(layer);
-      const std::string r(rest);
-      const LayerFolds lf = layer_folds(plan, folds, layer);
-      const std::vector<int64_t>& q = lf.q;
-      const std::vector<int64_t> kv = expand_indices(plan.kv_heads[l], hd);
-      const std::vector<int64_t>& f = lf.ffn;
-      const at::Tensor &head_scale = lf.head_scale, &ffn_scale = lf.ffn_scale, &attn_rows = lf.attn_rows,
-                       &mlp_rows = lf.mlp_rows;
-      at::Tensor s;
-      if (r == "self_attn.q_proj.weight") s = slice_linear(t, q, hidden);
-      else if (r == "self_attn.q_proj.bias") s = slice_dim(t, 0, q);
-      else if (r == "self_attn.k_proj.weight" || r == "self_attn.v_proj.weight") s = slice_linear(t, kv, hidden);
-      else if (r == "self_attn.k_proj.bias" || r == "self_attn.v_proj.bias") s = slice_dim(t, 0, kv);
-      else if (r == "self_attn.o_proj.weight") s = slice_linear(t, hidden, q, head_scale, attn_rows);
-      else if (r == "self_attn.o_proj.bias") s = slice_vector(t, hidden, attn_rows);
-      else if (r == "mlp.down_proj.bias") s = slice_vector(t, hidden, mlp_rows);
-      else if (r == "mlp.gate_proj.weight" || r == "mlp.up_proj.weight") s = slice_linear(t, f, hidden);
-      else if (r == "mlp.gate_proj.bias" || r == "mlp.up_proj.bias") s = slice_dim(t, 0, f);
-      else if (r == "mlp.down_proj.weight") s = slice_linear(t, hidden, f, ffn_scale, mlp_rows);
-      else if (r == "input_layernorm.weight" || r == "post_attention_layernorm.weight") s = slice_norm(t, hidden);
-      else if (r == "self_attn.rotary_emb.inv_freq") s = t.contiguous();  // depends on head_dim only, which stays
-      else if (r == "self_attn.q_norm.weight" || r == "self_attn.k_norm.weight") s = t.contiguous();  // per head_dim
-      else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
-      out.push_back({name, s});
-      continue;
-    }
-    if (name == LlamaNames::embed || name == LlamaNames::lm_head) out.push_back({name, slice_embedding(t, hidden)});
-    else if (name == LlamaNames::final_norm) out.push_back({name, slice_norm(t, hidden)});
-    else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
-  }
-  return out;
-}
-
-std::string LlamaAdapter::weight_kind(const std::string& name) const {
-  if (name.find(".self_attn.") != std::string::npos) return "attention";
-  if (name.find(".mlp.") != std::string::npos) return "mlp";
-  if (name.find("layernorm") != std::string::npos || name == LlamaNames::final_norm) return "norm";
-  if (name == LlamaNames::embed) return "embedding";
-  if (name == LlamaNames::lm_head) return "head";
-  return "other";
-}
+const RoleTable& LlamaAdapter::roles() const { return llama_roles(); }
 
 nlohmann::json LlamaAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {
-  nlohmann::json c = config;
-  const ModelShape& s = plan.chosen.shape;
-  c["hidden_size"] = s.hidden;
-  c["num_attention_heads"] = s.heads;
-  c["num_key_value_heads"] = s.kv_heads;
-  c["head_dim"] = s.head_dim;
-  c["intermediate_size"] = s.ffn;
+  nlohmann::json c = ModelAdapter::pruned_config(config, plan);
+  c["num_key_value_heads"] = plan.chosen.shape.kv_heads;
+  c["head_dim"] = plan.chosen.shape.head_dim;
   return c;
 }
 

@@ -15,11 +15,8 @@ class LlamaAdapter final : public ModelAdapter {
   ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;
   ShapeTraits traits(const ArchSummary& arch) const override;
   std::unique_ptr<Model> load(const HfCheckpoint& checkpoint, const LoadOptions& options) const override;
-  std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
-                                                      const GateValues& folds,
-                                                      std::optional<at::ScalarType> dtype) const override;
+  const RoleTable& roles() const override;
   nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const override;
-  std::string weight_kind(const std::string& name) const override;
 
  private:
   std::string type_;

@@ -7,36 +7,59 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/layers.h"
-#include "adapters/prune.h"
 #include "adapters/weights.h"
 #include "core/io/checkpoint.h"
 #include "core/base/errors.h"
-#include "core/prune/slicing.h"
 
 namespace hawada {
 namespace {
 
 namespace cf = config_field;
 
-// Hugging Face weight names of ViT as save_pretrained writes them (transformers 4.x and 5.x alike),
-// relative to the "vit." prefix of ViTForImageClassification (a bare ViTModel has no prefix).
-struct VitNames {
-  static constexpr const char* cls_token = "embeddings.cls_token";
-  static constexpr const char* position = "embeddings.position_embeddings";
-  static constexpr const char* patch = "embeddings.patch_embeddings.projection";
-  static constexpr const char* mask_token = "embeddings.mask_token";
-  static constexpr const char* norm_before = "encoder.layer.%d.layernorm_before";
-  static constexpr const char* norm_after = "encoder.layer.%d.layernorm_after";
-  static constexpr const char* proj[] = {"encoder.layer.%d.attention.attention.query",
-                                         "encoder.layer.%d.attention.attention.key",
-                                         "encoder.layer.%d.attention.attention.value",
-                                         "encoder.layer.%d.attention.output.dense",
-                                         "encoder.layer.%d.intermediate.dense", "encoder.layer.%d.output.dense"};
-  static constexpr const char* final_norm = "layernorm";
-  static constexpr const char* pooler = "pooler.dense";
-  static constexpr const char* classifier = "classifier";  // no prefix
+// ViT's weights as save_pretrained writes them (transformers 4.x and 5.x alike), in one table; the
+// prefixed names carry "vit." inside ViTForImageClassification (a bare ViTModel has no prefix).
+enum Role {
+  kCls, kPosition, kPatchW, kPatchB, kMaskToken,
+  kNormBeforeW, kNormBeforeB, kNormAfterW, kNormAfterB,
+  kQW, kQB, kKW, kKB, kVW, kVB, kOW, kOB, kFc1W, kFc1B, kFc2W, kFc2B,  // weight, bias per projection
+  kFinalNormW, kFinalNormB, kPoolerW, kPoolerB, kClassifierW, kClassifierB,
 };
-enum Proj { kQ, kK, kV, kO, kFc1, kFc2 };
+using A = Axis;
+const RoleTable& vit_roles() {
+  constexpr auto always = Presence::always;
+  static const RoleTable table({
+      {"embeddings.cls_token", "embedding", {A::one, A::one, A::hidden}, always, Fold::none, Use::vector},
+      {"embeddings.position_embeddings", "embedding", {A::one, A::positions, A::hidden}, always, Fold::none, Use::vector},
+      {"embeddings.patch_embeddings.projection.weight", "embedding", {A::hidden, A::channels, A::patch, A::patch}},
+      {"embeddings.patch_embeddings.projection.bias", "embedding", {A::hidden}, always, Fold::none, Use::matrix, Init::zeros},
+      {"embeddings.mask_token", "embedding", {A::one, A::one, A::hidden}, Presence::buffer},
+      {"encoder.layer.%d.layernorm_before.weight", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::ones},
+      {"encoder.layer.%d.layernorm_before.bias", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::zeros},
+      {"encoder.layer.%d.layernorm_after.weight", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::ones},
+      {"encoder.layer.%d.layernorm_after.bias", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::zeros},
+      {"encoder.layer.%d.attention.attention.query.weight", "attention", {A::q, A::hidden}},
+      {"encoder.layer.%d.attention.attention.query.bias", "attention", {A::q}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.attention.attention.key.weight", "attention", {A::q, A::hidden}},
+      {"encoder.layer.%d.attention.attention.key.bias", "attention", {A::q}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.attention.attention.value.weight", "attention", {A::q, A::hidden}},
+      {"encoder.layer.%d.attention.attention.value.bias", "attention", {A::q}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.attention.output.dense.weight", "attention", {A::hidden, A::q}, always, Fold::attention_out},
+      {"encoder.layer.%d.attention.output.dense.bias", "attention", {A::hidden}, Presence::out_bias, Fold::attention_out, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.intermediate.dense.weight", "mlp", {A::ffn, A::hidden}},
+      {"encoder.layer.%d.intermediate.dense.bias", "mlp", {A::ffn}, Presence::mlp_bias, Fold::none, Use::matrix, Init::zeros},
+      {"encoder.layer.%d.output.dense.weight", "mlp", {A::hidden, A::ffn}, always, Fold::mlp_out},
+      {"encoder.layer.%d.output.dense.bias", "mlp", {A::hidden}, Presence::mlp_bias, Fold::mlp_out, Use::matrix, Init::zeros},
+      {"layernorm.weight", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::ones},
+      {"layernorm.bias", "norm", {A::hidden}, always, Fold::none, Use::vector, Init::zeros},
+      // A bare ViTModel saved with its pooler: pooler_output_size outputs (kept), the hidden inputs pruned.
+      {"pooler.dense.weight", "head", {A::pooled, A::hidden}, Presence::pooler},
+      {"pooler.dense.bias", "head", {A::pooled}, Presence::pooler, Fold::none, Use::matrix, Init::zeros},
+      {"classifier.weight", "head", {A::labels, A::hidden}, Presence::classifier, Fold::none, Use::matrix, Init::normal, false},
+      {"classifier.bias", "head", {A::labels}, Presence::classifier, Fold::none, Use::matrix, Init::zeros, false},
+  });
+  return table;
+}
+enum Proj { kQ, kK, kV, kO, kFc1, kFc2 };  // VitLayer::proj
 
 struct Affine {
   at::Tensor weight, bias;
@@ -49,49 +72,34 @@ struct VitLayer {
 class VitModel final : public Model {
  public:
   VitModel(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file,
-           const HfCheckpoint& ckpt, const LoadOptions& options)
+           const HfCheckpoint& ckpt, const LoadOptions& options, const std::string& prefix)
       : arch_(arch) {
     eps_ = cf::number(config, "layer_norm_eps", file, 1e-12);
     const std::string act = cf::string(config, "hidden_act", file, "gelu");
     if (act != "gelu")
       throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: gelu)");
-    const bool qkv_bias = arch.qkv_bias;
     const int64_t rgb = 3;
     channels_ = cf::integer(config, "num_channels", file, &rgb);
 
-    WeightLoader w(ckpt, options);
-    const std::string p = w.has(std::string("vit.") + VitNames::cls_token) ? "vit." : "";
-    const int64_t h = arch.hidden, f = arch.ffn, grid = arch.image_size / arch.patch_size;
     // Norm parameters stay in the compute dtype; matrix-product weights may be kept in fp32 (WeightLoader::matrix).
-    auto norm = [&](const std::string& base, int64_t n) {
-      return Affine{w.get(base + ".weight", {n}), w.get(base + ".bias", {n})};
-    };
-    auto affine = [&](const std::string& base, std::vector<int64_t> shape, bool bias) {
-      return Affine{w.matrix(base + ".weight", shape), w.matrix_if(bias, base + ".bias", {shape[0]})};
-    };
-    dtype_ = w.compute_dtype(p + VitNames::cls_token);
-    cls_token_ = w.get(p + VitNames::cls_token, {1, 1, h});
-    position_ = w.get(p + VitNames::position, {1, grid * grid + 1, h});
-    patch_ = affine(p + VitNames::patch, {h, channels_, arch.patch_size, arch.patch_size}, true);
-    if (w.has(p + VitNames::mask_token)) w.ignore(p + VitNames::mask_token);
-    const std::vector<int64_t> shapes[6] = {{h, h}, {h, h}, {h, h}, {h, h}, {f, h}, {h, f}};
+    WeightLoader loader(ckpt, options);
+    RoleLoader w(loader, vit_roles(), arch, prefix);
+    dtype_ = loader.compute_dtype(vit_roles().name(kCls, -1, w.prefix()));
+    cls_token_ = w(kCls);
+    position_ = w(kPosition);
+    patch_ = {w(kPatchW), w(kPatchB)};
     for (int64_t i = 0; i < arch.layers; ++i) {
       VitLayer l;
-      l.norm_before = norm(layer_name((p + VitNames::norm_before).c_str(), i), h);
-      l.norm_after = norm(layer_name((p + VitNames::norm_after).c_str(), i), h);
-      for (int k = 0; k < 6; ++k)
-        l.proj[k] = affine(layer_name((p + VitNames::proj[k]).c_str(), i), shapes[k], k > kV || qkv_bias);
+      l.norm_before = {w(kNormBeforeW, i), w(kNormBeforeB, i)};
+      l.norm_after = {w(kNormAfterW, i), w(kNormAfterB, i)};
+      for (int k = 0; k < 6; ++k) l.proj[k] = {w(kQW + 2 * k, i), w(kQW + 2 * k + 1, i)};
       layers_.push_back(std::move(l));
     }
-    final_norm_ = norm(p + VitNames::final_norm, h);
-    if (arch.architecture == "ViTForImageClassification") {
-      classifier_ = affine(VitNames::classifier, {arch.num_labels, h}, true);
-    } else if (w.has(p + VitNames::pooler + std::string(".weight"))) {
-      const int64_t pooled = cf::integer(config, "pooler_output_size", file, &h);
-      pooler_ = affine(p + VitNames::pooler, {pooled, h}, true);
-    }
+    final_norm_ = {w(kFinalNormW), w(kFinalNormB)};
+    classifier_ = {w(kClassifierW), w(kClassifierB)};
+    pooler_ = {w(kPoolerW), w(kPoolerB)};
     w.finish();
-    weights_ = w.loaded();
+    weights_ = loader.loaded();
   }
 
   at::Tensor features(const Batch& batch, const GateValues* gates) const override {
@@ -184,8 +192,7 @@ ArchSummary VitAdapter::summarize(const nlohmann::json& config, const std::files
 
 ArchSummary VitAdapter::summarize_checkpoint(const HfCheckpoint& ckpt) const {
   ArchSummary s = summarize(ckpt.config(), ckpt.dir() / "config.json");
-  s.pooler = ckpt.contains(std::string("vit.") + VitNames::pooler + ".weight") ||
-             ckpt.contains(std::string(VitNames::pooler) + ".weight");
+  s.pooler = ckpt.contains(vit_roles().name(kPoolerW, -1, weight_prefix(ckpt)));
   return s;
 }
 
@@ -221,80 +228,24 @@ ShapeTraits VitAdapter::traits(const ArchSummary& a) const {
 
 std::unique_ptr<Model> VitAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
   const auto file = ckpt.dir() / "config.json";
-  return std::make_unique<VitModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options);
+  return std::make_unique<VitModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options, weight_prefix(ckpt));
 }
 
 }  // namespace hawada
 
 namespace hawada {
 
-std::vector<safetensors::NamedTensor> VitAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
-                                                                const GateValues& folds, std::optional<at::ScalarType> dtype) const {
-  const std::vector<int64_t>& hidden = plan.hidden;
-  std::vector<safetensors::NamedTensor> out;
-  for (const std::string& name : ckpt.tensor_names()) {
-    const at::Tensor t = dtype ? ckpt.tensor(name).to(*dtype) : ckpt.tensor(name);
-    const std::string n = name.rfind("vit.", 0) == 0 ? name.substr(4) : name;
-    int layer = -1;
-    char rest[128] = {0};
-    if (std::sscanf(n.c_str(), "encoder.layer.%d.%127s", &layer, rest) == 2 && layer >= 0 &&
-        layer < plan.dense.shape.layers) {
-      const std::string r(rest);
-      const LayerFolds lf = layer_folds(plan, folds, layer);
-      const std::vector<int64_t>& q = lf.q;
-      const std::vector<int64_t>& f = lf.ffn;
-      const at::Tensor &head_scale = lf.head_scale, &ffn_scale = lf.ffn_scale, &attn_rows = lf.attn_rows,
-                       &mlp_rows = lf.mlp_rows;
-      at::Tensor s;
-      if (r == "attention.attention.query.weight" || r == "attention.attention.key.weight" ||
-          r == "attention.attention.value.weight")
-        s = slice_linear(t, q, hidden);
-      else if (r == "attention.attention.query.bias" || r == "attention.attention.key.bias" ||
-               r == "attention.attention.value.bias")
-        s = slice_dim(t, 0, q);
-      else if (r == "attention.output.dense.weight") s = slice_linear(t, hidden, q, head_scale, attn_rows);
-      else if (r == "attention.output.dense.bias") s = slice_vector(t, hidden, attn_rows);
-      else if (r == "output.dense.bias") s = slice_vector(t, hidden, mlp_rows);
-      else if (r == "intermediate.dense.weight") s = slice_linear(t, f, hidden);
-      else if (r == "intermediate.dense.bias") s = slice_dim(t, 0, f);
-      else if (r == "output.dense.weight") s = slice_linear(t, hidden, f, ffn_scale, mlp_rows);
-      else if (r.rfind("layernorm_before.", 0) == 0 || r.rfind("layernorm_after.", 0) == 0) s = slice_norm(t, hidden);
-      else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
-      out.push_back({name, s});
-      continue;
-    }
-    at::Tensor s;
-    if (n == std::string(VitNames::cls_token) || n == VitNames::position || n == VitNames::mask_token ||
-        n == "layernorm.weight" || n == "layernorm.bias")
-      s = slice_norm(t, hidden);  // along the last (hidden) dimension
-    else if (n == std::string(VitNames::patch) + ".weight" || n == std::string(VitNames::patch) + ".bias")
-      s = slice_dim(t, 0, hidden);
-    else if (n == std::string(VitNames::pooler) + ".weight") s = slice_linear(t, hidden, hidden);
-    else if (n == std::string(VitNames::pooler) + ".bias") s = slice_dim(t, 0, hidden);
-    else if (n == "classifier.weight") s = slice_linear(t, {}, hidden);
-    else if (n == "classifier.bias") s = t.contiguous();
-    else throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + name + "'");
-    out.push_back({name, s});
-  }
-  return out;
-}
+const RoleTable& VitAdapter::roles() const { return vit_roles(); }
 
-std::string VitAdapter::weight_kind(const std::string& full) const {
-  const std::string name = full.rfind("vit.", 0) == 0 ? full.substr(4) : full;
-  if (name.find(".attention.") != std::string::npos) return "attention";
-  if (name.find(".intermediate.") != std::string::npos || name.find(".output.dense") != std::string::npos) return "mlp";
-  if (name.find("layernorm") != std::string::npos) return "norm";
-  if (name.rfind("embeddings.", 0) == 0) return "embedding";
-  if (name.rfind("classifier.", 0) == 0 || name.rfind("pooler.", 0) == 0) return "head";
-  return "other";
-}
+std::vector<std::string> VitAdapter::weight_prefixes() const { return {"vit.", ""}; }
 
 nlohmann::json VitAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {
-  nlohmann::json c = config;
-  const ModelShape& s = plan.chosen.shape;
-  c["hidden_size"] = s.hidden;
-  c["num_attention_heads"] = s.heads;
-  c["intermediate_size"] = s.ffn;
+  nlohmann::json c = ModelAdapter::pruned_config(config, plan);
+  // A pooler keeps its outputs (pooler_output_size, which transformers defaults to hidden_size): said
+  // explicitly once hidden is pruned.
+  auto pooled = config.find("pooler_output_size");
+  if (plan.chosen.shape.hidden != plan.dense.shape.hidden && (pooled == config.end() || pooled->is_null()))
+    c["pooler_output_size"] = plan.dense.shape.hidden;
   return c;
 }
 

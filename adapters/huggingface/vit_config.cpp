@@ -34,6 +34,9 @@ ArchSummary summarize_vit_config(const nlohmann::json& config, const std::filesy
   s.out_bias = s.mlp_bias = true;  // ViTSelfOutput, ViTIntermediate, ViTOutput always have biases
   const int64_t rgb = 3;
   s.channels = cf::integer(config, "num_channels", file, &rgb, false, 64);
+  const int64_t grid = s.image_size / s.patch_size;
+  s.positions = grid * grid + 1;  // the patches and the CLS token
+  s.pooled = cf::integer(config, "pooler_output_size", file, &s.hidden, false, kMaxHidden);
   if (s.architecture == "ViTForImageClassification") {
     // transformers derives num_labels from id2label; its default is 2.
     if (auto m = config.find("id2label"); m != config.end() && m->is_object()) {

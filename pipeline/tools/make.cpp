@@ -19,14 +19,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Generator {
-  explicit Generator(int64_t seed) : gen(at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed))) {}
-  at::Tensor normal(std::vector<int64_t> shape, double std, at::ScalarType dtype) {
-    return at::empty(shape, at::kFloat).normal_(0.0, std, gen).to(dtype);
-  }
-  at::Generator gen;
-};
-
 json llama_config(const std::string& preset) {
   if (preset == "tiny")
     return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", 512},
@@ -75,77 +67,39 @@ json vit_config(const std::string& preset) {
   return c;
 }
 
-std::vector<safetensors::NamedTensor> llama_weights(const json& c, Generator& g) {
-  const at::ScalarType dt = c["dtype"] == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  const double std = c["initializer_range"].get<double>();
-  const int64_t h = c["hidden_size"], f = c["intermediate_size"], v = c["vocab_size"], hd = c["head_dim"];
-  const int64_t q = c["num_attention_heads"].get<int64_t>() * hd, kv = c["num_key_value_heads"].get<int64_t>() * hd;
-  std::vector<safetensors::NamedTensor> w;
-  w.push_back({"model.embed_tokens.weight", g.normal({v, h}, std, dt)});
-  for (int64_t l = 0; l < c["num_hidden_layers"].get<int64_t>(); ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    w.push_back({p + "self_attn.q_proj.weight", g.normal({q, h}, std, dt)});
-    w.push_back({p + "self_attn.k_proj.weight", g.normal({kv, h}, std, dt)});
-    w.push_back({p + "self_attn.v_proj.weight", g.normal({kv, h}, std, dt)});
-    w.push_back({p + "self_attn.o_proj.weight", g.normal({h, q}, std, dt)});
-    w.push_back({p + "mlp.gate_proj.weight", g.normal({f, h}, std, dt)});
-    w.push_back({p + "mlp.up_proj.weight", g.normal({f, h}, std, dt)});
-    w.push_back({p + "mlp.down_proj.weight", g.normal({h, f}, std, dt)});
-    w.push_back({p + "input_layernorm.weight", at::ones({h}, dt)});
-    w.push_back({p + "post_attention_layernorm.weight", at::ones({h}, dt)});
-  }
-  w.push_back({"model.norm.weight", at::ones({h}, dt)});
-  if (!c["tie_word_embeddings"].get<bool>()) w.push_back({"lm_head.weight", g.normal({v, h}, std, dt)});
-  return w;
-}
-
-std::vector<safetensors::NamedTensor> vit_weights(const json& c, Generator& g) {
-  const at::ScalarType dt = at::kFloat;
-  const double std = c["initializer_range"].get<double>();
-  const int64_t h = c["hidden_size"], f = c["intermediate_size"], p = c["patch_size"], img = c["image_size"];
-  const int64_t labels = static_cast<int64_t>(c["id2label"].size()), grid = img / p;
-  std::vector<safetensors::NamedTensor> w;
-  auto affine = [&](const std::string& base, int64_t out, int64_t in) {
-    w.push_back({base + ".weight", g.normal({out, in}, std, dt)});
-    w.push_back({base + ".bias", at::zeros({out}, dt)});
-  };
-  auto norm = [&](const std::string& base) {
-    w.push_back({base + ".weight", at::ones({h}, dt)});
-    w.push_back({base + ".bias", at::zeros({h}, dt)});
-  };
-  w.push_back({"vit.embeddings.cls_token", g.normal({1, 1, h}, std, dt)});
-  w.push_back({"vit.embeddings.position_embeddings", g.normal({1, grid * grid + 1, h}, std, dt)});
-  w.push_back({"vit.embeddings.patch_embeddings.projection.weight", g.normal({h, 3, p, p}, std, dt)});
-  w.push_back({"vit.embeddings.patch_embeddings.projection.bias", at::zeros({h}, dt)});
-  for (int64_t l = 0; l < c["num_hidden_layers"].get<int64_t>(); ++l) {
-    const std::string b = "vit.encoder.layer." + std::to_string(l) + ".";
-    affine(b + "attention.attention.query", h, h);
-    affine(b + "attention.attention.key", h, h);
-    affine(b + "attention.attention.value", h, h);
-    affine(b + "attention.output.dense", h, h);
-    affine(b + "intermediate.dense", f, h);
-    affine(b + "output.dense", h, f);
-    norm(b + "layernorm_before");
-    norm(b + "layernorm_after");
-  }
-  norm("vit.layernorm");
-  affine("classifier", labels, h);
-  return w;
+json bert_config(const std::string& preset) {
+  if (preset != "tiny") throw UsageError("--preset '" + preset + "' is not a bert preset (tiny)");
+  return {{"architectures", {"BertModel"}}, {"model_type", "bert"}, {"vocab_size", 512}, {"hidden_size", 64},
+          {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"intermediate_size", 256},
+          {"max_position_embeddings", 128}, {"type_vocab_size", 2}, {"hidden_act", "gelu"},
+          {"layer_norm_eps", 1e-12}, {"position_embedding_type", "absolute"}, {"pad_token_id", 0},
+          {"hidden_dropout_prob", 0.0}, {"attention_probs_dropout_prob", 0.0}, {"initializer_range", 0.1},
+          {"dtype", "float32"}, {"torch_dtype", "float32"}};
 }
 
 }  // namespace
 
-void make_model(const std::string& arch, const std::string& preset, int64_t seed, const fs::path& out_dir) {
-  if (arch != "llama" && arch != "vit") throw UsageError("--arch must be llama or vit, got '" + arch + "'");
-  const json config = arch == "llama" ? llama_config(preset) : vit_config(preset);
-  Generator g(seed);
-  const auto weights = arch == "llama" ? llama_weights(config, g) : vit_weights(config, g);
+void make_model(const std::string& arch_name, const std::string& preset, int64_t seed, const fs::path& out_dir) {
+  json config;
+  if (arch_name == "llama") config = llama_config(preset);
+  else if (arch_name == "vit") config = vit_config(preset);
+  else if (arch_name == "bert") config = bert_config(preset);
+  else throw UsageError("--arch must be llama, vit or bert, got '" + arch_name + "'");
+  // The weights from the architecture's role table: every weight its config implies, with its shape.
+  const ModelAdapter& adapter = adapter_for(config, out_dir / "config.json");
+  ArchSummary arch = adapter.summarize(config, out_dir / "config.json");
+  arch.pooler = arch.num_labels == 0;  // as transformers saves a bare encoder (BertModel, ViTModel): with its pooler
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
+  const at::ScalarType dtype = config["dtype"] == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  const auto weights = adapter.roles().random_weights(arch, config["initializer_range"].get<double>(), dtype, gen,
+                                                      adapter.weight_prefixes().front());
   publish_directory(out_dir, [&](const fs::path& tmp) {
     atomic_write_text(tmp / "config.json", config.dump(2) + "\n");
-    if (arch == "llama") {
+    if (config.contains("bos_token_id")) {
       atomic_write_text(tmp / "generation_config.json",
                         json{{"bos_token_id", config["bos_token_id"]}, {"eos_token_id", config["eos_token_id"]}}.dump(2) + "\n");
-    } else {
+    }
+    if (config.contains("image_size")) {
       const json pre{{"do_normalize", true}, {"do_rescale", true}, {"do_resize", true},
                      {"image_mean", {0.5, 0.5, 0.5}}, {"image_std", {0.5, 0.5, 0.5}},
                      {"image_processor_type", "ViTImageProcessor"}, {"resample", 2}, {"rescale_factor", 1.0 / 255},
@@ -156,7 +110,7 @@ void make_model(const std::string& arch, const std::string& preset, int64_t seed
   });
   uint64_t params = 0;
   for (const auto& w : weights) params += static_cast<uint64_t>(w.tensor.numel());
-  log::info("make-model: " + out_dir.string() + ": " + arch + " " + preset + ", " + std::to_string(params) +
+  log::info("make-model: " + out_dir.string() + ": " + arch_name + " " + preset + ", " + std::to_string(params) +
             " parameters, seed " + std::to_string(seed));
 }
 

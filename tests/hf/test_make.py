@@ -22,20 +22,29 @@ def loaded(cls, path):
     return model.eval()
 
 
-def ours(cli, model_dir, tmp_path, inputs):
+def ours(cli, model_dir, tmp_path, inputs, output="logits"):
     save_file(inputs, tmp_path / "in.safetensors")
     cli("forward", model_dir, "--inputs", tmp_path / "in.safetensors", "--output", tmp_path / "out.safetensors")
-    return load_file(tmp_path / "out.safetensors")["logits"]
+    return load_file(tmp_path / "out.safetensors")[output]
 
 
-@pytest.mark.parametrize("arch,preset", [("llama", "tiny"), ("vit", "tiny"), ("vit", "vit-base-patch16-224")])
+@pytest.mark.parametrize("arch,preset", [("llama", "tiny"), ("vit", "tiny"), ("vit", "vit-base-patch16-224"), ("bert", "tiny")])
 def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, preset):
     out = tmp_path / "model"
     cli("make-model", "--arch", arch, "--preset", preset, "--seed", "3", out)
     data = tmp_path / "data.h5"
     cli("make-data", out, "--samples", "3", "--seq-len", "12", "--seed", "1", data)
+    output = "logits"
     with h5py.File(data) as f:
-        if arch == "llama":
+        if arch == "bert":
+            ids = torch.from_numpy(f["input_ids"][:]).long()
+            model = loaded(transformers.BertModel, out)
+            assert ids.shape == (3, 12) and 0 <= ids.min() and ids.max() < model.config.vocab_size
+            inputs = {"input_ids": ids}
+            output = "last_hidden_state"
+            with torch.no_grad():
+                theirs = model(input_ids=ids).last_hidden_state
+        elif arch == "llama":
             ids = torch.from_numpy(f["input_ids"][:]).long()
             model = loaded(transformers.AutoModelForCausalLM, out)
             assert ids.shape == (3, 12) and 0 <= ids.min() and ids.max() < model.config.vocab_size
@@ -50,7 +59,7 @@ def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, prese
             inputs = {"pixel_values": pixels}
             with torch.no_grad():
                 theirs = model(pixel_values=pixels).logits
-    rel = (ours(cli, out, tmp_path, inputs) - theirs).abs().max() / theirs.abs().max()
+    rel = (ours(cli, out, tmp_path, inputs, output) - theirs).abs().max() / theirs.abs().max()
     assert rel < 1e-4, rel
     if preset == "vit-base-patch16-224":
         assert model.num_parameters() == 86567656  # google/vit-base-patch16-224's count

@@ -86,5 +86,47 @@ TEST(CostModel, ExpectedCostIsDifferentiableInTheCounts) {
   EXPECT_GT(c.hidden.grad().item<double>(), 0);
 }
 
+// The two parameter counts agree: the role tables' (every weight the architecture has, by its axes)
+// and the cost model's (formulas over the traits, which the search evaluates at any shape), for every
+// architecture and its options (biases, per-head norms, untied heads, poolers, classifiers).
+TEST(CostModel, RoleTablesCountWhatTheCostModelCounts) {
+  using nlohmann::json;
+  const json llama{{"model_type", "llama"}, {"num_hidden_layers", 3}, {"hidden_size", 96}, {"num_attention_heads", 6},
+                   {"num_key_value_heads", 2}, {"head_dim", 16}, {"intermediate_size", 200}, {"vocab_size", 300}};
+  std::vector<std::pair<json, bool>> configs;  // config, pooler
+  for (bool tied : {true, false}) {
+    json c = llama;
+    c["tie_word_embeddings"] = tied;
+    configs.push_back({c, false});
+  }
+  for (const char* type : {"mistral", "qwen2", "qwen3"}) {
+    json c = llama;
+    c["model_type"] = type;
+    configs.push_back({c, false});
+  }
+  json biased = llama;
+  biased["attention_bias"] = true;
+  biased["mlp_bias"] = true;
+  configs.push_back({biased, false});
+  const json vit{{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}}, {"num_hidden_layers", 2},
+                 {"hidden_size", 64}, {"num_attention_heads", 4}, {"intermediate_size", 128}, {"image_size", 32},
+                 {"patch_size", 8}, {"id2label", {{"0", "a"}, {"1", "b"}, {"2", "c"}}}};
+  configs.push_back({vit, false});
+  json bare_vit = vit;
+  bare_vit["architectures"] = {"ViTModel"};
+  configs.push_back({bare_vit, true});
+  configs.push_back({bare_vit, false});
+  const json bert{{"model_type", "bert"}, {"num_hidden_layers", 2}, {"hidden_size", 64}, {"num_attention_heads", 4},
+                  {"intermediate_size", 128}, {"vocab_size", 300}, {"max_position_embeddings", 40}};
+  configs.push_back({bert, true});
+  configs.push_back({bert, false});
+  for (const auto& [config, pooler] : configs) {
+    const ModelAdapter& adapter = adapter_for(config, "config.json");
+    ArchSummary arch = adapter.summarize(config, "config.json");
+    arch.pooler = pooler;
+    EXPECT_EQ(adapter.roles().parameters(arch), parameter_count(model_shape(arch))) << config.dump();
+  }
+}
+
 }  // namespace
 }  // namespace hawada
