@@ -4,13 +4,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
-#include <fstream>
-#include <regex>
 
 #include <nlohmann/json.hpp>
 

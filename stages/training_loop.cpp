@@ -7,7 +7,6 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +29,14 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 std::atomic<int> g_preempt{0};
 struct sigaction g_previous {};
 extern "C" void on_sigterm(int) { g_preempt.store(1); }
+
+// "step-" and 8 digits (std::regex would cost this file most of its compile time).
+bool is_step_dir_name(const std::string& n) {
+  if (n.size() != 13 || n.rfind("step-", 0) != 0) return false;
+  for (size_t i = 5; i < n.size(); ++i)
+    if (n[i] < '0' || n[i] > '9') return false;
+  return true;
+}
 
 std::string step_dir_name(int64_t step) {
   char buf[32];
@@ -96,7 +103,7 @@ int64_t StateCheckpoints::resume(const std::vector<std::pair<std::string, at::Te
     fs::path newest;
     for (const auto& e : fs::directory_iterator(dir_)) {
       const std::string n = e.path().filename().string();
-      if (std::regex_match(n, std::regex("step-[0-9]{8}")) && (newest.empty() || n > newest.filename().string()))
+      if (is_step_dir_name(n) && (newest.empty() || n > newest.filename().string()))
         newest = e.path();
     }
     if (!newest.empty()) {
