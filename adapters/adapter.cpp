@@ -77,6 +77,20 @@ nlohmann::json ModelAdapter::pruned_config(const nlohmann::json& config, const P
   c["hidden_size"] = s.hidden;
   c["num_attention_heads"] = s.heads;
   c["intermediate_size"] = s.ffn;
+  if (s.layers != plan.dense.shape.layers) {
+    c["num_hidden_layers"] = s.layers;
+    // Per-layer settings follow their layers (transformers validates len(layer_types) == num_hidden_layers).
+    for (const char* key : kPerLayerConfigKeys) {
+      auto it = c.find(key);
+      if (it == c.end() || !it->is_array()) continue;
+      if (static_cast<int64_t>(it->size()) != plan.dense.shape.layers)
+        throw CheckpointError(std::string("config.json key '") + key + "' has " + std::to_string(it->size()) +
+                              " entries, num_hidden_layers is " + std::to_string(plan.dense.shape.layers));
+      nlohmann::json kept = nlohmann::json::array();
+      for (int64_t l : plan.layers) kept.push_back((*it)[static_cast<size_t>(l)]);
+      *it = std::move(kept);
+    }
+  }
   return c;
 }
 

@@ -62,7 +62,8 @@ class ModelAdapter {
   /// ViTForImageClassification, none in a bare ViTModel). Default: none.
   virtual std::vector<std::string> weight_prefixes() const { return {""}; }
   /// config.json of the pruned model: the counts of plan's shape written explicitly (ints as ints).
-  /// Default: hidden_size, num_attention_heads, intermediate_size.
+  /// Default: hidden_size, num_attention_heads, intermediate_size, and with dropped blocks
+  /// num_hidden_layers and every per-layer list (kPerLayerConfigKeys) sliced to the kept layers.
   virtual nlohmann::json pruned_config(const nlohmann::json& config, const Plan& plan) const;
 
   /// The prefix of `checkpoint`'s weight names: the first of weight_prefixes() under which it holds the
@@ -80,6 +81,9 @@ class ModelAdapter {
   /// (heal.train selects by these kinds); "other" when unknown.
   std::string weight_kind(const std::string& name) const;
 };
+
+/// config.json keys holding one entry per layer, sliced with the kept layers when blocks are dropped.
+inline constexpr const char* kPerLayerConfigKeys[] = {"layer_types"};
 
 /// The weight kinds heal.train may name.
 inline constexpr const char* kWeightKinds[] = {"attention", "mlp", "norm", "embedding", "head"};

@@ -27,6 +27,23 @@ at::Tensor gate_last_dim(const at::Tensor& x, const at::Tensor& gate) {
   return gate.defined() ? x * gate.to(x.scalar_type()) : x;
 }
 
+at::Tensor gate_branch(const at::Tensor& branch, const at::Tensor& layer_gate) {
+  return layer_gate.defined() ? branch * layer_gate.to(branch.scalar_type()) : branch;
+}
+
+at::Tensor gate_block(const at::Tensor& in, const at::Tensor& out, const at::Tensor& layer_gate) {
+  if (!layer_gate.defined()) return out;
+  const at::Tensor g = layer_gate.to(out.scalar_type());
+  return out * g + in * (1 - g);
+}
+
+void add_block_influence(const at::Tensor& sum, const at::Tensor& in, const at::Tensor& out) {
+  if (!sum.defined()) return;
+  const at::Tensor a = in.detach().to(at::kFloat), b = out.detach().to(at::kFloat);
+  const at::Tensor cos = (a * b).sum(-1) / (a.norm(2, -1) * b.norm(2, -1)).clamp_min(1e-12);
+  const_cast<at::Tensor&>(sum).add_((1 - cos).sum());
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& hidden_gate) {
   const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor variance = kept_mean(xf.pow(2), hidden_gate);

@@ -21,4 +21,13 @@ at::Tensor embedding(const at::Tensor& table, const at::Tensor& ids, at::ScalarT
 /// x * gate broadcast over the last dimension; x itself when the gate is undefined.
 at::Tensor gate_last_dim(const at::Tensor& x, const at::Tensor& gate);
 
+/// A pre-norm block's residual branch times its layer gate (a 0-dim tensor; undefined: the branch
+/// itself). A gate of 0 leaves the residual stream as it was, of 1 adds the branch bit for bit.
+at::Tensor gate_branch(const at::Tensor& branch, const at::Tensor& layer_gate);
+/// A post-norm block: g x out + (1 - g) x in (undefined gate: out itself; exact at 0 and 1).
+at::Tensor gate_block(const at::Tensor& in, const at::Tensor& out, const at::Tensor& layer_gate);
+/// Adds the block influence of one block (ShortGPT's: 1 - cos(input, output) of every token, summed) to
+/// the 0-dim fp32 `sum`; nothing when `sum` is undefined.
+void add_block_influence(const at::Tensor& sum, const at::Tensor& in, const at::Tensor& out);
+
 }  // namespace hawada::layers

@@ -19,6 +19,7 @@ struct ActivationImportance {
   at::Tensor heads;   ///< [layers, heads]: mean |attention output| over the head's channels
   at::Tensor ffn;     ///< [layers, intermediate]: |act(gate) * up| of each channel
   at::Tensor hidden;  ///< [hidden]: |normalised input| of every block, summed over the blocks
+  at::Tensor layers;  ///< [layers]: the block influence 1 - cos(block input, block output) of every token
   int64_t tokens = 0;  ///< tokens seen (every position of every sequence)
 };
 
@@ -27,6 +28,9 @@ struct GateValues {
   at::Tensor heads;   ///< [layers, query heads]: scales each head's attention output before the output projection
   at::Tensor ffn;     ///< [layers, intermediate]: scales each FFN channel before the down projection
   at::Tensor hidden;  ///< [hidden]: one per residual-stream channel, shared by every layer, embedding and norm
+  /// [layers]: one per block (attention + MLP together): the block's output is g x block(x) + (1 - g) x x,
+  /// so 0 removes the block exactly (the residual stream passes through) and 1 is the block bit for bit.
+  at::Tensor layers;
   /// [layers, hidden]: output scales of each block's last projection (attention output / MLP down), per
   /// output channel. Calibration fits them with the weights frozen; an export folds them into that
   /// projection's rows (and bias).

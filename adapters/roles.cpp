@@ -136,14 +136,19 @@ std::vector<safetensors::NamedTensor> RoleTable::prune(const HfCheckpoint& ckpt,
                                                        std::optional<at::ScalarType> dtype, std::string_view prefix) const {
   const std::vector<int64_t>& hidden = plan.hidden;
   const int64_t hd = plan.dense.shape.head_dim;
+  // Kept blocks are renumbered 0.. in order; a dropped block's tensors are left out.
+  std::vector<int64_t> renumbered(static_cast<size_t>(plan.dense.shape.layers), -1);
+  for (size_t k = 0; k < plan.layers.size(); ++k) renumbered[static_cast<size_t>(plan.layers[k])] = static_cast<int64_t>(k);
   std::vector<safetensors::NamedTensor> out;
-  for (const std::string& full : ckpt.tensor_names()) {
+  for (const std::string& stored_name : ckpt.tensor_names()) {
     int64_t layer = -1;
-    const auto i = match(full, prefix, &layer);
+    const auto i = match(stored_name, prefix, &layer);
     if (!i || (layer >= plan.dense.shape.layers))
-      throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + full + "'");
+      throw CheckpointError("'" + ckpt.dir().string() + "': no pruning rule for tensor '" + stored_name + "'");
+    if (layer >= 0 && renumbered[static_cast<size_t>(layer)] < 0) continue;
+    const std::string full = layer >= 0 ? name(*i, renumbered[static_cast<size_t>(layer)], prefix) : stored_name;
     const WeightRole& r = roles_[*i];
-    const at::Tensor stored = ckpt.tensor(full);
+    const at::Tensor stored = ckpt.tensor(stored_name);
     const at::Tensor t = dtype && at::isFloatingType(stored.scalar_type()) ? stored.to(*dtype) : stored;
     if (r.axes.empty()) {  // a buffer of any shape, kept
       out.push_back({full, t.contiguous()});

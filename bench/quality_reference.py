@@ -3,6 +3,7 @@
     python bench/quality_reference.py ppl MODEL_DIR TOKENS.h5 [--samples N] [--first I]
     python bench/quality_reference.py baseline {activation,magnitude} DENSE_DIR SHAPE_FROM_DIR CALIB.h5 OUT_DIR
     python bench/quality_reference.py generate MODEL_DIR [--prompt TEXT]
+    python bench/quality_reference.py speed DENSE_DIR [MODEL_DIR ...] [--prompt 256] [--new 64] [--threads 2]
 
 ppl: held-out NLL / perplexity of a model on token windows (every next-token prediction inside each
 window), in fp32.
@@ -16,7 +17,14 @@ Hugging Face directory:
   magnitude: the same selection from weight norms: FFN channel c scores ||down_proj[:, c]|| x
     ||up_proj[c]|| x ||gate_proj[c]||, head h scores ||o_proj[:, head h columns]||.
 Hidden channels (when the shape prunes them) are ranked by the mean |x| of the normalised block
-inputs (activation) or by the embedding column norm (magnitude).
+inputs (activation) or by the embedding column norm (magnitude). A shape with fewer layers
+(num_hidden_layers) drops blocks first: activation by ShortGPT's block influence (the blocks whose
+output is most like their input, mean 1 - cos over the calibration tokens, go), magnitude by the last
+blocks; then widths are chosen within the kept blocks.
+
+speed: what a user feels in transformers, batch 1, fp32, greedy, KV cache: the prefill latency of a
+PROMPT-token prompt and the decode speed of NEW tokens after it (median of --repeats), each model
+against the first (dense) measured in the same run, on --threads threads.
 """
 import argparse
 import json
@@ -95,6 +103,24 @@ def activation_scores(model, ids):
     return heads, ffn, hidden
 
 
+@torch.no_grad()
+def block_influence(model, ids):
+    """ShortGPT's block influence per decoder layer: mean over tokens of 1 - cos(layer input, layer output)."""
+    bi = torch.zeros(len(model.model.layers))
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        def hook(mod, args, kwargs, out, i=i):
+            x = (args[0] if args else kwargs["hidden_states"]).float()
+            y = (out[0] if isinstance(out, tuple) else out).float()
+            bi[i] += (1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)).mean()
+        hooks.append(layer.register_forward_hook(hook, with_kwargs=True))
+    for i in range(0, ids.shape[0], 8):
+        model(input_ids=ids[i:i + 8])
+    for h in hooks:
+        h.remove()
+    return bi
+
+
 def magnitude_scores(model):
     cfg = model.config
     H = cfg.num_attention_heads
@@ -124,8 +150,9 @@ def select_heads(scores, H, KV, heads_out, kv_out):
 
 
 @torch.no_grad()
-def slice_model(model, shape, heads_s, ffn_s, hidden_s):
+def slice_model(model, shape, heads_s, ffn_s, hidden_s, kept_layers=None):
     cfg = model.config
+    kept_layers = list(range(cfg.num_hidden_layers)) if kept_layers is None else kept_layers
     H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     hid = torch.topk(hidden_s, shape["hidden_size"]).indices.sort().values
@@ -133,20 +160,21 @@ def slice_model(model, shape, heads_s, ffn_s, hidden_s):
     sd = model.state_dict()
     out = {}
     def rows(idx, h): return torch.cat([torch.arange(i * h, (i + 1) * h) for i in idx.tolist()])
-    for i in range(cfg.num_hidden_layers):
+    for new, i in enumerate(kept_layers):
         p = f"model.layers.{i}."
         kvk, qk = select_heads(heads_s[i], H, KV, shape["num_attention_heads"], shape["num_key_value_heads"])
         f = torch.topk(ffn_s[i], shape["intermediate_size"]).indices.sort().values
         qr, kr = rows(qk, hd), rows(torch.tensor(kvk), hd)
-        out[p + "self_attn.q_proj.weight"] = sd[p + "self_attn.q_proj.weight"][qr][:, hid]
-        out[p + "self_attn.k_proj.weight"] = sd[p + "self_attn.k_proj.weight"][kr][:, hid]
-        out[p + "self_attn.v_proj.weight"] = sd[p + "self_attn.v_proj.weight"][kr][:, hid]
-        out[p + "self_attn.o_proj.weight"] = sd[p + "self_attn.o_proj.weight"][hid][:, qr]
-        out[p + "mlp.gate_proj.weight"] = sd[p + "mlp.gate_proj.weight"][f][:, hid]
-        out[p + "mlp.up_proj.weight"] = sd[p + "mlp.up_proj.weight"][f][:, hid]
-        out[p + "mlp.down_proj.weight"] = sd[p + "mlp.down_proj.weight"][hid][:, f]
-        out[p + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"][hid]
-        out[p + "post_attention_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"][hid]
+        q = f"model.layers.{new}."
+        out[q + "self_attn.q_proj.weight"] = sd[p + "self_attn.q_proj.weight"][qr][:, hid]
+        out[q + "self_attn.k_proj.weight"] = sd[p + "self_attn.k_proj.weight"][kr][:, hid]
+        out[q + "self_attn.v_proj.weight"] = sd[p + "self_attn.v_proj.weight"][kr][:, hid]
+        out[q + "self_attn.o_proj.weight"] = sd[p + "self_attn.o_proj.weight"][hid][:, qr]
+        out[q + "mlp.gate_proj.weight"] = sd[p + "mlp.gate_proj.weight"][f][:, hid]
+        out[q + "mlp.up_proj.weight"] = sd[p + "mlp.up_proj.weight"][f][:, hid]
+        out[q + "mlp.down_proj.weight"] = sd[p + "mlp.down_proj.weight"][hid][:, f]
+        out[q + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"][hid]
+        out[q + "post_attention_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"][hid]
     out["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][:, hid]
     out["model.norm.weight"] = sd["model.norm.weight"][hid]
     if not cfg.tie_word_embeddings:
@@ -162,12 +190,19 @@ def baseline_cmd(a):
     dense = load(a.dense)
     with open(os.path.join(a.shape_from, "config.json")) as f:
         c = json.load(f)
-    shape = {k: c[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")}
+    shape = {k: c[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                               "num_hidden_layers")}
+    L = dense.config.num_hidden_layers
+    calib = windows(a.calib, 0, a.calib_windows)
     if a.kind == "activation":
-        heads, ffn, hidden = activation_scores(dense, windows(a.calib, 0, a.calib_windows))
+        heads, ffn, hidden = activation_scores(dense, calib)
+        kept = sorted(torch.topk(block_influence(dense, calib), shape["num_hidden_layers"]).indices.tolist())
     else:
         heads, ffn, hidden = magnitude_scores(dense)
-    small = slice_model(dense, shape, heads, ffn, hidden)
+        kept = list(range(shape["num_hidden_layers"]))
+    if "layer_types" in c:
+        shape["layer_types"] = [dense.config.layer_types[i] for i in kept] if getattr(dense.config, "layer_types", None) else c["layer_types"]
+    small = slice_model(dense, shape, heads, ffn, hidden, kept if shape["num_hidden_layers"] < L else None)
     tmp = a.out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     small.to(load(a.dense).dtype if False else torch.bfloat16).save_pretrained(tmp)
@@ -177,7 +212,7 @@ def baseline_cmd(a):
             shutil.copy(os.path.join(a.dense, side), tmp)
     shutil.rmtree(a.out, ignore_errors=True)
     os.replace(tmp, a.out)
-    print(json.dumps({"baseline": a.kind, "out": a.out, "shape": shape,
+    print(json.dumps({"baseline": a.kind, "out": a.out, "shape": shape, "kept_layers": kept,
                       "parameters": sum(p.numel() for p in small.parameters())}))
 
 
@@ -188,6 +223,36 @@ def generate_cmd(a):
     y = model.generate(**x, max_new_tokens=a.tokens, do_sample=False)
     text = tok.decode(y[0][x["input_ids"].shape[1]:], skip_special_tokens=True)
     print(json.dumps({"prompt": a.prompt, "completion": text}))
+
+
+def speed_cmd(a):
+    torch.set_num_threads(a.threads)
+    import statistics
+    import time
+    prompt = torch.randint(100, 10000, (1, a.prompt), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for path in a.models:
+        model = load(path)
+        model.generation_config.pad_token_id = model.generation_config.eos_token_id
+
+        def timed(new):
+            t0 = time.perf_counter()
+            y = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                               min_new_tokens=new, do_sample=False)
+            assert y.shape[1] == a.prompt + new
+            return time.perf_counter() - t0
+        timed(4)  # warm-up
+        prefill = statistics.median(timed(1) for _ in range(a.repeats))
+        full = statistics.median(timed(a.new + 1) for _ in range(a.repeats))
+        row = {"model": path, "layers": model.config.num_hidden_layers,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "prefill_s": prefill, "decode_tokens_per_s": a.new / (full - prefill)}
+        if rows:
+            row["prefill_speedup"] = rows[0]["prefill_s"] / prefill
+            row["decode_speedup"] = row["decode_tokens_per_s"] / rows[0]["decode_tokens_per_s"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model
 
 
 def main():
@@ -203,8 +268,12 @@ def main():
     g = sub.add_parser("generate")
     g.add_argument("model"), g.add_argument("--prompt", default="The Debian Policy Manual describes")
     g.add_argument("--tokens", type=int, default=24)
+    v = sub.add_parser("speed")
+    v.add_argument("models", nargs="+")
+    v.add_argument("--prompt", type=int, default=256), v.add_argument("--new", type=int, default=64)
+    v.add_argument("--threads", type=int, default=2), v.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
-    {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd}[a.cmd](a)
+    {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd, "speed": speed_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

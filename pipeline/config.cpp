@@ -37,6 +37,7 @@ constexpr std::string_view kDataFormat[] = {"tokens_h5", "tokens_bin", "images_h
 constexpr std::string_view kTokenDtype[] = {"uint16", "uint32"};
 constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
 constexpr std::string_view kBudgetMetric[] = {"params", "latency"};
+constexpr std::string_view kLatencyMode[] = {"prefill", "decode"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
 constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
 constexpr std::string_view kDeviceRequest[] = {"auto", "cpu", "cuda"};
@@ -46,6 +47,7 @@ std::span<const std::string_view> names_of(DataFormat) { return kDataFormat; }
 std::span<const std::string_view> names_of(TokenDtype) { return kTokenDtype; }
 std::span<const std::string_view> names_of(StoreDtype) { return kStoreDtype; }
 std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric; }
+std::span<const std::string_view> names_of(LatencyMode) { return kLatencyMode; }
 std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
 std::span<const std::string_view> names_of(DistBackend) { return kDistBackend; }
 std::span<const std::string_view> names_of(DeviceRequest) { return kDeviceRequest; }
@@ -61,7 +63,7 @@ std::string_view name_of(E value) {
 
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*,
-                         DataFormat*, TokenDtype*, StoreDtype*, BudgetMetric*, ExportDtype*, DistBackend*, DeviceRequest*>;
+                         DataFormat*, TokenDtype*, StoreDtype*, BudgetMetric*, LatencyMode*, ExportDtype*, DistBackend*, DeviceRequest*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -124,6 +126,7 @@ constexpr Key kGates[] = {
     {"heads", at<&Config::gates, &GatesConfig::heads>},
     {"ffn", at<&Config::gates, &GatesConfig::ffn>},
     {"hidden", at<&Config::gates, &GatesConfig::hidden>},
+    {"layers", at<&Config::gates, &GatesConfig::layers>},
     {"init", at<&Config::gates, &GatesConfig::init>, {.lo = 0, .hi = 1, .lo_open = true, .hi_open = true}},
     {"temperature", at<&Config::gates, &GatesConfig::temperature>, above(0)},
 };
@@ -143,6 +146,9 @@ constexpr Key kBudget[] = {
     {"metric", at<&Config::budget, &BudgetConfig::metric>},
     {"target", at<&Config::budget, &BudgetConfig::target>, {.lo = 0, .hi = 1, .lo_open = true}},
     {"latency_batch", at<&Config::budget, &BudgetConfig::latency_batch>, at_least(1)},
+    {"latency_mode", at<&Config::budget, &BudgetConfig::latency_mode>},
+    {"decode_context", at<&Config::budget, &BudgetConfig::decode_context>, between(1, 1048576)},
+    {"layer_overhead_s", at<&Config::budget, &BudgetConfig::layer_overhead_s>, between(0, 1)},
     {"device_flops", at<&Config::budget, &BudgetConfig::device_flops>, above(0)},
     {"device_bandwidth", at<&Config::budget, &BudgetConfig::device_bandwidth>, above(0)},
 };
@@ -168,6 +174,7 @@ constexpr Key kExport[] = {
     {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},
     {"max_shard_size", at<&Config::export_, &ExportConfig::max_shard_size>, at_least(1024)},
     {"dtype", at<&Config::export_, &ExportConfig::dtype>},
+    {"base_model", at<&Config::export_, &ExportConfig::base_model>},
 };
 constexpr Key kHeal[] = {
     {"steps", at<&Config::heal, &HealConfig::steps>, at_least(0)},
@@ -575,11 +582,11 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
             "out of range (expected <= train.steps = " + std::to_string(c.train.steps) + ", got " +
                 (given ? "" : "the default ") + std::to_string(c.train.warmup) + ")");
   }
-  if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden)
+  if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
     rd.fail(
         seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
-        "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden to be true, got all "
-        "false)");
+        "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
+        "got all false)");
   return c;
 }
 
@@ -650,6 +657,7 @@ std::string_view to_string(DataFormat value) { return name_of(value); }
 std::string_view to_string(TokenDtype value) { return name_of(value); }
 std::string_view to_string(StoreDtype value) { return name_of(value); }
 std::string_view to_string(BudgetMetric value) { return name_of(value); }
+std::string_view to_string(LatencyMode value) { return name_of(value); }
 std::string_view to_string(ExportDtype value) { return name_of(value); }
 std::string_view to_string(DistBackend value) { return name_of(value); }
 std::string_view to_string(DeviceRequest value) { return name_of(value); }

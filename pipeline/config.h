@@ -12,7 +12,7 @@
 #include <string>
 #include <string_view>
 
-#include "stages/settings.h"
+#include "training/settings.h"
 
 namespace hawada {
 
@@ -34,6 +34,7 @@ std::string_view to_string(DataFormat value);
 std::string_view to_string(TokenDtype value);
 std::string_view to_string(StoreDtype value);
 std::string_view to_string(BudgetMetric value);
+std::string_view to_string(LatencyMode value);
 std::string_view to_string(ExportDtype value);
 std::string_view to_string(DistBackend value);
 std::string_view to_string(DeviceRequest value);

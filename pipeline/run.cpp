@@ -16,6 +16,7 @@
 #include "pipeline/config.h"
 #include "pipeline/runner.h"
 #include "stages/layout.h"
+#include "training/student.h"
 
 namespace hawada {
 
@@ -51,6 +52,11 @@ void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mp
             std::to_string(arch.hidden) + ", " + std::to_string(arch.heads) + " heads, " +
             std::to_string(model.total_numel()) + " parameters in " + std::to_string(model.weight_files().size()) +
             " weight file(s)");
+  // Settings that only the model can judge, before any stage spends time: gates the architecture cannot
+  // take (gates.layers), a decode budget on a model that does not decode (budget.latency_mode).
+  const ModelShape shape = model_shape(arch);
+  effective_gates(config, shape);
+  latency_workload(config, shape);
   fault_point("run.after_model");
 
   // Every rank reaches this point or the job is aborted by main: no rank goes on alone.

@@ -20,11 +20,11 @@
 
 #include "core/dist/communicator.h"
 #include "core/prune/shape_search.h"
-#include "stages/distill.h"
-#include "stages/training_loop.h"
+#include "training/distill.h"
+#include "training/training_loop.h"
 #include "stages/layout.h"
 #include "stages/stage.h"
-#include "stages/student.h"
+#include "training/student.h"
 
 namespace hawada {
 

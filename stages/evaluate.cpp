@@ -22,7 +22,7 @@
 #include "core/dist/mpi_session.h"
 #include "core/base/process.h"
 #include "stages/model_card.h"
-#include "stages/student.h"
+#include "training/student.h"
 
 namespace hawada {
 namespace {
@@ -219,13 +219,13 @@ void EvaluateStage::run(const StageContext& ctx) {
     expect.image_size = lm.arch.image_size;
     data = DataSource::open(spec, expect, read_pixel_normalization(c.model.path));
     count = c.evaluate.samples > 0 ? std::min(c.evaluate.samples, data->size()) : data->size();
-    source = c.evaluate.data.string();
+    source = c.evaluate.data.filename().string();  // a file name: the card travels, local paths do not
   } else {
     data = open_data(c, lm.arch);
     first = data->size() - c.train.holdout;
     count = c.train.holdout;
     if (c.evaluate.samples > 0) count = std::min(count, c.evaluate.samples);
-    source = c.data.path.string() + " (the last " + std::to_string(c.train.holdout) + " samples, never trained on)";
+    source = c.data.path.filename().string() + " (the last " + std::to_string(c.train.holdout) + " samples, never trained on)";
   }
   if (count <= 0)
     throw ConfigError(c.source.string() + ": evaluate has no samples: train.holdout = 0 and no evaluate.data");

@@ -21,7 +21,7 @@
 #include "core/prune/shape_search.h"
 #include "core/prune/slicing.h"
 #include "stages/heal.h"
-#include "stages/student.h"
+#include "training/student.h"
 
 namespace hawada {
 namespace {
@@ -235,7 +235,7 @@ void ExportStage::run(const StageContext& ctx) {
     if (!healed) {
       const auto dense = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
       auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
-      const GateValues gates{on_device(student.heads), on_device(student.ffn), on_device(student.hidden),
+      const GateValues gates{on_device(student.heads), on_device(student.ffn), on_device(student.hidden), on_device(student.layers),
                              on_device(student.attn_out), on_device(student.mlp_out)};
       std::vector<at::Tensor> gated = logits_of(*dense, *data, first_sample, samples, device, &gates);
       // An encoder's outputs are its hidden states: the gated model's are the teacher's width (zeros on

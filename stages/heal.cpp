@@ -19,9 +19,9 @@
 #include "core/dist/mpi_session.h"
 #include "core/base/process.h"
 #include "core/io/safetensors.h"
-#include "stages/distill.h"
-#include "stages/training_loop.h"
-#include "stages/student.h"
+#include "training/distill.h"
+#include "training/training_loop.h"
+#include "training/student.h"
 
 namespace hawada {
 namespace {

@@ -18,6 +18,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/format/plan.h"
+
 namespace hawada {
 
 /// The stage names, in pipeline order: markers, logs, --stages/--from/--force and fingerprint chaining.
@@ -73,5 +75,9 @@ class RunLayout {
  private:
   path dir_;
 };
+
+/// Reads the run's plan (RunLayout::plan) for the dense model of a run; CheckpointError naming the file on a
+/// malformed plan.
+Plan read_plan(const std::filesystem::path& run_dir, const ModelShape& dense);
 
 }  // namespace hawada

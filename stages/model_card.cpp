@@ -9,7 +9,7 @@
 #include "core/base/fs.h"
 #include "core/base/process.h"
 #include "stages/layout.h"
-#include "stages/student.h"
+#include "training/student.h"
 
 namespace hawada {
 namespace {
@@ -40,7 +40,7 @@ std::string yaml_string(const std::string& s) {
 }  // namespace
 
 std::string model_card(const Config& c, const LoadedModel& dense, const json& summary, const std::filesystem::path& run_dir) {
-  const std::string base = c.model.path.filename().string();
+  const std::string base = c.export_.base_model.empty() ? c.model.path.filename().string() : c.export_.base_model;
   const json& shape = summary.at("shape");
   const json& ev = summary.value("evaluate", json::object());
   const json& q = ev.value("export", json::object());
@@ -61,7 +61,8 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
     << "A structurally pruned version of `" << base << "` (" << dense.arch.architecture << "), made with "
     << "hawada-pipeline. It is a plain Hugging Face checkpoint: load it with `from_pretrained`, no custom code.\n\n"
     << "## How it was made\n\n"
-    << "Gates on attention heads and FFN channels" << (c.gates.hidden ? " and hidden channels" : "")
+    << "Gates on attention heads and FFN channels" << (c.gates.hidden ? ", hidden channels" : "")
+    << (c.gates.layers ? " and whole blocks (layers)" : "")
     << " were learned by distillation from the cached outputs of the original model ("
     << (out == ModelOutput::token_logits ? "top-" + std::to_string(c.teacher.top_k) : std::string("its"))
     << (out == ModelOutput::hidden_states ? " last hidden states" : " logits") << "), starting from one-shot importance (activation x Fisher information); a budget of "
@@ -105,7 +106,7 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
       << num(l, "measured_speedup", "%.2f") << "x; the cost model predicted " << num(l, "predicted_speedup", "%.2f")
       << "x).\n\n";
   }
-  o << "## Reproduce\n\n```\nmpirun -np " << process_info().size << " hawada-pipeline " << c.source.string()
+  o << "## Reproduce\n\n```\nmpirun -np " << process_info().size << " hawada-pipeline " << c.source.filename().string()
     << "\n```\n\nwith this configuration (resolved):\n\n```toml\n"
     << read_text_file(RunLayout(run_dir).resolved_config()) << "```\n\n"
     << "## Use\n\n```python\nfrom transformers import " << auto_class << "\nmodel = " << auto_class

@@ -8,7 +8,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "stages/settings.h"
+#include "training/settings.h"
 
 namespace hawada {
 

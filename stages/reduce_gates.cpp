@@ -10,8 +10,8 @@
 #include "core/dist/mpi_session.h"
 #include "core/base/process.h"
 #include "core/io/safetensors.h"
-#include "stages/distill.h"
-#include "stages/student.h"
+#include "training/distill.h"
+#include "training/student.h"
 
 namespace hawada {
 
@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 
 std::string ReduceGatesStage::fingerprint(const StageContext& ctx) {
   Hasher h;
-  h.update("reduce_gates/2");
+  h.update("reduce_gates/3");
   h.update(ctx.fingerprints.at(std::string(stage_names::train_gates)));
   fingerprint_ = hex64(h.digest());
   return fingerprint_;
@@ -73,6 +73,7 @@ void ReduceGatesStage::run(const StageContext& ctx) {
   add("heads", gates.heads);
   add("ffn", gates.ffn);
   add("hidden", gates.hidden);
+  add("layers", gates.layers);
 
   Hasher h;
   for (const auto& t : out) h.update(t.tensor.data_ptr(), static_cast<size_t>(t.tensor.nbytes()));

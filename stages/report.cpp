@@ -220,8 +220,18 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
       throw CheckpointError("'" + plan_file.string() + "': implausible dense counts");
     std::vector<std::vector<double>> head_rows, ffn_rows;
     const int64_t bins = std::min<int64_t>(ffn, 64);
+    std::vector<int64_t> kept_layers;  // plans before layer gates keep every layer
+    if (plan.contains("kept_layers")) kept_layers = json_ints(plan.at("kept_layers"));
+    int64_t layer_index = -1;
     for (const auto& layer : plan.at("layers")) {
       std::vector<double> hr(static_cast<size_t>(heads), 0.0), fr(static_cast<size_t>(bins), 0.0);
+      ++layer_index;
+      if (plan.contains("kept_layers") &&
+          std::find(kept_layers.begin(), kept_layers.end(), layer_index) == kept_layers.end()) {
+        head_rows.push_back(hr);  // a dropped block: nothing kept
+        ffn_rows.push_back(fr);
+        continue;
+      }
       for (int64_t h : json_ints(layer.at("heads"))) hr[index(h, heads, "heads")] = 1.0;
       for (int64_t c : json_ints(layer.at("ffn"))) fr[index(c, ffn, "ffn") * static_cast<size_t>(bins) / static_cast<size_t>(ffn)] += 1.0;
       for (int64_t b = 0; b < bins; ++b) {
@@ -243,8 +253,8 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
     body << "<h2>Before and after</h2><table id='before-after'><tr><th></th><th>dense</th><th>exported</th><th>ratio</th></tr>"
          << row("parameters", d.at("parameters"), s.at("parameters")) << row("FLOPs per forward", d.at("flops"), s.at("flops"))
          << row("predicted latency", d.at("latency_s"), s.at("latency_s"), true)
-         << "<tr><td>shape</td><td>hidden " << d.at("hidden_size") << ", heads " << d.at("num_attention_heads") << " (kv "
-         << d.at("num_key_value_heads") << "), FFN " << d.at("intermediate_size") << "</td><td>hidden " << s.at("hidden_size")
+         << "<tr><td>shape</td><td>layers " << d.at("layers") << ", hidden " << d.at("hidden_size") << ", heads " << d.at("num_attention_heads") << " (kv "
+         << d.at("num_key_value_heads") << "), FFN " << d.at("intermediate_size") << "</td><td>layers " << s.at("layers") << ", hidden " << s.at("hidden_size")
          << ", heads " << s.at("num_attention_heads") << " (kv " << s.at("num_key_value_heads") << "), FFN "
          << s.at("intermediate_size") << "</td><td></td></tr></table>"
          << "<p>Budget: " << escape(plan.at("metric").get<std::string>()) << " " << fmt("%.3f", plan.at("target").get<double>())
@@ -254,10 +264,10 @@ std::string render_report(const fs::path& run_dir, const std::string& title) {
   if (fs::exists(plan_file)) {
     const json plan = read_json_file(plan_file);
     if (plan.contains("probes") && !plan["probes"].empty()) {
-      body << "<h2>Probed shapes</h2><table id='probes'><tr><th>hidden</th><th>heads (kv)</th><th>FFN</th><th>cost</th>"
+      body << "<h2>Probed shapes</h2><table id='probes'><tr><th>layers</th><th>hidden</th><th>heads (kv)</th><th>FFN</th><th>cost</th>"
            << "<th>kept importance</th><th>KL after a short calibration</th></tr>";
       for (const auto& p : plan["probes"])
-        body << "<tr><td>" << p.value("hidden_size", 0) << "</td><td>" << p.value("num_attention_heads", 0) << " ("
+        body << "<tr><td>" << p.value("num_hidden_layers", 0) << "</td><td>" << p.value("hidden_size", 0) << "</td><td>" << p.value("num_attention_heads", 0) << " ("
              << p.value("num_key_value_heads", 0) << ")</td><td>" << p.value("intermediate_size", 0) << "</td><td>"
              << fmt("%.4f", p.value("cost_ratio", 0.0)) << "</td><td>" << fmt("%.4f", p.value("importance", 0.0))
              << "</td><td>" << (p["kl"].is_number() ? fmt("%.4f", p["kl"].get<double>()) : std::string("n/a"))

@@ -20,7 +20,7 @@
 #include "core/base/process.h"
 #include "core/prune/shape_search.h"
 #include "stages/calibrate.h"
-#include "stages/student.h"
+#include "training/student.h"
 
 namespace hawada {
 namespace {
@@ -43,13 +43,15 @@ std::vector<std::vector<double>> rows_of(const at::Tensor& t) {
 std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   Hasher h;
-  h.update("rounding_search/2");
+  h.update("rounding_search/3");
   h.update(ctx.fingerprints.at(std::string(stage_names::reduce_gates)));
   for (int64_t v : {static_cast<int64_t>(c.search.ffn_multiple), static_cast<int64_t>(c.search.hidden_multiple),
                     static_cast<int64_t>(c.search.prune_kv_groups), static_cast<int64_t>(c.budget.metric),
-                    c.budget.latency_batch, c.data.seq_len, static_cast<int64_t>(c.search.probe_shapes)})
+                    c.budget.latency_batch, c.data.seq_len, static_cast<int64_t>(c.search.probe_shapes),
+                    static_cast<int64_t>(c.budget.latency_mode), c.budget.decode_context})
     h.update_u64(static_cast<uint64_t>(v));
-  for (double v : {c.budget.target, c.budget.device_flops, c.budget.device_bandwidth}) h.update(&v, sizeof v);
+  for (double v : {c.budget.target, c.budget.device_flops, c.budget.device_bandwidth, c.budget.layer_overhead_s})
+    h.update(&v, sizeof v);
   if (!c.search.latency_table.empty()) h.update(read_text_file(c.search.latency_table));
   if (c.search.probe_shapes > 0) {
     // The probes fit scales on the teacher cache: its samples and the fit's settings count.
@@ -75,6 +77,7 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   if (gates.heads) scores.heads = rows_of(file.tensor("heads.score"));
   if (gates.ffn) scores.ffn = rows_of(file.tensor("ffn.score"));
   if (gates.hidden) scores.hidden = to_vector(file.tensor("hidden.score"));
+  if (gates.layers) scores.layers = to_vector(file.tensor("layers.score"));
   SearchRules rules;
   rules.ffn_multiple = c.search.ffn_multiple;
   rules.hidden_multiple = c.search.hidden_multiple;
@@ -82,15 +85,22 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   rules.heads = gates.heads;
   rules.ffn = gates.ffn;
   rules.hidden = gates.hidden;
+  rules.layers = gates.layers;
   CostSpec cost;
   cost.metric = c.budget.metric == BudgetMetric::params ? CostSpec::Metric::params : CostSpec::Metric::latency;
   cost.target = c.budget.target;
-  cost.batch = c.budget.latency_batch;
-  cost.tokens = lm.shape.traits.tokens_per_sample > 0 ? lm.shape.traits.tokens_per_sample : c.data.seq_len;
-  cost.rates = {c.budget.device_flops, c.budget.device_bandwidth};
+  const LatencyWorkload workload = latency_workload(c, lm.shape);
+  cost.batch = workload.batch;
+  cost.tokens = workload.tokens;
+  cost.context = workload.context;
+  cost.rates = budget_rates(c);
   LatencyTable table;
   if (!c.search.latency_table.empty()) {
     const std::string file_name = c.search.latency_table.string();
+    if (c.budget.latency_mode == LatencyMode::decode)
+      throw ConfigError(c.source.string() + ": search.latency_table '" + file_name + "' holds prefill timings, but "
+                        "budget.latency_mode = \"decode\"; leave search.latency_table empty (the analytic model with "
+                        "budget.layer_overhead_s prices decode steps)");
     table = latency_table_from_json(read_json_file(c.search.latency_table), file_name);
     if (table.batch != cost.batch || table.tokens != cost.tokens)
       throw ConfigError(c.source.string() + ": search.latency_table '" + file_name + "' was measured at batch " +
@@ -140,14 +150,15 @@ void RoundingSearchStage::run(const StageContext& ctx) {
       const ModelShape& s = cand.shape;
       char line[320];
       std::snprintf(line, sizeof line,
-                    "rounding_search: probe %lld/%lld: hidden %lld, heads %lld (kv %lld), ffn %lld: %.4f of the dense "
-                    "%s, importance %.4f, KL %.4f after %lld calibration steps (%.1f s)",
-                    static_cast<long long>(i + 1), static_cast<long long>(n_probe), static_cast<long long>(s.hidden),
+                    "rounding_search: probe %lld/%lld: layers %lld, hidden %lld, heads %lld (kv %lld), ffn %lld: %.4f "
+                    "of the dense %s, importance %.4f, KL %.4f after %lld calibration steps (%.1f s)",
+                    static_cast<long long>(i + 1), static_cast<long long>(n_probe), static_cast<long long>(s.layers),
+                    static_cast<long long>(s.hidden),
                     static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads), static_cast<long long>(s.ffn),
                     cand.cost_ratio, c.budget.metric == BudgetMetric::params ? "params" : "latency", cand.importance, kl,
                     static_cast<long long>(o.steps), probe_s);
       log::info(line);
-      probes.push_back({{"hidden_size", s.hidden}, {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv_heads},
+      probes.push_back({{"num_hidden_layers", s.layers}, {"hidden_size", s.hidden}, {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv_heads},
                         {"intermediate_size", s.ffn}, {"cost_ratio", cand.cost_ratio}, {"importance", cand.importance},
                         {"kl", std::isfinite(kl) ? nlohmann::json(kl) : nlohmann::json(nullptr)}, {"seconds", probe_s}});
       if (kl < best) best = kl, chosen = cand;
@@ -167,12 +178,13 @@ void RoundingSearchStage::run(const StageContext& ctx) {
     j["probes"] = probes;
     atomic_write_text(layout.plan(), j.dump(1) + "\n");
     std::ostringstream csv;
-    csv << "hidden_size,num_attention_heads,num_key_value_heads,intermediate_size,parameters,flops,latency_s,"
+    csv << "num_hidden_layers,hidden_size,num_attention_heads,num_key_value_heads,intermediate_size,parameters,flops,latency_s,"
            "cost_ratio,importance,chosen\n";
     // The Pareto front, and the chosen shape where a probe picked one off it.
     std::vector<Candidate> rows = r.pareto;
     auto same = [](const ModelShape& a, const ModelShape& b) {
-      return a.hidden == b.hidden && a.heads == b.heads && a.kv_heads == b.kv_heads && a.ffn == b.ffn;
+      return a.layers == b.layers && a.hidden == b.hidden && a.heads == b.heads && a.kv_heads == b.kv_heads &&
+             a.ffn == b.ffn;
     };
     if (std::none_of(rows.begin(), rows.end(), [&](const Candidate& k) { return same(k.shape, r.plan.chosen.shape); })) {
       rows.push_back(r.plan.chosen);
@@ -181,14 +193,10 @@ void RoundingSearchStage::run(const StageContext& ctx) {
     for (const Candidate& k : rows) {
       char line[512];
       const ModelShape& s = k.shape;
-      std::snprintf(line, sizeof line, "%lld,%lld,%lld,%lld,%.0f,%.6g,%.6g,%.6f,%.6f,%d\n",
-                    static_cast<long long>(s.hidden), static_cast<long long>(s.heads),
+      std::snprintf(line, sizeof line, "%lld,%lld,%lld,%lld,%lld,%.0f,%.6g,%.6g,%.6f,%.6f,%d\n",
+                    static_cast<long long>(s.layers), static_cast<long long>(s.hidden), static_cast<long long>(s.heads),
                     static_cast<long long>(s.kv_heads), static_cast<long long>(s.ffn), k.parameters, k.flops,
-                    k.latency_s, k.cost_ratio, k.importance,
-                    s.hidden == r.plan.chosen.shape.hidden && s.heads == r.plan.chosen.shape.heads &&
-                            s.kv_heads == r.plan.chosen.shape.kv_heads && s.ffn == r.plan.chosen.shape.ffn
-                        ? 1
-                        : 0);
+                    k.latency_s, k.cost_ratio, k.importance, same(s, r.plan.chosen.shape) ? 1 : 0);
       csv << line;
     }
     atomic_write_text(layout.candidates(), csv.str());
@@ -196,9 +204,9 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   const ModelShape& s = r.plan.chosen.shape;
   char line[512];
   std::snprintf(line, sizeof line,
-                "rounding_search: hidden %lld, heads %lld (kv %lld), ffn %lld: %.4f of the dense %s (target %.4f), "
-                "importance kept %.4f; %zu legal shapes, %zu on the Pareto front, %.3f s",
-                static_cast<long long>(s.hidden), static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
+                "rounding_search: layers %lld, hidden %lld, heads %lld (kv %lld), ffn %lld: %.4f of the dense %s "
+                "(target %.4f), importance kept %.4f; %zu legal shapes, %zu on the Pareto front, %.3f s",
+                static_cast<long long>(s.layers), static_cast<long long>(s.hidden), static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
                 static_cast<long long>(s.ffn), r.plan.chosen.cost_ratio, r.plan.metric.c_str(), c.budget.target,
                 r.plan.chosen.importance, r.legal, r.pareto.size(), seconds);
   log::info(line);

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "stages/settings.h"
+#include "training/settings.h"
 
 namespace hawada {
 

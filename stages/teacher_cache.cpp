@@ -17,7 +17,7 @@
 #include "core/base/log.h"
 #include "core/dist/mpi_session.h"
 #include "core/base/process.h"
-#include "stages/student.h"
+#include "training/student.h"
 
 namespace hawada {
 namespace {

@@ -5,7 +5,7 @@
 // rank 0 publishes index.json only after every rank finished. Reruns compute only missing chunks.
 // With heal.data (and heal.steps > 0) the heal data set is cached too, in its own directory: the stage's
 // fingerprint is then "<data fingerprint>+<heal data fingerprint>" (run_cache_dir / heal_cache_dir in
-// stages/student.h split it).
+// training/student.h split it).
 #pragma once
 
 #include <cstdint>

@@ -18,9 +18,9 @@
 #include "core/dist/mpi_session.h"
 #include "core/base/process.h"
 #include "core/io/safetensors.h"
-#include "stages/distill.h"
-#include "stages/training_loop.h"
-#include "stages/student.h"
+#include "training/distill.h"
+#include "training/training_loop.h"
+#include "training/student.h"
 
 namespace hawada {
 namespace {
@@ -36,7 +36,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 GateValues values_of(const GateParameters& gates, const at::Tensor& like_flat) {
   const GateParameters::Views v = gates.views_of(like_flat);
-  return GateValues{v.heads, v.ffn, v.hidden};
+  return GateValues{v.heads, v.ffn, v.hidden, v.layers};
 }
 
 // Row-normalised (each row divided by its mean) view of a [rows, n] or [n] tensor.
@@ -63,6 +63,7 @@ struct Importance {
     one(a.heads, f.heads, o.heads);
     one(a.ffn, f.ffn, o.ffn);
     one(a.hidden, f.hidden, o.hidden);
+    one(a.layers, f.layers, o.layers);
     return out;
   }
 };
@@ -84,7 +85,7 @@ Importance measure_importance(const Model& model, const DistillData& data, const
     const CacheChunk teacher = data.teacher({s});
     at::Tensor ones = at::ones({P}, act.options()).requires_grad_(true);
     GateValues g = values_of(layout, ones);
-    ActivationImportance imp{acts.heads, acts.ffn, acts.hidden, 0};
+    ActivationImportance imp{acts.heads, acts.ffn, acts.hidden, acts.layers, 0};
     g.importance = &imp;
     const at::Tensor targets = sample_teacher_targets(teacher, mix_seed({static_cast<uint64_t>(c.run.seed),
                                                                           static_cast<uint64_t>(s)}, "fisher"));
@@ -120,6 +121,7 @@ at::Tensor initial_log_alpha(const GateParameters& layout, const at::Tensor& imp
   one(imp.heads, o.heads);
   one(imp.ffn, o.ffn);
   one(imp.hidden, o.hidden);
+  one(imp.layers, o.layers);
   return out;
 }
 
@@ -226,6 +228,7 @@ nlohmann::json step_metrics(int64_t step, const StepLoss& l, const Config& c, co
   if (counts.heads.defined()) j["kept_heads"] = counts.heads.sum().item<double>() / (gs.layers * gs.heads);
   if (counts.ffn.defined()) j["kept_ffn"] = counts.ffn.sum().item<double>() / (gs.layers * gs.ffn);
   if (counts.hidden.defined()) j["kept_hidden"] = counts.hidden.item<double>() / gs.hidden;
+  if (counts.layers.defined()) j["kept_layers"] = counts.layers.sum().item<double>() / gs.layers;
   return j;
 }
 
@@ -243,6 +246,7 @@ void write_trained_gates(const std::filesystem::path& file, const GateParameters
   add("heads", a.heads, f.heads);
   add("ffn", a.ffn, f.ffn);
   add("hidden", a.hidden, f.hidden);
+  add("layers", a.layers, f.layers);
   safetensors::write_file(file, out,
                           {{"fingerprint", fingerprint},
                            {"temperature", std::to_string(c.gates.temperature)},
@@ -254,7 +258,7 @@ std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   const int64_t world = process_info().size;
   Hasher h;
-  h.update("train_gates/2");
+  h.update("train_gates/3");
   h.update(run_cache_dir(c, ctx.fingerprints).filename().string());
   h.update(c10::toString(compute_dtype(c)));
   // The global batch (not how it is split over ranks) fixes the result.
@@ -262,10 +266,11 @@ std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
                     static_cast<int64_t>(c.train.grad_accum) * world, c.train.warmup, c.train.holdout,
                     static_cast<int64_t>(c.train.importance_batches), static_cast<int64_t>(c.gates.heads),
                     static_cast<int64_t>(c.gates.ffn), static_cast<int64_t>(c.gates.hidden),
-                    static_cast<int64_t>(c.budget.metric), c.budget.latency_batch})
+                    static_cast<int64_t>(c.gates.layers), static_cast<int64_t>(c.budget.metric), c.budget.latency_batch,
+                    static_cast<int64_t>(c.budget.latency_mode), c.budget.decode_context})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {c.train.lr, c.train.kd_temperature, c.train.mse_weight, c.gates.init, c.gates.temperature,
-                   c.budget.target, c.budget.device_flops, c.budget.device_bandwidth})
+                   c.budget.target, c.budget.device_flops, c.budget.device_bandwidth, c.budget.layer_overhead_s})
     h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
   cache_dir_ = run_cache_dir(c, ctx.fingerprints);

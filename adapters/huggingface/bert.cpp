@@ -151,6 +151,7 @@ class BertModelImpl final : public Model {
     auto linear = [](const at::Tensor& t, const Affine& a) { return layers::linear(t, a.weight, a.bias); };
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const BertLayer& l = layers_[static_cast<size_t>(i)];
+      const at::Tensor block_in = x;
       if (imp && imp->hidden.defined()) imp->hidden += x.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       auto heads = [&](const Affine& a) { return linear(x, a).view({B, T, arch_.heads, arch_.head_dim}).transpose(1, 2); };
       at::Tensor a = at::scaled_dot_product_attention(heads(l.proj[kQ]), heads(l.proj[kK]), heads(l.proj[kV]), mask, 0.0,
@@ -172,6 +173,9 @@ class BertModelImpl final : public Model {
       if (gates && gates->mlp_out.defined()) d = d * gates->mlp_out[i].to(dtype_);
       x = layers::layer_norm(layers::gate_last_dim(d, hidden_gate) + x, l.output_norm.weight, l.output_norm.bias, eps_,
                              hidden_gate);
+      // Post-norm: a layer gate mixes the block's output with its input (0: the block is gone).
+      x = layers::gate_block(block_in, x, gates && gates->layers.defined() ? gates->layers[i] : at::Tensor());
+      if (imp) layers::add_block_influence(imp->layers.defined() ? imp->layers[i] : at::Tensor(), block_in, x);
     }
     return x;
   }
@@ -205,6 +209,7 @@ ShapeTraits BertAdapter::traits(const ArchSummary& a) const {
   t.hidden_multiple_of_heads = true;
   t.rope = false;  // learned absolute positions
   t.causal = false;
+  t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types
   t.mlp_matrices = 2;  // intermediate.dense, output.dense
   t.qkv_bias = t.out_bias = t.mlp_in_bias = t.mlp_out_bias = true;
   t.norm_vectors = 4;  // attention.output.LayerNorm, output.LayerNorm (weight and bias)

@@ -203,6 +203,8 @@ class LlamaModel final : public Model {
     const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
+      const at::Tensor layer_gate = gates && gates->layers.defined() ? gates->layers[i] : at::Tensor();
+      const at::Tensor block_in = x;
       at::Tensor hs = layers::rms_norm(x, l.attn_norm, eps_, hidden_gate);
       if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim});
@@ -223,7 +225,7 @@ class LlamaModel final : public Model {
       a = a.transpose(1, 2).reshape({B, L, arch_.heads * arch_.head_dim});
       at::Tensor o = l.proj[kO](a);
       if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
-      x = x + layers::gate_last_dim(o, hidden_gate);
+      x = x + layers::gate_branch(layers::gate_last_dim(o, hidden_gate), layer_gate);
 
       hs = layers::rms_norm(x, l.mlp_norm, eps_, hidden_gate);
       if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
@@ -232,7 +234,8 @@ class LlamaModel final : public Model {
       if (imp && imp->ffn.defined()) imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
       at::Tensor d = l.proj[kDown](m);
       if (gates && gates->mlp_out.defined()) d = d * gates->mlp_out[i].to(dtype_);
-      x = x + layers::gate_last_dim(d, hidden_gate);
+      x = x + layers::gate_branch(layers::gate_last_dim(d, hidden_gate), layer_gate);
+      if (imp) layers::add_block_influence(imp->layers.defined() ? imp->layers[i] : at::Tensor(), block_in, x);
     }
     return layers::rms_norm(x, final_norm_, eps_, hidden_gate);
   }
@@ -281,6 +284,7 @@ ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
   t.hidden_multiple_of_heads = type_ == "llama";  // only LlamaConfig validates hidden_size % heads
   t.rope = true;
   t.causal = true;
+  t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types
   t.mlp_matrices = 3;
   t.qkv_bias = a.qkv_bias;
   t.out_bias = a.out_bias;

@@ -149,6 +149,8 @@ class VitModel final : public Model {
     auto linear = [](const at::Tensor& t, const Affine& a) { return layers::linear(t, a.weight, a.bias); };
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const VitLayer& l = layers_[static_cast<size_t>(i)];
+      const at::Tensor layer_gate = gates && gates->layers.defined() ? gates->layers[i] : at::Tensor();
+      const at::Tensor block_in = x;
       at::Tensor hs = layers::layer_norm(x, l.norm_before.weight, l.norm_before.bias, eps_, hidden_gate);
       if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
       auto heads = [&](const Affine& a) {
@@ -161,7 +163,7 @@ class VitModel final : public Model {
       a = a.transpose(1, 2).reshape({B, T, arch_.heads * arch_.head_dim});
       at::Tensor o = linear(a, l.proj[kO]);
       if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
-      x = x + layers::gate_last_dim(o, hidden_gate);
+      x = x + layers::gate_branch(layers::gate_last_dim(o, hidden_gate), layer_gate);
 
       hs = layers::layer_norm(x, l.norm_after.weight, l.norm_after.bias, eps_, hidden_gate);
       if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
@@ -170,7 +172,8 @@ class VitModel final : public Model {
       if (imp && imp->ffn.defined()) imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
       at::Tensor d = linear(m, l.proj[kFc2]);
       if (gates && gates->mlp_out.defined()) d = d * gates->mlp_out[i].to(dtype_);
-      x = x + layers::gate_last_dim(d, hidden_gate);
+      x = x + layers::gate_branch(layers::gate_last_dim(d, hidden_gate), layer_gate);
+      if (imp) layers::add_block_influence(imp->layers.defined() ? imp->layers[i] : at::Tensor(), block_in, x);
     }
     return layers::layer_norm(x, final_norm_.weight, final_norm_.bias, eps_, hidden_gate);
   }
@@ -204,6 +207,7 @@ ShapeTraits VitAdapter::traits(const ArchSummary& a) const {
   t.hidden_multiple_of_heads = true;
   t.rope = false;
   t.causal = false;
+  t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types
   t.mlp_matrices = 2;  // fc1 (intermediate.dense), fc2 (output.dense)
   t.qkv_bias = a.qkv_bias;
   t.out_bias = t.mlp_in_bias = t.mlp_out_bias = true;

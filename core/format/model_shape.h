@@ -41,6 +41,9 @@ struct ShapeTraits {
   bool rope = true;
   /// Causal self-attention (language models) or full (encoders).
   bool causal = true;
+  /// Whole blocks (attention + MLP) may be dropped: num_hidden_layers is free in transformers and every
+  /// per-layer setting of the config can be sliced with the layers (layer gates, [gates] layers).
+  bool drop_layers = false;
   /// Matrices of the MLP: 3 for a gated MLP (gate, up, down), 2 for fc1, fc2.
   int mlp_matrices = 3;
   /// Biases: on q/k/v, on the attention output, on the MLP input matrices, on the MLP output.

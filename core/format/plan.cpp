@@ -20,7 +20,8 @@ nlohmann::json candidate_json(const Candidate& c) {
 }  // namespace
 
 std::string transformers_violation(const ModelShape& s, const ModelShape& dense) {
-  if (s.layers != dense.layers) return "num_hidden_layers changed";
+  if (s.layers != dense.layers && !dense.traits.drop_layers) return "num_hidden_layers changed (this architecture keeps every block)";
+  if (s.layers < 1 || s.layers > dense.layers) return "num_hidden_layers outside [1, the dense model's]";
   if (s.head_dim != dense.head_dim) return "head_dim changed (RoPE / head size must stay)";
   if (s.heads < 1 || s.kv_heads < 1 || s.hidden < 1 || s.ffn < 1) return "a count below 1";
   if (s.heads > dense.heads || s.kv_heads > dense.kv_heads || s.hidden > dense.hidden || s.ffn > dense.ffn)
@@ -44,6 +45,7 @@ nlohmann::json plan_to_json(const Plan& p) {
           {"shape", candidate_json(p.chosen)},
           {"dense", candidate_json(p.dense)},
           {"layers", layers},
+          {"kept_layers", p.layers},
           {"hidden", p.hidden}};
 }
 
@@ -74,7 +76,8 @@ Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std:
     p.chosen.latency_s = s.at("latency_s").get<double>();
     p.chosen.cost_ratio = s.at("cost_ratio").get<double>();
     p.chosen.importance = s.at("importance").get<double>();
-    if (json_int(s.at("layers")) != dense.layers || json_int(s.at("head_dim")) != dense.head_dim)
+    p.chosen.shape.layers = json_int(s.at("layers"));
+    if (json_int(d.at("layers")) != dense.layers || json_int(s.at("head_dim")) != dense.head_dim)
       throw CheckpointError("'" + file + "': the plan was made for another model (layers or head_dim differ)");
     const std::string why = transformers_violation(p.chosen.shape, dense);
     if (!why.empty()) throw CheckpointError("'" + file + "': the planned shape is not loadable by transformers: " + why);
@@ -118,6 +121,13 @@ Plan plan_from_json(const nlohmann::json& j, const ModelShape& dense, const std:
     }
     p.hidden = json_ints(j.at("hidden"));
     check(p.hidden, p.chosen.shape.hidden, dense.hidden, "hidden");
+    // Plans written before layer gates keep every layer.
+    if (j.contains("kept_layers")) {
+      p.layers = json_ints(j.at("kept_layers"));
+    } else {
+      for (int64_t l = 0; l < dense.layers; ++l) p.layers.push_back(l);
+    }
+    check(p.layers, p.chosen.shape.layers, dense.layers, "kept_layers");
     return p;
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError("'" + file + "': malformed plan: " + e.what());

@@ -25,10 +25,13 @@ struct Candidate {
 struct Plan {
   Candidate chosen;
   Candidate dense;
-  std::vector<std::vector<int64_t>> heads;     ///< [layers]: kept query heads, grouped by kv head
+  std::vector<std::vector<int64_t>> heads;     ///< [dense layers]: kept query heads, grouped by kv head
   std::vector<std::vector<int64_t>> kv_heads;  ///< [layers]: kept kv heads (architectures with kv groups)
   std::vector<std::vector<int64_t>> ffn;       ///< [layers]: kept FFN channels
   std::vector<int64_t> hidden;                 ///< kept hidden channels
+  /// Kept blocks (dense layer indices, ascending; chosen.shape.layers of them). heads, kv_heads and ffn
+  /// stay indexed by dense layer; a dropped layer's entries are unused.
+  std::vector<int64_t> layers;
   std::string metric;
   double target = 0;
 };

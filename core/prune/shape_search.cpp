@@ -67,9 +67,22 @@ class Importance {
       ffn_count_ += static_cast<double>(layer.size());
     }
     if (!s.hidden.empty()) hidden_prefix_ = sorted_prefix(s.hidden);
+    if (!s.layers.empty()) layer_prefix_ = sorted_prefix(s.layers);
   }
 
-  double operator()(int64_t kv, int64_t per_group, int64_t ffn, int64_t hidden) const {
+  // A block that goes takes its heads and channels with it: the kept fraction of the layer scores times
+  // the widths' kept importance.
+  double operator()(int64_t layers, int64_t kv, int64_t per_group, int64_t ffn, int64_t hidden) const {
+    const double width = width_importance(kv, per_group, ffn, hidden);
+    if (layer_prefix_.empty()) return width;
+    const double total = layer_prefix_.back();
+    const double kept = total > 0 ? layer_prefix_[static_cast<size_t>(layers)] / total
+                                  : static_cast<double>(layers) / static_cast<double>(dense_.layers);
+    return kept * width;
+  }
+
+ private:
+  double width_importance(int64_t kv, int64_t per_group, int64_t ffn, int64_t hidden) const {
     double sum = 0;
     int kinds = 0;
     if (!head_prefix_.empty()) {
@@ -98,11 +111,10 @@ class Importance {
     return kinds ? sum / kinds : 1.0;
   }
 
- private:
   ModelShape dense_;
   std::vector<std::vector<std::vector<double>>> head_prefix_;
   std::vector<std::vector<double>> ffn_prefix_;
-  std::vector<double> hidden_prefix_;
+  std::vector<double> hidden_prefix_, layer_prefix_;
   double head_total_ = 0, head_count_ = 0, ffn_total_ = 0, ffn_count_ = 0;
 };
 
@@ -111,7 +123,7 @@ Candidate price(const ModelShape& s, const CostSpec& cost) {
   c.shape = s;
   c.parameters = static_cast<double>(parameter_count(s));
   c.flops = forward_cost(s, cost.batch, cost.tokens).flops;
-  c.latency_s = cost.table ? cost.table->latency(s) : latency_seconds(s, cost.batch, cost.tokens, cost.rates);
+  c.latency_s = cost.table ? cost.table->latency(s) : latency_seconds(s, cost.batch, cost.tokens, cost.rates, 2, cost.context);
   return c;
 }
 
@@ -181,6 +193,10 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
     q_options = {q};
   }
   const std::vector<int64_t> ffn_options = widths(dense.ffn, r.ffn_multiple, r.ffn);
+  std::vector<int64_t> layer_options{dense.layers};
+  if (r.layers && dense.traits.drop_layers)
+    for (int64_t l = dense.layers - 1; l >= 1; --l) layer_options.push_back(l);
+  for (int64_t layers : layer_options)
   for (int64_t kv : kv_options)
     for (int64_t per : q_options) {
       const int64_t heads = kv * per;
@@ -195,6 +211,7 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
       for (int64_t hidden : hidden_options)
         for (int64_t ffn : ffn_options) {
           ModelShape s = dense;
+          s.layers = layers;
           s.heads = heads;
           s.kv_heads = grouped(dense) ? kv : heads;
           s.hidden = hidden;
@@ -219,7 +236,7 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
     Candidate c = price(s, cost);
     c.cost_ratio = (cost.metric == CostSpec::Metric::params ? c.parameters : c.latency_s) / dense_cost;
     const int64_t kv = grouped(dense) ? s.kv_heads : s.heads;
-    c.importance = importance(kv, s.heads / kv, s.ffn, s.hidden);
+    c.importance = importance(s.layers, kv, s.heads / kv, s.ffn, s.hidden);
     all.push_back(c);
   }
   result.legal = all.size();
@@ -239,17 +256,24 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
                       ratio_text(all.empty() ? 1.0 : all.front().cost_ratio) + " of the dense model (" +
                       std::to_string(result.legal) + " legal shapes under [search])");
 
-  // The widest fitting shape per (hidden, heads, kv heads), by importance.
-  std::map<std::tuple<int64_t, int64_t, int64_t>, Candidate> widest;
+  // The widest fitting shape per (layers, hidden, heads, kv heads), by importance; then ranked so that
+  // each layer count's best comes before any layer count's second best.
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, Candidate> widest;
   for (const Candidate& c : all) {
     if (c.cost_ratio > cost.target * (1 + 1e-12)) continue;
-    const auto key = std::make_tuple(c.shape.hidden, c.shape.heads, c.shape.kv_heads);
+    const auto key = std::make_tuple(c.shape.layers, c.shape.hidden, c.shape.heads, c.shape.kv_heads);
     auto it = widest.find(key);
     if (it == widest.end() || c.importance > it->second.importance) widest[key] = c;
   }
-  for (const auto& [key, c] : widest) result.widest.push_back(c);
-  std::stable_sort(result.widest.begin(), result.widest.end(),
+  std::vector<Candidate> by_importance;
+  for (const auto& [key, c] : widest) by_importance.push_back(c);
+  std::stable_sort(by_importance.begin(), by_importance.end(),
                    [](const Candidate& a, const Candidate& b) { return a.importance > b.importance; });
+  std::map<int64_t, int> rank_in_depth;
+  std::vector<std::pair<int, size_t>> order;  // (rank within its layer count, position by importance)
+  for (size_t i = 0; i < by_importance.size(); ++i) order.push_back({rank_in_depth[by_importance[i].shape.layers]++, i});
+  std::stable_sort(order.begin(), order.end());
+  for (const auto& [rank, i] : order) result.widest.push_back(by_importance[i]);
   result.plan = plan_for(dense, scores, *best, cost, dense_c);
   return result;
 }
@@ -298,6 +322,12 @@ Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Cand
     for (int64_t c = 0; c < s.hidden; ++c) p.hidden.push_back(c);
   } else {
     p.hidden = top_indices(scores.hidden, s.hidden);
+  }
+  if (scores.layers.empty()) {
+    HAWADA_ASSERT(s.layers == dense.layers, "a shape without every layer needs layer scores");
+    for (int64_t l = 0; l < dense.layers; ++l) p.layers.push_back(l);
+  } else {
+    p.layers = top_indices(scores.layers, s.layers);
   }
   return p;
 }

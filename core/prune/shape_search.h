@@ -6,6 +6,7 @@
 //          count in every kept group; kv groups kept unless prune_kv_groups.
 //   coupled (traits.hidden_is_heads): hidden = heads x head_size (head size kept).
 //   hidden % heads == 0 where transformers validates it (traits.hidden_multiple_of_heads).
+//   layers (traits.drop_layers and a layer gate): any count from 1 to the dense model's, the blocks kept by score.
 //   All:   every layer the same counts; FFN width a multiple of ffn_multiple (or the dense width), hidden a multiple of
 //          hidden_multiple (or the dense width); counts >= 1; a kind without gates keeps its width.
 #pragma once
@@ -28,6 +29,7 @@ struct StructureScores {
   std::vector<std::vector<double>> heads;  ///< [layers][query heads]
   std::vector<std::vector<double>> ffn;    ///< [layers][intermediate]
   std::vector<double> hidden;              ///< [hidden]
+  std::vector<double> layers;              ///< [layers]: whole blocks
 };
 
 /// What may shrink and in which steps.
@@ -35,7 +37,7 @@ struct SearchRules {
   int64_t ffn_multiple = 256;
   int64_t hidden_multiple = 128;
   bool prune_kv_groups = false;
-  bool heads = true, ffn = true, hidden = false;  ///< kinds with gates
+  bool heads = true, ffn = true, hidden = false, layers = false;  ///< kinds with gates
 };
 
 /// Measured block latencies (hawada-pipeline profile): seconds of one attention block at (hidden,
@@ -60,6 +62,7 @@ struct CostSpec {
   enum class Metric { params, latency } metric = Metric::params;
   double target = 0.5;  ///< ratio of the dense model's cost
   int64_t batch = 1, tokens = 512;
+  int64_t context = 0;  ///< keys each token attends to (0: tokens; a decode step: tokens = 1, context = the KV cache)
   DeviceRates rates;
   const LatencyTable* table = nullptr;  ///< measured latencies instead of the roofline model
 };
@@ -70,8 +73,9 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
 struct SearchResult {
   Plan plan;
   std::vector<Candidate> pareto;  ///< ascending cost, strictly increasing importance
-  /// Within the budget, the widest shape (most kept importance) at each (hidden, heads, kv heads):
-  /// the qualitatively different trade-offs, by descending kept importance. plan.chosen is the first.
+  /// Within the budget, the widest shape (most kept importance) at each (layers, hidden, heads, kv heads):
+  /// the qualitatively different trade-offs, by descending kept importance, except that the best shape of
+  /// each layer count comes before any second best (probes then compare depth with width).
   std::vector<Candidate> widest;
   size_t legal = 0;
 };

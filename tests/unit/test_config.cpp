@@ -16,6 +16,10 @@
 #include "core/base/errors.h"
 #include "core/base/text.h"
 #include "pipeline/config.h"
+#include "adapters/adapter.h"
+#include "training/student.h"
+
+#include <nlohmann/json.hpp>
 
 #ifndef HAWADA_TEST_DATA_DIR
 #error "HAWADA_TEST_DATA_DIR must be defined as the absolute path of tests/data"
@@ -120,7 +124,7 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.teacher.store_dtype, StoreDtype::fp16);
   EXPECT_EQ(c.teacher.batch_size, 16);
   EXPECT_EQ(c.gates,
-            (GatesConfig{.heads = false, .ffn = true, .hidden = true, .init = 0.75, .temperature = 0.5}));
+            (GatesConfig{.heads = false, .ffn = true, .hidden = true, .layers = true, .init = 0.75, .temperature = 0.5}));
   EXPECT_EQ(c.train, (TrainConfig{.steps = 5000,
                                   .micro_batch = 2,
                                   .grad_accum = 8,
@@ -136,6 +140,9 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.budget.latency_batch, 8);
   EXPECT_DOUBLE_EQ(c.budget.device_flops, 1979e12);
   EXPECT_DOUBLE_EQ(c.budget.device_bandwidth, 4.8e12);
+  EXPECT_EQ(c.budget.latency_mode, LatencyMode::decode);
+  EXPECT_EQ(c.budget.decode_context, 1024);
+  EXPECT_DOUBLE_EQ(c.budget.layer_overhead_s, 5e-5);
   EXPECT_EQ(c.search.ffn_multiple, 64);
   EXPECT_EQ(c.search.hidden_multiple, 32);
   EXPECT_EQ(c.search.latency_table, abs("latency_table.csv"));
@@ -154,6 +161,7 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.export_.name, "llama-slim-30");
   EXPECT_EQ(c.export_.max_shard_size, 2'000'000'000ULL);
   EXPECT_EQ(c.export_.dtype, ExportDtype::bf16);
+  EXPECT_EQ(c.export_.base_model, "meta-llama/Llama-3.2-1B");
   EXPECT_EQ(c.dist.backend, DistBackend::nccl);
   EXPECT_DOUBLE_EQ(c.dist.timeout_s, 1800.5);
   EXPECT_EQ(c.dist.check_every, 25);
@@ -360,7 +368,7 @@ TEST(ConfigParse, DottedKeysAtTopLevel) {
 TEST(ConfigParse, UnknownKeyWithoutNearMatchListsTheKeys) {
   const std::string msg = config_error(std::string(kRequired) + "[budget]\nwhatever = 1\n");
   EXPECT_NE(msg.find("inline.toml:6:1: budget.whatever: unknown key 'budget.whatever' (expected one of: "
-                     "metric, target, latency_batch, device_flops, device_bandwidth)"),
+                     "metric, target, latency_batch, latency_mode, decode_context, layer_overhead_s, device_flops, device_bandwidth)"),
             std::string::npos)
       << msg;
 }
@@ -407,6 +415,50 @@ TEST(Text, NearestSuggestsTyposOnly) {
   EXPECT_EQ(nearest("lrr", keys), "lr");
   EXPECT_EQ(nearest("xyz", keys, 3), "lr");
   EXPECT_EQ(nearest("stpes", std::span<const std::string_view>{}), std::nullopt);
+}
+
+}  // namespace
+}  // namespace hawada
+
+namespace hawada {
+namespace {
+
+ModelShape llama_shape(int64_t layers) {
+  const nlohmann::json c = {{"model_type", "llama"}, {"num_hidden_layers", layers}, {"hidden_size", 64},
+                            {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 96},
+                            {"vocab_size", 256}};
+  return model_shape(adapter_for(c, "config.json").summarize(c, "config.json"));
+}
+
+std::string model_error(const Config& c, const ModelShape& s) {
+  try {
+    effective_gates(c, s);
+    latency_workload(c, s);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return {};
+}
+
+// Settings only the model can judge (checked before the first stage): layer gates need an architecture
+// that can drop blocks and a second layer to drop; a decode budget needs a causal LM. Each with its twin.
+TEST(ConfigModel, LayerGatesAndDecodeBudgetsNeedAModelThatTakesThem) {
+  Config c = parse_config(kRequired, kDir / "valid" / "inline.toml");
+  c.gates.layers = true;
+  EXPECT_EQ(model_error(c, llama_shape(4)), "");
+  EXPECT_NE(model_error(c, llama_shape(1)).find("gates.layers = true needs at least 2 layers"), std::string::npos);
+  ModelShape fixed = llama_shape(4);
+  fixed.traits.drop_layers = false;
+  EXPECT_NE(model_error(c, fixed).find("gates.layers = true, but this architecture cannot drop blocks"), std::string::npos);
+  c.gates.layers = false;
+  EXPECT_EQ(model_error(c, fixed), "");
+
+  c.budget.latency_mode = LatencyMode::decode;
+  EXPECT_EQ(model_error(c, llama_shape(4)), "");
+  EXPECT_EQ(latency_workload(c, llama_shape(4)).context, 256);
+  ModelShape encoder = llama_shape(4);
+  encoder.traits.causal = false;
+  EXPECT_NE(model_error(c, encoder).find("budget.latency_mode = \"decode\""), std::string::npos);
 }
 
 }  // namespace

@@ -86,6 +86,50 @@ TEST(CostModel, ExpectedCostIsDifferentiableInTheCounts) {
   EXPECT_GT(c.hidden.grad().item<double>(), 0);
 }
 
+// A layer gate weights its whole block: keeping k of L blocks (0/1 keeps) costs what a k-layer shape
+// costs, in parameters and in latency (prefill and decode, with the per-layer overhead); the gradient of
+// a block's keep is that block's cost.
+TEST(CostModel, LayerKeepsCostWhatAShallowerShapeCosts) {
+  const ModelShape s = llama_1b();
+  ModelShape shallow = s;
+  shallow.layers = 11;
+  GateCounts c;
+  c.layers = at::ones({s.layers}, at::kDouble);
+  for (int64_t l : {0, 3, 7, 8, 15}) c.layers[l] = 0.0;
+  EXPECT_EQ(expected_parameters(s, c).item<double>(), static_cast<double>(parameter_count(shallow)));
+  DeviceRates rates;
+  rates.layer_overhead_s = 30e-6;
+  EXPECT_DOUBLE_EQ(expected_latency(s, c, 1, 256, rates).item<double>(), latency_seconds(shallow, 1, 256, rates));
+  EXPECT_DOUBLE_EQ(expected_latency(s, c, 1, 1, rates, 2, 256).item<double>(),
+                   latency_seconds(shallow, 1, 1, rates, 2, 256));
+  // The overhead is a fixed cost per block.
+  DeviceRates none = rates;
+  none.layer_overhead_s = 0;
+  EXPECT_NEAR(latency_seconds(s, 1, 1, rates, 2, 256) - latency_seconds(s, 1, 1, none, 2, 256), 16 * 30e-6, 1e-15);
+  // d params / d keep of one block = that block's parameters.
+  GateCounts g;
+  g.layers = at::full({s.layers}, 0.5, at::kDouble).requires_grad_();
+  expected_parameters(s, g).backward();
+  ModelShape one = s;
+  one.layers = 1;
+  ModelShape two = s;
+  two.layers = 2;
+  EXPECT_DOUBLE_EQ(g.layers.grad()[5].item<double>(), static_cast<double>(parameter_count(two) - parameter_count(one)));
+}
+
+// A decode step (one token per sequence against a KV cache) is bandwidth bound at batch 1: about the
+// weight bytes plus the cache's; a longer cache costs more; dropping blocks saves more than narrowing them.
+TEST(CostModel, DecodeStepReadsTheWeightsAndTheCache) {
+  const ModelShape s = llama_1b();
+  const double short_ctx = latency_seconds(s, 1, 1, {}, 2, 256), long_ctx = latency_seconds(s, 1, 1, {}, 2, 8192);
+  EXPECT_NEAR(short_ctx, 2.0 * parameter_count(s) / 3.35e12, 0.05 * short_ctx);
+  EXPECT_GT(long_ctx, short_ctx);
+  // Per layer, each of the 8 kv heads' keys and values [C, 64] read once, and 32 query heads' scores
+  // written and read: (2 x 8 x 64 + 2 x 32) x C elements of 2 bytes.
+  const double cache_bytes = 16.0 * (2 * 8 * 64 + 2 * 32) * (8192 - 256) * 2;
+  EXPECT_NEAR(long_ctx - short_ctx, cache_bytes / 3.35e12, 0.05 * (long_ctx - short_ctx));
+}
+
 // The two parameter counts agree: the role tables' (every weight the architecture has, by its axes)
 // and the cost model's (formulas over the traits, which the search evaluates at any shape), for every
 // architecture and its options (biases, per-head norms, untied heads, poolers, classifiers).

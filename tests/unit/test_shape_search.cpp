@@ -40,6 +40,7 @@ StructureScores random_scores(const ModelShape& s, const SearchRules& r, std::mt
     if (r.ffn) sc.ffn.emplace_back(s.ffn), std::generate(sc.ffn.back().begin(), sc.ffn.back().end(), [&] { return u(rng); });
   }
   if (r.hidden) sc.hidden.resize(s.hidden), std::generate(sc.hidden.begin(), sc.hidden.end(), [&] { return u(rng); });
+  if (r.layers) sc.layers.resize(s.layers), std::generate(sc.layers.begin(), sc.layers.end(), [&] { return u(rng); });
   return sc;
 }
 
@@ -77,12 +78,15 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     r.heads = pick(rng) != 0, r.ffn = pick(rng) != 0, r.hidden = !is_vit && pick(rng) == 0;
     if (is_vit) r.hidden = r.heads;
     r.prune_kv_groups = pick(rng) == 0;
+    r.layers = pick(rng) == 0;
     r.ffn_multiple = std::vector<int64_t>{8, 16, 32, 256}[pick(rng)];
     r.hidden_multiple = std::vector<int64_t>{8, 16, 32, 128}[pick(rng)];
     CostSpec cost;
     cost.metric = pick(rng) % 2 ? CostSpec::Metric::params : CostSpec::Metric::latency;
     cost.target = std::uniform_real_distribution<double>(0.05, 1.0)(rng);
     cost.tokens = is_vit ? 17 : 64;
+    if (!is_vit && pick(rng) == 0) cost.tokens = 1, cost.context = 64;  // a decode step
+    cost.rates.layer_overhead_s = pick(rng) == 0 ? 1e-5 : 0.0;
     const StructureScores scores = random_scores(s, r, rng);
     SearchResult res;
     try {
@@ -102,6 +106,12 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     if (r.ffn && c.ffn != s.ffn) EXPECT_EQ(c.ffn % r.ffn_multiple, 0);
     if (!is_vit && c.hidden != s.hidden) EXPECT_EQ(c.hidden % r.hidden_multiple, 0);
     if (!is_vit && !r.prune_kv_groups) EXPECT_EQ(c.kv_heads, s.kv_heads);
+    if (!r.layers) EXPECT_EQ(c.layers, s.layers);
+    ASSERT_EQ(static_cast<int64_t>(p.layers.size()), c.layers);
+    EXPECT_TRUE(std::is_sorted(p.layers.begin(), p.layers.end()));
+    EXPECT_TRUE(std::adjacent_find(p.layers.begin(), p.layers.end()) == p.layers.end());
+    EXPECT_GE(p.layers.front(), 0);
+    EXPECT_LT(p.layers.back(), s.layers);
     // Kept indices agree with the shape; query heads come whole kv groups at a time, in group order.
     for (int64_t l = 0; l < s.layers; ++l) {
       const auto& h = p.heads[static_cast<size_t>(l)];
@@ -119,7 +129,9 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     EXPECT_EQ(back.heads, p.heads);
     EXPECT_EQ(back.ffn, p.ffn);
     EXPECT_EQ(back.hidden, p.hidden);
+    EXPECT_EQ(back.layers, p.layers);
     EXPECT_EQ(back.chosen.shape.heads, c.heads);
+    EXPECT_EQ(back.chosen.shape.layers, c.layers);
   }
   EXPECT_GT(plans, 100);
   EXPECT_GT(unreachable, 0);
@@ -142,6 +154,74 @@ TEST(ShapeSearch, KeepsTheHighestScoresAndTheBestShapeWithinBudget) {
   for (int64_t c : {3, 9, 17, 40, 41, 42, 50, 63, 5, 6, 7, 8, 10, 11, 12, 13})
     EXPECT_TRUE(std::binary_search(res.plan.ffn[0].begin(), res.plan.ffn[0].end(), c)) << c;
   EXPECT_DOUBLE_EQ(res.plan.chosen.importance, 1.0);
+}
+
+// Layer gates: the blocks with the lowest scores go, the rest keep their order; a budget that only
+// depth can meet is met by depth; the probe order puts each layer count's best shape first.
+TEST(ShapeSearch, LayerScoresChooseWhichBlocksGo) {
+  const ModelShape s = llama(6, 64, 4, 2, 64);
+  SearchRules r;
+  r.heads = false, r.ffn = false, r.layers = true;
+  StructureScores sc;
+  sc.layers = {0.9, 0.01, 0.8, 0.7, 0.02, 0.95};
+  CostSpec cost;
+  cost.target = (static_cast<double>(parameter_count([&] { ModelShape t = s; t.layers = 4; return t; }())) + 1) /
+                static_cast<double>(parameter_count(s));
+  const SearchResult res = search_shape(s, sc, r, cost);
+  EXPECT_EQ(res.plan.chosen.shape.layers, 4);
+  EXPECT_EQ(res.plan.layers, (std::vector<int64_t>{0, 2, 3, 5}));
+  EXPECT_EQ(transformers_violation(res.plan.chosen.shape, s), "");
+  // Widths and depth together: the first probes are the best shape of distinct layer counts.
+  r.ffn = true, r.ffn_multiple = 16;
+  const SearchResult both = search_shape(s, sc, r, cost);
+  ASSERT_GE(both.widest.size(), 2u);
+  EXPECT_NE(both.widest[0].shape.layers, both.widest[1].shape.layers);
+}
+
+// An architecture that keeps every block (traits.drop_layers false) never gets a shallower shape, and a
+// plan that asks for one is refused by name.
+TEST(ShapeSearch, ShallowerShapesOnlyWhereBlocksCanBeDropped) {
+  ModelShape s = llama(4, 64, 4, 2, 64);
+  ModelShape shallow = s;
+  shallow.layers = 3;
+  EXPECT_EQ(transformers_violation(shallow, s), "");
+  s.traits.drop_layers = false;
+  EXPECT_NE(transformers_violation(shallow, s).find("num_hidden_layers"), std::string::npos);
+  SearchRules r;
+  r.layers = true;
+  for (const ModelShape& c : legal_shapes(s, r)) EXPECT_EQ(c.layers, 4);
+}
+
+// plan.json: kept_layers is read and checked (a plan from before layer gates keeps every layer).
+TEST(ShapeSearch, PlanKeptLayersAreCheckedAndOptional) {
+  const ModelShape s = llama(4, 64, 4, 2, 64);
+  SearchRules r;
+  r.layers = true;
+  std::mt19937 rng(3);
+  CostSpec cost;
+  cost.target = 0.6;
+  const SearchResult res = search_shape(s, random_scores(s, r, rng), r, cost);
+  nlohmann::json j = plan_to_json(res.plan);
+  ASSERT_LT(res.plan.chosen.shape.layers, 4) << "the budget needs a dropped block";
+  // Twin: a duplicate or out-of-range layer is a CheckpointError naming kept_layers.
+  for (const nlohmann::json& bad : {nlohmann::json::array({0, 0, 1}), nlohmann::json::array({0, 1, 9})}) {
+    nlohmann::json b = j;
+    b["kept_layers"] = bad;
+    b["shape"]["layers"] = 3;
+    try {
+      plan_from_json(b, s, "plan.json");
+      FAIL() << "accepted " << bad.dump();
+    } catch (const CheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find("kept_layers"), std::string::npos) << e.what();
+    }
+  }
+  // A plan without kept_layers (written before layer gates) of a full-depth shape keeps every layer.
+  CostSpec any;
+  any.target = 1.0;
+  const SearchResult full = search_shape(s, random_scores(s, SearchRules{}, rng), SearchRules{}, any);
+  nlohmann::json old = plan_to_json(full.plan);
+  old.erase("kept_layers");
+  EXPECT_EQ(plan_from_json(old, s, "plan.json").layers, (std::vector<int64_t>{0, 1, 2, 3}));
 }
 
 TEST(ShapeSearch, UnreachableBudgetNamesTheSmallestCost) {

@@ -1,0 +1,107 @@
+// What the training stages share (train_gates, calibrate, heal): distillation from the teacher cache,
+// data-parallel steps whose global batch is the same samples whatever the world size, Adam on one
+// flat fp32 parameter vector, checkpoints that resume bit for bit, SIGTERM at a step boundary, and the
+// metrics file.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "adapters/model.h"
+#include "core/dist/communicator.h"
+#include "core/data/data.h"
+#include "core/format/plan.h"
+#include "core/io/safetensors.h"
+#include "core/data/teacher_cache.h"
+#include "training/settings.h"
+
+namespace hawada {
+
+struct ArchSummary;
+
+/// The data and the teacher cache of a distillation stage, checked against each other: the last
+/// `train.holdout` samples are never trained on.
+class DistillData {
+ public:
+  /// CacheError when the cache does not hold the data's samples; ConfigError when the holdout leaves
+  /// fewer training samples than one global batch (`global_batch`).
+  DistillData(const Config& config, const ArchSummary& arch, const std::filesystem::path& cache_dir,
+              int64_t global_batch, const std::string& stage);
+  /// Any data set (heal.data): every sample but the last `holdout` is a training sample.
+  DistillData(const Config& config, const DataSpec& spec, int64_t holdout, const ArchSummary& arch,
+              const std::filesystem::path& cache_dir, int64_t global_batch, const std::string& stage);
+  int64_t train_samples() const { return train_samples_; }
+  int64_t samples() const { return data_->size(); }
+  /// The inputs of `samples`, on `device`, and their cached teacher rows (on the host).
+  Batch batch(const std::vector<int64_t>& samples, const at::Device& device) const;
+  CacheChunk teacher(const std::vector<int64_t>& samples) const;
+
+ private:
+  std::unique_ptr<DataSource> data_;
+  CacheLayout layout_;
+  std::filesystem::path cache_dir_;
+  int64_t train_samples_ = 0;
+};
+
+/// The teacher rows as the sliced student of `plan` is compared with them: an encoder's hidden states
+/// in the teacher's coordinates (CacheChunk::hidden_channels), the channels the plan drops as zeros.
+/// Logits are unchanged.
+CacheChunk for_student(CacheChunk teacher, const Plan& plan);
+
+/// An infinite stream of epochs, each a seeded permutation of [0, samples): position p is the same
+/// sample whatever the world size.
+class SampleOrder {
+ public:
+  SampleOrder(int64_t samples, int64_t seed, std::string_view tag = "order");
+  int64_t at(int64_t position);
+  /// The `micro_batch` samples of global micro-batch `g` of step `step` (micros = global micro-batches per step).
+  std::vector<int64_t> micro_batch(int64_t step, int64_t g, int64_t micros, int64_t micro_batch);
+
+ private:
+  int64_t samples_, seed_;
+  std::string tag_;
+  std::map<int64_t, at::Tensor> epochs_;
+};
+
+/// A 64-bit seed from values and a tag (XXH64): noise and orders keyed by (seed, step, ...).
+uint64_t mix_seed(std::initializer_list<uint64_t> values, std::string_view tag);
+
+/// What one micro-batch's loss was, and where its time went (wall times of finished device work).
+struct LossParts {
+  double kl = 0, mse = 0;
+  int64_t tokens = 0;
+  double forward_s = 0, loss_s = 0, backward_s = 0;
+};
+
+/// The distillation loss of one micro-batch against the cached teacher, times `scale`, backpropagated
+/// into whatever requires gradients (gates, scales or weights). LMs: top-k + tail KL at temperature T
+/// (core/prune/distill_loss.h), plus mse_weight x MSE on the cached top-k logits; the LM head runs a piece of
+/// tokens at a time on detached features, so [tokens, vocab] never exists whole. Classifiers: KL on
+/// the full cached logits. Encoders (hidden-state caches): the relative squared error of every token
+/// plus 1 - cosine of the mean-pooled embeddings (core/prune/distill_loss.h hidden_state_loss), reported as
+/// `kl` (the loss) and `mse` (its token term); kd_temperature and mse_weight do not apply.
+LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
+                           double kd_temperature, double mse_weight, double scale);
+
+/// The negative log-likelihood of `targets` ([B, L] token ids for an LM, [B] labels for a classifier,
+/// float [B, L, hidden] states for an encoder under a Gaussian of each target's mean-square variance),
+/// summed over tokens, backpropagated into whatever requires gradients (the Fisher information pass).
+double nll_backward(const Model& model, const Batch& batch, const at::Tensor& targets, const GateValues* gates);
+/// Targets drawn from the cached teacher distribution (its top-k, renormalised; the full logits of a
+/// classifier; the teacher's hidden states plus noise of each token's RMS for an encoder), with a
+/// generator keyed by `seed`.
+at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed);
+
+/// The distillation loss without gradients (held-out evaluation): mean KL per token over the batch
+/// (an encoder: its hidden-state loss).
+double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
+                    double kd_temperature);
+
+
+}  // namespace hawada
