@@ -295,6 +295,20 @@ void TrainGatesStage::run(const StageContext& ctx) {
   GateParameters gates(gates_config, lm.model->gate_shape());
   gates.to(device);
   const BudgetCost budget(c, lm.shape);
+  {
+    // The cheapest model the gates can reach (every gated structure off): a target below it cannot be
+    // met, and projecting towards it would switch every gate off.
+    at::NoGradGuard no_grad;
+    const double floor = budget.ratio_of(gates.expected_counts(hc, at::full({gates.flat.numel()}, -60.0, at::kFloat)));
+    if (c.budget.target <= floor * (1 + 1e-9)) {
+      char line[320];
+      std::snprintf(line, sizeof line,
+                    ": budget.target = %.4f is below what the gates can reach: %.4f of the dense cost with every gated "
+                    "structure removed (what stays: ungated kinds, embeddings, the head%s)",
+                    c.budget.target, floor, c.budget.layer_overhead_s > 0 ? ", budget.layer_overhead_s per layer" : "");
+      throw ConfigError(c.source.string() + line);
+    }
+  }
   Adam adam(gates.flat);
   Importance importance{at::zeros({gates.flat.numel()}, at::kFloat), at::zeros({gates.flat.numel()}, at::kFloat)};
   const RunLayout layout(ctx.run_dir);

@@ -98,7 +98,7 @@ struct BudgetConfig {
   int64_t latency_batch = 1;         ///< Sequences (images) per forward the latency is modelled at.
   LatencyMode latency_mode = LatencyMode::prefill;
   int64_t decode_context = 256;      ///< Tokens in the KV cache of a decode step (latency_mode = decode).
-  double layer_overhead_s = 30e-6;   ///< Fixed seconds per block per forward (kernel launches, dispatch).
+  double layer_overhead_s = 0;       ///< Fixed seconds per block per forward (kernel launches, dispatch); 0: roofline only.
   double device_flops = 989e12;      ///< Target device's dense bf16 FLOP/s (default: H100 SXM).
   double device_bandwidth = 3.35e12; ///< Target device's memory bandwidth in bytes/s (default: H100 SXM).
   bool operator==(const BudgetConfig&) const = default;

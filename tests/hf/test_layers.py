@@ -169,7 +169,7 @@ steps = 0
     assert out.shape == (1, 16) and torch.equal(out, out_ref)
 
 
-def test_llama_depth_and_width_together(tmp_path, mpirun, cli):
+def test_llama_depth_and_width_together_then_healed(tmp_path, mpirun, cli):
     torch.manual_seed(1)
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                                       num_attention_heads=8, num_key_value_heads=2, initializer_range=0.2,
@@ -183,6 +183,9 @@ hidden = true
 layers = true
 [calibrate]
 steps = 4
+[heal]
+steps = 3
+warmup = 1
 """)
     mpirun(2, cfg)
     plan = json.load(open(tmp_path / "run" / "plan" / "plan.json"))
@@ -201,6 +204,14 @@ steps = 4
     assert ((theirs - ours).abs().max() / theirs.abs().max()).item() <= 1e-4
     summary = verified(tmp_path / "run")
     assert summary["shape"]["num_hidden_layers"] == shape["layers"]
+    # The healed weights are the export's, under the renumbered names.
+    healed = load_file(tmp_path / "run" / "heal" / "weights.safetensors")
+    assert set(healed) == names
+    exported = {}
+    for f in os.listdir(export):
+        if f.endswith(".safetensors"):
+            exported.update(load_file(export / f))
+    assert all(torch.equal(exported[n], healed[n].to(exported[n].dtype)) for n in names)
     assert model.generate(x[:1, :4], max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 8)
     card = (export / "README.md").read_text()
     assert f"| num_hidden_layers | 4 | {shape['layers']} |" in card and "whole blocks" in card
