@@ -313,3 +313,20 @@ def test_layer_gates_on_a_single_layer_model_are_a_config_error(tmp_path, mpirun
     assert p.returncode == 2, p.stderr
     assert "gates.layers = true needs at least 2 layers" in p.stderr
     assert not (tmp_path / "cache").exists(), "refused before the teacher cache"
+
+
+def test_budget_only_depth_can_meet_needs_layer_gates(tmp_path, mpirun):
+    """Per-layer cost dominates: without layer gates no width reaches the target (a ConfigError naming
+    budget.target before any training step); with them, the same budget is met (the twin is
+    test_qwen2_dropped_blocks_equal_transformers_without_them)."""
+    torch.manual_seed(5)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tokens(tmp_path / "tokens.bin", 32)
+    cfg = write_config(tmp_path, tmp_path / "llama", tmp_path / "tokens.bin", "run", extra=DECODE_BUDGET)
+    p = mpirun(1, cfg, check=False)
+    assert p.returncode == 2, p.stderr
+    assert "budget.target = 0.5500 is below what the gates can reach" in p.stderr
+    assert "budget.layer_overhead_s per layer" in p.stderr
+    assert not (tmp_path / "run" / "train" / "metrics.jsonl").exists()
