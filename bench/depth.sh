@@ -3,7 +3,7 @@
 # the gate stages of bench/quality.sh with budget.metric = latency, latency_mode = decode (batch 1, one
 # token against a 256-token KV cache) on rates that describe transformers on this CPU
 # (DEPTH_FLOPS, DEPTH_BANDWIDTH, DEPTH_LAYER_OVERHEAD; bench/NOTES.md says how they were fitted), once with
-# heads + FFN gates and once with layer gates as well. For each: the held-out perplexity (64 windows of
+# head, FFN and hidden-channel gates (the strongest width-only) and once with layer gates as well. For each: the held-out perplexity (64 windows of
 # the GNU Coding Standards) of the export and of the one-shot baseline at its shape (Minitron's
 # activation criterion for widths, ShortGPT's block influence for depth: bench/quality_reference.py
 # baseline activation), then the export healed on DEPTH_HEAL_TOKENS tokens of heal.data, and what the
@@ -26,7 +26,7 @@ for f in "$model/model.safetensors" "$train" "$evalf" "$healf" "$cli"; do
 done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 ranks=${DEPTH_RANKS:-2}
-target=${DEPTH_TARGET:-0.45}
+target=${DEPTH_TARGET:-0.42}
 heal_tokens=${DEPTH_HEAL_TOKENS:-500000}
 variants=${DEPTH_VARIANTS:-"width depth"}
 tokens_per_step=$((8 * 256))
@@ -49,6 +49,7 @@ top_k = 64
 [gates]
 heads = true
 ffn = true
+hidden = ${DEPTH_HIDDEN:-true}
 layers = $2
 [train]
 steps = 60
@@ -63,8 +64,8 @@ latency_mode = "decode"
 decode_context = 256
 target = $target
 device_flops = ${DEPTH_FLOPS:-2e11}
-device_bandwidth = ${DEPTH_BANDWIDTH:-1.2e10}
-layer_overhead_s = ${DEPTH_LAYER_OVERHEAD:-4e-4}
+device_bandwidth = ${DEPTH_BANDWIDTH:-9.35e9}
+layer_overhead_s = ${DEPTH_LAYER_OVERHEAD:-3.56e-4}
 [search]
 ffn_multiple = 128
 probe_shapes = 4
