@@ -39,6 +39,10 @@ std::string supported_list() {
 
 }  // namespace
 
+at::Tensor Model::decode(const at::Tensor&, KvCache&) const {
+  throw UsageError("this model does not decode token by token (not a causal language model)");
+}
+
 const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesystem::path& config_file) {
   auto it = config.find("model_type");
   if (it == config.end() || !it->is_string()) fail(config_file, "model_type", "missing or not a string");

@@ -38,6 +38,13 @@ struct GateValues {
   ActivationImportance* importance = nullptr;  ///< when set, the forward pass adds to it
 };
 
+/// The keys and values of the tokens a causal LM has seen, per layer: what generate() keeps between
+/// decode steps.
+struct KvCache {
+  std::vector<at::Tensor> keys, values;  ///< per layer [batch, kv heads, tokens, head_dim]
+  int64_t length = 0;                    ///< tokens seen
+};
+
 /// How many gates of each kind a model has.
 struct GateShape {
   int64_t layers = 0;
@@ -67,6 +74,10 @@ class Model {
   }
   /// The gate counts of this architecture.
   virtual GateShape gate_shape() const = 0;
+  /// Causal LMs: the final normalised hidden states of `ids` [B, L] as the continuation of what `cache`
+  /// holds (positions cache.length ...), extending the cache with them: a prefill when the cache is
+  /// empty, a decode step for one token. No gates, no padding. UsageError for models that do not decode.
+  virtual at::Tensor decode(const at::Tensor& ids, KvCache& cache) const;
   /// Compute dtype of the forward pass.
   virtual at::ScalarType dtype() const = 0;
   /// The weights the forward pass uses, by Hugging Face name (a tied LM head appears once, as the

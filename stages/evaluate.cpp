@@ -182,10 +182,74 @@ double measure_latency(const Model& model, const Batch& example, int repeats, co
   return t[t.size() / 2];
 }
 
+// What generate() costs a user of a causal LM, in our runtime: batch 1, the KV cache, greedy; the prefill
+// of a kPromptTokens-token prompt and kNewTokens decode steps after it.
+constexpr int64_t kPromptTokens = 256, kNewTokens = 64;
+
+struct Generation {
+  double prefill_s = 0, decode_s = 0;
+};
+
+Generation measure_generation(const Model& model, const at::Tensor& prompt, int repeats, const at::Device& device) {
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = prompt.to(device);
+  auto since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  auto once = [&] {
+    Generation g;
+    KvCache cache;
+    auto t0 = std::chrono::steady_clock::now();
+    at::Tensor h = model.decode(ids, cache);
+    at::Tensor next = model.head(h.slice(1, h.size(1) - 1)).argmax(-1);
+    synchronize(device);
+    g.prefill_s = since(t0);
+    t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < kNewTokens; ++i) next = model.head(model.decode(next, cache)).argmax(-1);
+    synchronize(device);
+    g.decode_s = since(t0);
+    return g;
+  };
+  once();  // warm-up
+  std::vector<double> prefill, decode;
+  for (int r = 0; r < std::clamp(repeats, 1, 3); ++r) {
+    const Generation g = once();
+    prefill.push_back(g.prefill_s), decode.push_back(g.decode_s);
+  }
+  std::sort(prefill.begin(), prefill.end());
+  std::sort(decode.begin(), decode.end());
+  return {prefill[prefill.size() / 2], decode[decode.size() / 2]};
+}
+
+// The prompt: the first kPromptTokens tokens of the samples from `first` on (fewer when the data has fewer).
+at::Tensor generation_prompt(const DataSource& data, int64_t first) {
+  std::vector<at::Tensor> parts;
+  int64_t have = 0;
+  for (int64_t i = first; i < data.size() && have < kPromptTokens; ++i) {
+    parts.push_back(data.read(i, 1).input_ids);
+    have += parts.back().size(1);
+  }
+  return at::cat(parts, 1).slice(1, 0, kPromptTokens);
+}
+
+json generation_speed(const ModelAdapter& adapter, const HfCheckpoint& dense, const HfCheckpoint& exported,
+                      const at::Tensor& prompt, at::ScalarType dtype, int repeats, const at::Device& device) {
+  const auto teacher = adapter.load(dense, {dtype, device});
+  const Generation d = measure_generation(*teacher, prompt, repeats, device);
+  const auto student = adapter.load(exported, {dtype, device});
+  const Generation e = measure_generation(*student, prompt, repeats, device);
+  const double n = static_cast<double>(kNewTokens);
+  return {{"prompt_tokens", prompt.size(1)}, {"new_tokens", kNewTokens}, {"dtype", c10::toString(dtype)},
+          {"dense_prefill_s", d.prefill_s}, {"export_prefill_s", e.prefill_s},
+          {"dense_decode_tokens_per_s", n / d.decode_s}, {"export_decode_tokens_per_s", n / e.decode_s},
+          {"prefill_speedup", d.prefill_s / std::max(e.prefill_s, 1e-12)},
+          {"decode_speedup", d.decode_s / std::max(e.decode_s, 1e-12)}};
+}
+
 std::string EvaluateStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   Hasher h;
-  h.update("evaluate/1");
+  h.update("evaluate/2");
   h.update(ctx.fingerprints.at(std::string(stage_names::export_)));
   h.update(c.evaluate.data.string());
   if (!c.evaluate.data.empty()) h.update_u64(fs::file_size(c.evaluate.data));
@@ -278,6 +342,10 @@ void EvaluateStage::run(const StageContext& ctx) {
                          {"measured_speedup", dense_s / std::max(slim_s, 1e-12)},
                          {"predicted_speedup", plan.dense.latency_s / std::max(plan.chosen.latency_s, 1e-12)}};
   }
+  // Causal LMs: what generate() costs, batch 1 with the KV cache (the same in transformers: bench/depth.sh).
+  if (lm.shape.traits.output == ModelOutput::token_logits && lm.shape.traits.causal)
+    result["generation"] = generation_speed(*lm.adapter, lm.checkpoint, exported, generation_prompt(*data, first),
+                                            compute_dtype(c), static_cast<int>(c.evaluate.latency_repeats), device);
   result["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   // evaluate/evaluate.json, the "evaluate" key of export/summary.json, and the model card.
@@ -307,6 +375,14 @@ void EvaluateStage::run(const StageContext& ctx) {
           fixed(result["latency"]["export_s"].get<double>() * 1e3) + " ms (speedup " +
           fixed(result["latency"]["measured_speedup"].get<double>(), "%.2f") + "x measured, " +
           fixed(result["latency"]["predicted_speedup"].get<double>(), "%.2f") + "x predicted)";
+  if (result.contains("generation")) {
+    const json& g = result["generation"];
+    line += "; generate (batch 1, KV cache): prefill of " + std::to_string(g["prompt_tokens"].get<int64_t>()) +
+            " tokens " + fixed(g["prefill_speedup"].get<double>(), "%.2f") + "x, decode " +
+            fixed(g["export_decode_tokens_per_s"].get<double>(), "%.1f") + " tokens/s against " +
+            fixed(g["dense_decode_tokens_per_s"].get<double>(), "%.1f") + " (" +
+            fixed(g["decode_speedup"].get<double>(), "%.2f") + "x)";
+  }
   log::info(line);
   world::barrier();
 }

@@ -106,6 +106,14 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
       << num(l, "measured_speedup", "%.2f") << "x; the cost model predicted " << num(l, "predicted_speedup", "%.2f")
       << "x).\n\n";
   }
+  if (ev.contains("generation")) {
+    const json& g = ev["generation"];
+    o << "Generation (batch 1, greedy, KV cache, " << g.value("dtype", std::string()) << ", hawada-pipeline's runtime): a "
+      << g.value("prompt_tokens", 0) << "-token prompt is prefilled " << num(g, "prefill_speedup", "%.2f")
+      << "x faster than the original, and " << g.value("new_tokens", 0) << " new tokens decode at "
+      << num(g, "export_decode_tokens_per_s", "%.1f") << " tokens/s against " << num(g, "dense_decode_tokens_per_s", "%.1f")
+      << " (" << num(g, "decode_speedup", "%.2f") << "x).\n\n";
+  }
   o << "## Reproduce\n\n```\nmpirun -np " << process_info().size << " hawada-pipeline " << c.source.filename().string()
     << "\n```\n\nwith this configuration (resolved):\n\n```toml\n"
     << read_text_file(RunLayout(run_dir).resolved_config()) << "```\n\n"

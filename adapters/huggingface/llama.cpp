@@ -166,25 +166,42 @@ class LlamaModel final : public Model {
   }
 
   at::Tensor features(const Batch& batch, const GateValues* gates) const override { return hidden_states(batch, gates); }
+  at::Tensor decode(const at::Tensor& ids, KvCache& cache) const override {
+    if (cache.keys.empty()) cache.keys.resize(static_cast<size_t>(arch_.layers)), cache.values.resize(static_cast<size_t>(arch_.layers));
+    HAWADA_ASSERT(static_cast<int64_t>(cache.keys.size()) == arch_.layers, "a KV cache of this model");
+    if (arch_.sliding_window > 0 && cache.length + ids.size(1) > arch_.sliding_window)
+      throw DataError("decoding past the sliding_window " + std::to_string(arch_.sliding_window) + " of this " +
+                      arch_.model_type + " model is not supported");
+    Batch b;
+    b.input_ids = ids;
+    at::Tensor out = hidden_states(b, nullptr, &cache);
+    cache.length += ids.size(1);
+    return out;
+  }
   at::Tensor head(const at::Tensor& features) const override { return layers::linear(features, lm_head_); }
 
   GateShape gate_shape() const override { return {arch_.layers, arch_.heads, arch_.ffn, arch_.hidden}; }
   at::ScalarType dtype() const override { return dtype_; }
 
  private:
-  at::Tensor hidden_states(const Batch& batch, const GateValues* gates) const {
+  // With a cache: the tokens continue the cached ones (positions past ...), and their keys and values
+  // are appended to it.
+  at::Tensor hidden_states(const Batch& batch, const GateValues* gates, KvCache* cache = nullptr) const {
     const at::Tensor& ids = batch.input_ids;
     check_inputs(batch);
     const int64_t B = ids.size(0), L = ids.size(1);
+    const int64_t past = cache ? cache->length : 0;
     const at::Tensor hidden_gate = gates ? gates->hidden : at::Tensor();
 
     // RoPE tables for positions 0..L-1 (transformers uses cache positions, not the padding mask).
-    at::Tensor positions = at::arange(L, at::TensorOptions().dtype(at::kFloat).device(ids.device()));
+    at::Tensor positions = at::arange(past, past + L, at::TensorOptions().dtype(at::kFloat).device(ids.device()));
     at::Tensor freqs = positions.unsqueeze(-1) * inv_freq_;
     at::Tensor emb = at::cat({freqs, freqs}, -1);
     const at::Tensor cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);
 
     at::Tensor mask;  // undefined: plain causal attention
+    if (past > 0 && L > 1)  // new queries see every cached key and the new keys up to themselves
+      mask = at::ones({L, past + L}, at::TensorOptions().dtype(at::kBool).device(ids.device())).tril(past);
     if (batch.attention_mask.defined()) {
       at::Tensor keys = batch.attention_mask.to(at::kBool);
       if (!keys.all().item<bool>()) {
@@ -218,7 +235,15 @@ class LlamaModel final : public Model {
       at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
       q = q * cos + rotate_half(q) * sin;
       k = k * cos + rotate_half(k) * sin;
-      at::Tensor a = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, /*is_causal=*/!mask.defined(), scale,
+      if (cache) {
+        auto& ck = cache->keys[static_cast<size_t>(i)];
+        auto& cv = cache->values[static_cast<size_t>(i)];
+        if (past > 0) k = at::cat({ck, k}, 2), v = at::cat({cv, v}, 2);
+        ck = k, cv = v;
+      }
+      // One new token after cached ones attends to all of them: no mask.
+      const bool causal = !mask.defined() && !(past > 0 && L == 1);
+      at::Tensor a = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, causal, scale,
                                                       /*enable_gqa=*/arch_.kv_heads != arch_.heads);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
       if (imp && imp->heads.defined()) imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});

@@ -215,6 +215,13 @@ warmup = 1
     assert model.generate(x[:1, :4], max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 8)
     card = (export / "README.md").read_text()
     assert f"| num_hidden_layers | 4 | {shape['layers']} |" in card and "whole blocks" in card
+    # evaluate measured generate() in our runtime: prefill of the held-out tokens, 64 decode steps.
+    g = summary["evaluate"]["generation"]
+    assert g["prompt_tokens"] == 8 * SEQ and g["new_tokens"] == 64, g
+    assert g["dense_decode_tokens_per_s"] > 0 and g["export_decode_tokens_per_s"] > 0 and g["prefill_speedup"] > 0
+    assert "Generation (batch 1, greedy, KV cache" in card
+    assert str(tmp_path) not in card.split("## Reproduce")[0], "the card names data by file name"
+    assert 'base_model: "llama"' in card
 
 
 def test_vit_and_bert_drop_blocks(tmp_path, mpirun, cli):

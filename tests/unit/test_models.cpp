@@ -27,7 +27,7 @@ Loaded load(const std::string& dir, at::ScalarType dtype) {
 }
 
 GateValues ones(const GateShape& s) {
-  return {at::ones({s.layers, s.heads}), at::ones({s.layers, s.ffn}), at::ones({s.hidden})};
+  return {at::ones({s.layers, s.heads}), at::ones({s.layers, s.ffn}), at::ones({s.hidden}), at::ones({s.layers})};
 }
 
 Batch llama_batch() {
@@ -61,6 +61,30 @@ TEST_P(GatesAtOne, AreBitIdenticalToNoGates) {
   GateValues one_channel_off = ones(m.model->gate_shape());
   one_channel_off.hidden[3] = 0;
   EXPECT_FALSE(at::equal(teacher, m.model->logits(batch, &one_channel_off)));
+  GateValues one_block_off = ones(m.model->gate_shape());
+  one_block_off.layers[0] = 0;
+  EXPECT_FALSE(at::equal(teacher, m.model->logits(batch, &one_block_off)));
+}
+
+// A KV-cache decode (a prefill, then one token at a time, then two at once) computes what one forward over
+// the whole sequence computes; models that do not decode say so.
+TEST(Models, DecodeWithTheCacheEqualsTheFullForward) {
+  auto m = load("tiny-llama", at::kFloat);
+  at::manual_seed(1);
+  const at::Tensor ids = at::randint(0, 64, {2, 12}, at::kLong);
+  at::NoGradGuard no_grad;
+  const at::Tensor full = m.model->features(Batch{ids, {}, {}});
+  KvCache cache;
+  std::vector<at::Tensor> parts{m.model->decode(ids.slice(1, 0, 7), cache)};
+  for (int64_t t = 7; t < 10; ++t) parts.push_back(m.model->decode(ids.slice(1, t, t + 1), cache));
+  parts.push_back(m.model->decode(ids.slice(1, 10, 12), cache));
+  EXPECT_EQ(cache.length, 12);
+  const at::Tensor stepwise = at::cat(parts, 1);
+  const double diff = (stepwise - full).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-5 * full.abs().max().item<double>()) << "max diff " << diff;
+  auto v = load("tiny-vit", at::kFloat);
+  KvCache none;
+  EXPECT_THROW(v.model->decode(ids, none), UsageError);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GatesAtOne,
