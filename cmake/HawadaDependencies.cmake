@@ -4,6 +4,8 @@ find_package(MPI REQUIRED COMPONENTS C)
 find_package(HDF5 REQUIRED COMPONENTS C)
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(xxhash REQUIRED IMPORTED_TARGET libxxhash)  # XXH64 of the fingerprints
 
 # LibTorch comes from the pinned `torch` wheel in the project venv (launch/setup.sh passes its
 # cmake prefix). Debian's libtorch-dev (1.13, reference BLAS) must not be picked up.
