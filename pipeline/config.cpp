@@ -36,6 +36,7 @@ constexpr std::string_view kComputeDtype[] = {"fp32", "bf16"};
 constexpr std::string_view kDataFormat[] = {"tokens_h5", "tokens_bin", "images_h5"};
 constexpr std::string_view kTokenDtype[] = {"uint16", "uint32"};
 constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
+constexpr std::string_view kTeacherLogits[] = {"top_k", "sampled"};
 constexpr std::string_view kBudgetMetric[] = {"params", "latency"};
 constexpr std::string_view kLatencyMode[] = {"prefill", "decode"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
@@ -46,6 +47,7 @@ std::span<const std::string_view> names_of(ComputeDtype) { return kComputeDtype;
 std::span<const std::string_view> names_of(DataFormat) { return kDataFormat; }
 std::span<const std::string_view> names_of(TokenDtype) { return kTokenDtype; }
 std::span<const std::string_view> names_of(StoreDtype) { return kStoreDtype; }
+std::span<const std::string_view> names_of(TeacherLogits) { return kTeacherLogits; }
 std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric; }
 std::span<const std::string_view> names_of(LatencyMode) { return kLatencyMode; }
 std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
@@ -63,7 +65,7 @@ std::string_view name_of(E value) {
 
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*,
-                         DataFormat*, TokenDtype*, StoreDtype*, BudgetMetric*, LatencyMode*, ExportDtype*, DistBackend*, DeviceRequest*>;
+                         DataFormat*, TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*, ExportDtype*, DistBackend*, DeviceRequest*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -118,7 +120,10 @@ constexpr Key kData[] = {
 };
 constexpr Key kTeacher[] = {
     {"cache_root", at<&Config::teacher, &TeacherConfig::cache_root>},
+    {"logits", at<&Config::teacher, &TeacherConfig::logits>},
     {"top_k", at<&Config::teacher, &TeacherConfig::top_k>, between(1, 1024)},
+    {"samples", at<&Config::teacher, &TeacherConfig::samples>, between(1, 255)},
+    {"seed", at<&Config::teacher, &TeacherConfig::seed>, at_least(0)},
     {"store_dtype", at<&Config::teacher, &TeacherConfig::store_dtype>},
     {"batch_size", at<&Config::teacher, &TeacherConfig::batch_size>, at_least(1)},
 };
@@ -582,6 +587,17 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
             "out of range (expected <= train.steps = " + std::to_string(c.train.steps) + ", got " +
                 (given ? "" : "the default ") + std::to_string(c.train.warmup) + ")");
   }
+  if (c.teacher.logits == TeacherLogits::sampled && (c.train.kd_temperature != 1.0 || c.train.mse_weight != 0.0)) {
+    // The draws are from the teacher at temperature 1, and no logit values are kept.
+    const bool temp = c.train.kd_temperature != 1.0;
+    const std::string key = temp ? "train.kd_temperature" : "train.mse_weight";
+    rd.fail(seen.count(key) ? seen[key] : seen.count("teacher.logits") ? seen["teacher.logits"] : toml::source_position{1, 1},
+            key,
+            temp ? "must be 1 with teacher.logits = \"sampled\" (the cache holds tokens drawn at temperature 1), got " +
+                       std::to_string(c.train.kd_temperature)
+                 : "must be 0 with teacher.logits = \"sampled\" (the cache keeps no logit values to compare), got " +
+                       std::to_string(c.train.mse_weight));
+  }
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
     rd.fail(
         seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
@@ -656,6 +672,7 @@ std::string_view to_string(ComputeDtype value) { return name_of(value); }
 std::string_view to_string(DataFormat value) { return name_of(value); }
 std::string_view to_string(TokenDtype value) { return name_of(value); }
 std::string_view to_string(StoreDtype value) { return name_of(value); }
+std::string_view to_string(TeacherLogits value) { return name_of(value); }
 std::string_view to_string(BudgetMetric value) { return name_of(value); }
 std::string_view to_string(LatencyMode value) { return name_of(value); }
 std::string_view to_string(ExportDtype value) { return name_of(value); }

@@ -33,6 +33,7 @@ std::string_view to_string(ComputeDtype value);
 std::string_view to_string(DataFormat value);
 std::string_view to_string(TokenDtype value);
 std::string_view to_string(StoreDtype value);
+std::string_view to_string(TeacherLogits value);
 std::string_view to_string(BudgetMetric value);
 std::string_view to_string(LatencyMode value);
 std::string_view to_string(ExportDtype value);

@@ -1,6 +1,7 @@
 #include "stages/teacher_cache.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 
 #include <chrono>
@@ -17,6 +18,8 @@
 #include "core/base/log.h"
 #include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/prune/distill_loss.h"
+#include "training/distill.h"
 #include "training/student.h"
 
 namespace hawada {
@@ -28,6 +31,39 @@ using Clock = std::chrono::steady_clock;
 // Logits are taken over at most this many bytes of fp32 [tokens, vocab] at a time.
 constexpr int64_t kLogitBytesPerPiece = 256ll << 20;
 
+
+// The uniforms of the draws of samples [first, first + n): [n * L, D], from a generator keyed by the cache
+// seed and the sample, so a sample draws the same tokens whatever the batch, the rank or the rerun.
+at::Tensor draw_uniforms(int64_t first, int64_t n, const CacheLayout& layout, int64_t seed) {
+  std::vector<at::Tensor> rows;
+  for (int64_t s = first; s < first + n; ++s) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(
+        mix_seed({static_cast<uint64_t>(seed), static_cast<uint64_t>(s)}, "teacher-draws"));
+    rows.push_back(at::rand({layout.seq_len, layout.draws}, gen));
+  }
+  return at::cat(rows);
+}
+
+// Sampled tokens (with counts) and the entropy of the LM head's distribution over [n, L, hidden]
+// features, a piece of tokens at a time; `uniforms` [n * L, D] on the host.
+CacheChunk sampled_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout,
+                         const at::Tensor& uniforms) {
+  const int64_t n = features.size(0), L = features.size(1);
+  const at::Tensor flat = features.reshape({n * L, features.size(2)});
+  // fp32 logits, their softmax and its running sum: three [piece, vocab] tensors.
+  const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (layout.vocab_size * 4 * 3));
+  std::vector<at::Tensor> ids, counts, entropy;
+  for (int64_t t = 0; t < n * L; t += piece) {
+    const int64_t e = std::min(n * L, t + piece);
+    const SampledLogits s = sample_logits(model.head(flat.slice(0, t, e)), uniforms.slice(0, t, e));
+    ids.push_back(s.ids), counts.push_back(s.counts), entropy.push_back(s.entropy);
+  }
+  CacheChunk c;
+  c.sampled_ids = at::cat(ids).view({n, L, layout.draws});
+  c.sampled_counts = at::cat(counts).view({n, L, layout.draws});
+  c.entropy = at::cat(entropy).view({n, L});
+  return c;
+}
 
 // Top-k and log-sum-exp of the LM head over [n, L, hidden] features, a piece of tokens at a time.
 CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout) {
@@ -96,7 +132,12 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
     CacheLayout& layout = t.layout;
     layout.kind = cache_kind(model_shape(arch).traits.output);
     layout.samples = data->size();
-    if (layout.kind == "lm") {
+    if (layout.kind == "lm" && c.teacher.logits == TeacherLogits::sampled) {
+      layout.kind = "lm-sampled";
+      layout.seq_len = t.spec.seq_len;
+      layout.draws = c.teacher.samples;
+      layout.vocab_size = arch.vocab_size;
+    } else if (layout.kind == "lm") {
       layout.seq_len = t.spec.seq_len;
       layout.top_k = std::min<int64_t>(c.teacher.top_k, arch.vocab_size);
       layout.vocab_size = arch.vocab_size;
@@ -118,12 +159,32 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
     h.update(layout.kind);
     h.update(layout.store_dtype);
     if (layout.kind == "hidden") h.update_u64(static_cast<uint64_t>(layout.hidden_size));
+    if (layout.kind == "lm-sampled") {
+      h.update_u64(static_cast<uint64_t>(layout.draws));
+      h.update_u64(static_cast<uint64_t>(c.teacher.seed));
+    }
     layout.fingerprint = hex64(h.digest());
     t.dir = c.teacher.cache_root / layout.fingerprint;
     out += (out.empty() ? "" : "+") + layout.fingerprint;
   }
   return out;
 }
+
+namespace {
+
+// ", 52.3 bytes per token on disk (HDF5 included)" for caches of tokens.
+std::string cache_size_text(const fs::path& dir, const CacheLayout& layout) {
+  if (layout.seq_len <= 0) return {};
+  uintmax_t bytes = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file()) bytes += e.file_size();
+  char b[96];
+  std::snprintf(b, sizeof b, ", %.1f bytes per token on disk (HDF5 and index included)",
+                static_cast<double>(bytes) / static_cast<double>(layout.samples * layout.seq_len));
+  return b;
+}
+
+}  // namespace
 
 void TeacherCacheStage::run(const StageContext& ctx) {
   for (const Target& t : targets_) cache_one(ctx, t.what, t.spec, t.layout, t.dir);
@@ -141,7 +202,7 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
     complete = cache_complete(dir, layout);
   }
   if (world::broadcast(complete)) {
-    log::info("teacher_cache: reused the complete cache " + dir.string() + " (no teacher forward)");
+    log::info("teacher_cache: reused the complete cache " + dir.string() + " (no teacher forward)" + cache_size_text(dir, layout));
     return;
   }
   fs::create_directories(dir);
@@ -191,9 +252,14 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
     }
     const auto f0 = Clock::now();
     std::vector<CacheChunk> parts;
+    int64_t batch_start = start;
     for (const Batch& cpu_batch : inputs) {
       const at::Tensor features = model->features(to_device(cpu_batch, device));
       CacheChunk part = layout.kind == "lm" ? lm_chunk(*model, features, layout) : CacheChunk{};
+      if (layout.kind == "lm-sampled")
+        part = sampled_chunk(*model, features, layout,
+                             draw_uniforms(batch_start, features.size(0), layout, c.teacher.seed).to(device));
+      batch_start += features.size(0);
       if (layout.kind == "classifier") part.logits = model->head(features).to(at::kFloat);
       if (layout.kind == "hidden")
         part.hidden_states = model->head(features).to(layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16);
@@ -210,6 +276,10 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
       chunk.topk_values = cat(&CacheChunk::topk_values);
       chunk.topk_indices = cat(&CacheChunk::topk_indices);
       chunk.logsumexp = cat(&CacheChunk::logsumexp);
+    } else if (layout.kind == "lm-sampled") {
+      chunk.sampled_ids = cat(&CacheChunk::sampled_ids);
+      chunk.sampled_counts = cat(&CacheChunk::sampled_counts);
+      chunk.entropy = cat(&CacheChunk::entropy);
     } else if (layout.kind == "hidden") {
       chunk.hidden_states = cat(&CacheChunk::hidden_states);
     } else {
@@ -253,7 +323,7 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
   if (proc.rank == 0) write_cache_index(dir, layout);
   world::barrier();
   log::info("teacher_cache: teacher forward on " + std::to_string(total_computed) + " samples, " +
-            std::to_string(total_reused) + " reused from an interrupted run; cache " + dir.string());
+            std::to_string(total_reused) + " reused from an interrupted run; cache " + dir.string() + cache_size_text(dir, layout));
 }
 
 }  // namespace hawada

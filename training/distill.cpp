@@ -96,11 +96,15 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
     parts.mse = mse.item<double>();
     parts.tokens = s.size(0);
   } else {
-    const int64_t B = features.size(0), L = features.size(1), D = features.size(2), k = teacher.topk_values.size(-1);
+    const bool sampled = teacher.sampled_ids.defined();
+    const int64_t B = features.size(0), L = features.size(1), D = features.size(2);
+    const int64_t k = sampled ? teacher.sampled_ids.size(-1) : teacher.topk_values.size(-1);
     const at::Tensor flat = detached.view({B * L, D});
-    const at::Tensor values = teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
-    const at::Tensor indices = teacher.topk_indices.to(dev).view({B * L, k}).to(at::kLong);
-    const at::Tensor lse = teacher.logsumexp.to(dev).view({B * L});
+    // Top-k: the teacher's values, tokens and log-sum-exp; sampled: the drawn tokens, counts and entropy.
+    const at::Tensor values = sampled ? teacher.sampled_counts.to(dev).view({B * L, k}).to(at::kFloat)
+                                      : teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
+    const at::Tensor indices = (sampled ? teacher.sampled_ids : teacher.topk_indices).to(dev).view({B * L, k}).to(at::kLong);
+    const at::Tensor lse = (sampled ? teacher.entropy : teacher.logsumexp).to(dev).view({B * L});
     // Token weights on the host (no device round trip per piece), and on the device for the loss.
     const at::Tensor host_mask = batch.attention_mask.defined()
                                      ? batch.attention_mask.cpu().reshape({B * L}).ne(0).to(at::kDouble)
@@ -120,9 +124,11 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
       const double w = (cum[b] - cum[a]) / valid;
       if (w == 0) continue;
       const at::Tensor s = model.head(flat.slice(0, a, b));
-      const at::Tensor kl = topk_kl_loss(s, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m) * w;
+      const at::Tensor kl =
+          (sampled ? sampled_kl_loss(s, indices.slice(0, a, b), values.slice(0, a, b), lse.slice(0, a, b), m)
+                   : topk_kl_loss(s, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m)) * w;
       at::Tensor loss = kl;
-      if (mse_weight > 0) {
+      if (mse_weight > 0 && !sampled) {
         // MSE on the logits the cache holds (the teacher's top-k).
         at::Tensor mse = (s.to(at::kFloat).gather(-1, indices.slice(0, a, b)) - values.slice(0, a, b)).pow(2).mean(-1);
         mse = (mse * m).sum() / valid;
@@ -196,6 +202,13 @@ at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed) {
     const at::Tensor p = at::softmax(teacher.logits.cpu().to(at::kDouble), -1);
     return at::multinomial(p, 1, false, gen).view({-1});
   }
+  if (teacher.sampled_ids.defined()) {  // one of the cached draws, by its count
+    const int64_t k = teacher.sampled_ids.size(-1);
+    const at::Tensor w = teacher.sampled_counts.cpu().to(at::kDouble).reshape({-1, k});
+    const at::Tensor pick = at::multinomial(w, 1, false, gen);
+    const at::Tensor idx = teacher.sampled_ids.cpu().to(at::kLong).reshape({-1, k});
+    return idx.gather(-1, pick).view(teacher.sampled_ids.sizes().slice(0, teacher.sampled_ids.dim() - 1));
+  }
   const int64_t k = teacher.topk_values.size(-1);
   const at::Tensor v = teacher.topk_values.cpu().to(at::kFloat).reshape({-1, k});
   const at::Tensor p = at::softmax(v.to(at::kDouble), -1);  // the top-k, renormalised
@@ -218,11 +231,14 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
     return ((at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() * (T * T))
         .item<double>();
   }
-  const int64_t B = features.size(0), L = features.size(1), D = features.size(2), k = teacher.topk_values.size(-1);
+  const bool sampled = teacher.sampled_ids.defined();
+  const int64_t B = features.size(0), L = features.size(1), D = features.size(2);
+  const int64_t k = sampled ? teacher.sampled_ids.size(-1) : teacher.topk_values.size(-1);
   const at::Tensor flat = features.reshape({B * L, D});
-  const at::Tensor values = teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
-  const at::Tensor indices = teacher.topk_indices.to(dev).view({B * L, k}).to(at::kLong);
-  const at::Tensor lse = teacher.logsumexp.to(dev).view({B * L});
+  const at::Tensor values = sampled ? teacher.sampled_counts.to(dev).view({B * L, k}).to(at::kFloat)
+                                    : teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
+  const at::Tensor indices = (sampled ? teacher.sampled_ids : teacher.topk_indices).to(dev).view({B * L, k}).to(at::kLong);
+  const at::Tensor lse = (sampled ? teacher.entropy : teacher.logsumexp).to(dev).view({B * L});
   const at::Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(dev).reshape({B * L}).ne(0).to(at::kFloat)
                                                          : at::ones({B * L}, at::TensorOptions().device(dev));
   const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
@@ -231,8 +247,9 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
   for (int64_t a = 0; a < B * L; a += piece) {
     const int64_t b = std::min(B * L, a + piece);
     const at::Tensor m = mask.slice(0, a, b);
-    const at::Tensor kl =
-        topk_kl_loss(model.head(flat.slice(0, a, b)), values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m);
+    const at::Tensor logits = model.head(flat.slice(0, a, b));
+    const at::Tensor kl = sampled ? sampled_kl_loss(logits, indices.slice(0, a, b), values.slice(0, a, b), lse.slice(0, a, b), m)
+                                  : topk_kl_loss(logits, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m);
     sum += kl.to(at::kDouble) * m.sum().to(at::kDouble);
   }
   return sum.item<double>() / std::max(1.0, mask.sum().item<double>());

@@ -19,6 +19,9 @@ enum class DataFormat { tokens_h5, tokens_bin, images_h5 };
 enum class TokenDtype { uint16, uint32 };
 /// Dtype of the stored teacher top-k logits (`teacher.store_dtype`).
 enum class StoreDtype { fp16, bf16 };
+/// What the teacher cache keeps of an LM's logits (`teacher.logits`): the top-k with the log-sum-exp, or
+/// `samples` tokens drawn from the teacher's distribution (distinct ids with counts, and its entropy).
+enum class TeacherLogits { top_k, sampled };
 /// What the budget counts (`budget.metric`).
 enum class BudgetMetric { params, latency };
 /// The forward pass a latency budget prices (`budget.latency_mode`): a prefill of `latency_batch` x
@@ -59,7 +62,10 @@ struct DataConfig {
 /// [teacher]: the cached teacher logits.
 struct TeacherConfig {
   std::filesystem::path cache_root;  ///< Default: runs/teacher-cache next to the config file.
+  TeacherLogits logits = TeacherLogits::top_k;
   int top_k = 64;
+  int samples = 12;      ///< logits = sampled: draws per position (<= 255)
+  int64_t seed = 0;      ///< logits = sampled: the draws' seed (part of the cache's key, not the run's)
   StoreDtype store_dtype = StoreDtype::bf16;
   int batch_size = 8;
   bool operator==(const TeacherConfig&) const = default;

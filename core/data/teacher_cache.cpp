@@ -2,12 +2,14 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <map>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
+#include "core/base/hash.h"
 #include "core/base/json_input.h"
 #include "core/base/fs.h"
 #include "core/data/h5.h"
@@ -34,6 +36,11 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_datasets(cons
             {"topk_indices", {n, l.seq_len, l.top_k}},
             {"logsumexp", {n, l.seq_len}},
             {"sample_index", {n}}};
+  if (l.kind == "lm-sampled")
+    return {{"sampled_ids", {n, l.seq_len, l.draws, 3}},
+            {"sampled_counts", {n, l.seq_len, l.draws}},
+            {"entropy", {n, l.seq_len}},
+            {"sample_index", {n}}};
   if (l.kind == "hidden") return {{"hidden_states", {n, l.seq_len, l.hidden_size}}, {"sample_index", {n}}};
   return {{"logits", {n, l.num_labels}}, {"sample_index", {n}}};
 }
@@ -52,11 +59,62 @@ void check_values(const CacheChunk& c, const CacheLayout& layout, const std::str
         throw CacheError(where + ": topk_indices holds token " + std::to_string(lo < 0 ? lo : hi) +
                          ", outside the vocabulary [0, " + std::to_string(layout.vocab_size) + ")");
     }
+  } else if (layout.kind == "lm-sampled") {
+    const at::Tensor h = c.entropy.to(at::kFloat);
+    if (!at::isfinite(h).all().item<bool>() || (h < 0).any().item<bool>() ||
+        (h > std::log(static_cast<double>(layout.vocab_size)) + 1e-3).any().item<bool>())
+      throw CacheError(where + ": entropy holds values outside [0, log vocab] (a broken teacher or cache file)");
+    const at::Tensor counts = c.sampled_counts.to(at::kLong);
+    if (!(counts.sum(-1) == layout.draws).all().item<bool>())
+      throw CacheError(where + ": sampled_counts of a position do not add up to the " + std::to_string(layout.draws) +
+                       " draws (a broken cache file)");
+    const at::Tensor used = c.sampled_ids.masked_select(counts > 0);
+    if (used.numel() > 0 && used.max().item<int64_t>() >= layout.vocab_size)
+      throw CacheError(where + ": sampled_ids holds token " + std::to_string(used.max().item<int64_t>()) +
+                       ", outside the vocabulary [0, " + std::to_string(layout.vocab_size) + ")");
   } else if (layout.kind == "hidden") {
     if (!at::isfinite(c.hidden_states.to(at::kFloat)).all().item<bool>())
       throw CacheError(where + ": hidden_states holds non-finite values (a broken teacher or cache file)");
   } else if (!at::isfinite(c.logits).all().item<bool>()) {
     throw CacheError(where + ": logits holds non-finite values (a broken teacher or cache file)");
+  }
+}
+
+// Token ids in 3 little-endian bytes (vocabularies up to 16.7M tokens): [.., D] int32 <-> [.., D, 3] uint8.
+at::Tensor pack_ids(const at::Tensor& ids) {
+  const at::Tensor v = ids.to(at::kInt);
+  return at::stack({v.bitwise_and(255), v.bitwise_right_shift(8).bitwise_and(255), v.bitwise_right_shift(16).bitwise_and(255)}, -1)
+      .to(at::kByte)
+      .contiguous();
+}
+at::Tensor unpack_ids(const at::Tensor& bytes) {
+  const at::Tensor b = bytes.to(at::kInt);
+  return b.select(-1, 0) + b.select(-1, 1) * 256 + b.select(-1, 2) * 65536;
+}
+
+// XXH64 of a sampled chunk's stored bytes, in dataset order.
+std::string sampled_checksum(const at::Tensor& packed_ids, const at::Tensor& counts, const at::Tensor& entropy) {
+  Hasher h;
+  for (const at::Tensor* t : {&packed_ids, &counts, &entropy}) h.update(t->data_ptr(), static_cast<size_t>(t->nbytes()));
+  return hex64(h.digest());
+}
+
+// Reads a whole sampled chunk's datasets and checks their checksum: a flipped byte anywhere is a CacheError.
+void check_sampled_content(const h5::File& f, const CacheLayout& l, int64_t n, CacheChunk* out = nullptr) {
+  at::Tensor packed = at::empty({n, l.seq_len, l.draws, 3}, at::kByte);
+  at::Tensor counts = at::empty({n, l.seq_len, l.draws}, at::kByte);
+  at::Tensor entropy = at::empty({n, l.seq_len}, at::kFloat);
+  f.read_all("sampled_ids", h5::Type::u8, packed.data_ptr());
+  f.read_all("sampled_counts", h5::Type::u8, counts.data_ptr());
+  f.read_all("entropy", h5::Type::f32, entropy.data_ptr());
+  const std::string want = f.string_attribute("content_xxh64"), got = sampled_checksum(packed, counts, entropy);
+  if (want != got)
+    cache_fail(f.path(), "content checksum " + got + ", the file says " + want +
+                              " (a corrupted or truncated chunk: delete it and rerun with --force teacher_cache to recompute it)");
+  if (out) {
+    out->sampled_ids = unpack_ids(packed);
+    out->sampled_counts = counts;
+    out->entropy = entropy;
   }
 }
 
@@ -79,6 +137,7 @@ void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, in
         cache_fail(f.path(), "dataset '" + name + "' has shape " + shape_string(info.shape) + ", expected " +
                                  shape_string(shape));
     }
+    if (layout.kind == "lm-sampled") check_sampled_content(f, layout, end - start);
   } catch (const IoError& e) {
     cache_fail(f.path(), e.what());
   }
@@ -89,6 +148,7 @@ nlohmann::json layout_json(const CacheLayout& l) {
                       {"samples", l.samples}, {"seq_len", l.seq_len}, {"top_k", l.top_k}, {"vocab_size", l.vocab_size},
                       {"num_labels", l.num_labels}, {"store_dtype", l.store_dtype}, {"chunk_samples", kCacheChunkSamples}};
   if (l.kind == "hidden") j["hidden_size"] = l.hidden_size;
+  if (l.kind == "lm-sampled") j["draws"] = l.draws;
   return j;
 }
 
@@ -139,6 +199,15 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
       f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, c.logsumexp.to(at::kFloat).contiguous().data_ptr());
       f.set_attribute("topk_values_dtype", layout.store_dtype == "fp16" ? std::string("float16")
                                                                          : std::string("bfloat16 (uint16 bits)"));
+    } else if (layout.kind == "lm-sampled") {
+      const at::Tensor packed = pack_ids(c.sampled_ids);
+      const at::Tensor counts = c.sampled_counts.to(at::kByte).contiguous();
+      const at::Tensor entropy = c.entropy.to(at::kFloat).contiguous();
+      f.write("sampled_ids", h5::Type::u8, {n, layout.seq_len, layout.draws, 3}, packed.data_ptr());
+      f.write("sampled_counts", h5::Type::u8, {n, layout.seq_len, layout.draws}, counts.data_ptr());
+      f.write("entropy", h5::Type::f32, {n, layout.seq_len}, entropy.data_ptr());
+      f.set_attribute("content_xxh64", sampled_checksum(packed, counts, entropy));
+      f.set_attribute("sampled_ids_encoding", std::string("uint24 little-endian, 3 x uint8"));
     } else if (layout.kind == "hidden") {
       const at::Tensor values = c.hidden_states.to(store_scalar(layout)).contiguous();
       f.write("hidden_states", store_type(layout), {n, layout.seq_len, layout.hidden_size}, values.data_ptr());
@@ -192,6 +261,8 @@ CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int6
     f.read_all("topk_indices", h5::Type::i32, c.topk_indices.data_ptr());
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
     f.read_all("logsumexp", h5::Type::f32, c.logsumexp.data_ptr());
+  } else if (layout.kind == "lm-sampled") {
+    check_sampled_content(f, layout, n, &c);
   } else if (layout.kind == "hidden") {
     c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
     f.read_all("hidden_states", store_type(layout), c.hidden_states.data_ptr());
@@ -212,12 +283,16 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
     c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
     c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
+  } else if (layout.kind == "lm-sampled") {
+    c.sampled_ids = at::empty({n, layout.seq_len, layout.draws}, at::kInt);
+    c.sampled_counts = at::empty({n, layout.seq_len, layout.draws}, at::kByte);
+    c.entropy = at::empty({n, layout.seq_len}, at::kFloat);
   } else if (layout.kind == "hidden") {
     c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
   }
-  // One open (and one check) per chunk file touched.
+  // One open (and one check: for sampled chunks, of the whole file's checksum) per chunk file touched.
   std::map<int64_t, h5::File> files;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t sample = samples[static_cast<size_t>(i)];
@@ -239,6 +314,12 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
       f.read_rows("topk_values", row, 1, store_type(layout), c.topk_values[i].data_ptr());
       f.read_rows("topk_indices", row, 1, h5::Type::i32, c.topk_indices[i].data_ptr());
       f.read_rows("logsumexp", row, 1, h5::Type::f32, c.logsumexp[i].data_ptr());
+    } else if (layout.kind == "lm-sampled") {
+      at::Tensor packed = at::empty({1, layout.seq_len, layout.draws, 3}, at::kByte);
+      f.read_rows("sampled_ids", row, 1, h5::Type::u8, packed.data_ptr());
+      c.sampled_ids[i].copy_(unpack_ids(packed)[0]);
+      f.read_rows("sampled_counts", row, 1, h5::Type::u8, c.sampled_counts[i].data_ptr());
+      f.read_rows("entropy", row, 1, h5::Type::f32, c.entropy[i].data_ptr());
     } else if (layout.kind == "hidden") {
       f.read_rows("hidden_states", row, 1, store_type(layout), c.hidden_states[i].data_ptr());
     } else {
@@ -280,8 +361,13 @@ CacheLayout read_cache_index(const fs::path& dir) {
     l.vocab_size = json_int(j.at("vocab_size"));
     l.num_labels = json_int(j.at("num_labels"));
     l.store_dtype = j.at("store_dtype").get<std::string>();
-    if (l.kind != "lm" && l.kind != "classifier" && l.kind != "hidden") cache_fail(path, "unknown kind '" + l.kind + "'");
+    if (l.kind != "lm" && l.kind != "lm-sampled" && l.kind != "classifier" && l.kind != "hidden")
+      cache_fail(path, "unknown kind '" + l.kind + "' (written by a newer hawada-pipeline? rerun teacher_cache with this one)");
     if (l.kind == "hidden") l.hidden_size = json_int(j.at("hidden_size"));
+    if (l.kind == "lm-sampled") {
+      l.draws = json_int(j.at("draws"));
+      if (l.draws < 1 || l.draws > 255) cache_fail(path, "draws must be in [1, 255]");
+    }
     if (json_int(j.at("chunk_samples")) != kCacheChunkSamples) cache_fail(path, "unexpected chunk_samples");
     return l;
   } catch (const nlohmann::json::exception& e) {
@@ -297,9 +383,10 @@ bool cache_complete(const fs::path& dir, const CacheLayout& layout) {
   if (layout_json(found) != layout_json(layout))
     cache_fail(dir / "index.json", "describes " + layout_json(found).dump() + ", this run expects " +
                                        layout_json(layout).dump());
+  // A chunk removed after the index was written (e.g. a corrupted one deleted by hand) makes the cache
+  // incomplete again: teacher_cache recomputes the missing chunks and rewrites the index.
   for (const auto& [s, e] : layout.chunks())
-    if (!cache_chunk_ready(dir, layout, s, e))
-      cache_fail(dir / CacheLayout::chunk_name(s, e), "listed by index.json but missing");
+    if (!cache_chunk_ready(dir, layout, s, e)) return false;
   return true;
 }
 

@@ -5,7 +5,10 @@
 //
 // LM chunks hold topk_values [n, L, k] (fp16, or bf16 stored as its uint16 bits), topk_indices int32
 // [n, L, k] sorted by descending value, logsumexp fp32 [n, L] over the full vocabulary, and
-// sample_index int64 [n]; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks (encoders
+// sample_index int64 [n]; sampled LM chunks (kind "lm-sampled", core/prune/distill_loss.h SampledLogits)
+// hold sampled_ids [n, L, D, 3] (uint8: each token id in 3 little-endian bytes), sampled_counts uint8
+// [n, L, D] and entropy fp32 [n, L], 4 D + 4 bytes a token, and an XXH64 of those bytes (content_xxh64)
+// that every read checks; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks (encoders
 // without a head) hold hidden_states [n, L, hidden] (fp16, or bf16 as uint16 bits). Every chunk carries the
 // fingerprint and format version as attributes. Chunks are fixed global sample ranges, so a cache
 // written by W ranks is read by any W', and a killed run resumes by computing only missing chunks.
@@ -27,7 +30,8 @@ inline constexpr int64_t kTeacherCacheFormat = 1;
 /// Samples per chunk file: the unit of crash recovery.
 inline constexpr int64_t kCacheChunkSamples = 64;
 
-/// The cache kind of a model output: "lm", "classifier" or "hidden".
+/// The cache kind of a model output: "lm", "classifier" or "hidden" (an LM cache of sampled tokens is
+/// "lm-sampled", chosen by the teacher_cache stage).
 inline const char* cache_kind(ModelOutput output) {
   switch (output) {
     case ModelOutput::token_logits: return "lm";
@@ -40,10 +44,11 @@ inline const char* cache_kind(ModelOutput output) {
 /// What a cache holds, fixed by its fingerprint.
 struct CacheLayout {
   std::string fingerprint;  ///< 16 hex digits
-  std::string kind;         ///< "lm", "classifier" or "hidden"
+  std::string kind;         ///< "lm", "lm-sampled", "classifier" or "hidden"
   int64_t samples = 0;
   int64_t seq_len = 0;      ///< lm, hidden
   int64_t top_k = 0;        ///< lm
+  int64_t draws = 0;        ///< lm-sampled: tokens drawn per position (the slots D)
   int64_t vocab_size = 0;   ///< lm
   int64_t num_labels = 0;   ///< classifier
   int64_t hidden_size = 0;  ///< hidden
@@ -59,6 +64,9 @@ struct CacheChunk {
   at::Tensor topk_values;   ///< lm: [n, L, k], fp16 or bf16
   at::Tensor topk_indices;  ///< lm: int32 [n, L, k]
   at::Tensor logsumexp;     ///< lm: fp32 [n, L]
+  at::Tensor sampled_ids;    ///< lm-sampled: int32 [n, L, D] (0 in empty slots)
+  at::Tensor sampled_counts; ///< lm-sampled: uint8 [n, L, D] (each position's sum to D)
+  at::Tensor entropy;        ///< lm-sampled: fp32 [n, L], nats
   at::Tensor logits;        ///< classifier: fp32 [n, labels]
   at::Tensor hidden_states; ///< hidden: [n, L, hidden], fp16 or bf16
   /// Not stored: set for a student narrower than the teacher (hidden channels pruned), int64 [hidden']:
@@ -84,8 +92,9 @@ CacheChunk read_cache_samples(const std::filesystem::path& dir, const CacheLayou
 
 /// Writes index.json atomically (after checking every chunk is ready).
 void write_cache_index(const std::filesystem::path& dir, const CacheLayout& layout);
-/// True when index.json exists and matches `layout` and every chunk is there; CacheError when the
-/// directory holds an index for another layout or names a missing or mismatched chunk.
+/// True when index.json exists and matches `layout` and every chunk is there; false when a chunk is
+/// missing (computed again); CacheError when the directory holds an index for another layout or a
+/// chunk that does not match (or, for sampled chunks, fails its checksum).
 bool cache_complete(const std::filesystem::path& dir, const CacheLayout& layout);
 /// Reads the layout from an existing index.json (for readers that do not know it); CacheError otherwise.
 CacheLayout read_cache_index(const std::filesystem::path& dir);

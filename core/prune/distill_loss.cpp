@@ -69,6 +69,43 @@ at::Tensor widen_channels(const at::Tensor& student, const at::Tensor& channels,
   return at::zeros(shape, student.options()).index_copy(-1, channels.to(student.device()), student);
 }
 
+SampledLogits sample_logits(const at::Tensor& logits, const at::Tensor& uniforms) {
+  TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(0) == logits.size(0) && uniforms.size(1) <= 255,
+              "sample_logits: uniforms [rows, draws <= 255]");
+  const at::Tensor z = logits.to(at::kFloat);
+  const int64_t V = z.size(-1), D = uniforms.size(1);
+  const at::Tensor lse = at::logsumexp(z, -1, /*keepdim=*/true);
+  const at::Tensor p = at::exp(z - lse);
+  SampledLogits out;
+  out.entropy = (lse.squeeze(-1) - (p * z).sum(-1)).clamp_min(0.0);
+  // Inverse CDF; the fp32 running sum ends within ~1e-6 of 1, so the draws are scaled to its end.
+  const at::Tensor cdf = p.cumsum(-1);
+  const at::Tensor u = uniforms.to(cdf.device()).to(at::kFloat) * cdf.slice(-1, V - 1, V);
+  const at::Tensor drawn = at::searchsorted(cdf, u, /*out_int32=*/false, /*right=*/true).clamp_max(V - 1);
+  // Distinct tokens with their counts, packed to the front of each row's D slots.
+  const at::Tensor sorted = std::get<0>(drawn.sort(-1));
+  const at::Tensor fresh = at::cat({at::ones({sorted.size(0), 1}, sorted.options().dtype(at::kBool)),
+                                    sorted.slice(1, 1).ne(sorted.slice(1, 0, D - 1))},
+                                   1);
+  const at::Tensor slot = fresh.to(at::kLong).cumsum(1) - 1;
+  out.counts = at::zeros({sorted.size(0), D}, sorted.options().dtype(at::kLong)).scatter_add_(1, slot, at::ones_like(slot));
+  out.ids = at::zeros_like(out.counts).scatter_(1, slot, sorted).to(at::kInt);
+  out.counts = out.counts.to(at::kByte);
+  return out;
+}
+
+at::Tensor sampled_kl_loss(const at::Tensor& student_logits, const at::Tensor& ids, const at::Tensor& counts,
+                           const at::Tensor& entropy, const at::Tensor& mask) {
+  const at::Tensor s = student_logits.to(at::kFloat);
+  const at::Tensor w = counts.to(at::kFloat);
+  const at::Tensor log_q = s.gather(-1, ids.to(at::kLong)) - at::logsumexp(s, -1, /*keepdim=*/true);
+  // Per row: the draws' mean -log q (an unbiased cross-entropy) minus the teacher's entropy.
+  const at::Tensor kl = -(w * log_q).sum(-1) / w.sum(-1).clamp_min(1.0) - entropy.to(at::kFloat);
+  if (!mask.defined()) return kl.mean();
+  const at::Tensor m = mask.to(at::kFloat);
+  return (kl * m).sum() / m.sum().clamp_min(1.0);
+}
+
 HiddenStateLoss hidden_state_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask,
                                   const at::Tensor& channels) {
   const at::Tensor t = teacher.to(at::kFloat);

@@ -22,6 +22,26 @@ namespace hawada {
 at::Tensor topk_kl_loss(const at::Tensor& student_logits, const at::Tensor& topk_values, const at::Tensor& topk_indices,
                         const at::Tensor& teacher_lse, double temperature = 1.0, const at::Tensor& mask = {});
 
+/// A teacher distribution sampled for the cache (Anshumann et al. 2025, "Sparse Logit Sampling"): per row
+/// of logits, D draws with replacement from softmax(logits), kept as the distinct tokens with their counts,
+/// and the distribution's entropy. With them, -H + sum_v (count_v / D) (-log q_v) is an unbiased estimate of
+/// KL(p || q) for any student q, and its gradient in the student's logits, q - count / D, is unbiased for
+/// the exact q - p: no tail bucket, no top-k bias.
+struct SampledLogits {
+  at::Tensor ids;      ///< int32 [N, D]: the distinct tokens drawn, in ascending order, then 0 (count 0) slots
+  at::Tensor counts;   ///< uint8 [N, D]: how often each was drawn (the counts of a row sum to D)
+  at::Tensor entropy;  ///< fp32 [N]: H(softmax(logits)) in nats
+};
+/// Draws the rows' tokens by inverse CDF from `uniforms` [N, D] in [0, 1) (drawn by the caller from a
+/// generator keyed by sample and position, so that a rerun or another world size draws the same); logits
+/// [N, V] any float dtype, computed in fp32 on their device. D <= 255.
+SampledLogits sample_logits(const at::Tensor& logits, const at::Tensor& uniforms);
+/// Mean over valid tokens of the unbiased estimate of KL(teacher || student) from sampled teacher tokens
+/// (see SampledLogits): student_logits [N, V], ids [N, D] (int), counts [N, D] (any int or float type),
+/// entropy [N], mask [N] optional. Differentiable in student_logits.
+at::Tensor sampled_kl_loss(const at::Tensor& student_logits, const at::Tensor& ids, const at::Tensor& counts,
+                           const at::Tensor& entropy, const at::Tensor& mask = {});
+
 /// The two terms of hidden-state distillation (encoders without a head, e.g. sentence encoders).
 struct HiddenStateLoss {
   at::Tensor loss;       ///< token + pooled: what is minimised (fp32 scalar, differentiable)
