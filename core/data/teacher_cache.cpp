@@ -40,6 +40,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_datasets(cons
     return {{"sampled_ids", {n, l.seq_len, l.draws, 3}},
             {"sampled_counts", {n, l.seq_len, l.draws}},
             {"entropy", {n, l.seq_len}},
+            {"row_xxh64", {n}},
             {"sample_index", {n}}};
   if (l.kind == "hidden") return {{"hidden_states", {n, l.seq_len, l.hidden_size}}, {"sample_index", {n}}};
   return {{"logits", {n, l.num_labels}}, {"sample_index", {n}}};
@@ -92,30 +93,41 @@ at::Tensor unpack_ids(const at::Tensor& bytes) {
   return b.select(-1, 0) + b.select(-1, 1) * 256 + b.select(-1, 2) * 65536;
 }
 
-// XXH64 of a sampled chunk's stored bytes, in dataset order.
-std::string sampled_checksum(const at::Tensor& packed_ids, const at::Tensor& counts, const at::Tensor& entropy) {
-  Hasher h;
-  for (const at::Tensor* t : {&packed_ids, &counts, &entropy}) h.update(t->data_ptr(), static_cast<size_t>(t->nbytes()));
-  return hex64(h.digest());
+// XXH64 of each sample's stored bytes (its rows of sampled_ids, sampled_counts and entropy): a reader checks
+// exactly the rows it reads, so a training step reads no more than it uses.
+at::Tensor row_checksums(const at::Tensor& packed_ids, const at::Tensor& counts, const at::Tensor& entropy) {
+  const int64_t n = packed_ids.size(0);
+  at::Tensor out = at::empty({n}, at::kLong);
+  for (int64_t i = 0; i < n; ++i) {
+    Hasher h;
+    for (const at::Tensor* t : {&packed_ids, &counts, &entropy}) {
+      const at::Tensor row = (*t)[i].contiguous();
+      h.update(row.data_ptr(), static_cast<size_t>(row.nbytes()));
+    }
+    out[i] = static_cast<int64_t>(h.digest());
+  }
+  return out;
 }
 
-// Reads a whole sampled chunk's datasets and checks their checksum: a flipped byte anywhere is a CacheError.
-void check_sampled_content(const h5::File& f, const CacheLayout& l, int64_t n, CacheChunk* out = nullptr) {
-  at::Tensor packed = at::empty({n, l.seq_len, l.draws, 3}, at::kByte);
-  at::Tensor counts = at::empty({n, l.seq_len, l.draws}, at::kByte);
-  at::Tensor entropy = at::empty({n, l.seq_len}, at::kFloat);
-  f.read_all("sampled_ids", h5::Type::u8, packed.data_ptr());
-  f.read_all("sampled_counts", h5::Type::u8, counts.data_ptr());
-  f.read_all("entropy", h5::Type::f32, entropy.data_ptr());
-  const std::string want = f.string_attribute("content_xxh64"), got = sampled_checksum(packed, counts, entropy);
-  if (want != got)
-    cache_fail(f.path(), "content checksum " + got + ", the file says " + want +
-                              " (a corrupted or truncated chunk: delete it and rerun with --force teacher_cache to recompute it)");
-  if (out) {
-    out->sampled_ids = unpack_ids(packed);
-    out->sampled_counts = counts;
-    out->entropy = entropy;
-  }
+// Reads rows [row, row + rows) of a sampled chunk into `out` at `at` and checks them against their stored
+// checksums: a flipped bit is a CacheError naming the chunk and the sample.
+void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out, int64_t at) {
+  at::Tensor packed = at::empty({rows, l.seq_len, l.draws, 3}, at::kByte);
+  at::Tensor counts = at::empty({rows, l.seq_len, l.draws}, at::kByte);
+  at::Tensor entropy = at::empty({rows, l.seq_len}, at::kFloat);
+  at::Tensor want = at::empty({rows}, at::kLong);
+  f.read_rows("sampled_ids", row, rows, h5::Type::u8, packed.data_ptr());
+  f.read_rows("sampled_counts", row, rows, h5::Type::u8, counts.data_ptr());
+  f.read_rows("entropy", row, rows, h5::Type::f32, entropy.data_ptr());
+  f.read_rows("row_xxh64", row, rows, h5::Type::i64, want.data_ptr());
+  const at::Tensor bad = (row_checksums(packed, counts, entropy) != want).nonzero();
+  if (bad.numel() > 0)
+    cache_fail(f.path(), "the stored bytes of sample " + std::to_string(f.int_attribute("start") + row + bad[0][0].item<int64_t>()) +
+                             " fail their checksum (a corrupted or truncated chunk: delete it and rerun with --force "
+                             "teacher_cache to recompute it)");
+  out.sampled_ids.narrow(0, at, rows).copy_(unpack_ids(packed));
+  out.sampled_counts.narrow(0, at, rows).copy_(counts);
+  out.entropy.narrow(0, at, rows).copy_(entropy);
 }
 
 void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, int64_t end) {
@@ -137,7 +149,6 @@ void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, in
         cache_fail(f.path(), "dataset '" + name + "' has shape " + shape_string(info.shape) + ", expected " +
                                  shape_string(shape));
     }
-    if (layout.kind == "lm-sampled") check_sampled_content(f, layout, end - start);
   } catch (const IoError& e) {
     cache_fail(f.path(), e.what());
   }
@@ -206,7 +217,7 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
       f.write("sampled_ids", h5::Type::u8, {n, layout.seq_len, layout.draws, 3}, packed.data_ptr());
       f.write("sampled_counts", h5::Type::u8, {n, layout.seq_len, layout.draws}, counts.data_ptr());
       f.write("entropy", h5::Type::f32, {n, layout.seq_len}, entropy.data_ptr());
-      f.set_attribute("content_xxh64", sampled_checksum(packed, counts, entropy));
+      f.write("row_xxh64", h5::Type::i64, {n}, row_checksums(packed, counts, entropy).data_ptr());
       f.set_attribute("sampled_ids_encoding", std::string("uint24 little-endian, 3 x uint8"));
     } else if (layout.kind == "hidden") {
       const at::Tensor values = c.hidden_states.to(store_scalar(layout)).contiguous();
@@ -262,7 +273,10 @@ CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int6
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
     f.read_all("logsumexp", h5::Type::f32, c.logsumexp.data_ptr());
   } else if (layout.kind == "lm-sampled") {
-    check_sampled_content(f, layout, n, &c);
+    c.sampled_ids = at::empty({n, layout.seq_len, layout.draws}, at::kInt);
+    c.sampled_counts = at::empty({n, layout.seq_len, layout.draws}, at::kByte);
+    c.entropy = at::empty({n, layout.seq_len}, at::kFloat);
+    read_sampled_rows(f, layout, 0, n, c, 0);
   } else if (layout.kind == "hidden") {
     c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
     f.read_all("hidden_states", store_type(layout), c.hidden_states.data_ptr());
@@ -292,7 +306,7 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
   }
-  // One open (and one check: for sampled chunks, of the whole file's checksum) per chunk file touched.
+  // One open (and one check) per chunk file touched; sampled rows are checked against their checksums.
   std::map<int64_t, h5::File> files;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t sample = samples[static_cast<size_t>(i)];
@@ -315,11 +329,7 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
       f.read_rows("topk_indices", row, 1, h5::Type::i32, c.topk_indices[i].data_ptr());
       f.read_rows("logsumexp", row, 1, h5::Type::f32, c.logsumexp[i].data_ptr());
     } else if (layout.kind == "lm-sampled") {
-      at::Tensor packed = at::empty({1, layout.seq_len, layout.draws, 3}, at::kByte);
-      f.read_rows("sampled_ids", row, 1, h5::Type::u8, packed.data_ptr());
-      c.sampled_ids[i].copy_(unpack_ids(packed)[0]);
-      f.read_rows("sampled_counts", row, 1, h5::Type::u8, c.sampled_counts[i].data_ptr());
-      f.read_rows("entropy", row, 1, h5::Type::f32, c.entropy[i].data_ptr());
+      read_sampled_rows(f, layout, row, 1, c, i);
     } else if (layout.kind == "hidden") {
       f.read_rows("hidden_states", row, 1, store_type(layout), c.hidden_states[i].data_ptr());
     } else {

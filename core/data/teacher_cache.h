@@ -7,8 +7,8 @@
 // [n, L, k] sorted by descending value, logsumexp fp32 [n, L] over the full vocabulary, and
 // sample_index int64 [n]; sampled LM chunks (kind "lm-sampled", core/prune/distill_loss.h SampledLogits)
 // hold sampled_ids [n, L, D, 3] (uint8: each token id in 3 little-endian bytes), sampled_counts uint8
-// [n, L, D] and entropy fp32 [n, L], 4 D + 4 bytes a token, and an XXH64 of those bytes (content_xxh64)
-// that every read checks; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks (encoders
+// [n, L, D] and entropy fp32 [n, L], 4 D + 4 bytes a token, and row_xxh64 [n]: each sample's XXH64 of
+// those bytes, checked for every row read; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks (encoders
 // without a head) hold hidden_states [n, L, hidden] (fp16, or bf16 as uint16 bits). Every chunk carries the
 // fingerprint and format version as attributes. Chunks are fixed global sample ranges, so a cache
 // written by W ranks is read by any W', and a killed run resumes by computing only missing chunks.
@@ -94,7 +94,7 @@ CacheChunk read_cache_samples(const std::filesystem::path& dir, const CacheLayou
 void write_cache_index(const std::filesystem::path& dir, const CacheLayout& layout);
 /// True when index.json exists and matches `layout` and every chunk is there; false when a chunk is
 /// missing (computed again); CacheError when the directory holds an index for another layout or a
-/// chunk that does not match (or, for sampled chunks, fails its checksum).
+/// chunk that does not match. (Contents are checked where rows are read: read_cache_chunk, read_cache_samples.)
 bool cache_complete(const std::filesystem::path& dir, const CacheLayout& layout);
 /// Reads the layout from an existing index.json (for readers that do not know it); CacheError otherwise.
 CacheLayout read_cache_index(const std::filesystem::path& dir);

@@ -117,13 +117,13 @@ def test_corrupted_or_truncated_chunk_is_refused(setup, mpirun):
     d, _, _ = setup
     mpirun(1, write_config(d, "c", d / "cache3"), "--stages", "teacher_cache")
     files = chunks(d / "cache3")
-    with h5py.File(files[1], "r+") as h:
-        v = h["sampled_ids"][0, 3, 0]
-        v[0] ^= 1  # one bit of one token id
-        h["sampled_ids"][0, 3, 0] = v
+    with h5py.File(files[1], "r+") as h:  # samples 64-127: one bit of one token id of each
+        v = h["sampled_ids"][:, 3, 0, 0]
+        h["sampled_ids"][:, 3, 0, 0] = v ^ 1
     p = mpirun(1, write_config(d, "c", d / "cache3"), *STAGES, "--force", "train_gates", check=False)
     assert p.returncode == 1, p.stderr
-    assert "content checksum" in p.stderr and os.path.basename(files[1]) in p.stderr
+    assert re.search(r"the stored bytes of sample (6[4-9]|[7-9]\d|1[01]\d|12[0-7]) fail their checksum", p.stderr), p.stderr
+    assert os.path.basename(files[1]) in p.stderr
     # The run stops at the first read of the chunk: no step ever used its rows, and the stage never finished.
     assert not (d / "c" / "stages" / "train_gates.done").exists()
     # Truncated: the rerun refuses it by name too; deleting it lets teacher_cache recompute it.
