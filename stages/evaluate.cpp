@@ -221,15 +221,15 @@ Generation measure_generation(const Model& model, const at::Tensor& prompt, int 
   return {prefill[prefill.size() / 2], decode[decode.size() / 2]};
 }
 
-// The prompt: the first kPromptTokens tokens of the samples from `first` on (fewer when the data has fewer).
-at::Tensor generation_prompt(const DataSource& data, int64_t first) {
+// The prompt: the first `tokens` tokens of the samples from `first` on (fewer when the data has fewer).
+at::Tensor generation_prompt(const DataSource& data, int64_t first, int64_t tokens) {
   std::vector<at::Tensor> parts;
   int64_t have = 0;
-  for (int64_t i = first; i < data.size() && have < kPromptTokens; ++i) {
+  for (int64_t i = first; i < data.size() && have < tokens; ++i) {
     parts.push_back(data.read(i, 1).input_ids);
     have += parts.back().size(1);
   }
-  return at::cat(parts, 1).slice(1, 0, kPromptTokens);
+  return at::cat(parts, 1).slice(1, 0, tokens);
 }
 
 json generation_speed(const ModelAdapter& adapter, const HfCheckpoint& dense, const HfCheckpoint& exported,
@@ -343,9 +343,13 @@ void EvaluateStage::run(const StageContext& ctx) {
                          {"predicted_speedup", plan.dense.latency_s / std::max(plan.chosen.latency_s, 1e-12)}};
   }
   // Causal LMs: what generate() costs, batch 1 with the KV cache (the same in transformers: bench/depth.sh).
-  if (lm.shape.traits.output == ModelOutput::token_logits && lm.shape.traits.causal)
-    result["generation"] = generation_speed(*lm.adapter, lm.checkpoint, exported, generation_prompt(*data, first),
-                                            compute_dtype(c), static_cast<int>(c.evaluate.latency_repeats), device);
+  // A sliding-window model decodes within its window only (our runtime does not slide): a shorter prompt.
+  const int64_t prompt_tokens =
+      lm.arch.sliding_window > 0 ? std::min(kPromptTokens, lm.arch.sliding_window - kNewTokens) : kPromptTokens;
+  if (lm.shape.traits.output == ModelOutput::token_logits && lm.shape.traits.causal && prompt_tokens > 0)
+    result["generation"] = generation_speed(*lm.adapter, lm.checkpoint, exported,
+                                            generation_prompt(*data, first, prompt_tokens), compute_dtype(c),
+                                            static_cast<int>(c.evaluate.latency_repeats), device);
   result["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   // evaluate/evaluate.json, the "evaluate" key of export/summary.json, and the model card.

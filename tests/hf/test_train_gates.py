@@ -65,7 +65,7 @@ top_k = 32
 [train]
 {train_section(train)}
 [budget]
-{budget}
+{budget or "target = 0.7"}
 [dist]
 {dist}
 """)
