@@ -50,8 +50,11 @@ Usage:
                                                 uint8 images (images_h5)
   hawada-pipeline profile MODEL_DIR --out TABLE.json [--batch B] [--tokens T] [--ffn-multiple M]
                           [--hidden-multiple M] [--hidden] [--prune-kv-groups] [--dtype bf16|fp32] [--repeats R]
+                          [--decode CONTEXT]
                                                 time the attention and MLP blocks at every width the search can
-                                                pick, on the GPU when present (else CPU): search.latency_table
+                                                pick, on the GPU when present (else CPU): search.latency_table;
+                                                --decode: one new token per sequence against a KV cache of
+                                                CONTEXT tokens (budget.latency_mode = "decode")
   hawada-pipeline evaluate TEACHER_DIR STUDENT_DIR --data FILE [--format tokens_h5|tokens_bin|images_h5]
                           [--seq-len L] [--samples N] [--first I] [--device auto|cpu|cuda] [--json]
                                                 quality of any student against its teacher on those samples (fp32):
@@ -72,7 +75,7 @@ const std::vector<std::string_view> kValueOptions = {"--inputs", "--output", "--
                                                      "--stages", "--from", "--force", "--arch", "--preset",
                                                      "--seed", "--samples", "--seq-len", "--out", "--batch",
                                                      "--tokens", "--ffn-multiple", "--hidden-multiple", "--repeats",
-                                                     "--data", "--format", "--first", "--device"};
+                                                     "--data", "--format", "--first", "--device", "--decode"};
 
 struct Args {
   std::string command;
@@ -215,9 +218,9 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
   if (a.command == "profile") {
     const char* synopsis =
         "hawada-pipeline profile MODEL_DIR --out TABLE.json [--batch B] [--tokens T] [--ffn-multiple M] "
-        "[--hidden-multiple M] [--hidden] [--prune-kv-groups] [--dtype bf16|fp32] [--repeats R]";
+        "[--hidden-multiple M] [--hidden] [--prune-kv-groups] [--dtype bf16|fp32] [--repeats R] [--decode CONTEXT]";
     expect_args(a, 1, {"--out", "--batch", "--tokens", "--ffn-multiple", "--hidden-multiple", "--hidden",
-                       "--prune-kv-groups", "--dtype", "--repeats"},
+                       "--prune-kv-groups", "--dtype", "--repeats", "--decode"},
                 synopsis);
     ProfileOptions o;
     o.batch = std::max<int64_t>(1, parse_count("--batch", a.value("--batch", "1")));
@@ -228,6 +231,7 @@ int dispatch(const Args& a, std::unique_ptr<MpiSession>& mpi, int argc, char** a
     o.prune_kv_groups = a.has("--prune-kv-groups");
     o.dtype = a.value("--dtype", "");
     o.repeats = static_cast<int>(std::max<int64_t>(1, parse_count("--repeats", a.value("--repeats", "3"))));
+    o.decode_context = parse_count("--decode", a.value("--decode", "0"));
     profile_command(a.positional[0], a.required("--out"), o);
     return kExitOk;
   }

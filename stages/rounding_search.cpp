@@ -97,11 +97,15 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   LatencyTable table;
   if (!c.search.latency_table.empty()) {
     const std::string file_name = c.search.latency_table.string();
-    if (c.budget.latency_mode == LatencyMode::decode)
-      throw ConfigError(c.source.string() + ": search.latency_table '" + file_name + "' holds prefill timings, but "
-                        "budget.latency_mode = \"decode\"; leave search.latency_table empty (the analytic model with "
-                        "budget.layer_overhead_s prices decode steps)");
     table = latency_table_from_json(read_json_file(c.search.latency_table), file_name);
+    if (table.context != cost.context)
+      throw ConfigError(c.source.string() + ": search.latency_table '" + file_name + "' was measured " +
+                        (table.context > 0 ? "for a decode step against " + std::to_string(table.context) + " cached tokens"
+                                           : std::string("for a prefill")) +
+                        "; budget.latency_mode and budget.decode_context ask for " +
+                        (cost.context > 0 ? "a decode step against " + std::to_string(cost.context) + " cached tokens"
+                                          : std::string("a prefill")) +
+                        " (profile with --decode CONTEXT to match)");
     if (table.batch != cost.batch || table.tokens != cost.tokens)
       throw ConfigError(c.source.string() + ": search.latency_table '" + file_name + "' was measured at batch " +
                         std::to_string(table.batch) + " x " + std::to_string(table.tokens) +

@@ -158,7 +158,7 @@ nlohmann::json latency_table_to_json(const LatencyTable& t) {
   for (const auto& [k, v] : t.mlp) mlp.push_back({{"hidden", k.first}, {"ffn", k.second}, {"seconds", v}});
   for (const auto& [k, v] : t.other) other.push_back({{"hidden", k}, {"seconds", v}});
   return {{"format_version", 1}, {"device", t.device}, {"dtype", t.dtype}, {"batch", t.batch}, {"tokens", t.tokens},
-          {"attention", att}, {"mlp", mlp}, {"other", other}};
+          {"context", t.context}, {"attention", att}, {"mlp", mlp}, {"other", other}};
 }
 
 LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string& file) {
@@ -170,6 +170,7 @@ LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string&
     t.dtype = j.at("dtype").get<std::string>();
     t.batch = json_int(j.at("batch"));
     t.tokens = json_int(j.at("tokens"));
+    t.context = j.contains("context") ? json_int(j.at("context")) : 0;  // tables before decode: prefill
     for (const auto& e : j.at("attention"))
       t.attention[{json_int(e.at("hidden")), json_int(e.at("heads")), json_int(e.at("kv_heads"))}] =
           e.at("seconds").get<double>();

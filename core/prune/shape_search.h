@@ -46,6 +46,7 @@ struct SearchRules {
 struct LatencyTable {
   std::string device, dtype, file;
   int64_t batch = 0, tokens = 0;
+  int64_t context = 0;  ///< > 0: a decode step (tokens = 1) against a KV cache of this many tokens
   std::map<std::tuple<int64_t, int64_t, int64_t>, double> attention;
   std::map<std::pair<int64_t, int64_t>, double> mlp;
   std::map<int64_t, double> other;

@@ -47,8 +47,10 @@ void profile_command(const std::filesystem::path& model_dir, const std::filesyst
   const std::string dtype_name = !o.dtype.empty() ? o.dtype : device.is_cuda() ? "bf16" : "fp32";
   if (dtype_name != "bf16" && dtype_name != "fp32") throw UsageError("--dtype must be bf16 or fp32, got '" + dtype_name + "'");
   const auto opts = at::TensorOptions().device(device).dtype(dtype_name == "bf16" ? at::kBFloat16 : at::kFloat);
+  const int64_t C = o.decode_context;
+  if (C > 0 && !traits.causal) throw UsageError("--decode needs a causal language model");
   const int64_t B = o.batch,
-                T = o.tokens > 0 ? o.tokens : traits.tokens_per_sample > 0 ? traits.tokens_per_sample : 512;
+                T = C > 0 ? 1 : o.tokens > 0 ? o.tokens : traits.tokens_per_sample > 0 ? traits.tokens_per_sample : 512;
 
   SearchRules rules;
   rules.ffn_multiple = o.ffn_multiple;
@@ -65,7 +67,8 @@ void profile_command(const std::filesystem::path& model_dir, const std::filesyst
   }
   log::info("profile: " + std::to_string(attention.size()) + " attention, " + std::to_string(mlp.size()) + " MLP and " +
             std::to_string(hidden.size()) + " head widths on " + device.str() + " (" + dtype_name + "), batch " +
-            std::to_string(B) + " x " + std::to_string(T) + " tokens");
+            std::to_string(B) + " x " + std::to_string(T) + " tokens" +
+            (C > 0 ? " (a decode step against a KV cache of " + std::to_string(C) + " tokens)" : std::string()));
 
   at::NoGradGuard no_grad;
   const int64_t hd = dense.head_dim;
@@ -74,18 +77,24 @@ void profile_command(const std::filesystem::path& model_dir, const std::filesyst
   table.dtype = dtype_name;
   table.batch = B;
   table.tokens = T;
+  table.context = C;
   const auto t0 = std::chrono::steady_clock::now();
   for (const auto& [h, n, k] : attention) {
     const at::Tensor x = at::randn({B, T, h}, opts), wq = at::randn({n * hd, h}, opts) * 0.02,
                      wk = at::randn({k * hd, h}, opts) * 0.02, wv = at::randn({k * hd, h}, opts) * 0.02,
                      wo = at::randn({h, n * hd}, opts) * 0.02;
+    // A decode step appends its key and value to a KV cache of C tokens and attends to all of them.
+    const at::Tensor cache_k = C > 0 ? at::randn({B, k, C, hd}, opts) : at::Tensor();
+    const at::Tensor cache_v = C > 0 ? at::randn({B, k, C, hd}, opts) : at::Tensor();
     table.attention[{h, n, k}] = time_median(
         [&] {
           const at::Tensor q = at::linear(x, wq).view({B, T, n, hd}).transpose(1, 2);
-          const at::Tensor kk = at::linear(x, wk).view({B, T, k, hd}).transpose(1, 2);
-          const at::Tensor v = at::linear(x, wv).view({B, T, k, hd}).transpose(1, 2);
-          const at::Tensor a = at::scaled_dot_product_attention(q, kk, v, std::nullopt, 0.0, /*is_causal=*/traits.causal,
-                                                                std::nullopt, /*enable_gqa=*/n != k);
+          at::Tensor kk = at::linear(x, wk).view({B, T, k, hd}).transpose(1, 2);
+          at::Tensor v = at::linear(x, wv).view({B, T, k, hd}).transpose(1, 2);
+          if (C > 0) kk = at::cat({cache_k, kk}, 2), v = at::cat({cache_v, v}, 2);
+          const at::Tensor a = at::scaled_dot_product_attention(q, kk, v, std::nullopt, 0.0,
+                                                                /*is_causal=*/traits.causal && C == 0, std::nullopt,
+                                                                /*enable_gqa=*/n != k);
           return at::linear(a.transpose(1, 2).reshape({B, T, n * hd}), wo);
         },
         o.repeats);

@@ -14,6 +14,7 @@ struct ProfileOptions {
   bool prune_kv_groups = false, hidden = false;  ///< as [search] prune_kv_groups and [gates] hidden
   std::string dtype = "";                        ///< "bf16" or "fp32"; "" = bf16 on a GPU, fp32 on a CPU
   int repeats = 3;
+  int64_t decode_context = 0;  ///< > 0: a decode step (1 new token per sequence) against a KV cache of this many tokens
 };
 
 /// Times the model's attention block, MLP block and remaining work (LM head / patch embedding) with

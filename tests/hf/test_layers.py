@@ -337,3 +337,33 @@ def test_budget_only_depth_can_meet_needs_layer_gates(tmp_path, mpirun):
     assert "budget.target = 0.5500 is below what the gates can reach" in p.stderr
     assert "budget.layer_overhead_s per layer" in p.stderr
     assert not (tmp_path / "run" / "train" / "metrics.jsonl").exists()
+
+
+def test_profiled_decode_table_drives_a_decode_search(tmp_path, mpirun, cli):
+    """`profile --decode C` times decode steps against a KV cache of C tokens; a decode budget searches with
+    it, layer counts included. Its twin: a prefill table under a decode budget is refused by name."""
+    torch.manual_seed(6)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tokens(tmp_path / "tokens.bin", 32)
+    cli("profile", tmp_path / "llama", "--out", tmp_path / "decode.json", "--decode", 16, "--ffn-multiple", 16,
+        "--repeats", 1)
+    t = json.load(open(tmp_path / "decode.json"))
+    assert t["tokens"] == 1 and t["context"] == 16 and all(e["seconds"] > 0 for e in t["attention"] + t["mlp"])
+    budget = DECODE_BUDGET.replace("layer_overhead_s = 1e-3\n", "").replace("target = 0.55", "target = 0.9")
+    stages = ("--stages", "teacher_cache,train_gates,reduce_gates,rounding_search")
+    # The [search] section of write_config is reopened by appending keys to it: put the table there.
+    cfg = write_config(tmp_path, tmp_path / "llama", tmp_path / "tokens.bin", "run", extra=budget + "[gates]\nlayers = true\n")
+    cfg.write_text(cfg.read_text().replace("[search]\n", f'[search]\nlatency_table = "{tmp_path / "decode.json"}"\n'))
+    p = mpirun(1, cfg, *stages)
+    assert "latencies from" in p.stderr
+    plan = json.load(open(tmp_path / "run" / "plan" / "plan.json"))
+    assert plan["shape"]["cost_ratio"] <= 0.9 and plan["metric"] == "latency"
+    cli("profile", tmp_path / "llama", "--out", tmp_path / "prefill.json", "--tokens", SEQ, "--ffn-multiple", 16,
+        "--repeats", 1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace("decode.json", "prefill.json").replace(f'dir = "{tmp_path / "run"}"',
+                                                                               f'dir = "{tmp_path / "bad"}"'))
+    p = mpirun(1, bad, *stages, check=False)
+    assert p.returncode == 2 and "search.latency_table" in p.stderr and "--decode CONTEXT" in p.stderr, p.stderr
