@@ -25,7 +25,12 @@ bool contains(const std::string& s, const std::string& part) { return s.find(par
 TEST(Cli, HelpAndVersion) {
   auto [code, out] = run_capture(kCli + " --help");
   EXPECT_EQ(code, 0);
-  EXPECT_TRUE(contains(out, "inspect MODEL_DIR")) << out;
+  for (const char* sub : {"run", "validate", "inspect", "forward", "export", "make-model", "make-data", "profile", "evaluate"})
+    EXPECT_TRUE(contains(out, std::string("  ") + sub + " ")) << sub << " missing from:\n" << out;
+  EXPECT_TRUE(contains(out, "Exit codes: 0 success")) << out;
+  std::tie(code, out) = run_capture(kCli + " inspect --help");
+  EXPECT_EQ(code, 0);
+  EXPECT_TRUE(contains(out, "MODEL_DIR")) << out;
   std::tie(code, out) = run_capture(kCli + " --version");
   EXPECT_EQ(code, 0);
   EXPECT_TRUE(contains(out, "hawada-pipeline " HAWADA_VERSION)) << out;
@@ -39,10 +44,18 @@ TEST(Cli, UsageErrorsExitTwoWithSuggestion) {
   EXPECT_EQ(code, 2);
   std::tie(code, out) = run_capture(kCli + " inspect");
   EXPECT_EQ(code, 2);
-  EXPECT_TRUE(contains(out, "takes 1 argument")) << out;
+  EXPECT_TRUE(contains(out, "MODEL_DIR is required")) << out;
   std::tie(code, out) = run_capture(kCli + " inspect /x --yaml");
   EXPECT_EQ(code, 2);
-  EXPECT_TRUE(contains(out, "'--yaml'")) << out;
+  EXPECT_TRUE(contains(out, "not expected: --yaml")) << out;
+  EXPECT_TRUE(contains(out, "hawada-pipeline inspect --help")) << out;
+  std::tie(code, out) = run_capture(kCli + " profile /x --out t.json --repeats zero");
+  EXPECT_EQ(code, 2);
+  EXPECT_TRUE(contains(out, "--repeats")) << out;
+  // Every subcommand has generated help.
+  std::tie(code, out) = run_capture(kCli + " evaluate --help");
+  EXPECT_EQ(code, 0);
+  EXPECT_TRUE(contains(out, "--samples")) << out;
 }
 
 TEST(Cli, ValidatePrintsResolvedConfigAndRefusesBadOnes) {
