@@ -63,6 +63,8 @@ class CommandLine {
     app_.footer(kFooter);
     app_.require_subcommand(1);
     app_.get_formatter()->column_width(44);
+    // An option given twice takes its last value (a wrapper script's defaults, then the user's).
+    app_.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     add_run();
     add_validate();
     add_inspect();

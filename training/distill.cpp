@@ -33,6 +33,25 @@ int64_t logit_piece_bytes(const at::Device& device) { return device.is_cuda() ? 
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// An LM teacher's cached rows, flattened to [tokens, k] on the device: top-k (logit values, tokens and the
+// log-sum-exp) or sampled (counts, drawn tokens and the entropy).
+struct TeacherRows {
+  bool sampled = false;
+  at::Tensor values, indices, scalar;
+
+  TeacherRows(const CacheChunk& t, int64_t tokens, const at::Device& dev) : sampled(t.sampled_ids.defined()) {
+    const int64_t k = sampled ? t.sampled_ids.size(-1) : t.topk_values.size(-1);
+    values = (sampled ? t.sampled_counts : t.topk_values).to(dev).view({tokens, k}).to(at::kFloat);
+    indices = (sampled ? t.sampled_ids : t.topk_indices).to(dev).view({tokens, k}).to(at::kLong);
+    scalar = (sampled ? t.entropy : t.logsumexp).to(dev).view({tokens});
+  }
+  // Mean KL over the valid tokens of rows [a, b) (sampled: the unbiased estimate; top-k: top-k + tail at T).
+  at::Tensor kl(const at::Tensor& logits, int64_t a, int64_t b, double T, const at::Tensor& mask) const {
+    if (sampled) return sampled_kl_loss(logits, indices.slice(0, a, b), values.slice(0, a, b), scalar.slice(0, a, b), mask);
+    return topk_kl_loss(logits, values.slice(0, a, b), indices.slice(0, a, b), scalar.slice(0, a, b), T, mask);
+  }
+};
+
 }  // namespace
 
 uint64_t mix_seed(std::initializer_list<uint64_t> values, std::string_view tag) {
@@ -96,15 +115,9 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
     parts.mse = mse.item<double>();
     parts.tokens = s.size(0);
   } else {
-    const bool sampled = teacher.sampled_ids.defined();
     const int64_t B = features.size(0), L = features.size(1), D = features.size(2);
-    const int64_t k = sampled ? teacher.sampled_ids.size(-1) : teacher.topk_values.size(-1);
     const at::Tensor flat = detached.view({B * L, D});
-    // Top-k: the teacher's values, tokens and log-sum-exp; sampled: the drawn tokens, counts and entropy.
-    const at::Tensor values = sampled ? teacher.sampled_counts.to(dev).view({B * L, k}).to(at::kFloat)
-                                      : teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
-    const at::Tensor indices = (sampled ? teacher.sampled_ids : teacher.topk_indices).to(dev).view({B * L, k}).to(at::kLong);
-    const at::Tensor lse = (sampled ? teacher.entropy : teacher.logsumexp).to(dev).view({B * L});
+    const TeacherRows rows(teacher, B * L, dev);
     // Token weights on the host (no device round trip per piece), and on the device for the loss.
     const at::Tensor host_mask = batch.attention_mask.defined()
                                      ? batch.attention_mask.cpu().reshape({B * L}).ne(0).to(at::kDouble)
@@ -124,13 +137,12 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
       const double w = (cum[b] - cum[a]) / valid;
       if (w == 0) continue;
       const at::Tensor s = model.head(flat.slice(0, a, b));
-      const at::Tensor kl =
-          (sampled ? sampled_kl_loss(s, indices.slice(0, a, b), values.slice(0, a, b), lse.slice(0, a, b), m)
-                   : topk_kl_loss(s, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m)) * w;
+      const at::Tensor kl = rows.kl(s, a, b, T, m) * w;
       at::Tensor loss = kl;
-      if (mse_weight > 0 && !sampled) {
+      if (mse_weight > 0 && !rows.sampled) {
         // MSE on the logits the cache holds (the teacher's top-k).
-        at::Tensor mse = (s.to(at::kFloat).gather(-1, indices.slice(0, a, b)) - values.slice(0, a, b)).pow(2).mean(-1);
+        at::Tensor mse =
+            (s.to(at::kFloat).gather(-1, rows.indices.slice(0, a, b)) - rows.values.slice(0, a, b)).pow(2).mean(-1);
         mse = (mse * m).sum() / valid;
         loss = loss + mse * mse_weight;
         mse_sum += mse.detach().to(at::kDouble);
@@ -231,14 +243,9 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
     return ((at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() * (T * T))
         .item<double>();
   }
-  const bool sampled = teacher.sampled_ids.defined();
   const int64_t B = features.size(0), L = features.size(1), D = features.size(2);
-  const int64_t k = sampled ? teacher.sampled_ids.size(-1) : teacher.topk_values.size(-1);
   const at::Tensor flat = features.reshape({B * L, D});
-  const at::Tensor values = sampled ? teacher.sampled_counts.to(dev).view({B * L, k}).to(at::kFloat)
-                                    : teacher.topk_values.to(dev).view({B * L, k}).to(at::kFloat);
-  const at::Tensor indices = (sampled ? teacher.sampled_ids : teacher.topk_indices).to(dev).view({B * L, k}).to(at::kLong);
-  const at::Tensor lse = (sampled ? teacher.entropy : teacher.logsumexp).to(dev).view({B * L});
+  const TeacherRows rows(teacher, B * L, dev);
   const at::Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(dev).reshape({B * L}).ne(0).to(at::kFloat)
                                                          : at::ones({B * L}, at::TensorOptions().device(dev));
   const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
@@ -247,9 +254,7 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
   for (int64_t a = 0; a < B * L; a += piece) {
     const int64_t b = std::min(B * L, a + piece);
     const at::Tensor m = mask.slice(0, a, b);
-    const at::Tensor logits = model.head(flat.slice(0, a, b));
-    const at::Tensor kl = sampled ? sampled_kl_loss(logits, indices.slice(0, a, b), values.slice(0, a, b), lse.slice(0, a, b), m)
-                                  : topk_kl_loss(logits, values.slice(0, a, b), indices.slice(0, a, b), lse.slice(0, a, b), T, m);
+    const at::Tensor kl = rows.kl(model.head(flat.slice(0, a, b)), a, b, T, m);
     sum += kl.to(at::kDouble) * m.sum().to(at::kDouble);
   }
   return sum.item<double>() / std::max(1.0, mask.sum().item<double>());
