@@ -19,6 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (j.is_discarded()) return 0;
   hawada::ModelShape dense;  // 2 layers, 8 heads in 2 kv groups (the default traits), head_dim 8
   dense.layers = 2, dense.hidden = 64, dense.heads = 8, dense.kv_heads = 2, dense.head_dim = 8, dense.ffn = 96;
+  dense.traits.drop_layers = true;  // kept_layers may drop a block
   try {
     const hawada::Plan p = hawada::plan_from_json(j, dense, "fuzz/plan.json");
     if (p.heads.size() != 2 || p.ffn.size() != 2) __builtin_trap();
@@ -30,6 +31,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     for (int64_t h : p.hidden)
       if (h < 0 || h >= dense.hidden) __builtin_trap();
+    if (static_cast<int64_t>(p.layers.size()) != p.chosen.shape.layers) __builtin_trap();
+    for (int64_t l : p.layers)
+      if (l < 0 || l >= dense.layers) __builtin_trap();
     if (!hawada::transformers_violation(p.chosen.shape, dense).empty()) __builtin_trap();
   } catch (const hawada::CheckpointError& e) {
     if (std::string(e.what()).find("fuzz/plan.json") == std::string::npos) __builtin_trap();
