@@ -4,21 +4,22 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 
+#include <fmt/format.h>
+
 #include <chrono>
-#include <cstdio>
 #include <future>
 
 #include "adapters/adapter.h"
-#include "core/io/checkpoint.h"
-#include "core/data/data.h"
 #include "core/base/errors.h"
 #include "core/base/fault.h"
-#include "core/data/h5.h"
 #include "core/base/hash.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
-#include "core/prune/distill_loss.h"
+#include "core/data/data.h"
+#include "core/data/h5.h"
+#include "core/dist/mpi_session.h"
+#include "core/io/checkpoint.h"
+#include "core/prune/logit_tail.h"
 #include "training/distill.h"
 #include "training/student.h"
 
@@ -30,7 +31,6 @@ using Clock = std::chrono::steady_clock;
 
 // Logits are taken over at most this many bytes of fp32 [tokens, vocab] at a time.
 constexpr int64_t kLogitBytesPerPiece = 256ll << 20;
-
 
 // The uniforms of the draws of samples [first, first + n): [n * L, D], from a generator keyed by the cache
 // seed and the sample, so a sample draws the same tokens whatever the batch, the rank or the rerun.
@@ -44,44 +44,41 @@ at::Tensor draw_uniforms(int64_t first, int64_t n, const CacheLayout& layout, in
   return at::cat(rows);
 }
 
-// Sampled tokens (with counts) and the entropy of the LM head's distribution over [n, L, hidden]
-// features, a piece of tokens at a time; `uniforms` [n * L, D] on the host.
-CacheChunk sampled_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout,
-                         const at::Tensor& uniforms) {
+// What the cache keeps of the LM head over [n, L, hidden] features, a piece of tokens at a time, by the
+// fused logit tail: the top-k and log-sum-exp ("lm"), or the sampled tokens with their counts and the
+// entropy ("lm-sampled", drawn with `uniforms` [n * L, D] on the host).
+CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout,
+                    const at::Tensor& uniforms) {
   const int64_t n = features.size(0), L = features.size(1);
   const at::Tensor flat = features.reshape({n * L, features.size(2)});
-  // fp32 logits, their softmax and its running sum: three [piece, vocab] tensors.
-  const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (layout.vocab_size * 4 * 3));
-  std::vector<at::Tensor> ids, counts, entropy;
+  // The head's logits and their fp32 copy: two [piece, vocab] tensors.
+  const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (layout.vocab_size * 4 * 2));
+  const at::ScalarType store = layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16;
+  std::vector<at::Tensor> values, indices, lse, ids, counts, entropy;
   for (int64_t t = 0; t < n * L; t += piece) {
     const int64_t e = std::min(n * L, t + piece);
-    const SampledLogits s = sample_logits(model.head(flat.slice(0, t, e)), uniforms.slice(0, t, e));
-    ids.push_back(s.ids), counts.push_back(s.counts), entropy.push_back(s.entropy);
+    TailRequest request;
+    if (layout.kind == "lm") request.top_k = layout.top_k;
+    if (layout.kind == "lm-sampled") request.uniforms = uniforms.slice(0, t, e);
+    const LogitTail tail = logit_tail(model.head(flat.slice(0, t, e)), request);
+    if (request.top_k > 0) {
+      values.push_back(tail.topk_values.to(store));
+      indices.push_back(tail.topk_indices);
+      lse.push_back(tail.logsumexp);
+    } else {
+      ids.push_back(tail.sampled.ids), counts.push_back(tail.sampled.counts), entropy.push_back(tail.sampled.entropy);
+    }
   }
   CacheChunk c;
-  c.sampled_ids = at::cat(ids).view({n, L, layout.draws});
-  c.sampled_counts = at::cat(counts).view({n, L, layout.draws});
-  c.entropy = at::cat(entropy).view({n, L});
-  return c;
-}
-
-// Top-k and log-sum-exp of the LM head over [n, L, hidden] features, a piece of tokens at a time.
-CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout) {
-  const int64_t n = features.size(0), L = features.size(1);
-  const at::Tensor flat = features.reshape({n * L, features.size(2)});
-  const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (layout.vocab_size * 4));
-  std::vector<at::Tensor> values, indices, lse;
-  for (int64_t t = 0; t < n * L; t += piece) {
-    const at::Tensor logits = model.head(flat.slice(0, t, std::min(n * L, t + piece))).to(at::kFloat);
-    lse.push_back(at::logsumexp(logits, -1));
-    auto [v, i] = logits.topk(layout.top_k, -1, /*largest=*/true, /*sorted=*/true);
-    values.push_back(v.to(layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16));
-    indices.push_back(i.to(at::kInt));
+  if (layout.kind == "lm") {
+    c.topk_values = at::cat(values).view({n, L, layout.top_k});
+    c.topk_indices = at::cat(indices).view({n, L, layout.top_k});
+    c.logsumexp = at::cat(lse).view({n, L});
+  } else {
+    c.sampled_ids = at::cat(ids).view({n, L, layout.draws});
+    c.sampled_counts = at::cat(counts).view({n, L, layout.draws});
+    c.entropy = at::cat(entropy).view({n, L});
   }
-  CacheChunk c;
-  c.topk_values = at::cat(values).view({n, L, layout.top_k});
-  c.topk_indices = at::cat(indices).view({n, L, layout.top_k});
-  c.logsumexp = at::cat(lse).view({n, L});
   return c;
 }
 
@@ -150,9 +147,9 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
       layout.num_labels = arch.num_labels;
     }
     Hasher h;
-    for (uint64_t v : {static_cast<uint64_t>(kTeacherCacheFormat), weights, content,
-                       static_cast<uint64_t>(layout.samples), static_cast<uint64_t>(layout.seq_len),
-                       static_cast<uint64_t>(layout.top_k)})
+    for (uint64_t v :
+         {static_cast<uint64_t>(kTeacherCacheFormat), weights, content, static_cast<uint64_t>(layout.samples),
+          static_cast<uint64_t>(layout.seq_len), static_cast<uint64_t>(layout.top_k)})
       h.update_u64(v);
     // Dtypes by name: enum values are not a stable on-disk key across LibTorch versions.
     h.update(c10::toString(compute_dtype(c)));
@@ -178,11 +175,89 @@ std::string cache_size_text(const fs::path& dir, const CacheLayout& layout) {
   uintmax_t bytes = 0;
   for (const auto& e : fs::directory_iterator(dir))
     if (e.is_regular_file()) bytes += e.file_size();
-  char b[96];
-  std::snprintf(b, sizeof b, ", %.1f bytes per token on disk (HDF5 and index included)",
-                static_cast<double>(bytes) / static_cast<double>(layout.samples * layout.seq_len));
-  return b;
+  return fmt::format(", {:.1f} bytes per token on disk (HDF5 and index included)",
+                     static_cast<double>(bytes) / static_cast<double>(layout.samples * layout.seq_len));
 }
+
+// The teacher and one cache's data, on this rank's device.
+struct Teacher {
+  at::Device device = at::kCPU;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<DataSource> data;
+};
+
+Teacher load_teacher(const Config& c, const DataSpec& spec) {
+  Teacher t{run_device(c), nullptr, nullptr};
+  const HfCheckpoint ckpt = HfCheckpoint::open(c.model.path);
+  const auto config_file = c.model.path / "config.json";
+  const auto& adapter = adapter_for(ckpt.config(), config_file);
+  const ArchSummary arch = adapter.summarize(ckpt.config(), config_file);
+  t.model = with_context("loading teacher: ", [&] { return adapter.load(ckpt, {compute_dtype(c), t.device}); });
+  t.data = open_data_spec(spec, arch, c.model.path);
+  return t;
+}
+
+// What the cache keeps of one batch's teacher outputs, on the device.
+CacheChunk batch_entries(const Teacher& t, const Config& c, const CacheLayout& layout, const Batch& batch,
+                         int64_t first_sample) {
+  const at::Tensor features = t.model->features(to_device(batch, t.device));
+  CacheChunk part;
+  if (layout.kind == "lm")
+    part = lm_chunk(*t.model, features, layout, at::Tensor());
+  else if (layout.kind == "lm-sampled")
+    part = lm_chunk(*t.model, features, layout, draw_uniforms(first_sample, features.size(0), layout, c.teacher.seed));
+  else if (layout.kind == "classifier")
+    part.logits = t.model->head(features).to(at::kFloat);
+  else if (layout.kind == "hidden")
+    part.hidden_states = t.model->head(features).to(layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16);
+  return part;
+}
+
+// The cache entries of samples [start, end): the teacher over batches of teacher.batch_size, joined on the
+// host (only what the cache keeps crosses to the host); the time after the reads is added to `forward_s`.
+CacheChunk compute_chunk(const Teacher& t, const Config& c, const CacheLayout& layout, int64_t start, int64_t end,
+                         double& forward_s) {
+  std::vector<std::pair<int64_t, Batch>> inputs;  // first sample, batch
+  for (int64_t s = start; s < end; s += c.teacher.batch_size) {
+    const int64_t n = std::min<int64_t>(c.teacher.batch_size, end - s);
+    inputs.emplace_back(s, with_context("teacher_cache: ", [&] { return t.data->read(s, n); }));
+  }
+  const auto f0 = Clock::now();
+  std::vector<CacheChunk> parts;
+  for (const auto& [first_sample, batch] : inputs) parts.push_back(batch_entries(t, c, layout, batch, first_sample));
+  CacheChunk chunk;
+  auto cat = [&](at::Tensor CacheChunk::*field) {
+    std::vector<at::Tensor> ts;
+    for (auto& p : parts) ts.push_back(p.*field);
+    return at::cat(ts).cpu();
+  };
+  for (at::Tensor CacheChunk::*field :
+       {&CacheChunk::topk_values, &CacheChunk::topk_indices, &CacheChunk::logsumexp, &CacheChunk::sampled_ids,
+        &CacheChunk::sampled_counts, &CacheChunk::entropy, &CacheChunk::hidden_states, &CacheChunk::logits})
+    if ((parts.front().*field).defined()) chunk.*field = cat(field);
+  chunk.sample_index = at::arange(start, end, at::kLong);
+  forward_s += std::chrono::duration<double>(Clock::now() - f0).count();
+  return chunk;
+}
+
+// Rank 0's progress lines, every 5 s and after its last chunk.
+struct Progress {
+  Clock::time_point start = Clock::now(), last = start;
+  int64_t mine = 0, computed = 0, reused = 0;
+  double forward_s = 0;
+
+  void report(const CacheLayout& layout, bool final) {
+    const auto now = Clock::now();
+    if (process_info().rank != 0 || !(now - last > std::chrono::seconds(5) || final)) return;
+    const double rate = computed / std::max(seconds(), 1e-9);
+    std::string line = fmt::format("teacher_cache: rank 0 {}/{} samples, {} samples/s", computed + reused, mine,
+                                   static_cast<int64_t>(rate));
+    if (layout.seq_len > 0) line += fmt::format(", {} tokens/s", static_cast<int64_t>(rate * layout.seq_len));
+    log::info(line + ", ETA " + log::duration((mine - computed - reused) / std::max(rate, 1e-9)));
+    last = now;
+  }
+  double seconds() const { return std::chrono::duration<double>(Clock::now() - start).count(); }
+};
 
 }  // namespace
 
@@ -202,26 +277,20 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
     complete = cache_complete(dir, layout);
   }
   if (world::broadcast(complete)) {
-    log::info("teacher_cache: reused the complete cache " + dir.string() + " (no teacher forward)" + cache_size_text(dir, layout));
+    log::info("teacher_cache: reused the complete cache " + dir.string() + " (no teacher forward)" +
+              cache_size_text(dir, layout));
     return;
   }
   fs::create_directories(dir);
-
-  const at::Device device = run_device(c);
-  const HfCheckpoint ckpt = HfCheckpoint::open(c.model.path);
-  const auto config_file = c.model.path / "config.json";
-  const auto& adapter = adapter_for(ckpt.config(), config_file);
-  const ArchSummary arch = adapter.summarize(ckpt.config(), config_file);
-  const auto model = with_context("loading teacher: ", [&] { return adapter.load(ckpt, {compute_dtype(c), device}); });
-  const auto data = open_data_spec(spec, arch, c.model.path);
+  const Teacher teacher = load_teacher(c, spec);
   if (what != "data") log::info("teacher_cache: caching " + what + " = " + spec.path.string());
 
   // Contiguous chunk ranges per rank.
   const auto chunks = layout.chunks();
   const size_t first = chunks.size() * static_cast<size_t>(proc.rank) / static_cast<size_t>(proc.size);
   const size_t last = chunks.size() * static_cast<size_t>(proc.rank + 1) / static_cast<size_t>(proc.size);
-  int64_t mine = 0, computed = 0, reused = 0;
-  for (size_t i = first; i < last; ++i) mine += chunks[i].second - chunks[i].first;
+  Progress progress;
+  for (size_t i = first; i < last; ++i) progress.mine += chunks[i].second - chunks[i].first;
 
   // The HDF5 write of chunk i runs on a second thread while the device computes chunk i + 1. With an
   // HDF5 that is not thread-safe the main thread waits for the writer before its own HDF5 calls.
@@ -229,101 +298,45 @@ void TeacherCacheStage::cache_one(const StageContext& ctx, const std::string& wh
   std::future<void> writer;
   auto wait_writer = [&] {
     if (!writer.valid()) return;
-    writer.get();  // rethrows the writer's error here
+    writer.get();                              // rethrows the writer's error here
     fault_point("teacher_cache.after_chunk");  // a chunk is on disk
   };
 
   at::InferenceMode inference;
   fault_point("teacher_cache.before_first_write");
-  const auto t0 = Clock::now();
-  auto last_report = t0;
-  double forward_s = 0;
   for (size_t i = first; i < last; ++i) {
     const auto [start, end] = chunks[i];
     if (!overlap) wait_writer();
     if (cache_chunk_ready(dir, layout, start, end)) {
-      reused += end - start;
+      progress.reused += end - start;
       continue;
     }
-    std::vector<Batch> inputs;
-    for (int64_t s = start; s < end; s += c.teacher.batch_size) {
-      const int64_t n = std::min<int64_t>(c.teacher.batch_size, end - s);
-      inputs.push_back(with_context("teacher_cache: ", [&] { return data->read(s, n); }));
-    }
-    const auto f0 = Clock::now();
-    std::vector<CacheChunk> parts;
-    int64_t batch_start = start;
-    for (const Batch& cpu_batch : inputs) {
-      const at::Tensor features = model->features(to_device(cpu_batch, device));
-      CacheChunk part = layout.kind == "lm" ? lm_chunk(*model, features, layout) : CacheChunk{};
-      if (layout.kind == "lm-sampled")
-        part = sampled_chunk(*model, features, layout,
-                             draw_uniforms(batch_start, features.size(0), layout, c.teacher.seed).to(device));
-      batch_start += features.size(0);
-      if (layout.kind == "classifier") part.logits = model->head(features).to(at::kFloat);
-      if (layout.kind == "hidden")
-        part.hidden_states = model->head(features).to(layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16);
-      parts.push_back(std::move(part));
-    }
-    // Only the top-k rows cross to the host.
-    CacheChunk chunk;
-    auto cat = [&](at::Tensor CacheChunk::*field) {
-      std::vector<at::Tensor> ts;
-      for (auto& p : parts) ts.push_back(p.*field);
-      return at::cat(ts).cpu();
-    };
-    if (layout.kind == "lm") {
-      chunk.topk_values = cat(&CacheChunk::topk_values);
-      chunk.topk_indices = cat(&CacheChunk::topk_indices);
-      chunk.logsumexp = cat(&CacheChunk::logsumexp);
-    } else if (layout.kind == "lm-sampled") {
-      chunk.sampled_ids = cat(&CacheChunk::sampled_ids);
-      chunk.sampled_counts = cat(&CacheChunk::sampled_counts);
-      chunk.entropy = cat(&CacheChunk::entropy);
-    } else if (layout.kind == "hidden") {
-      chunk.hidden_states = cat(&CacheChunk::hidden_states);
-    } else {
-      chunk.logits = cat(&CacheChunk::logits);
-    }
-    chunk.sample_index = at::arange(start, end, at::kLong);
-    forward_s += std::chrono::duration<double>(Clock::now() - f0).count();
+    CacheChunk chunk = compute_chunk(teacher, c, layout, start, end, progress.forward_s);
     wait_writer();
     writer = std::async(std::launch::async, [&dir, &layout, start = start, end = end, chunk = std::move(chunk)] {
       write_cache_chunk(dir, layout, start, end, chunk);
     });
-    computed += end - start;
-
-    const auto now = Clock::now();
-    if (proc.rank == 0 && (now - last_report > std::chrono::seconds(5) || i + 1 == last)) {
-      const double s = std::chrono::duration<double>(now - t0).count();
-      const double rate = computed / std::max(s, 1e-9);
-      const int64_t left = mine - computed - reused;
-      std::string line = "teacher_cache: rank 0 " + std::to_string(computed + reused) + "/" + std::to_string(mine) +
-                         " samples, " + std::to_string(static_cast<int64_t>(rate)) + " samples/s";
-      if (layout.seq_len > 0) line += ", " + std::to_string(static_cast<int64_t>(rate * layout.seq_len)) + " tokens/s";
-      log::info(line + ", ETA " + log::duration(left / std::max(rate, 1e-9)));
-      last_report = now;
-    }
+    progress.computed += end - start;
+    progress.report(layout, i + 1 == last);
   }
   wait_writer();
   fault_point("teacher_cache.before_index");
-  if (proc.rank == 0 && computed > 0) {
-    char line[256];
-    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    std::snprintf(line, sizeof line,
-                  "teacher_cache: rank 0 computed %lld samples in %.3f s (forward %.3f s): %.1f tokens/s on %s",
-                  static_cast<long long>(computed), wall, forward_s,
-                  static_cast<double>(computed * std::max<int64_t>(1, layout.seq_len)) / std::max(wall, 1e-9),
-                  device.str().c_str());
-    log::info(line);
+  if (proc.rank == 0 && progress.computed > 0) {
+    const double wall = progress.seconds();
+    log::info(fmt::format(
+        "teacher_cache: rank 0 computed {} samples in {:.3f} s (forward {:.3f} s): {:.1f} tokens/s on {}",
+        progress.computed, wall, progress.forward_s,
+        static_cast<double>(progress.computed * std::max<int64_t>(1, layout.seq_len)) / std::max(wall, 1e-9),
+        teacher.device.str()));
   }
 
   // Every rank has written its chunks (or the job was aborted): only then the index.
-  const int64_t total_computed = world::sum(computed), total_reused = world::sum(reused);
+  const int64_t total_computed = world::sum(progress.computed), total_reused = world::sum(progress.reused);
   if (proc.rank == 0) write_cache_index(dir, layout);
   world::barrier();
   log::info("teacher_cache: teacher forward on " + std::to_string(total_computed) + " samples, " +
-            std::to_string(total_reused) + " reused from an interrupted run; cache " + dir.string() + cache_size_text(dir, layout));
+            std::to_string(total_reused) + " reused from an interrupted run; cache " + dir.string() +
+            cache_size_text(dir, layout));
 }
 
 }  // namespace hawada
