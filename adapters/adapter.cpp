@@ -8,9 +8,9 @@
 #include "adapters/huggingface/bert.h"
 #include "adapters/huggingface/llama.h"
 #include "adapters/huggingface/vit.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/base/json_input.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {
@@ -122,6 +122,5 @@ std::vector<std::string> supported_model_types() {
   std::sort(out.begin(), out.end());
   return out;
 }
-
 
 }  // namespace hawada

@@ -19,8 +19,8 @@
 #include "adapters/model.h"
 #include "adapters/roles.h"
 #include "core/io/safetensors.h"
-#include "core/prune/shape_search.h"
 #include "core/prune/cost_model.h"
+#include "core/prune/shape_search.h"
 
 namespace hawada {
 
@@ -94,7 +94,5 @@ const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesys
 const ModelAdapter& adapter_for_type(const std::string& model_type);
 /// Every registered model_type, sorted.
 std::vector<std::string> supported_model_types();
-
-
 
 }  // namespace hawada

@@ -20,23 +20,23 @@ struct ArchSummary {
   int64_t kv_heads = 0;
   int64_t head_dim = 0;
   int64_t hidden = 0;
-  int64_t ffn = 0;  ///< intermediate_size
-  int64_t vocab_size = 0;   ///< LMs; 0 otherwise
-  int64_t num_labels = 0;   ///< classifiers; 0 otherwise
-  int64_t image_size = 0;   ///< vision; 0 otherwise
-  int64_t patch_size = 0;   ///< vision; 0 otherwise
+  int64_t ffn = 0;         ///< intermediate_size
+  int64_t vocab_size = 0;  ///< LMs; 0 otherwise
+  int64_t num_labels = 0;  ///< classifiers; 0 otherwise
+  int64_t image_size = 0;  ///< vision; 0 otherwise
+  int64_t patch_size = 0;  ///< vision; 0 otherwise
   bool tied_embeddings = false;
-  int64_t channels = 0;     ///< vision: num_channels; 0 otherwise
-  bool qkv_bias = false;        ///< bias on the q, k and v projections
-  bool out_bias = false;        ///< bias on the attention output projection
-  bool mlp_bias = false;        ///< biases on the MLP's matrices
-  bool qk_norm = false;         ///< per-head RMSNorm of queries and keys (qwen3)
-  int64_t sliding_window = 0;   ///< attention window of the windowed layers; 0: none
-  bool pooler = false;          ///< a bare encoder saved with its pooler (vit, bert)
-  int64_t embedding_rows = 0;   ///< rows of embedding tables besides the vocabulary (learned positions, token types)
-  int64_t positions = 0;        ///< learned position embeddings (BERT: max_position_embeddings; ViT: tokens per image)
-  int64_t token_types = 0;      ///< BERT: type_vocab_size
-  int64_t pooled = 0;           ///< a pooler's outputs (ViT: pooler_output_size); 0: hidden
+  int64_t channels = 0;        ///< vision: num_channels; 0 otherwise
+  bool qkv_bias = false;       ///< bias on the q, k and v projections
+  bool out_bias = false;       ///< bias on the attention output projection
+  bool mlp_bias = false;       ///< biases on the MLP's matrices
+  bool qk_norm = false;        ///< per-head RMSNorm of queries and keys (qwen3)
+  int64_t sliding_window = 0;  ///< attention window of the windowed layers; 0: none
+  bool pooler = false;         ///< a bare encoder saved with its pooler (vit, bert)
+  int64_t embedding_rows = 0;  ///< rows of embedding tables besides the vocabulary (learned positions, token types)
+  int64_t positions = 0;       ///< learned position embeddings (BERT: max_position_embeddings; ViT: tokens per image)
+  int64_t token_types = 0;     ///< BERT: type_vocab_size
+  int64_t pooled = 0;          ///< a pooler's outputs (ViT: pooler_output_size); 0: hidden
 };
 
 /// Typed reads of config.json fields, with errors that name the file and key.

@@ -26,8 +26,9 @@ int64_t integer(const nlohmann::json& config, const char* key, const std::filesy
   if (!it->is_number_integer()) fail(file, key, "expected an integer, got " + json_excerpt(*it));
   int64_t v = it->get<int64_t>();
   if (v < 0 || (v == 0 && !allow_zero))
-    fail(file, key, std::string("expected ") + (allow_zero ? "a non-negative" : "a positive") + " integer, got " +
-                        std::to_string(v));
+    fail(file, key,
+         std::string("expected ") + (allow_zero ? "a non-negative" : "a positive") + " integer, got " +
+             std::to_string(v));
   if (v > max) fail(file, key, "expected at most " + std::to_string(max) + ", got " + std::to_string(v));
   return v;
 }

@@ -57,8 +57,8 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::T
   at::Tensor centered = xf - kept_mean(xf, hidden_gate);
   if (hidden_gate.defined()) centered = centered * hidden_gate.to(at::kFloat);  // pruned channels stay out
   const at::Tensor variance = kept_mean(centered.pow(2), hidden_gate);
-  const at::Tensor y = (centered * at::rsqrt(variance + eps) * weight.to(at::kFloat) + bias.to(at::kFloat))
-                           .to(x.scalar_type());
+  const at::Tensor y =
+      (centered * at::rsqrt(variance + eps) * weight.to(at::kFloat) + bias.to(at::kFloat)).to(x.scalar_type());
   return gate_last_dim(y, hidden_gate);
 }
 

@@ -16,10 +16,10 @@ namespace hawada {
 /// Activation importance accumulated by a forward pass (reduce_gates): sums over tokens of the mean
 /// |output| of each structure after its gate. fp32 tensors, zero-initialised by the caller.
 struct ActivationImportance {
-  at::Tensor heads;   ///< [layers, heads]: mean |attention output| over the head's channels
-  at::Tensor ffn;     ///< [layers, intermediate]: |act(gate) * up| of each channel
-  at::Tensor hidden;  ///< [hidden]: |normalised input| of every block, summed over the blocks
-  at::Tensor layers;  ///< [layers]: the block influence 1 - cos(block input, block output) of every token
+  at::Tensor heads;    ///< [layers, heads]: mean |attention output| over the head's channels
+  at::Tensor ffn;      ///< [layers, intermediate]: |act(gate) * up| of each channel
+  at::Tensor hidden;   ///< [hidden]: |normalised input| of every block, summed over the blocks
+  at::Tensor layers;   ///< [layers]: the block influence 1 - cos(block input, block output) of every token
   int64_t tokens = 0;  ///< tokens seen (every position of every sequence)
 };
 
@@ -59,7 +59,9 @@ class Model {
   virtual ~Model() = default;
   /// Logits for a batch: [B, L, vocab] for LMs, [B, labels] for classifiers. Without gates this is the
   /// teacher; with gates the student. Gates of exactly 1 give bit-identical results to no gates.
-  at::Tensor logits(const Batch& batch, const GateValues* gates = nullptr) const { return head(features(batch, gates)); }
+  at::Tensor logits(const Batch& batch, const GateValues* gates = nullptr) const {
+    return head(features(batch, gates));
+  }
   /// What the output head reads: the final normalised hidden states [B, L, hidden] of an LM, the
   /// class-token representation [B, hidden] of a classifier.
   virtual at::Tensor features(const Batch& batch, const GateValues* gates = nullptr) const = 0;

@@ -15,12 +15,12 @@ namespace hawada {
 
 /// One layer of a plan, ready for slice_linear / slice_vector (core/prune/slicing.h).
 struct LayerFolds {
-  std::vector<int64_t> q;     ///< kept query channels: each kept head's head_dim channels
-  std::vector<int64_t> ffn;   ///< kept FFN channels
-  at::Tensor head_scale;      ///< per kept query channel: its head's gate (undefined: none)
-  at::Tensor ffn_scale;       ///< per kept FFN channel: its gate (undefined: none)
-  at::Tensor attn_rows;       ///< per kept hidden channel: the attention output's scale (undefined: none)
-  at::Tensor mlp_rows;        ///< per kept hidden channel: the MLP output's scale (undefined: none)
+  std::vector<int64_t> q;    ///< kept query channels: each kept head's head_dim channels
+  std::vector<int64_t> ffn;  ///< kept FFN channels
+  at::Tensor head_scale;     ///< per kept query channel: its head's gate (undefined: none)
+  at::Tensor ffn_scale;      ///< per kept FFN channel: its gate (undefined: none)
+  at::Tensor attn_rows;      ///< per kept hidden channel: the attention output's scale (undefined: none)
+  at::Tensor mlp_rows;       ///< per kept hidden channel: the MLP output's scale (undefined: none)
 };
 LayerFolds layer_folds(const Plan& plan, const GateValues& folds, int64_t layer);
 

@@ -14,19 +14,32 @@ namespace hawada {
 
 int64_t RoleTable::size(Axis axis, const ArchSummary& a) {
   switch (axis) {
-    case Axis::hidden: return a.hidden;
-    case Axis::q: return a.heads * a.head_dim;
-    case Axis::kv: return a.kv_heads * a.head_dim;
-    case Axis::ffn: return a.ffn;
-    case Axis::head_dim: return a.head_dim;
-    case Axis::vocab: return a.vocab_size;
-    case Axis::positions: return a.positions;
-    case Axis::token_types: return a.token_types;
-    case Axis::labels: return a.num_labels;
-    case Axis::channels: return a.channels;
-    case Axis::patch: return a.patch_size;
-    case Axis::pooled: return a.pooled > 0 ? a.pooled : a.hidden;
-    case Axis::one: return 1;
+    case Axis::hidden:
+      return a.hidden;
+    case Axis::q:
+      return a.heads * a.head_dim;
+    case Axis::kv:
+      return a.kv_heads * a.head_dim;
+    case Axis::ffn:
+      return a.ffn;
+    case Axis::head_dim:
+      return a.head_dim;
+    case Axis::vocab:
+      return a.vocab_size;
+    case Axis::positions:
+      return a.positions;
+    case Axis::token_types:
+      return a.token_types;
+    case Axis::labels:
+      return a.num_labels;
+    case Axis::channels:
+      return a.channels;
+    case Axis::patch:
+      return a.patch_size;
+    case Axis::pooled:
+      return a.pooled > 0 ? a.pooled : a.hidden;
+    case Axis::one:
+      return 1;
   }
   return 0;
 }
@@ -50,15 +63,24 @@ std::string RoleTable::name(size_t i, int64_t layer, std::string_view prefix) co
 
 bool RoleTable::present(size_t i, const ArchSummary& a) const {
   switch (roles_[i].presence) {
-    case Presence::always: return true;
-    case Presence::qkv_bias: return a.qkv_bias;
-    case Presence::out_bias: return a.out_bias;
-    case Presence::mlp_bias: return a.mlp_bias;
-    case Presence::qk_norm: return a.qk_norm;
-    case Presence::untied_head: return !a.tied_embeddings;
-    case Presence::classifier: return a.num_labels > 0;
-    case Presence::pooler: return a.pooler;
-    case Presence::buffer: return false;
+    case Presence::always:
+      return true;
+    case Presence::qkv_bias:
+      return a.qkv_bias;
+    case Presence::out_bias:
+      return a.out_bias;
+    case Presence::mlp_bias:
+      return a.mlp_bias;
+    case Presence::qk_norm:
+      return a.qk_norm;
+    case Presence::untied_head:
+      return !a.tied_embeddings;
+    case Presence::classifier:
+      return a.num_labels > 0;
+    case Presence::pooler:
+      return a.pooler;
+    case Presence::buffer:
+      return false;
   }
   return false;
 }
@@ -111,16 +133,23 @@ int64_t RoleTable::parameters(const ArchSummary& arch) const {
   return total;
 }
 
-std::vector<safetensors::NamedTensor> RoleTable::random_weights(const ArchSummary& arch, double std, at::ScalarType dtype,
-                                                                at::Generator& gen, std::string_view prefix) const {
+std::vector<safetensors::NamedTensor> RoleTable::random_weights(const ArchSummary& arch, double std,
+                                                                at::ScalarType dtype, at::Generator& gen,
+                                                                std::string_view prefix) const {
   std::vector<safetensors::NamedTensor> out;
   auto one = [&](size_t i, int64_t layer) {
     const std::vector<int64_t> s = shape(i, arch);
     at::Tensor t;
     switch (roles_[i].init) {
-      case Init::normal: t = at::empty(s, at::kFloat).normal_(0.0, std, gen).to(dtype); break;
-      case Init::zeros: t = at::zeros(s, dtype); break;
-      case Init::ones: t = at::ones(s, dtype); break;
+      case Init::normal:
+        t = at::empty(s, at::kFloat).normal_(0.0, std, gen).to(dtype);
+        break;
+      case Init::zeros:
+        t = at::zeros(s, dtype);
+        break;
+      case Init::ones:
+        t = at::ones(s, dtype);
+        break;
     }
     out.push_back({name(i, layer, prefix), t});
   };
@@ -132,13 +161,15 @@ std::vector<safetensors::NamedTensor> RoleTable::random_weights(const ArchSummar
   return out;
 }
 
-std::vector<safetensors::NamedTensor> RoleTable::prune(const HfCheckpoint& ckpt, const Plan& plan, const GateValues& folds,
-                                                       std::optional<at::ScalarType> dtype, std::string_view prefix) const {
+std::vector<safetensors::NamedTensor> RoleTable::prune(const HfCheckpoint& ckpt, const Plan& plan,
+                                                       const GateValues& folds, std::optional<at::ScalarType> dtype,
+                                                       std::string_view prefix) const {
   const std::vector<int64_t>& hidden = plan.hidden;
   const int64_t hd = plan.dense.shape.head_dim;
   // Kept blocks are renumbered 0.. in order; a dropped block's tensors are left out.
   std::vector<int64_t> renumbered(static_cast<size_t>(plan.dense.shape.layers), -1);
-  for (size_t k = 0; k < plan.layers.size(); ++k) renumbered[static_cast<size_t>(plan.layers[k])] = static_cast<int64_t>(k);
+  for (size_t k = 0; k < plan.layers.size(); ++k)
+    renumbered[static_cast<size_t>(plan.layers[k])] = static_cast<int64_t>(k);
   std::vector<safetensors::NamedTensor> out;
   for (const std::string& stored_name : ckpt.tensor_names()) {
     int64_t layer = -1;
@@ -165,11 +196,16 @@ std::vector<safetensors::NamedTensor> RoleTable::prune(const HfCheckpoint& ckpt,
     }
     auto kept = [&](Axis axis) -> const std::vector<int64_t>* {
       switch (axis) {
-        case Axis::hidden: return &hidden;
-        case Axis::q: return layer >= 0 ? &lf.q : nullptr;
-        case Axis::kv: return layer >= 0 ? &kv : nullptr;
-        case Axis::ffn: return layer >= 0 ? &lf.ffn : nullptr;
-        default: return nullptr;
+        case Axis::hidden:
+          return &hidden;
+        case Axis::q:
+          return layer >= 0 ? &lf.q : nullptr;
+        case Axis::kv:
+          return layer >= 0 ? &kv : nullptr;
+        case Axis::ffn:
+          return layer >= 0 ? &lf.ffn : nullptr;
+        default:
+          return nullptr;
       }
     };
     at::Tensor s;
@@ -209,7 +245,8 @@ at::Tensor RoleLoader::operator()(size_t i, int64_t layer) {
 void RoleLoader::finish() {
   for (size_t i = 0; i < table_.roles().size(); ++i) {
     const WeightRole& r = table_[i];
-    const bool known_unused = r.presence == Presence::buffer || (r.presence == Presence::untied_head && arch_.tied_embeddings);
+    const bool known_unused =
+        r.presence == Presence::buffer || (r.presence == Presence::untied_head && arch_.tied_embeddings);
     if (!known_unused) continue;
     for (int64_t l = 0; l < (table_.per_layer(i) ? arch_.layers : 1); ++l) {
       const std::string n = table_.name(i, table_.per_layer(i) ? l : -1, prefix_);

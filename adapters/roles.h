@@ -73,7 +73,7 @@ struct WeightRole {
   Fold fold = Fold::none;
   Use use = Use::matrix;
   Init init = Init::normal;
-  bool prefixed = true;    ///< takes the table's prefix (ViTForImageClassification's "vit.")
+  bool prefixed = true;  ///< takes the table's prefix (ViTForImageClassification's "vit.")
 };
 
 /// One architecture's weights. Roles are addressed by their index in the table (each adapter names

@@ -4,9 +4,9 @@
 
 #include <ATen/ATen.h>
 
-#include "core/io/checkpoint.h"
 #include "core/base/cpu_features.h"
 #include "core/base/errors.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {
@@ -32,7 +32,6 @@ at::ScalarType WeightLoader::compute_dtype(const std::string& reference) const {
 at::Tensor WeightLoader::matrix(const std::string& name, const std::vector<int64_t>& shape) {
   return fetch(name, shape, matrices_in_fp32_ ? std::optional<at::ScalarType>(at::kFloat) : options_.dtype);
 }
-
 
 bool WeightLoader::has(const std::string& name) const { return checkpoint_.contains(name); }
 
@@ -62,7 +61,6 @@ at::Tensor WeightLoader::fetch(const std::string& name, const std::vector<int64_
   return t;
 }
 
-
 void WeightLoader::ignore(const std::string& name) { taken_.insert(name); }
 
 void WeightLoader::finish() const {
@@ -76,6 +74,5 @@ void WeightLoader::finish() const {
   throw CheckpointError("model directory '" + checkpoint_.dir().string() + "': " + std::to_string(left.size()) +
                         " tensor(s) that config.json does not account for: " + list);
 }
-
 
 }  // namespace hawada

@@ -49,5 +49,4 @@ class WeightLoader {
   std::vector<std::pair<std::string, at::Tensor>> loaded_;
 };
 
-
 }  // namespace hawada

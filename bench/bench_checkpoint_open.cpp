@@ -39,9 +39,10 @@ int main(int argc, char** argv) {
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const long rss1 = rss_kib();
-  std::printf("{\"impl\": \"hawada\", \"tensors\": %zu, \"bytes\": %llu, \"seconds\": %.6f, \"rss_growth_mib\": %.1f, "
-              "\"copied_bytes\": %llu}\n",
-              tensors.size(), static_cast<unsigned long long>(bytes), seconds, (rss1 - rss0) / 1024.0,
-              static_cast<unsigned long long>(copied));
+  std::printf(
+      "{\"impl\": \"hawada\", \"tensors\": %zu, \"bytes\": %llu, \"seconds\": %.6f, \"rss_growth_mib\": %.1f, "
+      "\"copied_bytes\": %llu}\n",
+      tensors.size(), static_cast<unsigned long long>(bytes), seconds, (rss1 - rss0) / 1024.0,
+      static_cast<unsigned long long>(copied));
   return 0;
 }

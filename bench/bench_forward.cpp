@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string dir = argv[1], dtype = argv[2];
-  const int threads = std::stoi(argv[3]), batch = std::stoi(argv[4]), seq = std::stoi(argv[5]), iters = std::stoi(argv[6]);
+  const int threads = std::stoi(argv[3]), batch = std::stoi(argv[4]), seq = std::stoi(argv[5]),
+            iters = std::stoi(argv[6]);
   at::set_num_threads(threads);
   const auto ckpt = hawada::HfCheckpoint::open(dir);
   const auto& adapter = hawada::adapter_for(ckpt.config(), ckpt.dir() / "config.json");
@@ -38,8 +39,9 @@ int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < iters; ++i) model->logits(b);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
-  std::printf("{\"impl\": \"hawada\", \"dtype\": \"%s\", \"threads\": %d, \"seconds_per_forward\": %.4f, "
-              "\"%s_per_s\": %.2f}\n",
-              dtype.c_str(), threads, s, arch.vocab_size > 0 ? "tokens" : "images", units / s);
+  std::printf(
+      "{\"impl\": \"hawada\", \"dtype\": \"%s\", \"threads\": %d, \"seconds_per_forward\": %.4f, "
+      "\"%s_per_s\": %.2f}\n",
+      dtype.c_str(), threads, s, arch.vocab_size > 0 ? "tokens" : "images", units / s);
   return 0;
 }

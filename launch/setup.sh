@@ -12,7 +12,7 @@ say() { printf '\n== %s\n' "$*"; }
 # ---- Debian packages ------------------------------------------------------------------------------
 packages=(build-essential cmake ninja-build ccache pkg-config git python3-venv
   libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev nlohmann-json3-dev libxxhash-dev libcli11-dev
-  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev slurm-wlm munge chromium patchelf
+  libgtest-dev libgmock-dev libbenchmark-dev clang clang-format libclang-rt-14-dev slurm-wlm munge chromium patchelf
   debian-policy developers-reference debian-reference-en gnu-standards perl-doc)
 # (the last five: English prose for the real-model tests and benchmarks; launch/real_data.py)
 missing=()

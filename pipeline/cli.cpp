@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
-#include <functional>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -16,15 +16,15 @@
 
 #include "core/base/errors.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
 #include "core/base/text.h"
+#include "core/dist/mpi_session.h"
 #include "pipeline/config.h"
+#include "pipeline/run.h"
 #include "pipeline/tools/forward.h"
 #include "pipeline/tools/inspect.h"
 #include "pipeline/tools/make.h"
 #include "pipeline/tools/profile.h"
-#include "pipeline/run.h"
 
 namespace hawada {
 namespace {
@@ -103,7 +103,8 @@ class CommandLine {
       return kExitOk;
     } catch (const CLI::ParseError& e) {
       const CLI::App* sub = app_.get_subcommands().empty() ? nullptr : app_.get_subcommands().front();
-      throw UsageError(std::string(e.what()) + "; usage: " + (sub ? usage_of(*sub) : std::string("hawada-pipeline --help")));
+      throw UsageError(std::string(e.what()) +
+                       "; usage: " + (sub ? usage_of(*sub) : std::string("hawada-pipeline --help")));
     }
     return -1;
   }
@@ -121,8 +122,9 @@ class CommandLine {
   static std::string usage_of(const CLI::App& sub) { return "hawada-pipeline " + sub.get_name() + " --help"; }
 
   void add_run() {
-    CLI::App* c = app_.add_subcommand("run", "run the pipeline (one process, or every rank under mpirun/srun); stages "
-                                             "whose marker matches their inputs are reused");
+    CLI::App* c = app_.add_subcommand("run",
+                                      "run the pipeline (one process, or every rank under mpirun/srun); stages "
+                                      "whose marker matches their inputs are reused");
     c->add_option("CONFIG.toml", run_.config, "the run's configuration")->required();
     c->add_option("--stages", run_.stages, "run only these stages (comma-separated)");
     c->add_option("--from", run_.from, "rerun STAGE and every later one");
@@ -144,17 +146,28 @@ class CommandLine {
   void add_validate() {
     CLI::App* c = app_.add_subcommand("validate", "check a config and print it resolved (defaults, absolute paths)");
     c->add_option("CONFIG.toml", path_a_, "the configuration")->required();
-    c->callback([this] { action_ = [this] { std::cout << to_toml(load_config(path_a_)); return kExitOk; }; });
+    c->callback([this] {
+      action_ = [this] {
+        std::cout << to_toml(load_config(path_a_));
+        return kExitOk;
+      };
+    });
   }
   void add_inspect() {
     CLI::App* c = app_.add_subcommand("inspect", "architecture, counts, parameters, dtype and files of a model");
     c->add_option("MODEL_DIR", path_a_, "a Hugging Face model directory")->required();
     c->add_flag("--json", json_, "print JSON");
-    c->callback([this] { action_ = [this] { std::cout << inspect_model(path_a_, json_); return kExitOk; }; });
+    c->callback([this] {
+      action_ = [this] {
+        std::cout << inspect_model(path_a_, json_);
+        return kExitOk;
+      };
+    });
   }
   void add_forward() {
-    CLI::App* c = app_.add_subcommand("forward", "run the model: IN holds input_ids (+ attention_mask) or pixel_values; "
-                                                 "OUT gets logits (a bare ViTModel: last_hidden_state, pooler_output)");
+    CLI::App* c = app_.add_subcommand("forward",
+                                      "run the model: IN holds input_ids (+ attention_mask) or pixel_values; "
+                                      "OUT gets logits (a bare ViTModel: last_hidden_state, pooler_output)");
     c->add_option("MODEL_DIR", path_a_)->required();
     c->add_option("--inputs", inputs_, "IN.safetensors")->required();
     c->add_option("--output", output_, "OUT.safetensors")->required();
@@ -186,30 +199,45 @@ class CommandLine {
     });
   }
   void add_make() {
-    CLI::App* m = app_.add_subcommand("make-model", "a Hugging Face model directory with random weights (demo, benchmarks)");
+    CLI::App* m =
+        app_.add_subcommand("make-model", "a Hugging Face model directory with random weights (demo, benchmarks)");
     m->add_option("--arch", arch_, "llama, vit or bert")->required();
     m->add_option("--preset", preset_, "tiny, llama-3.2-1b or vit-base-patch16-224")->required();
     m->add_option("--seed", seed_, "seed")->check(CLI::NonNegativeNumber);
     m->add_option("OUT_DIR", path_a_)->required();
-    m->callback([this] { action_ = [this] { make_model(arch_, preset_, seed_, path_a_); return kExitOk; }; });
-    CLI::App* d = app_.add_subcommand("make-data", "deterministic data for that model: token ids (tokens_h5) or uint8 "
-                                                   "images (images_h5)");
+    m->callback([this] {
+      action_ = [this] {
+        make_model(arch_, preset_, seed_, path_a_);
+        return kExitOk;
+      };
+    });
+    CLI::App* d = app_.add_subcommand("make-data",
+                                      "deterministic data for that model: token ids (tokens_h5) or uint8 "
+                                      "images (images_h5)");
     d->add_option("MODEL_DIR", path_a_)->required();
     d->add_option("OUT.h5", path_b_)->required();
     d->add_option("--samples", samples_, "samples")->required()->check(CLI::NonNegativeNumber);
     d->add_option("--seq-len", seq_len_, "tokens per sample")->check(CLI::NonNegativeNumber);
     d->add_option("--seed", seed_, "seed")->check(CLI::NonNegativeNumber);
-    d->callback([this] { action_ = [this] { make_data(path_a_, samples_, seq_len_, seed_, path_b_); return kExitOk; }; });
+    d->callback([this] {
+      action_ = [this] {
+        make_data(path_a_, samples_, seq_len_, seed_, path_b_);
+        return kExitOk;
+      };
+    });
   }
   void add_profile() {
-    CLI::App* c = app_.add_subcommand("profile", "time the attention and MLP blocks at every width the search can pick, "
-                                                 "on the GPU when present (else the CPU): search.latency_table");
+    CLI::App* c = app_.add_subcommand("profile",
+                                      "time the attention and MLP blocks at every width the search can pick, "
+                                      "on the GPU when present (else the CPU): search.latency_table");
     c->add_option("MODEL_DIR", path_a_)->required();
     c->add_option("--out", path_b_, "TABLE.json")->required();
     c->add_option("--batch", profile_.batch, "sequences per forward")->check(CLI::PositiveNumber);
-    c->add_option("--tokens", profile_.tokens, "tokens per sequence (0: the model's default)")->check(CLI::NonNegativeNumber);
+    c->add_option("--tokens", profile_.tokens, "tokens per sequence (0: the model's default)")
+        ->check(CLI::NonNegativeNumber);
     c->add_option("--ffn-multiple", profile_.ffn_multiple, "as search.ffn_multiple")->check(CLI::PositiveNumber);
-    c->add_option("--hidden-multiple", profile_.hidden_multiple, "as search.hidden_multiple")->check(CLI::PositiveNumber);
+    c->add_option("--hidden-multiple", profile_.hidden_multiple, "as search.hidden_multiple")
+        ->check(CLI::PositiveNumber);
     c->add_flag("--hidden", profile_.hidden, "hidden widths too (as gates.hidden)");
     c->add_flag("--prune-kv-groups", profile_.prune_kv_groups, "as search.prune_kv_groups");
     c->add_option("--dtype", profile_.dtype, "bf16 or fp32")->check(CLI::IsMember({"bf16", "fp32"}));
@@ -217,11 +245,17 @@ class CommandLine {
     c->add_option("--decode", profile_.decode_context,
                   "a decode step against a KV cache of CONTEXT tokens (budget.latency_mode = \"decode\")")
         ->check(CLI::NonNegativeNumber);
-    c->callback([this] { action_ = [this] { profile_command(path_a_, path_b_, profile_); return kExitOk; }; });
+    c->callback([this] {
+      action_ = [this] {
+        profile_command(path_a_, path_b_, profile_);
+        return kExitOk;
+      };
+    });
   }
   void add_evaluate() {
-    CLI::App* c = app_.add_subcommand("evaluate", "quality of any student against its teacher on those samples (fp32): "
-                                                  "perplexity, KL, top-1 agreement (classifiers: KL, agreement)");
+    CLI::App* c = app_.add_subcommand("evaluate",
+                                      "quality of any student against its teacher on those samples (fp32): "
+                                      "perplexity, KL, top-1 agreement (classifiers: KL, agreement)");
     c->add_option("TEACHER_DIR", path_a_)->required();
     c->add_option("STUDENT_DIR", path_b_)->required();
     c->add_option("--data", evaluate_.data, "a data file")->required();
@@ -233,7 +267,10 @@ class CommandLine {
     c->add_option("--device", evaluate_.device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
     c->add_flag("--json", json_, "print JSON");
     c->callback([this] {
-      action_ = [this] { std::cout << evaluate_command(path_a_, path_b_, evaluate_, json_); return kExitOk; };
+      action_ = [this] {
+        std::cout << evaluate_command(path_a_, path_b_, evaluate_, json_);
+        return kExitOk;
+      };
     });
   }
 

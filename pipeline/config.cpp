@@ -5,7 +5,6 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -15,6 +14,8 @@
 #include <type_traits>
 #include <variant>
 #include <vector>
+
+#include <fmt/format.h>
 
 // Link against the compiled libtomlplusplus (Debian) instead of instantiating the parser here.
 #ifndef TOML_HEADER_ONLY
@@ -37,7 +38,7 @@ constexpr std::string_view kDataFormat[] = {"tokens_h5", "tokens_bin", "images_h
 constexpr std::string_view kTokenDtype[] = {"uint16", "uint32"};
 constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
 constexpr std::string_view kTeacherLogits[] = {"top_k", "sampled"};
-constexpr std::string_view kBudgetMetric[] = {"params", "latency"};
+constexpr std::string_view kBudgetMetric[] = {"params", "non_embedding_params", "latency"};
 constexpr std::string_view kLatencyMode[] = {"prefill", "decode"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
 constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
@@ -64,8 +65,9 @@ std::string_view name_of(E value) {
 // ---- Key tables. ------------------------------------------------------------------------------------
 
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
-using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*,
-                         DataFormat*, TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*, ExportDtype*, DistBackend*, DeviceRequest*>;
+using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, DataFormat*,
+                         TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*, ExportDtype*,
+                         DistBackend*, DeviceRequest*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -206,9 +208,9 @@ constexpr Key kDist[] = {
 };
 
 constexpr Section kSections[] = {
-    {"run", kRun},     {"model", kModel},   {"data", kData},     {"teacher", kTeacher}, {"gates", kGates},
-    {"train", kTrain}, {"budget", kBudget}, {"search", kSearch}, {"calibrate", kCalibrate},
-    {"heal", kHeal}, {"export", kExport}, {"evaluate", kEvaluate}, {"dist", kDist},
+    {"run", kRun},       {"model", kModel},       {"data", kData},     {"teacher", kTeacher},     {"gates", kGates},
+    {"train", kTrain},   {"budget", kBudget},     {"search", kSearch}, {"calibrate", kCalibrate}, {"heal", kHeal},
+    {"export", kExport}, {"evaluate", kEvaluate}, {"dist", kDist},
 };
 
 /// max_shard_size units, matched case-insensitively; "" means bytes.
@@ -248,9 +250,7 @@ std::string quote(std::string_view s) {
         break;
       default:
         if (c < 0x20 || c == 0x7f) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04X", c);
-          out += buf;
+          out += fmt::format("\\u{:04X}", c);
         } else {
           out += ch;
         }
@@ -294,17 +294,13 @@ struct Reader {
   std::string file;  // as given by the caller
   fs::path base;     // absolute directory of the config file
 
-  [[noreturn]] void fail(const toml::source_position& pos, std::string_view key,
-                         std::string_view what) const {
+  [[noreturn]] void fail(const toml::source_position& pos, std::string_view key, std::string_view what) const {
     const bool known = pos.line > 0;
-    throw ConfigError(file + ":" + std::to_string(known ? pos.line : 1) + ":" +
-                      std::to_string(known ? pos.column : 1) + ": " + std::string(key) + ": " +
-                      std::string(what));
+    throw ConfigError(file + ":" + std::to_string(known ? pos.line : 1) + ":" + std::to_string(known ? pos.column : 1) +
+                      ": " + std::string(key) + ": " + std::string(what));
   }
-  [[noreturn]] void type_error(const toml::node& node, std::string_view key,
-                               std::string_view expected) const {
-    fail(node.source().begin, key,
-         "wrong type (expected " + std::string(expected) + ", got " + describe(node) + ")");
+  [[noreturn]] void type_error(const toml::node& node, std::string_view key, std::string_view expected) const {
+    fail(node.source().begin, key, "wrong type (expected " + std::string(expected) + ", got " + describe(node) + ")");
   }
 };
 
@@ -316,8 +312,7 @@ fs::path resolve(const fs::path& base, const fs::path& p) {
 
 /// Numbers as printed in range messages; integers print without ".0".
 std::string number_text(double v) {
-  return v == std::trunc(v) && std::abs(v) < 1e18 ? std::to_string(static_cast<int64_t>(v))
-                                                  : format_double(v);
+  return v == std::trunc(v) && std::abs(v) < 1e18 ? std::to_string(static_cast<int64_t>(v)) : format_double(v);
 }
 
 void check_range(const Reader& rd, const toml::node& node, std::string_view key, const Rule& r, double v,
@@ -326,8 +321,8 @@ void check_range(const Reader& rd, const toml::node& node, std::string_view key,
   const bool high = r.hi_open ? !(v < r.hi) : !(v <= r.hi);
   if (!low && !high) return;
   std::string range = std::isinf(r.hi) ? std::string(r.lo_open ? "> " : ">= ") + number_text(r.lo)
-                                       : std::string("in ") + (r.lo_open ? "(" : "[") + number_text(r.lo) +
-                                             ", " + number_text(r.hi) + (r.hi_open ? ")" : "]");
+                                       : std::string("in ") + (r.lo_open ? "(" : "[") + number_text(r.lo) + ", " +
+                                             number_text(r.hi) + (r.hi_open ? ")" : "]");
   rd.fail(node.source().begin, key,
           "out of range (expected " + range + ", got " + (exact.empty() ? number_text(v) : exact) + ")");
 }
@@ -348,8 +343,7 @@ std::optional<uint64_t> parse_size(std::string_view s) {
   return std::nullopt;
 }
 
-void check_path(const Reader& rd, const toml::node& node, std::string_view key, Check check,
-                const fs::path& p) {
+void check_path(const Reader& rd, const toml::node& node, std::string_view key, Check check, const fs::path& p) {
   std::error_code ec;
   const auto st = fs::status(p, ec);
   const auto at = node.source().begin;
@@ -360,12 +354,10 @@ void check_path(const Reader& rd, const toml::node& node, std::string_view key, 
     if (!fs::is_directory(st))
       rd.fail(at, key, "not a directory (expected a Hugging Face model directory, got " + got + ")");
     if (!fs::is_regular_file(p / "config.json", ec))
-      rd.fail(at, key,
-              "no config.json in model directory (expected a Hugging Face model directory, got " + got + ")");
+      rd.fail(at, key, "no config.json in model directory (expected a Hugging Face model directory, got " + got + ")");
   } else if (check == Check::data_file || check == Check::optional_file) {
     if (!fs::exists(st)) rd.fail(at, key, "file not found (expected an existing file, got " + got + ")");
-    if (!fs::is_regular_file(st))
-      rd.fail(at, key, "not a regular file (expected an existing file, got " + got + ")");
+    if (!fs::is_regular_file(st)) rd.fail(at, key, "not a regular file (expected an existing file, got " + got + ")");
   }
 }
 
@@ -397,11 +389,10 @@ struct ValueReader {
     if (s) {
       const auto bytes = parse_size(s->get());
       if (!bytes)
-        rd.fail(
-            node.source().begin, key,
-            "invalid size (expected an integer with an optional unit B, KB, MB, GB, KiB, MiB or GiB, like "
-            "\"500MB\" or \"2GiB\", got " +
-                quote(s->get()) + ")");
+        rd.fail(node.source().begin, key,
+                "invalid size (expected an integer with an optional unit B, KB, MB, GB, KiB, MiB or GiB, like "
+                "\"500MB\" or \"2GiB\", got " +
+                    quote(s->get()) + ")");
       check_range(rd, node, key, rule, static_cast<double>(*bytes), std::to_string(*bytes));
       *out = *bytes;
       return;
@@ -419,8 +410,7 @@ struct ValueReader {
     else
       rd.type_error(node, key, "number");
     if (!std::isfinite(v))
-      rd.fail(node.source().begin, key,
-              "not finite (expected a finite number, got " + format_double(v) + ")");
+      rd.fail(node.source().begin, key, "not finite (expected a finite number, got " + format_double(v) + ")");
     check_range(rd, node, key, rule, v);
     *out = v;
   }
@@ -449,15 +439,14 @@ struct ValueReader {
 
   void operator()(std::string* out) const {
     const std::string& s = string();
-    const bool control = std::any_of(s.begin(), s.end(), [](char ch) {
-      return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
-    });
-    if (rule.check == Check::file_name &&
-        (s.empty() || s == "." || s == ".." || s.find_first_of("/\\") != std::string::npos || control ||
-         s.size() > 200))
+    const bool control =
+        std::any_of(s.begin(), s.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; });
+    if (rule.check == Check::file_name && (s.empty() || s == "." || s == ".." ||
+                                           s.find_first_of("/\\") != std::string::npos || control || s.size() > 200))
       rd.fail(node.source().begin, key,
               "invalid name (expected a non-empty file name of at most 200 bytes without '/', '\\' or control "
-              "characters, not \".\" or \"..\", got " + quote(s.size() > 60 ? s.substr(0, 60) + "..." : s) + ")");
+              "characters, not \".\" or \"..\", got " +
+                  quote(s.size() > 60 ? s.substr(0, 60) + "..." : s) + ")");
     if (rule.check == Check::weight_kinds) {
       // "all", or a comma-separated list of weight kinds (each once).
       std::vector<std::string> seen;
@@ -470,13 +459,15 @@ struct ValueReader {
         if (comma != std::string::npos && rest.empty()) ok = false;
         const bool known = kind == "all" || kind == "attention" || kind == "mlp" || kind == "norm" ||
                            kind == "embedding" || kind == "head";
-        if (!known || std::find(seen.begin(), seen.end(), kind) != seen.end() || (kind == "all" && s != "all")) ok = false;
+        if (!known || std::find(seen.begin(), seen.end(), kind) != seen.end() || (kind == "all" && s != "all"))
+          ok = false;
         seen.push_back(kind);
       }
       if (!ok)
         rd.fail(node.source().begin, key,
                 "invalid weight kinds (expected \"all\" or a comma-separated list of attention, mlp, norm, "
-                "embedding, head, got " + quote(s) + ")");
+                "embedding, head, got " +
+                    quote(s) + ")");
     }
     *out = s;
   }
@@ -559,11 +550,10 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
     seen[std::string(section->name)] = table->source().begin;
     for (const auto& [k, v] : in_source_order(*table)) {
       const std::string name = dotted(section->name, k->str());
-      const auto spec = std::find_if(section->keys.begin(), section->keys.end(),
-                                     [&](const Key& s) { return s.name == k->str(); });
+      const auto spec =
+          std::find_if(section->keys.begin(), section->keys.end(), [&](const Key& s) { return s.name == k->str(); });
       if (spec == section->keys.end())
-        rd.fail(k->source().begin, name,
-                "unknown key '" + name + "' (" + suggest_key(*section, k->str()) + ")");
+        rd.fail(k->source().begin, name, "unknown key '" + name + "' (" + suggest_key(*section, k->str()) + ")");
       std::visit(ValueReader{rd, *v, name, spec->rule}, spec->ref(c));
       seen[name] = v->source().begin;
     }
@@ -580,9 +570,7 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
 
   if (c.train.warmup > c.train.steps) {
     const bool given = seen.count("train.warmup");
-    const auto at = given                       ? seen["train.warmup"]
-                    : seen.count("train.steps") ? seen["train.steps"]
-                                                : seen["train"];
+    const auto at = given ? seen["train.warmup"] : seen.count("train.steps") ? seen["train.steps"] : seen["train"];
     rd.fail(at, "train.warmup",
             "out of range (expected <= train.steps = " + std::to_string(c.train.steps) + ", got " +
                 (given ? "" : "the default ") + std::to_string(c.train.warmup) + ")");
@@ -591,7 +579,9 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
     // The draws are from the teacher at temperature 1, and no logit values are kept.
     const bool temp = c.train.kd_temperature != 1.0;
     const std::string key = temp ? "train.kd_temperature" : "train.mse_weight";
-    rd.fail(seen.count(key) ? seen[key] : seen.count("teacher.logits") ? seen["teacher.logits"] : toml::source_position{1, 1},
+    rd.fail(seen.count(key)                ? seen[key]
+            : seen.count("teacher.logits") ? seen["teacher.logits"]
+                                           : toml::source_position{1, 1},
             key,
             temp ? "must be 1 with teacher.logits = \"sampled\" (the cache holds tokens drawn at temperature 1), got " +
                        std::to_string(c.train.kd_temperature)
@@ -599,10 +589,9 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
                        std::to_string(c.train.mse_weight));
   }
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
-    rd.fail(
-        seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
-        "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
-        "got all false)");
+    rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
+            "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
+            "got all false)");
   return c;
 }
 

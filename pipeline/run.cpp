@@ -6,13 +6,13 @@
 #include <thread>
 
 #include "adapters/adapter.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/base/fault.h"
 #include "core/base/fs.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/mpi_session.h"
+#include "core/io/checkpoint.h"
 #include "pipeline/config.h"
 #include "pipeline/runner.h"
 #include "stages/layout.h"

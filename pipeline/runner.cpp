@@ -2,19 +2,20 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 
-#include "core/dist/device.h"
+#include <fmt/format.h>
+
 #include "core/base/errors.h"
 #include "core/base/fs.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/device.h"
+#include "core/dist/mpi_session.h"
 #include "stages/calibrate.h"
-#include "stages/layout.h"
 #include "stages/evaluate.h"
 #include "stages/export.h"
 #include "stages/heal.h"
+#include "stages/layout.h"
 #include "stages/reduce_gates.h"
 #include "stages/report.h"
 #include "stages/rounding_search.h"
@@ -63,9 +64,11 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
   bool from_reached = false;
   for (const auto& stage : stages) {
     const std::string name(stage->name());
-    const bool selected = options.only.empty() || std::find(options.only.begin(), options.only.end(), name) != options.only.end();
+    const bool selected =
+        options.only.empty() || std::find(options.only.begin(), options.only.end(), name) != options.only.end();
     from_reached = from_reached || name == options.from;
-    const bool forced = from_reached || std::find(options.force.begin(), options.force.end(), name) != options.force.end();
+    const bool forced =
+        from_reached || std::find(options.force.begin(), options.force.end(), name) != options.force.end();
     // Every stage's fingerprint is computed, selected or not: later stages chain it.
     const std::string fp = with_context(name + ": ", [&] { return stage->fingerprint(ctx); });
     ctx.fingerprints[name] = fp;
@@ -76,8 +79,11 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
     if (process_info().rank == 0) skip = std::filesystem::exists(marker) && read_text_file(marker) == fp + "\n";
     skip = world::broadcast(skip);
     if (options.dry_run) {
-      log::info(name + ": " + (!selected ? "not selected" : skip && !forced ? "reuse (marker matches " + fp + ")"
-                                                        : forced ? "run (forced)" : "run (inputs " + fp + ")"));
+      log::info(name + ": " +
+                (!selected         ? "not selected"
+                 : skip && !forced ? "reuse (marker matches " + fp + ")"
+                 : forced          ? "run (forced)"
+                                   : "run (inputs " + fp + ")"));
       continue;
     }
     if (!selected) {
@@ -95,11 +101,9 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
     world::barrier();
     if (process_info().rank == 0) atomic_write_text(marker, fp + "\n");
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    char line[256];
-    std::snprintf(line, sizeof line, "%s: done in %.2f s (peak memory of rank %d: device %.2f GiB, host RSS %.2f GiB)",
-                  name.c_str(), s, process_info().rank, static_cast<double>(peak_device_memory(device)) / (1ull << 30),
-                  static_cast<double>(peak_host_memory()) / (1ull << 30));
-    log::info(line);
+    log::info(fmt::format("{}: done in {:.2f} s (peak memory of rank {}: device {:.2f} GiB, host RSS {:.2f} GiB)", name,
+                          s, process_info().rank, static_cast<double>(peak_device_memory(device)) / (1ull << 30),
+                          static_cast<double>(peak_host_memory()) / (1ull << 30)));
   }
 }
 

@@ -26,6 +26,7 @@ struct RunOptions {
 void check_stage_names(const RunOptions& options, const std::vector<std::unique_ptr<Stage>>& stages);
 
 /// Runs `stages` for `config` on every rank (collective).
-void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages, const RunOptions& options = {});
+void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages,
+                const RunOptions& options = {});
 
 }  // namespace hawada

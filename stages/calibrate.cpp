@@ -4,9 +4,9 @@
 #include <ATen/core/grad_mode.h>
 
 #include <chrono>
-#include <cstdio>
 #include <fstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
@@ -14,8 +14,8 @@
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
 
 namespace hawada {
@@ -50,20 +50,59 @@ struct FlatScales {
   at::Tensor flat;
 };
 
+// The stage's fit: calibrate.* (micro-batch and accumulation 0: train.*'s); checkpoints and metrics unset.
+FitOptions stage_fit_options(const Config& c) {
+  const CalibrateConfig& k = c.calibrate;
+  FitOptions o;
+  o.steps = k.steps;
+  o.lr = k.lr;
+  o.warmup = std::min(k.warmup, k.steps);
+  o.micro_batch = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
+  o.grad_accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  o.output_scales = k.output_scales;
+  o.checkpoint_every = k.checkpoint_every;
+  return o;
+}
+
+// summary.json: the steps and, with held-out samples, the held-out KL of the 0/1-mask student and of the
+// calibrated one (on the samples export verifies on), which is logged. Collective.
+nlohmann::json calibration_summary(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
+                                   const DistillData& data, const at::Device& device, Communicator& comm) {
+  const CalibrateConfig& k = c.calibrate;
+  std::vector<int64_t> held;
+  for (int64_t s = data.train_samples(); s < data.samples() && held.size() < 16; ++s) held.push_back(s);
+  nlohmann::json summary{{"steps", k.steps}, {"output_scales", k.output_scales}};
+  if (!held.empty()) {
+    const double before = student_kl(c, dense, plan, Scales::ones(plan), data, held, device, comm);
+    const double after = k.steps > 0 ? student_kl(c, dense, plan, scales, data, held, device, comm) : before;
+    check_finite(after, "the held-out KL", "calibrate", k.steps);
+    summary["heldout_samples"] = held.size();
+    summary["heldout_kl_masks"] = before;
+    summary["heldout_kl_calibrated"] = after;
+    log::info(
+        fmt::format("calibrate: held-out KL to the teacher on {} samples: {:.4f} with 0/1 masks, {:.4f} calibrated",
+                    held.size(), before, after));
+  }
+  return summary;
+}
+
 }  // namespace
 
 Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, const DistillData& data,
                   const FitOptions& o, const at::Device& device, Communicator& comm) {
   const auto& proc = process_info();
-  const HfCheckpoint ckpt = with_context(o.stage + ": slicing the student: ", [&] {
-    return pruned_checkpoint(dense, plan, Scales::ones(plan));
-  });
+  const HfCheckpoint ckpt = with_context(o.stage + ": slicing the student: ",
+                                         [&] { return pruned_checkpoint(dense, plan, Scales::ones(plan)); });
   const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
   FlatScales scales(plan.chosen.shape, o.output_scales, device);
   Adam adam(scales.flat);
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
-  TrainingLoop loop({.stage = o.stage, .steps = o.steps, .checkpoint_every = o.checkpoint_every,
-                     .check_every = c.dist.check_every, .checkpoints = o.checkpoints, .metrics = o.metrics},
+  TrainingLoop loop({.stage = o.stage,
+                     .steps = o.steps,
+                     .checkpoint_every = o.checkpoint_every,
+                     .check_every = c.dist.check_every,
+                     .checkpoints = o.checkpoints,
+                     .metrics = o.metrics},
                     {{"scales", &scales.flat}, {"adam_m", &adam.m}, {"adam_v", &adam.v}});
   int64_t step = loop.resume(*cpu_comm);
   const int64_t global_micros = static_cast<int64_t>(proc.size) * o.grad_accum;
@@ -78,13 +117,15 @@ Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, c
       const int64_t g = proc.rank * o.grad_accum + a;
       const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, o.micro_batch);
       const Batch batch = with_context(o.stage + ": ", [&] { return data.batch(samples, device); });
-      const LossParts p = distill_backward(*model, batch, for_student(data.teacher(samples), plan), &values, c.train.kd_temperature,
-                                           c.train.mse_weight, 1.0 / static_cast<double>(global_micros));
+      const LossParts p =
+          distill_backward(*model, batch, for_student(data.teacher(samples), plan), &values, c.train.kd_temperature,
+                           c.train.mse_weight, 1.0 / static_cast<double>(global_micros));
       sum.kl += p.kl, sum.tokens += p.tokens;
       sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
     }
     at::Tensor grad = scales.flat.grad().defined() ? scales.flat.grad().detach() : at::zeros_like(scales.flat.detach());
-    at::Tensor bucket = at::cat({grad.to(at::kDouble), at::tensor({sum.kl, static_cast<double>(sum.tokens)}, at::kDouble).to(device)});
+    at::Tensor bucket =
+        at::cat({grad.to(at::kDouble), at::tensor({sum.kl, static_cast<double>(sum.tokens)}, at::kDouble).to(device)});
     comm.all_reduce(bucket, Communicator::Op::sum);
     grad = bucket.narrow(0, 0, grad.numel()).to(at::kFloat);
     const at::Tensor stats = bucket.narrow(0, grad.numel(), 2).cpu();
@@ -99,11 +140,15 @@ Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, c
     }
     step += 1;
     const double step_s = since(step_t0);
-    loop.record({{"step", step}, {"kl", kl}, {"lr", lr}, {"tokens_per_s", stats[1].item<double>() / step_s},
-                 {"step_s", step_s}, {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s}, {"backward_s", sum.backward_s}});
-    char what[96];
-    std::snprintf(what, sizeof what, "kl %.4f lr %.4f", kl, lr);
-    loop.progress(step, what);
+    loop.record({{"step", step},
+                 {"kl", kl},
+                 {"lr", lr},
+                 {"tokens_per_s", stats[1].item<double>() / step_s},
+                 {"step_s", step_s},
+                 {"forward_s", sum.forward_s},
+                 {"loss_s", sum.loss_s},
+                 {"backward_s", sum.backward_s}});
+    loop.progress(step, fmt::format("kl {:.4f} lr {:.4f}", kl, lr));
     loop.end_step(step, scales.flat, "scales");
   }
   at::NoGradGuard no_grad;
@@ -123,7 +168,8 @@ double student_kl(const Config& c, const LoadedModel& dense, const Plan& plan, c
     const double n = batch.attention_mask.defined() ? batch.attention_mask.ne(0).sum().item<double>()
                      : batch.input_ids.defined()    ? static_cast<double>(batch.input_ids.numel())
                                                     : 1.0;
-    sum += distill_loss(*model, batch, for_student(data.teacher({samples[i]}), plan), nullptr, c.train.kd_temperature) * n;
+    sum +=
+        distill_loss(*model, batch, for_student(data.teacher({samples[i]}), plan), nullptr, c.train.kd_temperature) * n;
     tokens += n;
   }
   at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
@@ -136,14 +182,13 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   const CalibrateConfig& k = c.calibrate;
   const int64_t world = process_info().size;
-  const int64_t mb = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
-  const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  const FitOptions o = stage_fit_options(c);
   Hasher h;
   h.update("calibrate/1");
   h.update(ctx.fingerprints.at(std::string(stage_names::rounding_search)));
   h.update(c10::toString(compute_dtype(c)));
-  for (int64_t v : {k.steps, k.warmup, mb, accum * world, static_cast<int64_t>(k.output_scales), c.run.seed,
-                    c.train.holdout})
+  for (int64_t v : {k.steps, k.warmup, o.micro_batch, o.grad_accum * world, static_cast<int64_t>(k.output_scales),
+                    c.run.seed, c.train.holdout})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
@@ -158,14 +203,7 @@ void CalibrateStage::run(const StageContext& ctx) {
   const at::Device device = run_device(c);
   const LoadedModel dense = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
-  FitOptions o;
-  o.steps = k.steps;
-  o.lr = k.lr;
-  o.warmup = std::min(k.warmup, k.steps);
-  o.micro_batch = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
-  o.grad_accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
-  o.output_scales = k.output_scales;
-  o.checkpoint_every = k.checkpoint_every;
+  FitOptions o = stage_fit_options(c);
   const RunLayout layout(ctx.run_dir);
   const fs::path dir = layout.calibrate();
   const StateCheckpoints checkpoints(RunLayout::checkpoints(dir), fingerprint_, std::string(stage_names::calibrate));
@@ -176,31 +214,17 @@ void CalibrateStage::run(const StageContext& ctx) {
 
   Scales scales = Scales::ones(plan);
   if (k.steps > 0) {
-    log::info("calibrate: fitting the scales of " + std::to_string(plan.chosen.shape.heads) + " heads, " +
-              std::to_string(plan.chosen.shape.ffn) + " FFN channels" +
-              (k.output_scales ? " and " + std::to_string(plan.chosen.shape.hidden) + " output channels" : std::string()) +
-              " per layer, weights frozen: " + std::to_string(k.steps) + " steps of " +
-              std::to_string(o.micro_batch * o.grad_accum * proc.size) + " samples");
+    log::info(
+        "calibrate: fitting the scales of " + std::to_string(plan.chosen.shape.heads) + " heads, " +
+        std::to_string(plan.chosen.shape.ffn) + " FFN channels" +
+        (k.output_scales ? " and " + std::to_string(plan.chosen.shape.hidden) + " output channels" : std::string()) +
+        " per layer, weights frozen: " + std::to_string(k.steps) + " steps of " +
+        std::to_string(o.micro_batch * o.grad_accum * proc.size) + " samples");
     scales = fit_scales(c, dense, plan, data, o, device, *comm);
   } else {
     log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
   }
-  // Held-out KL of the 0/1-mask student and of the calibrated one (on the samples export verifies on).
-  std::vector<int64_t> held;
-  for (int64_t s = data.train_samples(); s < data.samples() && held.size() < 16; ++s) held.push_back(s);
-  nlohmann::json summary{{"steps", k.steps}, {"output_scales", k.output_scales}};
-  if (!held.empty()) {
-    const double before = student_kl(c, dense, plan, Scales::ones(plan), data, held, device, *comm);
-    const double after = k.steps > 0 ? student_kl(c, dense, plan, scales, data, held, device, *comm) : before;
-    check_finite(after, "the held-out KL", "calibrate", k.steps);
-    summary["heldout_samples"] = held.size();
-    summary["heldout_kl_masks"] = before;
-    summary["heldout_kl_calibrated"] = after;
-    char line[256];
-    std::snprintf(line, sizeof line, "calibrate: held-out KL to the teacher on %zu samples: %.4f with 0/1 masks, %.4f calibrated",
-                  held.size(), before, after);
-    log::info(line);
-  }
+  const nlohmann::json summary = calibration_summary(c, dense, plan, scales, data, device, *comm);
   for (const auto& t : scales.named())
     if (!at::isfinite(t.tensor).all().item<bool>())
       throw NumericError("calibrate: the fitted scales '" + t.name + "' hold non-finite values; nothing is published");

@@ -20,11 +20,11 @@
 
 #include "core/dist/communicator.h"
 #include "core/prune/shape_search.h"
-#include "training/distill.h"
-#include "training/training_loop.h"
 #include "stages/layout.h"
 #include "stages/stage.h"
+#include "training/distill.h"
 #include "training/student.h"
+#include "training/training_loop.h"
 
 namespace hawada {
 
@@ -35,11 +35,11 @@ struct FitOptions {
   int64_t warmup = 10;
   int64_t micro_batch = 4, grad_accum = 1;
   bool output_scales = true;
-  std::string order_tag = "calibrate";     ///< the sample order's key (probes use their own)
+  std::string order_tag = "calibrate";            ///< the sample order's key (probes use their own)
   const StateCheckpoints* checkpoints = nullptr;  ///< resume and checkpoint (the stage), or none (probes)
   int64_t checkpoint_every = 50;
-  std::filesystem::path metrics;            ///< one line per step (rank 0), or none
-  std::string stage = "calibrate";          ///< for logs and errors
+  std::filesystem::path metrics;    ///< one line per step (rank 0), or none
+  std::string stage = "calibrate";  ///< for logs and errors
 };
 
 /// Fits the scales of `plan`'s student (see above) and returns them, dense-indexed. Collective.

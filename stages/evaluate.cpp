@@ -6,21 +6,21 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
-#include "core/io/checkpoint.h"
-#include "core/dist/device.h"
-#include "core/prune/distill_loss.h"
 #include "core/base/errors.h"
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/device.h"
+#include "core/dist/mpi_session.h"
+#include "core/io/checkpoint.h"
+#include "core/prune/distill_loss.h"
 #include "stages/model_card.h"
 #include "training/student.h"
 
@@ -35,11 +35,9 @@ constexpr int64_t kLogitBytesPerPiece = 128ll << 20;
 
 json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
-std::string fixed(double v, const char* f = "%.4g") {
+std::string fixed(double v, fmt::format_string<double> f = "{:.4g}") {
   if (!std::isfinite(v)) return "n/a";
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
+  return fmt::vformat(f, fmt::make_format_args(v));
 }
 
 // Encoders: how close the student's hidden states are to the teacher's, as a sentence encoder is
@@ -47,16 +45,19 @@ std::string fixed(double v, const char* f = "%.4g") {
 json evaluate_hidden(const Model& teacher, const Model& student, const DataSource& data, int64_t first, int64_t count,
                      const at::Device& device, const std::vector<int64_t>& student_channels) {
   double cos_sum = 0, cos_min = 1, kept_sum = 0, token_cos = 0, rel = 0, tokens = 0;
-  const at::Tensor channels = student_channels.empty() ? at::Tensor() : at::tensor(student_channels, at::kLong).to(device);
+  const at::Tensor channels =
+      student_channels.empty() ? at::Tensor() : at::tensor(student_channels, at::kLong).to(device);
   std::vector<at::Tensor> t_pooled, s_pooled;
   for (int64_t i = first; i < first + count; ++i) {
     const Batch b = to_device(data.read(i, 1), device);
     const at::Tensor t = teacher.head(teacher.features(b)).to(at::kFloat);
     const at::Tensor narrow = student.head(student.features(b)).to(at::kFloat);
     if (narrow.size(-1) != (channels.defined() ? channels.size(0) : t.size(-1)))
-      throw UsageError("the student's hidden states are " + std::to_string(narrow.size(-1)) + " wide, the teacher's " +
-                       std::to_string(t.size(-1)) + (channels.defined() ? " and the plan keeps " + std::to_string(channels.size(0)) : "") +
-                       ": an encoder is compared in the teacher's coordinates, which a narrower student needs its plan for");
+      throw UsageError(
+          "the student's hidden states are " + std::to_string(narrow.size(-1)) + " wide, the teacher's " +
+          std::to_string(t.size(-1)) +
+          (channels.defined() ? " and the plan keeps " + std::to_string(channels.size(0)) : "") +
+          ": an encoder is compared in the teacher's coordinates, which a narrower student needs its plan for");
     const at::Tensor s = widen_channels(narrow, channels, t.size(-1));
     const at::Tensor m = b.attention_mask.defined() ? b.attention_mask.ne(0).to(at::kFloat)
                                                     : at::ones({t.size(0), t.size(1)}, t.options());
@@ -64,7 +65,8 @@ json evaluate_hidden(const Model& teacher, const Model& student, const DataSourc
     const double c = at::cosine_similarity(mean_pool(s, m), tp, -1, 1e-8).item<double>();
     cos_sum += c;
     cos_min = std::min(cos_min, c);
-    kept_sum += at::cosine_similarity(sp, channels.defined() ? tp.index_select(-1, channels) : tp, -1, 1e-8).item<double>();
+    kept_sum +=
+        at::cosine_similarity(sp, channels.defined() ? tp.index_select(-1, channels) : tp, -1, 1e-8).item<double>();
     t_pooled.push_back(tp);
     s_pooled.push_back(sp);
     token_cos += (at::cosine_similarity(s, t, -1, 1e-8) * m).sum().item<double>();
@@ -123,8 +125,9 @@ json evaluate_quality(const Model& teacher, const Model& student, const DataSour
     const int64_t L = tf.size(1);
     const at::Tensor t2 = tf.reshape({L, tf.size(2)}), s2 = sf.reshape({L, sf.size(2)});
     const at::Tensor ids = b.input_ids.reshape({L});
-    const at::Tensor valid = b.attention_mask.defined() ? b.attention_mask.reshape({L}).ne(0)
-                                                        : at::ones({L}, at::TensorOptions().dtype(at::kBool).device(device));
+    const at::Tensor valid = b.attention_mask.defined()
+                                 ? b.attention_mask.reshape({L}).ne(0)
+                                 : at::ones({L}, at::TensorOptions().dtype(at::kBool).device(device));
     const int64_t vocab = teacher.head(t2.slice(0, 0, 1)).size(-1);
     const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (vocab * 4));
     for (int64_t a = 0; a < L; a += piece) {
@@ -239,12 +242,172 @@ json generation_speed(const ModelAdapter& adapter, const HfCheckpoint& dense, co
   const auto student = adapter.load(exported, {dtype, device});
   const Generation e = measure_generation(*student, prompt, repeats, device);
   const double n = static_cast<double>(kNewTokens);
-  return {{"prompt_tokens", prompt.size(1)}, {"new_tokens", kNewTokens}, {"dtype", c10::toString(dtype)},
-          {"dense_prefill_s", d.prefill_s}, {"export_prefill_s", e.prefill_s},
-          {"dense_decode_tokens_per_s", n / d.decode_s}, {"export_decode_tokens_per_s", n / e.decode_s},
+  return {{"prompt_tokens", prompt.size(1)},
+          {"new_tokens", kNewTokens},
+          {"dtype", c10::toString(dtype)},
+          {"dense_prefill_s", d.prefill_s},
+          {"export_prefill_s", e.prefill_s},
+          {"dense_decode_tokens_per_s", n / d.decode_s},
+          {"export_decode_tokens_per_s", n / e.decode_s},
           {"prefill_speedup", d.prefill_s / std::max(e.prefill_s, 1e-12)},
           {"decode_speedup", d.decode_s / std::max(e.decode_s, 1e-12)}};
 }
+
+namespace {
+
+// The samples evaluate measures on, and how the log and the card name them.
+struct EvalSamples {
+  std::unique_ptr<DataSource> data;
+  int64_t first = 0, count = 0;
+  std::string source;
+};
+
+// The samples: evaluate.data, or the run's held-out samples.
+EvalSamples open_samples(const Config& c, const LoadedModel& lm) {
+  EvalSamples s;
+  if (!c.evaluate.data.empty()) {
+    DataSpec spec = data_spec(c);
+    spec.path = c.evaluate.data;
+    spec.samples = 0;
+    DataExpectations expect;
+    expect.vocab_size = lm.arch.vocab_size;
+    expect.image_size = lm.arch.image_size;
+    s.data = DataSource::open(spec, expect, read_pixel_normalization(c.model.path));
+    s.count = c.evaluate.samples > 0 ? std::min(c.evaluate.samples, s.data->size()) : s.data->size();
+    s.source = c.evaluate.data.filename().string();  // a file name: the card travels, local paths do not
+  } else {
+    s.data = open_data(c, lm.arch);
+    s.first = s.data->size() - c.train.holdout;
+    s.count = c.train.holdout;
+    if (c.evaluate.samples > 0) s.count = std::min(s.count, c.evaluate.samples);
+    s.source = c.data.path.filename().string() + " (the last " + std::to_string(c.train.holdout) +
+               " samples, never trained on)";
+  }
+  if (s.count <= 0)
+    throw ConfigError(c.source.string() + ": evaluate has no samples: train.holdout = 0 and no evaluate.data");
+  return s;
+}
+
+// The quality of the export against the teacher in fp32 (result["export"]), and on healed runs the unhealed
+// student's (result["unhealed"]).
+void measure_quality(json& result, const StageContext& ctx, const LoadedModel& lm, const HfCheckpoint& exported,
+                     const EvalSamples& s, const at::Device& device) {
+  const auto teacher = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
+  const auto student = lm.adapter->load(exported, {at::kFloat, device});
+  const Plan plan = read_plan(ctx.run_dir, lm.shape);
+  const RunLayout layout(ctx.run_dir);
+  result["export"] =
+      evaluate_quality(*teacher, *student, *s.data, s.first, s.count, device, lm.shape.traits.output, plan.hidden);
+  // Healed runs: the unhealed student (the calibrated slice) beside it.
+  if (fs::exists(layout.healed_weights())) {
+    const HfCheckpoint unhealed = pruned_checkpoint(lm, plan, Scales::read(layout.scales(), plan));
+    const auto model = lm.adapter->load(unhealed, {at::kFloat, device});
+    result["unhealed"] =
+        evaluate_quality(*teacher, *model, *s.data, s.first, s.count, device, lm.shape.traits.output, plan.hidden);
+  }
+}
+
+// The batch latency is measured on: the first sample repeated to the budget's batch, its tokens padded to
+// the sequence length.
+Batch latency_example(const Config& c, const DataSource& data, int64_t first) {
+  Batch example;
+  const Batch one = data.read(first, 1);
+  const int64_t B = c.budget.latency_batch;
+  if (one.input_ids.defined()) {
+    example.input_ids = one.input_ids.repeat({B, 1});
+    if (c.data.seq_len > example.input_ids.size(1))
+      example.input_ids = at::cat(
+          {example.input_ids, example.input_ids.slice(1, 0, 1).expand({B, c.data.seq_len - example.input_ids.size(1)})},
+          1);
+  }
+  if (one.pixel_values.defined()) example.pixel_values = one.pixel_values.repeat({B, 1, 1, 1});
+  return example;
+}
+
+// Latency of dense and export in the compute dtype on `example`, beside the cost model's prediction.
+json measure_latencies(const StageContext& ctx, const LoadedModel& lm, const HfCheckpoint& exported,
+                       const Batch& example, const at::Device& device) {
+  const Config& c = ctx.config;
+  const int repeats = static_cast<int>(c.evaluate.latency_repeats);
+  const auto teacher = lm.adapter->load(lm.checkpoint, {compute_dtype(c), device});
+  const double dense_s = measure_latency(*teacher, example, repeats, device);
+  const auto student = lm.adapter->load(exported, {compute_dtype(c), device});
+  const double slim_s = measure_latency(*student, example, repeats, device);
+  const Plan plan = read_plan(ctx.run_dir, lm.shape);
+  return {{"batch", c.budget.latency_batch},
+          {"tokens", example.input_ids.defined() ? example.input_ids.size(1) : 0},
+          {"dtype", c10::toString(compute_dtype(c))},
+          {"repeats", repeats},
+          {"dense_s", dense_s},
+          {"export_s", slim_s},
+          {"measured_speedup", dense_s / std::max(slim_s, 1e-12)},
+          {"predicted_speedup", plan.dense.latency_s / std::max(plan.chosen.latency_s, 1e-12)}};
+}
+
+// Causal LMs: what generate() costs, batch 1 with the KV cache (the same in transformers: bench/depth.sh).
+// A sliding-window model decodes within its window only (our runtime does not slide): a shorter prompt.
+void measure_generation_speed(json& result, const Config& c, const LoadedModel& lm, const HfCheckpoint& exported,
+                              const EvalSamples& s, const at::Device& device) {
+  const int64_t prompt_tokens =
+      lm.arch.sliding_window > 0 ? std::min(kPromptTokens, lm.arch.sliding_window - kNewTokens) : kPromptTokens;
+  if (lm.shape.traits.output == ModelOutput::token_logits && lm.shape.traits.causal && prompt_tokens > 0)
+    result["generation"] =
+        generation_speed(*lm.adapter, lm.checkpoint, exported, generation_prompt(*s.data, s.first, prompt_tokens),
+                         compute_dtype(c), static_cast<int>(c.evaluate.latency_repeats), device);
+}
+
+// evaluate/evaluate.json, the "evaluate" key of export/summary.json, and the model card.
+void write_evaluation(const StageContext& ctx, const LoadedModel& lm, const fs::path& final_dir, const json& result) {
+  const RunLayout layout(ctx.run_dir);
+  fs::create_directories(layout.evaluate());
+  atomic_write_text(layout.evaluation(), result.dump(2) + "\n");
+  json summary = read_json_file(layout.export_summary());
+  summary["evaluate"] = result;
+  atomic_write_text(layout.export_summary(), summary.dump(2) + "\n");
+  atomic_write_text(final_dir / "README.md", model_card(ctx.config, lm, summary, ctx.run_dir));
+}
+
+// The log line's quality part: perplexity or embedding similarity, or KL and top-1 agreement (and the
+// unhealed student's beside the export's).
+std::string quality_phrase(const json& result) {
+  const json& q = result["export"];
+  std::string line;
+  if (q.contains("student_ppl"))
+    line += "perplexity teacher " + fixed(q.value("teacher_ppl", NAN)) + ", export " +
+            fixed(q.value("student_ppl", NAN)) + "; ";
+  if (q.contains("cosine"))
+    line += "embedding cosine to the teacher " + fixed(q.value("cosine", NAN), "{:.4f}") + " (min " +
+            fixed(q.value("min_cosine", NAN), "{:.4f}") + "; on the kept channels " +
+            fixed(q.value("cosine_kept_channels", NAN), "{:.4f}") + "), pairwise-similarity correlation " +
+            fixed(q.value("similarity_correlation", NAN), "{:.4f}") + ", token cosine " +
+            fixed(q.value("token_cosine", NAN), "{:.4f}");
+  else
+    line += "KL " + fixed(q.value("kl", NAN)) + ", top-1 agreement " + fixed(q.value("top1_agreement", NAN), "{:.3f}");
+  if (result.contains("unhealed") && result["unhealed"].contains("cosine"))
+    line += " (unhealed: cosine " + fixed(result["unhealed"].value("cosine", NAN), "{:.4f}") + ")";
+  if (result.contains("unhealed") && result["unhealed"].contains("student_ppl"))
+    line += " (unhealed: perplexity " + fixed(result["unhealed"].value("student_ppl", NAN)) + ")";
+  return line;
+}
+
+// The log line's speed part: the forward latency of dense and export, and generation where measured.
+std::string speed_phrase(const json& result) {
+  std::string line = "; latency dense " + fixed(result["latency"]["dense_s"].get<double>() * 1e3) + " ms, export " +
+                     fixed(result["latency"]["export_s"].get<double>() * 1e3) + " ms (speedup " +
+                     fixed(result["latency"]["measured_speedup"].get<double>(), "{:.2f}") + "x measured, " +
+                     fixed(result["latency"]["predicted_speedup"].get<double>(), "{:.2f}") + "x predicted)";
+  if (result.contains("generation")) {
+    const json& g = result["generation"];
+    line += "; generate (batch 1, KV cache): prefill of " + std::to_string(g["prompt_tokens"].get<int64_t>()) +
+            " tokens " + fixed(g["prefill_speedup"].get<double>(), "{:.2f}") + "x, decode " +
+            fixed(g["export_decode_tokens_per_s"].get<double>(), "{:.1f}") + " tokens/s against " +
+            fixed(g["dense_decode_tokens_per_s"].get<double>(), "{:.1f}") + " (" +
+            fixed(g["decode_speedup"].get<double>(), "{:.2f}") + "x)";
+  }
+  return line;
+}
+
+}  // namespace
 
 std::string EvaluateStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
@@ -266,128 +429,28 @@ void EvaluateStage::run(const StageContext& ctx) {
   }
   const at::Device device = run_device(c);
   const LoadedModel lm = load_model(c, /*weights=*/false);
-  const RunLayout layout(ctx.run_dir);
-  const fs::path final_dir = layout.exported_model(c.export_.name);
+  const fs::path final_dir = RunLayout(ctx.run_dir).exported_model(c.export_.name);
   const HfCheckpoint exported = with_context("evaluate: ", [&] { return HfCheckpoint::open(final_dir); });
-
-  // The samples: evaluate.data, or the run's held-out samples.
-  std::unique_ptr<DataSource> data;
-  int64_t first = 0, count = 0;
-  std::string source;
-  if (!c.evaluate.data.empty()) {
-    DataSpec spec = data_spec(c);
-    spec.path = c.evaluate.data;
-    spec.samples = 0;
-    DataExpectations expect;
-    expect.vocab_size = lm.arch.vocab_size;
-    expect.image_size = lm.arch.image_size;
-    data = DataSource::open(spec, expect, read_pixel_normalization(c.model.path));
-    count = c.evaluate.samples > 0 ? std::min(c.evaluate.samples, data->size()) : data->size();
-    source = c.evaluate.data.filename().string();  // a file name: the card travels, local paths do not
-  } else {
-    data = open_data(c, lm.arch);
-    first = data->size() - c.train.holdout;
-    count = c.train.holdout;
-    if (c.evaluate.samples > 0) count = std::min(count, c.evaluate.samples);
-    source = c.data.path.filename().string() + " (the last " + std::to_string(c.train.holdout) + " samples, never trained on)";
-  }
-  if (count <= 0)
-    throw ConfigError(c.source.string() + ": evaluate has no samples: train.holdout = 0 and no evaluate.data");
+  const EvalSamples samples = open_samples(c, lm);
 
   const auto t0 = std::chrono::steady_clock::now();
-  json result{{"data", source}, {"first_sample", first}, {"compute_dtype", "float32"}, {"device", describe_device(device)}};
-  {
-    const auto teacher = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
-    const auto student = lm.adapter->load(exported, {at::kFloat, device});
-    const Plan plan = read_plan(ctx.run_dir, lm.shape);
-    result["export"] = evaluate_quality(*teacher, *student, *data, first, count, device, lm.shape.traits.output, plan.hidden);
-    // Healed runs: the unhealed student (the calibrated slice) beside it.
-    if (fs::exists(layout.healed_weights())) {
-      const HfCheckpoint unhealed = pruned_checkpoint(lm, plan, Scales::read(RunLayout(ctx.run_dir).scales(), plan));
-      const auto model = lm.adapter->load(unhealed, {at::kFloat, device});
-      result["unhealed"] = evaluate_quality(*teacher, *model, *data, first, count, device, lm.shape.traits.output, plan.hidden);
-    }
-  }
+  json result{{"data", samples.source},
+              {"first_sample", samples.first},
+              {"compute_dtype", "float32"},
+              {"device", describe_device(device)}};
+  measure_quality(result, ctx, lm, exported, samples, device);
   for (const std::string& key : required_quality_keys(lm.shape.traits.output))
     if (result["export"][key].is_null())
-      throw NumericError("evaluate: the export's " + key + " on " + source +
+      throw NumericError("evaluate: the export's " + key + " on " + samples.source +
                          " is not finite: the exported model produces non-finite outputs");
-
   // Latency of dense and export in the compute dtype, at the budget's batch and sequence length.
-  Batch example;
-  {
-    const Batch one = data->read(first, 1);
-    const int64_t B = c.budget.latency_batch;
-    if (one.input_ids.defined()) {
-      example.input_ids = one.input_ids.repeat({B, 1});
-      if (c.data.seq_len > example.input_ids.size(1))
-        example.input_ids = at::cat({example.input_ids,
-                                     example.input_ids.slice(1, 0, 1).expand({B, c.data.seq_len - example.input_ids.size(1)})}, 1);
-    }
-    if (one.pixel_values.defined()) example.pixel_values = one.pixel_values.repeat({B, 1, 1, 1});
-  }
-  {
-    const int repeats = static_cast<int>(c.evaluate.latency_repeats);
-    const auto teacher = lm.adapter->load(lm.checkpoint, {compute_dtype(c), device});
-    const double dense_s = measure_latency(*teacher, example, repeats, device);
-    const auto student = lm.adapter->load(exported, {compute_dtype(c), device});
-    const double slim_s = measure_latency(*student, example, repeats, device);
-    const Plan plan = read_plan(ctx.run_dir, lm.shape);
-    result["latency"] = {{"batch", c.budget.latency_batch},
-                         {"tokens", example.input_ids.defined() ? example.input_ids.size(1) : 0},
-                         {"dtype", c10::toString(compute_dtype(c))},
-                         {"repeats", repeats},
-                         {"dense_s", dense_s},
-                         {"export_s", slim_s},
-                         {"measured_speedup", dense_s / std::max(slim_s, 1e-12)},
-                         {"predicted_speedup", plan.dense.latency_s / std::max(plan.chosen.latency_s, 1e-12)}};
-  }
-  // Causal LMs: what generate() costs, batch 1 with the KV cache (the same in transformers: bench/depth.sh).
-  // A sliding-window model decodes within its window only (our runtime does not slide): a shorter prompt.
-  const int64_t prompt_tokens =
-      lm.arch.sliding_window > 0 ? std::min(kPromptTokens, lm.arch.sliding_window - kNewTokens) : kPromptTokens;
-  if (lm.shape.traits.output == ModelOutput::token_logits && lm.shape.traits.causal && prompt_tokens > 0)
-    result["generation"] = generation_speed(*lm.adapter, lm.checkpoint, exported,
-                                            generation_prompt(*data, first, prompt_tokens), compute_dtype(c),
-                                            static_cast<int>(c.evaluate.latency_repeats), device);
+  result["latency"] = measure_latencies(ctx, lm, exported, latency_example(c, *samples.data, samples.first), device);
+  measure_generation_speed(result, c, lm, exported, samples, device);
   result["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  // evaluate/evaluate.json, the "evaluate" key of export/summary.json, and the model card.
-  fs::create_directories(layout.evaluate());
-  atomic_write_text(layout.evaluation(), result.dump(2) + "\n");
-  json summary = read_json_file(layout.export_summary());
-  summary["evaluate"] = result;
-  atomic_write_text(layout.export_summary(), summary.dump(2) + "\n");
-  atomic_write_text(final_dir / "README.md", model_card(c, lm, summary, ctx.run_dir));
-
-  const json& q = result["export"];
-  std::string line = "evaluate: " + std::to_string(count) + " samples of " + source + ": ";
-  if (q.contains("student_ppl"))
-    line += "perplexity teacher " + fixed(q.value("teacher_ppl", NAN)) + ", export " + fixed(q.value("student_ppl", NAN)) + "; ";
-  if (q.contains("cosine"))
-    line += "embedding cosine to the teacher " + fixed(q.value("cosine", NAN), "%.4f") + " (min " +
-            fixed(q.value("min_cosine", NAN), "%.4f") + "; on the kept channels " +
-            fixed(q.value("cosine_kept_channels", NAN), "%.4f") + "), pairwise-similarity correlation " +
-            fixed(q.value("similarity_correlation", NAN), "%.4f") + ", token cosine " + fixed(q.value("token_cosine", NAN), "%.4f");
-  else
-    line += "KL " + fixed(q.value("kl", NAN)) + ", top-1 agreement " + fixed(q.value("top1_agreement", NAN), "%.3f");
-  if (result.contains("unhealed") && result["unhealed"].contains("cosine"))
-    line += " (unhealed: cosine " + fixed(result["unhealed"].value("cosine", NAN), "%.4f") + ")";
-  if (result.contains("unhealed") && result["unhealed"].contains("student_ppl"))
-    line += " (unhealed: perplexity " + fixed(result["unhealed"].value("student_ppl", NAN)) + ")";
-  line += "; latency dense " + fixed(result["latency"]["dense_s"].get<double>() * 1e3) + " ms, export " +
-          fixed(result["latency"]["export_s"].get<double>() * 1e3) + " ms (speedup " +
-          fixed(result["latency"]["measured_speedup"].get<double>(), "%.2f") + "x measured, " +
-          fixed(result["latency"]["predicted_speedup"].get<double>(), "%.2f") + "x predicted)";
-  if (result.contains("generation")) {
-    const json& g = result["generation"];
-    line += "; generate (batch 1, KV cache): prefill of " + std::to_string(g["prompt_tokens"].get<int64_t>()) +
-            " tokens " + fixed(g["prefill_speedup"].get<double>(), "%.2f") + "x, decode " +
-            fixed(g["export_decode_tokens_per_s"].get<double>(), "%.1f") + " tokens/s against " +
-            fixed(g["dense_decode_tokens_per_s"].get<double>(), "%.1f") + " (" +
-            fixed(g["decode_speedup"].get<double>(), "%.2f") + "x)";
-  }
-  log::info(line);
+  write_evaluation(ctx, lm, final_dir, result);
+  log::info("evaluate: " + std::to_string(samples.count) + " samples of " + samples.source + ": " +
+            quality_phrase(result) + speed_phrase(result));
   world::barrier();
 }
 

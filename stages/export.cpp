@@ -5,9 +5,9 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
@@ -15,8 +15,8 @@
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
 #include "core/prune/shape_search.h"
 #include "core/prune/slicing.h"
@@ -35,18 +35,16 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kVerifySamples = 8;
 constexpr double kIdentityTolerance = 1e-4, kRoundingWarn = 5e-2;
 
-std::string fmt_g(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.3g", v);
-  return b;
-}
-
 std::string hf_dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return c10::toString(t);
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      return c10::toString(t);
   }
 }
 
@@ -71,7 +69,8 @@ struct Distance {
 
 // For the verify test (HAWADA_FAULT=export.wrong_slice@R:flag): the output projection of every MLP reads
 // its kept channels off by one, the kind of slicing bug verify must catch before anything is published.
-void break_slice_for_test(std::vector<safetensors::NamedTensor>& tensors, const ModelAdapter& adapter, const Plan& plan) {
+void break_slice_for_test(std::vector<safetensors::NamedTensor>& tensors, const ModelAdapter& adapter,
+                          const Plan& plan) {
   if (!fault_flag("export.wrong_slice")) return;
   for (auto& t : tensors)
     if (t.tensor.dim() == 2 && adapter.weight_kind(t.name) == "mlp" && t.tensor.size(1) == plan.chosen.shape.ffn)
@@ -95,6 +94,293 @@ Distance distance(const std::vector<at::Tensor>& want, const std::vector<at::Ten
 
 nlohmann::json finite_json(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json("non-finite"); }
 
+// The tensors export writes: the plan's slice (a healed run: the healed weights) in the dtypes export.dtype asks for.
+struct Slice {
+  std::vector<safetensors::NamedTensor> tensors;
+  std::unique_ptr<safetensors::Reader> healed_file;  // a healed run's weights (verify reads them again); else null
+  at::ScalarType dtype = at::kFloat;                 // of the floating-point tensors
+  bool healed() const { return healed_file != nullptr; }
+};
+
+// A healed run writes the healed weights (fp32 on disk) in the dtype each tensor is stored in.
+void take_healed_weights(std::vector<safetensors::NamedTensor>& tensors, const safetensors::Reader& healed_file) {
+  for (auto& t : tensors) {
+    if (!healed_file.contains(t.name))
+      throw CheckpointError("'" + healed_file.path().string() + "' has no tensor '" + t.name + "'");
+    const at::Tensor h = healed_file.tensor(t.name);
+    if (h.sizes() != t.tensor.sizes())
+      throw CheckpointError("'" + healed_file.path().string() + "': tensor '" + t.name + "' has shape " +
+                            c10::str(h.sizes()) + ", the plan's slice " + c10::str(t.tensor.sizes()));
+    t.tensor = h.to(t.tensor.scalar_type()).contiguous();
+  }
+}
+
+// Converts the floating-point tensors to `dtype` (keep: as stored); returns the dtype of the first of them.
+at::ScalarType to_export_dtype(std::vector<safetensors::NamedTensor>& tensors, ExportDtype dtype) {
+  at::ScalarType out_dtype = at::kFloat;
+  bool first = true;
+  for (auto& t : tensors) {
+    if (dtype == ExportDtype::bf16 && t.tensor.is_floating_point()) t.tensor = t.tensor.to(at::kBFloat16);
+    if (dtype == ExportDtype::fp32 && t.tensor.is_floating_point()) t.tensor = t.tensor.to(at::kFloat);
+    if (first && t.tensor.is_floating_point()) out_dtype = t.tensor.scalar_type(), first = false;
+  }
+  return out_dtype;
+}
+
+// The tensors to write (see Slice), on every rank.
+Slice slice_for_export(const Config& c, const LoadedModel& lm, const Plan& plan, const GateValues& student,
+                       const RunLayout& layout) {
+  Slice out;
+  out.tensors = lm.adapter->prune_weights(lm.checkpoint, plan, student);
+  if (c.heal.steps > 0) {
+    out.healed_file = std::make_unique<safetensors::Reader>(layout.healed_weights());
+    take_healed_weights(out.tensors, *out.healed_file);
+  }
+  break_slice_for_test(out.tensors, *lm.adapter, plan);
+  out.dtype = to_export_dtype(out.tensors, c.export_.dtype);
+  return out;
+}
+
+// Which shard each tensor goes to, the shards' file names and the total size.
+struct Shards {
+  std::vector<size_t> of;          // the shard of each tensor
+  std::vector<std::string> files;  // the file of each shard
+  uint64_t total_bytes = 0;
+  size_t count() const { return files.size(); }
+};
+
+// Shards of at most `max_shard_size` bytes (one: model.safetensors).
+Shards shard_plan(const std::vector<safetensors::NamedTensor>& tensors, uint64_t max_shard_size) {
+  Shards out;
+  std::vector<uint64_t> sizes;
+  for (const auto& t : tensors) {
+    sizes.push_back(static_cast<uint64_t>(t.tensor.nbytes()));
+    out.total_bytes += sizes.back();
+  }
+  out.of = safetensors::plan_shards(sizes, max_shard_size);
+  const size_t count = out.of.empty() ? 1 : out.of.back() + 1;
+  for (size_t s = 0; s < count; ++s)
+    out.files.push_back(count == 1 ? "model.safetensors" : safetensors::shard_file_name(s + 1, count));
+  return out;
+}
+
+// Where an export goes: the partial directory it is written in, its final name, and the names a failed
+// export and a replaced earlier one are moved to.
+struct ExportPaths {
+  ExportPaths(const RunLayout& layout, const std::string& name)
+      : export_dir(layout.export_dir()),
+        final_dir(layout.exported_model(name)),
+        tmp(export_dir / ("." + name + ".partial")),
+        failed(export_dir / ("." + name + ".failed")),
+        replaced(export_dir / ("." + name + ".replaced")) {}
+  fs::path export_dir, final_dir, tmp, failed, replaced;
+};
+
+// Rank 0: an empty partial directory.
+void start_partial(const ExportPaths& p) {
+  fs::create_directories(p.export_dir);
+  fs::remove_all(p.tmp);  // a killed earlier attempt
+  fs::remove_all(p.failed);
+  fs::create_directories(p.tmp);
+}
+
+// Shards in parallel: rank r writes shards r, r + W, ... into `dir`.
+void write_own_shards(const std::vector<safetensors::NamedTensor>& tensors, const Shards& shards, const fs::path& dir) {
+  const auto& proc = process_info();
+  for (size_t s = static_cast<size_t>(proc.rank); s < shards.count(); s += static_cast<size_t>(proc.size)) {
+    std::vector<safetensors::NamedTensor> mine;
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (shards.of[i] == s) mine.push_back(tensors[i]);
+    safetensors::write_file(dir / shards.files[s], mine);
+    fault_point("export.after_shard");
+  }
+}
+
+// Rank 0: the shard index (of several shards), config.json with the pruned counts and the dtype, and the
+// model's side files, into `dir`, synced.
+void write_model_files(const Config& c, const LoadedModel& lm, const Plan& plan, const Slice& slice,
+                       const Shards& shards, const fs::path& dir) {
+  if (shards.count() > 1) {
+    safetensors::ShardIndex index;
+    index.total_size = shards.total_bytes;
+    for (size_t i = 0; i < slice.tensors.size(); ++i)
+      index.weight_map[slice.tensors[i].name] = shards.files[shards.of[i]];
+    atomic_write_text(dir / "model.safetensors.index.json", safetensors::index_to_json(index));
+  }
+  nlohmann::json config = lm.adapter->pruned_config(lm.checkpoint.config(), plan);
+  config["dtype"] = hf_dtype_name(slice.dtype);
+  config["torch_dtype"] = hf_dtype_name(slice.dtype);
+  atomic_write_text(dir / "config.json", config.dump(2) + "\n");
+  for (const auto& f : lm.checkpoint.side_files()) copy_file_synced(c.model.path / f, dir / f);
+  sync_directory(dir);
+}
+
+// The log line of the written directory: its tensors, size and shards, and the rate of slice + write.
+void log_written(const fs::path& dir, const Shards& shards, double seconds) {
+  log::info(fmt::format("export: {}: {} tensors, {} MB in {} shard(s), {} GB/s (slice + write)", dir.string(),
+                        shards.of.size(), shards.total_bytes / 1000000, shards.count(),
+                        std::to_string(shards.total_bytes / std::max(seconds, 1e-9) / 1e9).substr(0, 5)));
+}
+
+// What verify measured (see ExportStage::run): its samples and the three comparisons.
+struct Verification {
+  int64_t samples = 0;
+  bool held_out = false, healed = false;
+  at::ScalarType dtype = at::kFloat;  // the written export's
+  Distance identity;                  // 1. the hard-gated student against the slice (a healed run: not measured)
+  std::string bytes_mismatch;         // 2. the first tensor written otherwise than exact (empty: none)
+  Distance rounding;                  // 3. the written export's logits against the reference's
+};
+
+// The healed weights, or the plan's slice, in fp32.
+std::vector<safetensors::NamedTensor> exact_values(const LoadedModel& lm, const Plan& plan, const GateValues& student,
+                                                   const safetensors::Reader* healed_file) {
+  std::vector<safetensors::NamedTensor> exact;
+  if (healed_file) {
+    for (const auto& t : healed_file->header().tensors) exact.push_back({t.name, healed_file->tensor(t.name)});
+  } else {
+    exact = lm.adapter->prune_weights(lm.checkpoint, plan, student, at::kFloat);
+    break_slice_for_test(exact, *lm.adapter, plan);
+  }
+  return exact;
+}
+
+// 1. identity: the outputs of the dense model with the student's gates applied at run time against the
+// slice's (`want`, on the samples from `first`).
+Distance gated_distance(const LoadedModel& lm, const Plan& plan, const GateValues& student, const DataSource& data,
+                        int64_t first, const at::Device& device, const std::vector<at::Tensor>& want) {
+  const auto dense = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
+  auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  const GateValues gates{on_device(student.heads),  on_device(student.ffn),      on_device(student.hidden),
+                         on_device(student.layers), on_device(student.attn_out), on_device(student.mlp_out)};
+  std::vector<at::Tensor> gated = logits_of(*dense, data, first, static_cast<int64_t>(want.size()), device, &gates);
+  // An encoder's outputs are its hidden states: the gated model's are the teacher's width (zeros on
+  // the dropped channels), the slice's the kept channels.
+  const at::Tensor kept = at::tensor(plan.hidden, at::kLong);
+  for (size_t i = 0; i < gated.size(); ++i)
+    if (gated[i].size(-1) != want[i].size(-1) && gated[i].size(-1) == plan.dense.shape.hidden)
+      gated[i] = gated[i].index_select(-1, kept);
+  return distance(gated, want);
+}
+
+// 2. bytes: the first of the `exact` tensors that `exported` does not hold rounded once to its stored dtype
+// ("<name> (missing)" when absent); empty when every one matches.
+std::string first_mismatch(const HfCheckpoint& exported, const std::vector<safetensors::NamedTensor>& exact) {
+  for (const auto& t : exact) {
+    if (!exported.contains(t.name)) return t.name + " (missing)";
+    const at::Tensor written = exported.tensor(t.name);
+    if (written.sizes() != t.tensor.sizes() || !at::equal(written, t.tensor.to(written.scalar_type()))) return t.name;
+  }
+  return "";
+}
+
+// Verify's measurements (rank 0) of the export written into `dir`.
+Verification measure_export(const Config& c, const LoadedModel& lm, const Plan& plan, const GateValues& student,
+                            const Slice& slice, const fs::path& dir) {
+  Verification v;
+  const auto data = open_data(c, lm.arch);
+  const int64_t n = data->size();
+  v.held_out = c.train.holdout > 0;
+  v.samples = v.held_out ? std::min<int64_t>(c.train.holdout, kVerifySamples) : std::min<int64_t>(kVerifySamples, n);
+  v.healed = slice.healed();
+  v.dtype = slice.dtype;
+  const int64_t first_sample = v.held_out ? n - c.train.holdout : 0;
+  const at::Device device = run_device(c);
+  const nlohmann::json pruned_config = lm.adapter->pruned_config(lm.checkpoint.config(), plan);
+  // The exact values the file must hold, in fp32.
+  const std::vector<safetensors::NamedTensor> exact = exact_values(lm, plan, student, slice.healed_file.get());
+  const HfCheckpoint exact_ckpt = HfCheckpoint::in_memory(pruned_config, exact, dir / "(fp32 slice)");
+  const auto reference = lm.adapter->load(exact_ckpt, {at::kFloat, device});
+  const std::vector<at::Tensor> want_ref = logits_of(*reference, *data, first_sample, v.samples, device);
+
+  // 1. identity
+  if (!v.healed) v.identity = gated_distance(lm, plan, student, *data, first_sample, device, want_ref);
+  // 2. bytes
+  const HfCheckpoint exported = HfCheckpoint::open(dir);
+  v.bytes_mismatch = first_mismatch(exported, exact);
+  // 3. the written export's logits
+  const auto slim = lm.adapter->load(exported, {at::kFloat, device});
+  v.rounding = distance(want_ref, logits_of(*slim, *data, first_sample, v.samples, device));
+  return v;
+}
+
+// The verdict on verify's measurements: logged (with a warning when a 16-bit rounding is large) and returned
+// as summary.json's "verify".
+nlohmann::json judge(const Verification& v) {
+  const double id_rel = v.healed ? 0.0 : v.identity.relative(), round_rel = v.rounding.relative();
+  const bool id_ok = v.healed || (v.identity.finite && id_rel <= kIdentityTolerance);
+  // fp32 exports hold the reference's exact values, so their logits must agree to summation order; a
+  // 16-bit export differs by its rounding, which is reported (and warned about when large) but is what
+  // the stored dtype means: the forward passes of calibration and heal used the same rounded weights.
+  const bool round_ok = v.rounding.finite && (v.dtype != at::kFloat || round_rel <= kIdentityTolerance);
+  if (v.rounding.finite && v.dtype != at::kFloat && round_rel > kRoundingWarn)
+    log::warn(
+        fmt::format("export: rounding the weights to {} changes the logits by {:.3g} (relative L2); "
+                    "export.dtype = \"fp32\" keeps them exact",
+                    hf_dtype_name(v.dtype), round_rel));
+  const bool passed = id_ok && v.bytes_mismatch.empty() && round_ok;
+  nlohmann::json verify = {{"samples", v.samples},
+                           {"held_out", v.held_out},
+                           {"compute_dtype", "float32"},
+                           {"identity_relative_l2", finite_json(id_rel)},
+                           {"identity_tolerance", kIdentityTolerance},
+                           {"bytes_equal", v.bytes_mismatch.empty()},
+                           {"relative_l2", finite_json(round_rel)},
+                           {"max_abs_diff", finite_json(v.rounding.max_abs)},
+                           {"max_abs_logit", finite_json(v.rounding.max_ref)},
+                           {"tolerance", v.dtype == at::kFloat ? kIdentityTolerance : kRoundingWarn},
+                           {"finite", v.identity.finite && v.rounding.finite},
+                           {"passed", passed}};
+  if (!v.bytes_mismatch.empty()) verify["bytes_mismatch"] = v.bytes_mismatch;
+  log::info(
+      fmt::format("export: verify on {} {} samples (fp32): {}; the written tensors {}; the written export's "
+                  "logits differ from the reference by {:.3g} (relative L2, the rounding to {}): {}",
+                  v.samples, v.held_out ? "held-out" : "training",
+                  v.healed ? "healed weights" : fmt::format("slice = hard-gated student to {:.3g}", id_rel),
+                  v.bytes_mismatch.empty() ? "are the slice's exact values" : "DIFFER at '" + v.bytes_mismatch + "'",
+                  round_rel, hf_dtype_name(v.dtype), passed ? "equal" : "DIFFERENT"));
+  return verify;
+}
+
+// Rank 0: the verified directory under its final name, or a failed one set aside.
+void publish(const ExportPaths& p, bool passed) {
+  if (passed) {
+    fault_point("export.before_publish");
+    // A previous export of other inputs under the same name is replaced only once this one is whole.
+    fs::remove_all(p.replaced);
+    if (fs::exists(p.final_dir)) rename_into(p.final_dir, p.replaced);
+    rename_into(p.tmp, p.final_dir);
+    fs::remove_all(p.replaced);
+  } else {
+    // Kept for inspection under a name nothing loads by accident; the final name is not touched.
+    rename_into(p.tmp, p.failed);
+  }
+}
+
+// Rank 0: <run_dir>/export/summary.json (a failed export: failed-summary.json).
+void write_summary(const RunLayout& layout, const ExportPaths& p, const Plan& plan, const Slice& slice,
+                   const Shards& shards, const nlohmann::json& verify, bool passed) {
+  const ModelShape& s = plan.chosen.shape;
+  nlohmann::json summary{{"export", p.final_dir.string()},
+                         {"shape",
+                          {{"hidden_size", s.hidden},
+                           {"num_attention_heads", s.heads},
+                           {"num_key_value_heads", s.kv_heads},
+                           {"intermediate_size", s.ffn},
+                           {"num_hidden_layers", s.layers}}},
+                         {"parameters", plan.chosen.parameters},
+                         {"dense_parameters", plan.dense.parameters},
+                         {"dtype", hf_dtype_name(slice.dtype)},
+                         {"shards", shards.count()},
+                         {"bytes", shards.total_bytes},
+                         {"healed", slice.healed()},
+                         {"verify", verify}};
+  if (passed)
+    atomic_write_text(layout.export_summary(), summary.dump(2) + "\n");
+  else
+    atomic_write_text(layout.failed_export_summary(), summary.dump(2) + "\n");
+}
+
 }  // namespace
 
 std::string ExportStage::fingerprint(const StageContext& ctx) {
@@ -116,89 +402,28 @@ std::string ExportStage::fingerprint(const StageContext& ctx) {
 void ExportStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const auto& proc = process_info();
+  const RunLayout layout(ctx.run_dir);
   LoadedModel lm = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, lm.shape);
-  const Scales scales = Scales::read(RunLayout(ctx.run_dir).scales(), plan);
+  const Scales scales = Scales::read(layout.scales(), plan);
   at::NoGradGuard no_grad;
   const GateValues student = student_gates(plan, scales);
 
   // Slice (every rank: each needs the sizes for the shard plan, and its own shards' bytes).
   const auto t0 = Clock::now();
-  std::vector<safetensors::NamedTensor> tensors = lm.adapter->prune_weights(lm.checkpoint, plan, student);
-  // A healed run writes the healed weights (fp32 on disk) in the dtype each tensor is stored in.
-  const bool healed = c.heal.steps > 0;
-  std::unique_ptr<safetensors::Reader> healed_file;
-  if (healed) {
-    healed_file = std::make_unique<safetensors::Reader>(RunLayout(ctx.run_dir).healed_weights());
-    for (auto& t : tensors) {
-      if (!healed_file->contains(t.name))
-        throw CheckpointError("'" + healed_file->path().string() + "' has no tensor '" + t.name + "'");
-      const at::Tensor h = healed_file->tensor(t.name);
-      if (h.sizes() != t.tensor.sizes())
-        throw CheckpointError("'" + healed_file->path().string() + "': tensor '" + t.name + "' has shape " +
-                              c10::str(h.sizes()) + ", the plan's slice " + c10::str(t.tensor.sizes()));
-      t.tensor = h.to(t.tensor.scalar_type()).contiguous();
-    }
-  }
-  break_slice_for_test(tensors, *lm.adapter, plan);
-  at::ScalarType out_dtype = at::kFloat;
-  bool first = true;
-  for (auto& t : tensors) {
-    if (c.export_.dtype == ExportDtype::bf16 && t.tensor.is_floating_point()) t.tensor = t.tensor.to(at::kBFloat16);
-    if (c.export_.dtype == ExportDtype::fp32 && t.tensor.is_floating_point()) t.tensor = t.tensor.to(at::kFloat);
-    if (first && t.tensor.is_floating_point()) out_dtype = t.tensor.scalar_type(), first = false;
-  }
-  std::vector<uint64_t> sizes;
-  uint64_t total_bytes = 0;
-  for (const auto& t : tensors) {
-    sizes.push_back(static_cast<uint64_t>(t.tensor.nbytes()));
-    total_bytes += sizes.back();
-  }
-  const std::vector<size_t> shard_of = safetensors::plan_shards(sizes, c.export_.max_shard_size);
-  const size_t count = shard_of.empty() ? 1 : shard_of.back() + 1;
-  std::vector<std::string> files;
-  for (size_t s = 0; s < count; ++s) files.push_back(count == 1 ? "model.safetensors" : safetensors::shard_file_name(s + 1, count));
+  Slice slice = slice_for_export(c, lm, plan, student, layout);
+  const Shards shards = shard_plan(slice.tensors, c.export_.max_shard_size);
 
-  const RunLayout layout(ctx.run_dir);
-  const fs::path export_dir = layout.export_dir(), final_dir = layout.exported_model(c.export_.name);
-  const fs::path tmp = export_dir / ("." + c.export_.name + ".partial");
-  const fs::path failed = export_dir / ("." + c.export_.name + ".failed");
-  if (proc.rank == 0) {
-    fs::create_directories(export_dir);
-    fs::remove_all(tmp);  // a killed earlier attempt
-    fs::remove_all(failed);
-    fs::create_directories(tmp);
-  }
+  // Write the partial directory: every rank its shards, then rank 0 the index, config.json and side files.
+  const ExportPaths paths(layout, c.export_.name);
+  if (proc.rank == 0) start_partial(paths);
   world::barrier();
-  // Shards in parallel: rank r writes shards r, r + W, ...
-  for (size_t s = static_cast<size_t>(proc.rank); s < count; s += static_cast<size_t>(proc.size)) {
-    std::vector<safetensors::NamedTensor> mine;
-    for (size_t i = 0; i < tensors.size(); ++i)
-      if (shard_of[i] == s) mine.push_back(tensors[i]);
-    safetensors::write_file(tmp / files[s], mine);
-    fault_point("export.after_shard");
-  }
+  write_own_shards(slice.tensors, shards, paths.tmp);
   world::barrier();
-  if (proc.rank == 0) {
-    if (count > 1) {
-      safetensors::ShardIndex index;
-      index.total_size = total_bytes;
-      for (size_t i = 0; i < tensors.size(); ++i) index.weight_map[tensors[i].name] = files[shard_of[i]];
-      atomic_write_text(tmp / "model.safetensors.index.json", safetensors::index_to_json(index));
-    }
-    nlohmann::json config = lm.adapter->pruned_config(lm.checkpoint.config(), plan);
-    config["dtype"] = hf_dtype_name(out_dtype);
-    config["torch_dtype"] = hf_dtype_name(out_dtype);
-    atomic_write_text(tmp / "config.json", config.dump(2) + "\n");
-    for (const auto& f : lm.checkpoint.side_files()) copy_file_synced(c.model.path / f, tmp / f);
-    sync_directory(tmp);
-  }
-  tensors.clear();
+  if (proc.rank == 0) write_model_files(c, lm, plan, slice, shards, paths.tmp);
+  slice.tensors.clear();
   world::barrier();
-  const double write_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  log::info("export: " + tmp.string() + ": " + std::to_string(shard_of.size()) + " tensors, " +
-            std::to_string(total_bytes / 1000000) + " MB in " + std::to_string(count) + " shard(s), " +
-            std::to_string(total_bytes / std::max(write_s, 1e-9) / 1e9).substr(0, 5) + " GB/s (slice + write)");
+  log_written(paths.tmp, shards, std::chrono::duration<double>(Clock::now() - t0).count());
 
   // Verify before publishing, on rank 0's device, in fp32, on up to kVerifySamples held-out samples:
   //  1. identity: the plan's slice in fp32 (folds unrounded) computes what the hard-gated student (the
@@ -208,118 +433,19 @@ void ExportStage::run(const StageContext& ctx) {
   //     rounded once to the stored dtype;
   //  3. the written export's logits against the reference: equal to summation order for an fp32 export;
   //     for bf16/fp16 the effect of the rounding, reported. Non-finite values fail everything.
+  // Then publish (rank 0) and tell every rank the verdict.
   uint64_t passed = 0;
-  nlohmann::json verify;
   if (proc.rank == 0) {
-    const auto data = open_data(c, lm.arch);
-    const int64_t n = data->size();
-    const bool held_out = c.train.holdout > 0;
-    const int64_t samples = held_out ? std::min<int64_t>(c.train.holdout, kVerifySamples) : std::min<int64_t>(kVerifySamples, n);
-    const int64_t first_sample = held_out ? n - c.train.holdout : 0;
-    const at::Device device = run_device(c);
-    const nlohmann::json pruned_config = lm.adapter->pruned_config(lm.checkpoint.config(), plan);
-    // The exact values the file must hold, in fp32.
-    std::vector<safetensors::NamedTensor> exact;
-    if (healed) {
-      for (const auto& t : healed_file->header().tensors) exact.push_back({t.name, healed_file->tensor(t.name)});
-    } else {
-      exact = lm.adapter->prune_weights(lm.checkpoint, plan, student, at::kFloat);
-      break_slice_for_test(exact, *lm.adapter, plan);
-    }
-    const HfCheckpoint exact_ckpt = HfCheckpoint::in_memory(pruned_config, exact, tmp / "(fp32 slice)");
-    const auto reference = lm.adapter->load(exact_ckpt, {at::kFloat, device});
-    const std::vector<at::Tensor> want_ref = logits_of(*reference, *data, first_sample, samples, device);
-
-    // 1. identity
-    Distance identity;
-    if (!healed) {
-      const auto dense = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
-      auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
-      const GateValues gates{on_device(student.heads), on_device(student.ffn), on_device(student.hidden), on_device(student.layers),
-                             on_device(student.attn_out), on_device(student.mlp_out)};
-      std::vector<at::Tensor> gated = logits_of(*dense, *data, first_sample, samples, device, &gates);
-      // An encoder's outputs are its hidden states: the gated model's are the teacher's width (zeros on
-      // the dropped channels), the slice's the kept channels.
-      const at::Tensor kept = at::tensor(plan.hidden, at::kLong);
-      for (size_t i = 0; i < gated.size(); ++i)
-        if (gated[i].size(-1) != want_ref[i].size(-1) && gated[i].size(-1) == plan.dense.shape.hidden)
-          gated[i] = gated[i].index_select(-1, kept);
-      identity = distance(gated, want_ref);
-    }
-    // 2. bytes
-    const HfCheckpoint exported = HfCheckpoint::open(tmp);
-    std::string bytes_mismatch;
-    for (const auto& t : exact) {
-      if (!exported.contains(t.name)) { bytes_mismatch = t.name + " (missing)"; break; }
-      const at::Tensor written = exported.tensor(t.name);
-      if (written.sizes() != t.tensor.sizes() || !at::equal(written, t.tensor.to(written.scalar_type()))) {
-        bytes_mismatch = t.name;
-        break;
-      }
-    }
-    // 3. the written export's logits
-    const auto slim = lm.adapter->load(exported, {at::kFloat, device});
-    const Distance rounding = distance(want_ref, logits_of(*slim, *data, first_sample, samples, device));
-
-    const double id_rel = healed ? 0.0 : identity.relative(), round_rel = rounding.relative();
-    const bool id_ok = healed || (identity.finite && id_rel <= kIdentityTolerance);
-    // fp32 exports hold the reference's exact values, so their logits must agree to summation order; a
-    // 16-bit export differs by its rounding, which is reported (and warned about when large) but is what
-    // the stored dtype means: the forward passes of calibration and heal used the same rounded weights.
-    const bool round_ok = rounding.finite && (out_dtype != at::kFloat || round_rel <= kIdentityTolerance);
-    if (rounding.finite && out_dtype != at::kFloat && round_rel > kRoundingWarn)
-      log::warn("export: rounding the weights to " + hf_dtype_name(out_dtype) + " changes the logits by " +
-                fmt_g(round_rel) + " (relative L2); export.dtype = \"fp32\" keeps them exact");
-    passed = id_ok && bytes_mismatch.empty() && round_ok ? 1 : 0;
-    verify = {{"samples", samples}, {"held_out", held_out}, {"compute_dtype", "float32"},
-              {"identity_relative_l2", finite_json(id_rel)}, {"identity_tolerance", kIdentityTolerance},
-              {"bytes_equal", bytes_mismatch.empty()},
-              {"relative_l2", finite_json(round_rel)},
-              {"max_abs_diff", finite_json(rounding.max_abs)}, {"max_abs_logit", finite_json(rounding.max_ref)},
-              {"tolerance", out_dtype == at::kFloat ? kIdentityTolerance : kRoundingWarn},
-              {"finite", identity.finite && rounding.finite}, {"passed", passed == 1}};
-    if (!bytes_mismatch.empty()) verify["bytes_mismatch"] = bytes_mismatch;
-    char line[400];
-    std::snprintf(line, sizeof line,
-                  "export: verify on %lld %s samples (fp32): %s; the written tensors %s; the written export's logits "
-                  "differ from the reference by %.3g (relative L2, the rounding to %s): %s",
-                  static_cast<long long>(samples), held_out ? "held-out" : "training",
-                  healed ? "healed weights" : ("slice = hard-gated student to " + fmt_g(id_rel)).c_str(),
-                  bytes_mismatch.empty() ? "are the slice's exact values" : ("DIFFER at '" + bytes_mismatch + "'").c_str(),
-                  round_rel, hf_dtype_name(out_dtype).c_str(), passed ? "equal" : "DIFFERENT");
-    log::info(line);
-    if (passed) {
-      fault_point("export.before_publish");
-      // A previous export of other inputs under the same name is replaced only once this one is whole.
-      const fs::path replaced = export_dir / ("." + c.export_.name + ".replaced");
-      fs::remove_all(replaced);
-      if (fs::exists(final_dir)) rename_into(final_dir, replaced);
-      rename_into(tmp, final_dir);
-      fs::remove_all(replaced);
-    } else {
-      // Kept for inspection under a name nothing loads by accident; the final name is not touched.
-      rename_into(tmp, failed);
-    }
-    const ModelShape& s = plan.chosen.shape;
-    nlohmann::json summary{
-        {"export", final_dir.string()},
-        {"shape", {{"hidden_size", s.hidden}, {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv_heads},
-                   {"intermediate_size", s.ffn}, {"num_hidden_layers", s.layers}}},
-        {"parameters", plan.chosen.parameters},
-        {"dense_parameters", plan.dense.parameters},
-        {"dtype", hf_dtype_name(out_dtype)},
-        {"shards", count},
-        {"bytes", total_bytes},
-        {"healed", healed},
-        {"verify", verify}};
-    if (passed) atomic_write_text(layout.export_summary(), summary.dump(2) + "\n");
-    else atomic_write_text(layout.failed_export_summary(), summary.dump(2) + "\n");
+    const nlohmann::json verify = judge(measure_export(c, lm, plan, student, slice, paths.tmp));
+    passed = verify.at("passed").get<bool>() ? 1 : 0;
+    publish(paths, passed == 1);
+    write_summary(layout, paths, plan, slice, shards, verify, passed == 1);
   }
   passed = world::broadcast(passed);
   if (!passed)
     throw CheckpointError("export: the written model does not reproduce the hard-gated student (see " +
-                          layout.failed_export_summary().string() + "); it was not published: " +
-                          failed.string());
+                          layout.failed_export_summary().string() +
+                          "); it was not published: " + paths.failed.string());
 }
 
 }  // namespace hawada

@@ -5,10 +5,10 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
 #include <set>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
@@ -16,12 +16,12 @@
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
 #include "training/distill.h"
-#include "training/training_loop.h"
 #include "training/student.h"
+#include "training/training_loop.h"
 
 namespace hawada {
 namespace {
@@ -51,15 +51,118 @@ std::set<std::string> kinds_of(const std::string& list) {
   return out;
 }
 
-// The trained weights of the student and their fp32 masters, laid end to end in one flat vector.
+// The trained weights of the student and their fp32 masters, laid end to end in one flat vector, with
+// the masters' Adam moments and gradient accumulator.
 struct Trainable {
   std::vector<std::string> names;
   std::vector<at::Tensor> weights;  // the model's own tensors (compute dtype)
   std::vector<int64_t> offsets;
   at::Tensor masters;  // [P] fp32
+  Adam adam;
+  at::Tensor grads;  // [P] fp32
   at::Tensor master(size_t i) const {
     return masters.narrow(0, offsets[i], weights[i].numel()).view(weights[i].sizes());
   }
+  // Copies the masters into the model's weights.
+  void masters_to_weights() const {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < weights.size(); ++i) weights[i].copy_(master(i));
+  }
+  // Each micro-batch's weight gradients go into the fp32 accumulator and are freed.
+  void take_gradients() {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      at::Tensor& w = weights[i];
+      if (!w.grad().defined()) continue;
+      grads.narrow(0, offsets[i], w.numel()).view(w.sizes()).add_(w.grad());
+      w.mutable_grad().reset();
+    }
+  }
+  // Clips the accumulated gradient (of norm `grad_norm`) to heal.clip, takes one AdamW step on the masters at
+  // step `step`'s learning rate, and copies them into the weights. Returns the learning rate.
+  double update(const HealConfig& k, int64_t step, double grad_norm) {
+    if (k.clip > 0 && grad_norm > k.clip) grads.mul_(k.clip / grad_norm);
+    const double lr = k.lr * warmup_cosine(step, std::min(k.warmup, k.steps), k.steps, 0.1);
+    adam.step(masters, grads, lr, step + 1, k.weight_decay);
+    masters_to_weights();
+    return lr;
+  }
+};
+
+// The loop around the steps, its metrics in `dir`; its checkpoints hold the masters and their Adam moments.
+TrainingLoop training_loop(const Config& c, const StateCheckpoints& checkpoints, const fs::path& dir, Trainable& tr) {
+  return TrainingLoop({.stage = "heal",
+                       .steps = c.heal.steps,
+                       .checkpoint_every = c.heal.checkpoint_every,
+                       .check_every = c.dist.check_every,
+                       .checkpoints = &checkpoints,
+                       .metrics = RunLayout::metrics(dir)},
+                      {{"masters", &tr.masters}, {"adam_m", &tr.adam.m}, {"adam_v", &tr.adam.v}});
+}
+
+// The weights of the kinds heal.train names (everything else stays frozen), with their masters on `device`.
+Trainable trainable_weights(const Model& model, const ModelAdapter& adapter, const Config& c,
+                            const at::Device& device) {
+  const std::set<std::string> kinds = kinds_of(c.heal.train);
+  Trainable tr;
+  int64_t total = 0;
+  for (const auto& [name, w] : model.named_weights()) {
+    if (!kinds.count(adapter.weight_kind(name))) continue;
+    tr.names.push_back(name);
+    tr.weights.push_back(w);
+    tr.offsets.push_back(total);
+    total += w.numel();
+  }
+  if (tr.weights.empty())
+    throw ConfigError(c.source.string() + ": heal.train = \"" + c.heal.train + "\" selects no weight of this model");
+  tr.masters = at::empty({total}, at::TensorOptions().dtype(at::kFloat).device(device));
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < tr.weights.size(); ++i) tr.master(i).copy_(tr.weights[i]);
+  }
+  tr.adam = Adam(tr.masters);
+  tr.grads = at::zeros_like(tr.masters);
+  return tr;
+}
+
+// A heal step's batch: micro-batches of heal.micro_batch, heal.grad_accum of them per rank (0: train.*'s).
+struct HealBatch {
+  int64_t micro_batch = 0, accum = 0, global_micros = 0;
+  int64_t samples() const { return micro_batch * global_micros; }
+};
+
+// The batch heal.* asks for (train.*'s where 0) at this world size.
+HealBatch heal_batch(const Config& c) {
+  const HealConfig& k = c.heal;
+  HealBatch b;
+  b.micro_batch = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
+  b.accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  b.global_micros = static_cast<int64_t>(process_info().size) * b.accum;
+  return b;
+}
+
+// Training samples: heal.data (every sample), else the run's (without its held-out samples); the
+// held-out KL is always measured on the run's held-out samples.
+struct HealData {
+  HealData(const Config& c, const ArchSummary& arch, const fs::path& cache_dir, const fs::path& heal_cache,
+           int64_t global_batch)
+      : run(c, arch, cache_dir, 1, "heal") {
+    if (!heal_cache.empty()) {
+      DataSpec spec = data_spec(c);
+      spec.path = c.heal.data;
+      spec.samples = 0;
+      heal = std::make_unique<DistillData>(c, spec, 0, arch, heal_cache, global_batch, "healing");
+      log::info("heal: training on every sample of heal.data = " + spec.path.string() + " (" +
+                std::to_string(heal->samples()) + " samples)");
+    }
+    for (int64_t s = run.train_samples(); s < run.samples() && static_cast<int64_t>(held.size()) < kEvalSamples; ++s)
+      held.push_back(s);
+  }
+  const DistillData& train() const { return heal ? *heal : run; }
+
+  DistillData run;
+  std::unique_ptr<DistillData> heal;  // heal.data's samples, when it is set
+  std::vector<int64_t> held;          // the run's held-out samples the KL is measured on
 };
 
 // Mean KL per token on `samples` (each rank its share; summed over the ranks). Collective.
@@ -81,21 +184,123 @@ double heldout_kl(const Model& model, const Plan& plan, const DistillData& data,
   return h[0].item<double>() / std::max(1.0, h[1].item<double>());
 }
 
-}  // namespace
+// The losses of one step over the global batch, its gradient norm, and where its time went.
+struct StepLoss {
+  double kl = 0, mse = 0, tokens = 0, grad_norm = 0;
+  double data_s = 0, allreduce_s = 0;
+  LossParts parts;  // this rank's sums and timings
+};
 
+// One step's distillation over the global batch: each rank's micro-batches, their weight gradients summed
+// in tr.grads, then the all-reduces of the gradients and of the losses. Collective.
+StepLoss distill_step(const Model& model, const Plan& plan, const DistillData& data, Trainable& tr, SampleOrder& order,
+                      int64_t step, const HealBatch& b, const Config& c, const at::Device& device, Communicator& comm) {
+  const auto& proc = process_info();
+  tr.grads.zero_();
+  StepLoss out;
+  LossParts& sum = out.parts;
+  for (int64_t a = 0; a < b.accum; ++a) {
+    const auto d0 = Clock::now();
+    const int64_t g = proc.rank * b.accum + a;
+    const std::vector<int64_t> samples = order.micro_batch(step, g, b.global_micros, b.micro_batch);
+    const Batch batch = with_context("heal: ", [&] { return data.batch(samples, device); });
+    const CacheChunk teacher = for_student(data.teacher(samples), plan);
+    out.data_s += since(d0);
+    const LossParts p = distill_backward(model, batch, teacher, nullptr, c.train.kd_temperature, c.train.mse_weight,
+                                         1.0 / static_cast<double>(b.global_micros));
+    sum.kl += p.kl, sum.mse += p.mse, sum.tokens += p.tokens;
+    sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
+    tr.take_gradients();
+  }
+  // The gradients in buckets, then the losses.
+  const auto s0 = Clock::now();
+  const int64_t total = tr.grads.numel();
+  for (int64_t a = 0; a < total; a += kBucketElements) {
+    at::Tensor bucket = tr.grads.narrow(0, a, std::min(kBucketElements, total - a));
+    comm.all_reduce(bucket, Communicator::Op::sum);
+  }
+  at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble).to(device);
+  comm.all_reduce(stats, Communicator::Op::sum);
+  const at::Tensor hs = stats.cpu();
+  out.allreduce_s = since(s0);
+  out.kl = hs[0].item<double>() / b.global_micros, out.mse = hs[1].item<double>() / b.global_micros;
+  out.tokens = hs[2].item<double>();
+  out.grad_norm = tr.grads.norm().item<double>();
+  check_finite(out.kl + out.mse, "the distillation loss", "heal", step + 1);
+  check_finite(out.grad_norm, "the gradient norm", "heal", step + 1);
+  return out;
+}
+
+// A step's metrics line and progress line; `held_kl` is NaN on the steps it is not measured on.
+void record_step(TrainingLoop& loop, int64_t step, const StepLoss& l, double lr, double held_kl, double step_s) {
+  nlohmann::json j{{"step", step},
+                   {"kl", l.kl},
+                   {"mse", l.mse},
+                   {"lr", lr},
+                   {"grad_norm", l.grad_norm},
+                   {"tokens_per_s", l.tokens / step_s},
+                   {"step_s", step_s},
+                   {"data_s", l.data_s},
+                   {"forward_s", l.parts.forward_s},
+                   {"loss_s", l.parts.loss_s},
+                   {"backward_s", l.parts.backward_s},
+                   {"allreduce_s", l.allreduce_s}};
+  if (std::isfinite(held_kl)) j["heldout_kl"] = held_kl;
+  loop.record(j);
+  const std::string held = std::isfinite(held_kl) ? " held-out kl " + std::to_string(held_kl).substr(0, 6) : "";
+  loop.progress(step, fmt::format("kl {:.4f}{} lr {:.2e} {:.0f} tokens/s", l.kl, held, lr, l.tokens / step_s),
+                /*force=*/std::isfinite(held_kl));
+}
+
+// The opening line: the steps and their batch, the trained weights of the model's `weights`, and the memory
+// they take per parameter.
+void log_heal_plan(const HealConfig& k, const HealBatch& b, const Trainable& tr, uint64_t weights,
+                   const at::Device& device) {
+  const int64_t total = tr.masters.numel();
+  const double bytes_per_param =
+      static_cast<double>(c10::elementSize(tr.weights[0].scalar_type())) + 4 + 4 + 8;  // weight, master, grad, moments
+  log::info(
+      fmt::format("heal: {} steps of {} samples ({} rank(s) x {} micro-batch(es) of {}), {} of {} weights "
+                  "train ({}); about {:.0f} bytes per trained parameter ({:.2f} GB) on {}",
+                  k.steps, b.samples(), process_info().size, b.accum, b.micro_batch, total, weights, k.train,
+                  bytes_per_param, bytes_per_param * static_cast<double>(total) / 1e9, device.str()));
+}
+
+// Rank 0: every tensor of the pruned model in fp32 into `file`: the trained masters, the rest as sliced.
+// A tied LM head stored in the checkpoint follows the healed embedding.
+void write_healed_weights(const fs::path& file, const HfCheckpoint& ckpt, const ModelAdapter& adapter,
+                          const Trainable& tr, const std::string& fingerprint, int64_t step) {
+  std::map<std::string, at::Tensor> healed;
+  for (size_t i = 0; i < tr.names.size(); ++i) healed[tr.names[i]] = tr.master(i).detach().cpu();
+  std::vector<safetensors::NamedTensor> out;
+  const bool tied = ckpt.config().value("tie_word_embeddings", false);
+  for (const std::string& name : ckpt.tensor_names()) {
+    auto it = healed.find(name);
+    at::Tensor t = it != healed.end() ? it->second : ckpt.tensor(name).to(at::kFloat);
+    if (tied && adapter.weight_kind(name) == "head") {
+      for (const auto& [n, v] : healed)
+        if (adapter.weight_kind(n) == "embedding" && v.sizes() == t.sizes()) t = v;
+    }
+    if (!at::isfinite(t).all().item<bool>())
+      throw NumericError("heal: tensor '" + name + "' holds non-finite values after step " + std::to_string(step));
+    out.push_back({name, t.contiguous()});
+  }
+  safetensors::write_file(file, out, {{"fingerprint", fingerprint}, {"steps", std::to_string(step)}});
+}
+
+}  // namespace
 
 std::string HealStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   const HealConfig& k = c.heal;
-  const int64_t world = process_info().size;
-  const int64_t mb = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
-  const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
+  const HealBatch b = heal_batch(c);
   Hasher h;
   h.update("heal/1");
   h.update(ctx.fingerprints.at(std::string(stage_names::calibrate)));
   h.update(c10::toString(compute_dtype(c)));
   h.update(k.train);
-  for (int64_t v : {k.steps, k.warmup, mb, accum * world, c.run.seed, c.train.holdout}) h.update_u64(static_cast<uint64_t>(v));
+  for (int64_t v : {k.steps, k.warmup, b.micro_batch, b.global_micros, c.run.seed, c.train.holdout})
+    h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, k.weight_decay, k.clip, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   cache_dir_ = run_cache_dir(c, ctx.fingerprints);
   heal_cache_ = heal_cache_dir(c, ctx.fingerprints);
@@ -108,7 +313,8 @@ void HealStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const HealConfig& k = c.heal;
   const auto& proc = process_info();
-  const fs::path dir = RunLayout(ctx.run_dir).heal();
+  const RunLayout layout(ctx.run_dir);
+  const fs::path dir = layout.heal();
   if (k.steps == 0) {
     // Off: nothing of an earlier healed run may reach the export.
     if (proc.rank == 0) fs::remove_all(dir);
@@ -119,163 +325,41 @@ void HealStage::run(const StageContext& ctx) {
   const at::Device device = run_device(c);
   const LoadedModel dense = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
-  const Scales scales = Scales::read(RunLayout(ctx.run_dir).scales(), plan);
+  const Scales scales = Scales::read(layout.scales(), plan);
   const HfCheckpoint ckpt = pruned_checkpoint(dense, plan, scales);
   const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
 
   // The trained weights (by kind) and their masters; everything else stays frozen.
-  const std::set<std::string> kinds = kinds_of(k.train);
-  Trainable tr;
-  int64_t total = 0;
-  for (const auto& [name, w] : model->named_weights()) {
-    if (!kinds.count(dense.adapter->weight_kind(name))) continue;
-    tr.names.push_back(name);
-    tr.weights.push_back(w);
-    tr.offsets.push_back(total);
-    total += w.numel();
-  }
-  if (tr.weights.empty())
-    throw ConfigError(c.source.string() + ": heal.train = \"" + k.train + "\" selects no weight of this model");
-  tr.masters = at::empty({total}, at::TensorOptions().dtype(at::kFloat).device(device));
-  {
-    at::NoGradGuard no_grad;
-    for (size_t i = 0; i < tr.weights.size(); ++i) tr.master(i).copy_(tr.weights[i]);
-  }
-  Adam adam(tr.masters);
-  at::Tensor grads = at::zeros_like(tr.masters);
-
-  const int64_t mb = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
-  const int64_t accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
-  const int64_t global_micros = static_cast<int64_t>(proc.size) * accum;
-  // Training samples: heal.data (every sample), else the run's (without its held-out samples); the
-  // held-out KL is always measured on the run's held-out samples.
-  const DistillData run_data(c, dense.arch, cache_dir_, 1, "heal");
-  std::unique_ptr<DistillData> heal_data;
-  if (!heal_cache_.empty()) {
-    DataSpec spec = data_spec(c);
-    spec.path = c.heal.data;
-    spec.samples = 0;
-    heal_data = std::make_unique<DistillData>(c, spec, 0, dense.arch, heal_cache_, mb * global_micros, "healing");
-    log::info("heal: training on every sample of heal.data = " + spec.path.string() + " (" +
-              std::to_string(heal_data->samples()) + " samples)");
-  }
-  const DistillData& data = heal_data ? *heal_data : run_data;
+  Trainable tr = trainable_weights(*model, *dense.adapter, c, device);
+  const HealBatch b = heal_batch(c);
+  const HealData data(c, dense.arch, cache_dir_, heal_cache_, b.samples());
   auto comm = run_communicator(c, device);
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
   const StateCheckpoints checkpoints(RunLayout::checkpoints(dir), fingerprint_, std::string(stage_names::heal));
-  TrainingLoop loop({.stage = "heal", .steps = k.steps, .checkpoint_every = k.checkpoint_every,
-                     .check_every = c.dist.check_every, .checkpoints = &checkpoints, .metrics = RunLayout::metrics(dir)},
-                    {{"masters", &tr.masters}, {"adam_m", &adam.m}, {"adam_v", &adam.v}});
+  TrainingLoop loop = training_loop(c, checkpoints, dir, tr);
   int64_t step = loop.resume(*cpu_comm);
-  auto masters_to_weights = [&] {
-    at::NoGradGuard no_grad;
-    for (size_t i = 0; i < tr.weights.size(); ++i) tr.weights[i].copy_(tr.master(i));
-  };
-  if (step > 0) masters_to_weights();
+  if (step > 0) tr.masters_to_weights();
   for (auto& w : tr.weights) w.requires_grad_(true);
+  log_heal_plan(k, b, tr, ckpt.total_numel(), device);
 
-  std::vector<int64_t> held;
-  for (int64_t s = run_data.train_samples(); s < run_data.samples() && static_cast<int64_t>(held.size()) < kEvalSamples; ++s)
-    held.push_back(s);
-  const double bytes_per_param =
-      static_cast<double>(c10::elementSize(tr.weights[0].scalar_type())) + 4 + 4 + 8;  // weight, master, grad, moments
-  char intro[320];
-  std::snprintf(intro, sizeof intro,
-                "heal: %lld steps of %lld samples (%d rank(s) x %lld micro-batch(es) of %lld), %lld of %llu weights "
-                "train (%s); about %.0f bytes per trained parameter (%.2f GB) on %s",
-                static_cast<long long>(k.steps), static_cast<long long>(mb * global_micros), proc.size,
-                static_cast<long long>(accum), static_cast<long long>(mb), static_cast<long long>(total),
-                static_cast<unsigned long long>(ckpt.total_numel()), k.train.c_str(), bytes_per_param,
-                bytes_per_param * static_cast<double>(total) / 1e9, device.str().c_str());
-  log::info(intro);
-
-  SampleOrder order(data.train_samples(), c.run.seed, "heal");
+  // The steps: distil, one AdamW step, and the held-out KL every heal.eval_every steps and at the end.
+  SampleOrder order(data.train().train_samples(), c.run.seed, "heal");
   const auto t0 = Clock::now();
   while (step < k.steps) {
     const auto step_t0 = Clock::now();
-    grads.zero_();
-    LossParts sum;
-    double data_s = 0;
-    for (int64_t a = 0; a < accum; ++a) {
-      const auto d0 = Clock::now();
-      const int64_t g = proc.rank * accum + a;
-      const std::vector<int64_t> samples = order.micro_batch(step, g, global_micros, mb);
-      const Batch batch = with_context("heal: ", [&] { return data.batch(samples, device); });
-      const CacheChunk teacher = for_student(data.teacher(samples), plan);
-      data_s += since(d0);
-      const LossParts p = distill_backward(*model, batch, teacher, nullptr, c.train.kd_temperature, c.train.mse_weight,
-                                           1.0 / static_cast<double>(global_micros));
-      sum.kl += p.kl, sum.mse += p.mse, sum.tokens += p.tokens;
-      sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
-      // Each micro-batch's weight gradients go into the fp32 accumulator and are freed.
-      at::NoGradGuard no_grad;
-      for (size_t i = 0; i < tr.weights.size(); ++i) {
-        at::Tensor& w = tr.weights[i];
-        if (!w.grad().defined()) continue;
-        grads.narrow(0, tr.offsets[i], w.numel()).view(w.sizes()).add_(w.grad());
-        w.mutable_grad().reset();
-      }
-    }
-    // The gradients in buckets, then the losses.
-    const auto s0 = Clock::now();
-    for (int64_t a = 0; a < total; a += kBucketElements) {
-      at::Tensor bucket = grads.narrow(0, a, std::min(kBucketElements, total - a));
-      comm->all_reduce(bucket, Communicator::Op::sum);
-    }
-    at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble).to(device);
-    comm->all_reduce(stats, Communicator::Op::sum);
-    const at::Tensor hs = stats.cpu();
-    const double sync_s = since(s0);
-    const double kl = hs[0].item<double>() / global_micros, mse = hs[1].item<double>() / global_micros;
-    const double grad_norm = grads.norm().item<double>();
-    check_finite(kl + mse, "the distillation loss", "heal", step + 1);
-    check_finite(grad_norm, "the gradient norm", "heal", step + 1);
-    if (k.clip > 0 && grad_norm > k.clip) grads.mul_(k.clip / grad_norm);
-    const double lr = k.lr * warmup_cosine(step, std::min(k.warmup, k.steps), k.steps, 0.1);
-    adam.step(tr.masters, grads, lr, step + 1, k.weight_decay);
-    masters_to_weights();
+    const StepLoss loss = distill_step(*model, plan, data.train(), tr, order, step, b, c, device, *comm);
+    const double lr = tr.update(k, step, loss.grad_norm);
     step += 1;
-
-    double held_kl = NAN;
-    if (!held.empty() && ((k.eval_every > 0 && step % k.eval_every == 0) || step == k.steps))
-      held_kl = heldout_kl(*model, plan, run_data, held, c.train.kd_temperature, device, *comm);
-    const double step_s = since(step_t0);
-    nlohmann::json j{{"step", step}, {"kl", kl}, {"mse", mse}, {"lr", lr}, {"grad_norm", grad_norm},
-                     {"tokens_per_s", hs[2].item<double>() / step_s}, {"step_s", step_s}, {"data_s", data_s},
-                     {"forward_s", sum.forward_s}, {"loss_s", sum.loss_s}, {"backward_s", sum.backward_s},
-                     {"allreduce_s", sync_s}};
-    if (std::isfinite(held_kl)) j["heldout_kl"] = held_kl;
-    loop.record(j);
-    char what[160];
-    std::snprintf(what, sizeof what, "kl %.4f%s lr %.2e %.0f tokens/s", kl,
-                  std::isfinite(held_kl) ? (" held-out kl " + std::to_string(held_kl).substr(0, 6)).c_str() : "", lr,
-                  hs[2].item<double>() / step_s);
-    loop.progress(step, what, /*force=*/std::isfinite(held_kl));
+    const bool eval = !data.held.empty() && ((k.eval_every > 0 && step % k.eval_every == 0) || step == k.steps);
+    const double held_kl =
+        eval ? heldout_kl(*model, plan, data.run, data.held, c.train.kd_temperature, device, *comm) : NAN;
+    record_step(loop, step, loss, lr, held_kl, since(step_t0));
     loop.end_step(step, tr.masters, "healed weights");
   }
 
-  // Every tensor of the pruned model in fp32: the trained masters, the rest as sliced. A tied LM head
-  // stored in the checkpoint follows the healed embedding.
-  if (proc.rank == 0) {
-    std::map<std::string, at::Tensor> healed;
-    for (size_t i = 0; i < tr.names.size(); ++i) healed[tr.names[i]] = tr.master(i).detach().cpu();
-    std::vector<safetensors::NamedTensor> out;
-    const bool tied = ckpt.config().value("tie_word_embeddings", false);
-    for (const std::string& name : ckpt.tensor_names()) {
-      auto it = healed.find(name);
-      at::Tensor t = it != healed.end() ? it->second : ckpt.tensor(name).to(at::kFloat);
-      if (tied && dense.adapter->weight_kind(name) == "head") {
-        for (const auto& [n, v] : healed)
-          if (dense.adapter->weight_kind(n) == "embedding" && v.sizes() == t.sizes()) t = v;
-      }
-      if (!at::isfinite(t).all().item<bool>())
-        throw NumericError("heal: tensor '" + name + "' holds non-finite values after step " + std::to_string(step));
-      out.push_back({name, t.contiguous()});
-    }
-    safetensors::write_file(RunLayout(ctx.run_dir).healed_weights(), out, {{"fingerprint", fingerprint_}, {"steps", std::to_string(step)}});
-  }
+  if (proc.rank == 0) write_healed_weights(layout.healed_weights(), ckpt, *dense.adapter, tr, fingerprint_, step);
   world::barrier();
-  log::info("heal: " + RunLayout(ctx.run_dir).healed_weights().string() + " after " + std::to_string(step) + " steps (" +
+  log::info("heal: " + layout.healed_weights().string() + " after " + std::to_string(step) + " steps (" +
             log::duration(since(t0)) + ")");
 }
 

@@ -29,7 +29,6 @@
 
 namespace hawada {
 
-
 /// The heal stage.
 class HealStage final : public Stage {
  public:

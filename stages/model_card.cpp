@@ -1,9 +1,9 @@
 #include "stages/model_card.h"
 
 #include <cmath>
-#include <cstdio>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/fs.h"
@@ -16,64 +16,67 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string num(const json& j, const char* key, const char* f = "%.4g") {
+std::string num(const json& j, const char* key, fmt::format_string<double> f = "{:.4g}") {
   if (!j.contains(key) || !j[key].is_number()) return "n/a";
-  char b[64];
-  std::snprintf(b, sizeof b, f, j[key].get<double>());
-  return b;
+  return fmt::format(f, j[key].get<double>());
 }
 
 // A YAML double-quoted scalar (escapes quotes, backslashes and control characters).
 std::string yaml_string(const std::string& s) {
   std::string out = "\"";
   for (const unsigned char ch : s) {
-    if (ch == '"' || ch == '\\') out += '\\', out += static_cast<char>(ch);
-    else if (ch < 0x20) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\x%02x", ch);
-      out += b;
-    } else out += static_cast<char>(ch);
+    if (ch == '"' || ch == '\\')
+      out += '\\', out += static_cast<char>(ch);
+    else if (ch < 0x20)
+      out += fmt::format("\\x{:02x}", ch);
+    else
+      out += static_cast<char>(ch);
   }
   return out + "\"";
 }
 
-}  // namespace
-
-std::string model_card(const Config& c, const LoadedModel& dense, const json& summary, const std::filesystem::path& run_dir) {
-  const std::string base = c.export_.base_model.empty() ? c.model.path.filename().string() : c.export_.base_model;
-  const json& shape = summary.at("shape");
-  const json& ev = summary.value("evaluate", json::object());
-  const json& q = ev.value("export", json::object());
-  const ModelShape& d = dense.shape;
-  const ModelOutput out = d.traits.output;
+// The Hub's front matter (base model, library, pipeline tag, tags).
+std::string front_matter(const std::string& base, ModelOutput out) {
   const char* tag = out == ModelOutput::token_logits    ? "text-generation"
                     : out == ModelOutput::hidden_states ? "feature-extraction"
                                                         : "image-classification";
-  const char* auto_class = out == ModelOutput::token_logits ? "AutoModelForCausalLM" : "AutoModel";
   std::ostringstream o;
   o << "---\n"
     << "base_model: " << yaml_string(base) << "\n"
     << "library_name: transformers\n"
     << "pipeline_tag: " << tag << "\n"
     << "tags:\n  - hawada-pipeline\n  - pruned\n  - structured-pruning\n  - distillation\n"
-    << "---\n\n"
-    << "# " << c.export_.name << "\n\n"
-    << "A structurally pruned version of `" << base << "` (" << dense.arch.architecture << "), made with "
-    << "hawada-pipeline. It is a plain Hugging Face checkpoint: load it with `from_pretrained`, no custom code.\n\n"
-    << "## How it was made\n\n"
+    << "---\n\n";
+  return o.str();
+}
+
+// How it was made: gates learned by distillation within the budget, the shape probed, the scales
+// calibrated (and, on healed runs, every weight trained).
+std::string how_it_was_made(const Config& c, ModelOutput out, const json& summary,
+                            const std::filesystem::path& run_dir) {
+  std::ostringstream o;
+  o << "## How it was made\n\n"
     << "Gates on attention heads and FFN channels" << (c.gates.hidden ? ", hidden channels" : "")
     << (c.gates.layers ? " and whole blocks (layers)" : "")
     << " were learned by distillation from the cached outputs of the original model ("
     << (out == ModelOutput::token_logits ? "top-" + std::to_string(c.teacher.top_k) : std::string("its"))
-    << (out == ModelOutput::hidden_states ? " last hidden states" : " logits") << "), starting from one-shot importance (activation x Fisher information); a budget of "
-    << summary.value("parameters", 0.0) / std::max(1.0, summary.value("dense_parameters", 1.0)) << " of the parameters ("
-    << (c.budget.metric == BudgetMetric::params ? "params" : "latency") << " budget " << c.budget.target
+    << (out == ModelOutput::hidden_states ? " last hidden states" : " logits")
+    << "), starting from one-shot importance (activation x Fisher information); a budget of "
+    << summary.value("parameters", 0.0) / std::max(1.0, summary.value("dense_parameters", 1.0))
+    << " of the parameters (" << metric_name(c.budget.metric) << " budget " << c.budget.target
     << ") chose the shape, whose candidates were compared by a short calibrated probe; the kept structures' "
     << "scales were then fitted to the original model with every weight frozen (" << c.calibrate.steps
     << " steps) and folded into the output projections.";
   if (std::filesystem::exists(RunLayout(run_dir).healed_weights()))
     o << " Finally all weights of the pruned model were trained by distillation from the same cache (heal).";
-  o << "\n\n## Shape\n\n| | original | this model |\n| --- | --- | --- |\n"
+  o << "\n\n";
+  return o.str();
+}
+
+// The shape: the original's against this model's.
+std::string shape_table(const ModelShape& d, const json& shape, const json& summary) {
+  std::ostringstream o;
+  o << "## Shape\n\n| | original | this model |\n| --- | --- | --- |\n"
     << "| hidden_size | " << d.hidden << " | " << shape.value("hidden_size", 0) << " |\n"
     << "| num_attention_heads | " << d.heads << " | " << shape.value("num_attention_heads", 0) << " |\n"
     << "| num_key_value_heads | " << d.kv_heads << " | " << shape.value("num_key_value_heads", 0) << " |\n"
@@ -81,44 +84,82 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
     << "| num_hidden_layers | " << d.layers << " | " << shape.value("num_hidden_layers", 0) << " |\n"
     << "| parameters | " << static_cast<int64_t>(summary.value("dense_parameters", 0.0)) << " | "
     << static_cast<int64_t>(summary.value("parameters", 0.0)) << " |\n\n";
-  if (!q.empty()) {
-    o << "## Quality\n\nOn " << q.value("samples", 0) << " samples of " << ev.value("data", std::string("held-out data"))
-      << ", in fp32:\n\n| metric | value |\n| --- | --- |\n";
-    if (q.contains("student_ppl"))
-      o << "| perplexity, original | " << num(q, "teacher_ppl") << " |\n| perplexity, this model | "
-        << num(q, "student_ppl") << " |\n";
-    if (q.contains("cosine"))
-      o << "| cosine similarity of mean-pooled embeddings to the original's (mean) | " << num(q, "cosine", "%.4f") << " |\n"
-        << "| the same, lowest sample | " << num(q, "min_cosine", "%.4f") << " |\n"
-        << "| the same, on the hidden channels this model kept | " << num(q, "cosine_kept_channels", "%.4f") << " |\n"
-        << "| correlation of pairwise sentence similarities with the original's | "
-        << num(q, "similarity_correlation", "%.4f") << " |\n"
-        << "| cosine similarity per token (mean) | " << num(q, "token_cosine", "%.4f") << " |\n\n";
-    else
-      o << "| KL(original \\|\\| this model) per token | " << num(q, "kl") << " |\n"
-        << "| top-1 agreement with the original | " << num(q, "top1_agreement", "%.3f") << " |\n\n";
-  }
+  return o.str();
+}
+
+// Quality (when evaluated, `q` the export's): perplexity, embedding similarity, or KL and top-1 agreement
+// against the original.
+std::string quality_section(const json& ev, const json& q) {
+  if (q.empty()) return "";
+  std::ostringstream o;
+  o << "## Quality\n\nOn " << q.value("samples", 0) << " samples of " << ev.value("data", std::string("held-out data"))
+    << ", in fp32:\n\n| metric | value |\n| --- | --- |\n";
+  if (q.contains("student_ppl"))
+    o << "| perplexity, original | " << num(q, "teacher_ppl") << " |\n| perplexity, this model | "
+      << num(q, "student_ppl") << " |\n";
+  if (q.contains("cosine"))
+    o << "| cosine similarity of mean-pooled embeddings to the original's (mean) | " << num(q, "cosine", "{:.4f}")
+      << " |\n"
+      << "| the same, lowest sample | " << num(q, "min_cosine", "{:.4f}") << " |\n"
+      << "| the same, on the hidden channels this model kept | " << num(q, "cosine_kept_channels", "{:.4f}") << " |\n"
+      << "| correlation of pairwise sentence similarities with the original's | "
+      << num(q, "similarity_correlation", "{:.4f}") << " |\n"
+      << "| cosine similarity per token (mean) | " << num(q, "token_cosine", "{:.4f}") << " |\n\n";
+  else
+    o << "| KL(original \\|\\| this model) per token | " << num(q, "kl") << " |\n"
+      << "| top-1 agreement with the original | " << num(q, "top1_agreement", "{:.3f}") << " |\n\n";
+  return o.str();
+}
+
+// Speed (when evaluated): the measured forward latency against the prediction, and generation (causal LMs).
+std::string speed_section(const json& ev) {
+  std::ostringstream o;
   if (ev.contains("latency")) {
     const json& l = ev["latency"];
     o << "## Speed\n\nForward pass of " << l.value("batch", 0) << " x " << l.value("tokens", 0) << " tokens in "
       << l.value("dtype", std::string()) << " on " << ev.value("device", std::string()) << ": original "
-      << num(l, "dense_s", "%.4g") << " s, this model " << num(l, "export_s", "%.4g") << " s (measured speedup "
-      << num(l, "measured_speedup", "%.2f") << "x; the cost model predicted " << num(l, "predicted_speedup", "%.2f")
+      << num(l, "dense_s", "{:.4g}") << " s, this model " << num(l, "export_s", "{:.4g}") << " s (measured speedup "
+      << num(l, "measured_speedup", "{:.2f}") << "x; the cost model predicted " << num(l, "predicted_speedup", "{:.2f}")
       << "x).\n\n";
   }
   if (ev.contains("generation")) {
     const json& g = ev["generation"];
-    o << "Generation (batch 1, greedy, KV cache, " << g.value("dtype", std::string()) << ", hawada-pipeline's runtime): a "
-      << g.value("prompt_tokens", 0) << "-token prompt is prefilled " << num(g, "prefill_speedup", "%.2f")
-      << "x faster than the original, and " << g.value("new_tokens", 0) << " new tokens decode at "
-      << num(g, "export_decode_tokens_per_s", "%.1f") << " tokens/s against " << num(g, "dense_decode_tokens_per_s", "%.1f")
-      << " (" << num(g, "decode_speedup", "%.2f") << "x).\n\n";
+    o << "Generation (batch 1, greedy, KV cache, " << g.value("dtype", std::string())
+      << ", hawada-pipeline's runtime): a " << g.value("prompt_tokens", 0) << "-token prompt is prefilled "
+      << num(g, "prefill_speedup", "{:.2f}") << "x faster than the original, and " << g.value("new_tokens", 0)
+      << " new tokens decode at " << num(g, "export_decode_tokens_per_s", "{:.1f}") << " tokens/s against "
+      << num(g, "dense_decode_tokens_per_s", "{:.1f}") << " (" << num(g, "decode_speedup", "{:.2f}") << "x).\n\n";
   }
+  return o.str();
+}
+
+// Reproduce (the command and the resolved configuration) and use (from_pretrained).
+std::string reproduce_and_use(const Config& c, ModelOutput out, const std::filesystem::path& run_dir) {
+  const char* auto_class = out == ModelOutput::token_logits ? "AutoModelForCausalLM" : "AutoModel";
+  std::ostringstream o;
   o << "## Reproduce\n\n```\nmpirun -np " << process_info().size << " hawada-pipeline " << c.source.filename().string()
     << "\n```\n\nwith this configuration (resolved):\n\n```toml\n"
     << read_text_file(RunLayout(run_dir).resolved_config()) << "```\n\n"
     << "## Use\n\n```python\nfrom transformers import " << auto_class << "\nmodel = " << auto_class
     << ".from_pretrained(\"path/to/" << c.export_.name << "\")\n```\n";
+  return o.str();
+}
+
+}  // namespace
+
+std::string model_card(const Config& c, const LoadedModel& dense, const json& summary,
+                       const std::filesystem::path& run_dir) {
+  const std::string base = c.export_.base_model.empty() ? c.model.path.filename().string() : c.export_.base_model;
+  const json& shape = summary.at("shape");
+  const json& ev = summary.value("evaluate", json::object());
+  const json& q = ev.value("export", json::object());
+  const ModelOutput out = dense.shape.traits.output;
+  std::ostringstream o;
+  o << front_matter(base, out) << "# " << c.export_.name << "\n\n"
+    << "A structurally pruned version of `" << base << "` (" << dense.arch.architecture << "), made with "
+    << "hawada-pipeline. It is a plain Hugging Face checkpoint: load it with `from_pretrained`, no custom code.\n\n"
+    << how_it_was_made(c, out, summary, run_dir) << shape_table(dense.shape, shape, summary) << quality_section(ev, q)
+    << speed_section(ev) << reproduce_and_use(c, out, run_dir);
   return o.str();
 }
 

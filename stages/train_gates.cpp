@@ -5,9 +5,9 @@
 #include <ATen/core/grad_mode.h>
 
 #include <chrono>
-#include <cstdio>
 #include <fstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
@@ -15,12 +15,12 @@
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
 #include "training/distill.h"
-#include "training/training_loop.h"
 #include "training/student.h"
+#include "training/training_loop.h"
 
 namespace hawada {
 namespace {
@@ -87,8 +87,8 @@ Importance measure_importance(const Model& model, const DistillData& data, const
     GateValues g = values_of(layout, ones);
     ActivationImportance imp{acts.heads, acts.ffn, acts.hidden, acts.layers, 0};
     g.importance = &imp;
-    const at::Tensor targets = sample_teacher_targets(teacher, mix_seed({static_cast<uint64_t>(c.run.seed),
-                                                                          static_cast<uint64_t>(s)}, "fisher"));
+    const at::Tensor targets = sample_teacher_targets(
+        teacher, mix_seed({static_cast<uint64_t>(c.run.seed), static_cast<uint64_t>(s)}, "fisher"));
     nll_backward(model, batch, targets, &g);
     {
       at::NoGradGuard no_grad;
@@ -101,7 +101,8 @@ Importance measure_importance(const Model& model, const DistillData& data, const
   const at::Tensor host = all.cpu();
   const double n = std::max(1.0, static_cast<double>(host[2 * P].item<float>()));
   Importance out{host.narrow(0, 0, P) / n, host.narrow(0, P, P) / static_cast<double>(std::max<int64_t>(1, samples))};
-  check_finite(out.activation.sum().item<double>() + out.fisher.sum().item<double>(), "the importance", "train_gates", 0);
+  check_finite(out.activation.sum().item<double>() + out.fisher.sum().item<double>(), "the importance", "train_gates",
+               0);
   return out;
 }
 
@@ -114,7 +115,9 @@ at::Tensor initial_log_alpha(const GateParameters& layout, const at::Tensor& imp
   auto one = [&](const at::Tensor& s, const at::Tensor& dst) {
     if (!dst.defined()) return;
     const int64_t n = s.size(-1);
-    const at::Tensor rank = at::argsort(at::argsort(s, /*stable=*/true, -1, /*descending=*/false), /*stable=*/true, -1, false).to(at::kFloat);
+    const at::Tensor rank =
+        at::argsort(at::argsort(s, /*stable=*/true, -1, /*descending=*/false), /*stable=*/true, -1, false)
+            .to(at::kFloat);
     const at::Tensor frac = n > 1 ? rank / static_cast<double>(n - 1) : at::full_like(rank, 1.0);
     const_cast<at::Tensor&>(dst).copy_((frac - 0.5) * kInitSpan + hc.log_alpha_for(init));
   };
@@ -137,7 +140,6 @@ double budget_shift(const GateParameters& gates, const HardConcrete& hc, const B
   }
   return 0.5 * (lo + hi);
 }
-
 
 // One step's distillation over the global batch: each rank's micro-batches, each with its own gate
 // sample (noise fixed by seed, step and global micro-batch index), then one all-reduce of the gate
@@ -252,6 +254,100 @@ void write_trained_gates(const std::filesystem::path& file, const GateParameters
                            {"temperature", std::to_string(c.gates.temperature)},
                            {"deterministic_cost", std::to_string(final_cost)}});
 }
+
+// The loop around the steps, its metrics in `dir`; its checkpoints hold the log-alphas, their Adam moments and
+// the importance they started from.
+TrainingLoop training_loop(const Config& c, const StateCheckpoints& checkpoints, const fs::path& dir,
+                           GateParameters& gates, Adam& adam, Importance& importance) {
+  return TrainingLoop({.stage = "train_gates",
+                       .steps = c.train.steps,
+                       .checkpoint_every = c.train.checkpoint_every,
+                       .check_every = c.dist.check_every,
+                       .checkpoints = &checkpoints,
+                       .metrics = RunLayout::metrics(dir)},
+                      {{"log_alpha", &gates.flat},
+                       {"adam_m", &adam.m},
+                       {"adam_v", &adam.v},
+                       {"importance.activation", &importance.activation},
+                       {"importance.fisher", &importance.fisher}});
+}
+
+// ConfigError when budget.target is below what the gates can reach.
+void check_budget_reachable(const Config& c, const GateParameters& gates, const HardConcrete& hc,
+                            const BudgetCost& budget) {
+  // The cheapest model the gates can reach (every gated structure off): a target below it cannot be
+  // met, and projecting towards it would switch every gate off.
+  at::NoGradGuard no_grad;
+  const double floor = budget.ratio_of(gates.expected_counts(hc, at::full({gates.flat.numel()}, -60.0, at::kFloat)));
+  if (c.budget.target <= floor * (1 + 1e-9))
+    throw ConfigError(fmt::format(
+        "{}: budget.target = {:.4f} is below what the gates can reach: {:.4f} of the dense cost with every gated "
+        "structure removed (what stays: ungated kinds, embeddings, the head{})",
+        c.source.string(), c.budget.target, floor,
+        c.budget.layer_overhead_s > 0 ? ", budget.layer_overhead_s per layer" : ""));
+}
+
+// A fresh start: the one-shot importance of the dense model into `importance`, and the gates initialised from
+// it. Collective.
+void initialise_gates(const Model& model, const DistillData& data, GateParameters& gates, const HardConcrete& hc,
+                      Importance& importance, const Config& c, const at::Device& device, Communicator& comm) {
+  const auto t0 = Clock::now();
+  const Importance imp = measure_importance(model, data, gates, c, device, comm);
+  importance.activation.copy_(imp.activation);
+  importance.fisher.copy_(imp.fisher);
+  at::NoGradGuard no_grad;
+  gates.flat.copy_(initial_log_alpha(gates, imp.combined(gates), hc, c.gates.init));
+  log::info("train_gates: importance (activation, Fisher) of " + std::to_string(gates.flat.numel()) + " gates over " +
+            std::to_string(std::min<int64_t>(data.train_samples(), c.train.importance_batches * c.train.micro_batch)) +
+            " samples in " + log::duration(since(t0)));
+}
+
+// The opening lines: the gates the architecture needs beyond train.gates, the steps and their batch, the budget.
+void log_training_plan(const Config& c, const GatesConfig& gates_config, int64_t global_batch, int64_t gates) {
+  const TrainConfig& tc = c.train;
+  if (gates_config != c.gates)
+    log::info(
+        "train_gates: this architecture couples heads and hidden (hidden_size = heads x head size), so both get gates");
+  log::info("train_gates: " + std::to_string(tc.steps) + " steps of " + std::to_string(global_batch) + " samples (" +
+            std::to_string(process_info().size) + " rank(s) x " + std::to_string(tc.grad_accum) +
+            " micro-batch(es) of " + std::to_string(tc.micro_batch) + "), " + std::to_string(gates) +
+            " gates, budget " + metric_name(c.budget.metric) + " " + std::to_string(c.budget.target) +
+            " (the expected cost follows the schedule: a projection after every step)");
+}
+
+// One Adam step on the log-alphas from `grad`, then the projection onto this step's budget `target`. Returns
+// the projection's shift.
+double update_gates(GateParameters& gates, Adam& adam, const at::Tensor& grad, double lr, int64_t step,
+                    const HardConcrete& hc, const BudgetCost& budget, double target) {
+  {
+    at::NoGradGuard no_grad;
+    at::Tensor params = gates.flat.detach();
+    adam.step(params, grad, lr, step + 1);
+  }
+  const double shift = project_onto_budget(gates, hc, budget, target);
+  if (fault_flag("train_gates.perturb_gates")) gates.flat.detach().add_(1e-3);  // for the drift test
+  return shift;
+}
+
+// The final projection onto budget.target itself, logged with the evaluation gates' cost (a warning when it
+// misses the target by more than 2%). Returns that cost.
+double final_projection(GateParameters& gates, const HardConcrete& hc, const BudgetCost& budget, const Config& c,
+                        int64_t step) {
+  const double shift = project_onto_budget(gates, hc, budget, c.budget.target);
+  const double expected = budget.ratio_of(gates.expected_counts(hc, gates.flat.cpu()));
+  const double final_cost = budget.ratio_of(gates.evaluation_counts(hc, gates.flat.cpu()));
+  check_finite(expected + final_cost, "the gates' cost", "train_gates", step);
+  log::info(
+      fmt::format("train_gates: expected cost {:.4f} on the target {:.4f} (final shift {:+.3f}); the evaluation "
+                  "gates cost {:.4f} ({:+.2f}% of the target)",
+                  expected, c.budget.target, shift, final_cost, 100.0 * (final_cost / c.budget.target - 1)));
+  if (std::abs(final_cost / c.budget.target - 1) > 0.02)
+    log::warn(
+        "train_gates: the evaluation gates miss the budget by more than 2%: the model has too few structures "
+        "for this target to be hit closely");
+  return final_cost;
+}
+
 }  // namespace
 
 std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
@@ -290,102 +386,47 @@ void TrainGatesStage::run(const StageContext& ctx) {
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
 
   // The state: log-alphas, their Adam moments, and the importance they started from.
-  HardConcrete hc;
-  hc.beta = c.gates.temperature;
-  GateParameters gates(gates_config, lm.model->gate_shape());
+  HardConcrete hc{.beta = c.gates.temperature};
+  const GateShape gate_shape = lm.model->gate_shape();
+  GateParameters gates(gates_config, gate_shape);
   gates.to(device);
   const BudgetCost budget(c, lm.shape);
-  {
-    // The cheapest model the gates can reach (every gated structure off): a target below it cannot be
-    // met, and projecting towards it would switch every gate off.
-    at::NoGradGuard no_grad;
-    const double floor = budget.ratio_of(gates.expected_counts(hc, at::full({gates.flat.numel()}, -60.0, at::kFloat)));
-    if (c.budget.target <= floor * (1 + 1e-9)) {
-      char line[320];
-      std::snprintf(line, sizeof line,
-                    ": budget.target = %.4f is below what the gates can reach: %.4f of the dense cost with every gated "
-                    "structure removed (what stays: ungated kinds, embeddings, the head%s)",
-                    c.budget.target, floor, c.budget.layer_overhead_s > 0 ? ", budget.layer_overhead_s per layer" : "");
-      throw ConfigError(c.source.string() + line);
-    }
-  }
+  check_budget_reachable(c, gates, hc, budget);
   Adam adam(gates.flat);
   Importance importance{at::zeros({gates.flat.numel()}, at::kFloat), at::zeros({gates.flat.numel()}, at::kFloat)};
   const RunLayout layout(ctx.run_dir);
   const StateCheckpoints checkpoints(RunLayout::checkpoints(layout.train()), fingerprint_,
                                      std::string(stage_names::train_gates));
-  TrainingLoop loop({.stage = "train_gates", .steps = tc.steps, .checkpoint_every = tc.checkpoint_every,
-                     .check_every = c.dist.check_every, .checkpoints = &checkpoints,
-                     .metrics = RunLayout::metrics(layout.train())},
-                    {{"log_alpha", &gates.flat}, {"adam_m", &adam.m}, {"adam_v", &adam.v},
-                     {"importance.activation", &importance.activation}, {"importance.fisher", &importance.fisher}});
+  TrainingLoop loop = training_loop(c, checkpoints, layout.train(), gates, adam, importance);
   int64_t step = loop.resume(*cpu_comm);
 
   // A fresh start: gates initialised from the one-shot importance of the dense model.
-  if (step == 0) {
-    const auto t0 = Clock::now();
-    const Importance imp = measure_importance(*lm.model, data, gates, c, device, *comm);
-    importance.activation.copy_(imp.activation);
-    importance.fisher.copy_(imp.fisher);
-    at::NoGradGuard no_grad;
-    gates.flat.copy_(initial_log_alpha(gates, imp.combined(gates), hc, c.gates.init));
-    log::info("train_gates: importance (activation, Fisher) of " + std::to_string(gates.flat.numel()) + " gates over " +
-              std::to_string(std::min<int64_t>(data.train_samples(), tc.importance_batches * tc.micro_batch)) +
-              " samples in " + log::duration(since(t0)));
-  }
-  if (gates_config != c.gates)
-    log::info("train_gates: this architecture couples heads and hidden (hidden_size = heads x head size), so both get gates");
-  log::info("train_gates: " + std::to_string(tc.steps) + " steps of " + std::to_string(global_batch) + " samples (" +
-            std::to_string(world) + " rank(s) x " + std::to_string(tc.grad_accum) + " micro-batch(es) of " +
-            std::to_string(tc.micro_batch) + "), " + std::to_string(gates.flat.numel()) + " gates, budget " +
-            (c.budget.metric == BudgetMetric::params ? "params" : "latency") + " " + std::to_string(c.budget.target) +
-            " (the expected cost follows the schedule: a projection after every step)");
+  if (step == 0) initialise_gates(*lm.model, data, gates, hc, importance, c, device, *comm);
+  log_training_plan(c, gates_config, global_batch, gates.flat.numel());
 
-  // The algorithm: distil through sampled gates, one Adam step on the log-alphas, projection onto this
-  // step's budget.
+  // The algorithm: distil through sampled gates, one Adam step on the log-alphas, projection onto this step's budget.
   SampleOrder order(data.train_samples(), c.run.seed);
-  const GateShape gate_shape = lm.model->gate_shape();
   gates.flat.requires_grad_(true);
   while (step < tc.steps) {
     const auto step_t0 = Clock::now();
     const double target = budget_schedule(c, step);
     at::Tensor grad;
     const StepLoss loss = distill_step(*lm.model, data, gates, hc, order, step, c, device, *comm, grad);
-    {
-      at::NoGradGuard no_grad;
-      at::Tensor params = gates.flat.detach();
-      adam.step(params, grad, tc.lr, step + 1);
-    }
-    const double shift = project_onto_budget(gates, hc, budget, target);
-    if (fault_flag("train_gates.perturb_gates")) gates.flat.detach().add_(1e-3);  // for the drift test
+    const double shift = update_gates(gates, adam, grad, tc.lr, step, hc, budget, target);
     const double cost = budget.ratio_of(gates.expected_counts(hc, gates.flat.detach().cpu()));
     step += 1;
 
     if (proc.rank == 0)
       loop.record(step_metrics(step, loss, c, gates, hc, gate_shape, cost, target, shift, since(step_t0)));
-    char what[160];
-    std::snprintf(what, sizeof what, "kl %.4f cost %.3f (target %.3f) %.0f tokens/s", loss.kl, cost, target,
-                  static_cast<double>(loss.tokens) / since(step_t0));
-    loop.progress(step, what);
+    loop.progress(step, fmt::format("kl {:.4f} cost {:.3f} (target {:.3f}) {:.0f} tokens/s", loss.kl, cost, target,
+                                    static_cast<double>(loss.tokens) / since(step_t0)));
     loop.end_step(step, gates.flat, "gate parameters");
   }
 
   // The final projection onto budget.target itself (a warm-up longer than the run, or none at all,
   // leaves the last step's target elsewhere).
   at::NoGradGuard no_grad;
-  const double shift = project_onto_budget(gates, hc, budget, c.budget.target);
-  const double expected = budget.ratio_of(gates.expected_counts(hc, gates.flat.cpu()));
-  const double final_cost = budget.ratio_of(gates.evaluation_counts(hc, gates.flat.cpu()));
-  check_finite(expected + final_cost, "the gates' cost", "train_gates", step);
-  char line[256];
-  std::snprintf(line, sizeof line,
-                "train_gates: expected cost %.4f on the target %.4f (final shift %+.3f); the evaluation gates cost "
-                "%.4f (%+.2f%% of the target)",
-                expected, c.budget.target, shift, final_cost, 100.0 * (final_cost / c.budget.target - 1));
-  log::info(line);
-  if (std::abs(final_cost / c.budget.target - 1) > 0.02)
-    log::warn("train_gates: the evaluation gates miss the budget by more than 2%: the model has too few structures "
-              "for this target to be hit closely");
+  const double final_cost = final_projection(gates, hc, budget, c, step);
   if (proc.rank == 0) write_trained_gates(layout.trained_gates(), gates, importance, c, fingerprint_, final_cost);
 }
 

@@ -10,14 +10,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/dist/device.h"
-#include "core/prune/distill_loss.h"
 #include "core/base/errors.h"
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/log.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/device.h"
+#include "core/dist/mpi_session.h"
+#include "core/prune/distill_loss.h"
 #include "training/student.h"
 
 namespace hawada {
@@ -29,7 +29,6 @@ using Clock = std::chrono::steady_clock;
 // Logits of one piece of tokens are at most this many bytes of fp32 [tokens, vocab]: small on the
 // CPU (cache-friendly, bounded memory), larger on a GPU (fewer, fuller launches).
 int64_t logit_piece_bytes(const at::Device& device) { return device.is_cuda() ? (1ll << 30) : (256ll << 20); }
-
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -47,7 +46,8 @@ struct TeacherRows {
   }
   // Mean KL over the valid tokens of rows [a, b) (sampled: the unbiased estimate; top-k: top-k + tail at T).
   at::Tensor kl(const at::Tensor& logits, int64_t a, int64_t b, double T, const at::Tensor& mask) const {
-    if (sampled) return sampled_kl_loss(logits, indices.slice(0, a, b), values.slice(0, a, b), scalar.slice(0, a, b), mask);
+    if (sampled)
+      return sampled_kl_loss(logits, indices.slice(0, a, b), values.slice(0, a, b), scalar.slice(0, a, b), mask);
     return topk_kl_loss(logits, values.slice(0, a, b), indices.slice(0, a, b), scalar.slice(0, a, b), T, mask);
   }
 };
@@ -101,8 +101,8 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
     (l.loss * scale).backward();
     parts.kl = l.loss.item<double>();
     parts.mse = l.token.item<double>();
-    parts.tokens = batch.attention_mask.defined() ? batch.attention_mask.ne(0).sum().item<int64_t>()
-                                                  : s.size(0) * s.size(1);
+    parts.tokens =
+        batch.attention_mask.defined() ? batch.attention_mask.ne(0).sum().item<int64_t>() : s.size(0) * s.size(1);
   } else if (teacher.logits.defined()) {  // classifier: the full teacher distribution
     const at::Tensor s = model.head(detached).to(at::kFloat), tl = teacher.logits.to(s.device());
     const at::Tensor kl =
@@ -229,7 +229,8 @@ at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed) {
   return idx.gather(-1, pick).view(teacher.topk_indices.sizes().slice(0, teacher.topk_indices.dim() - 1));
 }
 
-double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates, double T) {
+double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
+                    double T) {
   at::NoGradGuard no_grad;
   const at::Tensor features = model.features(batch, gates);
   const at::Device dev = features.device();
@@ -240,14 +241,16 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
   }
   if (teacher.logits.defined()) {
     const at::Tensor s = model.head(features).to(at::kFloat), tl = teacher.logits.to(dev);
-    return ((at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() * (T * T))
+    return ((at::softmax(tl / T, -1) * (at::log_softmax(tl / T, -1) - at::log_softmax(s / T, -1))).sum(-1).mean() *
+            (T * T))
         .item<double>();
   }
   const int64_t B = features.size(0), L = features.size(1), D = features.size(2);
   const at::Tensor flat = features.reshape({B * L, D});
   const TeacherRows rows(teacher, B * L, dev);
-  const at::Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(dev).reshape({B * L}).ne(0).to(at::kFloat)
-                                                         : at::ones({B * L}, at::TensorOptions().device(dev));
+  const at::Tensor mask = batch.attention_mask.defined()
+                              ? batch.attention_mask.to(dev).reshape({B * L}).ne(0).to(at::kFloat)
+                              : at::ones({B * L}, at::TensorOptions().device(dev));
   const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
   const int64_t piece = std::max<int64_t>(1, logit_piece_bytes(dev) / (vocab * 4));
   at::Tensor sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
@@ -274,12 +277,13 @@ DistillData::DistillData(const Config& c, const DataSpec& spec, int64_t holdout,
   if (train_samples_ < global_batch) {
     const std::string file = "'" + spec.path.string() + "'";
     const std::string total = std::to_string(data_->size());
-    const std::string what =
-        holdout > 0 ? "train.holdout = " + std::to_string(holdout) + " leaves " +
-                          std::to_string(std::max<int64_t>(0, train_samples_)) + " of the " + total + " samples of " + file
-                    : file + " holds only " + total + " samples";
-    throw ConfigError(c.source.string() + ": " + what + " for " + stage +
-                      ", fewer than one global batch (micro_batch x grad_accum x ranks = " + std::to_string(global_batch) + ")");
+    const std::string what = holdout > 0 ? "train.holdout = " + std::to_string(holdout) + " leaves " +
+                                               std::to_string(std::max<int64_t>(0, train_samples_)) + " of the " +
+                                               total + " samples of " + file
+                                         : file + " holds only " + total + " samples";
+    throw ConfigError(
+        c.source.string() + ": " + what + " for " + stage +
+        ", fewer than one global batch (micro_batch x grad_accum x ranks = " + std::to_string(global_batch) + ")");
   }
 }
 
@@ -296,6 +300,5 @@ CacheChunk for_student(CacheChunk teacher, const Plan& plan) {
     teacher.hidden_channels = at::tensor(plan.hidden, at::kLong);
   return teacher;
 }
-
 
 }  // namespace hawada

@@ -14,11 +14,11 @@
 #include <ATen/core/Tensor.h>
 
 #include "adapters/model.h"
-#include "core/dist/communicator.h"
 #include "core/data/data.h"
+#include "core/data/teacher_cache.h"
+#include "core/dist/communicator.h"
 #include "core/format/plan.h"
 #include "core/io/safetensors.h"
-#include "core/data/teacher_cache.h"
 #include "training/settings.h"
 
 namespace hawada {
@@ -102,6 +102,5 @@ at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed);
 /// (an encoder: its hidden-state loss).
 double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
                     double kd_temperature);
-
 
 }  // namespace hawada

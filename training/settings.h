@@ -22,8 +22,13 @@ enum class StoreDtype { fp16, bf16 };
 /// What the teacher cache keeps of an LM's logits (`teacher.logits`): the top-k with the log-sum-exp, or
 /// `samples` tokens drawn from the teacher's distribution (distinct ids with counts, and its entropy).
 enum class TeacherLogits { top_k, sampled };
-/// What the budget counts (`budget.metric`).
-enum class BudgetMetric { params, latency };
+/// What the budget counts (`budget.metric`): every parameter, the parameters outside the embedding tables
+/// (`non_embedding_params`), or the modelled latency.
+enum class BudgetMetric { params, non_embedding_params, latency };
+/// The metric's name in configs, plans and logs.
+inline const char* metric_name(BudgetMetric m) {
+  return m == BudgetMetric::params ? "params" : m == BudgetMetric::latency ? "latency" : "non_embedding_params";
+}
 /// The forward pass a latency budget prices (`budget.latency_mode`): a prefill of `latency_batch` x
 /// seq_len tokens, or one decode step of `latency_batch` sequences (one new token each, KV cache of
 /// `decode_context` tokens).
@@ -37,7 +42,7 @@ enum class DistBackend { auto_, mpi, nccl };
 struct RunConfig {
   std::filesystem::path dir;  ///< Default: runs/<config file stem> next to the config file.
   int64_t seed = 0;
-  int threads_per_rank = 0;  ///< 0 = automatic.
+  int threads_per_rank = 0;                     ///< 0 = automatic.
   DeviceRequest device = DeviceRequest::auto_;  ///< auto = the local GPU when LibTorch sees one, else the CPU.
   bool operator==(const RunConfig&) const = default;
 };
@@ -54,7 +59,7 @@ struct DataConfig {
   DataFormat format = DataFormat::tokens_h5;
   std::filesystem::path path;  ///< Required; an existing regular file.
   int64_t seq_len = 512;
-  int64_t samples = 0;  ///< 0 = all.
+  int64_t samples = 0;                          ///< 0 = all.
   TokenDtype token_dtype = TokenDtype::uint16;  ///< tokens_bin only.
   bool operator==(const DataConfig&) const = default;
 };
@@ -64,8 +69,8 @@ struct TeacherConfig {
   std::filesystem::path cache_root;  ///< Default: runs/teacher-cache next to the config file.
   TeacherLogits logits = TeacherLogits::top_k;
   int top_k = 64;
-  int samples = 12;      ///< logits = sampled: draws per position (<= 255)
-  int64_t seed = 0;      ///< logits = sampled: the draws' seed (part of the cache's key, not the run's)
+  int samples = 12;  ///< logits = sampled: draws per position (<= 255)
+  int64_t seed = 0;  ///< logits = sampled: the draws' seed (part of the cache's key, not the run's)
   StoreDtype store_dtype = StoreDtype::bf16;
   int batch_size = 8;
   bool operator==(const TeacherConfig&) const = default;
@@ -92,8 +97,8 @@ struct TrainConfig {
   double kd_temperature = 1.0;
   double mse_weight = 0.0;
   int64_t checkpoint_every = 200;
-  int64_t holdout = 16;           ///< The last samples of the data, never trained on: export verification.
-  int importance_batches = 16;    ///< Micro-batches (in all) the importance pass before training measures.
+  int64_t holdout = 16;         ///< The last samples of the data, never trained on: export verification.
+  int importance_batches = 16;  ///< Micro-batches (in all) the importance pass before training measures.
   bool operator==(const TrainConfig&) const = default;
 };
 
@@ -101,12 +106,12 @@ struct TrainConfig {
 struct BudgetConfig {
   BudgetMetric metric = BudgetMetric::params;
   double target = 0.5;
-  int64_t latency_batch = 1;         ///< Sequences (images) per forward the latency is modelled at.
+  int64_t latency_batch = 1;  ///< Sequences (images) per forward the latency is modelled at.
   LatencyMode latency_mode = LatencyMode::prefill;
-  int64_t decode_context = 256;      ///< Tokens in the KV cache of a decode step (latency_mode = decode).
-  double layer_overhead_s = 0;       ///< Fixed seconds per block per forward (kernel launches, dispatch); 0: roofline only.
-  double device_flops = 989e12;      ///< Target device's dense bf16 FLOP/s (default: H100 SXM).
-  double device_bandwidth = 3.35e12; ///< Target device's memory bandwidth in bytes/s (default: H100 SXM).
+  int64_t decode_context = 256;  ///< Tokens in the KV cache of a decode step (latency_mode = decode).
+  double layer_overhead_s = 0;   ///< Fixed seconds per block per forward (kernel launches, dispatch); 0: roofline only.
+  double device_flops = 989e12;  ///< Target device's dense bf16 FLOP/s (default: H100 SXM).
+  double device_bandwidth = 3.35e12;  ///< Target device's memory bandwidth in bytes/s (default: H100 SXM).
   bool operator==(const BudgetConfig&) const = default;
 };
 
@@ -116,20 +121,20 @@ struct SearchConfig {
   int hidden_multiple = 128;
   std::filesystem::path latency_table;  ///< Empty = analytic latency model.
   bool prune_kv_groups = false;
-  int probe_shapes = 4;    ///< Candidate shapes (each the widest at its head/hidden counts) measured by a short fit.
-  int64_t probe_steps = 8; ///< Calibration steps of each probe.
+  int probe_shapes = 4;     ///< Candidate shapes (each the widest at its head/hidden counts) measured by a short fit.
+  int64_t probe_steps = 8;  ///< Calibration steps of each probe.
   int64_t probe_samples = 16;  ///< Training samples each probe's KL is measured on.
   bool operator==(const SearchConfig&) const = default;
 };
 
 /// [calibrate]: the kept structures' scales fitted to the teacher at the chosen shape (weights frozen).
 struct CalibrateConfig {
-  int64_t steps = 100;          ///< 0: the plain 0/1 masks (every scale 1).
+  int64_t steps = 100;  ///< 0: the plain 0/1 masks (every scale 1).
   double lr = 0.03;
   int64_t warmup = 10;
-  int micro_batch = 0;          ///< 0 = train.micro_batch.
-  int grad_accum = 0;           ///< 0 = train.grad_accum.
-  bool output_scales = true;    ///< also one scale per output channel of o_proj / down_proj (per layer)
+  int micro_batch = 0;        ///< 0 = train.micro_batch.
+  int grad_accum = 0;         ///< 0 = train.grad_accum.
+  bool output_scales = true;  ///< also one scale per output channel of o_proj / down_proj (per layer)
   int64_t checkpoint_every = 50;
   bool operator==(const CalibrateConfig&) const = default;
 };
@@ -139,14 +144,14 @@ struct HealConfig {
   int64_t steps = 0;
   double lr = 1e-4;
   int64_t warmup = 20;
-  int micro_batch = 0;           ///< 0 = train.micro_batch.
-  int grad_accum = 0;            ///< 0 = train.grad_accum.
+  int micro_batch = 0;  ///< 0 = train.micro_batch.
+  int grad_accum = 0;   ///< 0 = train.grad_accum.
   double weight_decay = 0.0;
-  double clip = 1.0;             ///< global gradient-norm clip (0 = none)
-  std::string train = "all";     ///< "all", or a comma-separated list of attention, mlp, norm, embedding, head
+  double clip = 1.0;          ///< global gradient-norm clip (0 = none)
+  std::string train = "all";  ///< "all", or a comma-separated list of attention, mlp, norm, embedding, head
   int64_t checkpoint_every = 100;
-  int64_t eval_every = 50;       ///< steps between held-out KL measurements (0 = only at the end)
-  std::filesystem::path data;    ///< Empty: heal on the run's training samples; else every sample of this file
+  int64_t eval_every = 50;     ///< steps between held-out KL measurements (0 = only at the end)
+  std::filesystem::path data;  ///< Empty: heal on the run's training samples; else every sample of this file
   bool operator==(const HealConfig&) const = default;
 };
 
@@ -163,7 +168,8 @@ struct ExportConfig {
   std::string name = "slim";                   ///< A plain file name: no '/' or '\\', not "." or "..".
   uint64_t max_shard_size = 5'000'000'000ULL;  ///< Bytes; TOML also accepts "5GB", "2GiB", ...
   ExportDtype dtype = ExportDtype::keep;
-  std::string base_model;  ///< The base model's Hub id for the model card (e.g. "meta-llama/Llama-3.2-1B"); empty: the model directory's name.
+  std::string base_model;  ///< The base model's Hub id for the model card (e.g. "meta-llama/Llama-3.2-1B"); empty: the
+                           ///< model directory's name.
   bool operator==(const ExportConfig&) const = default;
 };
 

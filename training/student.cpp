@@ -6,11 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/dist/device.h"
 #include "core/base/errors.h"
-#include "core/prune/slicing.h"
 #include "core/base/process.h"
 #include "core/data/teacher_cache.h"
+#include "core/dist/device.h"
+#include "core/prune/slicing.h"
 
 namespace hawada {
 
@@ -28,7 +28,9 @@ DataSpec data_spec(const Config& c) {
   return s;
 }
 
-at::ScalarType compute_dtype(const Config& c) { return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat; }
+at::ScalarType compute_dtype(const Config& c) {
+  return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat;
+}
 
 std::unique_ptr<DataSource> open_data(const Config& c, const ArchSummary& arch) {
   return open_data_spec(data_spec(c), arch, c.model.path);
@@ -39,8 +41,9 @@ std::unique_ptr<DataSource> open_data_spec(const DataSpec& spec, const ArchSumma
   expect.vocab_size = arch.vocab_size;
   expect.image_size = arch.image_size;
   // Only image data reads preprocessor_config.json (a text model's is none of our business).
-  return DataSource::open(spec, expect,
-                          spec.format == DataSpec::Format::images_h5 ? read_pixel_normalization(model_dir) : PixelNormalization{});
+  return DataSource::open(
+      spec, expect,
+      spec.format == DataSpec::Format::images_h5 ? read_pixel_normalization(model_dir) : PixelNormalization{});
 }
 
 fs::path run_cache_dir(const Config& c, const std::map<std::string, std::string>& fp) {
@@ -72,7 +75,9 @@ Batch read_samples(const DataSource& data, const std::vector<int64_t>& samples) 
 at::Device run_device(const Config& c) { return pick_device(c.run.device, process_info().local_rank); }
 
 std::unique_ptr<Communicator> run_communicator(const Config& c, const at::Device& device) {
-  const char* backend = c.dist.backend == DistBackend::nccl ? "nccl" : c.dist.backend == DistBackend::mpi ? "mpi" : "auto";
+  const char* backend = c.dist.backend == DistBackend::nccl  ? "nccl"
+                        : c.dist.backend == DistBackend::mpi ? "mpi"
+                                                             : "auto";
   return make_communicator(backend, device, c.dist.timeout_s);
 }
 
@@ -91,18 +96,22 @@ LoadedModel load_model(const Config& c, bool weights, const at::Device& device) 
   m.arch = m.adapter->summarize_checkpoint(m.checkpoint);
   m.shape = model_shape(m.arch);
   if (weights)
-    m.model = with_context("loading model: ", [&] { return m.adapter->load(m.checkpoint, {compute_dtype(c), device}); });
+    m.model = with_context("loading model: ", [&] {
+      return m.adapter->load(m.checkpoint, {compute_dtype(c), device});
+    });
   return m;
 }
 
 GatesConfig effective_gates(const Config& c, const ModelShape& shape) {
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
-    throw ConfigError(c.source.string() + ": [gates] turns every gate kind off (heads, ffn, hidden, layers); nothing can be pruned");
+    throw ConfigError(c.source.string() +
+                      ": [gates] turns every gate kind off (heads, ffn, hidden, layers); nothing can be pruned");
   GatesConfig g = c.gates;
   // hidden = heads x head size: a head cannot go without its hidden channels, nor they without it.
   if (shape.traits.hidden_is_heads && g.heads != g.hidden) g.heads = g.hidden = true;
   if (g.layers && !shape.traits.drop_layers)
-    throw ConfigError(c.source.string() + ": gates.layers = true, but this architecture cannot drop blocks "
+    throw ConfigError(c.source.string() +
+                      ": gates.layers = true, but this architecture cannot drop blocks "
                       "(its config has per-layer settings we cannot slice); set gates.layers = false");
   if (g.layers && shape.layers < 2)
     throw ConfigError(c.source.string() + ": gates.layers = true needs at least 2 layers; the model has " +
@@ -196,7 +205,8 @@ LatencyWorkload latency_workload(const Config& c, const ModelShape& shape) {
   const int64_t tokens = shape.traits.tokens_per_sample > 0 ? shape.traits.tokens_per_sample : c.data.seq_len;
   if (c.budget.latency_mode == LatencyMode::prefill) return {c.budget.latency_batch, tokens, 0};
   if (!shape.traits.causal)
-    throw ConfigError(c.source.string() + ": budget.latency_mode = \"decode\" prices a decode step with a KV "
+    throw ConfigError(c.source.string() +
+                      ": budget.latency_mode = \"decode\" prices a decode step with a KV "
                       "cache, but this model is not a causal language model; use \"prefill\"");
   return {c.budget.latency_batch, 1, c.budget.decode_context};
 }
@@ -209,14 +219,14 @@ BudgetCost::BudgetCost(const Config& c, const ModelShape& shape) : metric_(c.bud
   const LatencyWorkload w = latency_workload(c, shape);
   batch_ = w.batch, tokens_ = w.tokens, context_ = w.context;
   rates_ = budget_rates(c);
-  dense_ = metric_ == BudgetMetric::params ? static_cast<double>(parameter_count(shape))
-                                           : latency_seconds(shape, batch_, tokens_, rates_, 2, context_);
+  dense_ = metric_ == BudgetMetric::latency ? latency_seconds(shape, batch_, tokens_, rates_, 2, context_)
+                                            : static_cast<double>(parameter_count(shape, scope()));
 }
 
 at::Tensor BudgetCost::ratio(const GateCounts& counts) const {
-  const at::Tensor cost = metric_ == BudgetMetric::params
-                              ? expected_parameters(shape_, counts)
-                              : expected_latency(shape_, counts, batch_, tokens_, rates_, 2, context_);
+  const at::Tensor cost = metric_ == BudgetMetric::latency
+                              ? expected_latency(shape_, counts, batch_, tokens_, rates_, 2, context_)
+                              : expected_parameters(shape_, counts, scope());
   return cost / dense_;
 }
 
@@ -332,7 +342,5 @@ HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const
   nlohmann::json config = dense.adapter->pruned_config(dense.checkpoint.config(), plan);
   return HfCheckpoint::in_memory(std::move(config), tensors, dense.checkpoint.dir() / "(pruned in memory)");
 }
-
-
 
 }  // namespace hawada

@@ -12,12 +12,12 @@
 
 #include "adapters/adapter.h"
 #include "adapters/model.h"
-#include "core/io/checkpoint.h"
-#include "core/dist/communicator.h"
-#include "core/prune/cost_model.h"
 #include "core/data/data.h"
-#include "core/prune/gates.h"
+#include "core/dist/communicator.h"
+#include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
+#include "core/prune/cost_model.h"
+#include "core/prune/gates.h"
 #include "core/prune/shape_search.h"
 #include "training/settings.h"
 
@@ -111,6 +111,9 @@ class BudgetCost {
   double ratio_of(const GateCounts& counts) const;
 
  private:
+  ParameterScope scope() const {
+    return metric_ == BudgetMetric::non_embedding_params ? ParameterScope::non_embedding : ParameterScope::all;
+  }
   BudgetMetric metric_;
   ModelShape shape_;
   int64_t batch_ = 1, tokens_ = 1, context_ = 0;
@@ -146,7 +149,5 @@ GateValues student_gates(const Plan& plan, const Scales& scales);
 /// The pruned model of `plan` in memory: the dense checkpoint sliced, `scales` folded into the output
 /// projections, its config.json with the plan's counts.
 HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const Scales& scales);
-
-
 
 }  // namespace hawada

@@ -6,8 +6,8 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
-#include <cstdio>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
@@ -38,11 +38,7 @@ bool is_step_dir_name(const std::string& n) {
   return true;
 }
 
-std::string step_dir_name(int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
-  return buf;
-}
+std::string step_dir_name(int64_t step) { return fmt::format("step-{:08}", step); }
 
 }  // namespace
 
@@ -88,7 +84,8 @@ void StateCheckpoints::write(int64_t step, const std::vector<safetensors::NamedT
   std::vector<safetensors::NamedTensor> cpu;
   for (const auto& t : tensors) cpu.push_back({t.name, t.tensor.detach().cpu().contiguous()});
   publish_directory(final_dir, [&](const fs::path& tmp) {
-    safetensors::write_file(tmp / "state.safetensors", cpu, {{"step", std::to_string(step)}, {"fingerprint", fingerprint_}});
+    safetensors::write_file(tmp / "state.safetensors", cpu,
+                            {{"step", std::to_string(step)}, {"fingerprint", fingerprint_}});
   });
   for (const auto& e : fs::directory_iterator(dir_)) {
     const std::string n = e.path().filename().string();
@@ -103,8 +100,7 @@ int64_t StateCheckpoints::resume(const std::vector<std::pair<std::string, at::Te
     fs::path newest;
     for (const auto& e : fs::directory_iterator(dir_)) {
       const std::string n = e.path().filename().string();
-      if (is_step_dir_name(n) && (newest.empty() || n > newest.filename().string()))
-        newest = e.path();
+      if (is_step_dir_name(n) && (newest.empty() || n > newest.filename().string())) newest = e.path();
     }
     if (!newest.empty()) {
       const safetensors::Reader r(newest / "state.safetensors");
@@ -167,8 +163,8 @@ void check_identical_across_ranks(const at::Tensor& t, const std::string& what, 
 
 void check_finite(double value, const std::string& what, const std::string& stage, int64_t step) {
   if (std::isfinite(value)) return;
-  throw NumericError(stage + ": " + what + " is " + std::to_string(value) + " at step " + std::to_string(step) + " on " +
-                     process_label() +
+  throw NumericError(stage + ": " + what + " is " + std::to_string(value) + " at step " + std::to_string(step) +
+                     " on " + process_label() +
                      " (a non-finite teacher cache, weights or learning rate?); nothing of this run is published");
 }
 
@@ -189,12 +185,15 @@ int64_t TrainingLoop::resume(Communicator& cpu_comm) {
   int64_t step = 0;
   if (o_.checkpoints) {
     step = o_.checkpoints->resume(state_, cpu_comm);
-    if (step > 0) log::info(o_.stage + ": resumed from step " + std::to_string(step) + " of " + std::to_string(o_.steps));
+    if (step > 0)
+      log::info(o_.stage + ": resumed from step " + std::to_string(step) + " of " + std::to_string(o_.steps));
   }
   if (process_info().rank == 0 && !o_.metrics.empty()) {
     fs::create_directories(o_.metrics.parent_path());
-    if (step == 0) fs::remove(o_.metrics);
-    else trim_metrics(o_.metrics, step);
+    if (step == 0)
+      fs::remove(o_.metrics);
+    else
+      trim_metrics(o_.metrics, step);
     metrics_.open(o_.metrics, std::ios::app);
   }
   first_step_ = step;
@@ -228,8 +227,9 @@ void TrainingLoop::end_step(int64_t step, const at::Tensor& replicated, const st
   }
   if (preempt && step < o_.steps) {
     world::barrier();
-    throw Preempted(o_.stage + ": SIGTERM: checkpointed step " + std::to_string(step) + " of " + std::to_string(o_.steps) +
-                    "; rerun the same command to resume (exit " + std::to_string(kExitRequeue) + " = requeue)");
+    throw Preempted(o_.stage + ": SIGTERM: checkpointed step " + std::to_string(step) + " of " +
+                    std::to_string(o_.steps) + "; rerun the same command to resume (exit " +
+                    std::to_string(kExitRequeue) + " = requeue)");
   }
 }
 

@@ -88,7 +88,7 @@ class TrainingLoop {
   /// The tensors a checkpoint holds, by name: read in place on resume, written at checkpoints.
   using State = std::vector<std::pair<std::string, at::Tensor*>>;
   struct Options {
-    std::string stage;                              ///< logs, errors, fault points
+    std::string stage;  ///< logs, errors, fault points
     int64_t steps = 0;
     int64_t checkpoint_every = 0;
     int64_t check_every = 0;                        ///< the drift check's period (dist.check_every)

@@ -9,9 +9,9 @@
 #include "adapters/huggingface/bert_config.h"
 #include "adapters/layers.h"
 #include "adapters/weights.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/format/plan.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {
@@ -19,6 +19,8 @@ namespace {
 namespace cf = config_field;
 
 // BertModel's weights as save_pretrained writes them, in one table.
+// A table, one role per line (clang-format would put each field on its own).
+// clang-format off
 enum Role {
   kWord, kPosition, kTokenType, kEmbeddingNormW, kEmbeddingNormB, kPositionIds, kTokenTypeIds,
   kQW, kQB, kKW, kKB, kVW, kVB, kOW, kOB, kFc1W, kFc1B, kFc2W, kFc2B,  // weight, bias per projection
@@ -58,6 +60,7 @@ const RoleTable& bert_roles() {
   });
   return table;
 }
+// clang-format on
 enum Proj { kQ, kK, kV, kO, kFc1, kFc2 };  // BertLayer::proj
 
 struct Affine {
@@ -120,12 +123,13 @@ class BertModelImpl final : public Model {
     if (ids.numel() > 0) {
       const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
       if (lo < 0 || hi >= arch_.vocab_size)
-        throw DataError("input_ids holds token id " + std::to_string(lo < 0 ? lo : hi) + " outside the vocabulary [0, " +
-                        std::to_string(arch_.vocab_size) + ")");
+        throw DataError("input_ids holds token id " + std::to_string(lo < 0 ? lo : hi) +
+                        " outside the vocabulary [0, " + std::to_string(arch_.vocab_size) + ")");
     }
     if (ids.size(1) > positions_)
       throw DataError("sequence length " + std::to_string(ids.size(1)) + " exceeds max_position_embeddings " +
-                      std::to_string(positions_) + " of this BERT model: use data.seq_len <= " + std::to_string(positions_));
+                      std::to_string(positions_) +
+                      " of this BERT model: use data.seq_len <= " + std::to_string(positions_));
     const at::Tensor& m = batch.attention_mask;
     if (m.defined() && m.sizes() != ids.sizes())
       throw DataError("attention_mask has shape " + c10::str(m.sizes()) + ", input_ids has " + c10::str(ids.sizes()));
@@ -153,11 +157,15 @@ class BertModelImpl final : public Model {
       const BertLayer& l = layers_[static_cast<size_t>(i)];
       const at::Tensor block_in = x;
       if (imp && imp->hidden.defined()) imp->hidden += x.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
-      auto heads = [&](const Affine& a) { return linear(x, a).view({B, T, arch_.heads, arch_.head_dim}).transpose(1, 2); };
-      at::Tensor a = at::scaled_dot_product_attention(heads(l.proj[kQ]), heads(l.proj[kK]), heads(l.proj[kV]), mask, 0.0,
-                                                      /*is_causal=*/false, scale);
+      auto heads = [&](const Affine& a) {
+        return linear(x, a).view({B, T, arch_.heads, arch_.head_dim}).transpose(1, 2);
+      };
+      at::Tensor a =
+          at::scaled_dot_product_attention(heads(l.proj[kQ]), heads(l.proj[kK]), heads(l.proj[kV]), mask, 0.0,
+                                           /*is_causal=*/false, scale);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
-      if (imp && imp->heads.defined()) imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
+      if (imp && imp->heads.defined())
+        imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
       a = a.transpose(1, 2).reshape({B, T, arch_.heads * arch_.head_dim});
       at::Tensor o = linear(a, l.proj[kO]);
       if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
@@ -210,11 +218,12 @@ ShapeTraits BertAdapter::traits(const ArchSummary& a) const {
   t.rope = false;  // learned absolute positions
   t.causal = false;
   t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types
-  t.mlp_matrices = 2;  // intermediate.dense, output.dense
+  t.mlp_matrices = 2;    // intermediate.dense, output.dense
   t.qkv_bias = t.out_bias = t.mlp_in_bias = t.mlp_out_bias = true;
   t.norm_vectors = 4;  // attention.output.LayerNorm, output.LayerNorm (weight and bias)
   // Word, position and token-type tables and the embedding LayerNorm (lookups, no matrix products).
   t.outer_h1 = static_cast<double>(a.vocab_size + a.embedding_rows + 2);
+  t.embedding_h1 = static_cast<double>(a.vocab_size + a.embedding_rows);  // word, position, token-type tables
   if (a.pooler) {
     t.outer_h2 += 1;
     t.outer_h1 += 1;

@@ -24,8 +24,10 @@ ArchSummary summarize_bert_config(const nlohmann::json& config, const std::files
   s.architecture = cf::architecture(config, "BertModel");
   // The encoder alone: a head (masked LM, classification) would put out something else than hidden states.
   if (s.architecture != "BertModel")
-    refuse(file, "architectures", "'" + s.architecture + "' is not supported (supported: BertModel, the encoder "
-                                  "that sentence-transformers models such as all-MiniLM-L6-v2 save)");
+    refuse(file, "architectures",
+           "'" + s.architecture +
+               "' is not supported (supported: BertModel, the encoder "
+               "that sentence-transformers models such as all-MiniLM-L6-v2 save)");
   s.layers = cf::integer(config, "num_hidden_layers", file, nullptr, false, kMaxLayers);
   s.hidden = cf::integer(config, "hidden_size", file, nullptr, false, kMaxHidden);
   s.heads = cf::integer(config, "num_attention_heads", file, nullptr, false, kMaxHeads);

@@ -8,8 +8,8 @@
 
 #include "adapters/layers.h"
 #include "adapters/weights.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {
@@ -18,6 +18,8 @@ namespace cf = config_field;
 
 // LlamaForCausalLM's weights (and the LLaMA family's: Qwen2's q/k/v biases, Qwen3's per-head q/k
 // norms), in one table: names, axes, folds, presence, kinds.
+// A table, one role per line (clang-format would put each field on its own).
+// clang-format off
 enum Role {
   kEmbed, kFinalNorm, kLmHead, kAttnNorm, kMlpNorm,
   kQW, kQB, kKW, kKB, kVW, kVB, kOW, kOB, kGateW, kGateB, kUpW, kUpB, kDownW, kDownB,  // weight, bias per projection
@@ -53,6 +55,7 @@ const RoleTable& llama_roles() {
   });
   return table;
 }
+// clang-format on
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
 
 struct Linear {
@@ -81,8 +84,10 @@ Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) 
                             std::to_string(v));
   };
   const nlohmann::json* p = nullptr;
-  if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object()) p = &*it;
-  else if (auto it2 = config.find("rope_scaling"); it2 != config.end() && it2->is_object()) p = &*it2;
+  if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object())
+    p = &*it;
+  else if (auto it2 = config.find("rope_scaling"); it2 != config.end() && it2->is_object())
+    p = &*it2;
   if (!p) {
     positive(r.theta, "rope_theta");
     return r;
@@ -111,15 +116,16 @@ Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) 
 
 // inv_freq exactly as transformers computes it (fp32, same operation order).
 at::Tensor inverse_frequencies(const Rope& r, int64_t head_dim) {
-  at::Tensor exponent = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
-                        static_cast<double>(head_dim);
+  at::Tensor exponent =
+      at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<double>(head_dim);
   at::Tensor inv_freq = 1.0 / at::pow(r.theta, exponent);
   if (r.type != "llama3") return inv_freq;
   const double low_wavelen = r.original_max_positions / r.low_freq_factor;
   const double high_wavelen = r.original_max_positions / r.high_freq_factor;
   at::Tensor wavelen = 2 * M_PI / inv_freq;
   at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / r.factor, inv_freq);
-  at::Tensor smooth = (r.original_max_positions / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+  at::Tensor smooth =
+      (r.original_max_positions / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
   at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
   at::Tensor medium = at::logical_not(wavelen < high_wavelen) & at::logical_not(wavelen > low_wavelen);
   return at::where(medium, smoothed, scaled);
@@ -165,9 +171,12 @@ class LlamaModel final : public Model {
     inv_freq_ = inverse_frequencies(rope, arch.head_dim).to(options.device);
   }
 
-  at::Tensor features(const Batch& batch, const GateValues* gates) const override { return hidden_states(batch, gates); }
+  at::Tensor features(const Batch& batch, const GateValues* gates) const override {
+    return hidden_states(batch, gates);
+  }
   at::Tensor decode(const at::Tensor& ids, KvCache& cache) const override {
-    if (cache.keys.empty()) cache.keys.resize(static_cast<size_t>(arch_.layers)), cache.values.resize(static_cast<size_t>(arch_.layers));
+    if (cache.keys.empty())
+      cache.keys.resize(static_cast<size_t>(arch_.layers)), cache.values.resize(static_cast<size_t>(arch_.layers));
     HAWADA_ASSERT(static_cast<int64_t>(cache.keys.size()) == arch_.layers, "a KV cache of this model");
     if (arch_.sliding_window > 0 && cache.length + ids.size(1) > arch_.sliding_window)
       throw DataError("decoding past the sliding_window " + std::to_string(arch_.sliding_window) + " of this " +
@@ -199,7 +208,7 @@ class LlamaModel final : public Model {
     at::Tensor emb = at::cat({freqs, freqs}, -1);
     const at::Tensor cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);
 
-    at::Tensor mask;  // undefined: plain causal attention
+    at::Tensor mask;        // undefined: plain causal attention
     if (past > 0 && L > 1)  // new queries see every cached key and the new keys up to themselves
       mask = at::ones({L, past + L}, at::TensorOptions().dtype(at::kBool).device(ids.device())).tril(past);
     if (batch.attention_mask.defined()) {
@@ -243,10 +252,12 @@ class LlamaModel final : public Model {
       }
       // One new token after cached ones attends to all of them: no mask.
       const bool causal = !mask.defined() && !(past > 0 && L == 1);
-      at::Tensor a = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, causal, scale,
-                                                      /*enable_gqa=*/arch_.kv_heads != arch_.heads);
+      at::Tensor a = at::scaled_dot_product_attention(
+          q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, causal, scale,
+          /*enable_gqa=*/arch_.kv_heads != arch_.heads);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
-      if (imp && imp->heads.defined()) imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
+      if (imp && imp->heads.defined())
+        imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
       a = a.transpose(1, 2).reshape({B, L, arch_.heads * arch_.head_dim});
       at::Tensor o = l.proj[kO](a);
       if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
@@ -280,10 +291,11 @@ class LlamaModel final : public Model {
     // Within the window a sliding-window layer attends exactly like a full one; beyond it, it does not,
     // and we do not implement the window: refuse rather than compute another model.
     if (arch_.sliding_window > 0 && ids.size(1) > arch_.sliding_window)
-      throw DataError("sequence length " + std::to_string(ids.size(1)) + " exceeds the sliding_window " +
-                      std::to_string(arch_.sliding_window) + " of this " + arch_.model_type +
-                      " model (attention within the window is exact; beyond it is not supported): use data.seq_len <= " +
-                      std::to_string(arch_.sliding_window));
+      throw DataError(
+          "sequence length " + std::to_string(ids.size(1)) + " exceeds the sliding_window " +
+          std::to_string(arch_.sliding_window) + " of this " + arch_.model_type +
+          " model (attention within the window is exact; beyond it is not supported): use data.seq_len <= " +
+          std::to_string(arch_.sliding_window));
     const at::Tensor& m = batch.attention_mask;
     if (m.defined() && m.sizes() != ids.sizes())
       throw DataError("attention_mask has shape " + c10::str(m.sizes()) + ", input_ids has " + c10::str(ids.sizes()));
@@ -318,7 +330,8 @@ ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
   t.norm_vectors = 2;  // input_layernorm, post_attention_layernorm (RMSNorm: a weight)
   // Embedding, the LM head unless tied, the final RMSNorm.
   t.outer_h1 = static_cast<double>(a.vocab_size * (a.tied_embeddings ? 1 : 2) + 1);
-  t.after.push_back({1, 0, 0, a.vocab_size});  // LM head over every token
+  t.embedding_h1 = static_cast<double>(a.vocab_size);  // the token embedding (a tied head with it)
+  t.after.push_back({1, 0, 0, a.vocab_size});          // LM head over every token
   return t;
 }
 

@@ -8,8 +8,8 @@
 
 #include "adapters/layers.h"
 #include "adapters/weights.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {
@@ -18,6 +18,8 @@ namespace cf = config_field;
 
 // ViT's weights as save_pretrained writes them (transformers 4.x and 5.x alike), in one table; the
 // prefixed names carry "vit." inside ViTForImageClassification (a bare ViTModel has no prefix).
+// A table, one role per line (clang-format would put each field on its own).
+// clang-format off
 enum Role {
   kCls, kPosition, kPatchW, kPatchB, kMaskToken,
   kNormBeforeW, kNormBeforeB, kNormAfterW, kNormAfterB,
@@ -59,6 +61,7 @@ const RoleTable& vit_roles() {
   });
   return table;
 }
+// clang-format on
 enum Proj { kQ, kK, kV, kO, kFc1, kFc2 };  // VitLayer::proj
 
 struct Affine {
@@ -129,7 +132,8 @@ class VitModel final : public Model {
     const at::Tensor& pixels = batch.pixel_values;
     if (!pixels.defined() || pixels.dim() != 4 || pixels.size(1) != channels_ || pixels.size(2) != arch_.image_size ||
         pixels.size(3) != arch_.image_size)
-      throw DataError("pixel_values has shape " + (pixels.defined() ? c10::str(pixels.sizes()) : std::string("(none)")) +
+      throw DataError("pixel_values has shape " +
+                      (pixels.defined() ? c10::str(pixels.sizes()) : std::string("(none)")) +
                       ", the model expects [batch, " + std::to_string(channels_) + ", " +
                       std::to_string(arch_.image_size) + ", " + std::to_string(arch_.image_size) + "]");
     const int64_t B = pixels.size(0);
@@ -159,7 +163,8 @@ class VitModel final : public Model {
       at::Tensor a = at::scaled_dot_product_attention(heads(l.proj[kQ]), heads(l.proj[kK]), heads(l.proj[kV]),
                                                       std::nullopt, 0.0, false, scale);
       if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
-      if (imp && imp->heads.defined()) imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
+      if (imp && imp->heads.defined())
+        imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
       a = a.transpose(1, 2).reshape({B, T, arch_.heads * arch_.head_dim});
       at::Tensor o = linear(a, l.proj[kO]);
       if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
@@ -208,7 +213,7 @@ ShapeTraits VitAdapter::traits(const ArchSummary& a) const {
   t.rope = false;
   t.causal = false;
   t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types
-  t.mlp_matrices = 2;  // fc1 (intermediate.dense), fc2 (output.dense)
+  t.mlp_matrices = 2;    // fc1 (intermediate.dense), fc2 (output.dense)
   t.qkv_bias = a.qkv_bias;
   t.out_bias = t.mlp_in_bias = t.mlp_out_bias = true;
   t.norm_vectors = 4;  // layernorm_before, layernorm_after (weight and bias)
@@ -216,6 +221,7 @@ ShapeTraits VitAdapter::traits(const ArchSummary& a) const {
   t.tokens_per_sample = grid * grid + 1;  // patches + CLS
   // Patch projection (+ bias), CLS token, position embeddings, final LayerNorm.
   t.outer_h1 = static_cast<double>(patch_in + 1 + 1 + (grid * grid + 1) + 2);
+  t.embedding_h1 = static_cast<double>(1 + grid * grid + 1);  // CLS token, position embeddings
   t.before.push_back({1, -1, patch_in, 0});  // the patch embedding as a matrix product, over the patches
   if (a.num_labels > 0) {
     t.outer_h1 += static_cast<double>(a.num_labels);
@@ -232,7 +238,8 @@ ShapeTraits VitAdapter::traits(const ArchSummary& a) const {
 
 std::unique_ptr<Model> VitAdapter::load(const HfCheckpoint& ckpt, const LoadOptions& options) const {
   const auto file = ckpt.dir() / "config.json";
-  return std::make_unique<VitModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options, weight_prefix(ckpt));
+  return std::make_unique<VitModel>(summarize(ckpt.config(), file), ckpt.config(), file, ckpt, options,
+                                    weight_prefix(ckpt));
 }
 
 }  // namespace hawada

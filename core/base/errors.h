@@ -29,11 +29,11 @@ class Error : public std::exception {
   std::string message_;
 };
 
-#define HAWADA_DEFINE_ERROR(Name)                                        \
-  class Name : public Error {                                            \
-   public:                                                               \
-    using Error::Error;                                                  \
-    const char* kind() const noexcept override { return #Name; }         \
+#define HAWADA_DEFINE_ERROR(Name)                                \
+  class Name : public Error {                                    \
+   public:                                                       \
+    using Error::Error;                                          \
+    const char* kind() const noexcept override { return #Name; } \
   }
 
 /// The TOML config: syntax, types, ranges, unknown keys, missing paths. Carries file:line:column.
@@ -91,7 +91,7 @@ std::string where(const char* file, int line);
 }  // namespace hawada
 
 /// Internal invariant; a failure is a bug in hawada-pipeline, never the user's input.
-#define HAWADA_ASSERT(cond, msg)                                              \
-  do {                                                                        \
+#define HAWADA_ASSERT(cond, msg)                                                  \
+  do {                                                                            \
     if (!(cond)) ::hawada::detail::assert_fail(#cond, __FILE__, __LINE__, (msg)); \
   } while (0)

@@ -49,8 +49,8 @@ void OutputFile::sync() {
 
 std::filesystem::path temp_sibling(const std::filesystem::path& final_path) {
   static std::atomic<uint64_t> counter{0};
-  std::string name = "." + final_path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
-                     std::to_string(counter++);
+  std::string name =
+      "." + final_path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
   return final_path.parent_path() / name;
 }
 

@@ -10,12 +10,16 @@ std::string json_depth_problem(std::string_view text, int max_depth) {
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
+    if (c == '"')
+      in_string = true;
     else if (c == '[' || c == '{') {
       if (++depth > max_depth)
         return "nests deeper than " + std::to_string(max_depth) + " levels (at byte " + std::to_string(i) + ")";
@@ -73,7 +77,8 @@ int64_t json_int(const nlohmann::json& v) {
 }
 
 std::vector<int64_t> json_ints(const nlohmann::json& v) {
-  if (!v.is_array()) throw nlohmann::json::type_error::create(302, "expected an array of integers, got " + json_excerpt(v), nullptr);
+  if (!v.is_array())
+    throw nlohmann::json::type_error::create(302, "expected an array of integers, got " + json_excerpt(v), nullptr);
   std::vector<int64_t> out;
   out.reserve(v.size());
   for (const auto& e : v) out.push_back(json_int(e));

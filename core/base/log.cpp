@@ -6,6 +6,8 @@
 #include <mutex>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "core/base/process.h"
 
 namespace hawada::log {
@@ -28,11 +30,13 @@ void emit(const char* level, std::string_view message, bool to_stderr) {
   const double t = seconds_since_start();
   std::lock_guard<std::mutex> lock(g_mutex);
   if (to_stderr) {
-    std::fprintf(stderr, "%s%8.2fs] %s%.*s\n", prefix.c_str(), t, level, static_cast<int>(message.size()), message.data());
+    std::fprintf(stderr, "%s%8.2fs] %s%.*s\n", prefix.c_str(), t, level, static_cast<int>(message.size()),
+                 message.data());
     std::fflush(stderr);
   }
   if (g_file) {
-    std::fprintf(g_file, "%s%8.2fs] %s%.*s\n", prefix.c_str(), t, level, static_cast<int>(message.size()), message.data());
+    std::fprintf(g_file, "%s%8.2fs] %s%.*s\n", prefix.c_str(), t, level, static_cast<int>(message.size()),
+                 message.data());
     std::fflush(g_file);
   }
 }
@@ -50,11 +54,9 @@ void warn(std::string_view message) { emit("warning: ", message, true); }
 void error(std::string_view message) { emit("error: ", message, true); }
 
 std::string duration(double s) {
-  char buf[32];
   if (!(s < 1e9)) return "?";
-  if (s < 120) std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else std::snprintf(buf, sizeof buf, "%.0fm%02.0fs", std::floor(s / 60), std::fmod(s, 60));
-  return buf;
+  if (s < 120) return fmt::format("{:.0f}s", s);
+  return fmt::format("{:.0f}m{:02.0f}s", std::floor(s / 60), std::fmod(s, 60));
 }
 
 }  // namespace hawada::log

@@ -2,11 +2,11 @@
 
 #include <ATen/ATen.h>
 
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/base/fs.h"
-#include "core/data/h5.h"
 #include "core/base/hash.h"
+#include "core/data/h5.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {
@@ -20,8 +20,8 @@ std::string shape_string(const std::vector<int64_t>& s) {
 }
 
 [[noreturn]] void fail(const fs::path& file, const std::string& dataset, const std::string& what) {
-  throw DataError("data file '" + file.string() + "'" + (dataset.empty() ? "" : ", dataset '" + dataset + "'") +
-                  ": " + what);
+  throw DataError("data file '" + file.string() + "'" + (dataset.empty() ? "" : ", dataset '" + dataset + "'") + ": " +
+                  what);
 }
 
 // Hash of the file's bytes plus the parameters that cut it into samples.
@@ -39,9 +39,10 @@ void check_ids(const at::Tensor& ids, int64_t vocab, const fs::path& file, const
   if (!bad.any().item<bool>()) return;
   const at::Tensor where = bad.nonzero()[0];
   const int64_t row = where[0].item<int64_t>(), col = where.size(0) > 1 ? where[1].item<int64_t>() : 0;
-  fail(file, dataset, "sample " + std::to_string(start + row) + ", position " + std::to_string(col) +
-                          ": token id " + std::to_string(ids.index({row, col}).item<int64_t>()) +
-                          " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+  fail(file, dataset,
+       "sample " + std::to_string(start + row) + ", position " + std::to_string(col) + ": token id " +
+           std::to_string(ids.index({row, col}).item<int64_t>()) + " is outside the vocabulary [0, " +
+           std::to_string(vocab) + ")");
 }
 
 // A data file that is not readable HDF5 is the data's fault: a DataError.
@@ -88,11 +89,12 @@ void read_rows(const h5::File& f, const std::string& dataset, int64_t row, int64
 
 int64_t limit(int64_t available, int64_t wanted, const fs::path& file, const std::string& dataset) {
   if (available > kMaxSamples)
-    fail(file, dataset, "declares " + std::to_string(available) + " samples, more than the " +
-                            std::to_string(kMaxSamples) + " this pipeline handles");
+    fail(file, dataset,
+         "declares " + std::to_string(available) + " samples, more than the " + std::to_string(kMaxSamples) +
+             " this pipeline handles");
   if (wanted > available)
-    fail(file, dataset, "data.samples = " + std::to_string(wanted) + " but the file holds " +
-                            std::to_string(available) + " samples");
+    fail(file, dataset,
+         "data.samples = " + std::to_string(wanted) + " but the file holds " + std::to_string(available) + " samples");
   return wanted > 0 ? wanted : available;
 }
 
@@ -103,16 +105,18 @@ class TokensH5 final : public DataSource {
     const auto ids = info("input_ids");
     check_dataset(*file_, "input_ids");
     if (!ids.is_integer || ids.shape.size() != 2)
-      fail(spec.path, "input_ids", "expected integer [samples, seq_len], got " + ids.type_name() + " " +
-                                       shape_string(ids.shape));
+      fail(spec.path, "input_ids",
+           "expected integer [samples, seq_len], got " + ids.type_name() + " " + shape_string(ids.shape));
     if (ids.shape[1] != spec.seq_len)
-      fail(spec.path, "input_ids", "holds sequences of " + std::to_string(ids.shape[1]) +
-                                       " tokens, data.seq_len is " + std::to_string(spec.seq_len));
+      fail(spec.path, "input_ids",
+           "holds sequences of " + std::to_string(ids.shape[1]) + " tokens, data.seq_len is " +
+               std::to_string(spec.seq_len));
     if (file_->has("attention_mask")) {
       const auto mask = info("attention_mask");
       if (!mask.is_integer || mask.shape != ids.shape)
-        fail(spec.path, "attention_mask", "expected integer " + shape_string(ids.shape) + " like input_ids, got " +
-                                              mask.type_name() + " " + shape_string(mask.shape));
+        fail(spec.path, "attention_mask",
+             "expected integer " + shape_string(ids.shape) + " like input_ids, got " + mask.type_name() + " " +
+                 shape_string(mask.shape));
       check_dataset(*file_, "attention_mask");
       has_mask_ = true;
     }
@@ -151,18 +155,18 @@ class TokensBin final : public DataSource {
       fail(spec.path, "", "token size must be 2 (uint16) or 4 (uint32) bytes");
     mapping_ = MappedFile::open(spec.path);
     if (mapping_->size() % static_cast<uint64_t>(spec.token_bytes) != 0)
-      fail(spec.path, "", std::to_string(mapping_->size()) + " bytes is not a whole number of " +
-                              std::to_string(spec.token_bytes * 8) + "-bit tokens (data.token_dtype)");
+      fail(spec.path, "",
+           std::to_string(mapping_->size()) + " bytes is not a whole number of " +
+               std::to_string(spec.token_bytes * 8) + "-bit tokens (data.token_dtype)");
     const int64_t tokens = static_cast<int64_t>(mapping_->size() / static_cast<uint64_t>(spec.token_bytes));
     if (tokens < spec.seq_len)
-      fail(spec.path, "", "holds " + std::to_string(tokens) + " tokens, fewer than one window of data.seq_len = " +
-                              std::to_string(spec.seq_len));
+      fail(spec.path, "",
+           "holds " + std::to_string(tokens) +
+               " tokens, fewer than one window of data.seq_len = " + std::to_string(spec.seq_len));
     size_ = limit(tokens / spec.seq_len, spec.samples, spec.path, "");
   }
   int64_t size() const override { return size_; }
-  uint64_t content_hash() const override {
-    return hash_file(spec_.path, {1, spec_.seq_len, size_, spec_.token_bytes});
-  }
+  uint64_t content_hash() const override { return hash_file(spec_.path, {1, spec_.seq_len, size_, spec_.token_bytes}); }
   Batch read(int64_t start, int64_t count) const override {
     const auto type = spec_.token_bytes == 2 ? at::kUInt16 : at::kUInt32;
     void* p = const_cast<uint8_t*>(mapping_->data()) + start * spec_.seq_len * spec_.token_bytes;
@@ -189,12 +193,14 @@ class ImagesH5 final : public DataSource {
     check_dataset(*file_, "pixel_values");
     const bool u8 = px.is_integer && !px.is_signed && px.element_size == 1;
     if (!(u8 || px.is_float) || px.shape.size() != 4)
-      fail(spec.path, "pixel_values", "expected uint8 or float [samples, channels, height, width], got " +
-                                          px.type_name() + " " + shape_string(px.shape));
+      fail(spec.path, "pixel_values",
+           "expected uint8 or float [samples, channels, height, width], got " + px.type_name() + " " +
+               shape_string(px.shape));
     if (px.shape[1] != expect.channels || px.shape[2] != expect.image_size || px.shape[3] != expect.image_size)
-      fail(spec.path, "pixel_values", "images are " + shape_string({px.shape[1], px.shape[2], px.shape[3]}) +
-                                          " (channels, height, width), the model expects " +
-                                          shape_string({expect.channels, expect.image_size, expect.image_size}));
+      fail(spec.path, "pixel_values",
+           "images are " + shape_string({px.shape[1], px.shape[2], px.shape[3]}) +
+               " (channels, height, width), the model expects " +
+               shape_string({expect.channels, expect.image_size, expect.image_size}));
     uint8_ = u8;
     shape_ = px.shape;
     size_ = limit(px.shape[0], spec.samples, spec.path, "pixel_values");
@@ -209,10 +215,14 @@ class ImagesH5 final : public DataSource {
       if (norm_.do_rescale) b.pixel_values.mul_(norm_.rescale_factor);
       if (norm_.do_normalize) {
         const int64_t c = shape_[1];
-        at::Tensor mean = at::tensor(std::vector<double>(norm_.mean.begin(), norm_.mean.begin() + std::min<int64_t>(c, 3)))
-                              .to(at::kFloat).view({1, -1, 1, 1});
-        at::Tensor stdv = at::tensor(std::vector<double>(norm_.std.begin(), norm_.std.begin() + std::min<int64_t>(c, 3)))
-                              .to(at::kFloat).view({1, -1, 1, 1});
+        at::Tensor mean =
+            at::tensor(std::vector<double>(norm_.mean.begin(), norm_.mean.begin() + std::min<int64_t>(c, 3)))
+                .to(at::kFloat)
+                .view({1, -1, 1, 1});
+        at::Tensor stdv =
+            at::tensor(std::vector<double>(norm_.std.begin(), norm_.std.begin() + std::min<int64_t>(c, 3)))
+                .to(at::kFloat)
+                .view({1, -1, 1, 1});
         b.pixel_values.sub_(mean).div_(stdv);
       }
     }
@@ -264,9 +274,12 @@ PixelNormalization read_pixel_normalization(const fs::path& model_dir) {
 std::unique_ptr<DataSource> DataSource::open(const DataSpec& spec, const DataExpectations& expect,
                                              const PixelNormalization& pixels) {
   switch (spec.format) {
-    case DataSpec::Format::tokens_h5: return std::make_unique<TokensH5>(spec, expect);
-    case DataSpec::Format::tokens_bin: return std::make_unique<TokensBin>(spec, expect);
-    case DataSpec::Format::images_h5: return std::make_unique<ImagesH5>(spec, expect, pixels);
+    case DataSpec::Format::tokens_h5:
+      return std::make_unique<TokensH5>(spec, expect);
+    case DataSpec::Format::tokens_bin:
+      return std::make_unique<TokensBin>(spec, expect);
+    case DataSpec::Format::images_h5:
+      return std::make_unique<ImagesH5>(spec, expect, pixels);
   }
   HAWADA_ASSERT(false, "unhandled data format");
   return nullptr;

@@ -19,8 +19,8 @@ void throw_h5_error(const char* call, const char* file, int line) {
       },
       &stack);
   H5Eclear2(H5E_DEFAULT);
-  throw IoError("HDF5 call " + std::string(call) + " failed at " + where(file, line) + " on " + process_label() +
-                ": " + (stack.empty() ? "no HDF5 error message" : stack));
+  throw IoError("HDF5 call " + std::string(call) + " failed at " + where(file, line) + " on " + process_label() + ": " +
+                (stack.empty() ? "no HDF5 error message" : stack));
 }
 
 }  // namespace detail
@@ -42,14 +42,22 @@ void silence_hdf5() {
 
 hid_t native(Type t) {
   switch (t) {
-    case Type::u8: return H5T_NATIVE_UINT8;
-    case Type::u16: return H5T_NATIVE_UINT16;
-    case Type::u32: return H5T_NATIVE_UINT32;
-    case Type::i32: return H5T_NATIVE_INT32;
-    case Type::i64: return H5T_NATIVE_INT64;
-    case Type::f32: return H5T_NATIVE_FLOAT;
-    case Type::f64: return H5T_NATIVE_DOUBLE;
-    case Type::f16: break;
+    case Type::u8:
+      return H5T_NATIVE_UINT8;
+    case Type::u16:
+      return H5T_NATIVE_UINT16;
+    case Type::u32:
+      return H5T_NATIVE_UINT32;
+    case Type::i32:
+      return H5T_NATIVE_INT32;
+    case Type::i64:
+      return H5T_NATIVE_INT64;
+    case Type::f32:
+      return H5T_NATIVE_FLOAT;
+    case Type::f64:
+      return H5T_NATIVE_DOUBLE;
+    case Type::f16:
+      break;
   }
   return -1;
 }
@@ -120,9 +128,7 @@ File File::create(const std::filesystem::path& path) {
   return f;
 }
 
-bool File::has(const std::string& dataset) const {
-  return H5Lexists(file_.get(), dataset.c_str(), H5P_DEFAULT) > 0;
-}
+bool File::has(const std::string& dataset) const { return H5Lexists(file_.get(), dataset.c_str(), H5P_DEFAULT) > 0; }
 
 DatasetInfo File::info(const std::string& dataset) const {
   if (!has(dataset)) throw IoError("'" + path_.string() + "' has no dataset '" + dataset + "'");
@@ -156,43 +162,51 @@ void File::check_self_contained(const std::string& dataset) const {
   H5L_info_t link{};
   HAWADA_CHECK_H5(H5Lget_info(file_.get(), dataset.c_str(), &link, H5P_DEFAULT));
   if (link.type == H5L_TYPE_EXTERNAL)
-    throw IoError(where + "is an external link to another file; the data must live in this file (its fingerprint "
-                          "would not see the other file change): copy it in, e.g. h5copy or h5py");
+    throw IoError(where +
+                  "is an external link to another file; the data must live in this file (its fingerprint "
+                  "would not see the other file change): copy it in, e.g. h5copy or h5py");
   const DatasetInfo meta = info(dataset);
   Id d(HAWADA_CHECK_H5(H5Dopen2(file_.get(), dataset.c_str(), H5P_DEFAULT)), H5Dclose);
   Id dcpl(HAWADA_CHECK_H5(H5Dget_create_plist(d.get())), H5Pclose);
   const H5D_layout_t layout = H5Pget_layout(dcpl.get());
   if (layout == H5D_VIRTUAL)
-    throw IoError(where + "is a virtual dataset (its bytes live in other files, which the fingerprint would not "
-                          "see change); write a self-contained copy, e.g. h5repack");
+    throw IoError(where +
+                  "is a virtual dataset (its bytes live in other files, which the fingerprint would not "
+                  "see change); write a self-contained copy, e.g. h5repack");
   if (HAWADA_CHECK_H5(H5Pget_external_count(dcpl.get())) > 0)
-    throw IoError(where + "keeps its raw data in external files (which the fingerprint would not see change); "
-                          "write a self-contained copy, e.g. h5repack");
+    throw IoError(where +
+                  "keeps its raw data in external files (which the fingerprint would not see change); "
+                  "write a self-contained copy, e.g. h5repack");
   const int filters = HAWADA_CHECK_H5(H5Pget_nfilters(dcpl.get()));
   for (int i = 0; i < filters; ++i) {
     unsigned flags = 0, config = 0;
     size_t nvalues = 0;
     char name[128] = {0};
-    const H5Z_filter_t id = H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &nvalues, nullptr, sizeof name,
-                                           name, &config);
+    const H5Z_filter_t id =
+        H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &nvalues, nullptr, sizeof name, name, &config);
     if (id < 0 || H5Zfilter_avail(id) <= 0)
       throw IoError(where + "is compressed with filter " + std::to_string(id) + " ('" + name +
                     "'), which this HDF5 library does not have (lzf is h5py's own); rewrite it with gzip, e.g. "
                     "h5repack -f GZIP=4 in.h5 out.h5");
   }
   uint64_t declared = meta.element_size;
-  for (int64_t n : meta.shape) declared = n == 0 ? 0 : (declared > UINT64_MAX / static_cast<uint64_t>(n) ? UINT64_MAX : declared * static_cast<uint64_t>(n));
+  for (int64_t n : meta.shape)
+    declared =
+        n == 0 ? 0
+               : (declared > UINT64_MAX / static_cast<uint64_t>(n) ? UINT64_MAX : declared * static_cast<uint64_t>(n));
   const uint64_t stored = H5Dget_storage_size(d.get());
   // Compression shrinks data by small factors; far less storage than declared is a truncated or sparse
   // dataset whose rows were never written (or a file built to make readers allocate).
   const uint64_t plausible = filters > 0 ? declared / 1000 : declared;
   if (declared > 0 && stored < plausible)
-    throw IoError(where + "declares " + std::to_string(declared) + " bytes of data but stores " + std::to_string(stored) +
-                  (filters > 0 ? " compressed" : "") + ": the file is truncated or the dataset was never fully written");
+    throw IoError(where + "declares " + std::to_string(declared) + " bytes of data but stores " +
+                  std::to_string(stored) + (filters > 0 ? " compressed" : "") +
+                  ": the file is truncated or the dataset was never fully written");
 }
 
 void File::read_rows(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const {
-  with_context("'" + path_.string() + "', dataset '" + dataset + "': ", [&] { read_rows_unchecked(dataset, row, rows, type, out); });
+  with_context("'" + path_.string() + "', dataset '" + dataset + "': ",
+               [&] { read_rows_unchecked(dataset, row, rows, type, out); });
 }
 
 void File::read_rows_unchecked(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const {
@@ -224,8 +238,8 @@ void File::write(const std::string& dataset, Type type, const std::vector<int64_
   std::vector<hsize_t> dims(shape.begin(), shape.end());
   Id space(HAWADA_CHECK_H5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
   TypeRef t = type_ref(type);
-  Id d(HAWADA_CHECK_H5(H5Dcreate2(file_.get(), dataset.c_str(), t.id, space.get(), H5P_DEFAULT, H5P_DEFAULT,
-                                  H5P_DEFAULT)),
+  Id d(HAWADA_CHECK_H5(
+           H5Dcreate2(file_.get(), dataset.c_str(), t.id, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
        H5Dclose);
   HAWADA_CHECK_H5(H5Dwrite(d.get(), t.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
 }

@@ -19,11 +19,11 @@ namespace detail {
 }  // namespace hawada
 
 /// Checks an HDF5 call (negative return = failure); throws IoError with HDF5's error stack.
-#define HAWADA_CHECK_H5(call)                                                                 \
-  ([&]() {                                                                                    \
-    auto hawada_h5_rc_ = (call);                                                              \
-    if (hawada_h5_rc_ < 0) ::hawada::detail::throw_h5_error(#call, __FILE__, __LINE__);       \
-    return hawada_h5_rc_;                                                                     \
+#define HAWADA_CHECK_H5(call)                                                           \
+  ([&]() {                                                                              \
+    auto hawada_h5_rc_ = (call);                                                        \
+    if (hawada_h5_rc_ < 0) ::hawada::detail::throw_h5_error(#call, __FILE__, __LINE__); \
+    return hawada_h5_rc_;                                                               \
   }())
 
 namespace hawada::h5 {

@@ -5,13 +5,13 @@
 #include <cmath>
 #include <map>
 
-#include <cstdio>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
+#include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/json_input.h"
-#include "core/base/fs.h"
 #include "core/data/h5.h"
 
 namespace hawada {
@@ -84,7 +84,9 @@ void check_values(const CacheChunk& c, const CacheLayout& layout, const std::str
 // Token ids in 3 little-endian bytes (vocabularies up to 16.7M tokens): [.., D] int32 <-> [.., D, 3] uint8.
 at::Tensor pack_ids(const at::Tensor& ids) {
   const at::Tensor v = ids.to(at::kInt);
-  return at::stack({v.bitwise_and(255), v.bitwise_right_shift(8).bitwise_and(255), v.bitwise_right_shift(16).bitwise_and(255)}, -1)
+  return at::stack({v.bitwise_and(255), v.bitwise_right_shift(8).bitwise_and(255),
+                    v.bitwise_right_shift(16).bitwise_and(255)},
+                   -1)
       .to(at::kByte)
       .contiguous();
 }
@@ -111,7 +113,8 @@ at::Tensor row_checksums(const at::Tensor& packed_ids, const at::Tensor& counts,
 
 // Reads rows [row, row + rows) of a sampled chunk into `out` at `at` and checks them against their stored
 // checksums: a flipped bit is a CacheError naming the chunk and the sample.
-void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out, int64_t at) {
+void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out,
+                       int64_t at) {
   at::Tensor packed = at::empty({rows, l.seq_len, l.draws, 3}, at::kByte);
   at::Tensor counts = at::empty({rows, l.seq_len, l.draws}, at::kByte);
   at::Tensor entropy = at::empty({rows, l.seq_len}, at::kFloat);
@@ -122,7 +125,8 @@ void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int
   f.read_rows("row_xxh64", row, rows, h5::Type::i64, want.data_ptr());
   const at::Tensor bad = (row_checksums(packed, counts, entropy) != want).nonzero();
   if (bad.numel() > 0)
-    cache_fail(f.path(), "the stored bytes of sample " + std::to_string(f.int_attribute("start") + row + bad[0][0].item<int64_t>()) +
+    cache_fail(f.path(), "the stored bytes of sample " +
+                             std::to_string(f.int_attribute("start") + row + bad[0][0].item<int64_t>()) +
                              " fail their checksum (a corrupted or truncated chunk: delete it and rerun with --force "
                              "teacher_cache to recompute it)");
   out.sampled_ids.narrow(0, at, rows).copy_(unpack_ids(packed));
@@ -133,8 +137,8 @@ void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int
 void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, int64_t end) {
   try {
     if (f.string_attribute("fingerprint") != layout.fingerprint)
-      cache_fail(f.path(), "fingerprint " + f.string_attribute("fingerprint") + ", the directory is " +
-                               layout.fingerprint);
+      cache_fail(f.path(),
+                 "fingerprint " + f.string_attribute("fingerprint") + ", the directory is " + layout.fingerprint);
     if (f.int_attribute("format_version") != kTeacherCacheFormat)
       cache_fail(f.path(), "format version " + std::to_string(f.int_attribute("format_version")) + ", expected " +
                                std::to_string(kTeacherCacheFormat));
@@ -155,9 +159,16 @@ void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, in
 }
 
 nlohmann::json layout_json(const CacheLayout& l) {
-  nlohmann::json j = {{"format_version", kTeacherCacheFormat}, {"fingerprint", l.fingerprint}, {"kind", l.kind},
-                      {"samples", l.samples}, {"seq_len", l.seq_len}, {"top_k", l.top_k}, {"vocab_size", l.vocab_size},
-                      {"num_labels", l.num_labels}, {"store_dtype", l.store_dtype}, {"chunk_samples", kCacheChunkSamples}};
+  nlohmann::json j = {{"format_version", kTeacherCacheFormat},
+                      {"fingerprint", l.fingerprint},
+                      {"kind", l.kind},
+                      {"samples", l.samples},
+                      {"seq_len", l.seq_len},
+                      {"top_k", l.top_k},
+                      {"vocab_size", l.vocab_size},
+                      {"num_labels", l.num_labels},
+                      {"store_dtype", l.store_dtype},
+                      {"chunk_samples", kCacheChunkSamples}};
   if (l.kind == "hidden") j["hidden_size"] = l.hidden_size;
   if (l.kind == "lm-sampled") j["draws"] = l.draws;
   return j;
@@ -171,14 +182,13 @@ at::ScalarType store_scalar(const CacheLayout& l) { return l.store_dtype == "fp1
 
 std::vector<std::pair<int64_t, int64_t>> CacheLayout::chunks() const {
   std::vector<std::pair<int64_t, int64_t>> out;
-  for (int64_t s = 0; s < samples; s += kCacheChunkSamples) out.emplace_back(s, std::min(samples, s + kCacheChunkSamples));
+  for (int64_t s = 0; s < samples; s += kCacheChunkSamples)
+    out.emplace_back(s, std::min(samples, s + kCacheChunkSamples));
   return out;
 }
 
 std::string CacheLayout::chunk_name(int64_t start, int64_t end) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "chunk-%010lld-%010lld.h5", static_cast<long long>(start), static_cast<long long>(end));
-  return buf;
+  return fmt::format("chunk-{:010}-{:010}.h5", start, end);
 }
 
 void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end,
@@ -189,8 +199,9 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
   for (const auto& e : fs::directory_iterator(dir))
     if (e.path().filename().string().rfind(stale_prefix, 0) == 0) fs::remove(e.path());
   // Nothing non-finite is ever cached: a NaN from the teacher stops the run here, naming the samples.
-  check_values(c, layout, "teacher outputs of samples [" + std::to_string(start) + ", " + std::to_string(end) +
-                              ") for '" + final_path.string() + "'");
+  check_values(c, layout,
+               "teacher outputs of samples [" + std::to_string(start) + ", " + std::to_string(end) + ") for '" +
+                   final_path.string() + "'");
   const fs::path tmp = temp_sibling(final_path);
   try {
     h5::File f = h5::File::create(tmp);
@@ -208,8 +219,8 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
       f.write("topk_indices", h5::Type::i32, {n, layout.seq_len, layout.top_k},
               c.topk_indices.to(at::kInt).contiguous().data_ptr());
       f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, c.logsumexp.to(at::kFloat).contiguous().data_ptr());
-      f.set_attribute("topk_values_dtype", layout.store_dtype == "fp16" ? std::string("float16")
-                                                                         : std::string("bfloat16 (uint16 bits)"));
+      f.set_attribute("topk_values_dtype",
+                      layout.store_dtype == "fp16" ? std::string("float16") : std::string("bfloat16 (uint16 bits)"));
     } else if (layout.kind == "lm-sampled") {
       const at::Tensor packed = pack_ids(c.sampled_ids);
       const at::Tensor counts = c.sampled_counts.to(at::kByte).contiguous();
@@ -222,8 +233,8 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
     } else if (layout.kind == "hidden") {
       const at::Tensor values = c.hidden_states.to(store_scalar(layout)).contiguous();
       f.write("hidden_states", store_type(layout), {n, layout.seq_len, layout.hidden_size}, values.data_ptr());
-      f.set_attribute("hidden_states_dtype", layout.store_dtype == "fp16" ? std::string("float16")
-                                                                           : std::string("bfloat16 (uint16 bits)"));
+      f.set_attribute("hidden_states_dtype",
+                      layout.store_dtype == "fp16" ? std::string("float16") : std::string("bfloat16 (uint16 bits)"));
     } else {
       f.write("logits", h5::Type::f32, {n, layout.num_labels}, c.logits.to(at::kFloat).contiguous().data_ptr());
     }
@@ -311,7 +322,8 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
   for (int64_t i = 0; i < n; ++i) {
     const int64_t sample = samples[static_cast<size_t>(i)];
     if (sample < 0 || sample >= layout.samples)
-      cache_fail(dir, "sample " + std::to_string(sample) + " is outside the cache's [0, " + std::to_string(layout.samples) + ")");
+      cache_fail(dir, "sample " + std::to_string(sample) + " is outside the cache's [0, " +
+                          std::to_string(layout.samples) + ")");
     const int64_t start = sample / kCacheChunkSamples * kCacheChunkSamples;
     const int64_t end = std::min(layout.samples, start + kCacheChunkSamples);
     auto it = files.find(start);
@@ -372,7 +384,8 @@ CacheLayout read_cache_index(const fs::path& dir) {
     l.num_labels = json_int(j.at("num_labels"));
     l.store_dtype = j.at("store_dtype").get<std::string>();
     if (l.kind != "lm" && l.kind != "lm-sampled" && l.kind != "classifier" && l.kind != "hidden")
-      cache_fail(path, "unknown kind '" + l.kind + "' (written by a newer hawada-pipeline? rerun teacher_cache with this one)");
+      cache_fail(path, "unknown kind '" + l.kind +
+                           "' (written by a newer hawada-pipeline? rerun teacher_cache with this one)");
     if (l.kind == "hidden") l.hidden_size = json_int(j.at("hidden_size"));
     if (l.kind == "lm-sampled") {
       l.draws = json_int(j.at("draws"));
@@ -391,8 +404,8 @@ bool cache_complete(const fs::path& dir, const CacheLayout& layout) {
   if (!fs::exists(dir / "index.json")) return false;
   const CacheLayout found = read_cache_index(dir);
   if (layout_json(found) != layout_json(layout))
-    cache_fail(dir / "index.json", "describes " + layout_json(found).dump() + ", this run expects " +
-                                       layout_json(layout).dump());
+    cache_fail(dir / "index.json",
+               "describes " + layout_json(found).dump() + ", this run expects " + layout_json(layout).dump());
   // A chunk removed after the index was written (e.g. a corrupted one deleted by hand) makes the cache
   // incomplete again: teacher_cache recomputes the missing chunks and rewrites the index.
   for (const auto& [s, e] : layout.chunks())

@@ -8,8 +8,8 @@
 // sample_index int64 [n]; sampled LM chunks (kind "lm-sampled", core/prune/distill_loss.h SampledLogits)
 // hold sampled_ids [n, L, D, 3] (uint8: each token id in 3 little-endian bytes), sampled_counts uint8
 // [n, L, D] and entropy fp32 [n, L], 4 D + 4 bytes a token, and row_xxh64 [n]: each sample's XXH64 of
-// those bytes, checked for every row read; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks (encoders
-// without a head) hold hidden_states [n, L, hidden] (fp16, or bf16 as uint16 bits). Every chunk carries the
+// those bytes, checked for every row read; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks
+// (encoders without a head) hold hidden_states [n, L, hidden] (fp16, or bf16 as uint16 bits). Every chunk carries the
 // fingerprint and format version as attributes. Chunks are fixed global sample ranges, so a cache
 // written by W ranks is read by any W', and a killed run resumes by computing only missing chunks.
 #pragma once
@@ -34,9 +34,12 @@ inline constexpr int64_t kCacheChunkSamples = 64;
 /// "lm-sampled", chosen by the teacher_cache stage).
 inline const char* cache_kind(ModelOutput output) {
   switch (output) {
-    case ModelOutput::token_logits: return "lm";
-    case ModelOutput::sample_logits: return "classifier";
-    case ModelOutput::hidden_states: return "hidden";
+    case ModelOutput::token_logits:
+      return "lm";
+    case ModelOutput::sample_logits:
+      return "classifier";
+    case ModelOutput::hidden_states:
+      return "hidden";
   }
   return "lm";
 }
@@ -61,14 +64,14 @@ struct CacheLayout {
 
 /// One chunk's values, in memory.
 struct CacheChunk {
-  at::Tensor topk_values;   ///< lm: [n, L, k], fp16 or bf16
-  at::Tensor topk_indices;  ///< lm: int32 [n, L, k]
-  at::Tensor logsumexp;     ///< lm: fp32 [n, L]
-  at::Tensor sampled_ids;    ///< lm-sampled: int32 [n, L, D] (0 in empty slots)
-  at::Tensor sampled_counts; ///< lm-sampled: uint8 [n, L, D] (each position's sum to D)
-  at::Tensor entropy;        ///< lm-sampled: fp32 [n, L], nats
-  at::Tensor logits;        ///< classifier: fp32 [n, labels]
-  at::Tensor hidden_states; ///< hidden: [n, L, hidden], fp16 or bf16
+  at::Tensor topk_values;     ///< lm: [n, L, k], fp16 or bf16
+  at::Tensor topk_indices;    ///< lm: int32 [n, L, k]
+  at::Tensor logsumexp;       ///< lm: fp32 [n, L]
+  at::Tensor sampled_ids;     ///< lm-sampled: int32 [n, L, D] (0 in empty slots)
+  at::Tensor sampled_counts;  ///< lm-sampled: uint8 [n, L, D] (each position's sum to D)
+  at::Tensor entropy;         ///< lm-sampled: fp32 [n, L], nats
+  at::Tensor logits;          ///< classifier: fp32 [n, labels]
+  at::Tensor hidden_states;   ///< hidden: [n, L, hidden], fp16 or bf16
   /// Not stored: set for a student narrower than the teacher (hidden channels pruned), int64 [hidden']:
   /// the teacher channel each of the student's channels is. Its hidden states are compared in the
   /// teacher's coordinates, the dropped channels as zeros.

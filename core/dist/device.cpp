@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
 
+#include <fmt/format.h>
+
 #include "core/base/errors.h"
 
 // The CUDA parts are compiled only with CUDA (HAWADA_WITH_CUDA, set by CMake); the CPU build reports
@@ -28,13 +30,12 @@ c10::Device pick_device(DeviceRequest request, int local_rank, std::string_view 
 }
 
 std::string describe_device(const c10::Device& device) {
-  if (device.is_cpu()) return "cpu (" + std::to_string(at::get_num_threads()) + " threads)";
+  if (device.is_cpu()) return fmt::format("cpu ({} threads)", at::get_num_threads());
 #ifdef HAWADA_WITH_CUDA
   if (device.is_cuda()) {
     const auto* p = at::cuda::getDeviceProperties(device.index());
-    char mem[32];
-    std::snprintf(mem, sizeof mem, "%.1f GiB", static_cast<double>(p->totalGlobalMem) / (1ull << 30));
-    return device.str() + " (" + p->name + ", " + mem + ")";
+    return fmt::format("{} ({}, {:.1f} GiB)", device.str(), p->name,
+                       static_cast<double>(p->totalGlobalMem) / (1ull << 30));
   }
 #endif
   return device.str();

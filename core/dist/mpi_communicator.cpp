@@ -12,13 +12,20 @@ namespace {
 
 MPI_Datatype mpi_type(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return MPI_FLOAT;
-    case at::kDouble: return MPI_DOUBLE;
-    case at::kInt: return MPI_INT32_T;
-    case at::kLong: return MPI_INT64_T;
-    case at::kByte: return MPI_UINT8_T;
-    case at::kBool: return MPI_C_BOOL;
-    default: return MPI_DATATYPE_NULL;
+    case at::kFloat:
+      return MPI_FLOAT;
+    case at::kDouble:
+      return MPI_DOUBLE;
+    case at::kInt:
+      return MPI_INT32_T;
+    case at::kLong:
+      return MPI_INT64_T;
+    case at::kByte:
+      return MPI_UINT8_T;
+    case at::kBool:
+      return MPI_C_BOOL;
+    default:
+      return MPI_DATATYPE_NULL;
   }
 }
 
@@ -45,7 +52,8 @@ void with_native(at::Tensor& t, F&& f) {
 }  // namespace
 
 MpiCommunicator::MpiCommunicator() {
-  if (!MpiSession::active()) throw CommError("MPI communicator: MPI is not initialised (run under hawada-pipeline run)");
+  if (!MpiSession::active())
+    throw CommError("MPI communicator: MPI is not initialised (run under hawada-pipeline run)");
   HAWADA_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   HAWADA_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size_));
 }

@@ -45,8 +45,8 @@ namespace detail {
 }  // namespace hawada
 
 /// Checks an MPI call; throws CommError with MPI's own message, the call, file:line, rank and host.
-#define HAWADA_CHECK_MPI(call)                                                              \
-  do {                                                                                      \
-    int hawada_mpi_rc_ = (call);                                                            \
+#define HAWADA_CHECK_MPI(call)                                                                                       \
+  do {                                                                                                               \
+    int hawada_mpi_rc_ = (call);                                                                                     \
     if (hawada_mpi_rc_ != MPI_SUCCESS) ::hawada::detail::throw_mpi_error(hawada_mpi_rc_, #call, __FILE__, __LINE__); \
   } while (0)

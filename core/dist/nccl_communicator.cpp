@@ -10,8 +10,8 @@
 #include <thread>
 
 #include "core/base/errors.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/mpi_session.h"
 
 namespace hawada {
 namespace detail {
@@ -30,18 +30,18 @@ namespace detail {
 }  // namespace hawada
 
 /// Checks an NCCL call; throws CommError with NCCL's message, file:line, rank and host.
-#define HAWADA_CHECK_NCCL(call)                                                                           \
-  do {                                                                                                    \
-    ncclResult_t hawada_nccl_rc_ = (call);                                                                \
-    if (hawada_nccl_rc_ != ncclSuccess && hawada_nccl_rc_ != ncclInProgress)                              \
-      ::hawada::detail::throw_nccl_error(static_cast<int>(hawada_nccl_rc_), #call, __FILE__, __LINE__);   \
+#define HAWADA_CHECK_NCCL(call)                                                                         \
+  do {                                                                                                  \
+    ncclResult_t hawada_nccl_rc_ = (call);                                                              \
+    if (hawada_nccl_rc_ != ncclSuccess && hawada_nccl_rc_ != ncclInProgress)                            \
+      ::hawada::detail::throw_nccl_error(static_cast<int>(hawada_nccl_rc_), #call, __FILE__, __LINE__); \
   } while (0)
 /// Checks a CUDA runtime call; throws CommError with CUDA's message, file:line, rank and host.
-#define HAWADA_CHECK_CUDA(call)                                                                           \
-  do {                                                                                                    \
-    cudaError_t hawada_cuda_rc_ = (call);                                                                 \
-    if (hawada_cuda_rc_ != cudaSuccess)                                                                   \
-      ::hawada::detail::throw_cuda_error(static_cast<int>(hawada_cuda_rc_), #call, __FILE__, __LINE__);   \
+#define HAWADA_CHECK_CUDA(call)                                                                         \
+  do {                                                                                                  \
+    cudaError_t hawada_cuda_rc_ = (call);                                                               \
+    if (hawada_cuda_rc_ != cudaSuccess)                                                                 \
+      ::hawada::detail::throw_cuda_error(static_cast<int>(hawada_cuda_rc_), #call, __FILE__, __LINE__); \
   } while (0)
 
 namespace hawada {
@@ -49,14 +49,22 @@ namespace {
 
 ncclDataType_t nccl_type(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return ncclFloat32;
-    case at::kDouble: return ncclFloat64;
-    case at::kHalf: return ncclFloat16;
-    case at::kBFloat16: return ncclBfloat16;
-    case at::kInt: return ncclInt32;
-    case at::kLong: return ncclInt64;
-    case at::kByte: return ncclUint8;
-    default: throw CommError(std::string("NCCL communicator: unsupported dtype ") + c10::toString(t));
+    case at::kFloat:
+      return ncclFloat32;
+    case at::kDouble:
+      return ncclFloat64;
+    case at::kHalf:
+      return ncclFloat16;
+    case at::kBFloat16:
+      return ncclBfloat16;
+    case at::kInt:
+      return ncclInt32;
+    case at::kLong:
+      return ncclInt64;
+    case at::kByte:
+      return ncclUint8;
+    default:
+      throw CommError(std::string("NCCL communicator: unsupported dtype ") + c10::toString(t));
   }
 }
 
@@ -83,9 +91,9 @@ struct NcclCommunicator::Impl {
       }
       if (std::chrono::steady_clock::now() > deadline) {
         abort();
-        throw CommError(std::string("NCCL ") + what + " did not finish within dist.timeout_s = " +
-                        std::to_string(timeout_s) + " s on " + process_label() +
-                        " (a rank is missing or stuck); the communicator was aborted");
+        throw CommError(std::string("NCCL ") + what +
+                        " did not finish within dist.timeout_s = " + std::to_string(timeout_s) + " s on " +
+                        process_label() + " (a rank is missing or stuck); the communicator was aborted");
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -98,7 +106,8 @@ struct NcclCommunicator::Impl {
 
 NcclCommunicator::NcclCommunicator(const at::Device& device, double timeout_s) : impl_(std::make_unique<Impl>()) {
   if (!device.is_cuda()) throw CommError("NCCL communicator needs a CUDA device, got " + device.str());
-  if (!MpiSession::active()) throw CommError("NCCL communicator: MPI is not initialised (the unique id travels by MPI)");
+  if (!MpiSession::active())
+    throw CommError("NCCL communicator: MPI is not initialised (the unique id travels by MPI)");
   rank_ = process_info().rank;
   size_ = process_info().size;
   impl_->device = device;
@@ -118,28 +127,33 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::all_reduce(at::Tensor& tensor, Op op) {
-  if (!tensor.is_cuda()) throw CommError("NCCL communicator: all_reduce needs a CUDA tensor, got " + tensor.device().str());
+  if (!tensor.is_cuda())
+    throw CommError("NCCL communicator: all_reduce needs a CUDA tensor, got " + tensor.device().str());
   c10::cuda::CUDAGuard guard(impl_->device);
   at::Tensor work = tensor.contiguous();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(impl_->device.index()).stream();
   HAWADA_CHECK_NCCL(ncclAllReduce(work.data_ptr(), work.data_ptr(), static_cast<size_t>(work.numel()),
-                                  nccl_type(work.scalar_type()), op == Op::mean ? ncclAvg : ncclSum, impl_->comm, stream));
+                                  nccl_type(work.scalar_type()), op == Op::mean ? ncclAvg : ncclSum, impl_->comm,
+                                  stream));
   impl_->wait(stream, "all_reduce");
   if (!work.is_same(tensor)) tensor.copy_(work);
 }
 
 void NcclCommunicator::broadcast(at::Tensor& tensor, int root) {
-  if (!tensor.is_cuda()) throw CommError("NCCL communicator: broadcast needs a CUDA tensor, got " + tensor.device().str());
+  if (!tensor.is_cuda())
+    throw CommError("NCCL communicator: broadcast needs a CUDA tensor, got " + tensor.device().str());
   c10::cuda::CUDAGuard guard(impl_->device);
   at::Tensor work = tensor.contiguous();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(impl_->device.index()).stream();
-  HAWADA_CHECK_NCCL(ncclBroadcast(work.data_ptr(), work.data_ptr(), work.nbytes(), ncclUint8, root, impl_->comm, stream));
+  HAWADA_CHECK_NCCL(
+      ncclBroadcast(work.data_ptr(), work.data_ptr(), work.nbytes(), ncclUint8, root, impl_->comm, stream));
   impl_->wait(stream, "broadcast");
   if (!work.is_same(tensor)) tensor.copy_(work);
 }
 
 at::Tensor NcclCommunicator::all_gather(const at::Tensor& tensor) {
-  if (!tensor.is_cuda()) throw CommError("NCCL communicator: all_gather needs a CUDA tensor, got " + tensor.device().str());
+  if (!tensor.is_cuda())
+    throw CommError("NCCL communicator: all_gather needs a CUDA tensor, got " + tensor.device().str());
   c10::cuda::CUDAGuard guard(impl_->device);
   const at::Tensor in = tensor.contiguous();
   std::vector<int64_t> shape{size_};

@@ -56,6 +56,9 @@ struct ShapeTraits {
   int64_t tokens_per_sample = 0;
   /// Parameters outside the layers, as a polynomial in the hidden width h: h2 h^2 + h1 h + h0.
   double outer_h2 = 0, outer_h1 = 0, outer_h0 = 0;
+  /// The part of outer_h1 in embedding tables (vocabulary, learned positions, token types, a CLS token):
+  /// what a non-embedding parameter count leaves out. An untied LM head stays counted (it is a product).
+  double embedding_h1 = 0;
   /// Matrix products before the layers (e.g. a patch embedding) and after them (LM head, classifier, pooler).
   std::vector<OuterProduct> before, after;
 };

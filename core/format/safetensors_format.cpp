@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
@@ -21,11 +22,21 @@ struct DTypeRow {
 };
 // The one table of dtypes: on-disk name and element size.
 constexpr std::array<DTypeRow, 15> kDTypes{{
-    {DType::BOOL, "BOOL", 1},   {DType::U8, "U8", 1},     {DType::I8, "I8", 1},
-    {DType::F8_E5M2, "F8_E5M2", 1}, {DType::F8_E4M3, "F8_E4M3", 1}, {DType::I16, "I16", 2},
-    {DType::U16, "U16", 2},     {DType::F16, "F16", 2},   {DType::BF16, "BF16", 2},
-    {DType::I32, "I32", 4},     {DType::U32, "U32", 4},   {DType::F32, "F32", 4},
-    {DType::I64, "I64", 8},     {DType::U64, "U64", 8},   {DType::F64, "F64", 8},
+    {DType::BOOL, "BOOL", 1},
+    {DType::U8, "U8", 1},
+    {DType::I8, "I8", 1},
+    {DType::F8_E5M2, "F8_E5M2", 1},
+    {DType::F8_E4M3, "F8_E4M3", 1},
+    {DType::I16, "I16", 2},
+    {DType::U16, "U16", 2},
+    {DType::F16, "F16", 2},
+    {DType::BF16, "BF16", 2},
+    {DType::I32, "I32", 4},
+    {DType::U32, "U32", 4},
+    {DType::F32, "F32", 4},
+    {DType::I64, "I64", 8},
+    {DType::U64, "U64", 8},
+    {DType::F64, "F64", 8},
 }};
 
 [[noreturn]] void fail(const std::string& file, const std::string& what) {
@@ -115,13 +126,13 @@ TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry, con
   t.begin = json_uint((*it)[0], file, name, "data_offsets");
   t.end = json_uint((*it)[1], file, name, "data_offsets");
   if (t.end < t.begin)
-    fail_tensor(file, name, "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                                "] end before begin");
+    fail_tensor(file, name,
+                "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + "] end before begin");
   uint64_t expected = checked_nbytes(t.shape, t.dtype, file, name);
   if (t.nbytes() != expected)
-    fail_tensor(file, name, "data_offsets span " + std::to_string(t.nbytes()) + " bytes, " +
-                                std::string(dtype_name(t.dtype)) + " " + shape_string(t.shape) + " needs " +
-                                std::to_string(expected));
+    fail_tensor(file, name,
+                "data_offsets span " + std::to_string(t.nbytes()) + " bytes, " + std::string(dtype_name(t.dtype)) +
+                    " " + shape_string(t.shape) + " needs " + std::to_string(expected));
   return t;
 }
 
@@ -159,8 +170,8 @@ Header parse_file(const uint8_t* data, uint64_t size, const std::string& file) {
   if (n > kMaxHeaderBytes)
     fail(file, "header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderBytes));
   if (n > size - 8)
-    fail(file, "header length " + std::to_string(n) + " runs past the end of the " + std::to_string(size) +
-                   "-byte file");
+    fail(file,
+         "header length " + std::to_string(n) + " runs past the end of the " + std::to_string(size) + "-byte file");
   std::string_view text(reinterpret_cast<const char*>(data + 8), n);
   if (text.front() != '{') fail(file, "header does not start with '{'");
   nlohmann::json j = parse_json_strict(text, file, "header");
@@ -192,12 +203,14 @@ Header parse_file(const uint8_t* data, uint64_t size, const std::string& file) {
     if (t.begin != cursor) {
       std::string where = prev ? "after tensor '" + prev->name + "' ends at " + std::to_string(cursor)
                                : "the first tensor must begin at 0";
-      fail_tensor(file, t.name,
-                  (t.begin > cursor ? "gap: begins at " : "overlap: begins at ") + std::to_string(t.begin) + ", " + where);
+      fail_tensor(
+          file, t.name,
+          (t.begin > cursor ? "gap: begins at " : "overlap: begins at ") + std::to_string(t.begin) + ", " + where);
     }
     if (t.end > data_bytes)
-      fail_tensor(file, t.name, "data_offsets end " + std::to_string(t.end) + " is past the end of the file (" +
-                                    std::to_string(data_bytes) + " data bytes)");
+      fail_tensor(file, t.name,
+                  "data_offsets end " + std::to_string(t.end) + " is past the end of the file (" +
+                      std::to_string(data_bytes) + " data bytes)");
     cursor = t.end;
     prev = &t;
   }
@@ -208,9 +221,7 @@ Header parse_file(const uint8_t* data, uint64_t size, const std::string& file) {
   return h;
 }
 
-uint64_t Layout::file_size() const {
-  return prefix_and_header.size() + (tensors.empty() ? 0 : tensors.back().end);
-}
+uint64_t Layout::file_size() const { return prefix_and_header.size() + (tensors.empty() ? 0 : tensors.back().end); }
 
 Layout build_layout(std::vector<TensorSpec> specs, const std::map<std::string, std::string>& metadata,
                     const std::string& file) {
@@ -286,9 +297,7 @@ std::string index_to_json(const ShardIndex& index) {
 }
 
 std::string shard_file_name(size_t one_based, size_t count, std::string_view prefix) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "-%05zu-of-%05zu.safetensors", one_based, count);
-  return std::string(prefix) + buf;
+  return fmt::format("{}-{:05}-of-{:05}.safetensors", prefix, one_based, count);
 }
 
 std::vector<size_t> plan_shards(const std::vector<uint64_t>& nbytes, uint64_t max_shard_bytes) {

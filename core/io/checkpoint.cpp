@@ -1,11 +1,11 @@
 #include "core/io/checkpoint.h"
 
-#include <algorithm>
 #include <fnmatch.h>
+#include <algorithm>
 
 #include "core/base/errors.h"
-#include "core/base/json_input.h"
 #include "core/base/fs.h"
+#include "core/base/json_input.h"
 
 namespace hawada {
 namespace {
@@ -14,15 +14,27 @@ namespace fs = std::filesystem;
 
 // Files an export copies unchanged: tokenizers, processors, generation settings, chat templates.
 constexpr const char* kSideFilePatterns[] = {
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "*.tiktoken",
-    "generation_config.json", "preprocessor_config.json", "processor_config.json",
-    "image_processor_config.json", "chat_template.json", "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "*.tiktoken",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "image_processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
 };
 // Weights transformers can load that are not safetensors (pickle or other frameworks).
 constexpr const char* kForeignWeightPatterns[] = {
     "pytorch_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json", "*.pt", "*.pth",
-    "tf_model.h5", "flax_model.msgpack",
+    "tf_model.h5",       "flax_model.msgpack",
 };
 
 bool matches_any(const std::string& name, const auto& patterns) {
@@ -46,8 +58,8 @@ void check_link_stays_inside(const fs::path& dir, const std::string& name) {
     const auto rel = x.lexically_relative(base);
     return !rel.empty() && *rel.begin() != "..";
   };
-  const bool hub_blob = root.parent_path().filename() == "snapshots" &&
-                        inside(resolved, root.parent_path().parent_path() / "blobs");
+  const bool hub_blob =
+      root.parent_path().filename() == "snapshots" && inside(resolved, root.parent_path().parent_path() / "blobs");
   if (target.is_absolute() || !(inside(resolved, root) || hub_blob))
     throw CheckpointError("'" + p.string() + "' is a symbolic link to '" + target.string() +
                           "', outside the model directory; exports copy side files, so only links inside it (or a "
@@ -72,8 +84,7 @@ HfCheckpoint HfCheckpoint::open(const fs::path& dir) {
   c.dir_ = dir;
   if (!fs::is_directory(dir)) throw CheckpointError("model directory '" + dir.string() + "' does not exist");
   const fs::path config = dir / "config.json";
-  if (!fs::is_regular_file(config))
-    throw CheckpointError("model directory '" + dir.string() + "' has no config.json");
+  if (!fs::is_regular_file(config)) throw CheckpointError("model directory '" + dir.string() + "' has no config.json");
   c.config_ = read_json_file(config);
   if (!c.config_.is_object()) throw CheckpointError("'" + config.string() + "' is not a JSON object");
 

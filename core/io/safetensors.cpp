@@ -19,11 +19,21 @@ struct TypeRow {
 };
 // Format dtype <-> LibTorch scalar type, one table.
 constexpr TypeRow kTypes[] = {
-    {DType::BOOL, at::kBool},    {DType::U8, at::kByte},      {DType::I8, at::kChar},
-    {DType::F8_E5M2, at::kFloat8_e5m2}, {DType::F8_E4M3, at::kFloat8_e4m3fn}, {DType::I16, at::kShort},
-    {DType::U16, at::kUInt16},   {DType::F16, at::kHalf},     {DType::BF16, at::kBFloat16},
-    {DType::I32, at::kInt},      {DType::U32, at::kUInt32},   {DType::F32, at::kFloat},
-    {DType::I64, at::kLong},     {DType::U64, at::kUInt64},   {DType::F64, at::kDouble},
+    {DType::BOOL, at::kBool},
+    {DType::U8, at::kByte},
+    {DType::I8, at::kChar},
+    {DType::F8_E5M2, at::kFloat8_e5m2},
+    {DType::F8_E4M3, at::kFloat8_e4m3fn},
+    {DType::I16, at::kShort},
+    {DType::U16, at::kUInt16},
+    {DType::F16, at::kHalf},
+    {DType::BF16, at::kBFloat16},
+    {DType::I32, at::kInt},
+    {DType::U32, at::kUInt32},
+    {DType::F32, at::kFloat},
+    {DType::I64, at::kLong},
+    {DType::U64, at::kUInt64},
+    {DType::F64, at::kDouble},
 };
 
 std::vector<int64_t> to_sizes(const at::Tensor& t) { return {t.sizes().begin(), t.sizes().end()}; }
@@ -67,7 +77,8 @@ at::Tensor Reader::tensor(std::string_view name) const {
     return copy;
   }
   auto keep = mapping_;
-  return at::from_blob(p, t.shape, [keep](void*) mutable { keep.reset(); }, options);
+  return at::from_blob(
+      p, t.shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
 void write_file(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,

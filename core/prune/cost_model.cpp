@@ -37,7 +37,8 @@ struct Widths {
 // Rows, inner and outer width of a product outside the layers (0 stands for the hidden width h).
 template <class T>
 Gemm<T> outer_gemm(const OuterProduct& p, const T& h, int64_t batch, int64_t tokens) {
-  const double rows = p.rows_per_token * static_cast<double>(batch * tokens) + p.rows_per_sample * static_cast<double>(batch);
+  const double rows =
+      p.rows_per_token * static_cast<double>(batch * tokens) + p.rows_per_sample * static_cast<double>(batch);
   auto width = [&](int64_t w) { return w == 0 ? h : lift(static_cast<double>(w), h); };
   return Gemm<T>{lift(rows, h), width(p.in), width(p.out)};
 }
@@ -70,13 +71,13 @@ void for_each_gemm(const ModelShape& s, const std::vector<Widths<T>>& layers, in
     fn(Gemm<T>{rows, lift(keys, like), lift(hd, like)}, count);
     fn(Gemm<T>{t, q, w.h}, w.keep);
     for (int m = 1; m < tr.mlp_matrices; ++m) fn(Gemm<T>{t, w.h, w.f}, w.keep);  // gate, up / fc1
-    fn(Gemm<T>{t, w.f, w.h}, w.keep);                                          // down / fc2
+    fn(Gemm<T>{t, w.f, w.h}, w.keep);                                            // down / fc2
   }
   for (const OuterProduct& p : tr.after) fn(outer_gemm(p, layers.back().h, batch, tokens), one);
 }
 
 template <class T>
-T parameters(const ModelShape& s, const std::vector<Widths<T>>& layers) {
+T parameters(const ModelShape& s, const std::vector<Widths<T>>& layers, ParameterScope scope) {
   const ShapeTraits& tr = s.traits;
   const double hd = static_cast<double>(s.head_dim), kv = static_cast<double>(s.kv_heads * s.head_dim);
   const T& h = layers.front().h;
@@ -93,7 +94,8 @@ T parameters(const ModelShape& s, const std::vector<Widths<T>>& layers) {
     if (tr.qk_norm) layer = layer + lift(2.0 * hd, h);
     total = total + layer * w.keep;
   }
-  return total + h * h * tr.outer_h2 + h * tr.outer_h1 + tr.outer_h0;
+  const double h1 = tr.outer_h1 - (scope == ParameterScope::non_embedding ? tr.embedding_h1 : 0.0);
+  return total + h * h * tr.outer_h2 + h * h1 + tr.outer_h0;
 }
 
 template <class T>
@@ -101,21 +103,27 @@ T latency(const ModelShape& s, const std::vector<Widths<T>>& layers, int64_t bat
           const DeviceRates& r, int64_t bytes_per_element, int64_t context) {
   T seconds = lift(0.0, layers.front().h);
   for_each_gemm(s, layers, batch, tokens, context, [&](const Gemm<T>& g, const T& weight) {
-    seconds = seconds + max_of(g.flops() / r.flops_per_s, g.bytes(static_cast<double>(bytes_per_element)) / r.bytes_per_s) * weight;
+    seconds =
+        seconds +
+        max_of(g.flops() / r.flops_per_s, g.bytes(static_cast<double>(bytes_per_element)) / r.bytes_per_s) * weight;
   });
   for (const Widths<T>& w : layers) seconds = seconds + w.keep * r.layer_overhead_s;
   return seconds;
 }
 
 std::vector<Widths<double>> dense(const ModelShape& s) {
-  return std::vector<Widths<double>>(static_cast<size_t>(s.layers),
-                                     {static_cast<double>(s.hidden), static_cast<double>(s.heads), static_cast<double>(s.ffn), 1.0});
+  return std::vector<Widths<double>>(
+      static_cast<size_t>(s.layers),
+      {static_cast<double>(s.hidden), static_cast<double>(s.heads), static_cast<double>(s.ffn), 1.0});
 }
 
 // Per-layer widths from expected counts; an undefined tensor means the dense count.
 std::vector<Widths<at::Tensor>> widths(const ModelShape& s, const GateCounts& c) {
   // On the device of the counts (a GPU run keeps its gates there).
-  const at::Tensor& any = c.heads.defined() ? c.heads : c.ffn.defined() ? c.ffn : c.hidden.defined() ? c.hidden : c.layers;
+  const at::Tensor& any = c.heads.defined()    ? c.heads
+                          : c.ffn.defined()    ? c.ffn
+                          : c.hidden.defined() ? c.hidden
+                                               : c.layers;
   const auto opts = at::TensorOptions().dtype(at::kDouble).device(any.defined() ? any.device() : at::Device(at::kCPU));
   auto per_layer = [&](const at::Tensor& t, int64_t dense, const char* what) {
     if (!t.defined()) return at::full({s.layers}, static_cast<double>(dense), opts);
@@ -124,7 +132,8 @@ std::vector<Widths<at::Tensor>> widths(const ModelShape& s, const GateCounts& c)
   };
   const at::Tensor heads = per_layer(c.heads, s.heads, "heads"), ffn = per_layer(c.ffn, s.ffn, "ffn");
   const at::Tensor keep = per_layer(c.layers, 1, "layers");
-  const at::Tensor h = c.hidden.defined() ? c.hidden.to(at::kDouble).reshape({}) : at::scalar_tensor(static_cast<double>(s.hidden), opts);
+  const at::Tensor h = c.hidden.defined() ? c.hidden.to(at::kDouble).reshape({})
+                                          : at::scalar_tensor(static_cast<double>(s.hidden), opts);
   std::vector<Widths<at::Tensor>> w;
   for (int64_t l = 0; l < s.layers; ++l) w.push_back({h, heads[l], ffn[l], keep[l]});
   return w;
@@ -132,9 +141,9 @@ std::vector<Widths<at::Tensor>> widths(const ModelShape& s, const GateCounts& c)
 
 }  // namespace
 
-int64_t parameter_count(const ModelShape& s) {
+int64_t parameter_count(const ModelShape& s, ParameterScope scope) {
   HAWADA_ASSERT(s.layers > 0, "a shape has layers");
-  return static_cast<int64_t>(std::llround(parameters(s, dense(s))));
+  return static_cast<int64_t>(std::llround(parameters(s, dense(s), scope)));
 }
 
 ForwardCost forward_cost(const ModelShape& s, int64_t batch, int64_t tokens, int64_t bytes_per_element) {
@@ -151,7 +160,9 @@ double latency_seconds(const ModelShape& s, int64_t batch, int64_t tokens, const
   return latency(s, dense(s), batch, tokens, r, bytes_per_element, context);
 }
 
-at::Tensor expected_parameters(const ModelShape& s, const GateCounts& counts) { return parameters(s, widths(s, counts)); }
+at::Tensor expected_parameters(const ModelShape& s, const GateCounts& counts, ParameterScope scope) {
+  return parameters(s, widths(s, counts), scope);
+}
 
 at::Tensor expected_latency(const ModelShape& s, const GateCounts& counts, int64_t batch, int64_t tokens,
                             const DeviceRates& rates, int64_t bytes_per_element, int64_t context) {

@@ -88,7 +88,8 @@ SampledLogits sample_logits(const at::Tensor& logits, const at::Tensor& uniforms
                                     sorted.slice(1, 1).ne(sorted.slice(1, 0, D - 1))},
                                    1);
   const at::Tensor slot = fresh.to(at::kLong).cumsum(1) - 1;
-  out.counts = at::zeros({sorted.size(0), D}, sorted.options().dtype(at::kLong)).scatter_add_(1, slot, at::ones_like(slot));
+  out.counts =
+      at::zeros({sorted.size(0), D}, sorted.options().dtype(at::kLong)).scatter_add_(1, slot, at::ones_like(slot));
   out.ids = at::zeros_like(out.counts).scatter_(1, slot, sorted).to(at::kInt);
   out.counts = out.counts.to(at::kByte);
   return out;

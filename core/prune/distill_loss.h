@@ -44,9 +44,9 @@ at::Tensor sampled_kl_loss(const at::Tensor& student_logits, const at::Tensor& i
 
 /// The two terms of hidden-state distillation (encoders without a head, e.g. sentence encoders).
 struct HiddenStateLoss {
-  at::Tensor loss;       ///< token + pooled: what is minimised (fp32 scalar, differentiable)
-  at::Tensor token;      ///< mean over valid tokens of |s - t|^2 / |t|^2 (relative squared error)
-  at::Tensor pooled;     ///< mean over samples of 1 - cos(mean-pooled s, mean-pooled t)
+  at::Tensor loss;    ///< token + pooled: what is minimised (fp32 scalar, differentiable)
+  at::Tensor token;   ///< mean over valid tokens of |s - t|^2 / |t|^2 (relative squared error)
+  at::Tensor pooled;  ///< mean over samples of 1 - cos(mean-pooled s, mean-pooled t)
 };
 /// Hidden-state distillation loss of student [B, L, H] against teacher [B, L, H] (any float dtypes;
 /// computed in fp32), over the tokens of `mask` [B, L] (nonzero = real token; undefined = all). The

@@ -33,7 +33,8 @@ at::Tensor HardConcrete::evaluation(const at::Tensor& log_alpha) const {
   const at::Tensor kept = at::round(keep_probability(la).sum(-1, /*keepdim=*/true)).to(at::kLong);
   // Rank of every structure within its row by descending log_alpha (stable: ties keep index order).
   const at::Tensor order = std::get<1>(la.sort(/*stable=*/true, -1, /*descending=*/true));
-  const at::Tensor rank = at::empty_like(order).scatter_(-1, order, at::arange(la.size(-1), order.options()).expand_as(order));
+  const at::Tensor rank =
+      at::empty_like(order).scatter_(-1, order, at::arange(la.size(-1), order.options()).expand_as(order));
   // A kept structure whose deterministic value rounds to 0 would silently drop below the expected
   // count; it keeps at least a small positive value so the count holds.
   const at::Tensor value = at::clamp_min(deterministic(la), 1e-3);

@@ -1,11 +1,11 @@
 #include "core/prune/shape_search.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <map>
 #include <numeric>
 #include <tuple>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
@@ -123,14 +123,28 @@ Candidate price(const ModelShape& s, const CostSpec& cost) {
   c.shape = s;
   c.parameters = static_cast<double>(parameter_count(s));
   c.flops = forward_cost(s, cost.batch, cost.tokens).flops;
-  c.latency_s = cost.table ? cost.table->latency(s) : latency_seconds(s, cost.batch, cost.tokens, cost.rates, 2, cost.context);
+  c.latency_s =
+      cost.table ? cost.table->latency(s) : latency_seconds(s, cost.batch, cost.tokens, cost.rates, 2, cost.context);
   return c;
 }
 
-std::string ratio_text(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.4f", v);
-  return buf;
+std::string ratio_text(double v) { return fmt::format("{:.4f}", v); }
+
+// What the budget counts of a priced shape.
+double metric_cost(const Candidate& c, const CostSpec& cost) {
+  switch (cost.metric) {
+    case CostSpec::Metric::params:
+      return c.parameters;
+    case CostSpec::Metric::non_embedding_params:
+      return static_cast<double>(parameter_count(c.shape, ParameterScope::non_embedding));
+    case CostSpec::Metric::latency:
+      return c.latency_s;
+  }
+  return c.parameters;
+}
+
+const char* metric_name(CostSpec::Metric m) {
+  return m == CostSpec::Metric::params ? "params" : m == CostSpec::Metric::latency ? "latency" : "non_embedding_params";
 }
 
 }  // namespace
@@ -145,7 +159,8 @@ double LatencyTable::latency(const ModelShape& s) const {
     throw missing("attention block at hidden " + std::to_string(s.hidden) + ", " + std::to_string(s.heads) +
                   " heads, " + std::to_string(s.kv_heads) + " kv heads");
   const auto m = mlp.find({s.hidden, s.ffn});
-  if (m == mlp.end()) throw missing("MLP block at hidden " + std::to_string(s.hidden) + ", FFN " + std::to_string(s.ffn));
+  if (m == mlp.end())
+    throw missing("MLP block at hidden " + std::to_string(s.hidden) + ", FFN " + std::to_string(s.ffn));
   const auto o = other.find(s.hidden);
   if (o == other.end()) throw missing("head/embedding timing at hidden " + std::to_string(s.hidden));
   return static_cast<double>(s.layers) * (a->second + m->second) + o->second;
@@ -154,11 +169,12 @@ double LatencyTable::latency(const ModelShape& s) const {
 nlohmann::json latency_table_to_json(const LatencyTable& t) {
   nlohmann::json att = nlohmann::json::array(), mlp = nlohmann::json::array(), other = nlohmann::json::array();
   for (const auto& [k, v] : t.attention)
-    att.push_back({{"hidden", std::get<0>(k)}, {"heads", std::get<1>(k)}, {"kv_heads", std::get<2>(k)}, {"seconds", v}});
+    att.push_back(
+        {{"hidden", std::get<0>(k)}, {"heads", std::get<1>(k)}, {"kv_heads", std::get<2>(k)}, {"seconds", v}});
   for (const auto& [k, v] : t.mlp) mlp.push_back({{"hidden", k.first}, {"ffn", k.second}, {"seconds", v}});
   for (const auto& [k, v] : t.other) other.push_back({{"hidden", k}, {"seconds", v}});
-  return {{"format_version", 1}, {"device", t.device}, {"dtype", t.dtype}, {"batch", t.batch}, {"tokens", t.tokens},
-          {"context", t.context}, {"attention", att}, {"mlp", mlp}, {"other", other}};
+  return {{"format_version", 1},  {"device", t.device}, {"dtype", t.dtype}, {"batch", t.batch}, {"tokens", t.tokens},
+          {"context", t.context}, {"attention", att},   {"mlp", mlp},       {"other", other}};
 }
 
 LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string& file) {
@@ -174,7 +190,8 @@ LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string&
     for (const auto& e : j.at("attention"))
       t.attention[{json_int(e.at("hidden")), json_int(e.at("heads")), json_int(e.at("kv_heads"))}] =
           e.at("seconds").get<double>();
-    for (const auto& e : j.at("mlp")) t.mlp[{json_int(e.at("hidden")), json_int(e.at("ffn"))}] = e.at("seconds").get<double>();
+    for (const auto& e : j.at("mlp"))
+      t.mlp[{json_int(e.at("hidden")), json_int(e.at("ffn"))}] = e.at("seconds").get<double>();
     for (const auto& e : j.at("other")) t.other[json_int(e.at("hidden"))] = e.at("seconds").get<double>();
     return t;
   } catch (const nlohmann::json::exception& e) {
@@ -198,28 +215,28 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
   if (r.layers && dense.traits.drop_layers)
     for (int64_t l = dense.layers - 1; l >= 1; --l) layer_options.push_back(l);
   for (int64_t layers : layer_options)
-  for (int64_t kv : kv_options)
-    for (int64_t per : q_options) {
-      const int64_t heads = kv * per;
-      std::vector<int64_t> hidden_options;
-      if (dense.traits.hidden_is_heads) {
-        // Coupled: hidden = heads x head size.
-        const int64_t h = heads * dense.head_dim;
-        if (h == dense.hidden || h % r.hidden_multiple == 0) hidden_options = {h};
-      } else {
-        hidden_options = widths(dense.hidden, r.hidden_multiple, r.hidden);
-      }
-      for (int64_t hidden : hidden_options)
-        for (int64_t ffn : ffn_options) {
-          ModelShape s = dense;
-          s.layers = layers;
-          s.heads = heads;
-          s.kv_heads = grouped(dense) ? kv : heads;
-          s.hidden = hidden;
-          s.ffn = ffn;
-          if (transformers_violation(s, dense).empty()) out.push_back(s);
+    for (int64_t kv : kv_options)
+      for (int64_t per : q_options) {
+        const int64_t heads = kv * per;
+        std::vector<int64_t> hidden_options;
+        if (dense.traits.hidden_is_heads) {
+          // Coupled: hidden = heads x head size.
+          const int64_t h = heads * dense.head_dim;
+          if (h == dense.hidden || h % r.hidden_multiple == 0) hidden_options = {h};
+        } else {
+          hidden_options = widths(dense.hidden, r.hidden_multiple, r.hidden);
         }
-    }
+        for (int64_t hidden : hidden_options)
+          for (int64_t ffn : ffn_options) {
+            ModelShape s = dense;
+            s.layers = layers;
+            s.heads = heads;
+            s.kv_heads = grouped(dense) ? kv : heads;
+            s.hidden = hidden;
+            s.ffn = ffn;
+            if (transformers_violation(s, dense).empty()) out.push_back(s);
+          }
+      }
   return out;
 }
 
@@ -228,14 +245,14 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
   const Importance importance(dense, scores);
   SearchResult result;
   Candidate dense_c = price(dense, cost);
-  const double dense_cost = cost.metric == CostSpec::Metric::params ? dense_c.parameters : dense_c.latency_s;
+  const double dense_cost = metric_cost(dense_c, cost);
   dense_c.cost_ratio = 1.0;
   dense_c.importance = 1.0;
 
   std::vector<Candidate> all;
   for (const ModelShape& s : legal_shapes(dense, rules)) {
     Candidate c = price(s, cost);
-    c.cost_ratio = (cost.metric == CostSpec::Metric::params ? c.parameters : c.latency_s) / dense_cost;
+    c.cost_ratio = metric_cost(c, cost) / dense_cost;
     const int64_t kv = grouped(dense) ? s.kv_heads : s.heads;
     c.importance = importance(s.layers, kv, s.heads / kv, s.ffn, s.hidden);
     all.push_back(c);
@@ -251,8 +268,7 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
   for (const Candidate& c : result.pareto)
     if (c.cost_ratio <= cost.target * (1 + 1e-12)) best = &c;  // the front is sorted: the last one fitting wins
   if (!best)
-    throw ConfigError("budget.target = " + ratio_text(cost.target) + " (" +
-                      (cost.metric == CostSpec::Metric::params ? "params" : "latency") +
+    throw ConfigError("budget.target = " + ratio_text(cost.target) + " (" + metric_name(cost.metric) +
                       ") is below every legal shape: the smallest reachable cost is " +
                       ratio_text(all.empty() ? 1.0 : all.front().cost_ratio) + " of the dense model (" +
                       std::to_string(result.legal) + " legal shapes under [search])");
@@ -272,7 +288,8 @@ SearchResult search_shape(const ModelShape& dense, const StructureScores& scores
                    [](const Candidate& a, const Candidate& b) { return a.importance > b.importance; });
   std::map<int64_t, int> rank_in_depth;
   std::vector<std::pair<int, size_t>> order;  // (rank within its layer count, position by importance)
-  for (size_t i = 0; i < by_importance.size(); ++i) order.push_back({rank_in_depth[by_importance[i].shape.layers]++, i});
+  for (size_t i = 0; i < by_importance.size(); ++i)
+    order.push_back({rank_in_depth[by_importance[i].shape.layers]++, i});
   std::stable_sort(order.begin(), order.end());
   for (const auto& [rank, i] : order) result.widest.push_back(by_importance[i]);
   result.plan = plan_for(dense, scores, *best, cost, dense_c);
@@ -284,7 +301,7 @@ Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Cand
   Plan p;
   p.chosen = chosen;
   p.dense = dense_c;
-  p.metric = cost.metric == CostSpec::Metric::params ? "params" : "latency";
+  p.metric = metric_name(cost.metric);
   p.target = cost.target;
   const ModelShape& s = chosen.shape;
   const int64_t kv = grouped(dense) ? s.kv_heads : s.heads, per = s.heads / kv, q = group_size(dense);
@@ -306,7 +323,8 @@ Plan plan_for(const ModelShape& dense, const StructureScores& scores, const Cand
         group_heads.push_back(top);
       }
       for (int64_t g : top_indices(group_value, kv)) {
-        heads.insert(heads.end(), group_heads[static_cast<size_t>(g)].begin(), group_heads[static_cast<size_t>(g)].end());
+        heads.insert(heads.end(), group_heads[static_cast<size_t>(g)].begin(),
+                     group_heads[static_cast<size_t>(g)].end());
         if (grouped(dense)) kv_heads.push_back(g);
       }
     }

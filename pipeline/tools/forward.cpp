@@ -4,12 +4,12 @@
 #include <ATen/core/grad_mode.h>
 
 #include "adapters/adapter.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/base/log.h"
-#include "core/io/safetensors.h"
-#include "core/dist/device.h"
 #include "core/data/h5.h"
+#include "core/dist/device.h"
+#include "core/io/checkpoint.h"
+#include "core/io/safetensors.h"
 #include "stages/evaluate.h"
 
 #include <sstream>
@@ -25,7 +25,9 @@ Batch read_batch(const std::filesystem::path& file) {
   auto fail = [&](const std::string& tensor, const std::string& what) {
     throw DataError("inputs file '" + file.string() + "': tensor '" + tensor + "': " + what);
   };
-  auto describe = [](const at::Tensor& t) { return std::string(c10::toString(t.scalar_type())) + " " + c10::str(t.sizes()); };
+  auto describe = [](const at::Tensor& t) {
+    return std::string(c10::toString(t.scalar_type())) + " " + c10::str(t.sizes());
+  };
   Batch b;
   if (in.contains("input_ids")) {
     at::Tensor ids = in.tensor("input_ids");
@@ -100,10 +102,14 @@ std::string evaluate_command(const std::filesystem::path& teacher_dir, const std
     throw UsageError("'" + student_dir.string() + "' and '" + teacher_dir.string() +
                      "' do not share an output space (vocabulary / labels differ)");
   DataSpec spec;
-  if (o.format == "tokens_h5") spec.format = DataSpec::Format::tokens_h5;
-  else if (o.format == "tokens_bin") spec.format = DataSpec::Format::tokens_bin;
-  else if (o.format == "images_h5") spec.format = DataSpec::Format::images_h5;
-  else throw UsageError("--format must be tokens_h5, tokens_bin or images_h5, got '" + o.format + "'");
+  if (o.format == "tokens_h5")
+    spec.format = DataSpec::Format::tokens_h5;
+  else if (o.format == "tokens_bin")
+    spec.format = DataSpec::Format::tokens_bin;
+  else if (o.format == "images_h5")
+    spec.format = DataSpec::Format::images_h5;
+  else
+    throw UsageError("--format must be tokens_h5, tokens_bin or images_h5, got '" + o.format + "'");
   spec.path = o.data;
   spec.seq_len = o.seq_len;
   if (spec.format == DataSpec::Format::tokens_h5 && spec.seq_len == 0) {
@@ -116,16 +122,20 @@ std::string evaluate_command(const std::filesystem::path& teacher_dir, const std
   expect.vocab_size = tarch.vocab_size;
   expect.image_size = tarch.image_size;
   const auto data = DataSource::open(spec, expect, read_pixel_normalization(teacher_dir));
-  if (o.first >= data->size()) throw UsageError("--first " + std::to_string(o.first) + " is past the " +
-                                                std::to_string(data->size()) + " samples of '" + o.data.string() + "'");
+  if (o.first >= data->size())
+    throw UsageError("--first " + std::to_string(o.first) + " is past the " + std::to_string(data->size()) +
+                     " samples of '" + o.data.string() + "'");
   const int64_t count = o.samples > 0 ? std::min(o.samples, data->size() - o.first) : data->size() - o.first;
-  const DeviceRequest req = o.device == "cpu" ? DeviceRequest::cpu : o.device == "cuda" ? DeviceRequest::cuda : DeviceRequest::auto_;
+  const DeviceRequest req = o.device == "cpu"    ? DeviceRequest::cpu
+                            : o.device == "cuda" ? DeviceRequest::cuda
+                                                 : DeviceRequest::auto_;
   if (o.device != "auto" && o.device != "cpu" && o.device != "cuda")
     throw UsageError("--device must be auto, cpu or cuda, got '" + o.device + "'");
   const at::Device device = pick_device(req, 0, "--device");
   const auto teacher = ta.load(teacher_ckpt, {at::kFloat, device});
   const auto student = sa.load(student_ckpt, {at::kFloat, device});
-  nlohmann::json r = evaluate_quality(*teacher, *student, *data, o.first, count, device, model_shape(tarch).traits.output);
+  nlohmann::json r =
+      evaluate_quality(*teacher, *student, *data, o.first, count, device, model_shape(tarch).traits.output);
   r["teacher"] = teacher_dir.string();
   r["student"] = student_dir.string();
   r["data"] = o.data.string();

@@ -43,7 +43,8 @@ std::string inspect_model(const std::filesystem::path& dir, bool as_json) {
 
   std::vector<std::pair<std::string, uint64_t>> files{{"config.json", std::filesystem::file_size(config_file)}};
   if (ckpt.sharded())
-    files.emplace_back("model.safetensors.index.json", std::filesystem::file_size(dir / "model.safetensors.index.json"));
+    files.emplace_back("model.safetensors.index.json",
+                       std::filesystem::file_size(dir / "model.safetensors.index.json"));
   for (const auto& f : ckpt.weight_files()) files.emplace_back(f, std::filesystem::file_size(dir / f));
   for (const auto& f : ckpt.side_files()) files.emplace_back(f, std::filesystem::file_size(dir / f));
 

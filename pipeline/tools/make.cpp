@@ -6,11 +6,11 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/base/fs.h"
-#include "core/data/h5.h"
 #include "core/base/log.h"
+#include "core/data/h5.h"
+#include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
 
 namespace hawada {
@@ -21,37 +21,68 @@ using nlohmann::json;
 
 json llama_config(const std::string& preset) {
   if (preset == "tiny")
-    return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", 512},
-            {"hidden_size", 64}, {"intermediate_size", 256}, {"num_hidden_layers", 4}, {"num_attention_heads", 8},
-            {"num_key_value_heads", 2}, {"head_dim", 8}, {"hidden_act", "silu"}, {"max_position_embeddings", 256},
-            {"rms_norm_eps", 1e-6}, {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}}},
-            {"tie_word_embeddings", true}, {"attention_bias", false}, {"mlp_bias", false},
-            {"initializer_range", 0.1}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"dtype", "float32"},
+    return {{"architectures", {"LlamaForCausalLM"}},
+            {"model_type", "llama"},
+            {"vocab_size", 512},
+            {"hidden_size", 64},
+            {"intermediate_size", 256},
+            {"num_hidden_layers", 4},
+            {"num_attention_heads", 8},
+            {"num_key_value_heads", 2},
+            {"head_dim", 8},
+            {"hidden_act", "silu"},
+            {"max_position_embeddings", 256},
+            {"rms_norm_eps", 1e-6},
+            {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}}},
+            {"tie_word_embeddings", true},
+            {"attention_bias", false},
+            {"mlp_bias", false},
+            {"initializer_range", 0.1},
+            {"bos_token_id", 1},
+            {"eos_token_id", 2},
+            {"dtype", "float32"},
             {"torch_dtype", "float32"}};
   if (preset == "llama-3.2-1b")
-    return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", 128256},
-            {"hidden_size", 2048}, {"intermediate_size", 8192}, {"num_hidden_layers", 16},
-            {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"head_dim", 64}, {"hidden_act", "silu"},
-            {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-5},
+    return {{"architectures", {"LlamaForCausalLM"}},
+            {"model_type", "llama"},
+            {"vocab_size", 128256},
+            {"hidden_size", 2048},
+            {"intermediate_size", 8192},
+            {"num_hidden_layers", 16},
+            {"num_attention_heads", 32},
+            {"num_key_value_heads", 8},
+            {"head_dim", 64},
+            {"hidden_act", "silu"},
+            {"max_position_embeddings", 131072},
+            {"rms_norm_eps", 1e-5},
             {"rope_parameters",
-             {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 32.0}, {"low_freq_factor", 1.0},
-              {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}}},
-            {"tie_word_embeddings", true}, {"attention_bias", false}, {"mlp_bias", false},
-            {"initializer_range", 0.02}, {"bos_token_id", 128000}, {"eos_token_id", 128001},
-            {"dtype", "bfloat16"}, {"torch_dtype", "bfloat16"}};
+             {{"rope_type", "llama3"},
+              {"rope_theta", 500000.0},
+              {"factor", 32.0},
+              {"low_freq_factor", 1.0},
+              {"high_freq_factor", 4.0},
+              {"original_max_position_embeddings", 8192}}},
+            {"tie_word_embeddings", true},
+            {"attention_bias", false},
+            {"mlp_bias", false},
+            {"initializer_range", 0.02},
+            {"bos_token_id", 128000},
+            {"eos_token_id", 128001},
+            {"dtype", "bfloat16"},
+            {"torch_dtype", "bfloat16"}};
   throw UsageError("--preset '" + preset + "' is not a llama preset (tiny, llama-3.2-1b)");
 }
 
 json vit_config(const std::string& preset) {
   json c;
   if (preset == "tiny")
-    c = {{"hidden_size", 64}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"intermediate_size", 256},
-         {"image_size", 32}, {"patch_size", 8}, {"initializer_range", 0.1}, {"dtype", "float32"},
-         {"torch_dtype", "float32"}};
+    c = {{"hidden_size", 64},        {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+         {"intermediate_size", 256}, {"image_size", 32},       {"patch_size", 8},
+         {"initializer_range", 0.1}, {"dtype", "float32"},     {"torch_dtype", "float32"}};
   else if (preset == "vit-base-patch16-224")
-    c = {{"hidden_size", 768}, {"num_hidden_layers", 12}, {"num_attention_heads", 12}, {"intermediate_size", 3072},
-         {"image_size", 224}, {"patch_size", 16}, {"initializer_range", 0.02}, {"dtype", "float32"},
-         {"torch_dtype", "float32"}};
+    c = {{"hidden_size", 768},        {"num_hidden_layers", 12}, {"num_attention_heads", 12},
+         {"intermediate_size", 3072}, {"image_size", 224},       {"patch_size", 16},
+         {"initializer_range", 0.02}, {"dtype", "float32"},      {"torch_dtype", "float32"}};
   else
     throw UsageError("--preset '" + preset + "' is not a vit preset (tiny, vit-base-patch16-224)");
   const int labels = preset == "tiny" ? 10 : 1000;
@@ -60,31 +91,54 @@ json vit_config(const std::string& preset) {
     id2label[std::to_string(i)] = "LABEL_" + std::to_string(i);
     label2id["LABEL_" + std::to_string(i)] = i;
   }
-  c.update({{"architectures", {"ViTForImageClassification"}}, {"model_type", "vit"}, {"hidden_act", "gelu"},
-            {"layer_norm_eps", 1e-12}, {"num_channels", 3}, {"qkv_bias", true}, {"encoder_stride", 16},
-            {"hidden_dropout_prob", 0.0}, {"attention_probs_dropout_prob", 0.0}, {"id2label", id2label},
+  c.update({{"architectures", {"ViTForImageClassification"}},
+            {"model_type", "vit"},
+            {"hidden_act", "gelu"},
+            {"layer_norm_eps", 1e-12},
+            {"num_channels", 3},
+            {"qkv_bias", true},
+            {"encoder_stride", 16},
+            {"hidden_dropout_prob", 0.0},
+            {"attention_probs_dropout_prob", 0.0},
+            {"id2label", id2label},
             {"label2id", label2id}});
   return c;
 }
 
 json bert_config(const std::string& preset) {
   if (preset != "tiny") throw UsageError("--preset '" + preset + "' is not a bert preset (tiny)");
-  return {{"architectures", {"BertModel"}}, {"model_type", "bert"}, {"vocab_size", 512}, {"hidden_size", 64},
-          {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"intermediate_size", 256},
-          {"max_position_embeddings", 128}, {"type_vocab_size", 2}, {"hidden_act", "gelu"},
-          {"layer_norm_eps", 1e-12}, {"position_embedding_type", "absolute"}, {"pad_token_id", 0},
-          {"hidden_dropout_prob", 0.0}, {"attention_probs_dropout_prob", 0.0}, {"initializer_range", 0.1},
-          {"dtype", "float32"}, {"torch_dtype", "float32"}};
+  return {{"architectures", {"BertModel"}},
+          {"model_type", "bert"},
+          {"vocab_size", 512},
+          {"hidden_size", 64},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"intermediate_size", 256},
+          {"max_position_embeddings", 128},
+          {"type_vocab_size", 2},
+          {"hidden_act", "gelu"},
+          {"layer_norm_eps", 1e-12},
+          {"position_embedding_type", "absolute"},
+          {"pad_token_id", 0},
+          {"hidden_dropout_prob", 0.0},
+          {"attention_probs_dropout_prob", 0.0},
+          {"initializer_range", 0.1},
+          {"dtype", "float32"},
+          {"torch_dtype", "float32"}};
 }
 
 }  // namespace
 
 void make_model(const std::string& arch_name, const std::string& preset, int64_t seed, const fs::path& out_dir) {
   json config;
-  if (arch_name == "llama") config = llama_config(preset);
-  else if (arch_name == "vit") config = vit_config(preset);
-  else if (arch_name == "bert") config = bert_config(preset);
-  else throw UsageError("--arch must be llama, vit or bert, got '" + arch_name + "'");
+  if (arch_name == "llama")
+    config = llama_config(preset);
+  else if (arch_name == "vit")
+    config = vit_config(preset);
+  else if (arch_name == "bert")
+    config = bert_config(preset);
+  else
+    throw UsageError("--arch must be llama, vit or bert, got '" + arch_name + "'");
   // The weights from the architecture's role table: every weight its config implies, with its shape.
   const ModelAdapter& adapter = adapter_for(config, out_dir / "config.json");
   ArchSummary arch = adapter.summarize(config, out_dir / "config.json");
@@ -96,13 +150,19 @@ void make_model(const std::string& arch_name, const std::string& preset, int64_t
   publish_directory(out_dir, [&](const fs::path& tmp) {
     atomic_write_text(tmp / "config.json", config.dump(2) + "\n");
     if (config.contains("bos_token_id")) {
-      atomic_write_text(tmp / "generation_config.json",
-                        json{{"bos_token_id", config["bos_token_id"]}, {"eos_token_id", config["eos_token_id"]}}.dump(2) + "\n");
+      atomic_write_text(
+          tmp / "generation_config.json",
+          json{{"bos_token_id", config["bos_token_id"]}, {"eos_token_id", config["eos_token_id"]}}.dump(2) + "\n");
     }
     if (config.contains("image_size")) {
-      const json pre{{"do_normalize", true}, {"do_rescale", true}, {"do_resize", true},
-                     {"image_mean", {0.5, 0.5, 0.5}}, {"image_std", {0.5, 0.5, 0.5}},
-                     {"image_processor_type", "ViTImageProcessor"}, {"resample", 2}, {"rescale_factor", 1.0 / 255},
+      const json pre{{"do_normalize", true},
+                     {"do_rescale", true},
+                     {"do_resize", true},
+                     {"image_mean", {0.5, 0.5, 0.5}},
+                     {"image_std", {0.5, 0.5, 0.5}},
+                     {"image_processor_type", "ViTImageProcessor"},
+                     {"resample", 2},
+                     {"rescale_factor", 1.0 / 255},
                      {"size", {{"height", config["image_size"]}, {"width", config["image_size"]}}}};
       atomic_write_text(tmp / "preprocessor_config.json", pre.dump(2) + "\n");
     }

@@ -20,6 +20,7 @@ struct ProfileOptions {
 /// Times the model's attention block, MLP block and remaining work (LM head / patch embedding) with
 /// random weights at every width the search can pick under these settings, on the GPU when one is
 /// present, else the CPU (median of `repeats` after a warm-up), and writes the table atomically.
-void profile_command(const std::filesystem::path& model_dir, const std::filesystem::path& out, const ProfileOptions& options);
+void profile_command(const std::filesystem::path& model_dir, const std::filesystem::path& out,
+                     const ProfileOptions& options);
 
 }  // namespace hawada

@@ -5,8 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
-#include "core/dist/communicator.h"
 #include "core/base/errors.h"
+#include "core/dist/communicator.h"
 #include "core/dist/mpi_session.h"
 
 namespace hawada {

@@ -3,10 +3,10 @@
 
 #include <ATen/ATen.h>
 
-#include "core/dist/communicator.h"
 #include "core/base/errors.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/communicator.h"
+#include "core/dist/mpi_session.h"
 
 namespace hawada {
 namespace {

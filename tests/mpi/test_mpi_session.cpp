@@ -2,8 +2,8 @@
 #include <gtest/gtest.h>
 
 #include "core/base/errors.h"
-#include "core/dist/mpi_session.h"
 #include "core/base/process.h"
+#include "core/dist/mpi_session.h"
 
 namespace hawada {
 namespace {

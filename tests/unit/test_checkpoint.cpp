@@ -10,9 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
 #include "core/base/fs.h"
+#include "core/io/checkpoint.h"
 #include "tests/unit/test_util.h"
 
 namespace hawada {

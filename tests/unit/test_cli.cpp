@@ -25,7 +25,8 @@ bool contains(const std::string& s, const std::string& part) { return s.find(par
 TEST(Cli, HelpAndVersion) {
   auto [code, out] = run_capture(kCli + " --help");
   EXPECT_EQ(code, 0);
-  for (const char* sub : {"run", "validate", "inspect", "forward", "export", "make-model", "make-data", "profile", "evaluate"})
+  for (const char* sub :
+       {"run", "validate", "inspect", "forward", "export", "make-model", "make-data", "profile", "evaluate"})
     EXPECT_TRUE(contains(out, std::string("  ") + sub + " ")) << sub << " missing from:\n" << out;
   EXPECT_TRUE(contains(out, "Exit codes: 0 success")) << out;
   std::tie(code, out) = run_capture(kCli + " inspect --help");
@@ -81,8 +82,8 @@ TEST(Cli, InspectTextAndJson) {
   std::ofstream(d.path() / "config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
     "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 1, "num_hidden_layers": 3,
     "intermediate_size": 96, "vocab_size": 50, "dtype": "bfloat16"})";
-  safetensors::write_model_weights(d.path(), {{"a", at::full({10, 10}, 1, at::kBFloat16)}, {"b", at::full({5}, 1, at::kFloat)}},
-                                   1 << 20);
+  safetensors::write_model_weights(
+      d.path(), {{"a", at::full({10, 10}, 1, at::kBFloat16)}, {"b", at::full({5}, 1, at::kFloat)}}, 1 << 20);
   auto [code, out] = run_capture(kCli + " inspect --json " + d.path().string());
   ASSERT_EQ(code, 0) << out;
   auto j = nlohmann::json::parse(out);

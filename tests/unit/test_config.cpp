@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "adapters/adapter.h"
 #include "core/base/errors.h"
 #include "core/base/text.h"
 #include "pipeline/config.h"
-#include "adapters/adapter.h"
 #include "training/student.h"
 
 #include <nlohmann/json.hpp>
@@ -123,8 +123,9 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.teacher.top_k, 128);
   EXPECT_EQ(c.teacher.store_dtype, StoreDtype::fp16);
   EXPECT_EQ(c.teacher.batch_size, 16);
-  EXPECT_EQ(c.gates,
-            (GatesConfig{.heads = false, .ffn = true, .hidden = true, .layers = true, .init = 0.75, .temperature = 0.5}));
+  EXPECT_EQ(
+      c.gates,
+      (GatesConfig{.heads = false, .ffn = true, .hidden = true, .layers = true, .init = 0.75, .temperature = 0.5}));
   EXPECT_EQ(c.train, (TrainConfig{.steps = 5000,
                                   .micro_batch = 2,
                                   .grad_accum = 8,
@@ -150,10 +151,22 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.search.probe_shapes, 2);
   EXPECT_EQ(c.search.probe_steps, 5);
   EXPECT_EQ(c.search.probe_samples, 12);
-  EXPECT_EQ(c.calibrate, (CalibrateConfig{.steps = 40, .lr = 0.02, .warmup = 4, .micro_batch = 3, .grad_accum = 2,
-                                          .output_scales = false, .checkpoint_every = 20}));
-  EXPECT_EQ(c.heal, (HealConfig{.steps = 300, .lr = 0.0002, .warmup = 30, .micro_batch = 6, .grad_accum = 3,
-                                .weight_decay = 0.01, .clip = 0.5, .train = "mlp,norm", .checkpoint_every = 150,
+  EXPECT_EQ(c.calibrate, (CalibrateConfig{.steps = 40,
+                                          .lr = 0.02,
+                                          .warmup = 4,
+                                          .micro_batch = 3,
+                                          .grad_accum = 2,
+                                          .output_scales = false,
+                                          .checkpoint_every = 20}));
+  EXPECT_EQ(c.heal, (HealConfig{.steps = 300,
+                                .lr = 0.0002,
+                                .warmup = 30,
+                                .micro_batch = 6,
+                                .grad_accum = 3,
+                                .weight_decay = 0.01,
+                                .clip = 0.5,
+                                .train = "mlp,norm",
+                                .checkpoint_every = 150,
                                 .eval_every = 25}));
   EXPECT_EQ(c.evaluate.data, abs("data.bin"));
   EXPECT_EQ(c.evaluate.samples, 48);
@@ -216,16 +229,15 @@ TEST_P(ValidConfig, RoundTripsThroughToToml) {
 TEST_P(ValidConfig, ToTomlListsEverySectionInOrder) {
   const std::string text = to_toml(load_config(GetParam()));
   std::size_t from = 0;
-  for (const char* section : {"[run]", "[model]", "[data]", "[teacher]", "[gates]", "[train]", "[budget]",
-                              "[search]", "[calibrate]", "[heal]", "[export]", "[evaluate]", "[dist]"}) {
+  for (const char* section : {"[run]", "[model]", "[data]", "[teacher]", "[gates]", "[train]", "[budget]", "[search]",
+                              "[calibrate]", "[heal]", "[export]", "[evaluate]", "[dist]"}) {
     const std::size_t at = text.find(std::string(section) + "\n", from);
     ASSERT_NE(at, std::string::npos) << section << " missing or out of order in:\n" << text;
     EXPECT_TRUE(at == 0 || text[at - 1] == '\n') << text;
     from = at + 1;
   }
-  for (const char* key :
-       {"\ndir = ", "\nseed = ", "\nthreads_per_rank = ", "\ncache_root = ", "\ntop_k = ",
-        "\nlatency_table = ", "\nmax_shard_size = ", "\ntimeout_s = ", "\ncheckpoint_every = "})
+  for (const char* key : {"\ndir = ", "\nseed = ", "\nthreads_per_rank = ", "\ncache_root = ", "\ntop_k = ",
+                          "\nlatency_table = ", "\nmax_shard_size = ", "\ntimeout_s = ", "\ncheckpoint_every = "})
     EXPECT_NE(text.find(key), std::string::npos) << key << " missing in:\n" << text;
 }
 
@@ -284,8 +296,7 @@ TEST_P(InvalidConfig, ThrowsConfigErrorWithPositionAndKey) {
     if (!expect.key.empty()) {
       EXPECT_NE(msg.find(": " + expect.key + ": "), std::string::npos) << msg;
     }
-    EXPECT_NE(msg.find(expect.contains), std::string::npos)
-        << "expected '" << expect.contains << "' in: " << msg;
+    EXPECT_NE(msg.find(expect.contains), std::string::npos) << "expected '" << expect.contains << "' in: " << msg;
   } catch (const std::exception& e) {
     ADD_FAILURE() << file << ": threw something other than ConfigError: " << e.what();
   }
@@ -308,32 +319,28 @@ TEST(ConfigLoad, MissingFileIsConfigErrorNamingTheFile) {
 
 TEST(ConfigParse, MaxShardSizeUnits) {
   const std::pair<const char*, uint64_t> cases[] = {
-      {"123456", 123456},      {"2048B", 2048},      {"100KB", 100'000},   {"500MB", 500'000'000},
-      {"5GB", 5'000'000'000},  {"2GiB", 2ULL << 30}, {"1MiB", 1ULL << 20}, {"4kib", 4096},
-      {"7 gb", 7'000'000'000}, {"3Mib", 3ULL << 20},
+      {"123456", 123456},   {"2048B", 2048},      {"100KB", 100'000}, {"500MB", 500'000'000},  {"5GB", 5'000'000'000},
+      {"2GiB", 2ULL << 30}, {"1MiB", 1ULL << 20}, {"4kib", 4096},     {"7 gb", 7'000'000'000}, {"3Mib", 3ULL << 20},
   };
   for (const auto& [text, bytes] : cases) {
-    const Config c = parse_config(std::string(kRequired) + "[export]\nmax_shard_size = \"" + text + "\"\n",
-                                  kDir / "valid/x.toml");
+    const Config c =
+        parse_config(std::string(kRequired) + "[export]\nmax_shard_size = \"" + text + "\"\n", kDir / "valid/x.toml");
     EXPECT_EQ(c.export_.max_shard_size, bytes) << text;
   }
 }
 
 TEST(ConfigParse, MaxShardSizeInvalidStrings) {
-  for (const char* text :
-       {"", "GB", "5 GiBs", "-5GB", "1.5GB", "5TB", "5  GB", " 5GB", "99999999999GB", "1000"}) {
-    const std::string msg =
-        config_error(std::string(kRequired) + "[export]\nmax_shard_size = \"" + text + "\"\n");
+  for (const char* text : {"", "GB", "5 GiBs", "-5GB", "1.5GB", "5TB", "5  GB", " 5GB", "99999999999GB", "1000"}) {
+    const std::string msg = config_error(std::string(kRequired) + "[export]\nmax_shard_size = \"" + text + "\"\n");
     EXPECT_NE(msg.find("inline.toml:6:"), std::string::npos) << msg;
     EXPECT_NE(msg.find("export.max_shard_size"), std::string::npos) << msg;
   }
 }
 
 TEST(ConfigParse, PathsResolveAgainstTheConfigDirectory) {
-  const Config c =
-      parse_config("[run]\ndir = \"/tmp/a/./b/../c/\"\n[model]\npath = \"" + abs("model").string() + "\"\n" +
-                       "[data]\npath = \"../data.bin\"\n[teacher]\ncache_root = \"cache\"\n",
-                   kDir / "valid" / "sub" / ".." / "p.toml");
+  const Config c = parse_config("[run]\ndir = \"/tmp/a/./b/../c/\"\n[model]\npath = \"" + abs("model").string() +
+                                    "\"\n" + "[data]\npath = \"../data.bin\"\n[teacher]\ncache_root = \"cache\"\n",
+                                kDir / "valid" / "sub" / ".." / "p.toml");
   EXPECT_EQ(c.source, abs("valid/p.toml"));
   EXPECT_EQ(c.run.dir, fs::path("/tmp/a/c"));
   EXPECT_EQ(c.model.path, abs("model"));
@@ -359,8 +366,7 @@ TEST(ConfigParse, RoundTripsOddStringsAndExtremeNumbers) {
 }
 
 TEST(ConfigParse, DottedKeysAtTopLevel) {
-  const Config d =
-      parse_config(std::string("train.steps = 5\ntrain.warmup = 1\n") + kRequired, kDir / "valid/x.toml");
+  const Config d = parse_config(std::string("train.steps = 5\ntrain.warmup = 1\n") + kRequired, kDir / "valid/x.toml");
   EXPECT_EQ(d.train.steps, 5);
   EXPECT_EQ(d.train.warmup, 1);
 }
@@ -368,14 +374,14 @@ TEST(ConfigParse, DottedKeysAtTopLevel) {
 TEST(ConfigParse, UnknownKeyWithoutNearMatchListsTheKeys) {
   const std::string msg = config_error(std::string(kRequired) + "[budget]\nwhatever = 1\n");
   EXPECT_NE(msg.find("inline.toml:6:1: budget.whatever: unknown key 'budget.whatever' (expected one of: "
-                     "metric, target, latency_batch, latency_mode, decode_context, layer_overhead_s, device_flops, device_bandwidth)"),
+                     "metric, target, latency_batch, latency_mode, decode_context, layer_overhead_s, device_flops, "
+                     "device_bandwidth)"),
             std::string::npos)
       << msg;
 }
 
 TEST(ConfigParse, EmptyLatencyTableMeansAnalytic) {
-  const Config c =
-      parse_config(std::string(kRequired) + "[search]\nlatency_table = \"\"\n", kDir / "valid/x.toml");
+  const Config c = parse_config(std::string(kRequired) + "[search]\nlatency_table = \"\"\n", kDir / "valid/x.toml");
   EXPECT_TRUE(c.search.latency_table.empty());
 }
 
@@ -390,6 +396,9 @@ TEST(ConfigEnums, ToStringIsTheTomlSpelling) {
   EXPECT_EQ(to_string(DataFormat::images_h5), "images_h5");
   EXPECT_EQ(to_string(StoreDtype::fp16), "fp16");
   EXPECT_EQ(to_string(BudgetMetric::latency), "latency");
+  // Parsing, printing and the plans and logs (metric_name) spell every metric alike.
+  for (const BudgetMetric m : {BudgetMetric::params, BudgetMetric::non_embedding_params, BudgetMetric::latency})
+    EXPECT_EQ(to_string(m), metric_name(m));
   EXPECT_EQ(to_string(ExportDtype::keep), "keep");
   EXPECT_EQ(to_string(DistBackend::auto_), "auto");
   EXPECT_EQ(to_string(DistBackend::nccl), "nccl");
@@ -424,8 +433,8 @@ namespace hawada {
 namespace {
 
 ModelShape llama_shape(int64_t layers) {
-  const nlohmann::json c = {{"model_type", "llama"}, {"num_hidden_layers", layers}, {"hidden_size", 64},
-                            {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 96},
+  const nlohmann::json c = {{"model_type", "llama"},    {"num_hidden_layers", layers}, {"hidden_size", 64},
+                            {"num_attention_heads", 4}, {"num_key_value_heads", 2},    {"intermediate_size", 96},
                             {"vocab_size", 256}};
   return model_shape(adapter_for(c, "config.json").summarize(c, "config.json"));
 }
@@ -449,7 +458,8 @@ TEST(ConfigModel, LayerGatesAndDecodeBudgetsNeedAModelThatTakesThem) {
   EXPECT_NE(model_error(c, llama_shape(1)).find("gates.layers = true needs at least 2 layers"), std::string::npos);
   ModelShape fixed = llama_shape(4);
   fixed.traits.drop_layers = false;
-  EXPECT_NE(model_error(c, fixed).find("gates.layers = true, but this architecture cannot drop blocks"), std::string::npos);
+  EXPECT_NE(model_error(c, fixed).find("gates.layers = true, but this architecture cannot drop blocks"),
+            std::string::npos);
   c.gates.layers = false;
   EXPECT_EQ(model_error(c, fixed), "");
 

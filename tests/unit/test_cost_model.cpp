@@ -18,9 +18,15 @@ ModelShape shape_of(const nlohmann::json& config) {
 }
 
 ModelShape llama_1b() {
-  return shape_of({{"model_type", "llama"}, {"num_hidden_layers", 16}, {"hidden_size", 2048},
-                   {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"head_dim", 64},
-                   {"intermediate_size", 8192}, {"vocab_size", 128256}, {"tie_word_embeddings", true}});
+  return shape_of({{"model_type", "llama"},
+                   {"num_hidden_layers", 16},
+                   {"hidden_size", 2048},
+                   {"num_attention_heads", 32},
+                   {"num_key_value_heads", 8},
+                   {"head_dim", 64},
+                   {"intermediate_size", 8192},
+                   {"vocab_size", 128256},
+                   {"tie_word_embeddings", true}});
 }
 
 TEST(CostModel, Llama1BParametersAndFlops) {
@@ -31,6 +37,38 @@ TEST(CostModel, Llama1BParametersAndFlops) {
   const double proj = 2.0 * T * (16.0 * (2048.0 * 2048 * 2 + 2048.0 * 512 * 2 + 3.0 * 2048 * 8192) + 2048.0 * 128256);
   const double attention = 16.0 * 2 * (2.0 * 32 * T * 64 * T);
   EXPECT_DOUBLE_EQ(forward_cost(s, 1, T).flops, proj + attention);
+}
+
+// Non-embedding parameters leave out the embedding tables only: LLaMA-3.2-1B's tied 128256 x 2048 table,
+// an untied model's input table but not its head, BERT's word, position and token-type tables.
+TEST(CostModel, NonEmbeddingParametersLeaveOutTheEmbeddingTables) {
+  const ModelShape s = llama_1b();
+  EXPECT_EQ(parameter_count(s, ParameterScope::non_embedding), 1235814400 - 128256ll * 2048);
+  ModelShape untied = shape_of({{"model_type", "llama"},
+                                {"num_hidden_layers", 2},
+                                {"hidden_size", 64},
+                                {"num_attention_heads", 4},
+                                {"num_key_value_heads", 2},
+                                {"intermediate_size", 128},
+                                {"vocab_size", 1000},
+                                {"tie_word_embeddings", false}});
+  EXPECT_EQ(parameter_count(untied) - parameter_count(untied, ParameterScope::non_embedding), 1000 * 64);
+  const ModelShape bert = shape_of({{"model_type", "bert"},
+                                    {"num_hidden_layers", 2},
+                                    {"hidden_size", 64},
+                                    {"num_attention_heads", 4},
+                                    {"intermediate_size", 128},
+                                    {"vocab_size", 1000},
+                                    {"max_position_embeddings", 512},
+                                    {"type_vocab_size", 2}});
+  EXPECT_EQ(parameter_count(bert) - parameter_count(bert, ParameterScope::non_embedding), (1000 + 512 + 2) * 64);
+  // The expected count with gates follows the kept hidden width: at integer counts it is the shape's.
+  ModelShape slim = s;
+  slim.hidden = 1536;
+  GateCounts c;
+  c.hidden = at::scalar_tensor(1536.0, at::kDouble);
+  EXPECT_EQ(expected_parameters(s, c, ParameterScope::non_embedding).item<double>(),
+            static_cast<double>(parameter_count(slim, ParameterScope::non_embedding)));
 }
 
 TEST(CostModel, RooflineLatency) {
@@ -48,9 +86,15 @@ TEST(CostModel, RooflineLatency) {
 ModelShape vit_base() {
   nlohmann::json labels;
   for (int i = 0; i < 1000; ++i) labels[std::to_string(i)] = "c" + std::to_string(i);
-  return shape_of({{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}}, {"num_hidden_layers", 12},
-                   {"hidden_size", 768}, {"num_attention_heads", 12}, {"intermediate_size", 3072}, {"id2label", labels},
-                   {"image_size", 224}, {"patch_size", 16}});
+  return shape_of({{"model_type", "vit"},
+                   {"architectures", {"ViTForImageClassification"}},
+                   {"num_hidden_layers", 12},
+                   {"hidden_size", 768},
+                   {"num_attention_heads", 12},
+                   {"intermediate_size", 3072},
+                   {"id2label", labels},
+                   {"image_size", 224},
+                   {"patch_size", 16}});
 }
 
 // Training's differentiable cost and the search's concrete cost are one set of formulas: at
@@ -66,9 +110,13 @@ TEST(CostModel, ExpectedCostAtIntegerCountsEqualsTheShapesCost) {
     c.ffn = at::full({s.layers}, static_cast<double>(slim.ffn), at::kDouble);
     c.hidden = at::scalar_tensor(static_cast<double>(slim.hidden), at::kDouble);
     EXPECT_EQ(expected_parameters(slim, {}).item<double>(), static_cast<double>(parameter_count(slim)));
-    if (!vit) EXPECT_EQ(expected_parameters(s, c).item<double>(), static_cast<double>(parameter_count(slim)));
+    if (!vit) {
+      EXPECT_EQ(expected_parameters(s, c).item<double>(), static_cast<double>(parameter_count(slim)));
+    }
     const int64_t tokens = vit ? 197 : 512;
-    if (!vit) EXPECT_DOUBLE_EQ(expected_latency(s, c, 4, tokens).item<double>(), latency_seconds(slim, 4, tokens));
+    if (!vit) {
+      EXPECT_DOUBLE_EQ(expected_latency(s, c, 4, tokens).item<double>(), latency_seconds(slim, 4, tokens));
+    }
     EXPECT_DOUBLE_EQ(expected_latency(s, {}, 4, tokens).item<double>(), latency_seconds(s, 4, tokens));
   }
 }
@@ -135,8 +183,9 @@ TEST(CostModel, DecodeStepReadsTheWeightsAndTheCache) {
 // architecture and its options (biases, per-head norms, untied heads, poolers, classifiers).
 TEST(CostModel, RoleTablesCountWhatTheCostModelCounts) {
   using nlohmann::json;
-  const json llama{{"model_type", "llama"}, {"num_hidden_layers", 3}, {"hidden_size", 96}, {"num_attention_heads", 6},
-                   {"num_key_value_heads", 2}, {"head_dim", 16}, {"intermediate_size", 200}, {"vocab_size", 300}};
+  const json llama{{"model_type", "llama"},    {"num_hidden_layers", 3},   {"hidden_size", 96},
+                   {"num_attention_heads", 6}, {"num_key_value_heads", 2}, {"head_dim", 16},
+                   {"intermediate_size", 200}, {"vocab_size", 300}};
   std::vector<std::pair<json, bool>> configs;  // config, pooler
   for (bool tied : {true, false}) {
     json c = llama;
@@ -152,16 +201,23 @@ TEST(CostModel, RoleTablesCountWhatTheCostModelCounts) {
   biased["attention_bias"] = true;
   biased["mlp_bias"] = true;
   configs.push_back({biased, false});
-  const json vit{{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}}, {"num_hidden_layers", 2},
-                 {"hidden_size", 64}, {"num_attention_heads", 4}, {"intermediate_size", 128}, {"image_size", 32},
-                 {"patch_size", 8}, {"id2label", {{"0", "a"}, {"1", "b"}, {"2", "c"}}}};
+  const json vit{{"model_type", "vit"},
+                 {"architectures", {"ViTForImageClassification"}},
+                 {"num_hidden_layers", 2},
+                 {"hidden_size", 64},
+                 {"num_attention_heads", 4},
+                 {"intermediate_size", 128},
+                 {"image_size", 32},
+                 {"patch_size", 8},
+                 {"id2label", {{"0", "a"}, {"1", "b"}, {"2", "c"}}}};
   configs.push_back({vit, false});
   json bare_vit = vit;
   bare_vit["architectures"] = {"ViTModel"};
   configs.push_back({bare_vit, true});
   configs.push_back({bare_vit, false});
-  const json bert{{"model_type", "bert"}, {"num_hidden_layers", 2}, {"hidden_size", 64}, {"num_attention_heads", 4},
-                  {"intermediate_size", 128}, {"vocab_size", 300}, {"max_position_embeddings", 40}};
+  const json bert{{"model_type", "bert"},         {"num_hidden_layers", 2},   {"hidden_size", 64},
+                  {"num_attention_heads", 4},     {"intermediate_size", 128}, {"vocab_size", 300},
+                  {"max_position_embeddings", 40}};
   configs.push_back({bert, true});
   configs.push_back({bert, false});
   for (const auto& [config, pooler] : configs) {

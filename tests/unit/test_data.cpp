@@ -7,8 +7,8 @@
 
 #include <fstream>
 
-#include "core/data/data.h"
 #include "core/base/errors.h"
+#include "core/data/data.h"
 #include "core/data/h5.h"
 #include "tests/unit/test_util.h"
 

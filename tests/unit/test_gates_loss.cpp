@@ -9,9 +9,9 @@
 
 #include <sstream>
 
+#include "core/io/safetensors.h"
 #include "core/prune/distill_loss.h"
 #include "core/prune/gates.h"
-#include "core/io/safetensors.h"
 #include "tests/unit/test_util.h"
 
 namespace hawada {
@@ -53,10 +53,12 @@ TEST(TopkKl, MatchesTorchReference) {
   const at::Tensor student = at::randn({N, V}) * 3;
   const at::Tensor lse = at::logsumexp(teacher, -1);
   const at::Tensor mask = (at::arange(N) % 3 != 0).to(at::kFloat);
-  safetensors::write_file(dir.path() / "in.safetensors", {{"student", student}, {"values", values},
-                                                           {"indices", indices.to(at::kInt)}, {"lse", lse}, {"mask", mask}});
-  auto [code, out] = testing::run_capture(std::string(HAWADA_PYTHON) + " " + HAWADA_TEST_DATA_DIR +
-                                          "/../unit/distill_loss_reference.py " + (dir.path() / "in.safetensors").string());
+  safetensors::write_file(
+      dir.path() / "in.safetensors",
+      {{"student", student}, {"values", values}, {"indices", indices.to(at::kInt)}, {"lse", lse}, {"mask", mask}});
+  auto [code, out] =
+      testing::run_capture(std::string(HAWADA_PYTHON) + " " + HAWADA_TEST_DATA_DIR +
+                           "/../unit/distill_loss_reference.py " + (dir.path() / "in.safetensors").string());
   ASSERT_EQ(code, 0) << out;
   std::istringstream lines(out);
   double ref[4];
@@ -81,7 +83,7 @@ TEST(TopkKl, TinyStudentTailsKeepTheirPrecision) {
   auto [values, indices] = teacher.topk(k, -1);
   const at::Tensor lse = at::logsumexp(teacher, -1);
   at::Tensor student64 = at::randn({N, V}, at::kDouble);
-  student64.scatter_add_(-1, indices, at::full({N, k}, 18.0, at::kDouble));  // tails ~ e^-18
+  student64.scatter_add_(-1, indices, at::full({N, k}, 18.0, at::kDouble));           // tails ~ e^-18
   student64.index_put_({at::indexing::Slice(0, 2)}, at::randn({2, V}, at::kDouble));  // two ordinary rows
   const at::Tensor student = student64.to(at::kFloat).requires_grad_(true);
   const at::Tensor ours = topk_kl_loss(student, values.to(at::kFloat), indices, lse.to(at::kFloat));

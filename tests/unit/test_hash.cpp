@@ -17,9 +17,9 @@ std::vector<uint8_t> data() {
 }
 
 const std::pair<size_t, uint64_t> kVectors[] = {
-    {0, 0xef46db3751d8e999ULL},  {1, 0xe934a84adb052768ULL},   {3, 0xe5c7bb4533bc65ddULL},
-    {4, 0xffced8604453cc1eULL},  {8, 0x884a173614b81b8dULL},   {31, 0xc346d2b59b4d8ee1ULL},
-    {32, 0xcbf59c5116ff32b4ULL}, {33, 0x0c535d1acafb8eadULL},  {64, 0xf7c67301db6713f0ULL},
+    {0, 0xef46db3751d8e999ULL},   {1, 0xe934a84adb052768ULL},    {3, 0xe5c7bb4533bc65ddULL},
+    {4, 0xffced8604453cc1eULL},   {8, 0x884a173614b81b8dULL},    {31, 0xc346d2b59b4d8ee1ULL},
+    {32, 0xcbf59c5116ff32b4ULL},  {33, 0x0c535d1acafb8eadULL},   {64, 0xf7c67301db6713f0ULL},
     {100, 0x6ac1e58032166597ULL}, {1000, 0x6ef436b00eba4078ULL}, {1280, 0xafc184ad7938a354ULL},
 };
 

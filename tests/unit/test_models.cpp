@@ -7,8 +7,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include "adapters/adapter.h"
-#include "core/io/checkpoint.h"
 #include "core/base/errors.h"
+#include "core/io/checkpoint.h"
 
 namespace hawada {
 namespace {
@@ -91,8 +91,8 @@ INSTANTIATE_TEST_SUITE_P(Models, GatesAtOne,
                          ::testing::Combine(::testing::Values("tiny-llama", "tiny-vit"),
                                             ::testing::Values(at::kFloat, at::kBFloat16)),
                          [](const auto& info) {
-                           std::string name = std::get<0>(info.param) + "_" +
-                                              std::string(c10::toString(std::get<1>(info.param)));
+                           std::string name =
+                               std::get<0>(info.param) + "_" + std::string(c10::toString(std::get<1>(info.param)));
                            for (auto& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
                            return name;
                          });

@@ -30,9 +30,9 @@ at::Tensor patterned(DType dtype, std::vector<int64_t> shape) {
   const auto type = to_scalar_type(dtype);
   int64_t numel = 1;
   for (auto d : shape) numel *= d;
-  at::Tensor bytes = at::randint(0, 256, {numel * static_cast<int64_t>(dtype_size(dtype))},
-                                 at::TensorOptions().dtype(at::kByte))
-                         .contiguous();
+  at::Tensor bytes =
+      at::randint(0, 256, {numel * static_cast<int64_t>(dtype_size(dtype))}, at::TensorOptions().dtype(at::kByte))
+          .contiguous();
   if (dtype == DType::BOOL) bytes = bytes.remainder(2);  // only 0/1 are valid bools
   at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type));
   std::memcpy(t.data_ptr(), bytes.data_ptr(), bytes.numel());
@@ -44,9 +44,9 @@ bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
          std::memcmp(a.contiguous().data_ptr(), b.contiguous().data_ptr(), a.nbytes()) == 0;
 }
 
-const std::vector<DType> kAllDTypes = {DType::BOOL, DType::U8,   DType::I8,  DType::F8_E5M2, DType::F8_E4M3,
-                                       DType::I16,  DType::U16,  DType::F16, DType::BF16,    DType::I32,
-                                       DType::U32,  DType::F32,  DType::I64, DType::U64,     DType::F64};
+const std::vector<DType> kAllDTypes = {DType::BOOL, DType::U8,  DType::I8,  DType::F8_E5M2, DType::F8_E4M3,
+                                       DType::I16,  DType::U16, DType::F16, DType::BF16,    DType::I32,
+                                       DType::U32,  DType::F32, DType::I64, DType::U64,     DType::F64};
 
 TEST(Safetensors, RoundTripEveryDtypeWithoutCopies) {
   TempDir dir;
@@ -97,7 +97,8 @@ TEST(Safetensors, WriterIsDeterministic) {
 TEST(Safetensors, WriterRefusesDuplicateNames) {
   TempDir dir;
   std::vector<NamedTensor> t = {{"w", at::ones({2})}, {"w", at::ones({2}, at::kHalf)}};
-  hawada::testing::expect_error<CheckpointError>([&] { write_file(dir.path() / "d.safetensors", t); }, {"'w'", "duplicate"});
+  hawada::testing::expect_error<CheckpointError>([&] { write_file(dir.path() / "d.safetensors", t); },
+                                                 {"'w'", "duplicate"});
   EXPECT_FALSE(fs::exists(dir.path() / "d.safetensors"));
 }
 
@@ -160,21 +161,26 @@ std::vector<RefusalCase> refusal_cases() {
        Crafted{R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, 'x')}.bytes(),
        {"tensor 'w'", "needs 12"}},
       {"gap",
-       Crafted{R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
-               std::string(20, 'x')}
+       Crafted{
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+           std::string(20, 'x')}
            .bytes(),
        {"tensor 'b'", "gap", "'a'"}},
       {"overlap",
-       Crafted{R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-               std::string(12, 'x')}
+       Crafted{
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+           std::string(12, 'x')}
            .bytes(),
        {"tensor 'b'", "overlap", "'a'"}},
       {"first_not_at_zero",
        Crafted{R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", std::string(12, 'x')}.bytes(),
        {"tensor 'a'", "begin at 0"}},
       {"trailing_bytes", Crafted{"{\"w\":" + f32x2 + "}", std::string(9, 'x')}.bytes(), {"1 trailing bytes", "'w'"}},
-      {"tensor_past_eof", Crafted{"{\"w\":" + f32x2 + "}", std::string(4, 'x')}.bytes(), {"tensor 'w'", "past the end"}},
-      {"duplicate_name", Crafted{"{\"w\":" + f32x2 + ",\"w\":" + f32x2 + "}", std::string(8, 'x')}.bytes(),
+      {"tensor_past_eof",
+       Crafted{"{\"w\":" + f32x2 + "}", std::string(4, 'x')}.bytes(),
+       {"tensor 'w'", "past the end"}},
+      {"duplicate_name",
+       Crafted{"{\"w\":" + f32x2 + ",\"w\":" + f32x2 + "}", std::string(8, 'x')}.bytes(),
        {"tensor 'w'", "duplicate"}},
       {"negative_offset",
        Crafted{R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", std::string(8, 'x')}.bytes(),
@@ -209,7 +215,8 @@ TEST(SafetensorsIndex, RefusesShardNamesLeavingTheDirectory) {
 }
 
 TEST(SafetensorsIndex, RefusesMalformedIndex) {
-  hawada::testing::expect_error<CheckpointError>([] { parse_index("[]", "idx.json"); }, {"idx.json", "not a JSON object"});
+  hawada::testing::expect_error<CheckpointError>([] { parse_index("[]", "idx.json"); },
+                                                 {"idx.json", "not a JSON object"});
   hawada::testing::expect_error<CheckpointError>([] { parse_index(R"({"metadata":{}})", "idx.json"); }, {"weight_map"});
   hawada::testing::expect_error<CheckpointError>([] { parse_index(R"({"weight_map":{"w":3}})", "idx.json"); },
                                                  {"tensor 'w'"});
@@ -225,7 +232,8 @@ TEST(SafetensorsPython, WeReadWhatPythonWritesAndPythonReadsWhatWeWrite) {
   TempDir dir;
   const std::string script = std::string(HAWADA_TEST_DATA_DIR) + "/../unit/safetensors_interop.py";
   // 1. Python writes every dtype plus each tensor's raw bytes; we compare ours to them.
-  ASSERT_EQ(hawada::testing::run_command(std::string(HAWADA_PYTHON) + " " + script + " write " + dir.path().string()), 0);
+  ASSERT_EQ(hawada::testing::run_command(std::string(HAWADA_PYTHON) + " " + script + " write " + dir.path().string()),
+            0);
   Reader theirs(dir.path() / "python.safetensors");
   EXPECT_EQ(theirs.header().tensors.size(), kAllDTypes.size());
   for (const auto& info : theirs.header().tensors) {

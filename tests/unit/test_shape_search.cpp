@@ -3,14 +3,14 @@
 // unreachable budget names the smallest reachable cost.
 #include <gtest/gtest.h>
 
-#include <nlohmann/json.hpp>
 #include <algorithm>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 
-#include "core/base/errors.h"
 #include "adapters/adapter.h"
+#include "core/base/errors.h"
 #include "core/prune/shape_search.h"
 
 namespace hawada {
@@ -18,17 +18,22 @@ namespace {
 
 // Shapes as the adapters describe them from a config.json (their traits included).
 ModelShape llama(int64_t layers, int64_t hidden, int64_t heads, int64_t kv, int64_t ffn) {
-  const nlohmann::json c = {{"model_type", "llama"}, {"num_hidden_layers", layers}, {"hidden_size", hidden},
-                            {"num_attention_heads", heads}, {"num_key_value_heads", kv}, {"intermediate_size", ffn},
-                            {"vocab_size", 1000}, {"tie_word_embeddings", true}};
+  const nlohmann::json c = {{"model_type", "llama"},        {"num_hidden_layers", layers}, {"hidden_size", hidden},
+                            {"num_attention_heads", heads}, {"num_key_value_heads", kv},   {"intermediate_size", ffn},
+                            {"vocab_size", 1000},           {"tie_word_embeddings", true}};
   return model_shape(adapter_for(c, "config.json").summarize(c, "config.json"));
 }
 
 ModelShape vit(int64_t layers, int64_t heads, int64_t head_size, int64_t ffn) {
-  const nlohmann::json c = {{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}},
-                            {"num_hidden_layers", layers}, {"hidden_size", heads * head_size},
-                            {"num_attention_heads", heads}, {"intermediate_size", ffn}, {"num_labels", 10},
-                            {"image_size", 32}, {"patch_size", 8}};
+  const nlohmann::json c = {{"model_type", "vit"},
+                            {"architectures", {"ViTForImageClassification"}},
+                            {"num_hidden_layers", layers},
+                            {"hidden_size", heads * head_size},
+                            {"num_attention_heads", heads},
+                            {"intermediate_size", ffn},
+                            {"num_labels", 10},
+                            {"image_size", 32},
+                            {"patch_size", 8}};
   return model_shape(adapter_for(c, "config.json").summarize(c, "config.json"));
 }
 
@@ -36,8 +41,11 @@ StructureScores random_scores(const ModelShape& s, const SearchRules& r, std::mt
   std::uniform_real_distribution<double> u(0, 1);
   StructureScores sc;
   for (int64_t l = 0; l < s.layers; ++l) {
-    if (r.heads) sc.heads.emplace_back(s.heads), std::generate(sc.heads.back().begin(), sc.heads.back().end(), [&] { return u(rng); });
-    if (r.ffn) sc.ffn.emplace_back(s.ffn), std::generate(sc.ffn.back().begin(), sc.ffn.back().end(), [&] { return u(rng); });
+    if (r.heads)
+      sc.heads.emplace_back(s.heads),
+          std::generate(sc.heads.back().begin(), sc.heads.back().end(), [&] { return u(rng); });
+    if (r.ffn)
+      sc.ffn.emplace_back(s.ffn), std::generate(sc.ffn.back().begin(), sc.ffn.back().end(), [&] { return u(rng); });
   }
   if (r.hidden) sc.hidden.resize(s.hidden), std::generate(sc.hidden.begin(), sc.hidden.end(), [&] { return u(rng); });
   if (r.layers) sc.layers.resize(s.layers), std::generate(sc.layers.begin(), sc.layers.end(), [&] { return u(rng); });
@@ -82,7 +90,8 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     r.ffn_multiple = std::vector<int64_t>{8, 16, 32, 256}[pick(rng)];
     r.hidden_multiple = std::vector<int64_t>{8, 16, 32, 128}[pick(rng)];
     CostSpec cost;
-    cost.metric = pick(rng) % 2 ? CostSpec::Metric::params : CostSpec::Metric::latency;
+    cost.metric = std::vector<CostSpec::Metric>{CostSpec::Metric::params, CostSpec::Metric::non_embedding_params,
+                                                CostSpec::Metric::latency, CostSpec::Metric::latency}[pick(rng)];
     cost.target = std::uniform_real_distribution<double>(0.05, 1.0)(rng);
     cost.tokens = is_vit ? 17 : 64;
     if (!is_vit && pick(rng) == 0) cost.tokens = 1, cost.context = 64;  // a decode step
@@ -101,12 +110,28 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     const ModelShape& c = p.chosen.shape;
     ASSERT_EQ(transformers_violation(c, s), "") << "trial " << trial;
     EXPECT_LE(p.chosen.cost_ratio, cost.target * (1 + 1e-12));
-    if (!r.heads) EXPECT_EQ(c.heads, s.heads);
-    if (!r.ffn) EXPECT_EQ(c.ffn, s.ffn);
-    if (r.ffn && c.ffn != s.ffn) EXPECT_EQ(c.ffn % r.ffn_multiple, 0);
-    if (!is_vit && c.hidden != s.hidden) EXPECT_EQ(c.hidden % r.hidden_multiple, 0);
-    if (!is_vit && !r.prune_kv_groups) EXPECT_EQ(c.kv_heads, s.kv_heads);
-    if (!r.layers) EXPECT_EQ(c.layers, s.layers);
+    if (cost.metric == CostSpec::Metric::non_embedding_params) {
+      EXPECT_DOUBLE_EQ(p.chosen.cost_ratio, static_cast<double>(parameter_count(c, ParameterScope::non_embedding)) /
+                                                static_cast<double>(parameter_count(s, ParameterScope::non_embedding)));
+    }
+    if (!r.heads) {
+      EXPECT_EQ(c.heads, s.heads);
+    }
+    if (!r.ffn) {
+      EXPECT_EQ(c.ffn, s.ffn);
+    }
+    if (r.ffn && c.ffn != s.ffn) {
+      EXPECT_EQ(c.ffn % r.ffn_multiple, 0);
+    }
+    if (!is_vit && c.hidden != s.hidden) {
+      EXPECT_EQ(c.hidden % r.hidden_multiple, 0);
+    }
+    if (!is_vit && !r.prune_kv_groups) {
+      EXPECT_EQ(c.kv_heads, s.kv_heads);
+    }
+    if (!r.layers) {
+      EXPECT_EQ(c.layers, s.layers);
+    }
     ASSERT_EQ(static_cast<int64_t>(p.layers.size()), c.layers);
     EXPECT_TRUE(std::is_sorted(p.layers.begin(), p.layers.end()));
     EXPECT_TRUE(std::adjacent_find(p.layers.begin(), p.layers.end()) == p.layers.end());
@@ -165,7 +190,12 @@ TEST(ShapeSearch, LayerScoresChooseWhichBlocksGo) {
   StructureScores sc;
   sc.layers = {0.9, 0.01, 0.8, 0.7, 0.02, 0.95};
   CostSpec cost;
-  cost.target = (static_cast<double>(parameter_count([&] { ModelShape t = s; t.layers = 4; return t; }())) + 1) /
+  cost.target = (static_cast<double>(parameter_count([&] {
+                   ModelShape t = s;
+                   t.layers = 4;
+                   return t;
+                 }())) +
+                 1) /
                 static_cast<double>(parameter_count(s));
   const SearchResult res = search_shape(s, sc, r, cost);
   EXPECT_EQ(res.plan.chosen.shape.layers, 4);
