@@ -4,6 +4,7 @@
     python bench/quality_reference.py baseline {activation,magnitude} DENSE_DIR SHAPE_FROM_DIR CALIB.h5 OUT_DIR
     python bench/quality_reference.py generate MODEL_DIR [--prompt TEXT]
     python bench/quality_reference.py speed DENSE_DIR [MODEL_DIR ...] [--prompt 256] [--new 64] [--threads 2]
+    python bench/quality_reference.py kl TEACHER_DIR MODEL_DIR TOKENS.h5 [--samples N]
 
 ppl: held-out NLL / perplexity of a model on token windows (every next-token prediction inside each
 window), in fp32.
@@ -21,6 +22,9 @@ inputs (activation) or by the embedding column norm (magnitude). A shape with fe
 (num_hidden_layers) drops blocks first: activation by ShortGPT's block influence (the blocks whose
 output is most like their input, mean 1 - cos over the calibration tokens, go), magnitude by the last
 blocks; then widths are chosen within the kept blocks.
+
+kl: the mean over every position of the full-vocabulary KL(teacher || model), in fp32 (and the
+model's perplexity on the same windows).
 
 speed: what a user feels in transformers, batch 1, fp32, greedy, KV cache: the prefill latency of a
 PROMPT-token prompt and the decode speed of NEW tokens after it (median of --repeats), each model
@@ -255,6 +259,23 @@ def speed_cmd(a):
         del model
 
 
+@torch.no_grad()
+def kl_cmd(a):
+    teacher, model = load(a.teacher), load(a.model)
+    ids = windows(a.tokens, 0, a.samples)
+    kl_sum, nll_sum, n = 0.0, 0.0, 0
+    for i in range(0, ids.shape[0], 8):
+        x = ids[i:i + 8]
+        lt = torch.log_softmax(teacher(input_ids=x).logits.float(), -1)
+        lm = torch.log_softmax(model(input_ids=x).logits.float(), -1)
+        kl_sum += (lt.exp() * (lt - lm)).sum(-1).sum().item()
+        nll_sum += -lm[:, :-1].gather(-1, x[:, 1:, None]).sum().item()
+        n += x.numel()
+    nll_mean = nll_sum / (n - ids.shape[0])
+    print(json.dumps({"model": a.model, "teacher": a.teacher, "tokens": a.tokens, "windows": ids.shape[0],
+                      "kl": kl_sum / n, "ppl": math.exp(nll_mean)}))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -272,8 +293,11 @@ def main():
     v.add_argument("models", nargs="+")
     v.add_argument("--prompt", type=int, default=256), v.add_argument("--new", type=int, default=64)
     v.add_argument("--threads", type=int, default=2), v.add_argument("--repeats", type=int, default=3)
+    k = sub.add_parser("kl")
+    k.add_argument("teacher"), k.add_argument("model"), k.add_argument("tokens")
+    k.add_argument("--samples", type=int, default=0)
     a = p.parse_args()
-    {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd, "speed": speed_cmd}[a.cmd](a)
+    {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd, "speed": speed_cmd, "kl": kl_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Turns a text corpus into the token HDF5 that `data.format = "tokens_h5"` reads, with the model's
 own tokenizer (transformers' AutoTokenizer on the model directory; nothing is downloaded).
 
-    python launch/prepare_tokens.py MODEL_DIR CORPUS OUT.h5 --seq-len 512 [--samples N] [--no-eos]
+    python launch/prepare_tokens.py MODEL_DIR CORPUS OUT.h5 --seq-len 512 [--samples N] [--no-eos] [--no-bos-windows]
     python launch/prepare_tokens.py MODEL_DIR CORPUS OUT.h5 --seq-len 64 --sentences [--samples N] [--seed S]
 
 CORPUS is a text file whose documents are separated by blank lines, or a directory whose *.txt files
 are one document each (in name order). Each document gets the tokenizer's special tokens (BOS) and, unless
 --no-eos, an EOS token; all are concatenated and cut into windows of seq_len (the remainder is
-dropped). Writes input_ids int32 [samples, seq_len] and attributes naming the tokenizer and corpus.
+dropped). When the tokenizer adds a BOS token to a text (Gemma, LLaMA), every window starts with BOS and
+holds the next seq_len - 1 tokens of the stream: such models are trained on sequences that begin with it
+(Gemma-3-270M's perplexity is about 4x worse on windows without it); --no-bos-windows cuts plainly. Writes input_ids int32 [samples, seq_len] and attributes naming the tokenizer and corpus.
 
 --sentences (sentence encoders such as BERT): one sample per sentence of the corpus (5 to 80 words, the
 documents' whitespace collapsed), tokenized alone with the tokenizer's special tokens ([CLS] ... [SEP]),
@@ -32,6 +34,8 @@ def main():
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--samples", type=int, default=0, help="at most this many windows (0 = all)")
     p.add_argument("--no-eos", action="store_true")
+    p.add_argument("--no-bos-windows", action="store_true",
+                   help="do not start every window with BOS (the default when the tokenizer adds one)")
     p.add_argument("--sentences", action="store_true", help="one padded sample per sentence, with attention_mask")
     p.add_argument("--seed", type=int, default=0, help="--sentences: shuffle seed")
     a = p.parse_args()
@@ -51,19 +55,33 @@ def main():
         ids.extend(tok(d)["input_ids"])
         if not a.no_eos and tok.eos_token_id is not None:
             ids.append(tok.eos_token_id)
-    windows = len(ids) // a.seq_len
+    bos = adds_bos(tok) and not a.no_bos_windows
+    step = a.seq_len - 1 if bos else a.seq_len
+    windows = len(ids) // step if step > 0 else 0
     if a.samples:
         windows = min(windows, a.samples)
     if windows == 0:
         raise SystemExit(f"{a.corpus}: {len(ids)} tokens, fewer than one window of {a.seq_len}")
-    arr = np.asarray(ids[: windows * a.seq_len], dtype=np.int32).reshape(windows, a.seq_len)
+    arr = np.asarray(ids[: windows * step], dtype=np.int32).reshape(windows, step)
+    if bos:
+        arr = np.concatenate([np.full((windows, 1), tok.bos_token_id, dtype=np.int32), arr], axis=1)
     tmp = a.out + ".tmp"
     with h5py.File(tmp, "w") as f:
         f["input_ids"] = arr
         f.attrs["tokenizer"] = os.path.abspath(a.model_dir)
         f.attrs["corpus"] = os.path.abspath(a.corpus)
+        f.attrs["bos_windows"] = int(bos)
     os.replace(tmp, a.out)
-    print(f"wrote {a.out}: {windows} samples x {a.seq_len} tokens from {len(docs)} documents ({len(ids)} tokens)")
+    print(f"wrote {a.out}: {windows} samples x {a.seq_len} tokens from {len(docs)} documents ({len(ids)} tokens)"
+          + (", each window led by BOS" if bos else ""))
+
+
+def adds_bos(tok):
+    """Whether the tokenizer puts its BOS token in front of a text (what the model was trained on)."""
+    if tok.bos_token_id is None:
+        return False
+    ids = tok("a")["input_ids"]
+    return len(ids) > 0 and ids[0] == tok.bos_token_id
 
 
 def sentences(a, tok, docs):

@@ -8,6 +8,7 @@
 #include "adapters/adapter.h"
 #include "core/base/errors.h"
 #include "core/base/fs.h"
+#include "core/base/json_input.h"
 #include "core/base/log.h"
 #include "core/data/h5.h"
 #include "core/io/checkpoint.h"
@@ -174,6 +175,24 @@ void make_model(const std::string& arch_name, const std::string& preset, int64_t
             " parameters, seed " + std::to_string(seed));
 }
 
+namespace {
+
+// The BOS id every sequence starts with when the model's tokenizer puts one in front of a text
+// (tokenizer_config.json: "add_bos_token": true, as Gemma's): what such a model was trained on; -1 otherwise.
+int64_t leading_bos(const fs::path& model_dir, const nlohmann::json& config) {
+  const fs::path file = model_dir / "tokenizer_config.json";
+  if (!fs::exists(file) || !config.contains("bos_token_id") || !config["bos_token_id"].is_number_integer()) return -1;
+  const std::string text = read_text_file(file);
+  if (const std::string problem = json_depth_problem(text); !problem.empty())
+    throw DataError("'" + file.string() + "': " + problem);
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) throw DataError("'" + file.string() + "': not valid JSON");
+  const auto add = j.find("add_bos_token");
+  return add != j.end() && add->is_boolean() && add->get<bool>() ? config["bos_token_id"].get<int64_t>() : -1;
+}
+
+}  // namespace
+
 void make_data(const fs::path& model_dir, int64_t samples, int64_t seq_len, int64_t seed, const fs::path& out_file) {
   if (samples < 1) throw UsageError("--samples must be at least 1");
   if (fs::exists(out_file)) throw IoError("'" + out_file.string() + "' exists; make-data never overwrites");
@@ -188,6 +207,7 @@ void make_data(const fs::path& model_dir, int64_t samples, int64_t seq_len, int6
     if (arch.vocab_size > 0) {
       if (seq_len < 1) throw UsageError("--seq-len must be at least 1 for a language model");
       const at::Tensor ids = at::randint(arch.vocab_size, {samples, seq_len}, gen, at::kInt);
+      if (const int64_t bos = leading_bos(model_dir, ckpt.config()); bos >= 0) ids.select(1, 0).fill_(bos);
       f.write("input_ids", h5::Type::i32, {samples, seq_len}, ids.data_ptr());
     } else {
       // Smooth patterns (low-resolution noise, upsampled) so images have structure, as uint8.

@@ -2,6 +2,7 @@
 and give the same logits as our forward; data is deterministic and fits the model; every example
 config passes `validate` once its paths point at real files.
 """
+import json
 import os
 import re
 import shutil
@@ -90,3 +91,21 @@ def test_example_configs_validate_once_paths_are_given(cli, tmp_path, name):
     cfg.write_text(text)
     p = cli("validate", cfg)
     assert f'path = "{model}"' in p.stdout and f'path = "{data}"' in p.stdout
+
+
+def test_make_data_leads_with_bos_when_the_tokenizer_adds_one(cli, tmp_path):
+    """A model whose tokenizer_config.json says add_bos_token (Gemma's) gets sequences that start with BOS,
+    as it was trained on; without it, none are forced; a broken tokenizer_config.json is refused by name."""
+    model = tmp_path / "model"
+    cli("make-model", "--arch", "llama", "--preset", "tiny", model)
+    cli("make-data", model, "--samples", "64", "--seq-len", "8", tmp_path / "plain.h5")
+    (model / "tokenizer_config.json").write_text('{"add_bos_token": true, "bos_token": "<s>"}')
+    cli("make-data", model, "--samples", "64", "--seq-len", "8", tmp_path / "bos.h5")
+    bos = json.load(open(model / "config.json"))["bos_token_id"]
+    with h5py.File(tmp_path / "plain.h5") as f, h5py.File(tmp_path / "bos.h5") as g:
+        plain, led = f["input_ids"][:], g["input_ids"][:]
+    assert (led[:, 0] == bos).all() and not (plain[:, 0] == bos).all()
+    assert (led[:, 1:] == plain[:, 1:]).all()
+    (model / "tokenizer_config.json").write_text('{"add_bos_token": tru')
+    p = cli("make-data", model, "--samples", "4", "--seq-len", "8", tmp_path / "bad.h5", check=False)
+    assert p.returncode != 0 and "tokenizer_config.json" in p.stderr

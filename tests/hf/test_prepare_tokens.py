@@ -40,6 +40,41 @@ def test_corpus_to_token_h5(tmp_path):
     assert (ids.reshape(-1) == np.asarray(expected[: ids.size])).all()
 
 
+def test_windows_start_with_bos_when_the_tokenizer_adds_one(tmp_path):
+    """A tokenizer that adds BOS (Gemma, LLaMA): every window is BOS + the next seq_len - 1 tokens of the
+    stream; --no-bos-windows cuts the stream plainly."""
+    corpus = "\n\n".join(f"document {i} says the quick brown fox jumps over the lazy dog {i % 7} times"
+                          for i in range(40))
+    (tmp_path / "corpus.txt").write_text(corpus)
+    model = tmp_path / "model"
+    model.mkdir()
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    bpe.train_from_iterator([corpus], tokenizers.trainers.BpeTrainer(vocab_size=120,
+                                                                      special_tokens=["<unk>", "<s>", "</s>"]))
+    bpe.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>")
+    fast.save_pretrained(model)
+    stream = []
+    for doc in corpus.split("\n\n"):
+        stream += fast(doc)["input_ids"] + [fast.eos_token_id]
+    assert stream[0] == fast.bos_token_id
+    subprocess.run([sys.executable, SCRIPT, model, tmp_path / "corpus.txt", tmp_path / "bos.h5", "--seq-len", "16"],
+                   check=True)
+    with h5py.File(tmp_path / "bos.h5") as f:
+        ids = f["input_ids"][:]
+        assert f.attrs["bos_windows"] == 1
+    assert ids.shape == (len(stream) // 15, 16)
+    assert (ids[:, 0] == fast.bos_token_id).all()
+    assert (ids[:, 1:].reshape(-1) == np.asarray(stream[: ids.shape[0] * 15])).all()
+    subprocess.run([sys.executable, SCRIPT, model, tmp_path / "corpus.txt", tmp_path / "plain.h5", "--seq-len", "16",
+                    "--no-bos-windows"], check=True)
+    with h5py.File(tmp_path / "plain.h5") as f:
+        plain = f["input_ids"][:]
+    assert (plain.reshape(-1) == np.asarray(stream[: plain.size])).all()
+
+
 def test_sentences_padded_with_attention_mask(tmp_path):
     """--sentences: one sample per sentence (5 to 80 words), tokenised alone, padded, with attention_mask."""
     text = ("The quick brown fox jumps over the lazy dog. Too short. A second sentence with enough words in it!\n\n"
