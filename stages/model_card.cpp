@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/base/fs.h"
+#include "core/base/json_input.h"
 #include "core/base/process.h"
 #include "stages/layout.h"
 #include "training/student.h"
@@ -15,11 +16,6 @@ namespace hawada {
 namespace {
 
 using json = nlohmann::json;
-
-std::string num(const json& j, const char* key, fmt::format_string<double> f = "{:.4g}") {
-  if (!j.contains(key) || !j[key].is_number()) return "n/a";
-  return fmt::format(f, j[key].get<double>());
-}
 
 // A YAML double-quoted scalar (escapes quotes, backslashes and control characters).
 std::string yaml_string(const std::string& s) {
@@ -95,19 +91,20 @@ std::string quality_section(const json& ev, const json& q) {
   o << "## Quality\n\nOn " << q.value("samples", 0) << " samples of " << ev.value("data", std::string("held-out data"))
     << ", in fp32:\n\n| metric | value |\n| --- | --- |\n";
   if (q.contains("student_ppl"))
-    o << "| perplexity, original | " << num(q, "teacher_ppl") << " |\n| perplexity, this model | "
-      << num(q, "student_ppl") << " |\n";
+    o << "| perplexity, original | " << json_number_text(q, "teacher_ppl") << " |\n| perplexity, this model | "
+      << json_number_text(q, "student_ppl") << " |\n";
   if (q.contains("cosine"))
-    o << "| cosine similarity of mean-pooled embeddings to the original's (mean) | " << num(q, "cosine", "{:.4f}")
-      << " |\n"
-      << "| the same, lowest sample | " << num(q, "min_cosine", "{:.4f}") << " |\n"
-      << "| the same, on the hidden channels this model kept | " << num(q, "cosine_kept_channels", "{:.4f}") << " |\n"
+    o << "| cosine similarity of mean-pooled embeddings to the original's (mean) | "
+      << json_number_text(q, "cosine", "{:.4f}") << " |\n"
+      << "| the same, lowest sample | " << json_number_text(q, "min_cosine", "{:.4f}") << " |\n"
+      << "| the same, on the hidden channels this model kept | "
+      << json_number_text(q, "cosine_kept_channels", "{:.4f}") << " |\n"
       << "| correlation of pairwise sentence similarities with the original's | "
-      << num(q, "similarity_correlation", "{:.4f}") << " |\n"
-      << "| cosine similarity per token (mean) | " << num(q, "token_cosine", "{:.4f}") << " |\n\n";
+      << json_number_text(q, "similarity_correlation", "{:.4f}") << " |\n"
+      << "| cosine similarity per token (mean) | " << json_number_text(q, "token_cosine", "{:.4f}") << " |\n\n";
   else
-    o << "| KL(original \\|\\| this model) per token | " << num(q, "kl") << " |\n"
-      << "| top-1 agreement with the original | " << num(q, "top1_agreement", "{:.3f}") << " |\n\n";
+    o << "| KL(original \\|\\| this model) per token | " << json_number_text(q, "kl") << " |\n"
+      << "| top-1 agreement with the original | " << json_number_text(q, "top1_agreement", "{:.3f}") << " |\n\n";
   return o.str();
 }
 
@@ -118,17 +115,19 @@ std::string speed_section(const json& ev) {
     const json& l = ev["latency"];
     o << "## Speed\n\nForward pass of " << l.value("batch", 0) << " x " << l.value("tokens", 0) << " tokens in "
       << l.value("dtype", std::string()) << " on " << ev.value("device", std::string()) << ": original "
-      << num(l, "dense_s", "{:.4g}") << " s, this model " << num(l, "export_s", "{:.4g}") << " s (measured speedup "
-      << num(l, "measured_speedup", "{:.2f}") << "x; the cost model predicted " << num(l, "predicted_speedup", "{:.2f}")
-      << "x).\n\n";
+      << json_number_text(l, "dense_s", "{:.4g}") << " s, this model " << json_number_text(l, "export_s", "{:.4g}")
+      << " s (measured speedup " << json_number_text(l, "measured_speedup", "{:.2f}") << "x; the cost model predicted "
+      << json_number_text(l, "predicted_speedup", "{:.2f}") << "x).\n\n";
   }
   if (ev.contains("generation")) {
     const json& g = ev["generation"];
     o << "Generation (batch 1, greedy, KV cache, " << g.value("dtype", std::string())
       << ", hawada-pipeline's runtime): a " << g.value("prompt_tokens", 0) << "-token prompt is prefilled "
-      << num(g, "prefill_speedup", "{:.2f}") << "x faster than the original, and " << g.value("new_tokens", 0)
-      << " new tokens decode at " << num(g, "export_decode_tokens_per_s", "{:.1f}") << " tokens/s against "
-      << num(g, "dense_decode_tokens_per_s", "{:.1f}") << " (" << num(g, "decode_speedup", "{:.2f}") << "x).\n\n";
+      << json_number_text(g, "prefill_speedup", "{:.2f}") << "x faster than the original, and "
+      << g.value("new_tokens", 0) << " new tokens decode at "
+      << json_number_text(g, "export_decode_tokens_per_s", "{:.1f}") << " tokens/s against "
+      << json_number_text(g, "dense_decode_tokens_per_s", "{:.1f}") << " ("
+      << json_number_text(g, "decode_speedup", "{:.2f}") << "x).\n\n";
   }
   return o.str();
 }

@@ -25,10 +25,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 // A number field as text, "n/a" when absent, null or not a number (a report never dies on a value).
-std::string number_or_na(const json& j, const char* key, fmt::format_string<double> f) {
-  return j.contains(key) && j[key].is_number() ? fmt::format(f, j[key].get<double>()) : std::string("n/a");
-}
-
 std::string escape(const std::string& s) {
   std::string o;
   for (char c : s) {
@@ -301,7 +297,7 @@ std::string probes_section(const json& plan) {
          << p.value("num_attention_heads", 0) << " (" << p.value("num_key_value_heads", 0) << ")</td><td>"
          << p.value("intermediate_size", 0) << "</td><td>" << fmt::format("{:.4f}", p.value("cost_ratio", 0.0))
          << "</td><td>" << fmt::format("{:.4f}", p.value("importance", 0.0)) << "</td><td>"
-         << number_or_na(p, "kl", "{:.4f}") << "</td></tr>";
+         << json_number_text(p, "kl", "{:.4f}") << "</td></tr>";
   body << "</table>";
   return body.str();
 }
@@ -343,18 +339,20 @@ std::string verify_section(const json& sm) {
        << escape(sm.at("export").get<std::string>()) << ": on " << v.at("samples") << " "
        << (v.at("held_out").get<bool>() ? "held-out" : "training") << " samples the export's logits are "
        << (v.at("passed").get<bool>() ? "equal to" : "DIFFERENT from") << " the hard-gated student's (max |diff| "
-       << number_or_na(v, "max_abs_diff", "{:.3g}") << ", relative L2 " << number_or_na(v, "relative_l2", "{:.3g}")
-       << ", tolerance " << number_or_na(v, "tolerance", "{:.0e}") << "). Load it with "
+       << json_number_text(v, "max_abs_diff", "{:.3g}") << ", relative L2 "
+       << json_number_text(v, "relative_l2", "{:.3g}") << ", tolerance " << json_number_text(v, "tolerance", "{:.0e}")
+       << "). Load it with "
        << "<code>AutoModel*.from_pretrained(\"" << escape(sm.at("export").get<std::string>()) << "\")</code>.</p>";
   return body.str();
 }
 
 // A row of the encoder quality table: one model's embeddings against the teacher's.
 std::string encoder_row(const char* name, const json& j) {
-  return std::string("<tr><td>") + name + "</td><td>" + number_or_na(j, "cosine", "{:.4f}") + "</td><td>" +
-         number_or_na(j, "min_cosine", "{:.4f}") + "</td><td>" + number_or_na(j, "cosine_kept_channels", "{:.4f}") +
-         "</td><td>" + number_or_na(j, "similarity_correlation", "{:.4f}") + "</td><td>" +
-         number_or_na(j, "token_cosine", "{:.4f}") + "</td><td>" + number_or_na(j, "relative_mse", "{:.4f}") +
+  return std::string("<tr><td>") + name + "</td><td>" + json_number_text(j, "cosine", "{:.4f}") + "</td><td>" +
+         json_number_text(j, "min_cosine", "{:.4f}") + "</td><td>" +
+         json_number_text(j, "cosine_kept_channels", "{:.4f}") + "</td><td>" +
+         json_number_text(j, "similarity_correlation", "{:.4f}") + "</td><td>" +
+         json_number_text(j, "token_cosine", "{:.4f}") + "</td><td>" + json_number_text(j, "relative_mse", "{:.4f}") +
          "</td></tr>";
 }
 
@@ -380,17 +378,17 @@ std::string logit_quality(const json& ev) {
        << " (fp32):</p><table id='quality'><tr><th>model</th>" << (lm ? "<th>perplexity</th>" : "")
        << "<th>KL(teacher || model)</th><th>top-1 agreement</th></tr>";
   if (lm)
-    body << "<tr><td>dense teacher</td><td>" << number_or_na(q, "teacher_ppl", "{:.3f}")
+    body << "<tr><td>dense teacher</td><td>" << json_number_text(q, "teacher_ppl", "{:.3f}")
          << "</td><td>0</td><td>1</td></tr>";
   if (ev.contains("unhealed")) {
     const json& u = ev["unhealed"];
     body << "<tr><td>pruned, calibrated (before heal)</td>"
-         << (lm ? "<td>" + number_or_na(u, "student_ppl", "{:.3f}") + "</td>" : "") << "<td>"
-         << number_or_na(u, "kl", "{:.4f}") << "</td><td>" << number_or_na(u, "top1_agreement", "{:.3f}")
+         << (lm ? "<td>" + json_number_text(u, "student_ppl", "{:.3f}") + "</td>" : "") << "<td>"
+         << json_number_text(u, "kl", "{:.4f}") << "</td><td>" << json_number_text(u, "top1_agreement", "{:.3f}")
          << "</td></tr>";
   }
-  body << "<tr><td>export</td>" << (lm ? "<td>" + number_or_na(q, "student_ppl", "{:.3f}") + "</td>" : "") << "<td>"
-       << number_or_na(q, "kl", "{:.4f}") << "</td><td>" << number_or_na(q, "top1_agreement", "{:.3f}")
+  body << "<tr><td>export</td>" << (lm ? "<td>" + json_number_text(q, "student_ppl", "{:.3f}") + "</td>" : "") << "<td>"
+       << json_number_text(q, "kl", "{:.4f}") << "</td><td>" << json_number_text(q, "top1_agreement", "{:.3f}")
        << "</td></tr></table>";
   return body.str();
 }
@@ -401,9 +399,10 @@ std::string speedup_paragraph(const json& ev) {
   std::ostringstream body;
   body << "<p id='speedup'>Measured forward latency (" << l.value("batch", 0) << " x " << l.value("tokens", 0)
        << " tokens, " << escape(l.value("dtype", std::string())) << ", " << escape(ev.value("device", std::string()))
-       << "): dense " << number_or_na(l, "dense_s", "{:.4g}") << " s, export " << number_or_na(l, "export_s", "{:.4g}")
-       << " s: <b>" << number_or_na(l, "measured_speedup", "{:.2f}") << "x</b> measured, "
-       << number_or_na(l, "predicted_speedup", "{:.2f}") << "x predicted by the cost model.</p>";
+       << "): dense " << json_number_text(l, "dense_s", "{:.4g}") << " s, export "
+       << json_number_text(l, "export_s", "{:.4g}") << " s: <b>" << json_number_text(l, "measured_speedup", "{:.2f}")
+       << "x</b> measured, " << json_number_text(l, "predicted_speedup", "{:.2f}")
+       << "x predicted by the cost model.</p>";
   return body.str();
 }
 

@@ -1,5 +1,6 @@
 #include "core/base/json_input.h"
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 namespace hawada {
@@ -83,6 +84,11 @@ std::vector<int64_t> json_ints(const nlohmann::json& v) {
   out.reserve(v.size());
   for (const auto& e : v) out.push_back(json_int(e));
   return out;
+}
+
+std::string json_number_text(const nlohmann::json& j, const char* key, fmt::format_string<double> f) {
+  const auto it = j.find(key);
+  return it != j.end() && it->is_number() ? fmt::format(f, it->get<double>()) : std::string("n/a");
 }
 
 }  // namespace hawada

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include <fmt/base.h>
 #include <nlohmann/json_fwd.hpp>
 
 namespace hawada {
@@ -30,5 +31,9 @@ std::string json_excerpt(const nlohmann::json& value, std::size_t max_chars = 80
 int64_t json_int(const nlohmann::json& value);
 /// An array of JSON integers, each as json_int.
 std::vector<int64_t> json_ints(const nlohmann::json& value);
+
+/// `j[key]` formatted with `f` when it is a number; "n/a" when it is absent or not a number (reports, model
+/// cards: a summary written by an older or failed run must still render).
+std::string json_number_text(const nlohmann::json& j, const char* key, fmt::format_string<double> f = "{:.4g}");
 
 }  // namespace hawada
