@@ -113,8 +113,8 @@ for m in $modes; do
   mpirun -np 2 --oversubscribe "$cli" "$out/$name.toml" --stages teacher_cache,heal,export > "$out/$name.log" 2>&1
   wall=$(( $(date +%s) - t0 ))
   ref=$("$py" "$repo/bench/quality_reference.py" kl "$model" "$out/runs/$name/export/slim" "$evalf" 2>/dev/null | tail -1)
-  bytes=$(grep -o '[0-9.]* bytes per token on disk' "$out/$name.log" | tail -1 | cut -d' ' -f1)
-  speed=$(grep -o 'computed .* tokens/s' "$out/$name.log" | tail -1 | grep -o '[0-9.]* tokens/s' | cut -d' ' -f1)
+  bytes=$(grep -o '[0-9.]* bytes per token on disk' "$out/$name.log" | tail -1 | cut -d' ' -f1 || true)
+  speed=$(grep -o 'computed .* tokens/s' "$out/$name.log" | tail -1 | grep -o '[0-9.]* tokens/s' | cut -d' ' -f1 || true)  # none when the cache was reused
   [ -d "$out/runs/$name/export/slim" ] && grep -q "heal: done" "$out/$name.log" || { echo "cache_modes.sh: $name failed (see $out/$name.log)" >&2; exit 1; }
   echo "$name healed on $((steps * tokens_per_step)) tokens: $ref; ${bytes} B/token; teacher ${speed} tokens/s (rank 0); wall ${wall}s"
   echo "{\"form\": \"$name\", \"heal_tokens\": $((steps * tokens_per_step)), \"reference\": $ref, \"bytes_per_token\": ${bytes:-null}, \"teacher_tokens_per_s_rank0\": ${speed:-null}, \"wall_s\": $wall}" >> "$results"

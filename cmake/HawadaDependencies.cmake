@@ -47,11 +47,11 @@ add_library(hawada::torch ALIAS hawada_torch)
 target_link_libraries(hawada_torch INTERFACE ${TORCH_LIBRARIES})
 target_link_options(hawada_torch INTERFACE "LINKER:--push-state,--no-as-needed,-lstdc++,--pop-state")
 
-# hawada::fmt: {fmt} for text, header-only, the copy LibTorch ships. Debian's libfmt-dev (9.1) cannot be
-# used beside LibTorch: the wheel's include directory carries fmt 12's headers, which shadow Debian's in
-# every translation unit that sees LibTorch, and linking Debian's library against them mixes two versions.
+# hawada::fmt: {fmt} for text, the headers LibTorch ships (its compiled part: core/base/fmt_impl.cpp, in
+# hawada::base). Debian's libfmt-dev (9.1) cannot be used beside LibTorch: the wheel's include directory
+# carries fmt 12's headers, which shadow Debian's in every translation unit that sees LibTorch, and
+# linking Debian's library against them mixes two versions.
 find_path(HAWADA_FMT_INCLUDE_DIR fmt/format.h HINTS ${TORCH_INCLUDE_DIRS} NO_DEFAULT_PATH REQUIRED)
 add_library(hawada_fmt INTERFACE)
 add_library(hawada::fmt ALIAS hawada_fmt)
 target_include_directories(hawada_fmt SYSTEM INTERFACE ${HAWADA_FMT_INCLUDE_DIR})
-target_compile_definitions(hawada_fmt INTERFACE FMT_HEADER_ONLY)
