@@ -15,9 +15,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "..", "..", "launch", "prepare_tokens.py")
 
 
-def test_corpus_to_token_h5(tmp_path):
-    corpus = "\n\n".join(f"document {i} says the quick brown fox jumps over the lazy dog {i % 7} times"
-                         for i in range(40))
+def bpe_model(tmp_path, corpus, bos_template=False):
+    """corpus.txt and a model directory holding a BPE tokenizer trained on it (BOS in front of every text with
+    bos_template, as Gemma's and LLaMA's tokenizers do)."""
     (tmp_path / "corpus.txt").write_text(corpus)
     model = tmp_path / "model"
     model.mkdir()
@@ -25,9 +25,18 @@ def test_corpus_to_token_h5(tmp_path):
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     bpe.train_from_iterator([corpus], tokenizers.trainers.BpeTrainer(vocab_size=120,
                                                                       special_tokens=["<unk>", "<s>", "</s>"]))
+    if bos_template:
+        bpe.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
                                                 unk_token="<unk>")
     fast.save_pretrained(model)
+    return model, fast
+
+
+def test_corpus_to_token_h5(tmp_path):
+    corpus = "\n\n".join(f"document {i} says the quick brown fox jumps over the lazy dog {i % 7} times"
+                         for i in range(40))
+    model, fast = bpe_model(tmp_path, corpus)
 
     subprocess.run([sys.executable, SCRIPT, model, tmp_path / "corpus.txt", tmp_path / "tokens.h5", "--seq-len", "16"],
                    check=True)
@@ -45,17 +54,7 @@ def test_windows_start_with_bos_when_the_tokenizer_adds_one(tmp_path):
     stream; --no-bos-windows cuts the stream plainly."""
     corpus = "\n\n".join(f"document {i} says the quick brown fox jumps over the lazy dog {i % 7} times"
                           for i in range(40))
-    (tmp_path / "corpus.txt").write_text(corpus)
-    model = tmp_path / "model"
-    model.mkdir()
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    bpe.train_from_iterator([corpus], tokenizers.trainers.BpeTrainer(vocab_size=120,
-                                                                      special_tokens=["<unk>", "<s>", "</s>"]))
-    bpe.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                                unk_token="<unk>")
-    fast.save_pretrained(model)
+    model, fast = bpe_model(tmp_path, corpus, bos_template=True)
     stream = []
     for doc in corpus.split("\n\n"):
         stream += fast(doc)["input_ids"] + [fast.eos_token_id]
