@@ -18,6 +18,7 @@
 #include "core/dist/device.h"
 #include "core/dist/mpi_session.h"
 #include "core/prune/distill_loss.h"
+#include "core/prune/logit_tail.h"
 #include "training/student.h"
 
 namespace hawada {
@@ -49,6 +50,14 @@ struct TeacherRows {
     if (sampled)
       return sampled_kl_loss(logits, indices.slice(0, a, b), values.slice(0, a, b), scalar.slice(0, a, b), mask);
     return topk_kl_loss(logits, values.slice(0, a, b), indices.slice(0, a, b), scalar.slice(0, a, b), T, mask);
+  }
+  TeacherRow rows(int64_t a, int64_t b) const {
+    return {sampled, indices.slice(0, a, b), values.slice(0, a, b), scalar.slice(0, a, b)};
+  }
+  // Whether the fused loss and gradient (core/prune/logit_tail.h) computes this loss: on the CPU, for the
+  // sampled estimate and for top-k + tail at temperature 1 without the MSE term (the defaults).
+  bool fused(const at::Device& dev, int64_t vocab, double T, double mse_weight) const {
+    return dev.is_cpu() && (sampled || (T == 1.0 && mse_weight <= 0 && indices.size(-1) < vocab));
   }
 };
 
@@ -84,6 +93,66 @@ std::vector<int64_t> SampleOrder::micro_batch(int64_t step, int64_t g, int64_t m
   return samples;
 }
 
+namespace {
+
+// An LM against its cached teacher rows: the KL over the micro-batch's valid tokens, the LM head run a piece
+// of tokens at a time, each piece's loss back-propagated into `detached`'s gradient at once.
+void lm_loss_backward(const Model& model, const Batch& batch, const at::Tensor& detached, const CacheChunk& teacher,
+                      double T, double mse_weight, double scale, LossParts& parts) {
+  const at::Device dev = detached.device();
+  const int64_t B = detached.size(0), L = detached.size(1), D = detached.size(2);
+  const at::Tensor flat = detached.view({B * L, D});
+  const TeacherRows rows(teacher, B * L, dev);
+  // Token weights on the host (no device round trip per piece), and on the device for the loss.
+  const at::Tensor host_mask = batch.attention_mask.defined()
+                                   ? batch.attention_mask.cpu().reshape({B * L}).ne(0).to(at::kDouble)
+                                   : at::ones({B * L}, at::kDouble);
+  const at::Tensor host_cumsum = at::cat({at::zeros({1}, at::kDouble), host_mask.cumsum(0)});
+  const double* cum = host_cumsum.data_ptr<double>();
+  const at::Tensor mask = host_mask.to(at::kFloat).to(dev);
+  const double valid = cum[B * L];
+  if (valid == 0) throw DataError("a micro-batch has no unmasked token to learn from");
+  const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
+  const int64_t piece = std::max<int64_t>(1, logit_piece_bytes(dev) / (vocab * 4));
+  const bool fused = rows.fused(dev, vocab, T, mse_weight);
+  at::Tensor kl_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
+  at::Tensor mse_sum = at::zeros_like(kl_sum);
+  for (int64_t a = 0; a < B * L; a += piece) {
+    const int64_t b = std::min(B * L, a + piece);
+    const at::Tensor m = mask.slice(0, a, b);
+    const double w = (cum[b] - cum[a]) / valid;
+    if (w == 0) continue;
+    const at::Tensor s = model.head(flat.slice(0, a, b));
+    if (fused) {  // the loss's gradient in the logits in one pass per row, then back through the head
+      KlGrad g;
+      {
+        at::NoGradGuard no_grad;
+        g = distill_kl_grad(s.detach(), rows.rows(a, b), m * static_cast<float>(scale / valid));
+      }
+      s.backward(g.grad.to(s.scalar_type()));
+      kl_sum += (g.kl * m).sum().to(at::kDouble) / valid;
+      continue;
+    }
+    const at::Tensor kl = rows.kl(s, a, b, T, m) * w;
+    at::Tensor loss = kl;
+    if (mse_weight > 0 && !rows.sampled) {
+      // MSE on the logits the cache holds (the teacher's top-k).
+      at::Tensor mse =
+          (s.to(at::kFloat).gather(-1, rows.indices.slice(0, a, b)) - rows.values.slice(0, a, b)).pow(2).mean(-1);
+      mse = (mse * m).sum() / valid;
+      loss = loss + mse * mse_weight;
+      mse_sum += mse.detach().to(at::kDouble);
+    }
+    (loss * scale).backward();
+    kl_sum += kl.detach().to(at::kDouble);
+  }
+  parts.kl = kl_sum.item<double>();
+  parts.mse = mse_sum.item<double>();
+  parts.tokens = static_cast<int64_t>(valid);
+}
+
+}  // namespace
+
 LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
                            double T, double mse_weight, double scale) {
   LossParts parts;
@@ -115,44 +184,7 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
     parts.mse = mse.item<double>();
     parts.tokens = s.size(0);
   } else {
-    const int64_t B = features.size(0), L = features.size(1), D = features.size(2);
-    const at::Tensor flat = detached.view({B * L, D});
-    const TeacherRows rows(teacher, B * L, dev);
-    // Token weights on the host (no device round trip per piece), and on the device for the loss.
-    const at::Tensor host_mask = batch.attention_mask.defined()
-                                     ? batch.attention_mask.cpu().reshape({B * L}).ne(0).to(at::kDouble)
-                                     : at::ones({B * L}, at::kDouble);
-    const at::Tensor host_cumsum = at::cat({at::zeros({1}, at::kDouble), host_mask.cumsum(0)});
-    const double* cum = host_cumsum.data_ptr<double>();
-    const at::Tensor mask = host_mask.to(at::kFloat).to(dev);
-    const double valid = cum[B * L];
-    if (valid == 0) throw DataError("a micro-batch has no unmasked token to learn from");
-    const int64_t vocab = model.head(flat.slice(0, 0, 1)).size(-1);
-    const int64_t piece = std::max<int64_t>(1, logit_piece_bytes(dev) / (vocab * 4));
-    at::Tensor kl_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
-    at::Tensor mse_sum = at::zeros_like(kl_sum);
-    for (int64_t a = 0; a < B * L; a += piece) {
-      const int64_t b = std::min(B * L, a + piece);
-      const at::Tensor m = mask.slice(0, a, b);
-      const double w = (cum[b] - cum[a]) / valid;
-      if (w == 0) continue;
-      const at::Tensor s = model.head(flat.slice(0, a, b));
-      const at::Tensor kl = rows.kl(s, a, b, T, m) * w;
-      at::Tensor loss = kl;
-      if (mse_weight > 0 && !rows.sampled) {
-        // MSE on the logits the cache holds (the teacher's top-k).
-        at::Tensor mse =
-            (s.to(at::kFloat).gather(-1, rows.indices.slice(0, a, b)) - rows.values.slice(0, a, b)).pow(2).mean(-1);
-        mse = (mse * m).sum() / valid;
-        loss = loss + mse * mse_weight;
-        mse_sum += mse.detach().to(at::kDouble);
-      }
-      (loss * scale).backward();
-      kl_sum += kl.detach().to(at::kDouble);
-    }
-    parts.kl = kl_sum.item<double>();
-    parts.mse = mse_sum.item<double>();
-    parts.tokens = static_cast<int64_t>(valid);
+    lm_loss_backward(model, batch, detached, teacher, T, mse_weight, scale, parts);
   }
   parts.loss_s = since(t);
   t = Clock::now();

@@ -80,9 +80,11 @@ struct LossParts {
 };
 
 /// The distillation loss of one micro-batch against the cached teacher, times `scale`, backpropagated
-/// into whatever requires gradients (gates, scales or weights). LMs: top-k + tail KL at temperature T
-/// (core/prune/distill_loss.h), plus mse_weight x MSE on the cached top-k logits; the LM head runs a piece of
-/// tokens at a time on detached features, so [tokens, vocab] never exists whole. Classifiers: KL on
+/// into whatever requires gradients (gates, scales or weights). LMs: top-k + tail KL at temperature T or the
+/// sampled cache's unbiased KL estimate (core/prune/distill_loss.h), plus mse_weight x MSE on the cached top-k
+/// logits; the LM head runs a piece of tokens at a time on detached features, so [tokens, vocab] never exists
+/// whole, and on the CPU the loss's gradient in a piece's logits is one fused pass per row
+/// (core/prune/logit_tail.h distill_kl_grad; not with T != 1 or the MSE term). Classifiers: KL on
 /// the full cached logits. Encoders (hidden-state caches): the relative squared error of every token
 /// plus 1 - cosine of the mean-pooled embeddings (core/prune/distill_loss.h hidden_state_loss), reported as
 /// `kl` (the loss) and `mse` (its token term); kd_temperature and mse_weight do not apply.

@@ -160,6 +160,58 @@ void row_draws(const float* p, const double* block, int64_t V, double total, con
   for (int64_t s = slot + 1; s < D; ++s) ids[s] = 0, counts[s] = 0;
 }
 
+// g[v] *= f, sixteen at a time.
+HAWADA_VECTOR_CLONES void scale_row(float* g, int64_t V, float f) {
+  int64_t v = 0;
+  for (; v + 16 <= V; v += 16) store8(g + v, load8(g + v) * f), store8(g + v + 8, load8(g + v + 8) * f);
+  for (; v < V; ++v) g[v] *= f;
+}
+
+// One student row against a sampled teacher row: on entry g holds exp(l - m) with sum s0, on exit weight x
+// the gradient q - counts / D of the estimate -H + sum_j (counts_j / D) (-log q_j); returns the estimate.
+double sampled_row(const float* l, float m, double s0, float* g, int64_t V, const int64_t* ids, const float* counts,
+                   int64_t D, float entropy, float weight) {
+  const double lse = m + std::log(s0);
+  double total = 0.0, cross = 0.0;
+  for (int64_t j = 0; j < D; ++j) total += counts[j], cross -= counts[j] * (l[ids[j]] - lse);
+  total = std::max(total, 1.0);  // as sampled_kl_loss: a row without draws counts as one
+  scale_row(g, V, static_cast<float>(weight / s0));
+  for (int64_t j = 0; j < D; ++j) g[ids[j]] -= static_cast<float>(weight * counts[j] / total);
+  return cross / total - entropy;
+}
+
+// One student row against a top-k teacher row (k < V, temperature 1), topk_kl_loss's coarsened KL over the
+// k tokens and the tail: on entry g holds exp(l - m) with sum s0, on exit weight x the gradient, which is
+// q_j - p_j on the top-k and q_j (1 - p_tail / q_tail) elsewhere; returns the KL.
+double topk_row(const float* l, float m, double s0, float* g, int64_t V, const int64_t* idx, const float* values,
+                int64_t k, float teacher_lse, float weight, std::vector<float>& saved) {
+  const double lse = m + std::log(s0);
+  saved.resize(static_cast<size_t>(k));
+  double top_p = 0.0, top_q = 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+    top_p += std::exp(static_cast<double>(values[i]) - teacher_lse);
+    saved[i] = g[idx[i]], top_q += saved[i];
+  }
+  const double p_tail = std::max(0.0, 1.0 - top_p);
+  double q_rest = s0 - top_q;  // the tail's numerators
+  if (q_rest < 1e-3 * s0) {    // the difference lost digits: the tail's own sum
+    for (int64_t i = 0; i < k; ++i) g[idx[i]] = 0.0f;
+    q_rest = 0.0;
+    for (int64_t v = 0; v < V; ++v) q_rest += g[v];
+  }
+  const double log_q_tail = std::log(std::max(q_rest / s0, 1e-30));
+  double kl = p_tail > 0.0 ? p_tail * (std::log(p_tail) - log_q_tail) : 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+    const double log_p = static_cast<double>(values[i]) - teacher_lse;
+    if (std::exp(log_p) > 0.0) kl += std::exp(log_p) * (log_p - (l[idx[i]] - lse));
+  }
+  const double ratio = p_tail > 0.0 ? p_tail / std::exp(log_q_tail) : 0.0;
+  scale_row(g, V, static_cast<float>(weight / s0 * (1.0 - ratio)));
+  for (int64_t i = 0; i < k; ++i)
+    g[idx[i]] = static_cast<float>(weight * (saved[i] / s0 - std::exp(static_cast<double>(values[i]) - teacher_lse)));
+  return kl;
+}
+
 // Reference path for devices other than the CPU: ATen's ops.
 LogitTail aten_tail(const at::Tensor& logits, const TailRequest& request) {
   LogitTail out;
@@ -222,6 +274,46 @@ LogitTail logit_tail(const at::Tensor& logits, const TailRequest& request) {
                   out.sampled.ids.mutable_data_ptr<int32_t>() + r * D,
                   out.sampled.counts.mutable_data_ptr<uint8_t>() + r * D);
       }
+    }
+  });
+  return out;
+}
+
+KlGrad distill_kl_grad(const at::Tensor& student_logits, const TeacherRow& teacher, const at::Tensor& weight) {
+  TORCH_CHECK(student_logits.dim() == 2 && student_logits.device().is_cpu(),
+              "distill_kl_grad: CPU logits [rows, vocab]");
+  const int64_t N = student_logits.size(0), V = student_logits.size(1), k = teacher.indices.size(-1);
+  TORCH_CHECK(teacher.indices.sizes() == teacher.values.sizes() && teacher.indices.size(0) == N &&
+                  teacher.scalar.numel() == N && weight.numel() == N,
+              "distill_kl_grad: teacher rows [", N, ", k] and weights [", N, "]");
+  TORCH_CHECK(teacher.sampled || k < V, "distill_kl_grad: a top-k row needs k < vocabulary");
+  const at::Tensor z = student_logits.to(at::kFloat).contiguous();
+  const at::Tensor idx = teacher.indices.to(at::kLong).contiguous();
+  const at::Tensor val = teacher.values.to(at::kFloat).contiguous();
+  const at::Tensor sc = teacher.scalar.to(at::kFloat).contiguous().view({N});
+  const at::Tensor w = weight.to(at::kFloat).contiguous().view({N});
+  TORCH_CHECK(idx.numel() == 0 || (idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < V),
+              "distill_kl_grad: a teacher token id outside the vocabulary (", V, ")");
+  KlGrad out{at::zeros({N}, z.options()), at::empty({N, V}, z.options())};
+  at::parallel_for(0, N, 4, [&](int64_t first, int64_t last) {
+    std::vector<double> block(static_cast<size_t>((V + kBlock - 1) / kBlock));
+    std::vector<float> saved;
+    for (int64_t r = first; r < last; ++r) {
+      float* g = out.grad.mutable_data_ptr<float>() + r * V;
+      const float wr = w.const_data_ptr<float>()[r];
+      if (wr == 0.0f) {
+        std::fill(g, g + V, 0.0f);
+        continue;
+      }
+      const float* l = z.const_data_ptr<float>() + r * V;
+      const float m = row_max(l, V);
+      const double s0 = exp_blocks(l, V, m, g, block.data()).first;
+      const int64_t* ir = idx.const_data_ptr<int64_t>() + r * k;
+      const float* vr = val.const_data_ptr<float>() + r * k;
+      const float s = sc.const_data_ptr<float>()[r];
+      out.kl.mutable_data_ptr<float>()[r] =
+          static_cast<float>(teacher.sampled ? sampled_row(l, m, s0, g, V, ir, vr, k, s, wr)
+                                             : topk_row(l, m, s0, g, V, ir, vr, k, s, wr, saved));
     }
   });
   return out;

@@ -132,5 +132,78 @@ TEST(LogitTail, ThreadsDoNotChangeTheResult) {
   EXPECT_TRUE(at::equal(one.sampled.entropy, two.sampled.entropy));
 }
 
+// The student's side: distill_kl_grad against autograd through the ATen losses (topk_kl_loss,
+// sampled_kl_loss), per row and for the weighted sum, on rows with a tiny top-k tail, padded draw slots
+// and a skipped row.
+struct Reference {
+  at::Tensor kl, grad;
+};
+Reference autograd_reference(const at::Tensor& z, const TeacherRow& t, const at::Tensor& w) {
+  const auto loss = [&](const at::Tensor& s, int64_t a, int64_t b, const at::Tensor& mask) {
+    return t.sampled
+               ? sampled_kl_loss(s, t.indices.slice(0, a, b), t.values.slice(0, a, b), t.scalar.slice(0, a, b), mask)
+               : topk_kl_loss(s, t.values.slice(0, a, b), t.indices.slice(0, a, b), t.scalar.slice(0, a, b), 1.0, mask);
+  };
+  const int64_t n = z.size(0);
+  Reference ref{at::zeros({n}), {}};
+  for (int64_t r = 0; r < n; ++r) ref.kl[r] = loss(z.slice(0, r, r + 1), r, r + 1, {}).item<float>();
+  const at::Tensor s = z.detach().clone().requires_grad_(true);
+  // loss() is sum(w kl) / max(sum w, 1): with sum w >= 1, times sum w is the weighted sum.
+  (loss(s, 0, n, w) * w.sum()).backward();
+  ref.grad = s.grad();
+  return ref;
+}
+
+void expect_same_loss_and_grad(const at::Tensor& z, const TeacherRow& t, const at::Tensor& w, const char* what) {
+  const KlGrad ours = distill_kl_grad(z, t, w);
+  const Reference ref = autograd_reference(z, t, w);
+  const at::Tensor live = w.ne(0);
+  EXPECT_TRUE(at::allclose(ours.kl.masked_select(live), ref.kl.masked_select(live), 1e-4, 1e-5))
+      << what << ": " << ours.kl << ref.kl;
+  const double scale = ref.grad.abs().max().item<double>();
+  EXPECT_LE((ours.grad - ref.grad).abs().max().item<double>(), 1e-5 * scale + 1e-6) << what;  // V = 1: exactly 0
+}
+
+TEST(StudentLoss, SampledKlAndGradientEqualAutograd) {
+  at::manual_seed(12);
+  for (const int64_t V : {1, 7, 1000, 4099}) {
+    const at::Tensor teacher = random_logits(9, V, 3.0, 40 + V), z = random_logits(9, V, 3.0, 50 + V);
+    const SampledLogits draws = logit_tail(teacher, {0, at::rand({9, 12})}).sampled;  // slots past the distinct ids: 0
+    at::Tensor w = at::rand({9}) + 0.5;
+    w[4] = 0.0;
+    expect_same_loss_and_grad(z, {true, draws.ids, draws.counts, draws.entropy}, w, "sampled");
+  }
+}
+
+TEST(StudentLoss, TopKKlAndGradientEqualAutograd) {
+  at::manual_seed(13);
+  for (const int64_t V : {7, 1000, 4099}) {
+    const at::Tensor teacher = random_logits(9, V, 3.0, 60 + V);
+    at::Tensor z = random_logits(9, V, 3.0, 70 + V);
+    const LogitTail t = logit_tail(teacher, {std::min<int64_t>(V - 1, 16), {}});
+    // Row 2: the student's top-k holds all but ~1e-6 of its mass (the tail's own sum, not 1 - top).
+    z[2].index_put_({t.topk_indices[2].to(at::kLong)}, 30.0);
+    at::Tensor w = at::rand({9}) + 0.5;
+    w[5] = 0.0;
+    expect_same_loss_and_grad(z, {false, t.topk_indices, t.topk_values, t.logsumexp}, w, "top-k");
+  }
+}
+
+TEST(StudentLoss, NonFiniteLogitsGiveANonFiniteRow) {
+  at::Tensor z = random_logits(3, 500, 2.0, 5);
+  z.index_put_({1, 17}, std::nan(""));
+  const SampledLogits draws = logit_tail(random_logits(3, 500, 2.0, 6), {0, at::rand({3, 4})}).sampled;
+  const KlGrad g = distill_kl_grad(z, {true, draws.ids, draws.counts, draws.entropy}, at::ones({3}));
+  EXPECT_TRUE(std::isnan(g.kl[1].item<float>()));
+  EXPECT_TRUE(std::isfinite(g.kl[0].item<float>()) && std::isfinite(g.kl[2].item<float>()));
+}
+
+TEST(StudentLoss, ATokenOutsideTheVocabularyIsRefused) {
+  const at::Tensor ids = at::full({2, 3}, 600, at::kInt);
+  EXPECT_THROW(
+      distill_kl_grad(random_logits(2, 500, 1.0, 7), {true, ids, at::ones({2, 3}), at::zeros({2})}, at::ones({2})),
+      c10::Error);
+}
+
 }  // namespace
 }  // namespace hawada

@@ -1,0 +1,85 @@
+// distill_backward on a tiny LLaMA against the ATen losses and autograd end to end: the fused loss side
+// (core/prune/logit_tail.h distill_kl_grad, taken on the CPU for sampled and top-k caches) gives the gates
+// the gradients and the loss that backpropagating sampled_kl_loss / topk_kl_loss through the whole model
+// gives, padded tokens left out.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "adapters/adapter.h"
+#include "core/io/checkpoint.h"
+#include "core/prune/distill_loss.h"
+#include "core/prune/logit_tail.h"
+#include "training/distill.h"
+
+namespace hawada {
+namespace {
+
+const std::string kData = HAWADA_TEST_DATA_DIR;
+
+struct Gates {
+  GateValues values;
+  std::vector<at::Tensor> grads() const { return {values.heads.grad(), values.ffn.grad(), values.hidden.grad()}; }
+  void zero() {
+    for (at::Tensor* t : {&values.heads, &values.ffn, &values.hidden}) t->mutable_grad() = at::Tensor();
+  }
+};
+
+Gates random_gates(const GateShape& s) {
+  Gates g{{at::rand({s.layers, s.heads}) * 0.5 + 0.5, at::rand({s.layers, s.ffn}) * 0.5 + 0.5,
+           at::rand({s.hidden}) * 0.5 + 0.5, at::ones({s.layers})}};
+  for (at::Tensor* t : {&g.values.heads, &g.values.ffn, &g.values.hidden}) t->requires_grad_(true);
+  return g;
+}
+
+TEST(DistillBackward, FusedLossEqualsAutogradThroughTheModel) {
+  auto ckpt = HfCheckpoint::open(kData + "/tiny-llama");
+  auto model = adapter_for(ckpt.config(), ckpt.dir() / "config.json").load(ckpt, {.dtype = at::kFloat});
+  at::manual_seed(3);
+  Batch batch{at::randint(0, 64, {2, 9}, at::kLong), at::ones({2, 9}, at::kLong), {}};
+  batch.attention_mask[1].slice(0, 6).zero_();
+  at::Tensor teacher_logits;
+  {
+    at::NoGradGuard no_grad;
+    teacher_logits = model->logits(batch) * 1.5;  // a teacher that differs from the gated student
+  }
+  const int64_t V = teacher_logits.size(-1), N = 2 * 9;
+  const at::Tensor flat = teacher_logits.reshape({N, V});
+  const LogitTail tail = logit_tail(flat, {8, at::rand({N, 12})});
+  CacheChunk sampled, topk;
+  sampled.sampled_ids = tail.sampled.ids.view({2, 9, 12});
+  sampled.sampled_counts = tail.sampled.counts.view({2, 9, 12});
+  sampled.entropy = tail.sampled.entropy.view({2, 9});
+  topk.topk_values = tail.topk_values.to(at::kBFloat16).view({2, 9, 8});
+  topk.topk_indices = tail.topk_indices.view({2, 9, 8});
+  topk.logsumexp = tail.logsumexp.view({2, 9});
+  const at::Tensor mask = batch.attention_mask.reshape({N});
+
+  Gates g = random_gates(model->gate_shape());
+  for (const bool is_sampled : {true, false}) {
+    const CacheChunk& chunk = is_sampled ? sampled : topk;
+    g.zero();
+    const LossParts parts = distill_backward(*model, batch, chunk, &g.values, 1.0, 0.0, 0.5);
+    const std::vector<at::Tensor> ours = g.grads();
+    g.zero();
+    const at::Tensor s = model->logits(batch, &g.values).reshape({N, V});
+    const at::Tensor loss =
+        is_sampled ? sampled_kl_loss(s, tail.sampled.ids, tail.sampled.counts, tail.sampled.entropy, mask)
+                   : topk_kl_loss(s, topk.topk_values.view({N, 8}), tail.topk_indices, tail.logsumexp, 1.0, mask);
+    (loss * 0.5).backward();
+    EXPECT_NEAR(parts.kl, loss.item<double>(), 1e-5 * std::max(1.0, loss.item<double>()));
+    EXPECT_EQ(parts.tokens, 15);
+    const std::vector<at::Tensor> ref = g.grads();
+    for (size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_TRUE(ours[i].defined()) << i;
+      const double scale = ref[i].abs().max().item<double>();
+      EXPECT_GT(scale, 0.0);
+      EXPECT_LE((ours[i] - ref[i]).abs().max().item<double>(), 1e-4 * scale)
+          << (is_sampled ? "sampled" : "top-k") << " gate group " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hawada
