@@ -74,9 +74,9 @@ class ModelAdapter {
   /// are folded into the output-side weights (o_proj / down_proj columns), so the export computes
   /// what the gated student computes. With `dtype`, every tensor is converted to it first (an fp32
   /// slice keeps the folds unrounded). Tensors the role table does not know are a CheckpointError.
-  std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
-                                                      const GateValues& folds,
-                                                      std::optional<at::ScalarType> dtype = std::nullopt) const;
+  virtual std::vector<safetensors::NamedTensor> prune_weights(const HfCheckpoint& checkpoint, const Plan& plan,
+                                                              const GateValues& folds,
+                                                              std::optional<at::ScalarType> dtype = std::nullopt) const;
   /// What a weight is, by its Hugging Face name: "attention", "mlp", "norm", "embedding" or "head"
   /// (heal.train selects by these kinds); "other" when unknown.
   std::string weight_kind(const std::string& name) const;

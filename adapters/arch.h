@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -60,8 +61,13 @@ double number(const nlohmann::json& config, const char* key, const std::filesyst
 /// inconsistent.
 ArchSummary summarize_llama_config(const nlohmann::json& config, const std::filesystem::path& file);
 ArchSummary summarize_vit_config(const nlohmann::json& config, const std::filesystem::path& file);
-/// The LLaMA family (llama, mistral, qwen2, qwen3): LLaMA's layout with the differences of `model_type`.
+/// The LLaMA family (llama, mistral, qwen2, qwen3, gemma3_text): LLaMA's layout with the differences of
+/// `model_type`.
 ArchSummary summarize_llama_family_config(const std::string& model_type, const nlohmann::json& config,
                                           const std::filesystem::path& file);
+/// Which layers attend within ArchSummary::sliding_window rather than to every earlier token, per layer
+/// (gemma3_text: layer_types, or every sliding_window_pattern-th layer full); all false for the others.
+std::vector<bool> sliding_layers(const std::string& model_type, const nlohmann::json& config,
+                                 const std::filesystem::path& file, int64_t layers);
 
 }  // namespace hawada

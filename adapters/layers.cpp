@@ -51,6 +51,14 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, c
   return gate_last_dim(y, hidden_gate);
 }
 
+at::Tensor rms_norm_unit_offset(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                const at::Tensor& hidden_gate) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor variance = kept_mean(xf.pow(2), hidden_gate);
+  const at::Tensor y = (xf * at::rsqrt(variance + eps) * (1.0 + weight.to(at::kFloat))).to(x.scalar_type());
+  return gate_last_dim(y, hidden_gate);
+}
+
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                       const at::Tensor& hidden_gate) {
   const at::Tensor xf = x.to(at::kFloat);

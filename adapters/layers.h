@@ -10,6 +10,9 @@ namespace hawada::layers {
 
 /// LlamaRMSNorm: in fp32, x * rsqrt(mean(x^2) + eps), cast back, times weight.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& hidden_gate);
+/// Gemma3RMSNorm: in fp32, x * rsqrt(mean(x^2) + eps) * (1 + weight), cast back.
+at::Tensor rms_norm_unit_offset(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                const at::Tensor& hidden_gate);
 /// nn.LayerNorm over the last dimension (two-pass, in fp32), times weight plus bias.
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                       const at::Tensor& hidden_gate);

@@ -15,6 +15,10 @@ One file per document. For SmolLM2 (models/smollm2-135m) the token files are
   models/data/smollm2-train-256.h5   1,104 windows of 256 tokens (1,024 to train on + 80 held out)
   models/data/smollm2-eval-256.h5    64 windows of 256 tokens of the eval document set
   models/data/smollm2-heal-256.h5    8,192 windows of 256 tokens (2.1 M tokens) of the heal text
+For Gemma-3-270M (models/gemma-3-270m) the same three from the same text, each window led by BOS (id 2):
+  models/data/gemma3-train-256.h5    1,104 windows of 256 tokens (1,024 to train on + 80 held out)
+  models/data/gemma3-eval-256.h5     64 windows of 256 tokens of the eval document set
+  models/data/gemma3-heal-256.h5     8,192 windows of 256 tokens of the heal text
 For all-MiniLM-L6-v2 (models/all-minilm-l6-v2), one padded sentence per sample (prepare_tokens.py --sentences):
   models/data/minilm-train-64.h5     4,352 sentences of the train text (4,096 to train on + 256 held out)
   models/data/minilm-eval-64.h5      512 sentences of the eval document set
@@ -139,6 +143,11 @@ def main():
         tokens(smol, train, os.path.join(data, "smollm2-train-256.h5"), 256, 1104)
         tokens(smol, evalc, os.path.join(data, "smollm2-eval-256.h5"), 256, 64)
         tokens(smol, healc, os.path.join(data, "smollm2-heal-256.h5"), 256, 8192)
+    gemma = os.path.join(os.path.abspath(a.models), "gemma-3-270m")
+    if os.path.exists(os.path.join(gemma, "tokenizer.json")):
+        tokens(gemma, train, os.path.join(data, "gemma3-train-256.h5"), 256, 1104)
+        tokens(gemma, evalc, os.path.join(data, "gemma3-eval-256.h5"), 256, 64)
+        tokens(gemma, healc, os.path.join(data, "gemma3-heal-256.h5"), 256, 8192)
     minilm = os.path.join(os.path.abspath(a.models), "all-minilm-l6-v2")
     if os.path.exists(os.path.join(minilm, "tokenizer.json")):
         tokens(minilm, train, os.path.join(data, "minilm-train-64.h5"), 64, 4352, "--sentences")

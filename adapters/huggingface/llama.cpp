@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <tuple>
+#include <utility>
 
 #include "adapters/layers.h"
 #include "adapters/weights.h"
@@ -24,6 +27,7 @@ enum Role {
   kEmbed, kFinalNorm, kLmHead, kAttnNorm, kMlpNorm,
   kQW, kQB, kKW, kKB, kVW, kVB, kOW, kOB, kGateW, kGateB, kUpW, kUpB, kDownW, kDownB,  // weight, bias per projection
   kQNorm, kKNorm, kInvFreq,
+  kPostAttnNorm, kPostMlpNorm,  // gemma3_text only: norms of the attention and MLP outputs
 };
 using A = Axis;
 const RoleTable& llama_roles() {
@@ -55,7 +59,40 @@ const RoleTable& llama_roles() {
   });
   return table;
 }
+// Gemma3ForCausalLM: LLaMA's roles in the same order (kMlpNorm is pre_feedforward_layernorm), q/k norms
+// always, biases with attention_bias, the two output norms; RMSNorms scale by 1 + weight (zeros at init).
+const RoleTable& gemma3_roles() {
+  static const RoleTable table({
+      {"model.embed_tokens.weight", "embedding", {A::vocab, A::hidden}},
+      {"model.norm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+      {"lm_head.weight", "head", {A::vocab, A::hidden}, Presence::untied_head},
+      {"model.layers.%d.input_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+      {"model.layers.%d.pre_feedforward_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+      {"model.layers.%d.self_attn.q_proj.weight", "attention", {A::q, A::hidden}},
+      {"model.layers.%d.self_attn.q_proj.bias", "attention", {A::q}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.self_attn.k_proj.weight", "attention", {A::kv, A::hidden}},
+      {"model.layers.%d.self_attn.k_proj.bias", "attention", {A::kv}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.self_attn.v_proj.weight", "attention", {A::kv, A::hidden}},
+      {"model.layers.%d.self_attn.v_proj.bias", "attention", {A::kv}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.self_attn.o_proj.weight", "attention", {A::hidden, A::q}, Presence::always, Fold::attention_out},
+      {"model.layers.%d.self_attn.o_proj.bias", "attention", {A::hidden}, Presence::out_bias, Fold::attention_out, Use::matrix, Init::zeros},
+      {"model.layers.%d.mlp.gate_proj.weight", "mlp", {A::ffn, A::hidden}},
+      {"model.layers.%d.mlp.gate_proj.bias", "mlp", {A::ffn}, Presence::mlp_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.mlp.up_proj.weight", "mlp", {A::ffn, A::hidden}},
+      {"model.layers.%d.mlp.up_proj.bias", "mlp", {A::ffn}, Presence::mlp_bias, Fold::none, Use::matrix, Init::zeros},
+      {"model.layers.%d.mlp.down_proj.weight", "mlp", {A::hidden, A::ffn}, Presence::always, Fold::mlp_out},
+      {"model.layers.%d.mlp.down_proj.bias", "mlp", {A::hidden}, Presence::mlp_bias, Fold::mlp_out, Use::matrix, Init::zeros},
+      {"model.layers.%d.self_attn.q_norm.weight", "attention", {A::head_dim}, Presence::qk_norm, Fold::none, Use::vector, Init::zeros},
+      {"model.layers.%d.self_attn.k_norm.weight", "attention", {A::head_dim}, Presence::qk_norm, Fold::none, Use::vector, Init::zeros},
+      {"model.layers.%d.self_attn.rotary_emb.inv_freq", "attention", {}, Presence::buffer},
+      {"model.layers.%d.post_attention_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+      {"model.layers.%d.post_feedforward_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+  });
+  return table;
+}
 // clang-format on
+const RoleTable& roles_of(std::string_view type) { return type == "gemma3_text" ? gemma3_roles() : llama_roles(); }
+
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
 
 struct Linear {
@@ -65,7 +102,9 @@ struct Linear {
 
 struct LlamaLayer {
   at::Tensor attn_norm, mlp_norm, q_norm, k_norm;
+  at::Tensor post_attn_norm, post_mlp_norm;  // gemma3_text
   Linear proj[7];
+  bool sliding = false;  // attends within ArchSummary::sliding_window (gemma3_text)
 };
 
 // RoPE settings from v5 `rope_parameters` or the legacy `rope_scaling` + `rope_theta`.
@@ -98,9 +137,15 @@ Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) 
     positive(r.theta, "rope_theta");
     return r;
   }
+  if (r.type == "linear") {
+    r.factor = cf::number(*p, "factor", file, 1);
+    positive(r.theta, "rope_theta");
+    positive(r.factor, "rope_scaling.factor");
+    return r;
+  }
   if (r.type != "llama3")
     throw CheckpointError("'" + file.string() + "': rope type '" + r.type +
-                          "' is not supported (supported: default, llama3)");
+                          "' is not supported (supported: default, linear, llama3)");
   const double max_pos = cf::number(config, "max_position_embeddings", file, 8192);
   r.factor = cf::number(*p, "factor", file, 8);
   r.low_freq_factor = cf::number(*p, "low_freq_factor", file, 1);
@@ -119,6 +164,7 @@ at::Tensor inverse_frequencies(const Rope& r, int64_t head_dim) {
   at::Tensor exponent =
       at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<double>(head_dim);
   at::Tensor inv_freq = 1.0 / at::pow(r.theta, exponent);
+  if (r.type == "linear") return inv_freq / r.factor;
   if (r.type != "llama3") return inv_freq;
   const double low_wavelen = r.original_max_positions / r.low_freq_factor;
   const double high_wavelen = r.original_max_positions / r.high_freq_factor;
@@ -136,20 +182,86 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
 }
 
+// Gemma 3's RoPE of one layer kind: full layers take rope_theta (default 1e6) and rope_scaling, sliding
+// ones rope_local_base_freq (default 1e4); v5 configs give both in rope_parameters by layer kind.
+Rope gemma3_rope(const nlohmann::json& config, const std::filesystem::path& file, bool sliding) {
+  nlohmann::json c = nlohmann::json::object();
+  c["rope_theta"] =
+      sliding ? cf::number(config, "rope_local_base_freq", file, 1e4) : cf::number(config, "rope_theta", file, 1e6);
+  if (auto m = config.find("max_position_embeddings"); m != config.end()) c["max_position_embeddings"] = *m;
+  if (auto rp = config.find("rope_parameters"); rp != config.end() && rp->is_object()) {
+    if (auto t = rp->find(sliding ? "sliding_attention" : "full_attention"); t != rp->end() && t->is_object())
+      c["rope_parameters"] = *t;
+  } else if (auto rs = config.find("rope_scaling"); !sliding && rs != config.end() && rs->is_object()) {
+    c["rope_scaling"] = *rs;
+  }
+  return read_rope(c, file);
+}
+
+// What a family member changes in LLaMA's forward, from config.json.
+struct Variant {
+  bool gemma = false;          // gemma3_text: (1 + w) RMSNorms, norms of the attention and MLP outputs, GeLU-tanh
+  double embed_scale = 1.0;    // gemma3_text: sqrt(hidden_size), in the weights' dtype
+  double attn_scale = 1.0;     // head_dim^-0.5, or query_pre_attn_scalar^-0.5
+  double final_softcap = 0.0;  // final_logit_softcapping (0: none)
+  bool exact_window = false;   // windowed layers masked beyond the window (else: refused beyond it)
+};
+
+Variant read_variant(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file) {
+  Variant v;
+  v.gemma = arch.model_type == "gemma3_text";
+  v.attn_scale = 1.0 / std::sqrt(static_cast<double>(arch.head_dim));
+  const std::string act =
+      cf::string(config, v.gemma ? "hidden_activation" : "hidden_act", file, v.gemma ? "gelu_pytorch_tanh" : "silu");
+  const std::string want = v.gemma ? "gelu_pytorch_tanh" : "silu";
+  if (act != want)
+    throw CheckpointError("'" + file.string() + "': " + (v.gemma ? "hidden_activation" : "hidden_act") + " '" + act +
+                          "' is not supported (supported: " + want + ")");
+  if (!v.gemma) return v;
+  v.embed_scale = std::sqrt(static_cast<double>(arch.hidden));
+  v.attn_scale = std::pow(cf::number(config, "query_pre_attn_scalar", file, 256), -0.5);
+  const auto softcap = [&](const char* key) {
+    auto it = config.find(key);
+    return it == config.end() || it->is_null() ? 0.0 : cf::number(config, key, file, 0.0);
+  };
+  // attn_logit_softcapping is not read: transformers' Gemma3Attention never applies it (it passes no softcap
+  // to its attention functions), so a config that sets it computes uncapped scores there, and here.
+  v.final_softcap = softcap("final_logit_softcapping");
+  v.exact_window = true;
+  return v;
+}
+
+// tanh(x / cap) * cap; x itself when cap is 0.
+at::Tensor softcap(const at::Tensor& x, double cap) { return cap > 0 ? at::tanh(x / cap) * cap : x; }
+
+// Which keys each query sees: undefined for plain causal attention (and for one new token after cached
+// ones: all of them); else bool [L, past + L] or, with padding, [B, 1, L, L]. A windowed layer's query at
+// position p sees keys p - window < k <= p. A padded query row that sees no key would give NaN; it sees
+// itself so every value stays finite (its logits are meaningless either way).
+at::Tensor attention_mask(const Batch& batch, int64_t past, int64_t L, int64_t window, const at::Device& dev) {
+  const bool padded = batch.attention_mask.defined() && !batch.attention_mask.to(at::kBool).all().item<bool>();
+  const bool windowed = window > 0 && past + L > window;
+  if (!padded && !windowed && !(past > 0 && L > 1)) return {};
+  const auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
+  const at::Tensor q = at::arange(past, past + L, opts).unsqueeze(1), k = at::arange(past + L, opts).unsqueeze(0);
+  at::Tensor mask = k <= q;
+  if (windowed) mask = mask & (q - k < window);
+  if (!padded) return mask;
+  mask = (mask.unsqueeze(0) & batch.attention_mask.to(dev).to(at::kBool).unsqueeze(1)) | (k == q).unsqueeze(0);
+  return mask.unsqueeze(1);  // [B, 1, L, L]
+}
+
 class LlamaModel final : public Model {
  public:
   LlamaModel(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file,
              const HfCheckpoint& ckpt, const LoadOptions& options)
-      : arch_(arch) {
+      : arch_(arch), variant_(read_variant(arch, config, file)) {
     eps_ = cf::number(config, "rms_norm_eps", file, 1e-6);
-    const std::string act = cf::string(config, "hidden_act", file, "silu");
-    if (act != "silu")
-      throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: silu)");
-    const Rope rope = read_rope(config, file);
-
+    const std::vector<bool> sliding = sliding_layers(arch.model_type, config, file, arch.layers);
+    const RoleTable& roles = roles_of(arch.model_type);
     WeightLoader loader(ckpt, options);
-    RoleLoader w(loader, llama_roles(), arch);
-    dtype_ = loader.compute_dtype(llama_roles().name(kEmbed));
+    RoleLoader w(loader, roles, arch);
+    dtype_ = loader.compute_dtype(roles.name(kEmbed));
     embed_ = w(kEmbed);
     final_norm_ = w(kFinalNorm);
     lm_head_ = arch.tied_embeddings ? embed_ : w(kLmHead);
@@ -163,12 +275,19 @@ class LlamaModel final : public Model {
       }
       layer.q_norm = w(kQNorm, i);
       layer.k_norm = w(kKNorm, i);
+      if (variant_.gemma) layer.post_attn_norm = w(kPostAttnNorm, i), layer.post_mlp_norm = w(kPostMlpNorm, i);
+      layer.sliding = sliding[static_cast<size_t>(i)];
       layers_.push_back(std::move(layer));
     }
     w.finish();
     weights_ = loader.loaded();
     // Sized by head_dim: only now that every weight agreed with config.json.
-    inv_freq_ = inverse_frequencies(rope, arch.head_dim).to(options.device);
+    if (variant_.gemma) {
+      inv_freq_ = inverse_frequencies(gemma3_rope(config, file, false), arch.head_dim).to(options.device);
+      local_inv_freq_ = inverse_frequencies(gemma3_rope(config, file, true), arch.head_dim).to(options.device);
+    } else {
+      inv_freq_ = inverse_frequencies(read_rope(config, file), arch.head_dim).to(options.device);
+    }
   }
 
   at::Tensor features(const Batch& batch, const GateValues* gates) const override {
@@ -178,7 +297,7 @@ class LlamaModel final : public Model {
     if (cache.keys.empty())
       cache.keys.resize(static_cast<size_t>(arch_.layers)), cache.values.resize(static_cast<size_t>(arch_.layers));
     HAWADA_ASSERT(static_cast<int64_t>(cache.keys.size()) == arch_.layers, "a KV cache of this model");
-    if (arch_.sliding_window > 0 && cache.length + ids.size(1) > arch_.sliding_window)
+    if (!variant_.exact_window && arch_.sliding_window > 0 && cache.length + ids.size(1) > arch_.sliding_window)
       throw DataError("decoding past the sliding_window " + std::to_string(arch_.sliding_window) + " of this " +
                       arch_.model_type + " model is not supported");
     Batch b;
@@ -187,93 +306,123 @@ class LlamaModel final : public Model {
     cache.length += ids.size(1);
     return out;
   }
-  at::Tensor head(const at::Tensor& features) const override { return layers::linear(features, lm_head_); }
+  at::Tensor head(const at::Tensor& features) const override {
+    return softcap(layers::linear(features, lm_head_), variant_.final_softcap);
+  }
 
   GateShape gate_shape() const override { return {arch_.layers, arch_.heads, arch_.ffn, arch_.hidden}; }
   at::ScalarType dtype() const override { return dtype_; }
 
  private:
+  // What every layer of one forward shares: RoPE tables and masks of each layer kind, the gates.
+  struct Step {
+    int64_t B = 0, L = 0, past = 0;
+    at::Tensor cos, sin, local_cos, local_sin, mask, local_mask, hidden_gate;
+    const GateValues* gates = nullptr;
+    KvCache* cache = nullptr;
+    ActivationImportance* imp = nullptr;
+  };
+
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& hidden_gate) const {
+    return variant_.gemma ? layers::rms_norm_unit_offset(x, w, eps_, hidden_gate)
+                          : layers::rms_norm(x, w, eps_, hidden_gate);
+  }
+
+  std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& inv_freq, int64_t past, int64_t L) const {
+    // Positions past..past+L-1 (transformers uses cache positions, not the padding mask).
+    at::Tensor positions = at::arange(past, past + L, at::TensorOptions().dtype(at::kFloat).device(inv_freq.device()));
+    at::Tensor freqs = positions.unsqueeze(-1) * inv_freq;
+    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    return {emb.cos().to(dtype_), emb.sin().to(dtype_)};
+  }
+
   // With a cache: the tokens continue the cached ones (positions past ...), and their keys and values
   // are appended to it.
   at::Tensor hidden_states(const Batch& batch, const GateValues* gates, KvCache* cache = nullptr) const {
     const at::Tensor& ids = batch.input_ids;
     check_inputs(batch);
-    const int64_t B = ids.size(0), L = ids.size(1);
-    const int64_t past = cache ? cache->length : 0;
-    const at::Tensor hidden_gate = gates ? gates->hidden : at::Tensor();
+    Step st;
+    st.B = ids.size(0), st.L = ids.size(1), st.past = cache ? cache->length : 0;
+    st.gates = gates, st.cache = cache, st.imp = gates ? gates->importance : nullptr;
+    st.hidden_gate = gates ? gates->hidden : at::Tensor();
+    std::tie(st.cos, st.sin) = rope_tables(inv_freq_, st.past, st.L);
+    if (local_inv_freq_.defined()) std::tie(st.local_cos, st.local_sin) = rope_tables(local_inv_freq_, st.past, st.L);
+    st.mask = attention_mask(batch, st.past, st.L, 0, ids.device());
+    if (variant_.exact_window) st.local_mask = attention_mask(batch, st.past, st.L, arch_.sliding_window, ids.device());
+    if (st.imp) st.imp->tokens += st.B * st.L;
 
-    // RoPE tables for positions 0..L-1 (transformers uses cache positions, not the padding mask).
-    at::Tensor positions = at::arange(past, past + L, at::TensorOptions().dtype(at::kFloat).device(ids.device()));
-    at::Tensor freqs = positions.unsqueeze(-1) * inv_freq_;
-    at::Tensor emb = at::cat({freqs, freqs}, -1);
-    const at::Tensor cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);
-
-    at::Tensor mask;        // undefined: plain causal attention
-    if (past > 0 && L > 1)  // new queries see every cached key and the new keys up to themselves
-      mask = at::ones({L, past + L}, at::TensorOptions().dtype(at::kBool).device(ids.device())).tril(past);
-    if (batch.attention_mask.defined()) {
-      at::Tensor keys = batch.attention_mask.to(at::kBool);
-      if (!keys.all().item<bool>()) {
-        at::Tensor causal = at::ones({L, L}, at::TensorOptions().dtype(at::kBool).device(ids.device())).tril();
-        mask = causal.unsqueeze(0) & keys.unsqueeze(1);
-        // A padded query row that sees no key would give NaN and poison nothing but itself; let it see
-        // itself so every value stays finite (its logits are meaningless either way).
-        mask = mask | at::eye(L, at::TensorOptions().dtype(at::kBool).device(ids.device())).unsqueeze(0);
-        mask = mask.unsqueeze(1);  // [B, 1, L, L]
-      }
-    }
-
-    ActivationImportance* imp = gates ? gates->importance : nullptr;
-    if (imp) imp->tokens += B * L;
-    at::Tensor x = layers::gate_last_dim(layers::embedding(embed_, ids, dtype_), hidden_gate);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(arch_.head_dim));
+    at::Tensor x = layers::embedding(embed_, ids, dtype_);
+    if (variant_.gemma) x = x * at::scalar_tensor(variant_.embed_scale, x.options());
+    x = layers::gate_last_dim(x, st.hidden_gate);
     for (int64_t i = 0; i < arch_.layers; ++i) {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
       const at::Tensor layer_gate = gates && gates->layers.defined() ? gates->layers[i] : at::Tensor();
       const at::Tensor block_in = x;
-      at::Tensor hs = layers::rms_norm(x, l.attn_norm, eps_, hidden_gate);
-      if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
-      at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim});
-      at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim});
-      if (arch_.qk_norm) {
-        q = layers::rms_norm(q, l.q_norm, eps_, at::Tensor());
-        k = layers::rms_norm(k, l.k_norm, eps_, at::Tensor());
-      }
-      q = q.transpose(1, 2);
-      k = k.transpose(1, 2);
-      at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
-      q = q * cos + rotate_half(q) * sin;
-      k = k * cos + rotate_half(k) * sin;
-      if (cache) {
-        auto& ck = cache->keys[static_cast<size_t>(i)];
-        auto& cv = cache->values[static_cast<size_t>(i)];
-        if (past > 0) k = at::cat({ck, k}, 2), v = at::cat({cv, v}, 2);
-        ck = k, cv = v;
-      }
-      // One new token after cached ones attends to all of them: no mask.
-      const bool causal = !mask.defined() && !(past > 0 && L == 1);
-      at::Tensor a = at::scaled_dot_product_attention(
-          q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, causal, scale,
-          /*enable_gqa=*/arch_.kv_heads != arch_.heads);
-      if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
-      if (imp && imp->heads.defined())
-        imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
-      a = a.transpose(1, 2).reshape({B, L, arch_.heads * arch_.head_dim});
-      at::Tensor o = l.proj[kO](a);
-      if (gates && gates->attn_out.defined()) o = o * gates->attn_out[i].to(dtype_);
-      x = x + layers::gate_branch(layers::gate_last_dim(o, hidden_gate), layer_gate);
-
-      hs = layers::rms_norm(x, l.mlp_norm, eps_, hidden_gate);
-      if (imp && imp->hidden.defined()) imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
-      at::Tensor m = at::silu(l.proj[kGate](hs)) * l.proj[kUp](hs);
-      if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
-      if (imp && imp->ffn.defined()) imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
-      at::Tensor d = l.proj[kDown](m);
-      if (gates && gates->mlp_out.defined()) d = d * gates->mlp_out[i].to(dtype_);
-      x = x + layers::gate_branch(layers::gate_last_dim(d, hidden_gate), layer_gate);
-      if (imp) layers::add_block_influence(imp->layers.defined() ? imp->layers[i] : at::Tensor(), block_in, x);
+      x = x + layers::gate_branch(attention(l, i, norm_input(x, l.attn_norm, st), st), layer_gate);
+      x = x + layers::gate_branch(mlp(l, i, norm_input(x, l.mlp_norm, st), st), layer_gate);
+      if (st.imp) layers::add_block_influence(st.imp->layers.defined() ? st.imp->layers[i] : at::Tensor(), block_in, x);
     }
-    return layers::rms_norm(x, final_norm_, eps_, hidden_gate);
+    return norm(x, final_norm_, st.hidden_gate);
+  }
+
+  // A block's input norm, its activations' sizes added to the hidden-channel importance.
+  at::Tensor norm_input(const at::Tensor& x, const at::Tensor& w, const Step& st) const {
+    at::Tensor hs = norm(x, w, st.hidden_gate);
+    if (st.imp && st.imp->hidden.defined())
+      st.imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
+    return hs;
+  }
+
+  // A branch's output into the residual stream: calibrated output scales, the hidden gate, and Gemma's
+  // output norm (whose statistics see the kept channels only).
+  at::Tensor branch_out(at::Tensor o, const at::Tensor& scales, const at::Tensor& post_norm, const Step& st) const {
+    if (scales.defined()) o = o * scales.to(dtype_);
+    o = layers::gate_last_dim(o, st.hidden_gate);
+    return post_norm.defined() ? norm(o, post_norm, st.hidden_gate) : o;
+  }
+
+  at::Tensor attention(const LlamaLayer& l, int64_t i, const at::Tensor& hs, const Step& st) const {
+    const int64_t B = st.B, L = st.L;
+    const GateValues* gates = st.gates;
+    at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim});
+    at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim});
+    if (arch_.qk_norm) q = norm(q, l.q_norm, at::Tensor()), k = norm(k, l.k_norm, at::Tensor());
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
+    at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
+    const bool local = l.sliding && variant_.exact_window;
+    const at::Tensor& cos = local && st.local_cos.defined() ? st.local_cos : st.cos;
+    const at::Tensor& sin = local && st.local_sin.defined() ? st.local_sin : st.sin;
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+    if (st.cache) {
+      auto& ck = st.cache->keys[static_cast<size_t>(i)];
+      auto& cv = st.cache->values[static_cast<size_t>(i)];
+      if (st.past > 0) k = at::cat({ck, k}, 2), v = at::cat({cv, v}, 2);
+      ck = k, cv = v;
+    }
+    const at::Tensor& mask = local ? st.local_mask : st.mask;
+    // One new token after cached ones attends to all of them: no mask.
+    const bool causal = !mask.defined() && !(st.past > 0 && L == 1);
+    at::Tensor a = at::scaled_dot_product_attention(
+        q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, causal, variant_.attn_scale,
+        /*enable_gqa=*/arch_.kv_heads != arch_.heads);
+    if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
+    if (st.imp && st.imp->heads.defined())
+      st.imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
+    a = a.transpose(1, 2).reshape({B, L, arch_.heads * arch_.head_dim});
+    return branch_out(l.proj[kO](a), gates && gates->attn_out.defined() ? gates->attn_out[i] : at::Tensor(),
+                      l.post_attn_norm, st);
+  }
+
+  at::Tensor mlp(const LlamaLayer& l, int64_t i, const at::Tensor& hs, const Step& st) const {
+    const GateValues* gates = st.gates;
+    const at::Tensor g = l.proj[kGate](hs);
+    at::Tensor m = (variant_.gemma ? at::gelu(g, "tanh") : at::silu(g)) * l.proj[kUp](hs);
+    if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
+    if (st.imp && st.imp->ffn.defined()) st.imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
+    return branch_out(l.proj[kDown](m), gates && gates->mlp_out.defined() ? gates->mlp_out[i] : at::Tensor(),
+                      l.post_mlp_norm, st);
   }
 
   void check_inputs(const Batch& batch) const {
@@ -289,8 +438,8 @@ class LlamaModel final : public Model {
                         " outside the vocabulary [0, " + std::to_string(arch_.vocab_size) + ")");
     }
     // Within the window a sliding-window layer attends exactly like a full one; beyond it, it does not,
-    // and we do not implement the window: refuse rather than compute another model.
-    if (arch_.sliding_window > 0 && ids.size(1) > arch_.sliding_window)
+    // and only Gemma 3's windowed layers are masked: refuse rather than compute another model.
+    if (!variant_.exact_window && arch_.sliding_window > 0 && ids.size(1) > arch_.sliding_window)
       throw DataError(
           "sequence length " + std::to_string(ids.size(1)) + " exceeds the sliding_window " +
           std::to_string(arch_.sliding_window) + " of this " + arch_.model_type +
@@ -302,12 +451,12 @@ class LlamaModel final : public Model {
   }
 
   ArchSummary arch_;
+  Variant variant_;
   at::ScalarType dtype_ = at::kFloat;
   double eps_ = 1e-6;
-  at::Tensor inv_freq_, embed_, final_norm_, lm_head_;
+  at::Tensor inv_freq_, local_inv_freq_, embed_, final_norm_, lm_head_;
   std::vector<LlamaLayer> layers_;
 };
-
 }  // namespace
 
 ArchSummary LlamaAdapter::summarize(const nlohmann::json& config, const std::filesystem::path& file) const {
@@ -318,7 +467,8 @@ ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
   ShapeTraits t;
   t.kv_groups = true;
   t.hidden_is_heads = false;
-  t.hidden_multiple_of_heads = type_ == "llama";  // only LlamaConfig validates hidden_size % heads
+  // LlamaConfig and Gemma3TextConfig validate hidden_size % heads.
+  t.hidden_multiple_of_heads = type_ == "llama" || type_ == "gemma3_text";
   t.rope = true;
   t.causal = true;
   t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types
@@ -327,7 +477,8 @@ ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
   t.out_bias = a.out_bias;
   t.mlp_in_bias = t.mlp_out_bias = a.mlp_bias;
   t.qk_norm = a.qk_norm;
-  t.norm_vectors = 2;  // input_layernorm, post_attention_layernorm (RMSNorm: a weight)
+  // input_layernorm, post_attention_layernorm (RMSNorm: a weight); Gemma 3 adds pre_ and post_feedforward_layernorm.
+  t.norm_vectors = type_ == "gemma3_text" ? 4 : 2;
   // Embedding, the LM head unless tied, the final RMSNorm.
   t.outer_h1 = static_cast<double>(a.vocab_size * (a.tied_embeddings ? 1 : 2) + 1);
   t.embedding_h1 = static_cast<double>(a.vocab_size);  // the token embedding (a tied head with it)
@@ -344,13 +495,44 @@ std::unique_ptr<Model> LlamaAdapter::load(const HfCheckpoint& ckpt, const LoadOp
 
 namespace hawada {
 
-const RoleTable& LlamaAdapter::roles() const { return llama_roles(); }
+const RoleTable& LlamaAdapter::roles() const { return roles_of(type_); }
 
 nlohmann::json LlamaAdapter::pruned_config(const nlohmann::json& config, const Plan& plan) const {
-  nlohmann::json c = ModelAdapter::pruned_config(config, plan);
+  nlohmann::json in = config;
+  if (type_ == "gemma3_text" && plan.chosen.shape.layers != plan.dense.shape.layers) {
+    // Without layer_types the kinds follow sliding_window_pattern from layer 0: dropped blocks would shift
+    // them. Written out, they are sliced with the kept layers.
+    auto it = in.find("layer_types");
+    if (it == in.end() || it->is_null()) {
+      nlohmann::json kinds = nlohmann::json::array();
+      for (bool s : sliding_layers(type_, config, "config.json", plan.dense.shape.layers))
+        kinds.push_back(s ? "sliding_attention" : "full_attention");
+      in["layer_types"] = kinds;
+    }
+  }
+  nlohmann::json c = ModelAdapter::pruned_config(in, plan);
   c["num_key_value_heads"] = plan.chosen.shape.kv_heads;
   c["head_dim"] = plan.chosen.shape.head_dim;
   return c;
+}
+
+std::vector<safetensors::NamedTensor> LlamaAdapter::prune_weights(const HfCheckpoint& ckpt, const Plan& plan,
+                                                                  const GateValues& folds,
+                                                                  std::optional<at::ScalarType> dtype) const {
+  std::vector<safetensors::NamedTensor> out = ModelAdapter::prune_weights(ckpt, plan, folds, dtype);
+  const int64_t h = plan.dense.shape.hidden, kept = plan.chosen.shape.hidden;
+  if (type_ != "gemma3_text" || kept == h) return out;
+  // Gemma scales the embedding by sqrt(hidden_size): the pruned model's sqrt(kept) makes its residual stream
+  // c = sqrt(kept / hidden) times the gated student's. The blocks' input norms and the final norm do not see
+  // a common factor (up to eps); the branches' output norms add to the stream, so their scale 1 + w
+  // becomes c (1 + w) and the whole stream is c times the student's.
+  const double c = std::sqrt(static_cast<double>(kept) / static_cast<double>(h));
+  for (auto& [name, t] : out) {
+    const bool output_norm = name.find(".post_attention_layernorm.") != std::string::npos ||
+                             name.find(".post_feedforward_layernorm.") != std::string::npos;
+    if (output_norm) t = ((t.to(at::kDouble) + 1.0) * c - 1.0).to(t.scalar_type());
+  }
+  return out;
 }
 
 }  // namespace hawada

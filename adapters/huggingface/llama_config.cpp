@@ -1,5 +1,5 @@
 // The config.json of the LLaMA family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM), read without LibTorch (the fuzz target of the reader builds it alone).
+// Qwen3ForCausalLM, Gemma3ForCausalLM), read without LibTorch (the fuzz target of the reader builds it alone).
 #include <nlohmann/json.hpp>
 
 #include "adapters/arch.h"
@@ -20,6 +20,11 @@ constexpr int64_t kMaxLayers = 1024, kMaxHidden = int64_t{1} << 17, kMaxHeads = 
 int64_t sliding_window(const std::string& type, const nlohmann::json& config, const std::filesystem::path& file,
                        int64_t layers) {
   const int64_t default_window = 4096;
+  if (type == "gemma3_text") {
+    for (bool windowed : sliding_layers(type, config, file, layers))
+      if (windowed) return cf::integer(config, "sliding_window", file, &default_window);
+    return 0;
+  }
   auto it = config.find("sliding_window");
   const bool null_window = it != config.end() && it->is_null();
   if (type == "mistral") return null_window ? 0 : cf::integer(config, "sliding_window", file, &default_window);
@@ -37,6 +42,32 @@ int64_t sliding_window(const std::string& type, const nlohmann::json& config, co
 
 }  // namespace
 
+std::vector<bool> sliding_layers(const std::string& type, const nlohmann::json& config,
+                                 const std::filesystem::path& file, int64_t layers) {
+  std::vector<bool> out(static_cast<size_t>(layers), false);
+  if (type != "gemma3_text") return out;
+  auto lt = config.find("layer_types");
+  if (lt == config.end() || lt->is_null()) {
+    // Gemma3TextConfig without layer_types: every sliding_window_pattern-th layer is full, the rest windowed.
+    const int64_t six = 6;
+    const int64_t pattern = cf::integer(config, "sliding_window_pattern", file, &six);
+    for (int64_t i = 0; i < layers; ++i) out[static_cast<size_t>(i)] = (i + 1) % pattern != 0;
+    return out;
+  }
+  if (!lt->is_array() || static_cast<int64_t>(lt->size()) != layers)
+    throw CheckpointError("'" + file.string() + "': key 'layer_types': expected a list of " + std::to_string(layers) +
+                          " entries (num_hidden_layers)");
+  for (int64_t i = 0; i < layers; ++i) {
+    const auto& t = (*lt)[static_cast<size_t>(i)];
+    const std::string v = t.is_string() ? t.get<std::string>() : t.dump();
+    if (v != "sliding_attention" && v != "full_attention")
+      throw CheckpointError("'" + file.string() + "': key 'layer_types': entry " + std::to_string(i) + " is '" + v +
+                            "' (supported: sliding_attention, full_attention)");
+    out[static_cast<size_t>(i)] = v == "sliding_attention";
+  }
+  return out;
+}
+
 ArchSummary summarize_llama_family_config(const std::string& type, const nlohmann::json& config,
                                           const std::filesystem::path& file) {
   ArchSummary s;
@@ -44,26 +75,35 @@ ArchSummary summarize_llama_family_config(const std::string& type, const nlohman
   s.architecture = cf::architecture(config, type == "llama"     ? "LlamaForCausalLM"
                                             : type == "mistral" ? "MistralForCausalLM"
                                             : type == "qwen2"   ? "Qwen2ForCausalLM"
-                                                                : "Qwen3ForCausalLM");
+                                            : type == "qwen3"   ? "Qwen3ForCausalLM"
+                                                                : "Gemma3ForCausalLM");
   s.layers = cf::integer(config, "num_hidden_layers", file, nullptr, false, kMaxLayers);
   s.hidden = cf::integer(config, "hidden_size", file, nullptr, false, kMaxHidden);
   s.heads = cf::integer(config, "num_attention_heads", file, nullptr, false, kMaxHeads);
   s.kv_heads = cf::integer(config, "num_key_value_heads", file, &s.heads, false, s.heads);
   s.ffn = cf::integer(config, "intermediate_size", file);
   s.vocab_size = cf::integer(config, "vocab_size", file);
-  // Qwen3Config's head_dim defaults to 128; the others derive it from hidden_size / heads.
-  const int64_t default_head_dim = type == "qwen3" ? 128 : s.hidden / s.heads;
+  // Qwen3Config's head_dim defaults to 128, Gemma3TextConfig's to 256; the others derive it from hidden_size / heads.
+  const int64_t default_head_dim = type == "qwen3" ? 128 : type == "gemma3_text" ? 256 : s.hidden / s.heads;
   s.head_dim = cf::integer(config, "head_dim", file, &default_head_dim, false, kMaxHeadDim);
-  // Every config class of the family defaults to untied embeddings.
-  s.tied_embeddings = cf::boolean(config, "tie_word_embeddings", file, false);
+  // Every config class of the family but Gemma 3's defaults to untied embeddings.
+  s.tied_embeddings = cf::boolean(config, "tie_word_embeddings", file, type == "gemma3_text");
   if (type == "llama") {
     s.qkv_bias = s.out_bias = cf::boolean(config, "attention_bias", file, false);
     s.mlp_bias = cf::boolean(config, "mlp_bias", file, false);
   } else if (type == "qwen2") {
     s.qkv_bias = true;  // Qwen2Attention: q, k, v with bias, o_proj without
-  } else if (type == "qwen3") {
+  } else if (type == "qwen3" || type == "gemma3_text") {
     s.qkv_bias = s.out_bias = cf::boolean(config, "attention_bias", file, false);
     s.qk_norm = true;
+  }
+  if (type == "gemma3_text") {
+    if (cf::boolean(config, "use_bidirectional_attention", file, false))
+      throw CheckpointError("'" + file.string() +
+                            "': use_bidirectional_attention = true is an encoder, not a causal LM (not supported)");
+    if (s.hidden % s.heads != 0)  // Gemma3TextConfig validates it
+      throw CheckpointError("'" + file.string() + "': hidden_size " + std::to_string(s.hidden) +
+                            " is not a multiple of num_attention_heads " + std::to_string(s.heads));
   }
   s.sliding_window = sliding_window(type, config, file, s.layers);
   if (s.heads % s.kv_heads != 0)

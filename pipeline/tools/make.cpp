@@ -74,6 +74,54 @@ json llama_config(const std::string& preset) {
   throw UsageError("--preset '" + preset + "' is not a llama preset (tiny, llama-3.2-1b)");
 }
 
+// Gemma 3 text models (Gemma3ForCausalLM): 270M and 1B as Google's configs give them; tiny for tests.
+json gemma3_config(const std::string& preset) {
+  struct Size {
+    int64_t vocab, hidden, ffn, layers, heads, kv_heads, head_dim, window;
+  };
+  Size z;
+  if (preset == "tiny")
+    z = {512, 64, 256, 6, 4, 2, 16, 16};
+  else if (preset == "gemma-3-270m")
+    z = {262144, 640, 2048, 18, 4, 1, 256, 512};
+  else if (preset == "gemma-3-1b")
+    z = {262144, 1152, 6912, 26, 4, 1, 256, 512};
+  else
+    throw UsageError("--preset '" + preset + "' is not a gemma3_text preset (tiny, gemma-3-270m, gemma-3-1b)");
+  json layer_types = json::array();
+  for (int64_t i = 0; i < z.layers; ++i) layer_types.push_back((i + 1) % 6 ? "sliding_attention" : "full_attention");
+  const bool tiny = preset == "tiny";
+  return {{"architectures", {"Gemma3ForCausalLM"}},
+          {"model_type", "gemma3_text"},
+          {"vocab_size", z.vocab},
+          {"hidden_size", z.hidden},
+          {"intermediate_size", z.ffn},
+          {"num_hidden_layers", z.layers},
+          {"num_attention_heads", z.heads},
+          {"num_key_value_heads", z.kv_heads},
+          {"head_dim", z.head_dim},
+          {"hidden_activation", "gelu_pytorch_tanh"},
+          {"query_pre_attn_scalar", z.head_dim},
+          {"sliding_window", z.window},
+          {"layer_types", layer_types},
+          {"max_position_embeddings", tiny ? 256 : 32768},
+          {"rms_norm_eps", 1e-6},
+          {"rope_parameters",
+           {{"full_attention", {{"rope_type", "default"}, {"rope_theta", 1000000.0}}},
+            {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 10000.0}}}}},
+          {"attn_logit_softcapping", nullptr},
+          {"final_logit_softcapping", nullptr},
+          {"tie_word_embeddings", true},
+          {"attention_bias", false},
+          {"use_bidirectional_attention", false},
+          {"initializer_range", tiny ? 0.1 : 0.02},
+          {"pad_token_id", 0},
+          {"bos_token_id", 2},
+          {"eos_token_id", 1},
+          {"dtype", tiny ? "float32" : "bfloat16"},
+          {"torch_dtype", tiny ? "float32" : "bfloat16"}};
+}
+
 json vit_config(const std::string& preset) {
   json c;
   if (preset == "tiny")
@@ -138,8 +186,10 @@ void make_model(const std::string& arch_name, const std::string& preset, int64_t
     config = vit_config(preset);
   else if (arch_name == "bert")
     config = bert_config(preset);
+  else if (arch_name == "gemma3_text")
+    config = gemma3_config(preset);
   else
-    throw UsageError("--arch must be llama, vit or bert, got '" + arch_name + "'");
+    throw UsageError("--arch must be llama, gemma3_text, vit or bert, got '" + arch_name + "'");
   // The weights from the architecture's role table: every weight its config implies, with its shape.
   const ModelAdapter& adapter = adapter_for(config, out_dir / "config.json");
   ArchSummary arch = adapter.summarize(config, out_dir / "config.json");

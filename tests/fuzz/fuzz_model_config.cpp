@@ -18,8 +18,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!hawada::json_depth_problem(text).empty()) return 0;
   const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return 0;
-  // Every reader: the LLaMA family's (one per model_type: windows, head_dim defaults differ), ViT's, BERT's.
-  for (const char* type : {"llama", "mistral", "qwen2", "qwen3", "vit", "bert"}) {
+  // Every reader: the LLaMA family's (one per model_type: windows, head_dim defaults, Gemma's layer kinds
+  // differ), ViT's, BERT's.
+  for (const char* type : {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "vit", "bert"}) {
     try {
       const std::string_view t(type);
       const hawada::ArchSummary s = t == "vit"    ? hawada::summarize_vit_config(j, "fuzz/config.json")
@@ -29,6 +30,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (s.sliding_window < 0) __builtin_trap();
       if (s.layers <= 0 || s.layers > 1024 || s.heads <= 0 || s.hidden <= 0 || s.head_dim <= 0) __builtin_trap();
       if (s.kv_heads <= 0 || s.heads % s.kv_heads != 0) __builtin_trap();
+      // Gemma 3's layer kinds (layer_types or sliding_window_pattern), one per layer.
+      if (t != "vit" && t != "bert" &&
+          static_cast<int64_t>(hawada::sliding_layers(type, j, "fuzz/config.json", s.layers).size()) != s.layers)
+        __builtin_trap();
     } catch (const hawada::CheckpointError& e) {
       if (std::string(e.what()).find("fuzz/config.json") == std::string::npos) __builtin_trap();
     }

@@ -1,8 +1,9 @@
-"""The LLaMA-family adapters (mistral, qwen2, qwen3) against transformers' own models, like LLaMA's:
+"""The LLaMA-family adapters (mistral, qwen2, qwen3, gemma3_text) against transformers' own models, like LLaMA's:
 logits in fp32 and bf16 (padded and not), parameter counts, keep-all export byte for byte, and a pruned
 pipeline run whose export loads with from_pretrained (no missing, unexpected or mismatched keys) and
 computes what our forward of it computes. Mistral's sliding window is exact within the window and
-refused beyond it; an unknown model_type names the supported ones.
+refused beyond it; Gemma 3's windowed layers are computed exactly beyond it (the test sequences are longer
+than its window); an unknown model_type names the supported ones.
 """
 import json
 
@@ -30,7 +31,26 @@ FAMILY = {
                       dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16, tie_word_embeddings=False)),
     "mistral": ("MistralConfig", "MistralForCausalLM",
                 dict(num_attention_heads=8, num_key_value_heads=4, sliding_window=32, tie_word_embeddings=False)),
+    # Windowed and full layers with their own RoPE bases, a window shorter than the sequences, head_dim and
+    # query_pre_attn_scalar independent of hidden / heads, tied embeddings.
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(num_attention_heads=4, num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=20,
+                    sliding_window=6, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                     "full_attention": {"rope_type": "linear", "rope_theta": 5000.0,
+                                                        "factor": 4.0}})),
+    # The layer kinds from sliding_window_pattern, soft-capped logits, biases, an untied head. The attention
+    # soft-cap is set but transformers' Gemma3Attention never applies it (no softcap reaches its attention
+    # functions): ours must not either.
+    "gemma3_softcap": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                       dict(num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=5,
+                            sliding_window_pattern=2, attn_logit_softcapping=3.0, final_logit_softcapping=2.5,
+                            attention_bias=True, tie_word_embeddings=False)),
 }
+
+
+def model_type(variant):
+    return getattr(transformers, FAMILY[variant][0]).model_type
 
 
 def make(path, name, dtype=torch.float32):
@@ -40,11 +60,13 @@ def make(path, name, dtype=torch.float32):
                                                num_hidden_layers=3, max_position_embeddings=256,
                                                initializer_range=0.1, **kwargs)
     model = getattr(transformers, model_cls)(config).eval()
-    # Random RMSNorm weights (transformers initializes them to 1, which would hide a missing norm).
+    # Random RMSNorm weights (transformers initializes them to 1, which would hide a missing norm; Gemma's
+    # scale by 1 + weight and start at 0).
+    offset = 0 if config.model_type == "gemma3_text" else 1
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
+                p.copy_(offset + 0.3 * torch.randn_like(p))
             elif n.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
     model.save_pretrained(path)
@@ -64,7 +86,7 @@ def test_parameter_count_and_keep_all_export(tmp_path, cli, inspect_json, varian
     src, dst = tmp_path / "model", tmp_path / "export"
     model = make(src, variant)
     info = inspect_json(src)
-    assert info["model_type"] == FAMILY[variant][0].replace("Config", "").lower()
+    assert info["model_type"] == model_type(variant)
     # The cost model's count (from config.json and the adapter's traits) is transformers' count.
     assert info["config_parameters"] == info["parameters"] == sum(p.numel() for p in model.parameters()), info
     cli("export", "--keep-all", src, dst)
@@ -95,13 +117,14 @@ def test_unknown_model_type_lists_the_supported_ones(tmp_path, cli):
     p = cli("inspect", tmp_path / "model", check=False)
     assert p.returncode != 0
     assert "unsupported model_type 'gpt_neox'" in p.stderr
-    assert "bert, llama, mistral, qwen2, qwen3, vit" in p.stderr, p.stderr
+    assert "bert, gemma3_text, llama, mistral, qwen2, qwen3, vit" in p.stderr, p.stderr
 
 
 SEQ = 16
 
 
-@pytest.mark.parametrize("variant,hidden", [("qwen2", True), ("qwen3", False), ("mistral", True)])
+@pytest.mark.parametrize("variant,hidden", [("qwen2", True), ("qwen3", False), ("mistral", True), ("gemma3", True),
+                                            ("gemma3_softcap", False)])
 def test_pruned_export_loads_and_matches(tmp_path, cli, mpirun, variant, hidden):
     make(tmp_path / "model", variant)
     np.random.default_rng(0).integers(0, VOCAB, size=48 * SEQ).astype(np.uint16).tofile(tmp_path / "tokens.bin")
@@ -144,7 +167,7 @@ steps = 4
     plan = json.load(open(tmp_path / "run" / "plan" / "plan.json"))["shape"]
     assert plan["cost_ratio"] <= 0.6
     written = json.load(open(export / "config.json"))
-    assert written["model_type"] == FAMILY[variant][0].replace("Config", "").lower()
+    assert written["model_type"] == model_type(variant)
     assert written["num_attention_heads"] == plan["num_attention_heads"] and written["head_dim"] == plan["head_dim"]
     model = assert_loads_cleanly(transformers.AutoModelForCausalLM, export)
     assert sum(p.numel() for p in model.parameters()) == plan["parameters"]

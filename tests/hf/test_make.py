@@ -17,8 +17,12 @@ transformers = pytest.importorskip("transformers")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# google/gemma-3-270m's count (tied embeddings): 262,144 x 640 of them are the embedding.
+GEMMA3_270M_PARAMETERS = 268098176
+
+
 def loaded(cls, path):
-    model, info = cls.from_pretrained(path, output_loading_info=True)
+    model, info = cls.from_pretrained(path, output_loading_info=True, dtype=torch.float32)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     return model.eval()
 
@@ -29,7 +33,8 @@ def ours(cli, model_dir, tmp_path, inputs, output="logits"):
     return load_file(tmp_path / "out.safetensors")[output]
 
 
-@pytest.mark.parametrize("arch,preset", [("llama", "tiny"), ("vit", "tiny"), ("vit", "vit-base-patch16-224"), ("bert", "tiny")])
+@pytest.mark.parametrize("arch,preset", [("llama", "tiny"), ("gemma3_text", "tiny"), ("gemma3_text", "gemma-3-270m"),
+                                         ("vit", "tiny"), ("vit", "vit-base-patch16-224"), ("bert", "tiny")])
 def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, preset):
     out = tmp_path / "model"
     cli("make-model", "--arch", arch, "--preset", preset, "--seed", "3", out)
@@ -45,7 +50,7 @@ def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, prese
             output = "last_hidden_state"
             with torch.no_grad():
                 theirs = model(input_ids=ids).last_hidden_state
-        elif arch == "llama":
+        elif arch in ("llama", "gemma3_text"):
             ids = torch.from_numpy(f["input_ids"][:]).long()
             model = loaded(transformers.AutoModelForCausalLM, out)
             assert ids.shape == (3, 12) and 0 <= ids.min() and ids.max() < model.config.vocab_size
@@ -64,6 +69,8 @@ def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, prese
     assert rel < 1e-4, rel
     if preset == "vit-base-patch16-224":
         assert model.num_parameters() == 86567656  # google/vit-base-patch16-224's count
+    if preset == "gemma-3-270m":
+        assert model.num_parameters() == GEMMA3_270M_PARAMETERS
     # Same seed, same bytes; refuses to overwrite.
     again = tmp_path / "again"
     cli("make-model", "--arch", arch, "--preset", preset, "--seed", "3", again)

@@ -258,7 +258,7 @@ def test_config_inconsistent_with_weights(tmp_path, cli):
 
     json.dump({**cfg, "model_type": "gpt_neox"}, open(src / "config.json", "w"))
     p = cli(*args, check=False)
-    assert p.returncode == 1 and "'gpt_neox'" in p.stderr and "llama, mistral, qwen2, qwen3, vit" in p.stderr
+    assert p.returncode == 1 and "'gpt_neox'" in p.stderr and "gemma3_text, llama, mistral, qwen2, qwen3, vit" in p.stderr
 
 
 def test_bad_inputs_name_file_and_tensor(tmp_path, cli):

@@ -6,9 +6,16 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "adapters/adapter.h"
 #include "core/base/errors.h"
 #include "core/io/checkpoint.h"
+#include "core/io/safetensors.h"
+#include "tests/unit/test_util.h"
 
 namespace hawada {
 namespace {
@@ -85,6 +92,57 @@ TEST(Models, DecodeWithTheCacheEqualsTheFullForward) {
   auto v = load("tiny-vit", at::kFloat);
   KvCache none;
   EXPECT_THROW(v.model->decode(ids, none), UsageError);
+}
+
+// Gemma 3 (gemma3_text) with random weights from its role table: its windowed layers see only the last
+// sliding_window keys, in a decode with the KV cache as in the full forward (12 tokens, window 4), and the
+// window changes the result (a full-attention model of the same weights differs).
+TEST(Models, Gemma3DecodeBeyondTheWindowEqualsTheFullForward) {
+  testing::TempDir dir;
+  nlohmann::json config = {{"architectures", {"Gemma3ForCausalLM"}},
+                           {"model_type", "gemma3_text"},
+                           {"vocab_size", 64},
+                           {"hidden_size", 32},
+                           {"intermediate_size", 48},
+                           {"num_hidden_layers", 3},
+                           {"num_attention_heads", 4},
+                           {"num_key_value_heads", 2},
+                           {"head_dim", 8},
+                           {"sliding_window", 4},
+                           {"layer_types", {"sliding_attention", "full_attention", "sliding_attention"}}};
+  // One RoPE base for both kinds (Gemma's differ), so that the window is the only difference below.
+  const nlohmann::json rope = {{"rope_type", "default"}, {"rope_theta", 10000.0}};
+  config["rope_parameters"] = {{"full_attention", rope}, {"sliding_attention", rope}};
+  const auto write = [&](const nlohmann::json& c, const std::filesystem::path& d) {
+    std::filesystem::create_directories(d);
+    std::ofstream(d / "config.json") << c.dump();
+    const ModelAdapter& adapter = adapter_for(c, d / "config.json");
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+    safetensors::write_model_weights(
+        d, adapter.roles().random_weights(adapter.summarize(c, d / "config.json"), 0.3, at::kFloat, gen), 1ull << 30);
+  };
+  write(config, dir.path() / "windowed");
+  config["layer_types"] = {"full_attention", "full_attention", "full_attention"};
+  write(config, dir.path() / "full");
+  const auto open = [&](const char* name) {
+    auto ckpt = HfCheckpoint::open(dir.path() / name);
+    auto model = adapter_for(ckpt.config(), ckpt.dir() / "config.json").load(ckpt, {.dtype = at::kFloat});
+    return Loaded{std::move(ckpt), std::move(model)};
+  };
+  auto m = open("windowed");
+  at::manual_seed(2);
+  const at::Tensor ids = at::randint(0, 64, {2, 12}, at::kLong);
+  at::NoGradGuard no_grad;
+  const at::Tensor full = m.model->features(Batch{ids, {}, {}});
+  KvCache cache;
+  std::vector<at::Tensor> parts{m.model->decode(ids.slice(1, 0, 3), cache)};
+  for (int64_t t = 3; t < 10; ++t) parts.push_back(m.model->decode(ids.slice(1, t, t + 1), cache));
+  parts.push_back(m.model->decode(ids.slice(1, 10, 12), cache));
+  const at::Tensor stepwise = at::cat(parts, 1);
+  EXPECT_LE((stepwise - full).abs().max().item<double>(), 1e-5 * full.abs().max().item<double>());
+  const at::Tensor unwindowed = open("full").model->features(Batch{ids, {}, {}});
+  EXPECT_TRUE(at::allclose(unwindowed.slice(1, 0, 4), full.slice(1, 0, 4), 1e-5, 1e-5));  // within the window
+  EXPECT_GT((unwindowed.slice(1, 4) - full.slice(1, 4)).abs().max().item<double>(), 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GatesAtOne,
