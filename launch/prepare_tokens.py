@@ -8,8 +8,10 @@ CORPUS is a text file whose documents are separated by blank lines, or a directo
 are one document each (in name order). Each document gets the tokenizer's special tokens (BOS) and, unless
 --no-eos, an EOS token; all are concatenated and cut into windows of seq_len (the remainder is
 dropped). When the tokenizer adds a BOS token to a text (Gemma, LLaMA), every window starts with BOS and
-holds the next seq_len - 1 tokens of the stream: such models are trained on sequences that begin with it
-(Gemma-3-270M's perplexity is about 4x worse on windows without it); --no-bos-windows cuts plainly. Writes input_ids int32 [samples, seq_len] and attributes naming the tokenizer and corpus.
+holds the next seq_len - 1 tokens of the stream (or, where the stream's next token is a document's own BOS,
+the seq_len tokens from it: never BOS twice): such models are trained on sequences that begin with it
+(Gemma-3-270M's perplexity is about 4x worse on windows without it); --no-bos-windows cuts plainly.
+Writes input_ids int32 [samples, seq_len] and attributes naming the tokenizer and corpus.
 
 --sentences (sentence encoders such as BERT): one sample per sentence of the corpus (5 to 80 words, the
 documents' whitespace collapsed), tokenized alone with the tokenizer's special tokens ([CLS] ... [SEP]),
@@ -56,15 +58,9 @@ def main():
         if not a.no_eos and tok.eos_token_id is not None:
             ids.append(tok.eos_token_id)
     bos = adds_bos(tok) and not a.no_bos_windows
-    step = a.seq_len - 1 if bos else a.seq_len
-    windows = len(ids) // step if step > 0 else 0
-    if a.samples:
-        windows = min(windows, a.samples)
-    if windows == 0:
+    arr = bos_windows(ids, a.seq_len, tok.bos_token_id, a.samples) if bos else plain_windows(ids, a.seq_len, a.samples)
+    if len(arr) == 0:
         raise SystemExit(f"{a.corpus}: {len(ids)} tokens, fewer than one window of {a.seq_len}")
-    arr = np.asarray(ids[: windows * step], dtype=np.int32).reshape(windows, step)
-    if bos:
-        arr = np.concatenate([np.full((windows, 1), tok.bos_token_id, dtype=np.int32), arr], axis=1)
     tmp = a.out + ".tmp"
     with h5py.File(tmp, "w") as f:
         f["input_ids"] = arr
@@ -72,8 +68,31 @@ def main():
         f.attrs["corpus"] = os.path.abspath(a.corpus)
         f.attrs["bos_windows"] = int(bos)
     os.replace(tmp, a.out)
-    print(f"wrote {a.out}: {windows} samples x {a.seq_len} tokens from {len(docs)} documents ({len(ids)} tokens)"
+    print(f"wrote {a.out}: {len(arr)} samples x {a.seq_len} tokens from {len(docs)} documents ({len(ids)} tokens)"
           + (", each window led by BOS" if bos else ""))
+
+
+def plain_windows(ids, seq_len, samples):
+    windows = len(ids) // seq_len
+    if samples:
+        windows = min(windows, samples)
+    return np.asarray(ids[: windows * seq_len], dtype=np.int32).reshape(windows, seq_len)
+
+
+def bos_windows(ids, seq_len, bos, samples):
+    """Consecutive windows that each start with BOS: BOS and the next seq_len - 1 tokens, or, where the next
+    token is a document's own BOS, the seq_len tokens from it (never BOS twice)."""
+    out, pos = [], 0
+    while not samples or len(out) < samples:
+        if pos < len(ids) and ids[pos] == bos:
+            w = ids[pos:pos + seq_len]
+        else:
+            w = [bos] + ids[pos:pos + seq_len - 1]
+        if len(w) < seq_len:
+            break
+        pos += seq_len if ids[pos] == bos else seq_len - 1
+        out.append(w)
+    return np.asarray(out, dtype=np.int32).reshape(len(out), seq_len)
 
 
 def adds_bos(tok):

@@ -50,8 +50,8 @@ def test_corpus_to_token_h5(tmp_path):
 
 
 def test_windows_start_with_bos_when_the_tokenizer_adds_one(tmp_path):
-    """A tokenizer that adds BOS (Gemma, LLaMA): every window is BOS + the next seq_len - 1 tokens of the
-    stream; --no-bos-windows cuts the stream plainly."""
+    """A tokenizer that adds BOS (Gemma, LLaMA): every window starts with BOS, once: BOS + the next seq_len - 1
+    tokens of the stream, or seq_len tokens from a document's own BOS; --no-bos-windows cuts the stream plainly."""
     corpus = "\n\n".join(f"document {i} says the quick brown fox jumps over the lazy dog {i % 7} times"
                           for i in range(40))
     model, fast = bpe_model(tmp_path, corpus, bos_template=True)
@@ -64,9 +64,18 @@ def test_windows_start_with_bos_when_the_tokenizer_adds_one(tmp_path):
     with h5py.File(tmp_path / "bos.h5") as f:
         ids = f["input_ids"][:]
         assert f.attrs["bos_windows"] == 1
-    assert ids.shape == (len(stream) // 15, 16)
-    assert (ids[:, 0] == fast.bos_token_id).all()
-    assert (ids[:, 1:].reshape(-1) == np.asarray(stream[: ids.shape[0] * 15])).all()
+    bos = fast.bos_token_id
+    assert (ids[:, 0] == bos).all() and not (ids[:, 1] == bos).any()  # BOS first, never twice
+    # The windows follow the stream: BOS + the next 15 tokens, or the 16 from a document's own BOS.
+    pos, own = 0, 0
+    for w in ids:
+        if stream[pos] == bos:
+            assert list(w) == stream[pos:pos + 16]
+            pos, own = pos + 16, own + 1
+        else:
+            assert list(w) == [bos] + stream[pos:pos + 15]
+            pos += 15
+    assert own > 0 and len(stream) - pos < 16  # some windows start at a document; all the stream is cut
     subprocess.run([sys.executable, SCRIPT, model, tmp_path / "corpus.txt", tmp_path / "plain.h5", "--seq-len", "16",
                     "--no-bos-windows"], check=True)
     with h5py.File(tmp_path / "plain.h5") as f:
