@@ -9,6 +9,12 @@
 #   bash bench/quality.sh [OUT_DIR]        (default bench-data/quality; 3 to 5 hours on 2 cores)
 #   QUALITY_BUDGETS="0.7" QUALITY_HEAL_TOKENS="500000" bash bench/quality.sh   (a shorter run)
 #
+# QUALITY_MODEL=gemma3: Gemma-3-270M (models/gemma-3-270m, the gemma3-*-256.h5 windows, each led by BOS)
+# instead of SmolLM2. QUALITY_METRIC (params; non_embedding_params for a large vocabulary), QUALITY_DTYPE
+# (bf16; fp32 on a CPU without bf16 arithmetic), QUALITY_SAMPLES (data.samples: the windows cached and
+# trained on, 0 = all), QUALITY_BATCH (samples per step, 8), QUALITY_GATE_STEPS (60), QUALITY_CALIBRATE_STEPS
+# (100), QUALITY_LATENCY_TARGET ("" skips the latency budget), QUALITY_HEAL_TOKENS ("" skips heal).
+#
 # Budget of the gate stages, as in the issue's run (1,024 x 256 tokens, 200 steps of 8 samples):
 # importance 64 samples (8 step-equivalents), 60 gate steps, 3 probes x 8 steps, 100 calibration
 # steps = 192 steps of 8 samples. Prints a table and writes OUT_DIR/quality.json.
@@ -19,17 +25,24 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 py=$repo/.venv/bin/python
 cli=${HAWADA_CLI:-$repo/build/pipeline/hawada-pipeline}
 models=${HAWADA_MODELS_DIR:-$repo/models}
-model=$models/smollm2-135m train=$models/data/smollm2-train-256.h5 evalf=$models/data/smollm2-eval-256.h5
-healf=$models/data/smollm2-heal-256.h5  # 8,192 windows of other prose (perl documentation): heal.data
+case ${QUALITY_MODEL:-smollm2} in
+  smollm2) model=$models/smollm2-135m prefix=smollm2 ;;
+  gemma3) model=$models/gemma-3-270m prefix=gemma3 ;;
+  *) echo "quality.sh: QUALITY_MODEL must be smollm2 or gemma3" >&2; exit 2 ;;
+esac
+train=$models/data/$prefix-train-256.h5 evalf=$models/data/$prefix-eval-256.h5
+healf=$models/data/$prefix-heal-256.h5  # 8,192 windows of other prose (perl documentation): heal.data
 for f in "$model/model.safetensors" "$train" "$evalf" "$healf" "$cli"; do
   [ -e "$f" ] || { echo "quality.sh: $f missing: run launch/setup.sh" >&2; exit 1; }
 done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 ranks=${QUALITY_RANKS:-2}
 budgets=${QUALITY_BUDGETS:-"0.7 0.5"}
-heal_tokens=${QUALITY_HEAL_TOKENS:-"500000 2000000"}
-latency_target=${QUALITY_LATENCY_TARGET:-0.7}
-tokens_per_step=$((8 * 256))
+heal_tokens=${QUALITY_HEAL_TOKENS-"500000 2000000"}
+latency_target=${QUALITY_LATENCY_TARGET-0.7}
+metric=${QUALITY_METRIC:-params}
+batch=${QUALITY_BATCH:-8}
+tokens_per_step=$((batch * 256))
 
 config() {  # config NAME METRIC TARGET HEAL_STEPS
   cat > "$out/$1.toml" <<TOML
@@ -38,20 +51,21 @@ dir = "$out/runs/$1"
 threads_per_rank = 1
 [model]
 path = "$model"
-dtype = "bf16"
+dtype = "${QUALITY_DTYPE:-bf16}"
 [data]
 format = "tokens_h5"
 path = "$train"
 seq_len = 256
+samples = ${QUALITY_SAMPLES:-0}
 [teacher]
 cache_root = "$out/teacher-cache"
 top_k = 64
 [train]
-steps = 60
-warmup = 30
-micro_batch = $((8 / ranks))
+steps = ${QUALITY_GATE_STEPS:-60}
+warmup = $(( ${QUALITY_GATE_STEPS:-60} / 2 ))
+micro_batch = $((batch / ranks))
 holdout = 80
-importance_batches = $((64 / (8 / ranks)))
+importance_batches = $((64 / (batch / ranks)))
 lr = 0.1
 [budget]
 metric = "$2"
@@ -61,7 +75,7 @@ ffn_multiple = 128
 probe_shapes = 3
 probe_steps = 8
 [calibrate]
-steps = 100
+steps = ${QUALITY_CALIBRATE_STEPS:-100}
 lr = 0.03
 [heal]
 steps = $4
@@ -103,23 +117,24 @@ run_budget() {  # NAME METRIC TARGET
 heal_budget() {  # NAME TARGET TOKENS
   local name=$1 target=$2 tokens=$3
   local steps=$(( tokens / tokens_per_step ))
-  config "$name" params "$target" "$steps"
+  config "$name" "$metric" "$target" "$steps"
   local t0; t0=$(date +%s)
   mpirun -np "$ranks" --oversubscribe "$cli" "$out/$name.toml" > "$out/heal-$name-$tokens.log" 2>&1
   local wall=$(( $(date +%s) - t0 ))
   local healed; healed=$(ppl "$out/runs/$name/export/slim")
-  echo "params $target healed on $tokens tokens ($steps steps): perplexity $healed (dense $dense, ratio $("$py" -c "print(round($healed/$dense, 3))")); wall ${wall}s: $(stage_times "$out/heal-$name-$tokens.log")"
-  echo "{\"budget\": \"params $target\", \"heal_tokens\": $tokens, \"heal_steps\": $steps, \"healed\": $healed, \"dense\": $dense, \"wall_s\": $wall}" >> "$results"
+  echo "$metric $target healed on $tokens tokens ($steps steps): perplexity $healed (dense $dense, ratio $("$py" -c "print(round($healed/$dense, 3))")); wall ${wall}s: $(stage_times "$out/heal-$name-$tokens.log")"
+  echo "{\"budget\": \"$metric $target\", \"heal_tokens\": $tokens, \"heal_steps\": $steps, \"healed\": $healed, \"dense\": $dense, \"wall_s\": $wall}" >> "$results"
 }
 
-for t in $budgets; do run_budget "params-$t" params "$t"; done
-run_budget "latency-$latency_target" latency "$latency_target"
+for t in $budgets; do run_budget "$metric-$t" "$metric" "$t"; done
+[ -z "$latency_target" ] || run_budget "latency-$latency_target" latency "$latency_target"
 for t in $budgets; do
-  for n in $heal_tokens; do heal_budget "params-$t" "$t" "$n"; done
+  for n in $heal_tokens; do heal_budget "$metric-$t" "$t" "$n"; done
 done
+[ -n "$heal_tokens" ] || exit 0
 
 # Our heal step against the Python reference (same pruned shape, cache, batch; 1 rank, 1 thread each).
 first=$(echo $budgets | cut -d' ' -f1)
-speed=$(bash "$repo/bench/heal_speed.sh" "$out/params-$first.toml" 12 "$out/heal-speed" | tail -1)
+speed=$(bash "$repo/bench/heal_speed.sh" "$out/$metric-$first.toml" 12 "$out/heal-speed" | tail -1)
 echo "heal step vs the Python reference: $speed"
 echo "{\"heal_speed\": $speed}" >> "$results"

@@ -99,7 +99,9 @@ def activation_scores(model, ids):
         hooks.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_hook))
         hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(head_hook))
         hooks.append(layer.input_layernorm.register_forward_hook(norm_hook))
-        hooks.append(layer.post_attention_layernorm.register_forward_hook(norm_hook))
+        # The MLP's input norm (Gemma's post_attention_layernorm normalises the attention output instead).
+        hooks.append(getattr(layer, "pre_feedforward_layernorm", layer.post_attention_layernorm)
+                     .register_forward_hook(norm_hook))
     for i in range(0, ids.shape[0], 8):
         model(input_ids=ids[i:i + 8])
     for h in hooks:
@@ -179,6 +181,16 @@ def slice_model(model, shape, heads_s, ffn_s, hidden_s, kept_layers=None):
         out[q + "mlp.down_proj.weight"] = sd[p + "mlp.down_proj.weight"][hid][:, f]
         out[q + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"][hid]
         out[q + "post_attention_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"][hid]
+        if cfg.model_type == "gemma3_text":
+            # Gemma: q/k norms over head_dim (kept whole), the MLP's input and output norms; the embedding is
+            # scaled by sqrt(hidden_size), so with fewer channels the branch output norms (1 + w) are scaled by
+            # sqrt(kept / hidden) to keep the residual stream's proportions (as our export does).
+            c = (shape["hidden_size"] / cfg.hidden_size) ** 0.5
+            for n in ("self_attn.q_norm.weight", "self_attn.k_norm.weight"):
+                out[q + n] = sd[p + n]
+            out[q + "pre_feedforward_layernorm.weight"] = sd[p + "pre_feedforward_layernorm.weight"][hid]
+            for n in ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight"):
+                out[q + n] = ((sd[p + n][hid].double() + 1) * c - 1).to(sd[p + n].dtype)
     out["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][:, hid]
     out["model.norm.weight"] = sd["model.norm.weight"][hid]
     if not cfg.tie_word_embeddings:

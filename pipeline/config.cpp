@@ -575,6 +575,12 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
             "out of range (expected <= train.steps = " + std::to_string(c.train.steps) + ", got " +
                 (given ? "" : "the default ") + std::to_string(c.train.warmup) + ")");
   }
+  if (!seen.count("teacher.logits")) {
+    // The default: sampled (bench/NOTES.md: it heals better than top-k at equal tokens and at equal bytes),
+    // unless the config asks for what only a top-k cache gives: top_k, a distillation temperature, the MSE term.
+    const bool wants_top_k = seen.count("teacher.top_k") || c.train.kd_temperature != 1.0 || c.train.mse_weight != 0.0;
+    c.teacher.logits = wants_top_k ? TeacherLogits::top_k : TeacherLogits::sampled;
+  }
   if (c.teacher.logits == TeacherLogits::sampled && (c.train.kd_temperature != 1.0 || c.train.mse_weight != 0.0)) {
     // The draws are from the teacher at temperature 1, and no logit values are kept.
     const bool temp = c.train.kd_temperature != 1.0;

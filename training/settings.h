@@ -67,7 +67,9 @@ struct DataConfig {
 /// [teacher]: the cached teacher logits.
 struct TeacherConfig {
   std::filesystem::path cache_root;  ///< Default: runs/teacher-cache next to the config file.
-  TeacherLogits logits = TeacherLogits::top_k;
+  /// Default (pipeline/config.cpp): sampled, or top_k when the config sets teacher.top_k, train.kd_temperature
+  /// != 1 or train.mse_weight != 0.
+  TeacherLogits logits = TeacherLogits::sampled;
   int top_k = 64;
   int samples = 12;  ///< logits = sampled: draws per position (<= 255)
   int64_t seed = 0;  ///< logits = sampled: the draws' seed (part of the cache's key, not the run's)
