@@ -38,6 +38,12 @@ struct ArchSummary {
   int64_t positions = 0;       ///< learned position embeddings (BERT: max_position_embeddings; ViT: tokens per image)
   int64_t token_types = 0;     ///< BERT: type_vocab_size
   int64_t pooled = 0;          ///< a pooler's outputs (ViT: pooler_output_size); 0: hidden
+  /// transformers derives the head size from hidden_size / num_attention_heads where a config cannot say
+  /// otherwise (phi3 with LongRoPE factors): hidden stays heads x head_dim when pruned.
+  bool head_dim_from_hidden = false;
+  /// Positions the model computes (phi3 with LongRoPE: original_max_position_embeddings; beyond it the long
+  /// factors would re-encode every position); 0: no limit.
+  int64_t max_positions = 0;
 };
 
 /// Typed reads of config.json fields, with errors that name the file and key.
@@ -61,7 +67,7 @@ double number(const nlohmann::json& config, const char* key, const std::filesyst
 /// inconsistent.
 ArchSummary summarize_llama_config(const nlohmann::json& config, const std::filesystem::path& file);
 ArchSummary summarize_vit_config(const nlohmann::json& config, const std::filesystem::path& file);
-/// The LLaMA family (llama, mistral, qwen2, qwen3, gemma3_text): LLaMA's layout with the differences of
+/// The LLaMA family (llama, mistral, qwen2, qwen3, gemma3_text, phi3): LLaMA's layout with the differences of
 /// `model_type`.
 ArchSummary summarize_llama_family_config(const std::string& model_type, const nlohmann::json& config,
                                           const std::filesystem::path& file);

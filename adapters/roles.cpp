@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "adapters/prune.h"
@@ -40,15 +41,124 @@ int64_t RoleTable::size(Axis axis, const ArchSummary& a) {
       return a.pooled > 0 ? a.pooled : a.hidden;
     case Axis::one:
       return 1;
+    case Axis::fused:
+      HAWADA_ASSERT(false, "a fused axis is sized by its role's parts");
   }
   return 0;
 }
 
 std::vector<int64_t> RoleTable::shape(size_t i, const ArchSummary& arch) const {
   std::vector<int64_t> out;
-  for (Axis axis : roles_[i].axes) out.push_back(size(axis, arch));
+  for (Axis axis : roles_[i].axes) {
+    if (axis != Axis::fused) {
+      out.push_back(size(axis, arch));
+      continue;
+    }
+    int64_t n = 0;
+    for (Axis part : roles_[i].parts) n += size(part, arch);
+    out.push_back(n);
+  }
   return out;
 }
+
+namespace {
+
+// The kept rows of a fused axis: each part's kept indices (all of a part that is not pruned) where the
+// layout puts them. `sizes` are the parts' dense sizes; per head, every part must keep the same heads.
+std::vector<int64_t> fused_kept(const WeightRole& r, const std::vector<const std::vector<int64_t>*>& kept,
+                                const std::vector<int64_t>& sizes, int64_t head_dim, const std::string& tensor) {
+  std::vector<int64_t> out;
+  if (r.fuse == Fuse::blocks) {
+    int64_t offset = 0;
+    for (size_t j = 0; j < r.parts.size(); ++j) {
+      if (kept[j]) {
+        for (int64_t k : *kept[j]) out.push_back(offset + k);
+      } else {
+        for (int64_t k = 0; k < sizes[j]; ++k) out.push_back(offset + k);
+      }
+      offset += sizes[j];
+    }
+    return out;
+  }
+  const auto n = static_cast<int64_t>(r.parts.size());
+  for (size_t j = 0; j < r.parts.size(); ++j) {
+    HAWADA_ASSERT(kept[j] && sizes[j] == sizes[0], "per-head parts are head channels of equal head counts");
+    if (kept[j]->size() != kept[0]->size())
+      throw CheckpointError("tensor '" + tensor + "': its per-head parts keep different heads");
+    for (int64_t c : *kept[j])
+      out.push_back((c / head_dim) * n * head_dim + static_cast<int64_t>(j) * head_dim + c % head_dim);
+  }
+  std::sort(out.begin(), out.end());
+  // Head h' of the pruned model must hold the same dense head in every part.
+  for (size_t x = 0; x < out.size(); ++x)
+    if (out[x] / (n * head_dim) != out[x - x % static_cast<size_t>(n * head_dim)] / (n * head_dim))
+      throw CheckpointError("tensor '" + tensor + "': its per-head parts keep different heads");
+  return out;
+}
+
+// What one layer keeps of each pruned axis, and the axes' dense sizes.
+struct LayerKept {
+  const Plan& plan;
+  int64_t layer = -1;  // -1: a tensor outside the layers (only hidden is pruned)
+  LayerFolds lf;
+  std::vector<int64_t> kv;
+
+  const std::vector<int64_t>* of(Axis axis) const {
+    switch (axis) {
+      case Axis::hidden:
+        return &plan.hidden;
+      case Axis::q:
+        return layer >= 0 ? &lf.q : nullptr;
+      case Axis::kv:
+        return layer >= 0 ? &kv : nullptr;
+      case Axis::ffn:
+        return layer >= 0 ? &lf.ffn : nullptr;
+      default:
+        return nullptr;
+    }
+  }
+  int64_t dense_size(Axis axis) const {
+    const ModelShape& d = plan.dense.shape;
+    switch (axis) {
+      case Axis::q:
+        return d.heads * d.head_dim;
+      case Axis::kv:
+        return d.kv_heads * d.head_dim;
+      case Axis::ffn:
+        return d.ffn;
+      case Axis::hidden:
+        return d.hidden;
+      default:
+        HAWADA_ASSERT(false, "a fused axis of pruned parts");
+    }
+    return 0;
+  }
+};
+
+// One stored tensor of role `r` sliced to what `k` keeps, gate values folded where the role says.
+at::Tensor slice_role(const WeightRole& r, const at::Tensor& t, const LayerKept& k, const std::string& name) {
+  if (r.fold != Fold::none) {
+    HAWADA_ASSERT(k.layer >= 0 && r.axes[0] == Axis::hidden, "an output projection of a layer, rows along hidden");
+    const at::Tensor& rows = r.fold == Fold::attention_out ? k.lf.attn_rows : k.lf.mlp_rows;
+    if (r.axes.size() == 1) return slice_vector(t, k.plan.hidden, rows);
+    const at::Tensor& cols = r.fold == Fold::attention_out ? k.lf.head_scale : k.lf.ffn_scale;
+    return slice_linear(t, k.plan.hidden, *k.of(r.axes[1]), cols, rows);
+  }
+  at::Tensor s = t;
+  for (size_t d = 0; d < r.axes.size(); ++d) {
+    if (r.axes[d] == Axis::fused) {
+      std::vector<const std::vector<int64_t>*> parts;
+      std::vector<int64_t> sizes;
+      for (Axis part : r.parts) parts.push_back(k.of(part)), sizes.push_back(k.dense_size(part));
+      s = slice_dim(s, static_cast<int64_t>(d), fused_kept(r, parts, sizes, k.plan.dense.shape.head_dim, name));
+    } else if (const std::vector<int64_t>* kept = k.of(r.axes[d])) {
+      s = slice_dim(s, static_cast<int64_t>(d), *kept);
+    }
+  }
+  return s.contiguous();
+}
+
+}  // namespace
 
 bool RoleTable::per_layer(size_t i) const { return roles_[i].name.find("%d") != std::string_view::npos; }
 
@@ -164,7 +274,6 @@ std::vector<safetensors::NamedTensor> RoleTable::random_weights(const ArchSummar
 std::vector<safetensors::NamedTensor> RoleTable::prune(const HfCheckpoint& ckpt, const Plan& plan,
                                                        const GateValues& folds, std::optional<at::ScalarType> dtype,
                                                        std::string_view prefix) const {
-  const std::vector<int64_t>& hidden = plan.hidden;
   const int64_t hd = plan.dense.shape.head_dim;
   // Kept blocks are renumbered 0.. in order; a dropped block's tensors are left out.
   std::vector<int64_t> renumbered(static_cast<size_t>(plan.dense.shape.layers), -1);
@@ -188,42 +297,12 @@ std::vector<safetensors::NamedTensor> RoleTable::prune(const HfCheckpoint& ckpt,
     if (static_cast<int64_t>(r.axes.size()) != t.dim())
       throw CheckpointError("'" + ckpt.dir().string() + "': tensor '" + full + "' has " + std::to_string(t.dim()) +
                             " dimensions, its role " + std::to_string(r.axes.size()));
-    LayerFolds lf;
-    std::vector<int64_t> kv;
+    LayerKept k{plan, layer};
     if (layer >= 0) {
-      lf = layer_folds(plan, folds, layer);
-      kv = expand_indices(plan.kv_heads[static_cast<size_t>(layer)], hd);
+      k.lf = layer_folds(plan, folds, layer);
+      k.kv = expand_indices(plan.kv_heads[static_cast<size_t>(layer)], hd);
     }
-    auto kept = [&](Axis axis) -> const std::vector<int64_t>* {
-      switch (axis) {
-        case Axis::hidden:
-          return &hidden;
-        case Axis::q:
-          return layer >= 0 ? &lf.q : nullptr;
-        case Axis::kv:
-          return layer >= 0 ? &kv : nullptr;
-        case Axis::ffn:
-          return layer >= 0 ? &lf.ffn : nullptr;
-        default:
-          return nullptr;
-      }
-    };
-    at::Tensor s;
-    if (r.fold != Fold::none) {
-      HAWADA_ASSERT(layer >= 0 && r.axes[0] == Axis::hidden, "an output projection of a layer, rows along hidden");
-      const at::Tensor& rows = r.fold == Fold::attention_out ? lf.attn_rows : lf.mlp_rows;
-      if (r.axes.size() == 1) {
-        s = slice_vector(t, hidden, rows);
-      } else {
-        const at::Tensor& cols = r.fold == Fold::attention_out ? lf.head_scale : lf.ffn_scale;
-        s = slice_linear(t, hidden, *kept(r.axes[1]), cols, rows);
-      }
-    } else {
-      s = t;
-      for (size_t d = 0; d < r.axes.size(); ++d)
-        if (const std::vector<int64_t>* k = kept(r.axes[d])) s = slice_dim(s, static_cast<int64_t>(d), *k);
-      s = s.contiguous();
-    }
+    const at::Tensor s = slice_role(r, t, k, full);
     out.push_back({full, s});
   }
   return out;

@@ -39,6 +39,13 @@ enum class Axis : uint8_t {
   patch,        ///< patch height or width
   pooled,       ///< a pooler's outputs
   one,          ///< a leading 1
+  fused,        ///< the parts of WeightRole::parts, laid out as WeightRole::fuse says (pruned as they are)
+};
+
+/// How a fused axis lays out its parts.
+enum class Fuse : uint8_t {
+  blocks,    ///< each part whole, one after another (Phi-3's qkv_proj rows [q | k | v], gate_up_proj [gate | up])
+  per_head,  ///< head by head: head h's head_dim channels of each part in turn (GPT-NeoX's query_key_value)
 };
 
 /// Where gate values fold when pruning: an output projection's kept columns take the head (or FFN)
@@ -73,7 +80,9 @@ struct WeightRole {
   Fold fold = Fold::none;
   Use use = Use::matrix;
   Init init = Init::normal;
-  bool prefixed = true;  ///< takes the table's prefix (ViTForImageClassification's "vit.")
+  bool prefixed = true;          ///< takes the table's prefix (ViTForImageClassification's "vit.")
+  std::vector<Axis> parts = {};  ///< what an Axis::fused axis holds (plain axes; per_head: q and kv only)
+  Fuse fuse = Fuse::blocks;
 };
 
 /// One architecture's weights. Roles are addressed by their index in the table (each adapter names
@@ -84,7 +93,7 @@ class RoleTable {
   const std::vector<WeightRole>& roles() const { return roles_; }
   const WeightRole& operator[](size_t i) const { return roles_[i]; }
 
-  /// The size of `axis` in `arch`.
+  /// The size of a plain `axis` in `arch` (a fused one's is its parts' sum: shape()).
   static int64_t size(Axis axis, const ArchSummary& arch);
   /// The stored shape of role `i` in `arch`.
   std::vector<int64_t> shape(size_t i, const ArchSummary& arch) const;

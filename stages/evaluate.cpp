@@ -345,11 +345,13 @@ json measure_latencies(const StageContext& ctx, const LoadedModel& lm, const HfC
 }
 
 // Causal LMs: what generate() costs, batch 1 with the KV cache (the same in transformers: bench/depth.sh).
-// A sliding-window model decodes within its window only (our runtime does not slide): a shorter prompt.
+// A sliding-window model decodes within its window only (our runtime does not slide), one with a position
+// limit within it: a shorter prompt.
 void measure_generation_speed(json& result, const Config& c, const LoadedModel& lm, const HfCheckpoint& exported,
                               const EvalSamples& s, const at::Device& device) {
-  const int64_t prompt_tokens =
-      lm.arch.sliding_window > 0 ? std::min(kPromptTokens, lm.arch.sliding_window - kNewTokens) : kPromptTokens;
+  int64_t prompt_tokens = kPromptTokens;
+  for (int64_t limit : {lm.arch.sliding_window, lm.arch.max_positions})
+    if (limit > 0) prompt_tokens = std::min(prompt_tokens, limit - kNewTokens);
   if (lm.shape.traits.output == ModelOutput::token_logits && lm.shape.traits.causal && prompt_tokens > 0)
     result["generation"] =
         generation_speed(*lm.adapter, lm.checkpoint, exported, generation_prompt(*s.data, s.first, prompt_tokens),

@@ -90,8 +90,28 @@ const RoleTable& gemma3_roles() {
   });
   return table;
 }
+// Phi3ForCausalLM: LLaMA's layer with q, k, v in one matrix (rows [q | k | v]) and gate, up in another
+// ([gate | up]); no biases. Its roles after kMlpNorm differ from LLaMA's.
+enum FusedRole { kQkvW = kMlpNorm + 1, kFusedOW, kGateUpW, kFusedDownW };
+const RoleTable& phi3_roles() {
+  static const RoleTable table({
+      {"model.embed_tokens.weight", "embedding", {A::vocab, A::hidden}},
+      {"model.norm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"lm_head.weight", "head", {A::vocab, A::hidden}, Presence::untied_head},
+      {"model.layers.%d.input_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"model.layers.%d.post_attention_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"model.layers.%d.self_attn.qkv_proj.weight", "attention", {A::fused, A::hidden}, Presence::always, Fold::none, Use::matrix, Init::normal, true, {A::q, A::kv, A::kv}},
+      {"model.layers.%d.self_attn.o_proj.weight", "attention", {A::hidden, A::q}, Presence::always, Fold::attention_out},
+      {"model.layers.%d.mlp.gate_up_proj.weight", "mlp", {A::fused, A::hidden}, Presence::always, Fold::none, Use::matrix, Init::normal, true, {A::ffn, A::ffn}},
+      {"model.layers.%d.mlp.down_proj.weight", "mlp", {A::hidden, A::ffn}, Presence::always, Fold::mlp_out},
+      {"model.layers.%d.self_attn.rotary_emb.inv_freq", "attention", {}, Presence::buffer},
+  });
+  return table;
+}
 // clang-format on
-const RoleTable& roles_of(std::string_view type) { return type == "gemma3_text" ? gemma3_roles() : llama_roles(); }
+const RoleTable& roles_of(std::string_view type) {
+  return type == "gemma3_text" ? gemma3_roles() : type == "phi3" ? phi3_roles() : llama_roles();
+}
 
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
 
@@ -103,6 +123,7 @@ struct Linear {
 struct LlamaLayer {
   at::Tensor attn_norm, mlp_norm, q_norm, k_norm;
   at::Tensor post_attn_norm, post_mlp_norm;  // gemma3_text
+  at::Tensor qkv, gate_up;                   // phi3: the fused matrices (proj[kQ, kK, kV, kGate, kUp] unused)
   Linear proj[7];
   bool sliding = false;  // attends within ArchSummary::sliding_window (gemma3_text)
 };
@@ -112,7 +133,39 @@ struct Rope {
   std::string type = "default";
   double theta = 10000.0;
   double factor = 1, low_freq_factor = 1, high_freq_factor = 4, original_max_positions = 8192;
+  double partial = 1.0;              // partial_rotary_factor: RoPE on the first int(head_dim x partial) channels
+  std::vector<double> short_factor;  // longrope: per-frequency divisors within original_max_positions
+  double attention_scaling = 1.0;    // longrope: cos and sin scale
 };
+
+// Phi-3's LongRoPE: short_factor divides the frequencies of sequences within original_max_position_embeddings
+// (longer ones, which take long_factor, are refused by the model), cos and sin scale by attention_factor or
+// sqrt(1 + ln(factor) / ln(original max)).
+Rope read_longrope(const nlohmann::json& config, const nlohmann::json& p, const std::filesystem::path& file, Rope r) {
+  r.type = "longrope";
+  const double max_pos = cf::number(config, "max_position_embeddings", file, 4096);
+  r.original_max_positions = cf::number(p, "original_max_position_embeddings", file,
+                                        cf::number(config, "original_max_position_embeddings", file, max_pos));
+  if (!(r.original_max_positions >= 1) || !(r.original_max_positions <= 1e9))
+    throw CheckpointError("'" + file.string() + "': original_max_position_embeddings out of range");
+  r.factor = cf::number(p, "factor", file, max_pos / r.original_max_positions);
+  auto it = p.find("short_factor");
+  if (it == p.end() || !it->is_array() || it->size() > 1u << 16)
+    throw CheckpointError("'" + file.string() + "': longrope needs 'short_factor', a list of numbers");
+  for (const auto& f : *it) {
+    if (!f.is_number() || !(f.get<double>() > 0) || !std::isfinite(f.get<double>()))
+      throw CheckpointError("'" + file.string() + "': 'short_factor' holds " + f.dump() +
+                            " (expected positive numbers)");
+    r.short_factor.push_back(f.get<double>());
+  }
+  const double fallback =
+      r.factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(r.factor) / std::log(r.original_max_positions));
+  auto af = p.find("attention_factor");
+  r.attention_scaling = af == p.end() || af->is_null() ? fallback : cf::number(p, "attention_factor", file, fallback);
+  if (!(r.attention_scaling > 0) || !std::isfinite(r.attention_scaling) || !std::isfinite(r.theta) || !(r.theta > 0))
+    throw CheckpointError("'" + file.string() + "': longrope's attention_factor and rope_theta must be positive");
+  return r;
+}
 
 Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) {
   Rope r;
@@ -143,9 +196,10 @@ Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) 
     positive(r.factor, "rope_scaling.factor");
     return r;
   }
+  if (r.type == "longrope" || r.type == "su") return read_longrope(config, *p, file, r);
   if (r.type != "llama3")
     throw CheckpointError("'" + file.string() + "': rope type '" + r.type +
-                          "' is not supported (supported: default, linear, llama3)");
+                          "' is not supported (supported: default, linear, llama3, longrope)");
   const double max_pos = cf::number(config, "max_position_embeddings", file, 8192);
   r.factor = cf::number(*p, "factor", file, 8);
   r.low_freq_factor = cf::number(*p, "low_freq_factor", file, 1);
@@ -159,10 +213,12 @@ Rope read_rope(const nlohmann::json& config, const std::filesystem::path& file) 
   return r;
 }
 
-// inv_freq exactly as transformers computes it (fp32, same operation order).
-at::Tensor inverse_frequencies(const Rope& r, int64_t head_dim) {
+// inv_freq exactly as transformers computes it (fp32, same operation order), for the `dim` rotated channels.
+at::Tensor inverse_frequencies(const Rope& r, int64_t dim) {
   at::Tensor exponent =
-      at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<double>(head_dim);
+      at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<double>(dim);
+  if (r.type == "longrope")
+    return 1.0 / (at::tensor(r.short_factor, at::kDouble).to(at::kFloat) * at::pow(r.theta, exponent));
   at::Tensor inv_freq = 1.0 / at::pow(r.theta, exponent);
   if (r.type == "linear") return inv_freq / r.factor;
   if (r.type != "llama3") return inv_freq;
@@ -205,12 +261,38 @@ struct Variant {
   double attn_scale = 1.0;     // head_dim^-0.5, or query_pre_attn_scalar^-0.5
   double final_softcap = 0.0;  // final_logit_softcapping (0: none)
   bool exact_window = false;   // windowed layers masked beyond the window (else: refused beyond it)
+  bool fused = false;          // phi3: qkv_proj and gate_up_proj
+  int64_t rotary_dim = 0;      // channels of a head RoPE rotates (phi3: int(head_dim x partial_rotary_factor))
 };
+
+// Phi-3: fused matrices, RoPE on int(head_dim x partial_rotary_factor) channels (rope_parameters' or the
+// config's), every layer windowed when sliding_window is set (transformers masks them all).
+void read_phi3(const nlohmann::json& config, const std::filesystem::path& file, const ArchSummary& arch, Variant& v) {
+  v.fused = true;
+  v.exact_window = true;
+  double partial = cf::number(config, "partial_rotary_factor", file, 1.0);
+  if (auto rp = config.find("rope_parameters"); rp != config.end() && rp->is_object())
+    partial = cf::number(*rp, "partial_rotary_factor", file, partial);
+  v.rotary_dim = static_cast<int64_t>(static_cast<double>(arch.head_dim) * partial);
+  if (!(partial > 0 && partial <= 1) || v.rotary_dim < 2 || v.rotary_dim % 2 != 0)
+    throw CheckpointError("'" + file.string() + "': partial_rotary_factor " + std::to_string(partial) + " gives " +
+                          std::to_string(v.rotary_dim) + " rotated channels of head_dim " +
+                          std::to_string(arch.head_dim) + " (expected an even count >= 2)");
+  const Rope r = read_rope(config, file);
+  if (r.type == "longrope") {
+    if (static_cast<int64_t>(r.short_factor.size()) != v.rotary_dim / 2)
+      throw CheckpointError("'" + file.string() + "': longrope's short_factor has " +
+                            std::to_string(r.short_factor.size()) + " entries, expected " +
+                            std::to_string(v.rotary_dim / 2) + " (rotated channels / 2)");
+  }
+}
 
 Variant read_variant(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file) {
   Variant v;
   v.gemma = arch.model_type == "gemma3_text";
   v.attn_scale = 1.0 / std::sqrt(static_cast<double>(arch.head_dim));
+  v.rotary_dim = arch.head_dim;
+  if (arch.model_type == "phi3") read_phi3(config, file, arch, v);
   const std::string act =
       cf::string(config, v.gemma ? "hidden_activation" : "hidden_act", file, v.gemma ? "gelu_pytorch_tanh" : "silu");
   const std::string want = v.gemma ? "gelu_pytorch_tanh" : "silu";
@@ -256,7 +338,7 @@ class LlamaModel final : public Model {
   LlamaModel(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file,
              const HfCheckpoint& ckpt, const LoadOptions& options)
       : arch_(arch), variant_(read_variant(arch, config, file)) {
-    eps_ = cf::number(config, "rms_norm_eps", file, 1e-6);
+    eps_ = cf::number(config, "rms_norm_eps", file, arch.model_type == "phi3" ? 1e-5 : 1e-6);
     const std::vector<bool> sliding = sliding_layers(arch.model_type, config, file, arch.layers);
     const RoleTable& roles = roles_of(arch.model_type);
     WeightLoader loader(ckpt, options);
@@ -269,12 +351,16 @@ class LlamaModel final : public Model {
       LlamaLayer layer;
       layer.attn_norm = w(kAttnNorm, i);
       layer.mlp_norm = w(kMlpNorm, i);
-      for (int p = 0; p < 7; ++p) {
-        layer.proj[p].weight = w(kQW + 2 * p, i);
-        layer.proj[p].bias = w(kQW + 2 * p + 1, i);
+      if (variant_.fused) {
+        layer.qkv = w(kQkvW, i), layer.gate_up = w(kGateUpW, i);
+        layer.proj[kO].weight = w(kFusedOW, i), layer.proj[kDown].weight = w(kFusedDownW, i);
+      } else {
+        for (int p = 0; p < 7; ++p) {
+          layer.proj[p].weight = w(kQW + 2 * p, i);
+          layer.proj[p].bias = w(kQW + 2 * p + 1, i);
+        }
       }
-      layer.q_norm = w(kQNorm, i);
-      layer.k_norm = w(kKNorm, i);
+      if (!variant_.fused) layer.q_norm = w(kQNorm, i), layer.k_norm = w(kKNorm, i);
       if (variant_.gemma) layer.post_attn_norm = w(kPostAttnNorm, i), layer.post_mlp_norm = w(kPostMlpNorm, i);
       layer.sliding = sliding[static_cast<size_t>(i)];
       layers_.push_back(std::move(layer));
@@ -286,7 +372,9 @@ class LlamaModel final : public Model {
       inv_freq_ = inverse_frequencies(gemma3_rope(config, file, false), arch.head_dim).to(options.device);
       local_inv_freq_ = inverse_frequencies(gemma3_rope(config, file, true), arch.head_dim).to(options.device);
     } else {
-      inv_freq_ = inverse_frequencies(read_rope(config, file), arch.head_dim).to(options.device);
+      const Rope r = read_rope(config, file);
+      inv_freq_ = inverse_frequencies(r, variant_.rotary_dim).to(options.device);
+      rope_scaling_ = r.attention_scaling;
     }
   }
 
@@ -300,6 +388,7 @@ class LlamaModel final : public Model {
     if (!variant_.exact_window && arch_.sliding_window > 0 && cache.length + ids.size(1) > arch_.sliding_window)
       throw DataError("decoding past the sliding_window " + std::to_string(arch_.sliding_window) + " of this " +
                       arch_.model_type + " model is not supported");
+    check_positions(cache.length + ids.size(1));
     Batch b;
     b.input_ids = ids;
     at::Tensor out = hidden_states(b, nullptr, &cache);
@@ -333,6 +422,7 @@ class LlamaModel final : public Model {
     at::Tensor positions = at::arange(past, past + L, at::TensorOptions().dtype(at::kFloat).device(inv_freq.device()));
     at::Tensor freqs = positions.unsqueeze(-1) * inv_freq;
     at::Tensor emb = at::cat({freqs, freqs}, -1);
+    if (rope_scaling_ != 1.0) return {(emb.cos() * rope_scaling_).to(dtype_), (emb.sin() * rope_scaling_).to(dtype_)};
     return {emb.cos().to(dtype_), emb.sin().to(dtype_)};
   }
 
@@ -381,20 +471,38 @@ class LlamaModel final : public Model {
     return post_norm.defined() ? norm(o, post_norm, st.hidden_gate) : o;
   }
 
+  // The queries, keys and values [B, L, channels]: one product of the fused matrix (phi3) split as
+  // transformers splits it, or three.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> project_qkv(const LlamaLayer& l, const at::Tensor& hs) const {
+    if (!l.qkv.defined()) return {l.proj[kQ](hs), l.proj[kK](hs), l.proj[kV](hs)};
+    const int64_t q = arch_.heads * arch_.head_dim, kv = arch_.kv_heads * arch_.head_dim;
+    const at::Tensor o = layers::linear(hs, l.qkv);
+    return {o.narrow(-1, 0, q), o.narrow(-1, q, kv), o.narrow(-1, q + kv, kv)};
+  }
+
+  // RoPE on the first rotary_dim channels of each head; the rest pass (partial rotary).
+  at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+    if (variant_.rotary_dim == arch_.head_dim) return x * cos + rotate_half(x) * sin;
+    const at::Tensor r = x.narrow(-1, 0, variant_.rotary_dim);
+    return at::cat(
+        {r * cos + rotate_half(r) * sin, x.narrow(-1, variant_.rotary_dim, arch_.head_dim - variant_.rotary_dim)}, -1);
+  }
+
   at::Tensor attention(const LlamaLayer& l, int64_t i, const at::Tensor& hs, const Step& st) const {
     const int64_t B = st.B, L = st.L;
     const GateValues* gates = st.gates;
-    at::Tensor q = l.proj[kQ](hs).view({B, L, arch_.heads, arch_.head_dim});
-    at::Tensor k = l.proj[kK](hs).view({B, L, arch_.kv_heads, arch_.head_dim});
+    auto [q, k, v] = project_qkv(l, hs);
+    q = q.reshape({B, L, arch_.heads, arch_.head_dim});
+    k = k.reshape({B, L, arch_.kv_heads, arch_.head_dim});
     if (arch_.qk_norm) q = norm(q, l.q_norm, at::Tensor()), k = norm(k, l.k_norm, at::Tensor());
     q = q.transpose(1, 2);
     k = k.transpose(1, 2);
-    at::Tensor v = l.proj[kV](hs).view({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
+    v = v.reshape({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
     const bool local = l.sliding && variant_.exact_window;
     const at::Tensor& cos = local && st.local_cos.defined() ? st.local_cos : st.cos;
     const at::Tensor& sin = local && st.local_sin.defined() ? st.local_sin : st.sin;
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
+    q = rotate(q, cos, sin);
+    k = rotate(k, cos, sin);
     if (st.cache) {
       auto& ck = st.cache->keys[static_cast<size_t>(i)];
       auto& cv = st.cache->values[static_cast<size_t>(i)];
@@ -417,12 +525,28 @@ class LlamaModel final : public Model {
 
   at::Tensor mlp(const LlamaLayer& l, int64_t i, const at::Tensor& hs, const Step& st) const {
     const GateValues* gates = st.gates;
-    const at::Tensor g = l.proj[kGate](hs);
-    at::Tensor m = (variant_.gemma ? at::gelu(g, "tanh") : at::silu(g)) * l.proj[kUp](hs);
+    at::Tensor g, up;
+    if (l.gate_up.defined()) {  // phi3: [gate | up] in one product, then up * act(gate) as transformers writes it
+      const at::Tensor o = layers::linear(hs, l.gate_up);
+      g = o.narrow(-1, 0, arch_.ffn), up = o.narrow(-1, arch_.ffn, arch_.ffn);
+    } else {
+      g = l.proj[kGate](hs), up = l.proj[kUp](hs);
+    }
+    at::Tensor m = (variant_.gemma ? at::gelu(g, "tanh") : at::silu(g)) * up;
     if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
     if (st.imp && st.imp->ffn.defined()) st.imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
     return branch_out(l.proj[kDown](m), gates && gates->mlp_out.defined() ? gates->mlp_out[i] : at::Tensor(),
                       l.post_mlp_norm, st);
+  }
+
+  // LongRoPE switches to long_factor beyond original_max_position_embeddings (and re-encodes every position):
+  // not computed here, so refused.
+  void check_positions(int64_t positions) const {
+    if (arch_.max_positions > 0 && positions > arch_.max_positions)
+      throw DataError(std::to_string(positions) + " positions exceed original_max_position_embeddings " +
+                      std::to_string(arch_.max_positions) + " of this " + arch_.model_type +
+                      " model (LongRoPE's long factors are not supported): use data.seq_len <= " +
+                      std::to_string(arch_.max_positions));
   }
 
   void check_inputs(const Batch& batch) const {
@@ -445,6 +569,7 @@ class LlamaModel final : public Model {
           std::to_string(arch_.sliding_window) + " of this " + arch_.model_type +
           " model (attention within the window is exact; beyond it is not supported): use data.seq_len <= " +
           std::to_string(arch_.sliding_window));
+    check_positions(ids.size(1));
     const at::Tensor& m = batch.attention_mask;
     if (m.defined() && m.sizes() != ids.sizes())
       throw DataError("attention_mask has shape " + c10::str(m.sizes()) + ", input_ids has " + c10::str(ids.sizes()));
@@ -454,6 +579,7 @@ class LlamaModel final : public Model {
   Variant variant_;
   at::ScalarType dtype_ = at::kFloat;
   double eps_ = 1e-6;
+  double rope_scaling_ = 1.0;  // longrope's scale of cos and sin
   at::Tensor inv_freq_, local_inv_freq_, embed_, final_norm_, lm_head_;
   std::vector<LlamaLayer> layers_;
 };
@@ -469,6 +595,7 @@ ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
   t.hidden_is_heads = false;
   // LlamaConfig and Gemma3TextConfig validate hidden_size % heads.
   t.hidden_multiple_of_heads = type_ == "llama" || type_ == "gemma3_text";
+  t.hidden_is_heads = a.head_dim_from_hidden;
   t.rope = true;
   t.causal = true;
   t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types

@@ -1,5 +1,6 @@
 // The config.json of the LLaMA family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM, Gemma3ForCausalLM), read without LibTorch (the fuzz target of the reader builds it alone).
+// Qwen3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM), read without LibTorch (the fuzz target of the reader builds it
+// alone).
 #include <nlohmann/json.hpp>
 
 #include "adapters/arch.h"
@@ -12,6 +13,7 @@ namespace cf = config_field;
 
 // Generous bounds (LLaMA-3.1-405B: 126 layers, hidden 16384, 128 heads, head_dim 128): a config.json
 // beyond them is refused before anything is sized by it.
+constexpr int64_t kDefaultPositions = 4096;  // Phi3Config's max_position_embeddings
 constexpr int64_t kMaxLayers = 1024, kMaxHidden = int64_t{1} << 17, kMaxHeads = 4096, kMaxHeadDim = 4096;
 
 // The attention window of the windowed layers, 0 when no layer is windowed. Mistral windows every
@@ -27,6 +29,8 @@ int64_t sliding_window(const std::string& type, const nlohmann::json& config, co
   }
   auto it = config.find("sliding_window");
   const bool null_window = it != config.end() && it->is_null();
+  if (type == "phi3")  // Phi3Config: None unless set
+    return it == config.end() || null_window ? 0 : cf::integer(config, "sliding_window", file);
   if (type == "mistral") return null_window ? 0 : cf::integer(config, "sliding_window", file, &default_window);
   if (type != "qwen2" && type != "qwen3") return 0;
   if (!cf::boolean(config, "use_sliding_window", file, false) || null_window) return 0;
@@ -40,11 +44,25 @@ int64_t sliding_window(const std::string& type, const nlohmann::json& config, co
   return cf::integer(config, "max_window_layers", file, &default_full, true) < layers ? window : 0;
 }
 
+// Phi3Config checks LongRoPE's factor lists against hidden_size / num_attention_heads (not head_dim).
+bool longrope_factors(const nlohmann::json& config) {
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    auto it = config.find(key);
+    if (it != config.end() && it->is_object() && (it->contains("short_factor") || it->contains("long_factor")))
+      return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::vector<bool> sliding_layers(const std::string& type, const nlohmann::json& config,
                                  const std::filesystem::path& file, int64_t layers) {
   std::vector<bool> out(static_cast<size_t>(layers), false);
+  if (type == "phi3") {  // every layer, when windowed
+    auto it = config.find("sliding_window");
+    return std::vector<bool>(static_cast<size_t>(layers), it != config.end() && !it->is_null());
+  }
   if (type != "gemma3_text") return out;
   auto lt = config.find("layer_types");
   if (lt == config.end() || lt->is_null()) {
@@ -76,6 +94,7 @@ ArchSummary summarize_llama_family_config(const std::string& type, const nlohman
                                             : type == "mistral" ? "MistralForCausalLM"
                                             : type == "qwen2"   ? "Qwen2ForCausalLM"
                                             : type == "qwen3"   ? "Qwen3ForCausalLM"
+                                            : type == "phi3"    ? "Phi3ForCausalLM"
                                                                 : "Gemma3ForCausalLM");
   s.layers = cf::integer(config, "num_hidden_layers", file, nullptr, false, kMaxLayers);
   s.hidden = cf::integer(config, "hidden_size", file, nullptr, false, kMaxHidden);
@@ -96,6 +115,17 @@ ArchSummary summarize_llama_family_config(const std::string& type, const nlohman
   } else if (type == "qwen3" || type == "gemma3_text") {
     s.qkv_bias = s.out_bias = cf::boolean(config, "attention_bias", file, false);
     s.qk_norm = true;
+  }
+  if (type == "phi3" && longrope_factors(config)) {
+    s.head_dim_from_hidden = true;
+    const int64_t max_pos = cf::integer(config, "max_position_embeddings", file, &kDefaultPositions);
+    const int64_t original = cf::integer(config, "original_max_position_embeddings", file, &max_pos);
+    s.max_positions = original;
+    for (const char* key : {"rope_parameters", "rope_scaling"})
+      if (auto it = config.find(key); it != config.end() && it->is_object()) {
+        s.max_positions = cf::integer(*it, "original_max_position_embeddings", file, &original);
+        break;
+      }
   }
   if (type == "gemma3_text") {
     if (cf::boolean(config, "use_bidirectional_attention", file, false))

@@ -204,7 +204,8 @@ std::vector<ModelShape> legal_shapes(const ModelShape& dense, const SearchRules&
   const int64_t g = groups(dense), q = group_size(dense);
   std::vector<int64_t> kv_options, q_options;
   if (r.heads) {
-    for (int64_t k = (!grouped(dense) || r.prune_kv_groups) ? 1 : g; k <= g; ++k) kv_options.push_back(k);
+    // A kv group of one head (kv heads == heads) goes with its head, whatever prune_kv_groups says.
+    for (int64_t k = (!grouped(dense) || r.prune_kv_groups || q == 1) ? 1 : g; k <= g; ++k) kv_options.push_back(k);
     for (int64_t k = 1; k <= q; ++k) q_options.push_back(k);
   } else {
     kv_options = {g};

@@ -3,7 +3,7 @@
 //
 // Legal shapes (DESIGN.md "Hugging Face rules"):
 //   kv groups (traits.kv_groups): head_dim kept; heads = kv x (query heads per kv group), the same
-//          count in every kept group; kv groups kept unless prune_kv_groups.
+//          count in every kept group; kv groups kept unless prune_kv_groups (or of one head each).
 //   coupled (traits.hidden_is_heads): hidden = heads x head_size (head size kept).
 //   hidden % heads == 0 where transformers validates it (traits.hidden_multiple_of_heads).
 //   layers (traits.drop_layers and a layer gate): any count from 1 to the dense model's, the blocks kept by score.

@@ -122,6 +122,80 @@ json gemma3_config(const std::string& preset) {
           {"torch_dtype", tiny ? "float32" : "bfloat16"}};
 }
 
+// Phi-3 (Phi3ForCausalLM: fused qkv_proj and gate_up_proj): Phi-3-mini-4k and Phi-4-mini (GQA, 3/4 of each
+// head rotated, LongRoPE, tied) as Microsoft's configs give them; tiny (GQA, half of each head rotated,
+// windowed) for tests.
+json phi3_config(const std::string& preset) {
+  const bool tiny = preset == "tiny";
+  json c = {{"architectures", {"Phi3ForCausalLM"}},
+            {"model_type", "phi3"},
+            {"hidden_act", "silu"},
+            {"rms_norm_eps", 1e-5},
+            {"attention_dropout", 0.0},
+            {"resid_pdrop", 0.0},
+            {"embd_pdrop", 0.0},
+            {"initializer_range", tiny ? 0.1 : 0.02},
+            {"dtype", tiny ? "float32" : "bfloat16"},
+            {"torch_dtype", tiny ? "float32" : "bfloat16"}};
+  if (tiny) {
+    c.update({{"vocab_size", 512},
+              {"hidden_size", 64},
+              {"intermediate_size", 128},
+              {"num_hidden_layers", 2},
+              {"num_attention_heads", 4},
+              {"num_key_value_heads", 2},
+              {"max_position_embeddings", 256},
+              {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.5}}},
+              {"sliding_window", 64},
+              {"tie_word_embeddings", false},
+              {"bos_token_id", 1},
+              {"eos_token_id", 2},
+              {"pad_token_id", 0}});
+  } else if (preset == "phi-3-mini") {
+    c.update({{"vocab_size", 32064},
+              {"hidden_size", 3072},
+              {"intermediate_size", 8192},
+              {"num_hidden_layers", 32},
+              {"num_attention_heads", 32},
+              {"num_key_value_heads", 32},
+              {"max_position_embeddings", 4096},
+              {"original_max_position_embeddings", 4096},
+              {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}}},
+              {"sliding_window", 2047},
+              {"tie_word_embeddings", false},
+              {"bos_token_id", 1},
+              {"eos_token_id", 32000},
+              {"pad_token_id", 32000}});
+  } else if (preset == "phi-4-mini") {
+    // LongRoPE's factor lists (48 each: rotated channels / 2) are 1 here: make-model sizes a model with random
+    // weights, it does not reproduce the trained factors.
+    const std::vector<double> ones(48, 1.0);
+    c.update({{"vocab_size", 200064},
+              {"hidden_size", 3072},
+              {"intermediate_size", 8192},
+              {"num_hidden_layers", 32},
+              {"num_attention_heads", 24},
+              {"num_key_value_heads", 8},
+              {"max_position_embeddings", 131072},
+              {"original_max_position_embeddings", 4096},
+              {"rope_parameters",
+               {{"rope_type", "longrope"},
+                {"rope_theta", 10000.0},
+                {"partial_rotary_factor", 0.75},
+                {"original_max_position_embeddings", 4096},
+                {"short_factor", ones},
+                {"long_factor", ones}}},
+              {"sliding_window", 262144},
+              {"tie_word_embeddings", true},
+              {"bos_token_id", 199999},
+              {"eos_token_id", 199999},
+              {"pad_token_id", 199999}});
+  } else {
+    throw UsageError("--preset '" + preset + "' is not a phi3 preset (tiny, phi-3-mini, phi-4-mini)");
+  }
+  return c;
+}
+
 json vit_config(const std::string& preset) {
   json c;
   if (preset == "tiny")
@@ -188,8 +262,10 @@ void make_model(const std::string& arch_name, const std::string& preset, int64_t
     config = bert_config(preset);
   else if (arch_name == "gemma3_text")
     config = gemma3_config(preset);
+  else if (arch_name == "phi3")
+    config = phi3_config(preset);
   else
-    throw UsageError("--arch must be llama, gemma3_text, vit or bert, got '" + arch_name + "'");
+    throw UsageError("--arch must be llama, gemma3_text, phi3, vit or bert, got '" + arch_name + "'");
   // The weights from the architecture's role table: every weight its config implies, with its shape.
   const ModelAdapter& adapter = adapter_for(config, out_dir / "config.json");
   ArchSummary arch = adapter.summarize(config, out_dir / "config.json");

@@ -1,9 +1,10 @@
-"""The LLaMA-family adapters (mistral, qwen2, qwen3, gemma3_text) against transformers' own models, like LLaMA's:
+"""The LLaMA-family adapters (mistral, qwen2, qwen3, gemma3_text, phi3) against transformers' own models, like LLaMA's:
 logits in fp32 and bf16 (padded and not), parameter counts, keep-all export byte for byte, and a pruned
 pipeline run whose export loads with from_pretrained (no missing, unexpected or mismatched keys) and
 computes what our forward of it computes. Mistral's sliding window is exact within the window and
 refused beyond it; Gemma 3's windowed layers are computed exactly beyond it (the test sequences are longer
-than its window); an unknown model_type names the supported ones.
+than its window), as are Phi-3's (every layer); Phi-3's LongRoPE is exact within
+original_max_position_embeddings and refused beyond it; an unknown model_type names the supported ones.
 """
 import json
 
@@ -46,6 +47,17 @@ FAMILY = {
                        dict(num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=5,
                             sliding_window_pattern=2, attn_logit_softcapping=3.0, final_logit_softcapping=2.5,
                             attention_bias=True, tie_word_embeddings=False)),
+    # Fused qkv_proj ([q | k | v] rows) and gate_up_proj ([gate | up]), half of each head rotated, every layer
+    # windowed by a window shorter than the sequences.
+    "phi3": ("Phi3Config", "Phi3ForCausalLM",
+             dict(num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5, sliding_window=7,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # LongRoPE within original_max_position_embeddings (short factors, cos and sin scaled), no GQA, tied.
+    "phi3_longrope": ("Phi3Config", "Phi3ForCausalLM",
+                      dict(num_attention_heads=8, num_key_value_heads=8, original_max_position_embeddings=128,
+                           rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.5, 2.0, 3.0],
+                                         "long_factor": [2.0, 3.0, 4.0, 5.0]},
+                           tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
 }
 
 
@@ -109,6 +121,16 @@ def test_mistral_beyond_its_sliding_window_is_refused(tmp_path, cli):
     assert p.returncode != 0 and "exceeds the sliding_window 32" in p.stderr, p.stderr
 
 
+def test_phi3_beyond_longrope_original_max_is_refused(tmp_path, cli):
+    make(tmp_path / "model", "phi3_longrope")
+    ids = torch.randint(0, VOCAB, (1, 129), generator=torch.Generator().manual_seed(0))
+    from safetensors.torch import save_file
+    save_file({"input_ids": ids}, tmp_path / "in.safetensors")
+    p = cli("forward", tmp_path / "model", "--inputs", tmp_path / "in.safetensors", "--output",
+            tmp_path / "out.safetensors", check=False)
+    assert p.returncode != 0 and "exceed original_max_position_embeddings 128" in p.stderr, p.stderr
+
+
 def test_unknown_model_type_lists_the_supported_ones(tmp_path, cli):
     make(tmp_path / "model", "qwen2")
     cfg = json.load(open(tmp_path / "model" / "config.json"))
@@ -117,14 +139,14 @@ def test_unknown_model_type_lists_the_supported_ones(tmp_path, cli):
     p = cli("inspect", tmp_path / "model", check=False)
     assert p.returncode != 0
     assert "unsupported model_type 'gpt_neox'" in p.stderr
-    assert "bert, gemma3_text, llama, mistral, qwen2, qwen3, vit" in p.stderr, p.stderr
+    assert "bert, gemma3_text, llama, mistral, phi3, qwen2, qwen3, vit" in p.stderr, p.stderr
 
 
 SEQ = 16
 
 
 @pytest.mark.parametrize("variant,hidden", [("qwen2", True), ("qwen3", False), ("mistral", True), ("gemma3", True),
-                                            ("gemma3_softcap", False)])
+                                            ("gemma3_softcap", False), ("phi3", True), ("phi3_longrope", True)])
 def test_pruned_export_loads_and_matches(tmp_path, cli, mpirun, variant, hidden):
     make(tmp_path / "model", variant)
     np.random.default_rng(0).integers(0, VOCAB, size=48 * SEQ).astype(np.uint16).tofile(tmp_path / "tokens.bin")

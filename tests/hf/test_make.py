@@ -34,7 +34,7 @@ def ours(cli, model_dir, tmp_path, inputs, output="logits"):
 
 
 @pytest.mark.parametrize("arch,preset", [("llama", "tiny"), ("gemma3_text", "tiny"), ("gemma3_text", "gemma-3-270m"),
-                                         ("vit", "tiny"), ("vit", "vit-base-patch16-224"), ("bert", "tiny")])
+                                         ("phi3", "tiny"), ("vit", "tiny"), ("vit", "vit-base-patch16-224"), ("bert", "tiny")])
 def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, preset):
     out = tmp_path / "model"
     cli("make-model", "--arch", arch, "--preset", preset, "--seed", "3", out)
@@ -50,7 +50,7 @@ def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, prese
             output = "last_hidden_state"
             with torch.no_grad():
                 theirs = model(input_ids=ids).last_hidden_state
-        elif arch in ("llama", "gemma3_text"):
+        elif arch in ("llama", "gemma3_text", "phi3"):
             ids = torch.from_numpy(f["input_ids"][:]).long()
             model = loaded(transformers.AutoModelForCausalLM, out)
             assert ids.shape == (3, 12) and 0 <= ids.min() and ids.max() < model.config.vocab_size
@@ -84,16 +84,23 @@ def test_make_model_rejects_unknown_preset(cli, tmp_path):
     assert p.returncode == 2 and "llama-3.2-1b" in p.stderr
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "demo-vit.toml", "llama-3.2-1b.toml", "vit-base-patch16-224.toml"])
+def recipe_arch(name):
+    for key, arch in (("vit", "vit"), ("minilm", "bert"), ("gemma", "gemma3_text"), ("phi", "phi3")):
+        if key in name:
+            return arch
+    return "llama"
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".toml")))
 def test_example_configs_validate_once_paths_are_given(cli, tmp_path, name):
-    vit = "vit" in name
     model = tmp_path / "model"
-    cli("make-model", "--arch", "vit" if vit else "llama", "--preset", "tiny", model)
+    cli("make-model", "--arch", recipe_arch(name), "--preset", "tiny", model)
     data = tmp_path / "data.h5"
     cli("make-data", model, "--samples", "4", "--seq-len", "8", data)
     text = open(os.path.join(REPO, "configs", name)).read()
     text = re.sub(r'(\[model\][^\[]*?path = )"[^"]*"', rf'\1"{model}"', text, flags=re.S)
     text = re.sub(r'(\[data\][^\[]*?path = )"[^"]*"', rf'\1"{data}"', text, flags=re.S)
+    text = re.sub(r'(\[(?:evaluate|heal)\][^\[]*?data = )"[^"]*"', rf'\1"{data}"', text, flags=re.S)
     cfg = tmp_path / name
     cfg.write_text(text)
     p = cli("validate", cfg)

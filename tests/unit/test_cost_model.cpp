@@ -197,6 +197,11 @@ TEST(CostModel, RoleTablesCountWhatTheCostModelCounts) {
     c["model_type"] = type;
     configs.push_back({c, false});
   }
+  json phi3 = llama;  // fused qkv_proj and gate_up_proj
+  phi3["model_type"] = "phi3";
+  configs.push_back({phi3, false});
+  phi3["rope_scaling"] = {{"type", "longrope"}, {"short_factor", std::vector<double>(8, 1.0)}};
+  configs.push_back({phi3, false});
   json biased = llama;
   biased["attention_bias"] = true;
   biased["mlp_bias"] = true;

@@ -9,10 +9,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "adapters/adapter.h"
 #include "core/base/errors.h"
+#include "core/format/plan.h"
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
 #include "tests/unit/test_util.h"
@@ -176,6 +178,64 @@ TEST(Models, WrongInputsAreDataErrors) {
   auto v = load("tiny-vit", at::kFloat);
   Batch px{{}, {}, at::zeros({1, 3, 16, 16})};
   EXPECT_THROW(v.model->logits(px), DataError);
+}
+
+// A fused axis keeps each part's kept rows where its layout puts them: whole blocks one after another
+// ([q | k | v]: Phi-3) or head by head (q, k, v of head h, then of h + 1: GPT-NeoX's query_key_value).
+TEST(Models, FusedAxesKeepEachPartsRowsWhereTheLayoutPutsThem) {
+  testing::TempDir dir;
+  std::filesystem::create_directories(dir.path() / "m");
+  std::ofstream(dir.path() / "m" / "config.json") << "{}";
+  const int64_t heads = 3, hd = 2, hidden = 4;
+  const at::Tensor rows = at::arange(3 * heads * hd, at::kFloat).unsqueeze(1).repeat({1, hidden});
+  safetensors::write_model_weights(dir.path() / "m", {{"l.0.blocks", rows}, {"l.0.heads", rows}}, 1ull << 30);
+  const RoleTable table({
+      {"l.%d.blocks",
+       "attention",
+       {Axis::fused, Axis::hidden},
+       Presence::always,
+       Fold::none,
+       Use::matrix,
+       Init::normal,
+       true,
+       {Axis::q, Axis::kv, Axis::kv},
+       Fuse::blocks},
+      {"l.%d.heads",
+       "attention",
+       {Axis::fused, Axis::hidden},
+       Presence::always,
+       Fold::none,
+       Use::matrix,
+       Init::normal,
+       true,
+       {Axis::q, Axis::kv, Axis::kv},
+       Fuse::per_head},
+  });
+  Plan plan;
+  plan.dense.shape = ModelShape{1, hidden, heads, heads, hd, 8, {}};
+  plan.heads = {{0, 2}};
+  plan.kv_heads = {{0, 2}};
+  plan.ffn = {{0}};
+  plan.hidden = {1, 3};
+  plan.layers = {0};
+  const auto ckpt = HfCheckpoint::open(dir.path() / "m");
+  ArchSummary arch;
+  arch.heads = arch.kv_heads = heads, arch.head_dim = hd, arch.hidden = hidden;
+  EXPECT_EQ(table.shape(0, arch), (std::vector<int64_t>{3 * heads * hd, hidden}));
+  std::map<std::string, at::Tensor> out;
+  for (auto& [name, t] : table.prune(ckpt, plan, GateValues{}, std::nullopt)) out[name] = t;
+  const auto kept = [&](const char* name) {
+    EXPECT_EQ(out.at(name).size(1), 2);
+    const at::Tensor first = out.at(name).select(1, 0).contiguous();
+    return std::vector<float>(first.data_ptr<float>(), first.data_ptr<float>() + first.numel());
+  };
+  // Heads 0 and 2 of q (rows 0-5), k (6-11), v (12-17).
+  EXPECT_EQ(kept("l.0.blocks"), (std::vector<float>{0, 1, 4, 5, 6, 7, 10, 11, 12, 13, 16, 17}));
+  // Head h's q, k, v at rows 6h .. 6h + 5.
+  EXPECT_EQ(kept("l.0.heads"), (std::vector<float>{0, 1, 2, 3, 4, 5, 12, 13, 14, 15, 16, 17}));
+  // Per head, every part must keep the same heads.
+  plan.kv_heads = {{0, 1}};
+  EXPECT_THROW(table.prune(ckpt, plan, GateValues{}, std::nullopt), CheckpointError);
 }
 
 }  // namespace

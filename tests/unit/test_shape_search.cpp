@@ -126,7 +126,7 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     if (!is_vit && c.hidden != s.hidden) {
       EXPECT_EQ(c.hidden % r.hidden_multiple, 0);
     }
-    if (!is_vit && !r.prune_kv_groups) {
+    if (!is_vit && !r.prune_kv_groups && s.kv_heads < s.heads) {  // single-head groups go with their heads
       EXPECT_EQ(c.kv_heads, s.kv_heads);
     }
     if (!r.layers) {
@@ -210,6 +210,20 @@ TEST(ShapeSearch, LayerScoresChooseWhichBlocksGo) {
 
 // An architecture that keeps every block (traits.drop_layers false) never gets a shallower shape, and a
 // plan that asks for one is refused by name.
+// Without grouped-query attention (kv heads == heads: Phi-3-mini, LLaMA-2-7B) each kv group is one head:
+// removing a head removes its group, whatever search.prune_kv_groups says (else no head could go).
+TEST(ShapeSearch, SingleHeadKvGroupsArePrunedAsHeads) {
+  const ModelShape s = llama(2, 64, 4, 4, 64);
+  SearchRules r;
+  r.ffn = false;
+  std::set<int64_t> heads;
+  for (const ModelShape& c : legal_shapes(s, r)) {
+    heads.insert(c.heads);
+    EXPECT_EQ(c.kv_heads, c.heads);
+  }
+  EXPECT_EQ(heads, (std::set<int64_t>{1, 2, 4}));  // hidden 64 % heads == 0
+}
+
 TEST(ShapeSearch, ShallowerShapesOnlyWhereBlocksCanBeDropped) {
   ModelShape s = llama(4, 64, 4, 2, 64);
   ModelShape shallow = s;
