@@ -190,6 +190,7 @@ bool RoleTable::present(size_t i, const ArchSummary& a) const {
     case Presence::pooler:
       return a.pooler;
     case Presence::buffer:
+    case Presence::alias:
       return false;
   }
   return false;
@@ -315,7 +316,7 @@ at::Tensor RoleLoader::operator()(size_t i, int64_t layer) {
   const WeightRole& r = table_[i];
   const std::string n = table_.name(i, layer, prefix_);
   bool load = table_.present(i, arch_);
-  if (r.presence == Presence::pooler) load = w_.has(n);
+  if (r.presence == Presence::pooler || r.presence == Presence::alias) load = w_.has(n);
   if (!load) return {};
   const std::vector<int64_t> s = table_.shape(i, arch_);
   return r.use == Use::matrix ? w_.matrix(n, s) : w_.get(n, s);

@@ -63,6 +63,9 @@ enum class Presence : uint8_t {
   classifier,   ///< a classifier (ArchSummary::num_labels > 0)
   pooler,       ///< loaded when the checkpoint holds it (ArchSummary::pooler for make-model and counts)
   buffer,       ///< a stored buffer: optional, never loaded (recomputed), kept or pruned as its axes say
+  /// an older name of another role's weight (GPT-NeoX's embed_out for lm_head): loaded in its place when the
+  /// checkpoint holds it (RoleLoader), pruned under its own name, never counted or made
+  alias,
 };
 
 /// How a model loads a weight (WeightLoader): get() keeps the compute dtype; matrix() may keep a

@@ -201,9 +201,10 @@ class CommandLine {
   void add_make() {
     CLI::App* m =
         app_.add_subcommand("make-model", "a Hugging Face model directory with random weights (demo, benchmarks)");
-    m->add_option("--arch", arch_, "llama, gemma3_text, phi3, vit or bert")->required();
+    m->add_option("--arch", arch_, "llama, gemma3_text, phi3, gpt_neox, vit or bert")->required();
     m->add_option("--preset", preset_,
-                  "tiny, llama-3.2-1b, gemma-3-270m, gemma-3-1b, phi-3-mini, phi-4-mini or vit-base-patch16-224")
+                  "tiny, llama-3.2-1b, gemma-3-270m, gemma-3-1b, phi-3-mini, phi-4-mini, pythia-160m, pythia-1b or "
+                  "vit-base-patch16-224")
         ->required();
     m->add_option("--seed", seed_, "seed")->check(CLI::NonNegativeNumber);
     m->add_option("OUT_DIR", path_a_)->required();

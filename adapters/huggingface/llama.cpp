@@ -108,9 +108,45 @@ const RoleTable& phi3_roles() {
   });
   return table;
 }
+// GPTNeoXForCausalLM (Pythia): LayerNorms with biases, q, k, v interleaved per head in query_key_value (head h's
+// q, k, v channels, then h + 1's), a GeLU MLP of two matrices with biases; the head is stored as embed_out
+// (transformers names the module lm_head and maps the two; a checkpoint holding lm_head.weight is read too).
+enum NeoxRole {
+  kFinalNormB = kMlpNorm + 1, kAttnNormB, kMlpNormB, kNeoxQkvW, kNeoxQkvB, kNeoxOW, kNeoxOB, kNeoxUpW, kNeoxUpB,
+  kNeoxDownW, kNeoxDownB, kLmHeadAlias,
+};
+const RoleTable& gpt_neox_roles() {
+  static const RoleTable table({
+      {"gpt_neox.embed_in.weight", "embedding", {A::vocab, A::hidden}},
+      {"gpt_neox.final_layer_norm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"embed_out.weight", "head", {A::vocab, A::hidden}, Presence::untied_head},
+      {"gpt_neox.layers.%d.input_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"gpt_neox.layers.%d.post_attention_layernorm.weight", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::ones},
+      {"gpt_neox.final_layer_norm.bias", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+      {"gpt_neox.layers.%d.input_layernorm.bias", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+      {"gpt_neox.layers.%d.post_attention_layernorm.bias", "norm", {A::hidden}, Presence::always, Fold::none, Use::vector, Init::zeros},
+      {"gpt_neox.layers.%d.attention.query_key_value.weight", "attention", {A::fused, A::hidden}, Presence::always, Fold::none, Use::matrix, Init::normal, true, {A::q, A::q, A::q}, Fuse::per_head},
+      {"gpt_neox.layers.%d.attention.query_key_value.bias", "attention", {A::fused}, Presence::qkv_bias, Fold::none, Use::matrix, Init::zeros, true, {A::q, A::q, A::q}, Fuse::per_head},
+      {"gpt_neox.layers.%d.attention.dense.weight", "attention", {A::hidden, A::q}, Presence::always, Fold::attention_out},
+      {"gpt_neox.layers.%d.attention.dense.bias", "attention", {A::hidden}, Presence::out_bias, Fold::attention_out, Use::matrix, Init::zeros},
+      {"gpt_neox.layers.%d.mlp.dense_h_to_4h.weight", "mlp", {A::ffn, A::hidden}},
+      {"gpt_neox.layers.%d.mlp.dense_h_to_4h.bias", "mlp", {A::ffn}, Presence::mlp_bias, Fold::none, Use::matrix, Init::zeros},
+      {"gpt_neox.layers.%d.mlp.dense_4h_to_h.weight", "mlp", {A::hidden, A::ffn}, Presence::always, Fold::mlp_out},
+      {"gpt_neox.layers.%d.mlp.dense_4h_to_h.bias", "mlp", {A::hidden}, Presence::mlp_bias, Fold::mlp_out, Use::matrix, Init::zeros},
+      {"lm_head.weight", "head", {A::vocab, A::hidden}, Presence::alias},
+      // Buffers older versions saved (the causal mask, its fill value, RoPE's frequencies): never read.
+      {"gpt_neox.layers.%d.attention.bias", "attention", {}, Presence::buffer},
+      {"gpt_neox.layers.%d.attention.masked_bias", "attention", {}, Presence::buffer},
+      {"gpt_neox.layers.%d.attention.rotary_emb.inv_freq", "attention", {}, Presence::buffer},
+  });
+  return table;
+}
 // clang-format on
 const RoleTable& roles_of(std::string_view type) {
-  return type == "gemma3_text" ? gemma3_roles() : type == "phi3" ? phi3_roles() : llama_roles();
+  return type == "gemma3_text" ? gemma3_roles()
+         : type == "phi3"      ? phi3_roles()
+         : type == "gpt_neox"  ? gpt_neox_roles()
+                               : llama_roles();
 }
 
 enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
@@ -122,8 +158,9 @@ struct Linear {
 
 struct LlamaLayer {
   at::Tensor attn_norm, mlp_norm, q_norm, k_norm;
-  at::Tensor post_attn_norm, post_mlp_norm;  // gemma3_text
-  at::Tensor qkv, gate_up;                   // phi3: the fused matrices (proj[kQ, kK, kV, kGate, kUp] unused)
+  at::Tensor post_attn_norm, post_mlp_norm;            // gemma3_text
+  at::Tensor qkv, gate_up;                             // phi3: the fused matrices (proj[kQ, kK, kV, kGate, kUp] unused)
+  at::Tensor qkv_bias, attn_norm_bias, mlp_norm_bias;  // gpt_neox (qkv: per head; proj[kUp], proj[kDown]: its MLP)
   Linear proj[7];
   bool sliding = false;  // attends within ArchSummary::sliding_window (gemma3_text)
 };
@@ -262,22 +299,31 @@ struct Variant {
   double final_softcap = 0.0;  // final_logit_softcapping (0: none)
   bool exact_window = false;   // windowed layers masked beyond the window (else: refused beyond it)
   bool fused = false;          // phi3: qkv_proj and gate_up_proj
+  bool neox = false;           // gpt_neox: LayerNorms with biases, per-head qkv, GeLU MLP of two matrices
+  bool parallel = false;       // gpt_neox use_parallel_residual: x + attn(ln1(x)) + mlp(ln2(x))
   int64_t rotary_dim = 0;      // channels of a head RoPE rotates (phi3: int(head_dim x partial_rotary_factor))
 };
+
+// The rotated fraction of a head: rope_parameters' partial_rotary_factor, or the config's (gpt_neox: rotary_pct).
+int64_t rotary_channels(const nlohmann::json& config, const std::filesystem::path& file, int64_t head_dim,
+                        const char* key, double fallback) {
+  double partial = cf::number(config, key, file, fallback);
+  if (auto rp = config.find("rope_parameters"); rp != config.end() && rp->is_object())
+    partial = cf::number(*rp, "partial_rotary_factor", file, partial);
+  const auto dim = static_cast<int64_t>(static_cast<double>(head_dim) * partial);
+  if (!(partial > 0 && partial <= 1) || dim < 2 || dim % 2 != 0)
+    throw CheckpointError("'" + file.string() + "': a rotary fraction of " + std::to_string(partial) + " gives " +
+                          std::to_string(dim) + " rotated channels of head_dim " + std::to_string(head_dim) +
+                          " (expected an even count >= 2)");
+  return dim;
+}
 
 // Phi-3: fused matrices, RoPE on int(head_dim x partial_rotary_factor) channels (rope_parameters' or the
 // config's), every layer windowed when sliding_window is set (transformers masks them all).
 void read_phi3(const nlohmann::json& config, const std::filesystem::path& file, const ArchSummary& arch, Variant& v) {
   v.fused = true;
   v.exact_window = true;
-  double partial = cf::number(config, "partial_rotary_factor", file, 1.0);
-  if (auto rp = config.find("rope_parameters"); rp != config.end() && rp->is_object())
-    partial = cf::number(*rp, "partial_rotary_factor", file, partial);
-  v.rotary_dim = static_cast<int64_t>(static_cast<double>(arch.head_dim) * partial);
-  if (!(partial > 0 && partial <= 1) || v.rotary_dim < 2 || v.rotary_dim % 2 != 0)
-    throw CheckpointError("'" + file.string() + "': partial_rotary_factor " + std::to_string(partial) + " gives " +
-                          std::to_string(v.rotary_dim) + " rotated channels of head_dim " +
-                          std::to_string(arch.head_dim) + " (expected an even count >= 2)");
+  v.rotary_dim = rotary_channels(config, file, arch.head_dim, "partial_rotary_factor", 1.0);
   const Rope r = read_rope(config, file);
   if (r.type == "longrope") {
     if (static_cast<int64_t>(r.short_factor.size()) != v.rotary_dim / 2)
@@ -287,12 +333,24 @@ void read_phi3(const nlohmann::json& config, const std::filesystem::path& file, 
   }
 }
 
+// GPT-NeoX: rotary_pct (default 0.25) of each head rotated, GeLU (exact), a parallel residual by default.
+Variant read_neox(const nlohmann::json& config, const std::filesystem::path& file, const ArchSummary& arch, Variant v) {
+  v.neox = true;
+  v.parallel = cf::boolean(config, "use_parallel_residual", file, true);
+  v.rotary_dim = rotary_channels(config, file, arch.head_dim, "rotary_pct", 0.25);
+  const std::string act = cf::string(config, "hidden_act", file, "gelu");
+  if (act != "gelu")
+    throw CheckpointError("'" + file.string() + "': hidden_act '" + act + "' is not supported (supported: gelu)");
+  return v;
+}
+
 Variant read_variant(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file) {
   Variant v;
   v.gemma = arch.model_type == "gemma3_text";
   v.attn_scale = 1.0 / std::sqrt(static_cast<double>(arch.head_dim));
   v.rotary_dim = arch.head_dim;
   if (arch.model_type == "phi3") read_phi3(config, file, arch, v);
+  if (arch.model_type == "gpt_neox") return read_neox(config, file, arch, v);
   const std::string act =
       cf::string(config, v.gemma ? "hidden_activation" : "hidden_act", file, v.gemma ? "gelu_pytorch_tanh" : "silu");
   const std::string want = v.gemma ? "gelu_pytorch_tanh" : "silu";
@@ -338,7 +396,9 @@ class LlamaModel final : public Model {
   LlamaModel(const ArchSummary& arch, const nlohmann::json& config, const std::filesystem::path& file,
              const HfCheckpoint& ckpt, const LoadOptions& options)
       : arch_(arch), variant_(read_variant(arch, config, file)) {
-    eps_ = cf::number(config, "rms_norm_eps", file, arch.model_type == "phi3" ? 1e-5 : 1e-6);
+    eps_ = arch.model_type == "gpt_neox"
+               ? cf::number(config, "layer_norm_eps", file, 1e-5)
+               : cf::number(config, "rms_norm_eps", file, arch.model_type == "phi3" ? 1e-5 : 1e-6);
     const std::vector<bool> sliding = sliding_layers(arch.model_type, config, file, arch.layers);
     const RoleTable& roles = roles_of(arch.model_type);
     WeightLoader loader(ckpt, options);
@@ -346,12 +406,16 @@ class LlamaModel final : public Model {
     dtype_ = loader.compute_dtype(roles.name(kEmbed));
     embed_ = w(kEmbed);
     final_norm_ = w(kFinalNorm);
-    lm_head_ = arch.tied_embeddings ? embed_ : w(kLmHead);
+    if (variant_.neox && !arch.tied_embeddings) lm_head_ = w(kLmHeadAlias);  // the other name, when stored
+    if (!lm_head_.defined()) lm_head_ = arch.tied_embeddings ? embed_ : w(kLmHead);
+    if (variant_.neox) final_norm_bias_ = w(kFinalNormB);
     for (int64_t i = 0; i < arch.layers; ++i) {
       LlamaLayer layer;
       layer.attn_norm = w(kAttnNorm, i);
       layer.mlp_norm = w(kMlpNorm, i);
-      if (variant_.fused) {
+      if (variant_.neox) {
+        load_neox(w, i, layer);
+      } else if (variant_.fused) {
         layer.qkv = w(kQkvW, i), layer.gate_up = w(kGateUpW, i);
         layer.proj[kO].weight = w(kFusedOW, i), layer.proj[kDown].weight = w(kFusedDownW, i);
       } else {
@@ -360,7 +424,7 @@ class LlamaModel final : public Model {
           layer.proj[p].bias = w(kQW + 2 * p + 1, i);
         }
       }
-      if (!variant_.fused) layer.q_norm = w(kQNorm, i), layer.k_norm = w(kKNorm, i);
+      if (!variant_.fused && !variant_.neox) layer.q_norm = w(kQNorm, i), layer.k_norm = w(kKNorm, i);
       if (variant_.gemma) layer.post_attn_norm = w(kPostAttnNorm, i), layer.post_mlp_norm = w(kPostMlpNorm, i);
       layer.sliding = sliding[static_cast<size_t>(i)];
       layers_.push_back(std::move(layer));
@@ -372,7 +436,7 @@ class LlamaModel final : public Model {
       inv_freq_ = inverse_frequencies(gemma3_rope(config, file, false), arch.head_dim).to(options.device);
       local_inv_freq_ = inverse_frequencies(gemma3_rope(config, file, true), arch.head_dim).to(options.device);
     } else {
-      const Rope r = read_rope(config, file);
+      const Rope r = read_rope(rope_config(config), file);
       inv_freq_ = inverse_frequencies(r, variant_.rotary_dim).to(options.device);
       rope_scaling_ = r.attention_scaling;
     }
@@ -412,9 +476,27 @@ class LlamaModel final : public Model {
     ActivationImportance* imp = nullptr;
   };
 
-  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& hidden_gate) const {
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& hidden_gate,
+                  const at::Tensor& bias = {}) const {
+    if (variant_.neox) return layers::layer_norm(x, w, bias, eps_, hidden_gate);
     return variant_.gemma ? layers::rms_norm_unit_offset(x, w, eps_, hidden_gate)
                           : layers::rms_norm(x, w, eps_, hidden_gate);
+  }
+
+  void load_neox(RoleLoader& w, int64_t i, LlamaLayer& layer) const {
+    layer.attn_norm_bias = w(kAttnNormB, i), layer.mlp_norm_bias = w(kMlpNormB, i);
+    layer.qkv = w(kNeoxQkvW, i), layer.qkv_bias = w(kNeoxQkvB, i);
+    layer.proj[kO] = {w(kNeoxOW, i), w(kNeoxOB, i)};
+    layer.proj[kUp] = {w(kNeoxUpW, i), w(kNeoxUpB, i)};
+    layer.proj[kDown] = {w(kNeoxDownW, i), w(kNeoxDownB, i)};
+  }
+
+  // GPT-NeoX configs may give RoPE's base as rotary_emb_base.
+  nlohmann::json rope_config(const nlohmann::json& config) const {
+    if (!variant_.neox || config.contains("rope_theta") || !config.contains("rotary_emb_base")) return config;
+    nlohmann::json c = config;
+    c["rope_theta"] = config["rotary_emb_base"];
+    return c;
   }
 
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& inv_freq, int64_t past, int64_t L) const {
@@ -448,16 +530,22 @@ class LlamaModel final : public Model {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
       const at::Tensor layer_gate = gates && gates->layers.defined() ? gates->layers[i] : at::Tensor();
       const at::Tensor block_in = x;
-      x = x + layers::gate_branch(attention(l, i, norm_input(x, l.attn_norm, st), st), layer_gate);
-      x = x + layers::gate_branch(mlp(l, i, norm_input(x, l.mlp_norm, st), st), layer_gate);
+      if (variant_.parallel) {  // as transformers adds them: (mlp + attention) + x
+        const at::Tensor a =
+            layers::gate_branch(attention(l, i, norm_input(x, l.attn_norm, st, l.attn_norm_bias), st), layer_gate);
+        x = layers::gate_branch(mlp(l, i, norm_input(x, l.mlp_norm, st, l.mlp_norm_bias), st), layer_gate) + a + x;
+      } else {
+        x = x + layers::gate_branch(attention(l, i, norm_input(x, l.attn_norm, st, l.attn_norm_bias), st), layer_gate);
+        x = x + layers::gate_branch(mlp(l, i, norm_input(x, l.mlp_norm, st, l.mlp_norm_bias), st), layer_gate);
+      }
       if (st.imp) layers::add_block_influence(st.imp->layers.defined() ? st.imp->layers[i] : at::Tensor(), block_in, x);
     }
-    return norm(x, final_norm_, st.hidden_gate);
+    return norm(x, final_norm_, st.hidden_gate, final_norm_bias_);
   }
 
   // A block's input norm, its activations' sizes added to the hidden-channel importance.
-  at::Tensor norm_input(const at::Tensor& x, const at::Tensor& w, const Step& st) const {
-    at::Tensor hs = norm(x, w, st.hidden_gate);
+  at::Tensor norm_input(const at::Tensor& x, const at::Tensor& w, const Step& st, const at::Tensor& bias = {}) const {
+    at::Tensor hs = norm(x, w, st.hidden_gate, bias);
     if (st.imp && st.imp->hidden.defined())
       st.imp->hidden += hs.detach().abs().sum(at::IntArrayRef{0, 1}).to(at::kFloat);
     return hs;
@@ -471,13 +559,20 @@ class LlamaModel final : public Model {
     return post_norm.defined() ? norm(o, post_norm, st.hidden_gate) : o;
   }
 
-  // The queries, keys and values [B, L, channels]: one product of the fused matrix (phi3) split as
-  // transformers splits it, or three.
+  // The queries, keys and values [B, L, heads, head_dim]: one product of the fused matrix split as transformers
+  // splits it (phi3: [q | k | v]; gpt_neox: per head), or three.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> project_qkv(const LlamaLayer& l, const at::Tensor& hs) const {
-    if (!l.qkv.defined()) return {l.proj[kQ](hs), l.proj[kK](hs), l.proj[kV](hs)};
-    const int64_t q = arch_.heads * arch_.head_dim, kv = arch_.kv_heads * arch_.head_dim;
+    const int64_t B = hs.size(0), L = hs.size(1), hd = arch_.head_dim, H = arch_.heads, KV = arch_.kv_heads;
+    if (variant_.neox) {
+      const at::Tensor o = layers::linear(hs, l.qkv, l.qkv_bias).view({B, L, H, 3 * hd});
+      return {o.narrow(-1, 0, hd), o.narrow(-1, hd, hd), o.narrow(-1, 2 * hd, hd)};
+    }
+    if (!l.qkv.defined())
+      return {l.proj[kQ](hs).view({B, L, H, hd}), l.proj[kK](hs).view({B, L, KV, hd}),
+              l.proj[kV](hs).view({B, L, KV, hd})};
     const at::Tensor o = layers::linear(hs, l.qkv);
-    return {o.narrow(-1, 0, q), o.narrow(-1, q, kv), o.narrow(-1, q + kv, kv)};
+    return {o.narrow(-1, 0, H * hd).view({B, L, H, hd}), o.narrow(-1, H * hd, KV * hd).view({B, L, KV, hd}),
+            o.narrow(-1, (H + KV) * hd, KV * hd).view({B, L, KV, hd})};
   }
 
   // RoPE on the first rotary_dim channels of each head; the rest pass (partial rotary).
@@ -492,12 +587,10 @@ class LlamaModel final : public Model {
     const int64_t B = st.B, L = st.L;
     const GateValues* gates = st.gates;
     auto [q, k, v] = project_qkv(l, hs);
-    q = q.reshape({B, L, arch_.heads, arch_.head_dim});
-    k = k.reshape({B, L, arch_.kv_heads, arch_.head_dim});
     if (arch_.qk_norm) q = norm(q, l.q_norm, at::Tensor()), k = norm(k, l.k_norm, at::Tensor());
     q = q.transpose(1, 2);
     k = k.transpose(1, 2);
-    v = v.reshape({B, L, arch_.kv_heads, arch_.head_dim}).transpose(1, 2);
+    v = v.transpose(1, 2);
     const bool local = l.sliding && variant_.exact_window;
     const at::Tensor& cos = local && st.local_cos.defined() ? st.local_cos : st.cos;
     const at::Tensor& sin = local && st.local_sin.defined() ? st.local_sin : st.sin;
@@ -524,7 +617,7 @@ class LlamaModel final : public Model {
   }
 
   at::Tensor mlp(const LlamaLayer& l, int64_t i, const at::Tensor& hs, const Step& st) const {
-    const GateValues* gates = st.gates;
+    if (variant_.neox) return mlp_out(l, i, at::gelu(l.proj[kUp](hs)), st);  // GPT-NeoX: dense_h_to_4h, exact GeLU
     at::Tensor g, up;
     if (l.gate_up.defined()) {  // phi3: [gate | up] in one product, then up * act(gate) as transformers writes it
       const at::Tensor o = layers::linear(hs, l.gate_up);
@@ -532,7 +625,12 @@ class LlamaModel final : public Model {
     } else {
       g = l.proj[kGate](hs), up = l.proj[kUp](hs);
     }
-    at::Tensor m = (variant_.gemma ? at::gelu(g, "tanh") : at::silu(g)) * up;
+    return mlp_out(l, i, (variant_.gemma ? at::gelu(g, "tanh") : at::silu(g)) * up, st);
+  }
+
+  // The FFN channels m through their gates into the down projection.
+  at::Tensor mlp_out(const LlamaLayer& l, int64_t i, at::Tensor m, const Step& st) const {
+    const GateValues* gates = st.gates;
     if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
     if (st.imp && st.imp->ffn.defined()) st.imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
     return branch_out(l.proj[kDown](m), gates && gates->mlp_out.defined() ? gates->mlp_out[i] : at::Tensor(),
@@ -579,7 +677,8 @@ class LlamaModel final : public Model {
   Variant variant_;
   at::ScalarType dtype_ = at::kFloat;
   double eps_ = 1e-6;
-  double rope_scaling_ = 1.0;  // longrope's scale of cos and sin
+  double rope_scaling_ = 1.0;   // longrope's scale of cos and sin
+  at::Tensor final_norm_bias_;  // gpt_neox
   at::Tensor inv_freq_, local_inv_freq_, embed_, final_norm_, lm_head_;
   std::vector<LlamaLayer> layers_;
 };
@@ -594,8 +693,9 @@ ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
   t.kv_groups = true;
   t.hidden_is_heads = false;
   // LlamaConfig and Gemma3TextConfig validate hidden_size % heads.
-  t.hidden_multiple_of_heads = type_ == "llama" || type_ == "gemma3_text";
+  t.hidden_multiple_of_heads = type_ == "llama" || type_ == "gemma3_text" || type_ == "gpt_neox";
   t.hidden_is_heads = a.head_dim_from_hidden;
+
   t.rope = true;
   t.causal = true;
   t.drop_layers = true;  // num_hidden_layers is free; no per-layer setting but layer_types
@@ -606,8 +706,13 @@ ShapeTraits LlamaAdapter::traits(const ArchSummary& a) const {
   t.qk_norm = a.qk_norm;
   // input_layernorm, post_attention_layernorm (RMSNorm: a weight); Gemma 3 adds pre_ and post_feedforward_layernorm.
   t.norm_vectors = type_ == "gemma3_text" ? 4 : 2;
+  if (type_ == "gpt_neox") {
+    t.kv_groups = false;  // every head has its own key and value, interleaved with its query
+    t.mlp_matrices = 2;   // dense_h_to_4h, dense_4h_to_h
+    t.norm_vectors = 4;   // two LayerNorms, weight and bias
+  }
   // Embedding, the LM head unless tied, the final RMSNorm.
-  t.outer_h1 = static_cast<double>(a.vocab_size * (a.tied_embeddings ? 1 : 2) + 1);
+  t.outer_h1 = static_cast<double>(a.vocab_size * (a.tied_embeddings ? 1 : 2) + (type_ == "gpt_neox" ? 2 : 1));
   t.embedding_h1 = static_cast<double>(a.vocab_size);  // the token embedding (a tied head with it)
   t.after.push_back({1, 0, 0, a.vocab_size});          // LM head over every token
   return t;
@@ -638,6 +743,7 @@ nlohmann::json LlamaAdapter::pruned_config(const nlohmann::json& config, const P
     }
   }
   nlohmann::json c = ModelAdapter::pruned_config(in, plan);
+  if (type_ == "gpt_neox") return c;  // head size: hidden_size / num_attention_heads
   c["num_key_value_heads"] = plan.chosen.shape.kv_heads;
   c["head_dim"] = plan.chosen.shape.head_dim;
   return c;

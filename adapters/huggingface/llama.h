@@ -12,7 +12,8 @@ namespace hawada {
 /// Gemma3ForCausalLM.
 class LlamaAdapter final : public ModelAdapter {
  public:
-  static constexpr const char* kModelTypes[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"};
+  static constexpr const char* kModelTypes[] = {"llama",       "mistral", "qwen2",   "qwen3",
+                                                "gemma3_text", "phi3",    "gpt_neox"};
   explicit LlamaAdapter(std::string_view model_type) : type_(model_type) {}
   std::string_view model_type() const override { return type_; }
   ArchSummary summarize(const nlohmann::json& config, const std::filesystem::path& config_file) const override;

@@ -90,12 +90,13 @@ ArchSummary summarize_llama_family_config(const std::string& type, const nlohman
                                           const std::filesystem::path& file) {
   ArchSummary s;
   s.model_type = type;
-  s.architecture = cf::architecture(config, type == "llama"     ? "LlamaForCausalLM"
-                                            : type == "mistral" ? "MistralForCausalLM"
-                                            : type == "qwen2"   ? "Qwen2ForCausalLM"
-                                            : type == "qwen3"   ? "Qwen3ForCausalLM"
-                                            : type == "phi3"    ? "Phi3ForCausalLM"
-                                                                : "Gemma3ForCausalLM");
+  s.architecture = cf::architecture(config, type == "llama"      ? "LlamaForCausalLM"
+                                            : type == "mistral"  ? "MistralForCausalLM"
+                                            : type == "qwen2"    ? "Qwen2ForCausalLM"
+                                            : type == "qwen3"    ? "Qwen3ForCausalLM"
+                                            : type == "phi3"     ? "Phi3ForCausalLM"
+                                            : type == "gpt_neox" ? "GPTNeoXForCausalLM"
+                                                                 : "Gemma3ForCausalLM");
   s.layers = cf::integer(config, "num_hidden_layers", file, nullptr, false, kMaxLayers);
   s.hidden = cf::integer(config, "hidden_size", file, nullptr, false, kMaxHidden);
   s.heads = cf::integer(config, "num_attention_heads", file, nullptr, false, kMaxHeads);
@@ -105,6 +106,14 @@ ArchSummary summarize_llama_family_config(const std::string& type, const nlohman
   // Qwen3Config's head_dim defaults to 128, Gemma3TextConfig's to 256; the others derive it from hidden_size / heads.
   const int64_t default_head_dim = type == "qwen3" ? 128 : type == "gemma3_text" ? 256 : s.hidden / s.heads;
   s.head_dim = cf::integer(config, "head_dim", file, &default_head_dim, false, kMaxHeadDim);
+  if (type == "gpt_neox") {  // GPTNeoXAttention: head size hidden_size / heads, whatever else the config says
+    if (s.hidden % s.heads != 0)
+      throw CheckpointError("'" + file.string() + "': hidden_size " + std::to_string(s.hidden) +
+                            " is not a multiple of num_attention_heads " + std::to_string(s.heads));
+    s.head_dim = s.hidden / s.heads, s.kv_heads = s.heads, s.head_dim_from_hidden = true;
+    s.qkv_bias = s.out_bias = cf::boolean(config, "attention_bias", file, true);
+    s.mlp_bias = true;  // GPTNeoXMLP's two nn.Linear
+  }
   // Every config class of the family but Gemma 3's defaults to untied embeddings.
   s.tied_embeddings = cf::boolean(config, "tie_word_embeddings", file, type == "gemma3_text");
   if (type == "llama") {

@@ -196,6 +196,42 @@ json phi3_config(const std::string& preset) {
   return c;
 }
 
+// GPT-NeoX (GPTNeoXForCausalLM: Pythia): Pythia-160M and -1B as EleutherAI's configs give them; tiny for tests.
+json gpt_neox_config(const std::string& preset) {
+  struct Size {
+    int64_t vocab, hidden, layers, heads;
+  };
+  Size z;
+  if (preset == "tiny")
+    z = {512, 64, 2, 4};
+  else if (preset == "pythia-160m")
+    z = {50304, 768, 12, 12};
+  else if (preset == "pythia-1b")
+    z = {50304, 2048, 16, 8};
+  else
+    throw UsageError("--preset '" + preset + "' is not a gpt_neox preset (tiny, pythia-160m, pythia-1b)");
+  const bool tiny = preset == "tiny";
+  return {{"architectures", {"GPTNeoXForCausalLM"}},
+          {"model_type", "gpt_neox"},
+          {"vocab_size", z.vocab},
+          {"hidden_size", z.hidden},
+          {"intermediate_size", 4 * z.hidden},
+          {"num_hidden_layers", z.layers},
+          {"num_attention_heads", z.heads},
+          {"hidden_act", "gelu"},
+          {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.25}}},
+          {"max_position_embeddings", tiny ? 256 : 2048},
+          {"layer_norm_eps", 1e-5},
+          {"use_parallel_residual", true},
+          {"attention_bias", true},
+          {"tie_word_embeddings", false},
+          {"initializer_range", tiny ? 0.1 : 0.02},
+          {"bos_token_id", 0},
+          {"eos_token_id", 0},
+          {"dtype", tiny ? "float32" : "float16"},
+          {"torch_dtype", tiny ? "float32" : "float16"}};
+}
+
 json vit_config(const std::string& preset) {
   json c;
   if (preset == "tiny")
@@ -264,14 +300,18 @@ void make_model(const std::string& arch_name, const std::string& preset, int64_t
     config = gemma3_config(preset);
   else if (arch_name == "phi3")
     config = phi3_config(preset);
+  else if (arch_name == "gpt_neox")
+    config = gpt_neox_config(preset);
   else
-    throw UsageError("--arch must be llama, gemma3_text, phi3, vit or bert, got '" + arch_name + "'");
+    throw UsageError("--arch must be llama, gemma3_text, phi3, gpt_neox, vit or bert, got '" + arch_name + "'");
   // The weights from the architecture's role table: every weight its config implies, with its shape.
   const ModelAdapter& adapter = adapter_for(config, out_dir / "config.json");
   ArchSummary arch = adapter.summarize(config, out_dir / "config.json");
   arch.pooler = arch.num_labels == 0;  // as transformers saves a bare encoder (BertModel, ViTModel): with its pooler
   auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
-  const at::ScalarType dtype = config["dtype"] == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType dtype = config["dtype"] == "bfloat16"  ? at::kBFloat16
+                               : config["dtype"] == "float16" ? at::kHalf
+                                                              : at::kFloat;
   const auto weights = adapter.roles().random_weights(arch, config["initializer_range"].get<double>(), dtype, gen,
                                                       adapter.weight_prefixes().front());
   publish_directory(out_dir, [&](const fs::path& tmp) {

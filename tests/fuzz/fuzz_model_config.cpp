@@ -20,7 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (j.is_discarded() || !j.is_object()) return 0;
   // Every reader: the LLaMA family's (one per model_type: windows, head_dim defaults, Gemma's layer kinds,
   // Phi-3's LongRoPE detection differ), ViT's, BERT's.
-  for (const char* type : {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "vit", "bert"}) {
+  for (const char* type : {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt_neox", "vit", "bert"}) {
     try {
       const std::string_view t(type);
       const hawada::ArchSummary s = t == "vit"    ? hawada::summarize_vit_config(j, "fuzz/config.json")

@@ -1,4 +1,4 @@
-"""The LLaMA-family adapters (mistral, qwen2, qwen3, gemma3_text, phi3) against transformers' own models, like LLaMA's:
+"""The LLaMA-family adapters (mistral, qwen2, qwen3, gemma3_text, phi3, gpt_neox) against transformers' own models, like LLaMA's:
 logits in fp32 and bf16 (padded and not), parameter counts, keep-all export byte for byte, and a pruned
 pipeline run whose export loads with from_pretrained (no missing, unexpected or mismatched keys) and
 computes what our forward of it computes. Mistral's sliding window is exact within the window and
@@ -58,6 +58,15 @@ FAMILY = {
                            rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.5, 2.0, 3.0],
                                          "long_factor": [2.0, 3.0, 4.0, 5.0]},
                            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # q, k, v interleaved per head in query_key_value, LayerNorms with biases, a parallel residual, a quarter
+    # of each head rotated, GeLU MLP with biases, untied head.
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
+                 dict(num_attention_heads=4, rotary_pct=0.25, use_parallel_residual=True, bos_token_id=0,
+                      eos_token_id=0)),
+    # The sequential residual, no attention biases, half of each head rotated, a RoPE base of its own.
+    "gpt_neox_sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
+                            dict(num_attention_heads=8, rotary_pct=0.5, rotary_emb_base=500.0,
+                                 use_parallel_residual=False, attention_bias=False, bos_token_id=0, eos_token_id=0)),
 }
 
 
@@ -77,7 +86,7 @@ def make(path, name, dtype=torch.float32):
     offset = 0 if config.model_type == "gemma3_text" else 1
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
+            if n.endswith("norm.weight") or n.endswith("layernorm.weight") or n.endswith("layer_norm.weight"):
                 p.copy_(offset + 0.3 * torch.randn_like(p))
             elif n.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
@@ -131,22 +140,36 @@ def test_phi3_beyond_longrope_original_max_is_refused(tmp_path, cli):
     assert p.returncode != 0 and "exceed original_max_position_embeddings 128" in p.stderr, p.stderr
 
 
+def test_gpt_neox_head_stored_as_lm_head(tmp_path, cli):
+    """transformers stores GPT-NeoX's head as embed_out.weight (its module is lm_head, mapped on load and save);
+    a checkpoint holding lm_head.weight instead is read too, and an export keeps the name it was given."""
+    from safetensors.torch import load_file, save_file
+    model = make(tmp_path / "model", "gpt_neox")
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    weights["lm_head.weight"] = weights.pop("embed_out.weight")
+    save_file(weights, tmp_path / "model" / "model.safetensors", metadata={"format": "pt"})
+    compare_causal_lm(cli, model, tmp_path / "model", tmp_path, "fp32", "gpt_neox")
+    cli("export", "--keep-all", tmp_path / "model", tmp_path / "export")
+    assert "lm_head.weight" in tensors_of(tmp_path / "export")
+
+
 def test_unknown_model_type_lists_the_supported_ones(tmp_path, cli):
     make(tmp_path / "model", "qwen2")
     cfg = json.load(open(tmp_path / "model" / "config.json"))
-    cfg["model_type"] = "gpt_neox"
+    cfg["model_type"] = "gpt2"
     json.dump(cfg, open(tmp_path / "model" / "config.json", "w"))
     p = cli("inspect", tmp_path / "model", check=False)
     assert p.returncode != 0
-    assert "unsupported model_type 'gpt_neox'" in p.stderr
-    assert "bert, gemma3_text, llama, mistral, phi3, qwen2, qwen3, vit" in p.stderr, p.stderr
+    assert "unsupported model_type 'gpt2'" in p.stderr
+    assert "bert, gemma3_text, gpt_neox, llama, mistral, phi3, qwen2, qwen3, vit" in p.stderr, p.stderr
 
 
 SEQ = 16
 
 
 @pytest.mark.parametrize("variant,hidden", [("qwen2", True), ("qwen3", False), ("mistral", True), ("gemma3", True),
-                                            ("gemma3_softcap", False), ("phi3", True), ("phi3_longrope", True)])
+                                            ("gemma3_softcap", False), ("phi3", True), ("phi3_longrope", True),
+                                            ("gpt_neox", True), ("gpt_neox_sequential", False)])
 def test_pruned_export_loads_and_matches(tmp_path, cli, mpirun, variant, hidden):
     make(tmp_path / "model", variant)
     np.random.default_rng(0).integers(0, VOCAB, size=48 * SEQ).astype(np.uint16).tofile(tmp_path / "tokens.bin")
@@ -190,7 +213,8 @@ steps = 4
     assert plan["cost_ratio"] <= 0.6
     written = json.load(open(export / "config.json"))
     assert written["model_type"] == model_type(variant)
-    assert written["num_attention_heads"] == plan["num_attention_heads"] and written["head_dim"] == plan["head_dim"]
+    head_dim = written.get("head_dim", written["hidden_size"] // written["num_attention_heads"])  # gpt_neox: derived
+    assert written["num_attention_heads"] == plan["num_attention_heads"] and head_dim == plan["head_dim"]
     model = assert_loads_cleanly(transformers.AutoModelForCausalLM, export)
     assert sum(p.numel() for p in model.parameters()) == plan["parameters"]
     ids = torch.from_numpy(np.fromfile(tmp_path / "tokens.bin", dtype=np.uint16).astype(np.int64).reshape(-1, SEQ)[-8:])

@@ -34,7 +34,7 @@ def ours(cli, model_dir, tmp_path, inputs, output="logits"):
 
 
 @pytest.mark.parametrize("arch,preset", [("llama", "tiny"), ("gemma3_text", "tiny"), ("gemma3_text", "gemma-3-270m"),
-                                         ("phi3", "tiny"), ("vit", "tiny"), ("vit", "vit-base-patch16-224"), ("bert", "tiny")])
+                                         ("phi3", "tiny"), ("gpt_neox", "tiny"), ("vit", "tiny"), ("vit", "vit-base-patch16-224"), ("bert", "tiny")])
 def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, preset):
     out = tmp_path / "model"
     cli("make-model", "--arch", arch, "--preset", preset, "--seed", "3", out)
@@ -50,7 +50,7 @@ def test_make_model_loads_in_transformers_and_matches(cli, tmp_path, arch, prese
             output = "last_hidden_state"
             with torch.no_grad():
                 theirs = model(input_ids=ids).last_hidden_state
-        elif arch in ("llama", "gemma3_text", "phi3"):
+        elif arch in ("llama", "gemma3_text", "phi3", "gpt_neox"):
             ids = torch.from_numpy(f["input_ids"][:]).long()
             model = loaded(transformers.AutoModelForCausalLM, out)
             assert ids.shape == (3, 12) and 0 <= ids.min() and ids.max() < model.config.vocab_size
@@ -85,7 +85,7 @@ def test_make_model_rejects_unknown_preset(cli, tmp_path):
 
 
 def recipe_arch(name):
-    for key, arch in (("vit", "vit"), ("minilm", "bert"), ("gemma", "gemma3_text"), ("phi", "phi3")):
+    for key, arch in (("vit", "vit"), ("minilm", "bert"), ("gemma", "gemma3_text"), ("phi", "phi3"), ("pythia", "gpt_neox")):
         if key in name:
             return arch
     return "llama"

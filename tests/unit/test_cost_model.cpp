@@ -202,6 +202,14 @@ TEST(CostModel, RoleTablesCountWhatTheCostModelCounts) {
   configs.push_back({phi3, false});
   phi3["rope_scaling"] = {{"type", "longrope"}, {"short_factor", std::vector<double>(8, 1.0)}};
   configs.push_back({phi3, false});
+  json neox = llama;  // per-head query_key_value, LayerNorms with biases, two MLP matrices
+  neox["model_type"] = "gpt_neox";
+  neox["num_key_value_heads"] = 6;
+  neox["head_dim"] = 16;
+  configs.push_back({neox, false});
+  neox["attention_bias"] = false;
+  neox["tie_word_embeddings"] = true;
+  configs.push_back({neox, false});
   json biased = llama;
   biased["attention_bias"] = true;
   biased["mlp_bias"] = true;
