@@ -43,6 +43,12 @@ at::Tensor Model::decode(const at::Tensor&, KvCache&) const {
   throw UsageError("this model does not decode token by token (not a causal language model)");
 }
 
+std::pair<Projection, Projection> Model::output_projections(int64_t) const {
+  throw UsageError(
+      "calibrate.reconstruct: refitting the output projections is implemented for the LLaMA-family causal LMs "
+      "(llama, gemma3_text, phi3, gpt_neox), not for this architecture: set calibrate.reconstruct = false");
+}
+
 const ModelAdapter& adapter_for(const nlohmann::json& config, const std::filesystem::path& config_file) {
   auto it = config.find("model_type");
   if (it == config.end() || !it->is_string()) fail(config_file, "model_type", "missing or not a string");

@@ -23,6 +23,20 @@ struct ActivationImportance {
   int64_t tokens = 0;  ///< tokens seen (every position of every sequence)
 };
 
+/// What one layer's output projections read, before their gates, as a forward pass computed it: the data
+/// calibrate's reconstruction refits those projections on (training/reconstruct.h).
+struct ProjectionInputs {
+  int64_t layer = -1;  ///< the layer captured; the forward pass stops after it (its result is then not the model's)
+  at::Tensor heads;    ///< [B, L, heads x head_dim]: the attention output before the head gates and o_proj
+  at::Tensor ffn;      ///< [B, L, intermediate]: the FFN channels before their gates and the down projection
+};
+
+/// A layer's output projection (attention output, MLP down) as the model holds it: weight [out, in] and bias
+/// (undefined: none). The model's own tensors: changing them in place changes the model.
+struct Projection {
+  at::Tensor weight, bias;
+};
+
 /// Gate multipliers for one forward pass; an undefined tensor means "no gate of that kind".
 struct GateValues {
   at::Tensor heads;   ///< [layers, query heads]: scales each head's attention output before the output projection
@@ -36,6 +50,7 @@ struct GateValues {
   /// projection's rows (and bias).
   at::Tensor attn_out, mlp_out;
   ActivationImportance* importance = nullptr;  ///< when set, the forward pass adds to it
+  ProjectionInputs* capture = nullptr;         ///< when set, the forward pass fills it (and stops at its layer)
 };
 
 /// The keys and values of the tokens a causal LM has seen, per layer: what generate() keeps between
@@ -80,6 +95,10 @@ class Model {
   /// holds (positions cache.length ...), extending the cache with them: a prefill when the cache is
   /// empty, a decode step for one token. No gates, no padding. UsageError for models that do not decode.
   virtual at::Tensor decode(const at::Tensor& ids, KvCache& cache) const;
+  /// Layer `layer`'s attention-output and MLP-down projections (see Projection), for the reconstruction
+  /// that refits them; a forward pass with GateValues::capture must be supported too. UsageError for the
+  /// architectures that do not offer it.
+  virtual std::pair<Projection, Projection> output_projections(int64_t layer) const;
   /// Compute dtype of the forward pass.
   virtual at::ScalarType dtype() const = 0;
   /// The weights the forward pass uses, by Hugging Face name (a tied LM head appears once, as the

@@ -5,6 +5,7 @@
     python bench/quality_reference.py generate MODEL_DIR [--prompt TEXT]
     python bench/quality_reference.py speed DENSE_DIR [MODEL_DIR ...] [--prompt 256] [--new 64] [--threads 2]
     python bench/quality_reference.py kl TEACHER_DIR MODEL_DIR TOKENS.h5 [--samples N]
+    python bench/quality_reference.py refit DENSE_DIR MODEL_DIR CALIB.h5 OUT_DIR [--calib-windows 64]
 
 ppl: held-out NLL / perplexity of a model on token windows (every next-token prediction inside each
 window), in fp32.
@@ -22,6 +23,11 @@ inputs (activation) or by the embedding column norm (magnitude). A shape with fe
 (num_hidden_layers) drops blocks first: activation by ShortGPT's block influence (the blocks whose
 output is most like their input, mean 1 - cos over the calibration tokens, go), magnitude by the last
 blocks; then widths are chosen within the kept blocks.
+
+refit: what calibrate.reconstruct does, in transformers, for any pruned model of the same hidden size (a
+baseline's, for the baseline + refit row): first layer to last, o_proj and then down_proj are solved by
+ridge least squares (1e-4 x the mean diagonal) so that the kept heads' / channels' activations reproduce the
+dense projection of all of them on the pruned model's own inputs, over the first --calib-windows windows.
 
 kl: the mean over every position of the full-vocabulary KL(teacher || model), in fp32 (and the
 model's perplexity on the same windows).
@@ -288,6 +294,64 @@ def kl_cmd(a):
                       "kl": kl_sum / n, "ppl": math.exp(nll_mean)}))
 
 
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def _refit_one(model, ids, module, capture, proj):
+    """Runs `model` on `ids` up to `module` (capture(args, kwargs) -> (kept inputs, target) at it), then
+    solves the ridge least squares for proj's weight in place."""
+    g, c = 0, 0
+
+    def hook(mod, args, kwargs):
+        nonlocal g, c
+        a, y = capture(args, kwargs)
+        a, y = a.reshape(-1, a.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+        g, c = g + a.T @ a, c + a.T @ y
+        raise _Stop()
+    h = module.register_forward_pre_hook(hook, with_kwargs=True)
+    for i in range(0, ids.shape[0], 8):
+        try:
+            model(input_ids=ids[i:i + 8])
+        except _Stop:
+            pass
+    h.remove()
+    g = g + 1e-4 * g.diagonal().mean() * torch.eye(g.shape[0], dtype=torch.float64)
+    proj.weight.copy_(torch.linalg.solve(g, c).T.to(proj.weight.dtype))
+
+
+def refit_cmd(a):
+    dense, model = load(a.dense), load(a.model)
+    assert dense.config.hidden_size == model.config.hidden_size, "refit: the hidden size must be the dense one's"
+    ids = windows(a.calib, 0, a.calib_windows)
+    assert model.config.num_hidden_layers == dense.config.num_hidden_layers, "refit: every layer kept"
+    for sl, dl in zip(model.model.layers, dense.model.layers):
+        held = {}
+        pre = sl.self_attn.o_proj.register_forward_pre_hook(lambda m, x: held.update(a=x[0]))
+
+        def attn(args, kwargs, sl=sl, dl=dl):
+            sl.self_attn.forward(*args, **kwargs)  # .forward skips this module's hooks; o_proj's fills held["a"]
+            return held["a"], dl.self_attn(*args, **kwargs)[0]
+        _refit_one(model, ids, sl.self_attn, attn, sl.self_attn.o_proj)
+        pre.remove()
+
+        def mlp(args, kwargs, sl=sl, dl=dl):
+            x = args[0] if args else kwargs["hidden_states"]
+            return sl.mlp.act_fn(sl.mlp.gate_proj(x)) * sl.mlp.up_proj(x), dl.mlp(x)
+        _refit_one(model, ids, sl.mlp, mlp, sl.mlp.down_proj)
+    tmp = a.out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    for side in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"):
+        if os.path.exists(os.path.join(a.model, side)):
+            shutil.copy(os.path.join(a.model, side), tmp)
+    shutil.rmtree(a.out, ignore_errors=True)
+    os.replace(tmp, a.out)
+    print(json.dumps({"refit": a.model, "out": a.out, "windows": ids.shape[0]}))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -308,8 +372,12 @@ def main():
     k = sub.add_parser("kl")
     k.add_argument("teacher"), k.add_argument("model"), k.add_argument("tokens")
     k.add_argument("--samples", type=int, default=0)
+    r = sub.add_parser("refit")
+    r.add_argument("dense"), r.add_argument("model"), r.add_argument("calib"), r.add_argument("out")
+    r.add_argument("--calib-windows", type=int, default=64)
     a = p.parse_args()
-    {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd, "speed": speed_cmd, "kl": kl_cmd}[a.cmd](a)
+    {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd, "speed": speed_cmd, "kl": kl_cmd,
+     "refit": refit_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

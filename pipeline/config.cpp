@@ -176,6 +176,8 @@ constexpr Key kCalibrate[] = {
     {"grad_accum", at<&Config::calibrate, &CalibrateConfig::grad_accum>, at_least(0)},
     {"output_scales", at<&Config::calibrate, &CalibrateConfig::output_scales>},
     {"checkpoint_every", at<&Config::calibrate, &CalibrateConfig::checkpoint_every>, at_least(1)},
+    {"reconstruct", at<&Config::calibrate, &CalibrateConfig::reconstruct>},
+    {"reconstruct_samples", at<&Config::calibrate, &CalibrateConfig::reconstruct_samples>, at_least(1)},
 };
 constexpr Key kExport[] = {
     {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},

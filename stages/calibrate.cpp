@@ -17,6 +17,7 @@
 #include "core/base/process.h"
 #include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
+#include "training/reconstruct.h"
 
 namespace hawada {
 namespace {
@@ -64,13 +65,19 @@ FitOptions stage_fit_options(const Config& c) {
   return o;
 }
 
+// The held-out samples calibrate measures on (those export verifies on): up to 16 after the training samples.
+std::vector<int64_t> heldout_samples(const DistillData& data) {
+  std::vector<int64_t> held;
+  for (int64_t s = data.train_samples(); s < data.samples() && held.size() < 16; ++s) held.push_back(s);
+  return held;
+}
+
 // summary.json: the steps and, with held-out samples, the held-out KL of the 0/1-mask student and of the
 // calibrated one (on the samples export verifies on), which is logged. Collective.
 nlohmann::json calibration_summary(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
                                    const DistillData& data, const at::Device& device, Communicator& comm) {
   const CalibrateConfig& k = c.calibrate;
-  std::vector<int64_t> held;
-  for (int64_t s = data.train_samples(); s < data.samples() && held.size() < 16; ++s) held.push_back(s);
+  const std::vector<int64_t> held = heldout_samples(data);
   nlohmann::json summary{{"steps", k.steps}, {"output_scales", k.output_scales}};
   if (!held.empty()) {
     const double before = student_kl(c, dense, plan, Scales::ones(plan), data, held, device, comm);
@@ -84,6 +91,87 @@ nlohmann::json calibration_summary(const Config& c, const LoadedModel& dense, co
                     held.size(), before, after));
   }
   return summary;
+}
+
+// This rank's share of the first calibrate.reconstruct_samples training samples, in micro-batches on `device`.
+std::vector<Batch> reconstruct_batches(const Config& c, const DistillData& data, int64_t micro_batch,
+                                       const at::Device& device) {
+  const auto& proc = process_info();
+  const int64_t n = std::min(c.calibrate.reconstruct_samples, data.train_samples());
+  std::vector<int64_t> mine;
+  for (int64_t s = proc.rank; s < n; s += proc.size) mine.push_back(s);
+  std::vector<Batch> out;
+  for (size_t i = 0; i < mine.size(); i += static_cast<size_t>(micro_batch)) {
+    const std::vector<int64_t> b(mine.begin() + static_cast<std::ptrdiff_t>(i),
+                                 mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), i + micro_batch)));
+    out.push_back(data.batch(b, device));
+  }
+  return out;
+}
+
+// The gated dense model (refitted in place) must compute what its slice computes: checked on one held-out
+// sample (or the first), in fp32, before anything is published.
+void check_slice(const Model& gated, const GateValues& gates, const Model& slice, const DistillData& data,
+                 const at::Device& device) {
+  const Batch b = data.batch({data.samples() > data.train_samples() ? data.train_samples() : 0}, device);
+  const at::Tensor want = slice.logits(b).to(at::kDouble), got = gated.logits(b, &gates).to(at::kDouble);
+  const double rel = (want - got).norm().item<double>() / std::max(want.norm().item<double>(), 1e-300);
+  if (!(rel <= 1e-4))
+    throw CheckpointError(
+        "calibrate.reconstruct: the slice of the refitted weights differs from the refitted "
+        "gated model by " +
+        std::to_string(rel) + " (relative L2); nothing is published");
+}
+
+// calibrate.reconstruct (training/reconstruct.h) after the scales: the refitted student's tensors into
+// `file` (rank 0) when it lowers the held-out KL of the calibrated student (`calibrated_kl`; NaN: none
+// measured), else no file. Returns summary.json's "reconstruct". Collective.
+nlohmann::json reconstruct(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
+                           const DistillData& data, double calibrated_kl, const fs::path& file,
+                           const std::string& fingerprint, const at::Device& device, Communicator& comm) {
+  const auto t0 = Clock::now();
+  const auto model = dense.adapter->load(dense.checkpoint, {at::kFloat, device});
+  GateValues gates = student_gates(plan, scales);
+  for (at::Tensor* t : {&gates.heads, &gates.ffn, &gates.hidden, &gates.layers, &gates.attn_out, &gates.mlp_out})
+    if (t->defined()) *t = t->to(device).clone();
+  const int64_t micro = std::max<int64_t>(1, stage_fit_options(c).micro_batch);
+  const ReconstructStats st =
+      reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), 1e-4, comm);
+  // The refitted dense weights, sliced to the plan (the gates now only 0/1 on what was refitted).
+  std::vector<safetensors::NamedTensor> named;
+  for (const auto& [name, w] : model->named_weights()) named.push_back({name, w.detach().cpu()});
+  for (const std::string& name : dense.checkpoint.tensor_names())  // a stored copy of a tied head
+    if (std::none_of(named.begin(), named.end(), [&](const auto& t) { return t.name == name; }))
+      named.push_back({name, dense.checkpoint.tensor(name).to(at::kFloat)});
+  GateValues folds = gates;
+  for (at::Tensor* t : {&folds.heads, &folds.ffn, &folds.hidden, &folds.layers, &folds.attn_out, &folds.mlp_out})
+    if (t->defined()) *t = t->cpu();
+  const HfCheckpoint refit = HfCheckpoint::in_memory(dense.checkpoint.config(), named, file);
+  std::vector<safetensors::NamedTensor> tensors = dense.adapter->prune_weights(refit, plan, folds, at::kFloat);
+  const HfCheckpoint slice_ckpt =
+      HfCheckpoint::in_memory(dense.adapter->pruned_config(dense.checkpoint.config(), plan), tensors, file);
+  const auto slice = dense.adapter->load(slice_ckpt, {at::kFloat, device});
+  check_slice(*model, gates, *slice, data, device);
+  const std::vector<int64_t> held = heldout_samples(data);
+  const double kl = held.empty() ? NAN : model_kl(c, *slice, plan, data, held, device, comm);
+  const bool keep = held.empty() || (std::isfinite(kl) && !(kl >= calibrated_kl));
+  log::info(
+      fmt::format("calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in "
+                  "{:.1f} s; held-out KL {:.4f} ({} the calibrated {:.4f}): {}",
+                  st.projections, st.tokens, since(t0), kl, kl < calibrated_kl ? "below" : "not below", calibrated_kl,
+                  keep ? "the student starts from the refitted weights" : "not kept"));
+  if (keep && process_info().rank == 0) {
+    for (const auto& t : tensors)
+      if (!at::isfinite(t.tensor).all().item<bool>())
+        throw NumericError("calibrate.reconstruct: tensor '" + t.name +
+                           "' holds non-finite values; nothing is published");
+    safetensors::write_file(file, tensors, {{"fingerprint", fingerprint}});
+  }
+  return {{"samples", std::min(c.calibrate.reconstruct_samples, data.train_samples())},
+          {"tokens", st.tokens},
+          {"projections", st.projections},
+          {"heldout_kl_reconstructed", std::isfinite(kl) ? nlohmann::json(kl) : nlohmann::json()},
+          {"kept", keep}};
 }
 
 }  // namespace
@@ -159,9 +247,14 @@ Scales fit_scales(const Config& c, const LoadedModel& dense, const Plan& plan, c
 double student_kl(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
                   const DistillData& data, const std::vector<int64_t>& samples, const at::Device& device,
                   Communicator& comm) {
-  const auto& proc = process_info();
   const HfCheckpoint ckpt = pruned_checkpoint(dense, plan, scales);
   const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
+  return model_kl(c, *model, plan, data, samples, device, comm);
+}
+
+double model_kl(const Config& c, const Model& model, const Plan& plan, const DistillData& data,
+                const std::vector<int64_t>& samples, const at::Device& device, Communicator& comm) {
+  const auto& proc = process_info();
   double sum = 0, tokens = 0;
   for (size_t i = static_cast<size_t>(proc.rank); i < samples.size(); i += static_cast<size_t>(proc.size)) {
     const Batch batch = data.batch({samples[i]}, device);
@@ -169,7 +262,7 @@ double student_kl(const Config& c, const LoadedModel& dense, const Plan& plan, c
                      : batch.input_ids.defined()    ? static_cast<double>(batch.input_ids.numel())
                                                     : 1.0;
     sum +=
-        distill_loss(*model, batch, for_student(data.teacher({samples[i]}), plan), nullptr, c.train.kd_temperature) * n;
+        distill_loss(model, batch, for_student(data.teacher({samples[i]}), plan), nullptr, c.train.kd_temperature) * n;
     tokens += n;
   }
   at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
@@ -188,7 +281,7 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
   h.update(ctx.fingerprints.at(std::string(stage_names::rounding_search)));
   h.update(c10::toString(compute_dtype(c)));
   for (int64_t v : {k.steps, k.warmup, o.micro_batch, o.grad_accum * world, static_cast<int64_t>(k.output_scales),
-                    c.run.seed, c.train.holdout})
+                    c.run.seed, c.train.holdout, static_cast<int64_t>(k.reconstruct), k.reconstruct_samples})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
@@ -203,6 +296,10 @@ void CalibrateStage::run(const StageContext& ctx) {
   const at::Device device = run_device(c);
   const LoadedModel dense = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
+  if (k.reconstruct && dense.shape.traits.output != ModelOutput::token_logits)
+    throw ConfigError(c.source.string() + ": calibrate.reconstruct refits the output projections of causal LMs " +
+                      "(llama, gemma3_text, phi3, gpt_neox), not of this " + dense.arch.model_type +
+                      " model: set calibrate.reconstruct = false");
   FitOptions o = stage_fit_options(c);
   const RunLayout layout(ctx.run_dir);
   const fs::path dir = layout.calibrate();
@@ -224,7 +321,12 @@ void CalibrateStage::run(const StageContext& ctx) {
   } else {
     log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
   }
-  const nlohmann::json summary = calibration_summary(c, dense, plan, scales, data, device, *comm);
+  nlohmann::json summary = calibration_summary(c, dense, plan, scales, data, device, *comm);
+  if (proc.rank == 0) fs::remove(layout.reconstructed_weights());  // an earlier calibration's
+  world::barrier();
+  if (k.reconstruct)
+    summary["reconstruct"] = reconstruct(c, dense, plan, scales, data, summary.value("heldout_kl_calibrated", NAN),
+                                         layout.reconstructed_weights(), fingerprint_, device, *comm);
   for (const auto& t : scales.named())
     if (!at::isfinite(t.tensor).all().item<bool>())
       throw NumericError("calibrate: the fitted scales '" + t.name + "' hold non-finite values; nothing is published");

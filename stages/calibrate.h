@@ -11,6 +11,9 @@
 // Outputs (rank 0):
 //   <run_dir>/calibrate/scales.safetensors   heads [L, H], ffn [L, F], attn_out / mlp_out [L, D]
 //                                            (dense indices; 0 where the plan removes a structure)
+//   <run_dir>/calibrate/weights.safetensors  calibrate.reconstruct: the pruned student's tensors in fp32 after the
+//                                            least-squares refit of its output projections (training/reconstruct.h),
+//                                            when it lowered the held-out KL; heal and export start from them
 //   <run_dir>/calibrate/metrics.jsonl        one line per step
 //   <run_dir>/calibrate/checkpoints/step-N/  the scales and Adam moments (the newest only)
 #pragma once
@@ -51,6 +54,10 @@ Scales fit_scales(const Config& config, const LoadedModel& dense, const Plan& pl
 double student_kl(const Config& config, const LoadedModel& dense, const Plan& plan, const Scales& scales,
                   const DistillData& data, const std::vector<int64_t>& samples, const at::Device& device,
                   Communicator& comm);
+
+/// The same for a loaded student `model` (the plan's shape).
+double model_kl(const Config& config, const Model& model, const Plan& plan, const DistillData& data,
+                const std::vector<int64_t>& samples, const at::Device& device, Communicator& comm);
 
 /// The calibrate stage.
 class CalibrateStage final : public Stage {

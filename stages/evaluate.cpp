@@ -300,7 +300,9 @@ void measure_quality(json& result, const StageContext& ctx, const LoadedModel& l
       evaluate_quality(*teacher, *student, *s.data, s.first, s.count, device, lm.shape.traits.output, plan.hidden);
   // Healed runs: the unhealed student (the calibrated slice) beside it.
   if (fs::exists(layout.healed_weights())) {
-    const HfCheckpoint unhealed = pruned_checkpoint(lm, plan, Scales::read(layout.scales(), plan));
+    const HfCheckpoint unhealed =
+        student_checkpoint(lm, plan, Scales::read(layout.scales(), plan), layout.reconstructed_weights(),
+                           ctx.fingerprints.at(std::string(stage_names::calibrate)));
     const auto model = lm.adapter->load(unhealed, {at::kFloat, device});
     result["unhealed"] =
         evaluate_quality(*teacher, *model, *s.data, s.first, s.count, device, lm.shape.traits.output, plan.hidden);

@@ -94,10 +94,11 @@ Distance distance(const std::vector<at::Tensor>& want, const std::vector<at::Ten
 
 nlohmann::json finite_json(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json("non-finite"); }
 
-// The tensors export writes: the plan's slice (a healed run: the healed weights) in the dtypes export.dtype asks for.
+// The tensors export writes: the plan's slice (a healed run: the healed weights; a run whose calibrate refitted the
+// output projections: the refitted weights) in the dtypes export.dtype asks for.
 struct Slice {
   std::vector<safetensors::NamedTensor> tensors;
-  std::unique_ptr<safetensors::Reader> healed_file;  // a healed run's weights (verify reads them again); else null
+  std::unique_ptr<safetensors::Reader> healed_file;  // healed or refitted weights (verify reads them again); else null
   at::ScalarType dtype = at::kFloat;                 // of the floating-point tensors
   bool healed() const { return healed_file != nullptr; }
 };
@@ -129,11 +130,15 @@ at::ScalarType to_export_dtype(std::vector<safetensors::NamedTensor>& tensors, E
 
 // The tensors to write (see Slice), on every rank.
 Slice slice_for_export(const Config& c, const LoadedModel& lm, const Plan& plan, const GateValues& student,
-                       const RunLayout& layout) {
+                       const RunLayout& layout, const std::string& calibration) {
   Slice out;
   out.tensors = lm.adapter->prune_weights(lm.checkpoint, plan, student);
-  if (c.heal.steps > 0) {
-    out.healed_file = std::make_unique<safetensors::Reader>(layout.healed_weights());
+  const fs::path trained = c.heal.steps > 0 ? layout.healed_weights()
+                           : has_reconstruction(layout.reconstructed_weights(), calibration)
+                               ? layout.reconstructed_weights()
+                               : fs::path();
+  if (!trained.empty()) {
+    out.healed_file = std::make_unique<safetensors::Reader>(trained);
     take_healed_weights(out.tensors, *out.healed_file);
   }
   break_slice_for_test(out.tensors, *lm.adapter, plan);
@@ -336,7 +341,7 @@ nlohmann::json judge(const Verification& v) {
       fmt::format("export: verify on {} {} samples (fp32): {}; the written tensors {}; the written export's "
                   "logits differ from the reference by {:.3g} (relative L2, the rounding to {}): {}",
                   v.samples, v.held_out ? "held-out" : "training",
-                  v.healed ? "healed weights" : fmt::format("slice = hard-gated student to {:.3g}", id_rel),
+                  v.healed ? "healed or refitted weights" : fmt::format("slice = hard-gated student to {:.3g}", id_rel),
                   v.bytes_mismatch.empty() ? "are the slice's exact values" : "DIFFER at '" + v.bytes_mismatch + "'",
                   round_rel, hf_dtype_name(v.dtype), passed ? "equal" : "DIFFERENT"));
   return verify;
@@ -411,7 +416,8 @@ void ExportStage::run(const StageContext& ctx) {
 
   // Slice (every rank: each needs the sizes for the shard plan, and its own shards' bytes).
   const auto t0 = Clock::now();
-  Slice slice = slice_for_export(c, lm, plan, student, layout);
+  Slice slice =
+      slice_for_export(c, lm, plan, student, layout, ctx.fingerprints.at(std::string(stage_names::calibrate)));
   const Shards shards = shard_plan(slice.tensors, c.export_.max_shard_size);
 
   // Write the partial directory: every rank its shards, then rank 0 the index, config.json and side files.

@@ -326,7 +326,8 @@ void HealStage::run(const StageContext& ctx) {
   const LoadedModel dense = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
   const Scales scales = Scales::read(layout.scales(), plan);
-  const HfCheckpoint ckpt = pruned_checkpoint(dense, plan, scales);
+  const HfCheckpoint ckpt = student_checkpoint(dense, plan, scales, layout.reconstructed_weights(),
+                                               ctx.fingerprints.at(std::string(stage_names::calibrate)));
   const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
 
   // The trained weights (by kind) and their masters; everything else stays frozen.

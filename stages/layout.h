@@ -7,7 +7,8 @@
 //   <run_dir>/train/                        train_gates: metrics.jsonl, checkpoints/, gates.safetensors
 //   <run_dir>/gates/scores.safetensors      reduce_gates
 //   <run_dir>/plan/                         rounding_search: plan.json, candidates.csv
-//   <run_dir>/calibrate/                    calibrate: metrics.jsonl, checkpoints/, scales.safetensors, summary.json
+//   <run_dir>/calibrate/                    calibrate: metrics.jsonl, checkpoints/, scales.safetensors, summary.json,
+//                                           weights.safetensors (calibrate.reconstruct)
 //   <run_dir>/heal/                         heal: metrics.jsonl, checkpoints/, weights.safetensors
 //   <run_dir>/export/                       export: <export.name>/, summary.json (failed-summary.json)
 //   <run_dir>/evaluate/evaluate.json        evaluate
@@ -61,6 +62,7 @@ class RunLayout {
   path calibrate() const { return dir_ / "calibrate"; }
   path scales() const { return calibrate() / "scales.safetensors"; }
   path calibrate_summary() const { return calibrate() / "summary.json"; }
+  path reconstructed_weights() const { return calibrate() / "weights.safetensors"; }
   path heal() const { return dir_ / "heal"; }
   path healed_weights() const { return heal() / "weights.safetensors"; }
   path export_dir() const { return dir_ / "export"; }

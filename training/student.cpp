@@ -10,6 +10,7 @@
 #include "core/base/process.h"
 #include "core/data/teacher_cache.h"
 #include "core/dist/device.h"
+#include "core/io/safetensors.h"
 #include "core/prune/slicing.h"
 
 namespace hawada {
@@ -341,6 +342,37 @@ HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const
   std::vector<safetensors::NamedTensor> tensors = dense.adapter->prune_weights(dense.checkpoint, plan, folds);
   nlohmann::json config = dense.adapter->pruned_config(dense.checkpoint.config(), plan);
   return HfCheckpoint::in_memory(std::move(config), tensors, dense.checkpoint.dir() / "(pruned in memory)");
+}
+
+bool has_reconstruction(const fs::path& reconstructed, const std::string& calibrate_fingerprint) {
+  if (!fs::exists(reconstructed)) return false;
+  const safetensors::Reader r(reconstructed);
+  const auto& meta = r.header().metadata;
+  auto it = meta.find("fingerprint");
+  return it != meta.end() && it->second == calibrate_fingerprint;
+}
+
+HfCheckpoint student_checkpoint(const LoadedModel& dense, const Plan& plan, const Scales& scales,
+                                const fs::path& reconstructed, const std::string& calibrate_fingerprint) {
+  HfCheckpoint slice = pruned_checkpoint(dense, plan, scales);
+  if (!fs::exists(reconstructed)) return slice;
+  if (!has_reconstruction(reconstructed, calibrate_fingerprint))
+    throw CheckpointError("'" + reconstructed.string() +
+                          "' was written by another calibration (its fingerprint differs): rerun calibrate");
+  const safetensors::Reader r(reconstructed);
+  std::vector<safetensors::NamedTensor> tensors;
+  for (const std::string& name : slice.tensor_names()) {
+    if (!r.contains(name)) throw CheckpointError("'" + reconstructed.string() + "' has no tensor '" + name + "'");
+    at::Tensor t = r.tensor(name);
+    const at::Tensor want = slice.tensor(name);
+    if (t.sizes() != want.sizes())
+      throw CheckpointError("'" + reconstructed.string() + "': tensor '" + name + "' has shape " + c10::str(t.sizes()) +
+                            ", the plan's slice " + c10::str(want.sizes()));
+    if (!at::isfinite(t).all().item<bool>())
+      throw NumericError("'" + reconstructed.string() + "': tensor '" + name + "' holds non-finite values");
+    tensors.push_back({name, t.clone()});  // fp32 as refitted; the reader's mapping closes
+  }
+  return HfCheckpoint::in_memory(slice.config(), tensors, reconstructed);
 }
 
 }  // namespace hawada

@@ -149,5 +149,13 @@ GateValues student_gates(const Plan& plan, const Scales& scales);
 /// The pruned model of `plan` in memory: the dense checkpoint sliced, `scales` folded into the output
 /// projections, its config.json with the plan's counts.
 HfCheckpoint pruned_checkpoint(const LoadedModel& dense, const Plan& plan, const Scales& scales);
+/// The student the stages after calibrate start from: calibrate.reconstruct's refitted weights when calibrate
+/// published them in `reconstructed` for the run's calibration (`calibrate_fingerprint`, in the file's
+/// metadata), else the calibrated slice (pruned_checkpoint). CheckpointError naming the file when it is not
+/// the pruned model's or belongs to another calibration.
+HfCheckpoint student_checkpoint(const LoadedModel& dense, const Plan& plan, const Scales& scales,
+                                const std::filesystem::path& reconstructed, const std::string& calibrate_fingerprint);
+/// Whether `reconstructed` holds refitted weights published by the calibration of `calibrate_fingerprint`.
+bool has_reconstruction(const std::filesystem::path& reconstructed, const std::string& calibrate_fingerprint);
 
 }  // namespace hawada

@@ -336,6 +336,11 @@ class LlamaModel final : public Model {
   }
 
   GateShape gate_shape() const override { return {arch_.layers, arch_.heads, arch_.ffn, arch_.hidden}; }
+  std::pair<Projection, Projection> output_projections(int64_t layer) const override {
+    HAWADA_ASSERT(layer >= 0 && layer < arch_.layers, "a layer of this model");
+    const LlamaLayer& l = layers_[static_cast<size_t>(layer)];
+    return {{l.proj[kO].weight, l.proj[kO].bias}, {l.proj[kDown].weight, l.proj[kDown].bias}};
+  }
   at::ScalarType dtype() const override { return dtype_; }
 
  private:
@@ -346,6 +351,7 @@ class LlamaModel final : public Model {
     const GateValues* gates = nullptr;
     KvCache* cache = nullptr;
     ActivationImportance* imp = nullptr;
+    ProjectionInputs* capture = nullptr;
   };
 
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& hidden_gate,
@@ -388,6 +394,7 @@ class LlamaModel final : public Model {
     Step st;
     st.B = ids.size(0), st.L = ids.size(1), st.past = cache ? cache->length : 0;
     st.gates = gates, st.cache = cache, st.imp = gates ? gates->importance : nullptr;
+    st.capture = gates ? gates->capture : nullptr;
     st.hidden_gate = gates ? gates->hidden : at::Tensor();
     std::tie(st.cos, st.sin) = rope_tables(inv_freq_, st.past, st.L);
     if (local_inv_freq_.defined()) std::tie(st.local_cos, st.local_sin) = rope_tables(local_inv_freq_, st.past, st.L);
@@ -411,6 +418,7 @@ class LlamaModel final : public Model {
         x = x + layers::gate_branch(mlp(l, i, norm_input(x, l.mlp_norm, st, l.mlp_norm_bias), st), layer_gate);
       }
       if (st.imp) layers::add_block_influence(st.imp->layers.defined() ? st.imp->layers[i] : at::Tensor(), block_in, x);
+      if (st.capture && st.capture->layer == i) return x;  // what was captured is the caller's; the rest is not needed
     }
     return norm(x, final_norm_, st.hidden_gate, final_norm_bias_);
   }
@@ -480,6 +488,7 @@ class LlamaModel final : public Model {
     at::Tensor a = at::scaled_dot_product_attention(
         q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, causal, variant_.attn_scale,
         /*enable_gqa=*/arch_.kv_heads != arch_.heads);
+    if (st.capture && st.capture->layer == i) st.capture->heads = a.detach().transpose(1, 2).reshape({B, L, -1});
     if (gates && gates->heads.defined()) a = a * gates->heads[i].to(dtype_).view({1, arch_.heads, 1, 1});
     if (st.imp && st.imp->heads.defined())
       st.imp->heads[i] += a.detach().abs().to(at::kFloat).mean(-1).sum(at::IntArrayRef{0, 2});
@@ -503,6 +512,7 @@ class LlamaModel final : public Model {
   // The FFN channels m through their gates into the down projection.
   at::Tensor mlp_out(const LlamaLayer& l, int64_t i, at::Tensor m, const Step& st) const {
     const GateValues* gates = st.gates;
+    if (st.capture && st.capture->layer == i) st.capture->ffn = m.detach();
     if (gates && gates->ffn.defined()) m = m * gates->ffn[i].to(dtype_);
     if (st.imp && st.imp->ffn.defined()) st.imp->ffn[i] += m.detach().abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
     return branch_out(l.proj[kDown](m), gates && gates->mlp_out.defined() ? gates->mlp_out[i] : at::Tensor(),

@@ -197,6 +197,11 @@ warmup = 1
     assert abs(kept_cos.mean().item() - q["cosine_kept_channels"]) <= 1e-4, (kept_cos, q)
     card = (export / "README.md").read_text()
     assert "pipeline_tag: feature-extraction" in card and "cosine similarity of mean-pooled embeddings" in card
+    if heal == 0:  # the least-squares refit of calibrate is for causal LMs: refused by name, before any fit
+        cfg.write_text(cfg.read_text().replace("[calibrate]\nsteps = 4", "[calibrate]\nsteps = 4\nreconstruct = true"))
+        p = mpirun(2, cfg, check=False)
+        assert p.returncode != 0 and "calibrate.reconstruct refits the output projections of causal LMs" in p.stderr
+        assert "not of this bert model" in p.stderr and "calibrate: fitting" not in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("key,value,message", [

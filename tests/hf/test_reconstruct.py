@@ -1,0 +1,194 @@
+"""calibrate.reconstruct on tiny transformers models (fp32): the least-squares refit of every kept block's
+o_proj / down_proj, checked against an independent solve of the same normal equations from activations
+that transformers computes on the exported model; 2 ranks against 1; GPT-NeoX's biases; the export loads,
+passes verify and carries the refitted weights; heal starts from them.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, SEQ, SAMPLES = 256, 16, 24
+RIDGE = 1e-4
+NEOX_BUDGET = 'metric = "non_embedding_params"\ntarget = 0.8'
+
+
+def make_models(d):
+    torch.manual_seed(0)
+    llama = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                     num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                                     tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(llama).save_pretrained(d / "llama")
+    neox = transformers.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, rotary_pct=0.5, initializer_range=0.3,
+                                      use_parallel_residual=True, tie_word_embeddings=False)
+    model = transformers.GPTNeoXForCausalLM(neox)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.normal_(0, 0.1)
+    model.save_pretrained(d / "neox")
+
+
+def write_config(d, run, model="llama", calibrate="", heal="steps = 0", gates="hidden = false", accum=1,
+                 budget="target = 0.6"):
+    p = d / f"{run}.toml"
+    p.write_text(f"""
+[run]
+dir = "{d / run}"
+threads_per_rank = 1
+seed = 3
+[model]
+path = "{d / model}"
+dtype = "fp32"
+[data]
+format = "tokens_bin"
+path = "{d / 'tokens.bin'}"
+seq_len = {SEQ}
+[teacher]
+cache_root = "{d / 'cache'}"
+top_k = 32
+[gates]
+{gates}
+[train]
+steps = 6
+warmup = 3
+micro_batch = 2
+grad_accum = {accum}
+holdout = 8
+importance_batches = 2
+[budget]
+{budget}
+[search]
+ffn_multiple = 16
+probe_shapes = 1
+[calibrate]
+steps = 4
+micro_batch = 2
+reconstruct_samples = {SAMPLES}
+{calibrate}
+[heal]
+{heal}
+[export]
+dtype = "fp32"
+""")
+    return p
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("reconstruct")
+    make_models(d)
+    np.random.default_rng(1).integers(0, VOCAB, size=72 * SEQ).astype(np.uint16).tofile(d / "tokens.bin")
+    return d
+
+
+def windows(d, count):
+    ids = np.fromfile(d / "tokens.bin", dtype=np.uint16)[:count * SEQ].astype(np.int64)
+    return torch.from_numpy(ids).view(count, SEQ)
+
+
+@torch.no_grad()
+def independent_refit(dense, slim, ids, layer, which):
+    """The ridge least-squares solution for the slim model's projection `which` of `layer`, from activations
+    transformers computes: the slim model's own inputs to that projection (its kept heads / channels) and,
+    as the target, the dense projection of every head / channel computed on the slim block's input."""
+    sl, dl = slim.model.layers[layer], dense.model.layers[layer]
+    kept_in, target = [], []
+    if which == "mlp":
+        def hook(mod, args):
+            x = args[0]
+            kept_in.append((mod.act_fn(mod.gate_proj(x)) * mod.up_proj(x)).reshape(-1, mod.down_proj.in_features))
+            target.append(dl.mlp(x).reshape(-1, dl.mlp.down_proj.out_features))
+        h = sl.mlp.register_forward_pre_hook(hook)
+        proj = sl.mlp.down_proj
+    else:
+        store = {}
+        h0 = sl.self_attn.o_proj.register_forward_pre_hook(lambda m, a: store.update(a=a[0]))
+
+        def attn_hook(mod, args, kwargs, out):
+            kept_in.append(store["a"].reshape(-1, sl.self_attn.o_proj.in_features))
+            target.append(dl.self_attn(*args, **kwargs)[0].reshape(-1, dl.self_attn.o_proj.out_features))
+        h = sl.self_attn.register_forward_hook(attn_hook, with_kwargs=True)
+        proj = sl.self_attn.o_proj
+    slim(input_ids=ids)
+    h.remove()
+    if which != "mlp":
+        h0.remove()
+    a = torch.cat(kept_in).double()
+    y = torch.cat(target).double()
+    g = a.T @ a
+    g += RIDGE * g.diagonal().mean() * torch.eye(g.shape[0], dtype=torch.float64)
+    return torch.linalg.solve(g, a.T @ y).T, proj.weight.double()
+
+
+def test_refit_solves_the_normal_equations_transformers_computes(setup, mpirun):
+    d = setup
+    p = mpirun(2, write_config(d, "r-llama", calibrate="reconstruct = true"))
+    summary = json.load(open(d / "r-llama" / "calibrate" / "summary.json"))
+    r = summary["reconstruct"]
+    assert r["projections"] == 6 and r["tokens"] == SAMPLES * SEQ, r
+    assert r["kept"] is True, (r, summary)  # the refit lowers the held-out KL of the calibrated student
+    assert r["heldout_kl_reconstructed"] < summary["heldout_kl_calibrated"], summary
+    assert "calibrate: reconstruct: 6 output projections refitted" in p.stderr
+    slim_dir = d / "r-llama" / "export" / "slim"
+    verify = json.load(open(d / "r-llama" / "export" / "summary.json"))["verify"]
+    assert verify["passed"] and verify["bytes_equal"], verify
+    # The export is the refitted file, exactly (fp32).
+    refit = load_file(d / "r-llama" / "calibrate" / "weights.safetensors")
+    exported = load_file(slim_dir / "model.safetensors")
+    assert refit.keys() == exported.keys()
+    for k in refit:
+        assert torch.equal(refit[k], exported[k]), k
+    dense = transformers.AutoModelForCausalLM.from_pretrained(d / "llama", dtype=torch.float32).eval()
+    slim = transformers.AutoModelForCausalLM.from_pretrained(slim_dir, dtype=torch.float32).eval()
+    ids = windows(d, SAMPLES)
+    for layer in range(3):
+        for which in ("attn", "mlp"):
+            want, got = independent_refit(dense, slim, ids, layer, which)
+            rel = ((want - got).norm() / want.norm()).item()
+            assert rel < 1e-3, (layer, which, rel)
+    # And the calibrated slice (no refit) is not that solution: the test can fail.
+    mpirun(2, write_config(d, "r-off"))
+    off = transformers.AutoModelForCausalLM.from_pretrained(d / "r-off" / "export" / "slim", dtype=torch.float32)
+    want, got = independent_refit(dense, off.eval(), ids, 2, "mlp")
+    assert ((want - got).norm() / want.norm()).item() > 1e-2
+
+
+def test_two_ranks_equal_one_rank(setup, mpirun):
+    d = setup
+    # Every stage of the 1-rank run accumulates twice what each of the 2 ranks does; the refit's Gram matrices
+    # are summed in another order, so equal to fp64 summation order, not bit for bit.
+    mpirun(1, write_config(d, "r-one", calibrate="reconstruct = true\ngrad_accum = 2", heal="steps = 0", accum=2))
+    mpirun(2, write_config(d, "r-two", calibrate="reconstruct = true"))
+    a = load_file(d / "r-one" / "calibrate" / "weights.safetensors")
+    b = load_file(d / "r-two" / "calibrate" / "weights.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4, msg=k)
+
+
+def test_gpt_neox_biases_are_refitted_and_heal_starts_from_the_refit(setup, mpirun):
+    d = setup
+    mpirun(2, write_config(d, "r-neox", model="neox", calibrate="reconstruct = true", gates="", budget=NEOX_BUDGET))
+    r = json.load(open(d / "r-neox" / "calibrate" / "summary.json"))["reconstruct"]
+    assert r["projections"] == 4, r
+    mpirun(2, write_config(d, "r-neox-off", model="neox", gates="", budget=NEOX_BUDGET))
+    on = load_file(d / "r-neox" / "export" / "slim" / "model.safetensors")
+    off = load_file(d / "r-neox-off" / "export" / "slim" / "model.safetensors")
+    for n in ("gpt_neox.layers.0.mlp.dense_4h_to_h.bias", "gpt_neox.layers.1.attention.dense.bias"):
+        assert not torch.equal(on[n], off[n]), n
+    for n in ("gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "gpt_neox.layers.1.attention.query_key_value.weight"):
+        assert torch.equal(on[n], off[n]), n  # only the output projections move
+    slim = transformers.AutoModelForCausalLM.from_pretrained(d / "r-neox" / "export" / "slim", dtype=torch.float32)
+    assert torch.isfinite(slim(input_ids=windows(d, 2)).logits).all()
+    # A heal that trains nothing but the norms starts from the refitted projections and keeps them.
+    mpirun(2, write_config(d, "r-neox-heal", model="neox", calibrate="reconstruct = true", gates="", budget=NEOX_BUDGET,
+                           heal='steps = 2\nlr = 0.001\nwarmup = 1\ntrain = "norm"'))
+    healed = load_file(d / "r-neox-heal" / "heal" / "weights.safetensors")
+    torch.testing.assert_close(healed["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"],
+                               on["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"], rtol=0, atol=0)
+

@@ -1,0 +1,106 @@
+#include "training/reconstruct.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <string>
+
+#include "core/base/errors.h"
+
+namespace hawada {
+namespace {
+
+enum class Kind { heads, ffn };
+
+// The Gram matrix [n + 1, n + 1] (fp64) of one layer's captured projection inputs over this rank's batches,
+// the last row and column those of a constant 1 (for the bias); `tokens` counts the rows.
+at::Tensor gram_of(const Model& model, GateValues& gates, const std::vector<Batch>& batches, int64_t layer, Kind kind,
+                   int64_t& tokens) {
+  at::Tensor gram;
+  ProjectionInputs capture;
+  capture.layer = layer;
+  gates.capture = &capture;
+  for (const Batch& b : batches) {
+    model.features(b, &gates);
+    at::Tensor x = kind == Kind::heads ? capture.heads : capture.ffn;
+    HAWADA_ASSERT(x.defined(), "the forward pass captured the projection inputs of the layer");
+    x = x.reshape({-1, x.size(-1)});
+    if (b.attention_mask.defined()) x = x.index({b.attention_mask.reshape({-1}).ne(0)});
+    x = at::cat({x.to(at::kDouble), at::ones({x.size(0), 1}, x.options().dtype(at::kDouble))}, 1);
+    gram = gram.defined() ? gram.addmm_(x.t(), x) : x.t().mm(x);
+    tokens += x.size(0);
+  }
+  gates.capture = nullptr;
+  return gram;
+}
+
+// Solves for the kept input columns (and the bias) of `p` from the summed Gram matrix `gram` (see gram_of):
+// argmin over W', b' of the sum over tokens of |W x + b - (W' x_kept + b')|^2 + ridge terms. The solution
+// [kept (+1), out] in fp64.
+at::Tensor solve(const Projection& p, const at::Tensor& gram, const at::Tensor& kept, double ridge) {
+  const int64_t n = gram.size(0) - 1, k = kept.numel();
+  const at::Tensor idx = p.bias.defined() ? at::cat({kept, at::full({1}, n, kept.options())}) : kept;
+  at::Tensor bias = p.bias.defined() ? p.bias.to(at::kDouble) : at::zeros({p.weight.size(0)}, gram.options());
+  const at::Tensor w_aug = at::cat({p.weight.to(at::kDouble), bias.unsqueeze(1)}, 1);  // [out, n + 1]
+  const at::Tensor rows = gram.index_select(0, idx);
+  at::Tensor g = rows.index_select(1, idx);
+  const at::Tensor target = rows.mm(w_aug.t());  // [kept (+1), out]
+  at::Tensor diag = g.diagonal().narrow(0, 0, k);
+  diag.add_(ridge * std::max(diag.mean().item<double>(), 1e-30));
+  return at::linalg_solve(g, target);
+}
+
+// Writes the solution into `p` (the kept columns and the bias).
+void write(const Projection& p, const at::Tensor& solution, const at::Tensor& kept) {
+  const int64_t k = kept.numel();
+  p.weight.index_copy_(1, kept, solution.narrow(0, 0, k).t().to(p.weight.scalar_type()));
+  if (p.bias.defined()) p.bias.copy_(solution[k].to(p.bias.scalar_type()));
+}
+
+// The kept input columns of one layer's projection of `kind`: per kept head its head_dim columns.
+at::Tensor kept_columns(const at::Tensor& layer_gates, int64_t inputs) {
+  const at::Tensor kept = layer_gates.ne(0).nonzero().reshape({-1});
+  const int64_t width = inputs / layer_gates.numel();
+  if (width == 1) return kept;
+  return (kept.unsqueeze(1) * width + at::arange(width, kept.options()).unsqueeze(0)).reshape({-1});
+}
+
+}  // namespace
+
+ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, const std::vector<Batch>& batches,
+                                         double ridge, Communicator& comm) {
+  at::NoGradGuard no_grad;
+  ReconstructStats stats;
+  const int64_t layers = model.gate_shape().layers;
+  for (int64_t i = 0; i < layers; ++i) {
+    if (gates.layers.defined() && gates.layers[i].item<double>() == 0) continue;  // a dropped block
+    auto [attn, mlp] = model.output_projections(i);
+    for (const Kind kind : {Kind::heads, Kind::ffn}) {
+      const Projection& p = kind == Kind::heads ? attn : mlp;
+      at::Tensor& g = kind == Kind::heads ? gates.heads : gates.ffn;
+      at::Tensor layer_gates = g.defined() ? g[i] : at::ones({p.weight.size(1)}, p.weight.options());
+      const at::Tensor kept = kept_columns(layer_gates, p.weight.size(1)).to(p.weight.device());
+      if (kept.numel() == 0) continue;  // a branch the plan removes entirely
+      int64_t tokens = 0;
+      at::Tensor gram = gram_of(model, gates, batches, i, kind, tokens);
+      comm.all_reduce(gram, Communicator::Op::sum);
+      at::Tensor t = at::tensor({static_cast<double>(tokens)}, gram.options());
+      comm.all_reduce(t, Communicator::Op::sum);
+      at::Tensor solution = solve(p, gram, kept, ridge).contiguous();
+      comm.broadcast(solution, 0);
+      if (!at::isfinite(solution).all().item<bool>())
+        throw NumericError("calibrate.reconstruct: the least-squares " +
+                           std::string(kind == Kind::heads ? "attention output" : "MLP down") +
+                           " projection of layer " + std::to_string(i) + " is not finite; nothing is published");
+      write(p, solution, kept);
+      if (g.defined()) g[i].masked_fill_(g[i].ne(0), 1.0);
+      at::Tensor& out_scales = kind == Kind::heads ? gates.attn_out : gates.mlp_out;
+      if (out_scales.defined()) out_scales[i].fill_(1.0);
+      stats.projections += 1;
+      stats.tokens = static_cast<int64_t>(t.item<double>());
+    }
+  }
+  return stats;
+}
+
+}  // namespace hawada

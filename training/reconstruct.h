@@ -1,0 +1,36 @@
+// Least-squares reconstruction of a pruned student's output projections (calibrate.reconstruct).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "adapters/model.h"
+#include "core/dist/communicator.h"
+#include "core/prune/batch.h"
+
+namespace hawada {
+
+/// What reconstruct_projections did: the projections refitted and the calibration tokens they were fitted on.
+struct ReconstructStats {
+  int64_t projections = 0;
+  int64_t tokens = 0;  ///< summed over ranks
+};
+
+/// Refits the student's output projections layer after layer, from the first kept block to the last: each kept
+/// block's attention output (o_proj) and then its MLP down projection are solved, in fp64 normal equations
+/// with a ridge of `ridge` x the mean diagonal, so that from the kept heads' / FFN channels' activations
+/// alone they reproduce what the dense projection computes from all of them, on the student's own inputs
+/// (which carry the refits of the layers before). The bias, where the projection has one, is refitted too.
+/// This is what one-shot structured pruners do to recover without gradient steps (the channels a cut removes
+/// are not independent of the ones it keeps); the kept structures' scales are absorbed into the weights.
+///
+/// `model` is the dense model, in fp32, whose projections (Model::output_projections) are changed in place;
+/// `gates` are the student's (student_gates) on the model's device: afterwards every kept head and FFN
+/// channel of a refitted projection has gate 1 and its output scales are 1. `batches` are this rank's
+/// calibration inputs (padding excluded); the Gram matrices are summed over `comm`'s ranks and rank 0's
+/// solution is broadcast, so every rank ends with the same weights. NumericError naming the layer when a
+/// solution is not finite.
+ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, const std::vector<Batch>& batches,
+                                         double ridge, Communicator& comm);
+
+}  // namespace hawada
