@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/base/errors.h"
+#include "core/base/log.h"
 
 namespace hawada {
 namespace {
@@ -99,6 +100,7 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
       stats.projections += 1;
       stats.tokens = static_cast<int64_t>(t.item<double>());
     }
+    log::info("calibrate: reconstruct: layer " + std::to_string(i + 1) + "/" + std::to_string(layers) + " refitted");
   }
   return stats;
 }

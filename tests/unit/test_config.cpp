@@ -157,7 +157,9 @@ TEST(ConfigValid, FullSetsEveryKey) {
                                           .micro_batch = 3,
                                           .grad_accum = 2,
                                           .output_scales = false,
-                                          .checkpoint_every = 20}));
+                                          .checkpoint_every = 20,
+                                          .reconstruct = true,
+                                          .reconstruct_samples = 96}));
   EXPECT_EQ(c.heal, (HealConfig{.steps = 300,
                                 .lr = 0.0002,
                                 .warmup = 30,
