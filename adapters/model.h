@@ -26,9 +26,15 @@ struct ActivationImportance {
 /// What one layer's output projections read, before their gates, as a forward pass computed it: the data
 /// calibrate's reconstruction refits those projections on (training/reconstruct.h).
 struct ProjectionInputs {
-  int64_t layer = -1;  ///< the layer captured; the forward pass stops after it (its result is then not the model's)
-  at::Tensor heads;    ///< [B, L, heads x head_dim]: the attention output before the head gates and o_proj
-  at::Tensor ffn;      ///< [B, L, intermediate]: the FFN channels before their gates and the down projection
+  /// The layer captured. The forward pass stops after it and returns the residual stream leaving it (not the
+  /// model's output).
+  int64_t layer = -1;
+  /// When defined, the residual stream [B, L, hidden] entering `layer` (what a pass stopped at the block before
+  /// returned): the pass starts there instead of at the embedding, so refitting layer after layer costs one
+  /// block per pass.
+  at::Tensor residual;
+  at::Tensor heads;  ///< [B, L, heads x head_dim]: the attention output before the head gates and o_proj
+  at::Tensor ffn;    ///< [B, L, intermediate]: the FFN channels before their gates and the down projection
 };
 
 /// A layer's output projection (attention output, MLP down) as the model holds it: weight [out, in] and bias

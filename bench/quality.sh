@@ -13,7 +13,9 @@
 # instead of SmolLM2. QUALITY_METRIC (params; non_embedding_params for a large vocabulary), QUALITY_DTYPE
 # (bf16; fp32 on a CPU without bf16 arithmetic), QUALITY_SAMPLES (data.samples: the windows cached and
 # trained on, 0 = all), QUALITY_BATCH (samples per step, 8), QUALITY_GATE_STEPS (60), QUALITY_CALIBRATE_STEPS
-# (100), QUALITY_LATENCY_TARGET ("" skips the latency budget), QUALITY_HEAL_TOKENS ("" skips heal).
+# (100), QUALITY_LATENCY_TARGET ("" skips the latency budget), QUALITY_HEAL_TOKENS ("" skips heal),
+# QUALITY_RECONSTRUCT (true: calibrate.reconstruct, and the activation baseline refitted the same way as one more
+# row, by bench/quality_reference.py refit; false: neither).
 #
 # Budget of the gate stages, as in the issue's run (1,024 x 256 tokens, 200 steps of 8 samples):
 # importance 64 samples (8 step-equivalents), 60 gate steps, 3 probes x 8 steps, 100 calibration
@@ -77,6 +79,7 @@ probe_steps = 8
 [calibrate]
 steps = ${QUALITY_CALIBRATE_STEPS:-100}
 lr = 0.03
+reconstruct = ${QUALITY_RECONSTRUCT:-true}
 [heal]
 steps = $4
 lr = 0.0003
@@ -90,6 +93,7 @@ TOML
 }
 
 ppl() { "$py" "$repo/bench/quality_reference.py" ppl "$1" "$evalf" 2>/dev/null | tail -1 | "$py" -c 'import json,sys; print(json.load(sys.stdin)["ppl"])'; }
+cfg_value() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1] + '/config.json'))[sys.argv[2]])" "$1" "$2"; }
 stage_times() { grep -ho '[a-z_]*: done in [0-9.]* s' "$1" | sed 's/: done in /=/; s/ s$//' | paste -sd' '; }
 
 results="$out/quality.jsonl"
@@ -109,9 +113,15 @@ run_budget() {  # NAME METRIC TARGET
   "$py" "$repo/bench/quality_reference.py" baseline activation "$model" "$export" "$train" "$out/$name-activation" > /dev/null 2>&1
   "$py" "$repo/bench/quality_reference.py" baseline magnitude "$model" "$export" "$train" "$out/$name-magnitude" > /dev/null 2>&1
   local act mag; act=$(ppl "$out/$name-activation"); mag=$(ppl "$out/$name-magnitude")
+  local refit=null
+  if [ "${QUALITY_RECONSTRUCT:-true}" = true ] && [ "$(cfg_value "$export" hidden_size)" = "$(cfg_value "$model" hidden_size)" ] \
+     && [ "$(cfg_value "$export" num_hidden_layers)" = "$(cfg_value "$model" num_hidden_layers)" ]; then
+    "$py" "$repo/bench/quality_reference.py" refit "$model" "$out/$name-activation" "$train" "$out/$name-activation-refit" > /dev/null 2>&1
+    refit=$(ppl "$out/$name-activation-refit")
+  fi
   local shape; shape=$("$py" -c "import json; s=json.load(open('$out/runs/$name/plan/plan.json'))['shape']; print(f\"heads {s['num_attention_heads']}, ffn {s['intermediate_size']}, hidden {s['hidden_size']}, {s['cost_ratio']:.3f} of the dense {('$metric')}\")")
-  echo "$metric $target: $shape: ours $ours, one-shot activation $act, magnitude $mag (dense $dense); wall ${wall}s: $(stage_times "$out/$name.log")"
-  echo "{\"budget\": \"$metric $target\", \"shape\": \"$shape\", \"ours\": $ours, \"activation\": $act, \"magnitude\": $mag, \"dense\": $dense, \"wall_s\": $wall, \"stages\": \"$(stage_times "$out/$name.log")\"}" >> "$results"
+  echo "$metric $target: $shape: ours $ours, one-shot activation $act (refitted: $refit), magnitude $mag (dense $dense); wall ${wall}s: $(stage_times "$out/$name.log")"
+  echo "{\"budget\": \"$metric $target\", \"shape\": \"$shape\", \"ours\": $ours, \"activation\": $act, \"activation_refit\": $refit, \"magnitude\": $mag, \"dense\": $dense, \"wall_s\": $wall, \"stages\": \"$(stage_times "$out/$name.log")\"}" >> "$results"
 }
 
 heal_budget() {  # NAME TARGET TOKENS

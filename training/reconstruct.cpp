@@ -13,16 +13,35 @@ namespace {
 
 enum class Kind { heads, ffn };
 
-// The Gram matrix [n + 1, n + 1] (fp64) of one layer's captured projection inputs over this rank's batches,
-// the last row and column those of a constant 1 (for the bias); `tokens` counts the rows.
-at::Tensor gram_of(const Model& model, GateValues& gates, const std::vector<Batch>& batches, int64_t layer, Kind kind,
-                   int64_t& tokens) {
+// The calibration batches and, per batch, the residual stream entering the next layer to refit (undefined
+// until a first block has run: the pass then starts at the embedding).
+struct Stream {
+  const std::vector<Batch>& batches;
+  std::vector<at::Tensor> residual;
+};
+
+// One pass of every batch through block `layer` alone (from the residual entering it), calling
+// `each(batch, capture)`; returns the residual streams leaving the block.
+template <typename F>
+std::vector<at::Tensor> pass(const Model& model, GateValues& gates, const Stream& s, int64_t layer, F&& each) {
+  std::vector<at::Tensor> out;
+  for (size_t b = 0; b < s.batches.size(); ++b) {
+    ProjectionInputs capture;
+    capture.layer = layer;
+    capture.residual = s.residual[b];
+    gates.capture = &capture;
+    out.push_back(model.features(s.batches[b], &gates));
+    gates.capture = nullptr;
+    each(s.batches[b], capture);
+  }
+  return out;
+}
+
+// The Gram matrix [n + 1, n + 1] (fp64) of block `layer`'s captured projection inputs of `kind` over this rank's
+// batches, the last row and column those of a constant 1 (for the bias); `tokens` counts the rows.
+at::Tensor gram_of(const Model& model, GateValues& gates, const Stream& s, int64_t layer, Kind kind, int64_t& tokens) {
   at::Tensor gram;
-  ProjectionInputs capture;
-  capture.layer = layer;
-  gates.capture = &capture;
-  for (const Batch& b : batches) {
-    model.features(b, &gates);
+  pass(model, gates, s, layer, [&](const Batch& b, const ProjectionInputs& capture) {
     at::Tensor x = kind == Kind::heads ? capture.heads : capture.ffn;
     HAWADA_ASSERT(x.defined(), "the forward pass captured the projection inputs of the layer");
     x = x.reshape({-1, x.size(-1)});
@@ -30,8 +49,7 @@ at::Tensor gram_of(const Model& model, GateValues& gates, const std::vector<Batc
     x = at::cat({x.to(at::kDouble), at::ones({x.size(0), 1}, x.options().dtype(at::kDouble))}, 1);
     gram = gram.defined() ? gram.addmm_(x.t(), x) : x.t().mm(x);
     tokens += x.size(0);
-  }
-  gates.capture = nullptr;
+  });
   return gram;
 }
 
@@ -73,6 +91,7 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
   at::NoGradGuard no_grad;
   ReconstructStats stats;
   const int64_t layers = model.gate_shape().layers;
+  Stream stream{batches, std::vector<at::Tensor>(batches.size())};
   for (int64_t i = 0; i < layers; ++i) {
     if (gates.layers.defined() && gates.layers[i].item<double>() == 0) continue;  // a dropped block
     auto [attn, mlp] = model.output_projections(i);
@@ -83,7 +102,7 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
       const at::Tensor kept = kept_columns(layer_gates, p.weight.size(1)).to(p.weight.device());
       if (kept.numel() == 0) continue;  // a branch the plan removes entirely
       int64_t tokens = 0;
-      at::Tensor gram = gram_of(model, gates, batches, i, kind, tokens);
+      at::Tensor gram = gram_of(model, gates, stream, i, kind, tokens);
       comm.all_reduce(gram, Communicator::Op::sum);
       at::Tensor t = at::tensor({static_cast<double>(tokens)}, gram.options());
       comm.all_reduce(t, Communicator::Op::sum);
@@ -100,6 +119,7 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
       stats.projections += 1;
       stats.tokens = static_cast<int64_t>(t.item<double>());
     }
+    stream.residual = pass(model, gates, stream, i, [](const Batch&, const ProjectionInputs&) {});
     log::info("calibrate: reconstruct: layer " + std::to_string(i + 1) + "/" + std::to_string(layers) + " refitted");
   }
   return stats;

@@ -402,10 +402,11 @@ class LlamaModel final : public Model {
     if (variant_.exact_window) st.local_mask = attention_mask(batch, st.past, st.L, arch_.sliding_window, ids.device());
     if (st.imp) st.imp->tokens += st.B * st.L;
 
-    at::Tensor x = layers::embedding(embed_, ids, dtype_);
-    if (variant_.gemma) x = x * at::scalar_tensor(variant_.embed_scale, x.options());
-    x = layers::gate_last_dim(x, st.hidden_gate);
-    for (int64_t i = 0; i < arch_.layers; ++i) {
+    const bool resume = st.capture && st.capture->residual.defined();
+    at::Tensor x = resume ? st.capture->residual : layers::embedding(embed_, ids, dtype_);
+    if (variant_.gemma && !resume) x = x * at::scalar_tensor(variant_.embed_scale, x.options());
+    if (!resume) x = layers::gate_last_dim(x, st.hidden_gate);
+    for (int64_t i = resume ? st.capture->layer : 0; i < arch_.layers; ++i) {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
       const at::Tensor layer_gate = gates && gates->layers.defined() ? gates->layers[i] : at::Tensor();
       const at::Tensor block_in = x;
