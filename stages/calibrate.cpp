@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -72,8 +73,9 @@ std::vector<int64_t> heldout_samples(const DistillData& data) {
   return held;
 }
 
-// summary.json: the steps and, with held-out samples, the held-out KL of the 0/1-mask student and of the
-// calibrated one (on the samples export verifies on), which is logged. Collective.
+// summary.json: the steps and, with held-out samples, the held-out KL of the 0/1-mask student (with
+// calibrate.reconstruct: the refitted one) and of the calibrated one (on the samples export verifies on), which is
+// logged. Collective.
 nlohmann::json calibration_summary(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
                                    const DistillData& data, const at::Device& device, Communicator& comm) {
   const CalibrateConfig& k = c.calibrate;
@@ -87,8 +89,8 @@ nlohmann::json calibration_summary(const Config& c, const LoadedModel& dense, co
     summary["heldout_kl_masks"] = before;
     summary["heldout_kl_calibrated"] = after;
     log::info(
-        fmt::format("calibrate: held-out KL to the teacher on {} samples: {:.4f} with 0/1 masks, {:.4f} calibrated",
-                    held.size(), before, after));
+        fmt::format("calibrate: held-out KL to the teacher on {} samples: {:.4f} with 0/1 masks{}, {:.4f} calibrated",
+                    held.size(), before, c.calibrate.reconstruct ? " (refitted)" : "", after));
   }
   return summary;
 }
@@ -123,55 +125,48 @@ void check_slice(const Model& gated, const GateValues& gates, const Model& slice
         std::to_string(rel) + " (relative L2); nothing is published");
 }
 
-// calibrate.reconstruct (training/reconstruct.h) after the scales: the refitted student's tensors into
-// `file` (rank 0) when it lowers the held-out KL of the calibrated student (`calibrated_kl`; NaN: none
-// measured), else no file. Returns summary.json's "reconstruct". Collective.
-nlohmann::json reconstruct(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
-                           const DistillData& data, double calibrated_kl, const fs::path& file,
-                           const std::string& fingerprint, const at::Device& device, Communicator& comm) {
+// calibrate.reconstruct (training/reconstruct.h), before the scales: the dense model with the plan's
+// 0/1 masks, its output projections refitted in place, as an in-memory checkpoint the scale fit and the
+// slice start from (`stats`: summary.json's "reconstruct"). Collective.
+LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& plan, const DistillData& data,
+                        const at::Device& device, Communicator& comm, nlohmann::json& stats) {
   const auto t0 = Clock::now();
   const auto model = dense.adapter->load(dense.checkpoint, {at::kFloat, device});
-  GateValues gates = student_gates(plan, scales);
+  GateValues gates = student_gates(plan, Scales::ones(plan));
   for (at::Tensor* t : {&gates.heads, &gates.ffn, &gates.hidden, &gates.layers, &gates.attn_out, &gates.mlp_out})
     if (t->defined()) *t = t->to(device).clone();
   const int64_t micro = std::max<int64_t>(1, stage_fit_options(c).micro_batch);
   const ReconstructStats st =
       reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), 1e-4, comm);
-  // The refitted dense weights, sliced to the plan (the gates now only 0/1 on what was refitted).
   std::vector<safetensors::NamedTensor> named;
   for (const auto& [name, w] : model->named_weights()) named.push_back({name, w.detach().cpu()});
   for (const std::string& name : dense.checkpoint.tensor_names())  // a stored copy of a tied head
     if (std::none_of(named.begin(), named.end(), [&](const auto& t) { return t.name == name; }))
       named.push_back({name, dense.checkpoint.tensor(name).to(at::kFloat)});
-  GateValues folds = gates;
-  for (at::Tensor* t : {&folds.heads, &folds.ffn, &folds.hidden, &folds.layers, &folds.attn_out, &folds.mlp_out})
-    if (t->defined()) *t = t->cpu();
-  const HfCheckpoint refit = HfCheckpoint::in_memory(dense.checkpoint.config(), named, file);
-  std::vector<safetensors::NamedTensor> tensors = dense.adapter->prune_weights(refit, plan, folds, at::kFloat);
-  const HfCheckpoint slice_ckpt =
-      HfCheckpoint::in_memory(dense.adapter->pruned_config(dense.checkpoint.config(), plan), tensors, file);
-  const auto slice = dense.adapter->load(slice_ckpt, {at::kFloat, device});
+  LoadedModel refit{HfCheckpoint::in_memory(dense.checkpoint.config(), named, dense.checkpoint.dir() / "(refitted)"),
+                    dense.adapter, dense.arch, dense.shape, nullptr};
+  // Its slice (the masks are what the refit left: 0/1) must compute what the refitted gated model computes.
+  const auto slice = dense.adapter->load(pruned_checkpoint(refit, plan, Scales::ones(plan)), {at::kFloat, device});
   check_slice(*model, gates, *slice, data, device);
-  const std::vector<int64_t> held = heldout_samples(data);
-  const double kl = held.empty() ? NAN : model_kl(c, *slice, plan, data, held, device, comm);
-  const bool keep = held.empty() || (std::isfinite(kl) && !(kl >= calibrated_kl));
   log::info(
-      fmt::format("calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in "
-                  "{:.1f} s; held-out KL {:.4f} ({} the calibrated {:.4f}): {}",
-                  st.projections, st.tokens, since(t0), kl, kl < calibrated_kl ? "below" : "not below", calibrated_kl,
-                  keep ? "the student starts from the refitted weights" : "not kept"));
-  if (keep && process_info().rank == 0) {
-    for (const auto& t : tensors)
-      if (!at::isfinite(t.tensor).all().item<bool>())
-        throw NumericError("calibrate.reconstruct: tensor '" + t.name +
-                           "' holds non-finite values; nothing is published");
-    safetensors::write_file(file, tensors, {{"fingerprint", fingerprint}});
-  }
-  return {{"samples", std::min(c.calibrate.reconstruct_samples, data.train_samples())},
-          {"tokens", st.tokens},
-          {"projections", st.projections},
-          {"heldout_kl_reconstructed", std::isfinite(kl) ? nlohmann::json(kl) : nlohmann::json()},
-          {"kept", keep}};
+      fmt::format("calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in {:.1f} s",
+                  st.projections, st.tokens, since(t0)));
+  stats = {{"samples", std::min(c.calibrate.reconstruct_samples, data.train_samples())},
+           {"tokens", st.tokens},
+           {"projections", st.projections}};
+  return refit;
+}
+
+// Rank 0: calibrate.reconstruct's student, the refitted weights sliced with the scales folded, in fp32 into `file`.
+void write_refitted(const LoadedModel& refit, const Plan& plan, const Scales& scales, const fs::path& file,
+                    const std::string& fingerprint) {
+  const std::vector<safetensors::NamedTensor> tensors =
+      refit.adapter->prune_weights(refit.checkpoint, plan, student_gates(plan, scales), at::kFloat);
+  for (const auto& t : tensors)
+    if (!at::isfinite(t.tensor).all().item<bool>())
+      throw NumericError("calibrate.reconstruct: tensor '" + t.name +
+                         "' holds non-finite values; nothing is published");
+  safetensors::write_file(file, tensors, {{"fingerprint", fingerprint}});
 }
 
 }  // namespace
@@ -309,24 +304,24 @@ void CalibrateStage::run(const StageContext& ctx) {
   const DistillData data(c, dense.arch, cache_dir_, o.micro_batch * o.grad_accum * proc.size, "calibration");
   auto comm = run_communicator(c, device);
 
+  nlohmann::json refit_stats;
+  std::optional<LoadedModel> refit;
+  if (k.reconstruct) refit.emplace(reconstruct(c, dense, plan, data, device, *comm, refit_stats));
+  const LoadedModel& base = refit ? *refit : dense;  // what the scales multiply
   Scales scales = Scales::ones(plan);
   if (k.steps > 0) {
     log::info(
         "calibrate: fitting the scales of " + std::to_string(plan.chosen.shape.heads) + " heads, " +
         std::to_string(plan.chosen.shape.ffn) + " FFN channels" +
         (k.output_scales ? " and " + std::to_string(plan.chosen.shape.hidden) + " output channels" : std::string()) +
-        " per layer, weights frozen: " + std::to_string(k.steps) + " steps of " +
-        std::to_string(o.micro_batch * o.grad_accum * proc.size) + " samples");
-    scales = fit_scales(c, dense, plan, data, o, device, *comm);
+        " per layer, weights frozen" + (refit ? " (the refitted ones)" : "") + ": " + std::to_string(k.steps) +
+        " steps of " + std::to_string(o.micro_batch * o.grad_accum * proc.size) + " samples");
+    scales = fit_scales(c, base, plan, data, o, device, *comm);
   } else {
     log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
   }
-  nlohmann::json summary = calibration_summary(c, dense, plan, scales, data, device, *comm);
-  if (proc.rank == 0) fs::remove(layout.reconstructed_weights());  // an earlier calibration's
-  world::barrier();
-  if (k.reconstruct)
-    summary["reconstruct"] = reconstruct(c, dense, plan, scales, data, summary.value("heldout_kl_calibrated", NAN),
-                                         layout.reconstructed_weights(), fingerprint_, device, *comm);
+  nlohmann::json summary = calibration_summary(c, base, plan, scales, data, device, *comm);
+  if (refit) summary["reconstruct"] = refit_stats;
   for (const auto& t : scales.named())
     if (!at::isfinite(t.tensor).all().item<bool>())
       throw NumericError("calibrate: the fitted scales '" + t.name + "' hold non-finite values; nothing is published");
@@ -334,6 +329,8 @@ void CalibrateStage::run(const StageContext& ctx) {
     fs::create_directories(dir);
     std::map<std::string, std::string> meta{{"fingerprint", fingerprint_}};
     safetensors::write_file(RunLayout(ctx.run_dir).scales(), scales.named(), meta);
+    fs::remove(layout.reconstructed_weights());  // an earlier calibration's
+    if (refit) write_refitted(*refit, plan, scales, layout.reconstructed_weights(), fingerprint_);
     atomic_write_text(layout.calibrate_summary(), summary.dump(2) + "\n");
   }
   world::barrier();

@@ -11,9 +11,10 @@
 // Outputs (rank 0):
 //   <run_dir>/calibrate/scales.safetensors   heads [L, H], ffn [L, F], attn_out / mlp_out [L, D]
 //                                            (dense indices; 0 where the plan removes a structure)
-//   <run_dir>/calibrate/weights.safetensors  calibrate.reconstruct: the pruned student's tensors in fp32 after the
-//                                            least-squares refit of its output projections (training/reconstruct.h),
-//                                            when it lowered the held-out KL; heal and export start from them
+//   <run_dir>/calibrate/weights.safetensors  calibrate.reconstruct: the pruned student's tensors in fp32: the
+//                                            least-squares refit of its output projections (training/reconstruct.h,
+//                                            before the scale fit) with the scales folded; heal and export start
+//                                            from them
 //   <run_dir>/calibrate/metrics.jsonl        one line per step
 //   <run_dir>/calibrate/checkpoints/step-N/  the scales and Adam moments (the newest only)
 #pragma once

@@ -138,8 +138,8 @@ struct CalibrateConfig {
   int grad_accum = 0;         ///< 0 = train.grad_accum.
   bool output_scales = true;  ///< also one scale per output channel of o_proj / down_proj (per layer)
   int64_t checkpoint_every = 50;
-  /// After the scales: refit every kept block's o_proj / down_proj by least squares on the kept heads and FFN
-  /// channels (training/reconstruct.h); kept when it lowers the held-out KL.
+  /// Before the scales: refit every kept block's o_proj / down_proj by least squares on the kept heads and FFN
+  /// channels (training/reconstruct.h); the scales are then fitted on the refitted weights.
   bool reconstruct = false;
   int64_t reconstruct_samples = 64;  ///< training samples the refit's statistics come from
   bool operator==(const CalibrateConfig&) const = default;
