@@ -178,6 +178,7 @@ constexpr Key kCalibrate[] = {
     {"checkpoint_every", at<&Config::calibrate, &CalibrateConfig::checkpoint_every>, at_least(1)},
     {"reconstruct", at<&Config::calibrate, &CalibrateConfig::reconstruct>},
     {"reconstruct_samples", at<&Config::calibrate, &CalibrateConfig::reconstruct_samples>, at_least(1)},
+    {"reconstruct_attention", at<&Config::calibrate, &CalibrateConfig::reconstruct_attention>},
 };
 constexpr Key kExport[] = {
     {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},

@@ -136,8 +136,8 @@ LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& p
   for (at::Tensor* t : {&gates.heads, &gates.ffn, &gates.hidden, &gates.layers, &gates.attn_out, &gates.mlp_out})
     if (t->defined()) *t = t->to(device).clone();
   const int64_t micro = std::max<int64_t>(1, stage_fit_options(c).micro_batch);
-  const ReconstructStats st =
-      reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), 1e-4, comm);
+  const ReconstructStats st = reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), 1e-4,
+                                                      c.calibrate.reconstruct_attention, comm);
   std::vector<safetensors::NamedTensor> named;
   for (const auto& [name, w] : model->named_weights()) named.push_back({name, w.detach().cpu()});
   for (const std::string& name : dense.checkpoint.tensor_names())  // a stored copy of a tied head
@@ -276,7 +276,8 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
   h.update(ctx.fingerprints.at(std::string(stage_names::rounding_search)));
   h.update(c10::toString(compute_dtype(c)));
   for (int64_t v : {k.steps, k.warmup, o.micro_batch, o.grad_accum * world, static_cast<int64_t>(k.output_scales),
-                    c.run.seed, c.train.holdout, static_cast<int64_t>(k.reconstruct), k.reconstruct_samples})
+                    c.run.seed, c.train.holdout, static_cast<int64_t>(k.reconstruct), k.reconstruct_samples,
+                    static_cast<int64_t>(k.reconstruct_attention)})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());

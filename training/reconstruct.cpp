@@ -87,7 +87,7 @@ at::Tensor kept_columns(const at::Tensor& layer_gates, int64_t inputs) {
 }  // namespace
 
 ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, const std::vector<Batch>& batches,
-                                         double ridge, Communicator& comm) {
+                                         double ridge, bool attention, Communicator& comm) {
   at::NoGradGuard no_grad;
   ReconstructStats stats;
   const int64_t layers = model.gate_shape().layers;
@@ -96,6 +96,7 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
     if (gates.layers.defined() && gates.layers[i].item<double>() == 0) continue;  // a dropped block
     auto [attn, mlp] = model.output_projections(i);
     for (const Kind kind : {Kind::heads, Kind::ffn}) {
+      if (kind == Kind::heads && !attention) continue;
       const Projection& p = kind == Kind::heads ? attn : mlp;
       at::Tensor& g = kind == Kind::heads ? gates.heads : gates.ffn;
       at::Tensor layer_gates = g.defined() ? g[i] : at::ones({p.weight.size(1)}, p.weight.options());

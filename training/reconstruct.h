@@ -30,7 +30,8 @@ struct ReconstructStats {
 /// calibration inputs (padding excluded); the Gram matrices are summed over `comm`'s ranks and rank 0's
 /// solution is broadcast, so every rank ends with the same weights. NumericError naming the layer when a
 /// solution is not finite.
+/// `attention` false refits the MLP down projections only.
 ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, const std::vector<Batch>& batches,
-                                         double ridge, Communicator& comm);
+                                         double ridge, bool attention, Communicator& comm);
 
 }  // namespace hawada

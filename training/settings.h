@@ -141,7 +141,8 @@ struct CalibrateConfig {
   /// Before the scales: refit every kept block's o_proj / down_proj by least squares on the kept heads and FFN
   /// channels (training/reconstruct.h); the scales are then fitted on the refitted weights.
   bool reconstruct = false;
-  int64_t reconstruct_samples = 64;  ///< training samples the refit's statistics come from
+  int64_t reconstruct_samples = 64;   ///< training samples the refit's statistics come from
+  bool reconstruct_attention = true;  ///< false: the MLP down projections only
   bool operator==(const CalibrateConfig&) const = default;
 };
 

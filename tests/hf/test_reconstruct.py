@@ -198,3 +198,16 @@ def test_gpt_neox_biases_are_refitted_and_heal_starts_from_the_refit(setup, mpir
     torch.testing.assert_close(healed["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"],
                                on["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"], rtol=0, atol=0)
 
+
+
+def test_mlp_only_refit_leaves_the_attention_output_as_sliced(setup, mpirun):
+    d = setup
+    mpirun(2, write_config(d, "r-mlp", calibrate="reconstruct = true\nreconstruct_attention = false", steps=0))
+    mpirun(2, write_config(d, "r-masks", steps=0))
+    assert json.load(open(d / "r-mlp" / "calibrate" / "summary.json"))["reconstruct"]["projections"] == 3
+    mlp = load_file(d / "r-mlp" / "export" / "slim" / "model.safetensors")
+    masks = load_file(d / "r-masks" / "export" / "slim" / "model.safetensors")
+    for layer in range(3):
+        o, down = f"model.layers.{layer}.self_attn.o_proj.weight", f"model.layers.{layer}.mlp.down_proj.weight"
+        assert torch.equal(mlp[o], masks[o]), o
+        assert not torch.equal(mlp[down], masks[down]), down
