@@ -208,6 +208,19 @@ def slice_model(model, shape, heads_s, ffn_s, hidden_s, kept_layers=None):
     return small.eval()
 
 
+def save(model, side_files_from, out):
+    """`model` in bf16 with the tokenizer and generation files of `side_files_from`, published by rename."""
+    tmp = out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    for side in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"):
+        if os.path.exists(os.path.join(side_files_from, side)):
+            shutil.copy(os.path.join(side_files_from, side), tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
 def baseline_cmd(a):
     dense = load(a.dense)
     with open(os.path.join(a.shape_from, "config.json")) as f:
@@ -225,15 +238,7 @@ def baseline_cmd(a):
     if "layer_types" in c:
         shape["layer_types"] = [dense.config.layer_types[i] for i in kept] if getattr(dense.config, "layer_types", None) else c["layer_types"]
     small = slice_model(dense, shape, heads, ffn, hidden, kept if shape["num_hidden_layers"] < L else None)
-    tmp = a.out + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    small.to(load(a.dense).dtype if False else torch.bfloat16).save_pretrained(tmp)
-    for side in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
-                 "chat_template.jinja"):
-        if os.path.exists(os.path.join(a.dense, side)):
-            shutil.copy(os.path.join(a.dense, side), tmp)
-    shutil.rmtree(a.out, ignore_errors=True)
-    os.replace(tmp, a.out)
+    save(small, a.dense, a.out)
     print(json.dumps({"baseline": a.kind, "out": a.out, "shape": shape, "kept_layers": kept,
                       "parameters": sum(p.numel() for p in small.parameters())}))
 
@@ -340,15 +345,7 @@ def refit_cmd(a):
             x = args[0] if args else kwargs["hidden_states"]
             return sl.mlp.act_fn(sl.mlp.gate_proj(x)) * sl.mlp.up_proj(x), dl.mlp(x)
         _refit_one(model, ids, sl.mlp, mlp, sl.mlp.down_proj)
-    tmp = a.out + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(torch.bfloat16).save_pretrained(tmp)
-    for side in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
-                 "chat_template.jinja"):
-        if os.path.exists(os.path.join(a.model, side)):
-            shutil.copy(os.path.join(a.model, side), tmp)
-    shutil.rmtree(a.out, ignore_errors=True)
-    os.replace(tmp, a.out)
+    save(model, a.model, a.out)
     print(json.dumps({"refit": a.model, "out": a.out, "windows": ids.shape[0]}))
 
 
