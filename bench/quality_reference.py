@@ -260,7 +260,8 @@ def speed_cmd(a):
     rows = []
     for path in a.models:
         model = load(path)
-        model.generation_config.pad_token_id = model.generation_config.eos_token_id
+        eos = model.generation_config.eos_token_id
+        model.generation_config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # Gemma lists two
 
         def timed(new):
             t0 = time.perf_counter()
