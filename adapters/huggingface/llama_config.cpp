@@ -148,6 +148,10 @@ ArchSummary summarize_llama_family_config(const std::string& type, const nlohman
   if (s.heads % s.kv_heads != 0)
     throw CheckpointError("'" + file.string() + "': num_attention_heads " + std::to_string(s.heads) +
                           " is not a multiple of num_key_value_heads " + std::to_string(s.kv_heads));
+  if (s.head_dim < 1 || (s.head_dim_from_hidden && s.hidden / s.heads < 1))  // e.g. hidden_size < heads, no head_dim
+    throw CheckpointError("'" + file.string() + "': head_dim is " + std::to_string(s.head_dim) + " (hidden_size " +
+                          std::to_string(s.hidden) + ", num_attention_heads " + std::to_string(s.heads) +
+                          "): it must be at least 1");
   if (s.head_dim % 2 != 0)
     throw CheckpointError("'" + file.string() + "': head_dim " + std::to_string(s.head_dim) + " must be even (RoPE)");
   return s;
