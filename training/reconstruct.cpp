@@ -69,8 +69,12 @@ at::Tensor solve(const Projection& p, const at::Tensor& gram, const at::Tensor& 
   return at::linalg_solve(g, target);
 }
 
-// Writes the solution into `p` (the kept columns and the bias).
+// Writes the solution into `p` (the kept columns and the bias). A loaded model's tensors may view the memory of
+// its checkpoint (an fp32 file is mapped copy-on-write, and every tensor read from it shares those pages), so the
+// projection gets memory of its own first: the dense checkpoint stays what it was for the rest of the process.
 void write(const Projection& p, const at::Tensor& solution, const at::Tensor& kept) {
+  for (const at::Tensor& t : {p.weight, p.bias})  // handles of the model's own tensors: set_ redirects those
+    if (t.defined()) t.set_(t.clone());
   const int64_t k = kept.numel();
   p.weight.index_copy_(1, kept, solution.narrow(0, 0, k).t().to(p.weight.scalar_type()));
   if (p.bias.defined()) p.bias.copy_(solution[k].to(p.bias.scalar_type()));
