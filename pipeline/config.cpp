@@ -41,6 +41,7 @@ constexpr std::string_view kTeacherLogits[] = {"top_k", "sampled"};
 constexpr std::string_view kBudgetMetric[] = {"params", "non_embedding_params", "latency"};
 constexpr std::string_view kLatencyMode[] = {"prefill", "decode"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
+constexpr std::string_view kRefitOrder[] = {"after_scales", "before_scales"};
 constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
 constexpr std::string_view kDeviceRequest[] = {"auto", "cpu", "cuda"};
 
@@ -52,6 +53,7 @@ std::span<const std::string_view> names_of(TeacherLogits) { return kTeacherLogit
 std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric; }
 std::span<const std::string_view> names_of(LatencyMode) { return kLatencyMode; }
 std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
+std::span<const std::string_view> names_of(RefitOrder) { return kRefitOrder; }
 std::span<const std::string_view> names_of(DistBackend) { return kDistBackend; }
 std::span<const std::string_view> names_of(DeviceRequest) { return kDeviceRequest; }
 
@@ -67,7 +69,7 @@ std::string_view name_of(E value) {
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, DataFormat*,
                          TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*, ExportDtype*,
-                         DistBackend*, DeviceRequest*>;
+                         RefitOrder*, DistBackend*, DeviceRequest*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -179,6 +181,7 @@ constexpr Key kCalibrate[] = {
     {"reconstruct", at<&Config::calibrate, &CalibrateConfig::reconstruct>},
     {"reconstruct_samples", at<&Config::calibrate, &CalibrateConfig::reconstruct_samples>, at_least(1)},
     {"reconstruct_attention", at<&Config::calibrate, &CalibrateConfig::reconstruct_attention>},
+    {"reconstruct_order", at<&Config::calibrate, &CalibrateConfig::reconstruct_order>},
 };
 constexpr Key kExport[] = {
     {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},
@@ -674,6 +677,7 @@ std::string_view to_string(TeacherLogits value) { return name_of(value); }
 std::string_view to_string(BudgetMetric value) { return name_of(value); }
 std::string_view to_string(LatencyMode value) { return name_of(value); }
 std::string_view to_string(ExportDtype value) { return name_of(value); }
+std::string_view to_string(RefitOrder value) { return name_of(value); }
 std::string_view to_string(DistBackend value) { return name_of(value); }
 std::string_view to_string(DeviceRequest value) { return name_of(value); }
 

@@ -73,24 +73,29 @@ std::vector<int64_t> heldout_samples(const DistillData& data) {
   return held;
 }
 
-// summary.json: the steps and, with held-out samples, the held-out KL of the 0/1-mask student (with
-// calibrate.reconstruct: the refitted one) and of the calibrated one (on the samples export verifies on), which is
-// logged. Collective.
-nlohmann::json calibration_summary(const Config& c, const LoadedModel& dense, const Plan& plan, const Scales& scales,
-                                   const DistillData& data, const at::Device& device, Communicator& comm) {
+// summary.json: the steps and, with held-out samples, the held-out KL of the 0/1-mask student (`masks`: the
+// dense model's, or the refitted one's when the refit ran first) and of the calibrated one (`scales` on `student`,
+// on the samples export verifies on), which is logged. Collective.
+nlohmann::json calibration_summary(const Config& c, const LoadedModel& masks, const LoadedModel& student,
+                                   const Plan& plan, const Scales& scales, const DistillData& data,
+                                   const at::Device& device, Communicator& comm) {
   const CalibrateConfig& k = c.calibrate;
   const std::vector<int64_t> held = heldout_samples(data);
   nlohmann::json summary{{"steps", k.steps}, {"output_scales", k.output_scales}};
   if (!held.empty()) {
-    const double before = student_kl(c, dense, plan, Scales::ones(plan), data, held, device, comm);
-    const double after = k.steps > 0 ? student_kl(c, dense, plan, scales, data, held, device, comm) : before;
+    const double before = student_kl(c, masks, plan, Scales::ones(plan), data, held, device, comm);
+    const double after = student_kl(c, student, plan, scales, data, held, device, comm);
     check_finite(after, "the held-out KL", "calibrate", k.steps);
     summary["heldout_samples"] = held.size();
     summary["heldout_kl_masks"] = before;
     summary["heldout_kl_calibrated"] = after;
     log::info(
-        fmt::format("calibrate: held-out KL to the teacher on {} samples: {:.4f} with 0/1 masks{}, {:.4f} calibrated",
-                    held.size(), before, c.calibrate.reconstruct ? " (refitted)" : "", after));
+        fmt::format("calibrate: held-out KL to the teacher on {} samples: {:.4f} with 0/1 masks{}, {:.4f} calibrated{}",
+                    held.size(), before,
+                    &masks != &student ? ""
+                    : k.reconstruct    ? " (refitted)"
+                                       : "",
+                    after, k.reconstruct ? " and refitted" : ""));
   }
   return summary;
 }
@@ -125,19 +130,25 @@ void check_slice(const Model& gated, const GateValues& gates, const Model& slice
         std::to_string(rel) + " (relative L2); nothing is published");
 }
 
-// calibrate.reconstruct (training/reconstruct.h), before the scales: the dense model with the plan's
-// 0/1 masks, its output projections refitted in place, as an in-memory checkpoint the scale fit and the
-// slice start from (`stats`: summary.json's "reconstruct"). Collective.
-LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& plan, const DistillData& data,
-                        const at::Device& device, Communicator& comm, nlohmann::json& stats) {
+// calibrate.reconstruct (training/reconstruct.h): the dense model with the plan's gates (`scales`: the 0/1 masks
+// when the refit runs first, the fitted scales when it runs last), its output projections refitted in place, as an
+// in-memory checkpoint; `scales` becomes what the refit leaves (1 on the refitted projections' structures and output
+// channels, the others' unchanged). `stats`: summary.json's "reconstruct". Collective.
+LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& plan, Scales& scales,
+                        const DistillData& data, const at::Device& device, Communicator& comm, nlohmann::json& stats) {
   const auto t0 = Clock::now();
   const auto model = dense.adapter->load(dense.checkpoint, {at::kFloat, device});
-  GateValues gates = student_gates(plan, Scales::ones(plan));
+  GateValues gates = student_gates(plan, scales);
   for (at::Tensor* t : {&gates.heads, &gates.ffn, &gates.hidden, &gates.layers, &gates.attn_out, &gates.mlp_out})
     if (t->defined()) *t = t->to(device).clone();
   const int64_t micro = std::max<int64_t>(1, stage_fit_options(c).micro_batch);
   const ReconstructStats st = reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), 1e-4,
                                                       c.calibrate.reconstruct_attention, comm);
+  for (auto [from, to] : {std::pair{&gates.heads, &scales.heads},
+                          {&gates.ffn, &scales.ffn},
+                          {&gates.attn_out, &scales.attn_out},
+                          {&gates.mlp_out, &scales.mlp_out}})
+    if (from->defined()) *to = from->cpu();
   std::vector<safetensors::NamedTensor> named;
   for (const auto& [name, w] : model->named_weights()) named.push_back({name, w.detach().cpu()});
   for (const std::string& name : dense.checkpoint.tensor_names())  // a stored copy of a tied head
@@ -145,16 +156,27 @@ LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& p
       named.push_back({name, dense.checkpoint.tensor(name).to(at::kFloat)});
   LoadedModel refit{HfCheckpoint::in_memory(dense.checkpoint.config(), named, dense.checkpoint.dir() / "(refitted)"),
                     dense.adapter, dense.arch, dense.shape, nullptr};
-  // Its slice (the masks are what the refit left: 0/1) must compute what the refitted gated model computes.
-  const auto slice = dense.adapter->load(pruned_checkpoint(refit, plan, Scales::ones(plan)), {at::kFloat, device});
+  // Its slice (with the scales folded) must compute what the refitted gated model computes.
+  const auto slice = dense.adapter->load(pruned_checkpoint(refit, plan, scales), {at::kFloat, device});
   check_slice(*model, gates, *slice, data, device);
   log::info(
       fmt::format("calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in {:.1f} s",
                   st.projections, st.tokens, since(t0)));
   stats = {{"samples", std::min(c.calibrate.reconstruct_samples, data.train_samples())},
            {"tokens", st.tokens},
-           {"projections", st.projections}};
+           {"projections", st.projections},
+           {"order", c.calibrate.reconstruct_order == RefitOrder::after_scales ? "after_scales" : "before_scales"}};
   return refit;
+}
+
+void log_scale_fit(const Config& c, const Plan& plan, const FitOptions& o, bool refitted) {
+  const int64_t samples = o.micro_batch * o.grad_accum * process_info().size;
+  log::info("calibrate: fitting the scales of " + std::to_string(plan.chosen.shape.heads) + " heads, " +
+            std::to_string(plan.chosen.shape.ffn) + " FFN channels" +
+            (c.calibrate.output_scales ? " and " + std::to_string(plan.chosen.shape.hidden) + " output channels"
+                                       : std::string()) +
+            " per layer, weights frozen" + (refitted ? " (the refitted ones)" : "") + ": " +
+            std::to_string(c.calibrate.steps) + " steps of " + std::to_string(samples) + " samples");
 }
 
 // Rank 0: calibrate.reconstruct's student, the refitted weights sliced with the scales folded, in fp32 into `file`.
@@ -277,7 +299,7 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
   h.update(c10::toString(compute_dtype(c)));
   for (int64_t v : {k.steps, k.warmup, o.micro_batch, o.grad_accum * world, static_cast<int64_t>(k.output_scales),
                     c.run.seed, c.train.holdout, static_cast<int64_t>(k.reconstruct), k.reconstruct_samples,
-                    static_cast<int64_t>(k.reconstruct_attention)})
+                    static_cast<int64_t>(k.reconstruct_attention), static_cast<int64_t>(k.reconstruct_order)})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
@@ -307,21 +329,19 @@ void CalibrateStage::run(const StageContext& ctx) {
 
   nlohmann::json refit_stats;
   std::optional<LoadedModel> refit;
-  if (k.reconstruct) refit.emplace(reconstruct(c, dense, plan, data, device, *comm, refit_stats));
-  const LoadedModel& base = refit ? *refit : dense;  // what the scales multiply
   Scales scales = Scales::ones(plan);
+  const bool refit_first = k.reconstruct && k.reconstruct_order == RefitOrder::before_scales;
+  if (refit_first) refit.emplace(reconstruct(c, dense, plan, scales, data, device, *comm, refit_stats));
   if (k.steps > 0) {
-    log::info(
-        "calibrate: fitting the scales of " + std::to_string(plan.chosen.shape.heads) + " heads, " +
-        std::to_string(plan.chosen.shape.ffn) + " FFN channels" +
-        (k.output_scales ? " and " + std::to_string(plan.chosen.shape.hidden) + " output channels" : std::string()) +
-        " per layer, weights frozen" + (refit ? " (the refitted ones)" : "") + ": " + std::to_string(k.steps) +
-        " steps of " + std::to_string(o.micro_batch * o.grad_accum * proc.size) + " samples");
-    scales = fit_scales(c, base, plan, data, o, device, *comm);
+    log_scale_fit(c, plan, o, refit_first);
+    scales = fit_scales(c, refit ? *refit : dense, plan, data, o, device, *comm);
   } else {
     log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
   }
-  nlohmann::json summary = calibration_summary(c, base, plan, scales, data, device, *comm);
+  if (k.reconstruct && !refit_first)
+    refit.emplace(reconstruct(c, dense, plan, scales, data, device, *comm, refit_stats));
+  nlohmann::json summary =
+      calibration_summary(c, refit_first ? *refit : dense, refit ? *refit : dense, plan, scales, data, device, *comm);
   if (refit) summary["reconstruct"] = refit_stats;
   for (const auto& t : scales.named())
     if (!at::isfinite(t.tensor).all().item<bool>())

@@ -13,8 +13,8 @@
 //                                            (dense indices; 0 where the plan removes a structure)
 //   <run_dir>/calibrate/weights.safetensors  calibrate.reconstruct: the pruned student's tensors in fp32: the
 //                                            least-squares refit of its output projections (training/reconstruct.h,
-//                                            before the scale fit) with the scales folded; heal and export start
-//                                            from them
+//                                            after or before the scale fit: calibrate.reconstruct_order) with the
+//                                            scales folded; heal and export start from them
 //   <run_dir>/calibrate/metrics.jsonl        one line per step
 //   <run_dir>/calibrate/checkpoints/step-N/  the scales and Adam moments (the newest only)
 #pragma once

@@ -64,9 +64,11 @@ std::string how_it_was_made(const Config& c, ModelOutput out, const json& summar
     << "scales were then fitted to the original model with every weight frozen (" << c.calibrate.steps
     << " steps) and folded into the output projections.";
   if (std::filesystem::exists(RunLayout(run_dir).reconstructed_weights()))
-    o << " Before the scales, each kept block's output projections (o_proj, down_proj) were refitted by least "
-         "squares so that the kept heads and channels reproduce the original projections' outputs on calibration "
-         "text.";
+    o << (c.calibrate.reconstruct_order == RefitOrder::after_scales ? " After the scales" : " Before the scales")
+      << ", each kept block's output projection"
+      << (c.calibrate.reconstruct_attention ? "s (o_proj, down_proj) were" : " (down_proj) was")
+      << " refitted by least squares so that the kept heads and channels reproduce the original projections' "
+         "outputs on calibration text.";
   if (std::filesystem::exists(RunLayout(run_dir).healed_weights()))
     o << " Finally all weights of the pruned model were trained by distillation from the same cache (heal).";
   o << "\n\n";

@@ -35,6 +35,9 @@ inline const char* metric_name(BudgetMetric m) {
 enum class LatencyMode { prefill, decode };
 /// Dtype of the exported weights; `keep` keeps the checkpoint's own (`export.dtype`).
 enum class ExportDtype { keep, bf16, fp32 };
+/// calibrate.reconstruct_order: whether the least-squares refit runs after the scale fit (the projections it
+/// refits drop their scales; the others keep theirs) or before it (the scales are fitted on the refit).
+enum class RefitOrder { after_scales, before_scales };
 /// Communicator backend (`dist.backend`); `auto_` is spelled "auto" in TOML.
 enum class DistBackend { auto_, mpi, nccl };
 
@@ -138,11 +141,12 @@ struct CalibrateConfig {
   int grad_accum = 0;         ///< 0 = train.grad_accum.
   bool output_scales = true;  ///< also one scale per output channel of o_proj / down_proj (per layer)
   int64_t checkpoint_every = 50;
-  /// Before the scales: refit every kept block's o_proj / down_proj by least squares on the kept heads and FFN
-  /// channels (training/reconstruct.h); the scales are then fitted on the refitted weights.
+  /// Refit every kept block's o_proj / down_proj by least squares on the kept heads and FFN channels
+  /// (training/reconstruct.h), after or before the scale fit (reconstruct_order).
   bool reconstruct = false;
   int64_t reconstruct_samples = 64;   ///< training samples the refit's statistics come from
   bool reconstruct_attention = true;  ///< false: the MLP down projections only
+  RefitOrder reconstruct_order = RefitOrder::after_scales;
   bool operator==(const CalibrateConfig&) const = default;
 };
 

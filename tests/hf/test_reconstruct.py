@@ -134,9 +134,10 @@ def test_refit_solves_the_normal_equations_transformers_computes(setup, mpirun):
     r = summary["reconstruct"]
     assert r["projections"] == 6 and r["tokens"] == SAMPLES * SEQ, r
     assert "calibrate: reconstruct: 6 output projections refitted" in p.stderr
-    # The refit alone lowers the held-out KL of the 0/1 masks; with scale steps on top, lower still.
-    mpirun(2, write_config(d, "r-scaled", calibrate="reconstruct = true"))
+    # The refit alone lowers the held-out KL of the 0/1 masks; with scale steps fitted on top, lower still.
+    mpirun(2, write_config(d, "r-scaled", calibrate='reconstruct = true\nreconstruct_order = "before_scales"'))
     scaled = json.load(open(d / "r-scaled" / "calibrate" / "summary.json"))
+    assert scaled["reconstruct"]["order"] == "before_scales", scaled
     assert scaled["heldout_kl_calibrated"] < scaled["heldout_kl_masks"], scaled
     slim_dir = d / "r-llama" / "export" / "slim"
     verify = json.load(open(d / "r-llama" / "export" / "summary.json"))["verify"]
@@ -155,11 +156,12 @@ def test_refit_solves_the_normal_equations_transformers_computes(setup, mpirun):
             want, got = independent_refit(dense, slim, ids, layer, which)
             rel = ((want - got).norm() / want.norm()).item()
             assert rel < 1e-3, (layer, which, rel)
-    # And the calibrated slice (no refit) is not that solution: the test can fail. The refit lowers the 0/1
-    # masks' held-out KL.
+    # And the calibrated slice (no refit) is not that solution: the test can fail. The refit alone (no scale
+    # steps: it is the calibrated student) lowers the 0/1 masks' held-out KL.
     mpirun(2, write_config(d, "r-off"))
     off_summary = json.load(open(d / "r-off" / "calibrate" / "summary.json"))
-    assert summary["heldout_kl_masks"] < off_summary["heldout_kl_masks"], (summary, off_summary)
+    assert summary["heldout_kl_masks"] == off_summary["heldout_kl_masks"], (summary, off_summary)
+    assert summary["heldout_kl_calibrated"] < off_summary["heldout_kl_masks"], (summary, off_summary)
     off = transformers.AutoModelForCausalLM.from_pretrained(d / "r-off" / "export" / "slim", dtype=torch.float32)
     want, got = independent_refit(dense, off.eval(), ids, 2, "mlp")
     assert ((want - got).norm() / want.norm()).item() > 1e-2
@@ -211,3 +213,35 @@ def test_mlp_only_refit_leaves_the_attention_output_as_sliced(setup, mpirun):
         o, down = f"model.layers.{layer}.self_attn.o_proj.weight", f"model.layers.{layer}.mlp.down_proj.weight"
         assert torch.equal(mlp[o], masks[o]), o
         assert not torch.equal(mlp[down], masks[down]), down
+
+
+def test_refit_after_the_scales_keeps_the_attention_scales_and_solves_the_mlp(setup, mpirun):
+    d = setup
+    # The default order: the scales are fitted on the 0/1-mask student first (as without the refit), then the MLP
+    # down projections are solved on the inputs that the scaled attention gives them; the attention keeps its scales.
+    mpirun(2, write_config(d, "r-after", calibrate="reconstruct = true\nreconstruct_attention = false"))
+    mpirun(2, write_config(d, "r-plain"))
+    summary = json.load(open(d / "r-after" / "calibrate" / "summary.json"))
+    plain = json.load(open(d / "r-plain" / "calibrate" / "summary.json"))
+    assert summary["reconstruct"]["order"] == "after_scales" and summary["reconstruct"]["projections"] == 3, summary
+    # The 0/1-mask KL is the dense model's, measured after the refit: the refit wrote no memory the dense model
+    # shares (an fp32 checkpoint is mapped, and the loaded model views it).
+    assert summary["heldout_kl_masks"] == pytest.approx(plain["heldout_kl_masks"], rel=1e-9), (summary, plain)
+    assert summary["heldout_kl_calibrated"] < summary["heldout_kl_masks"], summary
+    after_scales, plain_scales = load_file(d / "r-after" / "calibrate" / "scales.safetensors"), \
+        load_file(d / "r-plain" / "calibrate" / "scales.safetensors")
+    assert torch.equal(after_scales["heads"], plain_scales["heads"])
+    assert torch.equal(after_scales["attn_out"], plain_scales["attn_out"])
+    assert torch.all(after_scales["ffn"][plain_scales["ffn"] != 0] == 1) and torch.all(after_scales["mlp_out"] == 1)
+    assert not torch.all(plain_scales["ffn"][plain_scales["ffn"] != 0] == 1)  # the plain run's are fitted
+    after = load_file(d / "r-after" / "export" / "slim" / "model.safetensors")
+    plain_w = load_file(d / "r-plain" / "export" / "slim" / "model.safetensors")
+    slim_dir = d / "r-after" / "export" / "slim"
+    dense = transformers.AutoModelForCausalLM.from_pretrained(d / "llama", dtype=torch.float32).eval()
+    slim = transformers.AutoModelForCausalLM.from_pretrained(slim_dir, dtype=torch.float32).eval()
+    ids = windows(d, SAMPLES)
+    for layer in range(3):
+        o, down = f"model.layers.{layer}.self_attn.o_proj.weight", f"model.layers.{layer}.mlp.down_proj.weight"
+        assert torch.equal(after[o], plain_w[o]), o  # sliced with the same fitted scales folded
+        want, got = independent_refit(dense, slim, ids, layer, "mlp")
+        assert ((want - got).norm() / want.norm()).item() < 1e-3, layer

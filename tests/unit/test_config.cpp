@@ -159,7 +159,9 @@ TEST(ConfigValid, FullSetsEveryKey) {
                                           .output_scales = false,
                                           .checkpoint_every = 20,
                                           .reconstruct = true,
-                                          .reconstruct_samples = 96}));
+                                          .reconstruct_samples = 96,
+                                          .reconstruct_attention = false,
+                                          .reconstruct_order = RefitOrder::before_scales}));
   EXPECT_EQ(c.heal, (HealConfig{.steps = 300,
                                 .lr = 0.0002,
                                 .warmup = 30,
