@@ -84,7 +84,9 @@ nlohmann::json calibration_summary(const Config& c, const LoadedModel& masks, co
   nlohmann::json summary{{"steps", k.steps}, {"output_scales", k.output_scales}};
   if (!held.empty()) {
     const double before = student_kl(c, masks, plan, Scales::ones(plan), data, held, device, comm);
-    const double after = student_kl(c, student, plan, scales, data, held, device, comm);
+    const double after = &masks == &student && k.steps == 0
+                             ? before  // the same student
+                             : student_kl(c, student, plan, scales, data, held, device, comm);
     check_finite(after, "the held-out KL", "calibrate", k.steps);
     summary["heldout_samples"] = held.size();
     summary["heldout_kl_masks"] = before;
