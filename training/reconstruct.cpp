@@ -105,7 +105,9 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
       at::Tensor& g = kind == Kind::heads ? gates.heads : gates.ffn;
       at::Tensor layer_gates = g.defined() ? g[i] : at::ones({p.weight.size(1)}, p.weight.options());
       const at::Tensor kept = kept_columns(layer_gates, p.weight.size(1)).to(p.weight.device());
-      if (kept.numel() == 0) continue;  // a branch the plan removes entirely
+      // A branch the plan removes entirely has nothing to refit; one that keeps every input has nothing to
+      // reconstruct (its solution is the dense projection again), and refitting it would only undo its scales.
+      if (kept.numel() == 0 || kept.numel() == p.weight.size(1)) continue;
       int64_t tokens = 0;
       at::Tensor gram = gram_of(model, gates, stream, i, kind, tokens);
       comm.all_reduce(gram, Communicator::Op::sum);

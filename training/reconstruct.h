@@ -30,7 +30,9 @@ struct ReconstructStats {
 /// calibration inputs (padding excluded); the Gram matrices are summed over `comm`'s ranks and rank 0's
 /// solution is broadcast, so every rank ends with the same weights. NumericError naming the layer when a
 /// solution is not finite.
-/// `attention` false refits the MLP down projections only.
+/// A projection whose inputs the plan keeps in full is left as it is (with its gates and output scales): its
+/// least-squares solution would be the dense projection itself. `attention` false refits the MLP down projections
+/// only.
 ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, const std::vector<Batch>& batches,
                                          double ridge, bool attention, Communicator& comm);
 

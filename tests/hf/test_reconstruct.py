@@ -183,14 +183,21 @@ def test_gpt_neox_biases_are_refitted_and_heal_starts_from_the_refit(setup, mpir
     d = setup
     mpirun(2, write_config(d, "r-neox", model="neox", calibrate="reconstruct = true", gates="", budget=NEOX_BUDGET))
     r = json.load(open(d / "r-neox" / "calibrate" / "summary.json"))["reconstruct"]
-    assert r["projections"] == 4, r
+    # The plan cuts FFN channels in both blocks and keeps every head: the two MLP output projections are refitted,
+    # the attention's (nothing to reconstruct) keep their fitted scales, as a run without the refit leaves them.
+    plan = json.load(open(d / "r-neox" / "plan" / "plan.json"))
+    assert [(len(b["heads"]), len(b["ffn"]) < 64) for b in plan["layers"]] == [(4, True), (4, True)], plan["layers"]
+    assert r["projections"] == 2, r
     mpirun(2, write_config(d, "r-neox-off", model="neox", gates="", budget=NEOX_BUDGET))
     on = load_file(d / "r-neox" / "export" / "slim" / "model.safetensors")
     off = load_file(d / "r-neox-off" / "export" / "slim" / "model.safetensors")
-    for n in ("gpt_neox.layers.0.mlp.dense_4h_to_h.bias", "gpt_neox.layers.1.attention.dense.bias"):
-        assert not torch.equal(on[n], off[n]), n
-    for n in ("gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "gpt_neox.layers.1.attention.query_key_value.weight"):
-        assert torch.equal(on[n], off[n]), n  # only the output projections move
+    for layer in range(2):
+        n = f"gpt_neox.layers.{layer}.mlp.dense_4h_to_h"
+        assert not torch.equal(on[n + ".bias"], off[n + ".bias"]), n
+        assert not torch.equal(on[n + ".weight"], off[n + ".weight"]), n
+    for n in ("gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "gpt_neox.layers.1.attention.query_key_value.weight",
+              "gpt_neox.layers.0.attention.dense.weight", "gpt_neox.layers.1.attention.dense.bias"):
+        assert torch.equal(on[n], off[n]), n  # only the refitted output projections move
     slim = transformers.AutoModelForCausalLM.from_pretrained(d / "r-neox" / "export" / "slim", dtype=torch.float32)
     assert torch.isfinite(slim(input_ids=windows(d, 2)).logits).all()
     # A heal that trains nothing but the norms starts from the refitted projections and keeps them.
