@@ -5,7 +5,7 @@
     python bench/quality_reference.py generate MODEL_DIR [--prompt TEXT]
     python bench/quality_reference.py speed DENSE_DIR [MODEL_DIR ...] [--prompt 256] [--new 64] [--threads 2]
     python bench/quality_reference.py kl TEACHER_DIR MODEL_DIR TOKENS.h5 [--samples N]
-    python bench/quality_reference.py refit DENSE_DIR MODEL_DIR CALIB.h5 OUT_DIR [--calib-windows 64]
+    python bench/quality_reference.py refit DENSE_DIR MODEL_DIR CALIB.h5 OUT_DIR [--calib-windows 256]
 
 ppl: held-out NLL / perplexity of a model on token windows (every next-token prediction inside each
 window), in fp32.
@@ -372,7 +372,7 @@ def main():
     k.add_argument("--samples", type=int, default=0)
     r = sub.add_parser("refit")
     r.add_argument("dense"), r.add_argument("model"), r.add_argument("calib"), r.add_argument("out")
-    r.add_argument("--calib-windows", type=int, default=64)
+    r.add_argument("--calib-windows", type=int, default=256)
     a = p.parse_args()
     {"ppl": ppl_cmd, "baseline": baseline_cmd, "generate": generate_cmd, "speed": speed_cmd, "kl": kl_cmd,
      "refit": refit_cmd}[a.cmd](a)

@@ -144,7 +144,7 @@ struct CalibrateConfig {
   /// Refit every kept block's o_proj / down_proj by least squares on the kept heads and FFN channels
   /// (training/reconstruct.h), after or before the scale fit (reconstruct_order).
   bool reconstruct = false;
-  int64_t reconstruct_samples = 64;   ///< training samples the refit's statistics come from
+  int64_t reconstruct_samples = 256;  ///< training samples the refit's statistics come from
   bool reconstruct_attention = true;  ///< false: the MLP down projections only
   RefitOrder reconstruct_order = RefitOrder::after_scales;
   bool operator==(const CalibrateConfig&) const = default;
