@@ -27,7 +27,8 @@ blocks; then widths are chosen within the kept blocks.
 refit: what calibrate.reconstruct does, in transformers, for any pruned model of the same hidden size (a
 baseline's, for the baseline + refit row): first layer to last, o_proj and then down_proj are solved by
 ridge least squares (1e-4 x the mean diagonal) so that the kept heads' / channels' activations reproduce the
-dense projection of all of them on the pruned model's own inputs, over the first --calib-windows windows.
+dense projection of all of them on the pruned model's own inputs, over the first --calib-windows windows; a
+projection that kept every input is left as it is (as calibrate.reconstruct leaves it).
 
 kl: the mean over every position of the full-vocabulary KL(teacher || model), in fp32 (and the
 model's perplexity on the same windows).
@@ -333,19 +334,22 @@ def refit_cmd(a):
     ids = windows(a.calib, 0, a.calib_windows)
     assert model.config.num_hidden_layers == dense.config.num_hidden_layers, "refit: every layer kept"
     for sl, dl in zip(model.model.layers, dense.model.layers):
-        held = {}
-        pre = sl.self_attn.o_proj.register_forward_pre_hook(lambda m, x: held.update(a=x[0]))
+        # As calibrate.reconstruct: a projection that kept every input is left alone (its solution is the dense one).
+        if sl.self_attn.o_proj.in_features < dl.self_attn.o_proj.in_features:
+            held = {}
+            pre = sl.self_attn.o_proj.register_forward_pre_hook(lambda m, x: held.update(a=x[0]))
 
-        def attn(args, kwargs, sl=sl, dl=dl):
-            sl.self_attn.forward(*args, **kwargs)  # .forward skips this module's hooks; o_proj's fills held["a"]
-            return held["a"], dl.self_attn(*args, **kwargs)[0]
-        _refit_one(model, ids, sl.self_attn, attn, sl.self_attn.o_proj)
-        pre.remove()
+            def attn(args, kwargs, sl=sl, dl=dl):
+                sl.self_attn.forward(*args, **kwargs)  # .forward skips this module's hooks; o_proj's fills held["a"]
+                return held["a"], dl.self_attn(*args, **kwargs)[0]
+            _refit_one(model, ids, sl.self_attn, attn, sl.self_attn.o_proj)
+            pre.remove()
 
         def mlp(args, kwargs, sl=sl, dl=dl):
             x = args[0] if args else kwargs["hidden_states"]
             return sl.mlp.act_fn(sl.mlp.gate_proj(x)) * sl.mlp.up_proj(x), dl.mlp(x)
-        _refit_one(model, ids, sl.mlp, mlp, sl.mlp.down_proj)
+        if sl.mlp.down_proj.in_features < dl.mlp.down_proj.in_features:
+            _refit_one(model, ids, sl.mlp, mlp, sl.mlp.down_proj)
     save(model, a.model, a.out)
     print(json.dumps({"refit": a.model, "out": a.out, "windows": ids.shape[0]}))
 
