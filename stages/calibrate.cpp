@@ -167,6 +167,8 @@ LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& p
   stats = {{"samples", std::min(c.calibrate.reconstruct_samples, data.train_samples())},
            {"tokens", st.tokens},
            {"projections", st.projections},
+           {"attention_projections", st.attention},
+           {"mlp_projections", st.mlp},
            {"order", c.calibrate.reconstruct_order == RefitOrder::after_scales ? "after_scales" : "before_scales"}};
   return refit;
 }

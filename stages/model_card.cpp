@@ -9,6 +9,7 @@
 #include "core/base/fs.h"
 #include "core/base/json_input.h"
 #include "core/base/process.h"
+#include "core/io/checkpoint.h"
 #include "stages/layout.h"
 #include "training/student.h"
 
@@ -46,6 +47,25 @@ std::string front_matter(const std::string& base, ModelOutput out) {
   return o.str();
 }
 
+// The refit's sentence: which output projections calibrate.reconstruct solved again (calibrate's summary.json
+// counts them: only those whose inputs the plan cut), and whether before or after the scales.
+std::string refit_sentence(const Config& c, const std::filesystem::path& run_dir) {
+  const std::filesystem::path file = RunLayout(run_dir).calibrate_summary();
+  const json r = std::filesystem::exists(file) ? read_json_file(file).value("reconstruct", json::object()) : json();
+  const int64_t attention = r.value("attention_projections", int64_t{-1}),
+                mlp = r.value("mlp_projections", int64_t{-1});
+  std::ostringstream o;
+  o << (c.calibrate.reconstruct_order == RefitOrder::after_scales ? " After the scales" : " Before the scales")
+    << ", the output projections of the blocks whose heads or FFN channels were cut";
+  if (attention >= 0 && mlp >= 0)
+    o << " (" << attention << " o_proj, " << mlp << " down_proj)";
+  else
+    o << (c.calibrate.reconstruct_attention ? " (o_proj, down_proj)" : " (down_proj)");
+  o << " were refitted by least squares so that the kept heads and channels reproduce the original projections' "
+       "outputs on calibration text.";
+  return o.str();
+}
+
 // How it was made: gates learned by distillation within the budget, the shape probed, the scales
 // calibrated (and, on healed runs, every weight trained).
 std::string how_it_was_made(const Config& c, ModelOutput out, const json& summary,
@@ -63,12 +83,7 @@ std::string how_it_was_made(const Config& c, ModelOutput out, const json& summar
     << ") chose the shape, whose candidates were compared by a short calibrated probe; the kept structures' "
     << "scales were then fitted to the original model with every weight frozen (" << c.calibrate.steps
     << " steps) and folded into the output projections.";
-  if (std::filesystem::exists(RunLayout(run_dir).reconstructed_weights()))
-    o << (c.calibrate.reconstruct_order == RefitOrder::after_scales ? " After the scales" : " Before the scales")
-      << ", each kept block's output projection"
-      << (c.calibrate.reconstruct_attention ? "s (o_proj, down_proj) were" : " (down_proj) was")
-      << " refitted by least squares so that the kept heads and channels reproduce the original projections' "
-         "outputs on calibration text.";
+  if (std::filesystem::exists(RunLayout(run_dir).reconstructed_weights())) o << refit_sentence(c, run_dir);
   if (std::filesystem::exists(RunLayout(run_dir).healed_weights()))
     o << " Finally all weights of the pruned model were trained by distillation from the same cache (heal).";
   o << "\n\n";

@@ -124,6 +124,7 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
       at::Tensor& out_scales = kind == Kind::heads ? gates.attn_out : gates.mlp_out;
       if (out_scales.defined()) out_scales[i].fill_(1.0);
       stats.projections += 1;
+      (kind == Kind::heads ? stats.attention : stats.mlp) += 1;
       stats.tokens = static_cast<int64_t>(t.item<double>());
     }
     stream.residual = pass(model, gates, stream, i, [](const Batch&, const ProjectionInputs&) {});

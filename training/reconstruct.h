@@ -12,8 +12,10 @@ namespace hawada {
 
 /// What reconstruct_projections did: the projections refitted and the calibration tokens they were fitted on.
 struct ReconstructStats {
-  int64_t projections = 0;
-  int64_t tokens = 0;  ///< summed over ranks
+  int64_t projections = 0;  ///< attention + mlp
+  int64_t attention = 0;    ///< attention output projections (o_proj) refitted
+  int64_t mlp = 0;          ///< MLP down projections refitted
+  int64_t tokens = 0;       ///< summed over ranks
 };
 
 /// Refits the student's output projections layer after layer, from the first kept block to the last: each kept

@@ -187,7 +187,10 @@ def test_gpt_neox_biases_are_refitted_and_heal_starts_from_the_refit(setup, mpir
     # the attention's (nothing to reconstruct) keep their fitted scales, as a run without the refit leaves them.
     plan = json.load(open(d / "r-neox" / "plan" / "plan.json"))
     assert [(len(b["heads"]), len(b["ffn"]) < 64) for b in plan["layers"]] == [(4, True), (4, True)], plan["layers"]
-    assert r["projections"] == 2, r
+    assert (r["projections"], r["attention_projections"], r["mlp_projections"]) == (2, 0, 2), r
+    card = (d / "r-neox" / "export" / "slim" / "README.md").read_text()
+    assert "the output projections of the blocks whose heads or FFN channels were cut (0 o_proj, 2 down_proj)" \
+        in card, card
     mpirun(2, write_config(d, "r-neox-off", model="neox", gates="", budget=NEOX_BUDGET))
     on = load_file(d / "r-neox" / "export" / "slim" / "model.safetensors")
     off = load_file(d / "r-neox-off" / "export" / "slim" / "model.safetensors")
