@@ -52,14 +52,24 @@ std::string hf_dtype_name(at::ScalarType t) {
 struct Distance {
   double sq_diff = 0, sq_ref = 0, max_abs = 0, max_ref = 0;
   bool finite = true;
+  // In chunks of 16M values, in fp64: a sample's [tokens, vocab] logits are up to gigabytes in fp32 already.
   void add(const at::Tensor& want, const at::Tensor& got) {
-    const at::Tensor w = want.to(at::kDouble), g = got.to(at::kDouble);
-    if (!at::isfinite(w).all().item<bool>() || !at::isfinite(g).all().item<bool>()) finite = false;
-    const at::Tensor d = (w - g);
-    sq_diff += d.pow(2).sum().item<double>();
-    sq_ref += w.pow(2).sum().item<double>();
-    max_abs = std::max(max_abs, d.abs().max().item<double>());
-    max_ref = std::max(max_ref, w.abs().max().item<double>());
+    constexpr int64_t kChunk = 16ll << 20;
+    if (want.sizes() != got.sizes()) {
+      finite = false;  // nothing to compare value by value: as far as can be
+      return;
+    }
+    const at::Tensor wf = want.reshape(-1), gf = got.reshape(-1);
+    for (int64_t a = 0; a < wf.numel(); a += kChunk) {
+      const int64_t n = std::min(kChunk, wf.numel() - a);
+      const at::Tensor w = wf.narrow(0, a, n).to(at::kDouble), g = gf.narrow(0, a, n).to(at::kDouble);
+      if (!at::isfinite(w).all().item<bool>() || !at::isfinite(g).all().item<bool>()) finite = false;
+      const at::Tensor d = w - g;
+      sq_diff += d.pow(2).sum().item<double>();
+      sq_ref += w.pow(2).sum().item<double>();
+      max_abs = std::max(max_abs, d.abs().max().item<double>());
+      max_ref = std::max(max_ref, w.abs().max().item<double>());
+    }
   }
   double relative() const {
     if (!finite || !std::isfinite(sq_diff)) return std::numeric_limits<double>::infinity();
@@ -75,21 +85,6 @@ void break_slice_for_test(std::vector<safetensors::NamedTensor>& tensors, const 
   for (auto& t : tensors)
     if (t.tensor.dim() == 2 && adapter.weight_kind(t.name) == "mlp" && t.tensor.size(1) == plan.chosen.shape.ffn)
       t.tensor = t.tensor.roll(1, 1).contiguous();
-}
-
-// Outputs of `model` on held-out samples (logits; an encoder's hidden states), for the comparisons of verify.
-std::vector<at::Tensor> logits_of(const Model& model, const DataSource& data, int64_t first, int64_t count,
-                                  const at::Device& device, const GateValues* gates = nullptr) {
-  std::vector<at::Tensor> out;
-  for (int64_t s = first; s < first + count; ++s)
-    out.push_back(model.logits(to_device(data.read(s, 1), device), gates).to(at::kFloat).cpu());
-  return out;
-}
-
-Distance distance(const std::vector<at::Tensor>& want, const std::vector<at::Tensor>& got) {
-  Distance d;
-  for (size_t i = 0; i < want.size(); ++i) d.add(want[i], got[i]);
-  return d;
 }
 
 nlohmann::json finite_json(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json("non-finite"); }
@@ -250,22 +245,17 @@ std::vector<safetensors::NamedTensor> exact_values(const LoadedModel& lm, const 
   return exact;
 }
 
-// 1. identity: the outputs of the dense model with the student's gates applied at run time against the
-// slice's (`want`, on the samples from `first`).
-Distance gated_distance(const LoadedModel& lm, const Plan& plan, const GateValues& student, const DataSource& data,
-                        int64_t first, const at::Device& device, const std::vector<at::Tensor>& want) {
-  const auto dense = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
-  auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
-  const GateValues gates{on_device(student.heads),  on_device(student.ffn),      on_device(student.hidden),
-                         on_device(student.layers), on_device(student.attn_out), on_device(student.mlp_out)};
-  std::vector<at::Tensor> gated = logits_of(*dense, data, first, static_cast<int64_t>(want.size()), device, &gates);
-  // An encoder's outputs are its hidden states: the gated model's are the teacher's width (zeros on
-  // the dropped channels), the slice's the kept channels.
-  const at::Tensor kept = at::tensor(plan.hidden, at::kLong);
-  for (size_t i = 0; i < gated.size(); ++i)
-    if (gated[i].size(-1) != want[i].size(-1) && gated[i].size(-1) == plan.dense.shape.hidden)
-      gated[i] = gated[i].index_select(-1, kept);
-  return distance(gated, want);
+// The student's gates on `device`.
+GateValues gates_on(const GateValues& g, const at::Device& device) {
+  auto on = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  return {on(g.heads), on(g.ffn), on(g.hidden), on(g.layers), on(g.attn_out), on(g.mlp_out)};
+}
+
+// An encoder's outputs are its hidden states: the gated dense model's are the teacher's width (zeros on the
+// dropped channels), the slice's the kept channels; `gated` in the slice's.
+at::Tensor in_slice_channels(const at::Tensor& gated, const at::Tensor& want, const Plan& plan) {
+  if (gated.size(-1) == want.size(-1) || gated.size(-1) != plan.dense.shape.hidden) return gated;
+  return gated.index_select(-1, at::tensor(plan.hidden, at::kLong).to(gated.device()));
 }
 
 // 2. bytes: the first of the `exact` tensors that `exported` does not hold rounded once to its stored dtype
@@ -296,16 +286,22 @@ Verification measure_export(const Config& c, const LoadedModel& lm, const Plan& 
   const std::vector<safetensors::NamedTensor> exact = exact_values(lm, plan, student, slice.healed_file.get());
   const HfCheckpoint exact_ckpt = HfCheckpoint::in_memory(pruned_config, exact, dir / "(fp32 slice)");
   const auto reference = lm.adapter->load(exact_ckpt, {at::kFloat, device});
-  const std::vector<at::Tensor> want_ref = logits_of(*reference, *data, first_sample, v.samples, device);
-
-  // 1. identity
-  if (!v.healed) v.identity = gated_distance(lm, plan, student, *data, first_sample, device, want_ref);
   // 2. bytes
   const HfCheckpoint exported = HfCheckpoint::open(dir);
   v.bytes_mismatch = first_mismatch(exported, exact);
-  // 3. the written export's logits
+
+  // 1. identity (the dense model with the student's gates; not for healed weights) and 3. the written export's
+  // logits, both against the reference, one sample at a time: [tokens, vocab] fp32 logits of every sample kept at
+  // once would outweigh the models (8 x 2,048 tokens x 128K vocabulary: 8.4 GB a set).
   const auto slim = lm.adapter->load(exported, {at::kFloat, device});
-  v.rounding = distance(want_ref, logits_of(*slim, *data, first_sample, v.samples, device));
+  const std::unique_ptr<Model> dense = v.healed ? nullptr : lm.adapter->load(lm.checkpoint, {at::kFloat, device});
+  const GateValues gates = gates_on(student, device);
+  for (int64_t s = first_sample; s < first_sample + v.samples; ++s) {
+    const Batch b = to_device(data->read(s, 1), device);
+    const at::Tensor want = reference->logits(b).to(at::kFloat);
+    if (dense) v.identity.add(want, in_slice_channels(dense->logits(b, &gates).to(at::kFloat), want, plan));
+    v.rounding.add(want, slim->logits(b).to(at::kFloat));
+  }
   return v;
 }
 
