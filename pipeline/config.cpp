@@ -201,6 +201,7 @@ constexpr Key kHeal[] = {
     {"checkpoint_every", at<&Config::heal, &HealConfig::checkpoint_every>, at_least(1)},
     {"eval_every", at<&Config::heal, &HealConfig::eval_every>, at_least(0)},
     {"data", at<&Config::heal, &HealConfig::data>, checked(Check::optional_file)},
+    {"samples", at<&Config::heal, &HealConfig::samples>, at_least(0)},
 };
 constexpr Key kEvaluate[] = {
     {"data", at<&Config::evaluate, &EvaluateConfig::data>, checked(Check::optional_file)},
@@ -600,6 +601,9 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
                  : "must be 0 with teacher.logits = \"sampled\" (the cache keeps no logit values to compare), got " +
                        std::to_string(c.train.mse_weight));
   }
+  if (c.heal.samples > 0 && c.heal.data.empty())
+    rd.fail(seen["heal.samples"], "heal.samples",
+            "needs heal.data (it counts samples of that file; without it heal trains on the run's training samples)");
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
     rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
             "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "

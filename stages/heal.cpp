@@ -148,12 +148,9 @@ struct HealData {
            int64_t global_batch)
       : run(c, arch, cache_dir, 1, "heal") {
     if (!heal_cache.empty()) {
-      DataSpec spec = data_spec(c);
-      spec.path = c.heal.data;
-      spec.samples = 0;
-      heal = std::make_unique<DistillData>(c, spec, 0, arch, heal_cache, global_batch, "healing");
-      log::info("heal: training on every sample of heal.data = " + spec.path.string() + " (" +
-                std::to_string(heal->samples()) + " samples)");
+      heal = std::make_unique<DistillData>(c, heal_data_spec(c), 0, arch, heal_cache, global_batch, "healing");
+      log::info("heal: training on " + (c.heal.samples > 0 ? "the first " : std::string("every ")) +
+                std::to_string(heal->samples()) + " samples of heal.data = " + c.heal.data.string());
     }
     for (int64_t s = run.train_samples(); s < run.samples() && static_cast<int64_t>(held.size()) < kEvalSamples; ++s)
       held.push_back(s);

@@ -97,6 +97,23 @@ uint64_t hash_model_weights(const fs::path& model_dir) {
   return h.digest();
 }
 
+namespace {
+
+// heal reads heal.steps x its global batch samples of heal.data; caching many more than that is teacher time spent
+// on text nothing trains on (a large heal.data file would take days): said once, on rank 0, with the fix.
+void warn_of_unread_heal_samples(const Config& c, int64_t samples) {
+  const int64_t micro = c.heal.micro_batch > 0 ? c.heal.micro_batch : c.train.micro_batch;
+  const int64_t accum = c.heal.grad_accum > 0 ? c.heal.grad_accum : c.train.grad_accum;
+  const int64_t reads = c.heal.steps * micro * accum * static_cast<int64_t>(process_info().size);
+  if (process_info().rank != 0 || c.heal.samples > 0 || reads >= samples) return;
+  log::warn(fmt::format(
+      "teacher_cache: heal.data = {} holds {} samples and heal reads {} (heal.steps x its batch of {}): all {} are "
+      "cached; heal.samples = {} would cache only the ones heal reads",
+      c.heal.data.string(), samples, reads, micro * accum * static_cast<int64_t>(process_info().size), samples, reads));
+}
+
+}  // namespace
+
 std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   const HfCheckpoint ckpt = with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); });
@@ -105,10 +122,7 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
   targets_.clear();
   targets_.push_back({"data", data_spec(c), {}, {}});
   if (c.heal.steps > 0 && !c.heal.data.empty()) {
-    DataSpec heal = data_spec(c);
-    heal.path = c.heal.data;
-    heal.samples = 0;
-    targets_.push_back({"heal.data", heal, {}, {}});
+    targets_.push_back({"heal.data", heal_data_spec(c), {}, {}});
   }
 
   // Rank 0 reads the weights and the data once; every rank gets the same hashes.
@@ -129,6 +143,7 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
     CacheLayout& layout = t.layout;
     layout.kind = cache_kind(model_shape(arch).traits.output);
     layout.samples = data->size();
+    if (t.what == "heal.data") warn_of_unread_heal_samples(c, layout.samples);
     if (layout.kind == "lm" && c.teacher.logits == TeacherLogits::sampled) {
       layout.kind = "lm-sampled";
       layout.seq_len = t.spec.seq_len;

@@ -162,7 +162,8 @@ struct HealConfig {
   std::string train = "all";  ///< "all", or a comma-separated list of attention, mlp, norm, embedding, head
   int64_t checkpoint_every = 100;
   int64_t eval_every = 50;     ///< steps between held-out KL measurements (0 = only at the end)
-  std::filesystem::path data;  ///< Empty: heal on the run's training samples; else every sample of this file
+  std::filesystem::path data;  ///< Empty: heal on the run's training samples; else the samples of this file
+  int64_t samples = 0;         ///< of `data`: the first this many (0 = all); its teacher cache holds only these
   bool operator==(const HealConfig&) const = default;
 };
 

@@ -29,6 +29,14 @@ DataSpec data_spec(const Config& c) {
   return s;
 }
 
+DataSpec heal_data_spec(const Config& c) {
+  DataSpec s = data_spec(c);
+  s.path = c.heal.data;
+  s.samples = c.heal.samples;
+  s.samples_key = "heal.samples";
+  return s;
+}
+
 at::ScalarType compute_dtype(const Config& c) {
   return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat;
 }

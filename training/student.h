@@ -25,6 +25,8 @@ namespace hawada {
 
 /// How the config cuts the data.
 DataSpec data_spec(const Config& config);
+/// heal.data's: data_spec's format and seq_len, heal.data's file, heal.samples of it.
+DataSpec heal_data_spec(const Config& config);
 /// The compute dtype of `model.dtype`.
 at::ScalarType compute_dtype(const Config& config);
 /// The data source of the run, checked against the architecture (vocabulary, image size).

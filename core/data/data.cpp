@@ -87,14 +87,17 @@ void read_rows(const h5::File& f, const std::string& dataset, int64_t row, int64
   }
 }
 
-int64_t limit(int64_t available, int64_t wanted, const fs::path& file, const std::string& dataset) {
+int64_t limit(int64_t available, const DataSpec& spec, const std::string& dataset) {
+  const int64_t wanted = spec.samples;
+  const fs::path& file = spec.path;
   if (available > kMaxSamples)
     fail(file, dataset,
          "declares " + std::to_string(available) + " samples, more than the " + std::to_string(kMaxSamples) +
              " this pipeline handles");
   if (wanted > available)
     fail(file, dataset,
-         "data.samples = " + std::to_string(wanted) + " but the file holds " + std::to_string(available) + " samples");
+         spec.samples_key + " = " + std::to_string(wanted) + " but the file holds " + std::to_string(available) +
+             " samples");
   return wanted > 0 ? wanted : available;
 }
 
@@ -120,7 +123,7 @@ class TokensH5 final : public DataSource {
       check_dataset(*file_, "attention_mask");
       has_mask_ = true;
     }
-    size_ = limit(ids.shape[0], spec.samples, spec.path, "input_ids");
+    size_ = limit(ids.shape[0], spec, "input_ids");
   }
   int64_t size() const override { return size_; }
   uint64_t content_hash() const override { return hash_file(spec_.path, {0, spec_.seq_len, size_}); }
@@ -163,7 +166,7 @@ class TokensBin final : public DataSource {
       fail(spec.path, "",
            "holds " + std::to_string(tokens) +
                " tokens, fewer than one window of data.seq_len = " + std::to_string(spec.seq_len));
-    size_ = limit(tokens / spec.seq_len, spec.samples, spec.path, "");
+    size_ = limit(tokens / spec.seq_len, spec, "");
   }
   int64_t size() const override { return size_; }
   uint64_t content_hash() const override { return hash_file(spec_.path, {1, spec_.seq_len, size_, spec_.token_bytes}); }
@@ -203,7 +206,7 @@ class ImagesH5 final : public DataSource {
                shape_string({expect.channels, expect.image_size, expect.image_size}));
     uint8_ = u8;
     shape_ = px.shape;
-    size_ = limit(px.shape[0], spec.samples, spec.path, "pixel_values");
+    size_ = limit(px.shape[0], spec, "pixel_values");
   }
   int64_t size() const override { return size_; }
   uint64_t content_hash() const override { return hash_file(spec_.path, {2, size_}); }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 
@@ -20,9 +21,10 @@ struct DataSpec {
   enum class Format { tokens_h5, tokens_bin, images_h5 };
   Format format = Format::tokens_h5;
   std::filesystem::path path;
-  int64_t seq_len = 0;  ///< tokens per sample; for tokens_h5 it must equal the file's
-  int64_t samples = 0;  ///< 0 = all
-  int token_bytes = 2;  ///< tokens_bin: 2 (uint16) or 4 (uint32)
+  int64_t seq_len = 0;                       ///< tokens per sample; for tokens_h5 it must equal the file's
+  int64_t samples = 0;                       ///< 0 = all
+  int token_bytes = 2;                       ///< tokens_bin: 2 (uint16) or 4 (uint32)
+  std::string samples_key = "data.samples";  ///< the config key `samples` came from, for errors
 };
 
 /// How uint8 pixels become model inputs (transformers' image processors: rescale, then normalise).

@@ -156,3 +156,27 @@ def test_heal_train_selects_kinds_and_the_export_loads(setup, mpirun, cli, tmp_p
     assert s["healed"] and s["verify"]["passed"] and "unhealed" in s["evaluate"]
     # heal.steps = 0 leaves no heal output behind.
     assert not (d / "h-none" / "heal").exists()
+
+
+def test_heal_samples_caches_and_trains_on_the_first_samples_of_heal_data(setup, mpirun):
+    d = setup
+    np.random.default_rng(7).integers(0, VOCAB, size=40 * SEQ).astype(np.uint16).tofile(d / "heal.bin")
+    heal = f'steps = 2\nmicro_batch = 2\nlr = 0.001\nwarmup = 1\ndata = "{d / "heal.bin"}"'
+
+    def heal_caches():
+        caches = [json.load(open(f)) for f in (d / "cache").glob("*/index.json")]
+        return sorted(c["samples"] for c in caches if c["samples"] in (8, 40, 41))
+
+    # Without heal.samples every sample of heal.data is cached, and teacher_cache says how few heal reads.
+    p = mpirun(2, write_config(d, "h-data-all", heal))
+    assert "holds 40 samples and heal reads 8" in p.stderr and "heal.samples = 8 would cache only" in p.stderr
+    assert "heal: training on every 40 samples of heal.data" in p.stderr
+    # heal.samples = 8: a cache of those 8 alone, trained on; no warning.
+    p = mpirun(2, write_config(d, "h-data-8", heal + "\nsamples = 8"))
+    assert "heal: training on the first 8 samples of heal.data" in p.stderr and "would cache only" not in p.stderr
+    assert heal_caches() == [8, 40]
+    assert healed(d, "h-data-8").keys() == healed(d, "h-data-all").keys()
+    # More than the file holds: a DataError naming the key and the file, before any teacher forward.
+    p = mpirun(2, write_config(d, "h-data-41", heal + "\nsamples = 41"), check=False)
+    assert p.returncode != 0 and "heal.samples = 41 but the file holds 40 samples" in p.stderr, p.stderr
+    assert "heal.bin" in p.stderr and heal_caches() == [8, 40]

@@ -171,7 +171,9 @@ TEST(ConfigValid, FullSetsEveryKey) {
                                 .clip = 0.5,
                                 .train = "mlp,norm",
                                 .checkpoint_every = 150,
-                                .eval_every = 25}));
+                                .eval_every = 25,
+                                .data = abs("data.bin"),
+                                .samples = 64}));
   EXPECT_EQ(c.evaluate.data, abs("data.bin"));
   EXPECT_EQ(c.evaluate.samples, 48);
   EXPECT_EQ(c.evaluate.latency_repeats, 5);
