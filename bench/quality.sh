@@ -15,7 +15,10 @@
 # trained on, 0 = all), QUALITY_BATCH (samples per step, 8), QUALITY_GATE_STEPS (60), QUALITY_CALIBRATE_STEPS
 # (100), QUALITY_LATENCY_TARGET ("" skips the latency budget), QUALITY_HEAL_TOKENS ("" skips heal),
 # QUALITY_RECONSTRUCT (true: calibrate.reconstruct, and the activation baseline refitted the same way as one more
-# row, by bench/quality_reference.py refit; false: neither).
+# row, by bench/quality_reference.py refit; false: neither). Heal: QUALITY_HEAL_LR, QUALITY_HEAL_TRAIN (heal.train),
+# QUALITY_HEAL_BATCH (samples a heal step, a multiple of QUALITY_BATCH), QUALITY_HEAL_WARMUP; SmolLM2's defaults
+# 3e-4, all, QUALITY_BATCH, 30; Gemma-3-270M's 3e-5, attention,mlp,norm, 16, 2 (bench/NOTES.md: 3e-4 on every
+# weight, the 262K-row tied embedding too, made it worse; 3e-5 on the blocks with 16 windows a step healed it).
 #
 # Budget of the gate stages, as in the issue's run (1,024 x 256 tokens, 200 steps of 8 samples):
 # importance 64 samples (8 step-equivalents), 60 gate steps, 3 probes x 8 steps, 100 calibration
@@ -28,8 +31,8 @@ py=$repo/.venv/bin/python
 cli=${HAWADA_CLI:-$repo/build/pipeline/hawada-pipeline}
 models=${HAWADA_MODELS_DIR:-$repo/models}
 case ${QUALITY_MODEL:-smollm2} in
-  smollm2) model=$models/smollm2-135m prefix=smollm2 ;;
-  gemma3) model=$models/gemma-3-270m prefix=gemma3 ;;
+  smollm2) model=$models/smollm2-135m prefix=smollm2 heal_defaults=(3e-4 all "" 30) ;;
+  gemma3) model=$models/gemma-3-270m prefix=gemma3 heal_defaults=(3e-5 attention,mlp,norm 16 2) ;;
   *) echo "quality.sh: QUALITY_MODEL must be smollm2 or gemma3" >&2; exit 2 ;;
 esac
 train=$models/data/$prefix-train-256.h5 evalf=$models/data/$prefix-eval-256.h5
@@ -44,7 +47,10 @@ heal_tokens=${QUALITY_HEAL_TOKENS-"500000 2000000"}
 latency_target=${QUALITY_LATENCY_TARGET-0.7}
 metric=${QUALITY_METRIC:-params}
 batch=${QUALITY_BATCH:-8}
-tokens_per_step=$((batch * 256))
+heal_lr=${QUALITY_HEAL_LR:-${heal_defaults[0]}} heal_train=${QUALITY_HEAL_TRAIN:-${heal_defaults[1]}}
+heal_batch=${QUALITY_HEAL_BATCH:-${heal_defaults[2]:-$batch}} heal_warmup=${QUALITY_HEAL_WARMUP:-${heal_defaults[3]}}
+(( heal_batch % batch == 0 )) || { echo "quality.sh: QUALITY_HEAL_BATCH must be a multiple of QUALITY_BATCH" >&2; exit 2; }
+tokens_per_step=$((heal_batch * 256))  # of a heal step
 
 config() {  # config NAME METRIC TARGET HEAL_STEPS
   cat > "$out/$1.toml" <<TOML
@@ -82,8 +88,10 @@ lr = 0.03
 reconstruct = ${QUALITY_RECONSTRUCT:-true}
 [heal]
 steps = $4
-lr = 0.0003
-warmup = 30
+lr = $heal_lr
+warmup = $(( $4 < heal_warmup ? $4 : heal_warmup ))
+train = "$heal_train"
+grad_accum = $((heal_batch / batch))
 eval_every = 100
 checkpoint_every = 100
 data = "$healf"
