@@ -265,8 +265,8 @@ struct Progress {
     const auto now = Clock::now();
     if (process_info().rank != 0 || !(now - last > std::chrono::seconds(5) || final)) return;
     const double rate = computed / std::max(seconds(), 1e-9);
-    std::string line = fmt::format("teacher_cache: rank 0 {}/{} samples, {} samples/s", computed + reused, mine,
-                                   static_cast<int64_t>(rate));
+    std::string line = fmt::format("teacher_cache: rank 0 {}/{} samples, {:.3g} samples/s", computed + reused, mine,
+                                   rate);  // a 2,048-token LM sample takes seconds: not "0 samples/s"
     if (layout.seq_len > 0) line += fmt::format(", {} tokens/s", static_cast<int64_t>(rate * layout.seq_len));
     log::info(line + ", ETA " + log::duration((mine - computed - reused) / std::max(rate, 1e-9)));
     last = now;
