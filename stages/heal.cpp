@@ -125,22 +125,6 @@ Trainable trainable_weights(const Model& model, const ModelAdapter& adapter, con
   return tr;
 }
 
-// A heal step's batch: micro-batches of heal.micro_batch, heal.grad_accum of them per rank (0: train.*'s).
-struct HealBatch {
-  int64_t micro_batch = 0, accum = 0, global_micros = 0;
-  int64_t samples() const { return micro_batch * global_micros; }
-};
-
-// The batch heal.* asks for (train.*'s where 0) at this world size.
-HealBatch heal_batch(const Config& c) {
-  const HealConfig& k = c.heal;
-  HealBatch b;
-  b.micro_batch = k.micro_batch > 0 ? k.micro_batch : c.train.micro_batch;
-  b.accum = k.grad_accum > 0 ? k.grad_accum : c.train.grad_accum;
-  b.global_micros = static_cast<int64_t>(process_info().size) * b.accum;
-  return b;
-}
-
 // Training samples: heal.data (every sample), else the run's (without its held-out samples); the
 // held-out KL is always measured on the run's held-out samples.
 struct HealData {

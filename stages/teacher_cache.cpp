@@ -102,14 +102,12 @@ namespace {
 // heal reads heal.steps x its global batch samples of heal.data; caching many more than that is teacher time spent
 // on text nothing trains on (a large heal.data file would take days): said once, on rank 0, with the fix.
 void warn_of_unread_heal_samples(const Config& c, int64_t samples) {
-  const int64_t micro = c.heal.micro_batch > 0 ? c.heal.micro_batch : c.train.micro_batch;
-  const int64_t accum = c.heal.grad_accum > 0 ? c.heal.grad_accum : c.train.grad_accum;
-  const int64_t reads = c.heal.steps * micro * accum * static_cast<int64_t>(process_info().size);
+  const int64_t batch = heal_batch(c).samples(), reads = c.heal.steps * batch;
   if (process_info().rank != 0 || c.heal.samples > 0 || reads >= samples) return;
   log::warn(fmt::format(
       "teacher_cache: heal.data = {} holds {} samples and heal reads {} (heal.steps x its batch of {}): all {} are "
       "cached; heal.samples = {} would cache only the ones heal reads",
-      c.heal.data.string(), samples, reads, micro * accum * static_cast<int64_t>(process_info().size), samples, reads));
+      c.heal.data.string(), samples, reads, batch, samples, reads));
 }
 
 }  // namespace

@@ -37,6 +37,14 @@ DataSpec heal_data_spec(const Config& c) {
   return s;
 }
 
+HealBatch heal_batch(const Config& c) {
+  HealBatch b;
+  b.micro_batch = c.heal.micro_batch > 0 ? c.heal.micro_batch : c.train.micro_batch;
+  b.accum = c.heal.grad_accum > 0 ? c.heal.grad_accum : c.train.grad_accum;
+  b.global_micros = static_cast<int64_t>(process_info().size) * b.accum;
+  return b;
+}
+
 at::ScalarType compute_dtype(const Config& c) {
   return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat;
 }

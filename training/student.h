@@ -27,6 +27,14 @@ namespace hawada {
 DataSpec data_spec(const Config& config);
 /// heal.data's: data_spec's format and seq_len, heal.data's file, heal.samples of it.
 DataSpec heal_data_spec(const Config& config);
+
+/// A heal step's batch: micro-batches of heal.micro_batch, heal.grad_accum of them per rank (0: train.*'s).
+struct HealBatch {
+  int64_t micro_batch = 0, accum = 0, global_micros = 0;
+  int64_t samples() const { return micro_batch * global_micros; }
+};
+/// The batch heal.* asks for (train.*'s where 0) at this world size.
+HealBatch heal_batch(const Config& config);
 /// The compute dtype of `model.dtype`.
 at::ScalarType compute_dtype(const Config& config);
 /// The data source of the run, checked against the architecture (vocabulary, image size).
