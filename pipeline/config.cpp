@@ -34,6 +34,7 @@ namespace {
 // ---- Enum spellings, in declaration order (to_string indexes them). --------------------------------
 
 constexpr std::string_view kComputeDtype[] = {"fp32", "bf16"};
+constexpr std::string_view kHeadMatmul[] = {"auto", "fp32", "bf16"};
 constexpr std::string_view kDataFormat[] = {"tokens_h5", "tokens_bin", "images_h5"};
 constexpr std::string_view kTokenDtype[] = {"uint16", "uint32"};
 constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
@@ -46,6 +47,7 @@ constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
 constexpr std::string_view kDeviceRequest[] = {"auto", "cpu", "cuda"};
 
 std::span<const std::string_view> names_of(ComputeDtype) { return kComputeDtype; }
+std::span<const std::string_view> names_of(HeadMatmul) { return kHeadMatmul; }
 std::span<const std::string_view> names_of(DataFormat) { return kDataFormat; }
 std::span<const std::string_view> names_of(TokenDtype) { return kTokenDtype; }
 std::span<const std::string_view> names_of(StoreDtype) { return kStoreDtype; }
@@ -67,9 +69,9 @@ std::string_view name_of(E value) {
 // ---- Key tables. ------------------------------------------------------------------------------------
 
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
-using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, DataFormat*,
-                         TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*, ExportDtype*,
-                         RefitOrder*, DistBackend*, DeviceRequest*>;
+using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, HeadMatmul*,
+                         DataFormat*, TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*,
+                         ExportDtype*, RefitOrder*, DistBackend*, DeviceRequest*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -114,6 +116,7 @@ constexpr Key kRun[] = {
 constexpr Key kModel[] = {
     {"path", at<&Config::model, &ModelConfig::path>, checked(Check::model_dir, true)},
     {"dtype", at<&Config::model, &ModelConfig::dtype>},
+    {"head_matmul", at<&Config::model, &ModelConfig::head_matmul>},
 };
 constexpr Key kData[] = {
     {"format", at<&Config::data, &DataConfig::format>},
@@ -674,6 +677,7 @@ std::string to_toml(const Config& config) {
 }
 
 std::string_view to_string(ComputeDtype value) { return name_of(value); }
+std::string_view to_string(HeadMatmul value) { return name_of(value); }
 std::string_view to_string(DataFormat value) { return name_of(value); }
 std::string_view to_string(TokenDtype value) { return name_of(value); }
 std::string_view to_string(StoreDtype value) { return name_of(value); }

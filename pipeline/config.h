@@ -30,6 +30,7 @@ std::string to_toml(const Config& config);
 
 /// TOML spelling of each enum value, for messages and printing.
 std::string_view to_string(ComputeDtype value);
+std::string_view to_string(HeadMatmul value);
 std::string_view to_string(DataFormat value);
 std::string_view to_string(TokenDtype value);
 std::string_view to_string(StoreDtype value);

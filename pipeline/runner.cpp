@@ -11,6 +11,7 @@
 #include "core/base/process.h"
 #include "core/dist/device.h"
 #include "core/dist/mpi_session.h"
+#include "core/prune/matmul_precision.h"
 #include "stages/calibrate.h"
 #include "stages/evaluate.h"
 #include "stages/export.h"
@@ -21,6 +22,7 @@
 #include "stages/rounding_search.h"
 #include "stages/teacher_cache.h"
 #include "stages/train_gates.h"
+#include "training/student.h"
 
 namespace hawada {
 
@@ -51,6 +53,16 @@ void check_stage_names(const RunOptions& o, const std::vector<std::unique_ptr<St
   for (const auto& n : o.force) check(n, "--force");
 }
 
+namespace {
+// What model.head_matmul came to on this machine.
+void log_head_matmul(const Config& c) {
+  if (bf16_head(c))
+    log::info("LM head: bf16 products with fp32 accumulation and fp32 logits (model.head_matmul; native bf16 here)");
+  else if (c.model.head_matmul == HeadMatmul::bf16 && c.model.dtype == ComputeDtype::fp32)
+    log::warn("model.head_matmul = \"bf16\" needs a CPU with AMX or AVX512-BF16: the LM head runs in fp32 here");
+}
+}  // namespace
+
 void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages, const RunOptions& options) {
   check_stage_names(options, stages);
   StageContext ctx{config, config.run.dir, {}};
@@ -58,6 +70,8 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
   // now, not after the teacher forward); every stage asks run_device(config) for the same answer.
   const at::Device device = pick_device(config.run.device, process_info().local_rank);
   if (!options.dry_run) log::info("device: " + describe_device(device));
+  set_bf16_head_matmul(bf16_head(config));
+  if (!options.dry_run) log_head_matmul(config);
   const RunLayout layout(config.run.dir);
   const auto markers = layout.markers();
   if (process_info().rank == 0 && !options.dry_run) std::filesystem::create_directories(markers);

@@ -278,7 +278,7 @@ std::string HealStage::fingerprint(const StageContext& ctx) {
   Hasher h;
   h.update("heal/1");
   h.update(ctx.fingerprints.at(std::string(stage_names::calibrate)));
-  h.update(c10::toString(compute_dtype(c)));
+  h.update(precision_key(c));
   h.update(k.train);
   for (int64_t v : {k.steps, k.warmup, b.micro_batch, b.global_micros, c.run.seed, c.train.holdout})
     h.update_u64(static_cast<uint64_t>(v));

@@ -241,7 +241,7 @@ std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
                       static_cast<int64_t>(c.calibrate.output_scales)})
       h.update_u64(static_cast<uint64_t>(v));
     for (double v : {c.calibrate.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
-    h.update(c10::toString(compute_dtype(c)));
+    h.update(precision_key(c));
   }
   cache_dir_ = run_cache_dir(c, ctx.fingerprints);
   return hex64(h.digest());

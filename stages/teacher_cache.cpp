@@ -20,6 +20,7 @@
 #include "core/dist/mpi_session.h"
 #include "core/io/checkpoint.h"
 #include "core/prune/logit_tail.h"
+#include "core/prune/matmul_precision.h"
 #include "training/distill.h"
 #include "training/student.h"
 
@@ -60,7 +61,12 @@ CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheL
     TailRequest request;
     if (layout.kind == "lm") request.top_k = layout.top_k;
     if (layout.kind == "lm-sampled") request.uniforms = uniforms.slice(0, t, e);
-    const LogitTail tail = logit_tail(model.head(flat.slice(0, t, e)), request);
+    at::Tensor logits;
+    {
+      const HeadMatmulScope head_precision;  // bf16 products where the run asks (model.head_matmul)
+      logits = model.head(flat.slice(0, t, e));
+    }
+    const LogitTail tail = logit_tail(logits, request);
     if (request.top_k > 0) {
       values.push_back(tail.topk_values.to(store));
       indices.push_back(tail.topk_indices);
@@ -165,7 +171,7 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
           static_cast<uint64_t>(layout.seq_len), static_cast<uint64_t>(layout.top_k)})
       h.update_u64(v);
     // Dtypes by name: enum values are not a stable on-disk key across LibTorch versions.
-    h.update(c10::toString(compute_dtype(c)));
+    h.update(layout.kind.starts_with("lm") ? precision_key(c) : std::string(c10::toString(compute_dtype(c))));
     h.update(layout.kind);
     h.update(layout.store_dtype);
     if (layout.kind == "hidden") h.update_u64(static_cast<uint64_t>(layout.hidden_size));

@@ -356,7 +356,7 @@ std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
   Hasher h;
   h.update("train_gates/3");
   h.update(run_cache_dir(c, ctx.fingerprints).filename().string());
-  h.update(c10::toString(compute_dtype(c)));
+  h.update(precision_key(c));
   // The global batch (not how it is split over ranks) fixes the result.
   for (int64_t v : {c.run.seed, c.train.steps, static_cast<int64_t>(c.train.micro_batch),
                     static_cast<int64_t>(c.train.grad_accum) * world, c.train.warmup, c.train.holdout,

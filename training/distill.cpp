@@ -19,6 +19,7 @@
 #include "core/dist/mpi_session.h"
 #include "core/prune/distill_loss.h"
 #include "core/prune/logit_tail.h"
+#include "core/prune/matmul_precision.h"
 #include "training/student.h"
 
 namespace hawada {
@@ -122,6 +123,7 @@ void lm_loss_backward(const Model& model, const Batch& batch, const at::Tensor& 
     const at::Tensor m = mask.slice(0, a, b);
     const double w = (cum[b] - cum[a]) / valid;
     if (w == 0) continue;
+    const HeadMatmulScope head_precision;  // the head's forward and backward (model.head_matmul)
     const at::Tensor s = model.head(flat.slice(0, a, b));
     if (fused) {  // the loss's gradient in the logits in one pass per row, then back through the head
       KlGrad g;
@@ -289,6 +291,7 @@ double distill_loss(const Model& model, const Batch& batch, const CacheChunk& te
   for (int64_t a = 0; a < B * L; a += piece) {
     const int64_t b = std::min(B * L, a + piece);
     const at::Tensor m = mask.slice(0, a, b);
+    const HeadMatmulScope head_precision;
     const at::Tensor kl = rows.kl(model.head(flat.slice(0, a, b)), a, b, T, m);
     sum += kl.to(at::kDouble) * m.sum().to(at::kDouble);
   }

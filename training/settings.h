@@ -13,6 +13,9 @@ namespace hawada {
 
 /// Dtype the student and teacher compute in (`model.dtype`).
 enum class ComputeDtype { fp32, bf16 };
+/// The LM head's matrix products in an fp32 model (`model.head_matmul`): bf16 products with fp32 accumulation
+/// and fp32 results where the CPU has native bf16 (`auto`: AMX or AVX512-BF16), or fp32 throughout.
+enum class HeadMatmul { auto_, fp32, bf16 };
 /// Layout of the training data file (`data.format`).
 enum class DataFormat { tokens_h5, tokens_bin, images_h5 };
 /// Element type of a flat binary token file (`data.token_dtype`, for tokens_bin).
@@ -54,6 +57,7 @@ struct RunConfig {
 struct ModelConfig {
   std::filesystem::path path;  ///< Required; an existing directory holding config.json.
   ComputeDtype dtype = ComputeDtype::bf16;
+  HeadMatmul head_matmul = HeadMatmul::auto_;
   bool operator==(const ModelConfig&) const = default;
 };
 

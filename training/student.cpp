@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/base/cpu_features.h"
 #include "core/base/errors.h"
 #include "core/base/process.h"
 #include "core/data/teacher_cache.h"
@@ -47,6 +48,15 @@ HealBatch heal_batch(const Config& c) {
 
 at::ScalarType compute_dtype(const Config& c) {
   return c.model.dtype == ComputeDtype::bf16 ? at::kBFloat16 : at::kFloat;
+}
+
+bool bf16_head(const Config& c) {
+  if (c.model.dtype != ComputeDtype::fp32 || c.model.head_matmul == HeadMatmul::fp32) return false;
+  return run_device(c).is_cpu() && cpu_has_native_bf16_matmul();
+}
+
+std::string precision_key(const Config& c) {
+  return std::string(c10::toString(compute_dtype(c))) + (bf16_head(c) ? "+bf16-head" : "");
 }
 
 std::unique_ptr<DataSource> open_data(const Config& c, const ArchSummary& arch) {

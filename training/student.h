@@ -37,6 +37,13 @@ struct HealBatch {
 HealBatch heal_batch(const Config& config);
 /// The compute dtype of `model.dtype`.
 at::ScalarType compute_dtype(const Config& config);
+/// Whether the LM head's products run in bf16 with fp32 accumulation (`model.head_matmul`, set for the process
+/// by the runner; core/prune/matmul_precision.h): an fp32 model on a CPU with native bf16 under `auto`, or
+/// `bf16` there; never on a GPU, on a CPU without bf16 instructions, or for a bf16 model (already bf16).
+bool bf16_head(const Config& config);
+/// The compute precision in stage fingerprints and cache keys: compute_dtype's name, "+bf16-head" appended
+/// when bf16_head (so fp32 keys stay what they were).
+std::string precision_key(const Config& config);
 /// The data source of the run, checked against the architecture (vocabulary, image size).
 std::unique_ptr<DataSource> open_data(const Config& config, const ArchSummary& arch);
 /// The same for any data spec (evaluate.data, heal.data); pixels normalise as `model_dir` says.

@@ -78,6 +78,7 @@ TEST(ConfigValid, MinimalFillsDefaults) {
   EXPECT_EQ(c.run.threads_per_rank, 0);
   EXPECT_EQ(c.model.path, abs("model"));
   EXPECT_EQ(c.model.dtype, ComputeDtype::bf16);
+  EXPECT_EQ(c.model.head_matmul, HeadMatmul::auto_);
   EXPECT_EQ(c.data.format, DataFormat::tokens_h5);
   EXPECT_EQ(c.data.path, abs("data.bin"));
   EXPECT_EQ(c.data.seq_len, 512);
@@ -115,6 +116,7 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.run.device, DeviceRequest::cpu);
   EXPECT_EQ(c.model.path, abs("model"));
   EXPECT_EQ(c.model.dtype, ComputeDtype::fp32);
+  EXPECT_EQ(c.model.head_matmul, HeadMatmul::bf16);
   EXPECT_EQ(c.data.format, DataFormat::tokens_bin);
   EXPECT_EQ(c.data.path, abs("data.bin"));
   EXPECT_EQ(c.data.seq_len, 2048);
@@ -406,6 +408,7 @@ TEST(ConfigEnums, ToStringIsTheTomlSpelling) {
   for (const BudgetMetric m : {BudgetMetric::params, BudgetMetric::non_embedding_params, BudgetMetric::latency})
     EXPECT_EQ(to_string(m), metric_name(m));
   EXPECT_EQ(to_string(ExportDtype::keep), "keep");
+  EXPECT_EQ(to_string(HeadMatmul::auto_), "auto");
   EXPECT_EQ(to_string(DistBackend::auto_), "auto");
   EXPECT_EQ(to_string(DistBackend::nccl), "nccl");
 }
