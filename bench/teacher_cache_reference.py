@@ -1,6 +1,8 @@
 """Reference for bench/teacher_cache.sh: the same work in Python (transformers forward in fp32, torch.topk,
 torch.logsumexp, bf16 values, h5py chunk files of 64 samples), same model, data, k, batch and threads.
-Prints one JSON line with tokens/s of the compute-and-write loop."""
+Prints one JSON line with tokens/s of the compute-and-write loop. An optional fifth argument "bf16" runs the LM
+head alone as bf16 products with fp32 accumulation (oneDNN's bf16 mode for fp32 matmuls, what our
+model.head_matmul = "auto" does on a CPU with AMX or AVX512-BF16): the same numerics as ours."""
 import json
 import os
 import sys
@@ -14,6 +16,18 @@ model_dir, data, out, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.a
 k, batch, chunk = 64, 8, 64
 torch.set_num_threads(threads)
 model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+head_precision = sys.argv[5] if len(sys.argv) > 5 else "fp32"
+if head_precision == "bf16":
+    head_forward = model.lm_head.forward
+
+    def bf16_head(x):
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        try:
+            return head_forward(x)
+        finally:
+            torch.backends.mkldnn.matmul.fp32_precision = "none"
+
+    model.lm_head.forward = bf16_head
 ids = torch.from_numpy(h5py.File(data)["input_ids"][:]).long()
 os.makedirs(out, exist_ok=True)
 t0 = time.perf_counter()
@@ -31,5 +45,5 @@ with torch.inference_mode():
             f["topk_indices"] = torch.cat(idx).numpy()
             f["logsumexp"] = torch.cat(lses).numpy()
 seconds = time.perf_counter() - t0
-print(json.dumps({"impl": "python-reference", "threads": threads, "seconds": round(seconds, 3),
+print(json.dumps({"impl": "python-reference", "threads": threads, "head": head_precision, "seconds": round(seconds, 3),
                   "tokens_per_s": round(ids.numel() / seconds, 1)}))
