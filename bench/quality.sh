@@ -19,6 +19,9 @@
 # QUALITY_HEAL_BATCH (samples a heal step, a multiple of QUALITY_BATCH), QUALITY_HEAL_WARMUP; SmolLM2's defaults
 # 3e-4, all, QUALITY_BATCH, 30; Gemma-3-270M's 3e-5, attention,mlp,norm, 16, 2 (bench/NOTES.md: 3e-4 on every
 # weight, the 262K-row tied embedding too, made it worse; 3e-5 on the blocks with 16 windows a step healed it).
+# QUALITY_CACHE: the teacher cache, "top_k:64" (the default here, and what heal_speed.sh's reference reads) or
+# "sampled:12" (the product's default; bench/NOTES.md: Gemma-3-270M healed to 1.43x dense with it, 1.52x with
+# top-64; heal_speed.sh is skipped).
 #
 # Budget of the gate stages, as in the issue's run (1,024 x 256 tokens, 200 steps of 8 samples):
 # importance 64 samples (8 step-equivalents), 60 gate steps, 3 probes x 8 steps, 100 calibration
@@ -51,6 +54,13 @@ heal_lr=${QUALITY_HEAL_LR:-${heal_defaults[0]}} heal_train=${QUALITY_HEAL_TRAIN:
 heal_batch=${QUALITY_HEAL_BATCH:-${heal_defaults[2]:-$batch}} heal_warmup=${QUALITY_HEAL_WARMUP:-${heal_defaults[3]}}
 (( heal_batch % batch == 0 )) || { echo "quality.sh: QUALITY_HEAL_BATCH must be a multiple of QUALITY_BATCH" >&2; exit 2; }
 tokens_per_step=$((heal_batch * 256))  # of a heal step
+cache=${QUALITY_CACHE:-top_k:64}
+case $cache in
+  top_k:*) teacher_keys="top_k = ${cache#*:}" ;;
+  sampled:*) teacher_keys="logits = \"sampled\"
+samples = ${cache#*:}" ;;
+  *) echo "quality.sh: QUALITY_CACHE must be top_k:N or sampled:N" >&2; exit 2 ;;
+esac
 
 config() {  # config NAME METRIC TARGET HEAL_STEPS
   cat > "$out/$1.toml" <<TOML
@@ -67,7 +77,7 @@ seq_len = 256
 samples = ${QUALITY_SAMPLES:-0}
 [teacher]
 cache_root = "$out/teacher-cache"
-top_k = 64
+$teacher_keys
 [train]
 steps = ${QUALITY_GATE_STEPS:-60}
 warmup = $(( ${QUALITY_GATE_STEPS:-60} / 2 ))
@@ -150,6 +160,7 @@ for t in $budgets; do
   for n in $heal_tokens; do heal_budget "$metric-$t" "$t" "$n"; done
 done
 [ -n "$heal_tokens" ] || exit 0
+[ "${cache%%:*}" = top_k ] || exit 0  # heal_speed.sh's reference reads a top-k cache
 
 # Our heal step against the Python reference (same pruned shape, cache, batch; 1 rank, 1 thread each).
 first=$(echo $budgets | cut -d' ' -f1)
