@@ -59,7 +59,9 @@ void log_head_matmul(const Config& c) {
   if (bf16_head(c))
     log::info("LM head: bf16 products with fp32 accumulation and fp32 logits (model.head_matmul; native bf16 here)");
   else if (c.model.head_matmul == HeadMatmul::bf16 && c.model.dtype == ComputeDtype::fp32)
-    log::warn("model.head_matmul = \"bf16\" needs a CPU with AMX or AVX512-BF16: the LM head runs in fp32 here");
+    log::warn(
+        "model.head_matmul = \"bf16\" runs on CPUs with AMX or AVX512-BF16 only (not on GPUs yet): the LM head "
+        "runs in fp32 here");
 }
 }  // namespace
 
