@@ -9,6 +9,7 @@
 #include "core/base/fs.h"
 #include "core/base/log.h"
 #include "core/base/process.h"
+#include "core/dist/communicator.h"
 #include "core/dist/device.h"
 #include "core/dist/mpi_session.h"
 #include "core/prune/matmul_precision.h"
@@ -73,6 +74,7 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
   const at::Device device = pick_device(config.run.device, process_info().local_rank);
   if (!options.dry_run) log::info("device: " + describe_device(device));
   set_bf16_head_matmul(bf16_head(config));
+  world::set_timeout(config.dist.timeout_s);
   if (!options.dry_run) log_head_matmul(config);
   const RunLayout layout(config.run.dir);
   const auto markers = layout.markers();
@@ -113,6 +115,7 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
     if (process_info().rank == 0) std::filesystem::remove(marker);
     const auto t0 = std::chrono::steady_clock::now();
     reset_peak_device_memory(device);
+    set_comm_context(name);
     with_context(name + ": ", [&] { stage->run(ctx); });
     world::barrier();
     if (process_info().rank == 0) atomic_write_text(marker, fp + "\n");

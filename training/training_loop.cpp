@@ -198,6 +198,7 @@ int64_t TrainingLoop::resume(Communicator& cpu_comm) {
   }
   first_step_ = step;
   t0_ = last_report_ = Clock::now();
+  set_comm_context(o_.stage + " step " + std::to_string(step + 1));
   return step;
 }
 
@@ -215,6 +216,7 @@ void TrainingLoop::progress(int64_t step, const std::string& what, bool force) {
 }
 
 void TrainingLoop::end_step(int64_t step, const at::Tensor& replicated, const std::string& what) {
+  set_comm_context(o_.stage + " after step " + std::to_string(step));
   if (!o_.checkpoints) return;
   // A drift is a bug or a bad node: caught within check_every steps.
   if (step % o_.check_every == 0 || step == o_.steps) check_identical_across_ranks(replicated, what, step);
@@ -231,6 +233,7 @@ void TrainingLoop::end_step(int64_t step, const at::Tensor& replicated, const st
                     std::to_string(o_.steps) + "; rerun the same command to resume (exit " +
                     std::to_string(kExitRequeue) + " = requeue)");
   }
+  set_comm_context(o_.stage + " step " + std::to_string(step + 1));
 }
 
 }  // namespace hawada

@@ -39,6 +39,10 @@ void fault_point(std::string_view point) {
   if (action.empty() || action == "flag") return;
   log::warn("fault injected at '" + std::string(point) + "' (" + action + ")");
   if (action == "kill") std::raise(SIGKILL);
+  if (action == "stop") {  // a hung rank: stopped until SIGCONT (or killed), as `kill -STOP` leaves it
+    std::raise(SIGSTOP);
+    return;
+  }
   if (action == "term") {
     std::raise(SIGTERM);
     return;

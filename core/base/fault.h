@@ -1,6 +1,7 @@
 // Fault injection for the fault tests: HAWADA_FAULT="<point>@<rank>[:<action>]" makes the named
 // point fail on that rank; action "throw" (default) raises IoError, "kill" sends SIGKILL to itself,
-// "term" sends SIGTERM to itself (a preemption), "flag" makes fault_flag() true there.
+// "term" sends SIGTERM to itself (a preemption), "stop" sends SIGSTOP to itself (a hung rank), "flag" makes
+// fault_flag() true there.
 // Several specs may be separated by commas. Unset, a fault point costs one getenv per call.
 #pragma once
 

@@ -1,5 +1,8 @@
 #include "core/dist/communicator.h"
 
+#include <string>
+#include <utility>
+
 #include "core/base/errors.h"
 #include "core/dist/mpi_communicator.h"
 #ifdef HAWADA_WITH_CUDA
@@ -7,6 +10,15 @@
 #endif
 
 namespace hawada {
+namespace {
+std::string& context() {
+  static std::string what;
+  return what;
+}
+}  // namespace
+
+void set_comm_context(std::string what) { context() = std::move(what); }
+const std::string& comm_context() { return context(); }
 
 std::unique_ptr<Communicator> make_communicator(std::string_view backend, const at::Device& device, double timeout_s) {
   const bool want_nccl = backend == "nccl" || (backend == "auto" && device.is_cuda());
@@ -14,7 +26,7 @@ std::unique_ptr<Communicator> make_communicator(std::string_view backend, const 
     if (device.is_cuda())
       throw CommError("dist.backend = \"mpi\" moves CPU tensors; the device is " + device.str() +
                       " (use \"nccl\" or \"auto\")");
-    return std::make_unique<MpiCommunicator>();
+    return std::make_unique<MpiCommunicator>(timeout_s);
   }
 #ifdef HAWADA_WITH_CUDA
   return std::make_unique<NcclCommunicator>(device, timeout_s);

@@ -32,6 +32,11 @@ class Communicator {
   virtual void barrier() = 0;
 };
 
+/// What this process is doing, for the message of a collective that times out (e.g. "train_gates step 12"); set by
+/// the training loop at each step and by the runner at each stage.
+void set_comm_context(std::string what);
+const std::string& comm_context();
+
 /// The backend the config asks for ("auto" = NCCL for CUDA devices when compiled in, else MPI).
 /// Requires an active MpiSession (NCCL's unique id travels by MPI_Bcast). CommError when the
 /// requested backend cannot serve the device.

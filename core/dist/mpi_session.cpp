@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "core/base/process.h"
+#include "core/dist/communicator.h"
 
 namespace hawada {
 namespace {
@@ -62,29 +63,54 @@ void MpiSession::abort(int code) const {
 }
 
 namespace world {
+namespace {
+double g_timeout_s = 0;  // 0: wait forever (until set_timeout)
 
-void barrier() {
-  if (!MpiSession::active()) return;
-  // Non-blocking barrier polled with short sleeps: MPI_Barrier busy-waits, and a rank waiting for
-  // rank 0 (writing an index, verifying an export) would otherwise take a core from it.
-  MPI_Request request;
-  HAWADA_CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &request));
+// Polls `request` with short sleeps (a blocking MPI call busy-waits, and a rank waiting for rank 0 would take a core
+// from it); past `timeout_s` (0: never) a CommError naming the call.
+void wait(MPI_Request& request, const char* what, double timeout_s) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
   int done = 0;
   for (int polls = 0;; ++polls) {
     HAWADA_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
     if (done) return;
-    if (polls > 100) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (polls <= 100) continue;
+    if (timeout_s > 0 && std::chrono::duration<double>(Clock::now() - start).count() > timeout_s)
+      throw CommError(std::string("MPI ") + what + " did not finish within " +
+                      (std::string_view(what) == "barrier" ? "10 x " : "") + "dist.timeout_s = " +
+                      std::to_string(static_cast<int64_t>(g_timeout_s)) + " s" +
+                      (comm_context().empty() ? std::string() : " (" + comm_context() + ")") + " on " +
+                      process_label() + ": a rank is stopped, hung or far behind; the job is aborted");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+}
+}  // namespace
+
+void set_timeout(double timeout_s) { g_timeout_s = timeout_s; }
+
+void barrier() {
+  if (!MpiSession::active()) return;
+  // A barrier also waits for rank 0's own work (an index, a verified export): ten times the collectives' timeout.
+  MPI_Request request;
+  HAWADA_CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &request));
+  wait(request, "barrier", 10 * g_timeout_s);
 }
 
 uint64_t broadcast(uint64_t value, int root) {
-  if (MpiSession::active()) HAWADA_CHECK_MPI(MPI_Bcast(&value, 1, MPI_UINT64_T, root, MPI_COMM_WORLD));
+  if (!MpiSession::active()) return value;
+  MPI_Request request;
+  HAWADA_CHECK_MPI(MPI_Ibcast(&value, 1, MPI_UINT64_T, root, MPI_COMM_WORLD, &request));
+  wait(request, "broadcast", g_timeout_s);
   return value;
 }
 
 int64_t sum(int64_t value) {
   int64_t total = value;
-  if (MpiSession::active()) HAWADA_CHECK_MPI(MPI_Allreduce(&value, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD));
+  if (!MpiSession::active()) return total;
+  MPI_Request request;
+  HAWADA_CHECK_MPI(MPI_Iallreduce(&value, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD, &request));
+  wait(request, "sum", g_timeout_s);
   return total;
 }
 

@@ -31,8 +31,11 @@ class MpiSession {
 };
 
 /// Small collectives on MPI_COMM_WORLD for control flow between ranks (the data-parallel
-/// communicator for tensors comes separately). Without an MpiSession they act on a world of one.
+/// communicator for tensors comes separately). Without an MpiSession they act on a world of one. Each waits at most
+/// the timeout set by set_timeout (the barrier ten times as long: it also waits for rank 0's own work), then throws
+/// CommError naming the call and comm_context(); unset, forever.
 namespace world {
+void set_timeout(double timeout_s);
 void barrier();
 uint64_t broadcast(uint64_t value, int root = 0);
 int64_t sum(int64_t value);
