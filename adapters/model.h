@@ -35,6 +35,11 @@ struct ProjectionInputs {
   at::Tensor residual;
   at::Tensor heads;  ///< [B, L, heads x head_dim]: the attention output before the head gates and o_proj
   at::Tensor ffn;    ///< [B, L, intermediate]: the FFN channels before their gates and the down projection
+  /// [B, L, hidden]: what the MLP branch's output is added to in the residual stream (after the attention branch;
+  /// the block's input plus the attention output where both branches read the same input). Undefined where the
+  /// branch's output does not enter the stream linearly (an output norm, as Gemma's), so that a least-squares fit of
+  /// the down projection to a target residual stream is not exact there.
+  at::Tensor mlp_base;
 };
 
 /// A layer's output projection (attention output, MLP down) as the model holds it: weight [out, in] and bias
@@ -57,6 +62,9 @@ struct GateValues {
   at::Tensor attn_out, mlp_out;
   ActivationImportance* importance = nullptr;  ///< when set, the forward pass adds to it
   ProjectionInputs* capture = nullptr;         ///< when set, the forward pass fills it (and stops at its layer)
+  /// When set, the forward pass appends the residual stream [B, L, hidden] leaving every block, in order (not
+  /// detached: heal's intermediate-state loss differentiates through them). Causal LMs of the LLaMA family.
+  std::vector<at::Tensor>* block_outputs = nullptr;
 };
 
 /// The keys and values of the tokens a causal LM has seen, per layer: what generate() keeps between

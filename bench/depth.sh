@@ -30,6 +30,16 @@ target=${DEPTH_TARGET:-0.42}
 heal_tokens=${DEPTH_HEAL_TOKENS:-500000}
 variants=${DEPTH_VARIANTS:-"width depth"}
 tokens_per_step=$((8 * 256))
+# heal.samples: the heal windows that the longest heal reads once (each is cached, and none is read twice)
+max_tokens=0; for n in $heal_tokens; do (( n > max_tokens )) && max_tokens=$n; done
+heal_samples=${DEPTH_HEAL_SAMPLES:-$(( (max_tokens + 255) / 256 ))}
+cache=${DEPTH_CACHE:-sampled:12}
+case $cache in
+  top_k:*) teacher_keys="top_k = ${cache#*:}" ;;
+  sampled:*) teacher_keys="logits = \"sampled\"
+samples = ${cache#*:}" ;;
+  *) echo "depth.sh: DEPTH_CACHE must be top_k:N or sampled:N" >&2; exit 2 ;;
+esac
 
 config() {  # config NAME LAYER_GATES HEAL_STEPS
   cat > "$out/$1.toml" <<TOML
@@ -45,7 +55,7 @@ path = "$train"
 seq_len = 256
 [teacher]
 cache_root = "$out/teacher-cache"
-top_k = 64
+$teacher_keys
 [gates]
 heads = true
 ffn = true
@@ -73,6 +83,7 @@ probe_steps = 8
 [calibrate]
 steps = 100
 lr = 0.03
+refit_spans = ${DEPTH_REFIT_SPANS:-true}
 [heal]
 steps = $3
 lr = 0.0003
@@ -80,6 +91,9 @@ warmup = 30
 eval_every = 100
 checkpoint_every = 100
 data = "$healf"
+samples = $heal_samples
+hidden_weight = ${DEPTH_HIDDEN_WEIGHT:-0}
+keep = "${DEPTH_HEAL_KEEP:-last}"
 [evaluate]
 data = "$evalf"
 [export]

@@ -43,6 +43,7 @@ constexpr std::string_view kBudgetMetric[] = {"params", "non_embedding_params", 
 constexpr std::string_view kLatencyMode[] = {"prefill", "decode"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
 constexpr std::string_view kRefitOrder[] = {"after_scales", "before_scales"};
+constexpr std::string_view kHealKeep[] = {"last", "best"};
 constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
 constexpr std::string_view kDeviceRequest[] = {"auto", "cpu", "cuda"};
 
@@ -56,6 +57,7 @@ std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric;
 std::span<const std::string_view> names_of(LatencyMode) { return kLatencyMode; }
 std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
 std::span<const std::string_view> names_of(RefitOrder) { return kRefitOrder; }
+std::span<const std::string_view> names_of(HealKeep) { return kHealKeep; }
 std::span<const std::string_view> names_of(DistBackend) { return kDistBackend; }
 std::span<const std::string_view> names_of(DeviceRequest) { return kDeviceRequest; }
 
@@ -71,7 +73,7 @@ std::string_view name_of(E value) {
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, HeadMatmul*,
                          DataFormat*, TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*,
-                         ExportDtype*, RefitOrder*, DistBackend*, DeviceRequest*>;
+                         ExportDtype*, RefitOrder*, HealKeep*, DistBackend*, DeviceRequest*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -185,6 +187,7 @@ constexpr Key kCalibrate[] = {
     {"reconstruct_samples", at<&Config::calibrate, &CalibrateConfig::reconstruct_samples>, at_least(1)},
     {"reconstruct_attention", at<&Config::calibrate, &CalibrateConfig::reconstruct_attention>},
     {"reconstruct_order", at<&Config::calibrate, &CalibrateConfig::reconstruct_order>},
+    {"refit_spans", at<&Config::calibrate, &CalibrateConfig::refit_spans>},
 };
 constexpr Key kExport[] = {
     {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},
@@ -205,6 +208,8 @@ constexpr Key kHeal[] = {
     {"eval_every", at<&Config::heal, &HealConfig::eval_every>, at_least(0)},
     {"data", at<&Config::heal, &HealConfig::data>, checked(Check::optional_file)},
     {"samples", at<&Config::heal, &HealConfig::samples>, at_least(0)},
+    {"hidden_weight", at<&Config::heal, &HealConfig::hidden_weight>, at_least(0)},
+    {"keep", at<&Config::heal, &HealConfig::keep>},
 };
 constexpr Key kEvaluate[] = {
     {"data", at<&Config::evaluate, &EvaluateConfig::data>, checked(Check::optional_file)},
@@ -686,6 +691,7 @@ std::string_view to_string(BudgetMetric value) { return name_of(value); }
 std::string_view to_string(LatencyMode value) { return name_of(value); }
 std::string_view to_string(ExportDtype value) { return name_of(value); }
 std::string_view to_string(RefitOrder value) { return name_of(value); }
+std::string_view to_string(HealKeep value) { return name_of(value); }
 std::string_view to_string(DistBackend value) { return name_of(value); }
 std::string_view to_string(DeviceRequest value) { return name_of(value); }
 

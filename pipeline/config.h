@@ -39,6 +39,7 @@ std::string_view to_string(BudgetMetric value);
 std::string_view to_string(LatencyMode value);
 std::string_view to_string(ExportDtype value);
 std::string_view to_string(RefitOrder value);
+std::string_view to_string(HealKeep value);
 std::string_view to_string(DistBackend value);
 std::string_view to_string(DeviceRequest value);
 

@@ -66,6 +66,12 @@ FitOptions stage_fit_options(const Config& c) {
   return o;
 }
 
+// calibrate.refit_spans applies: the plan drops blocks of a causal LM.
+bool refits_spans(const Config& c, const Plan& plan) {
+  return c.calibrate.refit_spans && plan.chosen.shape.layers < plan.dense.shape.layers &&
+         plan.dense.shape.traits.output == ModelOutput::token_logits;
+}
+
 // The held-out samples calibrate measures on (those export verifies on): up to 16 after the training samples.
 std::vector<int64_t> heldout_samples(const DistillData& data) {
   std::vector<int64_t> held;
@@ -80,6 +86,7 @@ nlohmann::json calibration_summary(const Config& c, const LoadedModel& masks, co
                                    const Plan& plan, const Scales& scales, const DistillData& data,
                                    const at::Device& device, Communicator& comm) {
   const CalibrateConfig& k = c.calibrate;
+  const bool refitted = k.reconstruct || refits_spans(c, plan);
   const std::vector<int64_t> held = heldout_samples(data);
   nlohmann::json summary{{"steps", k.steps}, {"output_scales", k.output_scales}};
   if (!held.empty()) {
@@ -95,9 +102,9 @@ nlohmann::json calibration_summary(const Config& c, const LoadedModel& masks, co
         fmt::format("calibrate: held-out KL to the teacher on {} samples: {:.4f} with 0/1 masks{}, {:.4f} calibrated{}",
                     held.size(), before,
                     &masks != &student ? ""
-                    : k.reconstruct    ? " (refitted)"
+                    : refitted         ? " (refitted)"
                                        : "",
-                    after, k.reconstruct ? " and refitted" : ""));
+                    after, refitted ? " and refitted" : ""));
   }
   return summary;
 }
@@ -144,8 +151,12 @@ LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& p
   for (at::Tensor* t : {&gates.heads, &gates.ffn, &gates.hidden, &gates.layers, &gates.attn_out, &gates.mlp_out})
     if (t->defined()) *t = t->to(device).clone();
   const int64_t micro = std::max<int64_t>(1, stage_fit_options(c).micro_batch);
-  const ReconstructStats st = reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), 1e-4,
-                                                      c.calibrate.reconstruct_attention, comm);
+  ReconstructOptions o;
+  o.width = c.calibrate.reconstruct;
+  o.attention = c.calibrate.reconstruct_attention;
+  o.spans = refits_spans(c, plan);
+  const ReconstructStats st =
+      reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), o, comm);
   for (auto [from, to] : {std::pair{&gates.heads, &scales.heads},
                           {&gates.ffn, &scales.ffn},
                           {&gates.attn_out, &scales.attn_out},
@@ -162,13 +173,16 @@ LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& p
   const auto slice = dense.adapter->load(pruned_checkpoint(refit, plan, scales), {at::kFloat, device});
   check_slice(*model, gates, *slice, data, device);
   log::info(
-      fmt::format("calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in {:.1f} s",
-                  st.projections, st.tokens, since(t0)));
+      fmt::format("calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in {:.1f} s{}",
+                  st.projections, st.tokens, since(t0),
+                  st.spans > 0 ? fmt::format(" ({} of them to the end of the span of dropped blocks after them)", st.spans)
+                               : std::string()));
   stats = {{"samples", std::min(c.calibrate.reconstruct_samples, data.train_samples())},
            {"tokens", st.tokens},
            {"projections", st.projections},
            {"attention_projections", st.attention},
            {"mlp_projections", st.mlp},
+           {"span_projections", st.spans},
            {"order", c.calibrate.reconstruct_order == RefitOrder::after_scales ? "after_scales" : "before_scales"}};
   return refit;
 }
@@ -305,6 +319,7 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
                     c.run.seed, c.train.holdout, static_cast<int64_t>(k.reconstruct), k.reconstruct_samples,
                     static_cast<int64_t>(k.reconstruct_attention), static_cast<int64_t>(k.reconstruct_order)})
     h.update_u64(static_cast<uint64_t>(v));
+  if (c.gates.layers && k.refit_spans) h.update("refit_spans");  // runs without layer gates keep their markers
   for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
   cache_dir_ = run_cache_dir(c, ctx.fingerprints);
@@ -334,7 +349,8 @@ void CalibrateStage::run(const StageContext& ctx) {
   nlohmann::json refit_stats;
   std::optional<LoadedModel> refit;
   Scales scales = Scales::ones(plan);
-  const bool refit_first = k.reconstruct && k.reconstruct_order == RefitOrder::before_scales;
+  const bool refits = k.reconstruct || refits_spans(c, plan);
+  const bool refit_first = refits && k.reconstruct_order == RefitOrder::before_scales;
   if (refit_first) refit.emplace(reconstruct(c, dense, plan, scales, data, device, *comm, refit_stats));
   if (k.steps > 0) {
     log_scale_fit(c, plan, o, refit_first);
@@ -342,7 +358,7 @@ void CalibrateStage::run(const StageContext& ctx) {
   } else {
     log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
   }
-  if (k.reconstruct && !refit_first)
+  if (refits && !refit_first)
     refit.emplace(reconstruct(c, dense, plan, scales, data, device, *comm, refit_stats));
   nlohmann::json summary =
       calibration_summary(c, refit_first ? *refit : dense, refit ? *refit : dense, plan, scales, data, device, *comm);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -19,6 +20,7 @@
 #include "core/base/process.h"
 #include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
+#include "core/prune/slicing.h"
 #include "training/distill.h"
 #include "training/student.h"
 #include "training/training_loop.h"
@@ -89,15 +91,57 @@ struct Trainable {
   }
 };
 
-// The loop around the steps, its metrics in `dir`; its checkpoints hold the masters and their Adam moments.
-TrainingLoop training_loop(const Config& c, const StateCheckpoints& checkpoints, const fs::path& dir, Trainable& tr) {
+// heal.keep = "best": the masters at the evaluation with the lowest held-out KL, kept beside the training state (and
+// in its checkpoints, so that a resumed run keeps the same best).
+struct BestWeights {
+  bool on = false;
+  at::Tensor masters;  // [P] fp32
+  at::Tensor meta;     // [2] fp64: the held-out KL and the step (0: none yet)
+  BestWeights(const HealConfig& k, const at::Tensor& like) : on(k.keep == HealKeep::best) {
+    if (!on) return;
+    masters = like.clone();
+    meta = at::tensor({INFINITY, 0.0}, at::kDouble);
+  }
+  double kl() const { return meta[0].item<double>(); }
+  int64_t step() const { return static_cast<int64_t>(meta[1].item<double>()); }
+  // After an evaluation at `step` (the same KL on every rank): keeps the masters when they are the best so far.
+  void offer(const at::Tensor& current, double held_kl, int64_t step) {
+    if (!on || !(held_kl < kl())) return;
+    masters.copy_(current);
+    meta = at::tensor({held_kl, static_cast<double>(step)}, at::kDouble);
+  }
+};
+
+// The loop around the steps, its metrics in `dir`; its checkpoints hold the masters and their Adam moments (and the
+// best weights so far, with heal.keep = "best").
+TrainingLoop training_loop(const Config& c, const StateCheckpoints& checkpoints, const fs::path& dir, Trainable& tr,
+                           BestWeights& best) {
+  TrainingLoop::State state{{"masters", &tr.masters}, {"adam_m", &tr.adam.m}, {"adam_v", &tr.adam.v}};
+  if (best.on) state.insert(state.end(), {{"best_masters", &best.masters}, {"best_meta", &best.meta}});
   return TrainingLoop({.stage = "heal",
                        .steps = c.heal.steps,
                        .checkpoint_every = c.heal.checkpoint_every,
                        .check_every = c.dist.check_every,
                        .checkpoints = &checkpoints,
                        .metrics = RunLayout::metrics(dir)},
-                      {{"masters", &tr.masters}, {"adam_m", &tr.adam.m}, {"adam_v", &tr.adam.v}});
+                      std::move(state));
+}
+
+// What heal reads of its training windows: each step reads the global batch's windows in a seeded order that goes
+// through every window once before it repeats one (SampleOrder). Warns when windows are read again.
+nlohmann::json data_reads(const Config& c, const HealBatch& b, const DistillData& train) {
+  const int64_t windows = train.train_samples(), reads = c.heal.steps * b.samples();
+  const int64_t distinct = std::min(reads, windows), again = reads - distinct;
+  const int64_t tokens = c.data.seq_len;
+  if (again > 0)
+    log::warn(fmt::format("heal: {} steps of {} windows read {} windows, but the heal data holds {} training windows: "
+                          "{} reads ({:.0f}%) are of a window read before ({:.2f} passes); a heal that sees the same "
+                          "text twice overfits it: more distinct text (heal.data) heals better",
+                          c.heal.steps, b.samples(), reads, windows, again,
+                          100.0 * static_cast<double>(again) / static_cast<double>(reads),
+                          static_cast<double>(reads) / static_cast<double>(windows)));
+  return {{"windows_read", reads},         {"distinct_windows", distinct}, {"repeated_reads", again},
+          {"tokens_read", reads * tokens}, {"distinct_tokens", distinct * tokens}};
 }
 
 // The weights of the kinds heal.train names (everything else stays frozen), with their masters on `device`.
@@ -165,17 +209,56 @@ double heldout_kl(const Model& model, const Plan& plan, const DistillData& data,
   return h[0].item<double>() / std::max(1.0, h[1].item<double>());
 }
 
+// heal.hidden_weight: the dense teacher, run inside each step for its residual stream at the boundaries of the kept
+// blocks (its weights in memory beside the student's: the cache holds only the logits).
+struct StateTeacher {
+  std::unique_ptr<Model> model;
+  std::vector<int64_t> boundary;  // per student block: the dense block whose output the student's block stands for
+  at::Tensor channels;            // the kept hidden channels (undefined: all kept)
+  double weight = 0;
+
+  // The teacher's stream at the boundaries for `batch` (no gradients).
+  BoundaryStates states(const Batch& batch) const {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> outs;
+    GateValues g;
+    g.block_outputs = &outs;
+    model->features(batch, &g);
+    BoundaryStates b{{}, channels, weight};
+    for (int64_t l : boundary) b.teacher.push_back(outs.at(static_cast<size_t>(l)));
+    return b;
+  }
+};
+
+// The state teacher when heal.hidden_weight > 0 (causal LMs); none otherwise.
+std::optional<StateTeacher> state_teacher(const Config& c, const LoadedModel& dense, const Plan& plan,
+                                          const at::Device& device) {
+  if (!(c.heal.hidden_weight > 0) || dense.shape.traits.output != ModelOutput::token_logits) return std::nullopt;
+  StateTeacher t;
+  t.model = dense.adapter->load(dense.checkpoint, {compute_dtype(c), device});
+  const std::vector<int64_t>& kept = plan.layers;
+  for (size_t j = 0; j < kept.size(); ++j)
+    t.boundary.push_back(j + 1 < kept.size() ? kept[j + 1] - 1 : plan.dense.shape.layers - 1);
+  if (plan.chosen.shape.hidden != plan.dense.shape.hidden) t.channels = index_tensor(plan.hidden).to(device);
+  t.weight = c.heal.hidden_weight;
+  log::info(fmt::format("heal: intermediate-state term (heal.hidden_weight = {}) at {} block boundaries: the dense "
+                        "teacher runs forward in every step",
+                        t.weight, t.boundary.size()));
+  return t;
+}
+
 // The losses of one step over the global batch, its gradient norm, and where its time went.
 struct StepLoss {
-  double kl = 0, mse = 0, tokens = 0, grad_norm = 0;
-  double data_s = 0, allreduce_s = 0;
+  double kl = 0, mse = 0, states = 0, tokens = 0, grad_norm = 0;
+  double data_s = 0, teacher_s = 0, allreduce_s = 0;
   LossParts parts;  // this rank's sums and timings
 };
 
 // One step's distillation over the global batch: each rank's micro-batches, their weight gradients summed
 // in tr.grads, then the all-reduces of the gradients and of the losses. Collective.
 StepLoss distill_step(const Model& model, const Plan& plan, const DistillData& data, Trainable& tr, SampleOrder& order,
-                      int64_t step, const HealBatch& b, const Config& c, const at::Device& device, Communicator& comm) {
+                      int64_t step, const HealBatch& b, const Config& c, const std::optional<StateTeacher>& teacher,
+                      const at::Device& device, Communicator& comm) {
   const auto& proc = process_info();
   tr.grads.zero_();
   StepLoss out;
@@ -185,11 +268,16 @@ StepLoss distill_step(const Model& model, const Plan& plan, const DistillData& d
     const int64_t g = proc.rank * b.accum + a;
     const std::vector<int64_t> samples = order.micro_batch(step, g, b.global_micros, b.micro_batch);
     const Batch batch = with_context("heal: ", [&] { return data.batch(samples, device); });
-    const CacheChunk teacher = for_student(data.teacher(samples), plan);
+    const CacheChunk cached = for_student(data.teacher(samples), plan);
     out.data_s += since(d0);
-    const LossParts p = distill_backward(model, batch, teacher, nullptr, c.train.kd_temperature, c.train.mse_weight,
-                                         1.0 / static_cast<double>(b.global_micros));
-    sum.kl += p.kl, sum.mse += p.mse, sum.tokens += p.tokens;
+    const auto t0 = Clock::now();
+    const std::optional<BoundaryStates> states =
+        teacher ? std::optional<BoundaryStates>(teacher->states(batch)) : std::nullopt;
+    out.teacher_s += since(t0);
+    const LossParts p =
+        distill_backward(model, batch, cached, nullptr, c.train.kd_temperature, c.train.mse_weight,
+                         1.0 / static_cast<double>(b.global_micros), states ? &*states : nullptr);
+    sum.kl += p.kl, sum.mse += p.mse, sum.states += p.states, sum.tokens += p.tokens;
     sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
     tr.take_gradients();
   }
@@ -200,14 +288,16 @@ StepLoss distill_step(const Model& model, const Plan& plan, const DistillData& d
     at::Tensor bucket = tr.grads.narrow(0, a, std::min(kBucketElements, total - a));
     comm.all_reduce(bucket, Communicator::Op::sum);
   }
-  at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens)}, at::kDouble).to(device);
+  at::Tensor stats =
+      at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens), sum.states}, at::kDouble).to(device);
   comm.all_reduce(stats, Communicator::Op::sum);
   const at::Tensor hs = stats.cpu();
   out.allreduce_s = since(s0);
   out.kl = hs[0].item<double>() / b.global_micros, out.mse = hs[1].item<double>() / b.global_micros;
   out.tokens = hs[2].item<double>();
+  out.states = hs[3].item<double>() / b.global_micros;
   out.grad_norm = tr.grads.norm().item<double>();
-  check_finite(out.kl + out.mse, "the distillation loss", "heal", step + 1);
+  check_finite(out.kl + out.mse + out.states, "the distillation loss", "heal", step + 1);
   check_finite(out.grad_norm, "the gradient norm", "heal", step + 1);
   return out;
 }
@@ -222,6 +312,8 @@ void record_step(TrainingLoop& loop, int64_t step, const StepLoss& l, double lr,
                    {"tokens_per_s", l.tokens / step_s},
                    {"step_s", step_s},
                    {"data_s", l.data_s},
+                   {"states", l.states},
+                   {"teacher_s", l.teacher_s},
                    {"forward_s", l.parts.forward_s},
                    {"loss_s", l.parts.loss_s},
                    {"backward_s", l.parts.backward_s},
@@ -229,7 +321,8 @@ void record_step(TrainingLoop& loop, int64_t step, const StepLoss& l, double lr,
   if (std::isfinite(held_kl)) j["heldout_kl"] = held_kl;
   loop.record(j);
   const std::string held = std::isfinite(held_kl) ? " held-out kl " + std::to_string(held_kl).substr(0, 6) : "";
-  loop.progress(step, fmt::format("kl {:.4f}{} lr {:.2e} {:.0f} tokens/s", l.kl, held, lr, l.tokens / step_s),
+  const std::string states = l.states > 0 ? fmt::format(" states {:.4f}", l.states) : std::string();
+  loop.progress(step, fmt::format("kl {:.4f}{}{} lr {:.2e} {:.0f} tokens/s", l.kl, states, held, lr, l.tokens / step_s),
                 /*force=*/std::isfinite(held_kl));
 }
 
@@ -283,6 +376,8 @@ std::string HealStage::fingerprint(const StageContext& ctx) {
   for (int64_t v : {k.steps, k.warmup, b.micro_batch, b.global_micros, c.run.seed, c.train.holdout})
     h.update_u64(static_cast<uint64_t>(v));
   for (double v : {k.lr, k.weight_decay, k.clip, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
+  if (k.hidden_weight > 0) h.update("hidden_weight"), h.update(&k.hidden_weight, sizeof k.hidden_weight);
+  if (k.keep == HealKeep::best) h.update("keep=best");
   cache_dir_ = run_cache_dir(c, ctx.fingerprints);
   heal_cache_ = heal_cache_dir(c, ctx.fingerprints);
   h.update(heal_cache_.filename().string());  // the heal data's cache fingerprint (none: empty)
@@ -315,10 +410,12 @@ void HealStage::run(const StageContext& ctx) {
   Trainable tr = trainable_weights(*model, *dense.adapter, c, device);
   const HealBatch b = heal_batch(c);
   const HealData data(c, dense.arch, cache_dir_, heal_cache_, b.samples());
+  const std::optional<StateTeacher> teacher = state_teacher(c, dense, plan, device);
   auto comm = run_communicator(c, device);
   const auto cpu_comm = make_communicator("mpi", at::kCPU, c.dist.timeout_s);
   const StateCheckpoints checkpoints(RunLayout::checkpoints(dir), fingerprint_, std::string(stage_names::heal));
-  TrainingLoop loop = training_loop(c, checkpoints, dir, tr);
+  BestWeights best(k, tr.masters);
+  TrainingLoop loop = training_loop(c, checkpoints, dir, tr, best);
   int64_t step = loop.resume(*cpu_comm);
   if (step > 0) tr.masters_to_weights();
   for (auto& w : tr.weights) w.requires_grad_(true);
@@ -329,17 +426,34 @@ void HealStage::run(const StageContext& ctx) {
   const auto t0 = Clock::now();
   while (step < k.steps) {
     const auto step_t0 = Clock::now();
-    const StepLoss loss = distill_step(*model, plan, data.train(), tr, order, step, b, c, device, *comm);
+    const StepLoss loss = distill_step(*model, plan, data.train(), tr, order, step, b, c, teacher, device, *comm);
     const double lr = tr.update(k, step, loss.grad_norm);
     step += 1;
     const bool eval = !data.held.empty() && ((k.eval_every > 0 && step % k.eval_every == 0) || step == k.steps);
     const double held_kl =
         eval ? heldout_kl(*model, plan, data.run, data.held, c.train.kd_temperature, device, *comm) : NAN;
+    if (eval) best.offer(tr.masters, held_kl, step);
     record_step(loop, step, loss, lr, held_kl, since(step_t0));
     loop.end_step(step, tr.masters, "healed weights");
   }
 
-  if (proc.rank == 0) write_healed_weights(layout.healed_weights(), ckpt, *dense.adapter, tr, fingerprint_, step);
+  nlohmann::json summary = data_reads(c, b, data.train());
+  summary["steps"] = step;
+  summary["hidden_weight"] = teacher ? k.hidden_weight : 0.0;
+  summary["keep"] = std::string(k.keep == HealKeep::best ? "best" : "last");
+  if (best.on && best.step() > 0) {
+    log::info(fmt::format("heal: keeping the weights of step {} (held-out KL {:.4f}, the lowest measured)", best.step(),
+                          best.kl()));
+    tr.masters.copy_(best.masters);
+    summary["kept_step"] = best.step();
+    summary["kept_heldout_kl"] = best.kl();
+  } else {
+    summary["kept_step"] = step;
+  }
+  if (proc.rank == 0) {
+    write_healed_weights(layout.healed_weights(), ckpt, *dense.adapter, tr, fingerprint_, step);
+    atomic_write_text(layout.heal_summary(), summary.dump(2) + "\n");
+  }
   world::barrier();
   log::info("heal: " + layout.healed_weights().string() + " after " + std::to_string(step) + " steps (" +
             log::duration(since(t0)) + ")");

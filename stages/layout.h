@@ -9,7 +9,7 @@
 //   <run_dir>/plan/                         rounding_search: plan.json, candidates.csv
 //   <run_dir>/calibrate/                    calibrate: metrics.jsonl, checkpoints/, scales.safetensors, summary.json,
 //                                           weights.safetensors (calibrate.reconstruct)
-//   <run_dir>/heal/                         heal: metrics.jsonl, checkpoints/, weights.safetensors
+//   <run_dir>/heal/                         heal: metrics.jsonl, checkpoints/, weights.safetensors, summary.json
 //   <run_dir>/export/                       export: <export.name>/, summary.json (failed-summary.json)
 //   <run_dir>/evaluate/evaluate.json        evaluate
 //   <run_dir>/report/index.html             report
@@ -65,6 +65,7 @@ class RunLayout {
   path reconstructed_weights() const { return calibrate() / "weights.safetensors"; }
   path heal() const { return dir_ / "heal"; }
   path healed_weights() const { return heal() / "weights.safetensors"; }
+  path heal_summary() const { return heal() / "summary.json"; }
   path export_dir() const { return dir_ / "export"; }
   path exported_model(const std::string& name) const { return export_dir() / name; }
   path export_summary() const { return export_dir() / "summary.json"; }

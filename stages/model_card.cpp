@@ -66,6 +66,28 @@ std::string refit_sentence(const Config& c, const std::filesystem::path& run_dir
   return o.str();
 }
 
+// Heal: what trained, on how much text (distinct tokens against tokens read), and which step's weights were kept.
+std::string heal_sentence(const Config& c, const std::filesystem::path& run_dir) {
+  std::ostringstream o;
+  o << " Finally the weights of the pruned model (" << c.heal.train
+    << ") were trained by distillation from the original model (heal)";
+  const std::filesystem::path file = RunLayout(run_dir).heal_summary();
+  if (!std::filesystem::exists(file)) return o.str() + ".";
+  const json h = read_json_file(file);
+  o << fmt::format(" on {} tokens of text, {} of them distinct", h.value("tokens_read", int64_t{0}),
+                   h.value("distinct_tokens", int64_t{0}));
+  if (h.value("repeated_reads", int64_t{0}) > 0)
+    o << fmt::format(" ({} windows were read more than once)", h.value("repeated_reads", int64_t{0}));
+  if (h.value("hidden_weight", 0.0) > 0)
+    o << fmt::format(", with the residual stream after each kept block drawn towards the original's at the same "
+                     "depth (weight {})",
+                     h.value("hidden_weight", 0.0));
+  if (h.contains("kept_heldout_kl"))
+    o << fmt::format("; the weights kept are those of step {} of {}, the lowest held-out KL measured ({:.4f})",
+                     h.value("kept_step", int64_t{0}), h.value("steps", int64_t{0}), h.value("kept_heldout_kl", 0.0));
+  return o.str() + ".";
+}
+
 // How it was made: gates learned by distillation within the budget, the shape probed, the scales
 // calibrated (and, on healed runs, every weight trained).
 std::string how_it_was_made(const Config& c, ModelOutput out, const json& summary,
@@ -75,7 +97,9 @@ std::string how_it_was_made(const Config& c, ModelOutput out, const json& summar
     << "Gates on attention heads and FFN channels" << (c.gates.hidden ? ", hidden channels" : "")
     << (c.gates.layers ? " and whole blocks (layers)" : "")
     << " were learned by distillation from the cached outputs of the original model ("
-    << (out == ModelOutput::token_logits ? "top-" + std::to_string(c.teacher.top_k) : std::string("its"))
+    << (out != ModelOutput::token_logits              ? std::string("its")
+        : c.teacher.logits == TeacherLogits::sampled ? "tokens sampled from the"
+                                                      : "top-" + std::to_string(c.teacher.top_k))
     << (out == ModelOutput::hidden_states ? " last hidden states" : " logits")
     << "), starting from one-shot importance (activation x Fisher information); a budget of "
     << summary.value("parameters", 0.0) / std::max(1.0, summary.value("dense_parameters", 1.0))
@@ -84,8 +108,7 @@ std::string how_it_was_made(const Config& c, ModelOutput out, const json& summar
     << "scales were then fitted to the original model with every weight frozen (" << c.calibrate.steps
     << " steps) and folded into the output projections.";
   if (std::filesystem::exists(RunLayout(run_dir).reconstructed_weights())) o << refit_sentence(c, run_dir);
-  if (std::filesystem::exists(RunLayout(run_dir).healed_weights()))
-    o << " Finally all weights of the pruned model were trained by distillation from the same cache (heal).";
+  if (std::filesystem::exists(RunLayout(run_dir).healed_weights())) o << heal_sentence(c, run_dir);
   o << "\n\n";
   return o.str();
 }

@@ -155,11 +155,28 @@ void lm_loss_backward(const Model& model, const Batch& batch, const at::Tensor& 
 
 }  // namespace
 
+at::Tensor boundary_state_loss(const std::vector<at::Tensor>& student_blocks, const BoundaryStates& states,
+                               const at::Tensor& mask) {
+  if (student_blocks.size() != states.teacher.size())
+    throw UsageError("the intermediate-state loss compares " + std::to_string(student_blocks.size()) +
+                     " student blocks with " + std::to_string(states.teacher.size()) + " teacher boundaries");
+  at::Tensor total;
+  for (size_t j = 0; j < student_blocks.size(); ++j) {
+    const at::Tensor& s = student_blocks[j];
+    const at::Tensor t = hidden_state_loss(s, states.teacher[j].to(s.device()), mask, states.channels).token;
+    total = total.defined() ? total + t : t;
+  }
+  return total / static_cast<double>(std::max<size_t>(1, student_blocks.size()));
+}
+
 LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
-                           double T, double mse_weight, double scale) {
+                           double T, double mse_weight, double scale, const BoundaryStates* states) {
   LossParts parts;
   auto t = Clock::now();
-  const at::Tensor features = model.features(batch, gates);
+  std::vector<at::Tensor> blocks;
+  GateValues with_blocks = gates ? *gates : GateValues{};
+  if (states) with_blocks.block_outputs = &blocks;
+  const at::Tensor features = model.features(batch, states ? &with_blocks : gates);
   const at::Tensor detached = features.detach().requires_grad_(true);
   const at::Device dev = features.device();
   synchronize(dev);  // phase times are wall times of finished device work
@@ -190,7 +207,17 @@ LossParts distill_backward(const Model& model, const Batch& batch, const CacheCh
   }
   parts.loss_s = since(t);
   t = Clock::now();
-  if (features.requires_grad()) features.backward(detached.grad());
+  if (states) {
+    // One backward pass for both terms: the head's gradient enters at the features, the states' term at the blocks.
+    const at::Tensor term = boundary_state_loss(blocks, *states, batch.attention_mask);
+    parts.states = term.item<double>();
+    at::Tensor surrogate = term * (states->weight * scale);
+    if (features.requires_grad())
+      surrogate = surrogate + (features.to(at::kFloat) * detached.grad().to(at::kFloat)).sum();
+    if (surrogate.requires_grad()) surrogate.backward();
+  } else if (features.requires_grad()) {
+    features.backward(detached.grad());
+  }
   synchronize(dev);
   parts.backward_s = since(t);
   return parts;

@@ -75,6 +75,7 @@ uint64_t mix_seed(std::initializer_list<uint64_t> values, std::string_view tag);
 /// What one micro-batch's loss was, and where its time went (wall times of finished device work).
 struct LossParts {
   double kl = 0, mse = 0;
+  double states = 0;  ///< the intermediate-state term (BoundaryStates), unweighted
   int64_t tokens = 0;
   double forward_s = 0, loss_s = 0, backward_s = 0;
 };
@@ -88,8 +89,24 @@ struct LossParts {
 /// the full cached logits. Encoders (hidden-state caches): the relative squared error of every token
 /// plus 1 - cosine of the mean-pooled embeddings (core/prune/distill_loss.h hidden_state_loss), reported as
 /// `kl` (the loss) and `mse` (its token term); kd_temperature and mse_weight do not apply.
+/// With `states` (causal LMs), states->weight x boundary_state_loss joins the loss, reported unweighted in `states`.
+/// The teacher's residual stream where each of the student's blocks hands over to the next (heal's intermediate-state
+/// term): `teacher[j]` [B, L, dense hidden] is what the teacher's stream holds at the input of the block that follows
+/// the student's block j in the dense model (after the last dense block, for the last one).
+struct BoundaryStates {
+  std::vector<at::Tensor> teacher;
+  at::Tensor channels;  ///< int64 [hidden']: the teacher channel of each student hidden channel; undefined: the same
+  double weight = 0;    ///< of the term in the loss
+};
+/// The intermediate-state term: over the boundaries, the mean of the relative squared error |s - t|^2 / |t|^2 per
+/// token (core/prune/distill_loss.h hidden_state_loss's token term) of the student's stream leaving each block against
+/// `states.teacher`. Differentiable in `student_blocks`; fp32 scalar.
+at::Tensor boundary_state_loss(const std::vector<at::Tensor>& student_blocks, const BoundaryStates& states,
+                               const at::Tensor& mask);
+
 LossParts distill_backward(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
-                           double kd_temperature, double mse_weight, double scale);
+                           double kd_temperature, double mse_weight, double scale,
+                           const BoundaryStates* states = nullptr);
 
 /// The negative log-likelihood of `targets` ([B, L] token ids for an LM, [B] labels for a classifier,
 /// float [B, L, hidden] states for an encoder under a Gaussian of each target's mean-square variance),

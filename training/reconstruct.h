@@ -15,7 +15,20 @@ struct ReconstructStats {
   int64_t projections = 0;  ///< attention + mlp
   int64_t attention = 0;    ///< attention output projections (o_proj) refitted
   int64_t mlp = 0;          ///< MLP down projections refitted
+  int64_t spans = 0;        ///< of them, those refitted to the end of a span of dropped blocks
   int64_t tokens = 0;       ///< summed over ranks
+};
+
+/// What reconstruct_projections refits.
+struct ReconstructOptions {
+  double ridge = 1e-4;     ///< x the mean diagonal of the Gram matrix
+  bool width = true;       ///< the projections whose inputs the plan narrows, to the dense projection's output
+  bool attention = true;   ///< with `width`: the attention output projections too (false: MLP down only)
+  /// The MLP down projection of each kept block followed by dropped blocks, to what the span added: from the kept
+  /// FFN channels it reproduces the teacher's residual stream at the span's end (the input of the next kept block)
+  /// minus the residual the MLP output is added to. Models whose MLP output passes an output norm get the plain
+  /// refit (a warning says so).
+  bool spans = false;
 };
 
 /// Refits the student's output projections layer after layer, from the first kept block to the last: each kept
@@ -33,9 +46,9 @@ struct ReconstructStats {
 /// solution is broadcast, so every rank ends with the same weights. NumericError naming the layer when a
 /// solution is not finite.
 /// A projection whose inputs the plan keeps in full is left as it is (with its gates and output scales): its
-/// least-squares solution would be the dense projection itself. `attention` false refits the MLP down projections
-/// only.
+/// least-squares solution would be the dense projection itself; unless it stands before a span (`o.spans`), where
+/// the target is the teacher's stream at the span's end (the teacher's stream is run alongside, one pass per block).
 ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, const std::vector<Batch>& batches,
-                                         double ridge, bool attention, Communicator& comm);
+                                         const ReconstructOptions& o, Communicator& comm);
 
 }  // namespace hawada

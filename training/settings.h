@@ -41,6 +41,8 @@ enum class ExportDtype { keep, bf16, fp32 };
 /// calibrate.reconstruct_order: whether the least-squares refit runs after the scale fit (the projections it
 /// refits drop their scales; the others keep theirs) or before it (the scales are fitted on the refit).
 enum class RefitOrder { after_scales, before_scales };
+/// heal.keep: the weights heal publishes: those of its last step, or of the step with the best held-out KL.
+enum class HealKeep { last, best };
 /// Communicator backend (`dist.backend`); `auto_` is spelled "auto" in TOML.
 enum class DistBackend { auto_, mpi, nccl };
 
@@ -151,6 +153,9 @@ struct CalibrateConfig {
   int64_t reconstruct_samples = 256;  ///< training samples the refit's statistics come from
   bool reconstruct_attention = true;  ///< false: the MLP down projections only
   RefitOrder reconstruct_order = RefitOrder::after_scales;
+  /// When the plan drops blocks of a causal LM: the MLP down projection of the kept block before each span of
+  /// dropped blocks is refitted by least squares so that the stream leaving it is the teacher's at the span's end.
+  bool refit_spans = true;
   bool operator==(const CalibrateConfig&) const = default;
 };
 
@@ -168,6 +173,10 @@ struct HealConfig {
   int64_t eval_every = 50;     ///< steps between held-out KL measurements (0 = only at the end)
   std::filesystem::path data;  ///< Empty: heal on the run's training samples; else the samples of this file
   int64_t samples = 0;         ///< of `data`: the first this many (0 = all); its teacher cache holds only these
+  /// Weight of the intermediate-state term: the relative squared distance of the student's residual stream leaving
+  /// each kept block to the dense teacher's at the matching boundary (the teacher runs forward in each step). 0: off.
+  double hidden_weight = 0;
+  HealKeep keep = HealKeep::last;  ///< best: the weights of the evaluation (every eval_every steps) with the lowest held-out KL
   bool operator==(const HealConfig&) const = default;
 };
 

@@ -410,15 +410,19 @@ class LlamaModel final : public Model {
       const LlamaLayer& l = layers_[static_cast<size_t>(i)];
       const at::Tensor layer_gate = gates && gates->layers.defined() ? gates->layers[i] : at::Tensor();
       const at::Tensor block_in = x;
+      const bool capture_base = st.capture && st.capture->layer == i && !l.post_mlp_norm.defined();
       if (variant_.parallel) {  // as transformers adds them: (mlp + attention) + x
         const at::Tensor a =
             layers::gate_branch(attention(l, i, norm_input(x, l.attn_norm, st, l.attn_norm_bias), st), layer_gate);
+        if (capture_base) st.capture->mlp_base = (a + x).detach();
         x = layers::gate_branch(mlp(l, i, norm_input(x, l.mlp_norm, st, l.mlp_norm_bias), st), layer_gate) + a + x;
       } else {
         x = x + layers::gate_branch(attention(l, i, norm_input(x, l.attn_norm, st, l.attn_norm_bias), st), layer_gate);
+        if (capture_base) st.capture->mlp_base = x.detach();
         x = x + layers::gate_branch(mlp(l, i, norm_input(x, l.mlp_norm, st, l.mlp_norm_bias), st), layer_gate);
       }
       if (st.imp) layers::add_block_influence(st.imp->layers.defined() ? st.imp->layers[i] : at::Tensor(), block_in, x);
+      if (gates && gates->block_outputs) gates->block_outputs->push_back(x);
       if (st.capture && st.capture->layer == i) return x;  // what was captured is the caller's; the rest is not needed
     }
     return norm(x, final_norm_, st.hidden_gate, final_norm_bias_);

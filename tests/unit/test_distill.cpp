@@ -8,10 +8,16 @@
 #include <ATen/core/grad_mode.h>
 
 #include "adapters/adapter.h"
+#include "core/base/errors.h"
 #include "core/io/checkpoint.h"
 #include "core/prune/distill_loss.h"
 #include "core/prune/logit_tail.h"
+#include "core/io/safetensors.h"
+#include "tests/unit/test_util.h"
 #include "training/distill.h"
+
+#include <cstdio>
+#include <sstream>
 
 namespace hawada {
 namespace {
@@ -79,6 +85,53 @@ TEST(DistillBackward, FusedLossEqualsAutogradThroughTheModel) {
           << (is_sampled ? "sampled" : "top-k") << " gate group " << i;
     }
   }
+}
+
+// heal's intermediate-state term: loss and gradient in every student block equal an independent torch reference
+// (tests/unit/boundary_loss_reference.py), with a narrower student (hidden channels cut) and a padded token.
+TEST(BoundaryStateLoss, MatchesTorchReference) {
+  if (!std::filesystem::exists(HAWADA_PYTHON)) GTEST_SKIP() << "no project venv python at " << HAWADA_PYTHON;
+  testing::TempDir dir;
+  at::manual_seed(11);
+  const int64_t B = 2, L = 5, D = 12, kept = 9, blocks = 3;
+  const at::Tensor channels = std::get<0>(at::randperm(D).narrow(0, 0, kept).sort());
+  at::Tensor mask = at::ones({B, L}, at::kLong);
+  mask[1][4] = 0;
+  BoundaryStates states;
+  states.channels = channels;
+  std::vector<at::Tensor> students;
+  std::vector<safetensors::NamedTensor> in{{"mask", mask.to(at::kFloat)}, {"channels", channels}};
+  for (int64_t j = 0; j < blocks; ++j) {
+    const at::Tensor t = at::randn({B, L, D}) * (j + 1);
+    const at::Tensor s = (t.index_select(-1, channels) + at::randn({B, L, kept}) * 0.5).requires_grad_(true);
+    states.teacher.push_back(t);
+    students.push_back(s);
+    in.push_back({"s" + std::to_string(j), s.detach()});
+    in.push_back({"t" + std::to_string(j), t});
+  }
+  safetensors::write_file(dir.path() / "in.safetensors", in);
+  auto [code, out] = testing::run_capture(std::string(HAWADA_PYTHON) + " " + HAWADA_TEST_DATA_DIR +
+                                          "/../unit/boundary_loss_reference.py " +
+                                          (dir.path() / "in.safetensors").string() + " " +
+                                          (dir.path() / "grad.safetensors").string());
+  ASSERT_EQ(code, 0) << out;
+  double ref = 0;
+  std::istringstream(out) >> ref;
+  const at::Tensor loss = boundary_state_loss(students, states, mask);
+  loss.backward();
+  std::printf("boundary loss: ours %.9g, torch reference %.9g\n", loss.item<double>(), ref);
+  EXPECT_NEAR(loss.item<double>(), ref, 1e-5 * std::max(1.0, ref));
+  const safetensors::Reader grads(dir.path() / "grad.safetensors");
+  for (int64_t j = 0; j < blocks; ++j) {
+    const at::Tensor want = grads.tensor("g" + std::to_string(j));
+    const double diff = (students[j].grad() - want).abs().max().item<double>();
+    std::printf("block %lld: max gradient difference %.3g (max %.3g)\n", static_cast<long long>(j), diff,
+                want.abs().max().item<double>());
+    EXPECT_LE(diff, 1e-5 * want.abs().max().item<double>()) << "block " << j;
+  }
+  // A count that does not match the boundaries is refused.
+  students.pop_back();
+  EXPECT_THROW(boundary_state_loss(students, states, mask), UsageError);
 }
 
 }  // namespace
