@@ -32,10 +32,14 @@ def make_models(d):
             if n.endswith(".bias"):
                 p.normal_(0, 0.1)
     model.save_pretrained(d / "neox")
+    deep = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+                                    num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                                    tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(deep).save_pretrained(d / "deep")
 
 
 def write_config(d, run, model="llama", calibrate="", heal="steps = 0", gates="hidden = false", accum=1,
-                 budget="target = 0.6", steps=4):
+                 budget="target = 0.6", steps=4, tokens="tokens.bin", samples=SAMPLES):
     p = d / f"{run}.toml"
     p.write_text(f"""
 [run]
@@ -47,7 +51,7 @@ path = "{d / model}"
 dtype = "fp32"
 [data]
 format = "tokens_bin"
-path = "{d / 'tokens.bin'}"
+path = "{d / tokens}"
 seq_len = {SEQ}
 [teacher]
 cache_root = "{d / 'cache'}"
@@ -69,7 +73,7 @@ probe_shapes = 1
 [calibrate]
 steps = {steps}
 micro_batch = 2
-reconstruct_samples = {SAMPLES}
+reconstruct_samples = {samples}
 {calibrate}
 [heal]
 {heal}
@@ -255,3 +259,92 @@ def test_refit_after_the_scales_keeps_the_attention_scales_and_solves_the_mlp(se
         assert torch.equal(after[o], plain_w[o]), o  # sliced with the same fitted scales folded
         want, got = independent_refit(dense, slim, ids, layer, "mlp")
         assert ((want - got).norm() / want.norm()).item() < 1e-3, layer
+
+
+@torch.no_grad()
+def block_outputs(model, ids):
+    """The residual stream leaving every decoder layer (before the final norm), by forward hooks."""
+    outs = []
+    hooks = [layer.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o))
+             for layer in model.model.layers]
+    model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    return outs
+
+
+def test_refit_spans_hands_the_next_kept_block_the_teachers_stream(setup, mpirun):
+    """calibrate.refit_spans: the kept block before a span of dropped blocks refits its down projection so that the
+    stream it hands on is the teacher's at the span's end: on windows the refit did not see, the export's stream there
+    (transformers) is closer to the dense model's than the plain cut's, and nothing else changes."""
+    d = setup
+    # Least squares of 65 inputs (64 FFN channels and the constant) needs a few thousand tokens to generalise.
+    np.random.default_rng(2).integers(0, VOCAB, size=256 * SEQ).astype(np.uint16).tofile(d / "more.bin")
+    gates = "heads = false\nffn = false\nhidden = false\nlayers = true"
+    budget = 'metric = "non_embedding_params"\ntarget = 0.5'
+    common = dict(model="deep", gates=gates, budget=budget, steps=0, tokens="more.bin", samples=192)
+    p = mpirun(2, write_config(d, "s-spans", **common))
+    mpirun(2, write_config(d, "s-plain", calibrate="refit_spans = false", **common))
+    plan = json.load(open(d / "s-spans" / "plan" / "plan.json"))
+    assert plan["kept_layers"] == json.load(open(d / "s-plain" / "plan" / "plan.json"))["kept_layers"]
+    kept = plan["kept_layers"]
+    r = json.load(open(d / "s-spans" / "calibrate" / "summary.json"))["reconstruct"]
+    # The spans: (kept block, the last dropped block after it), in dense indices.
+    ends = [(k, (kept[j + 1] - 1) if j + 1 < len(kept) else 4) for j, k in enumerate(kept)]
+    spans = [(j, k, e) for j, (k, e) in enumerate(ends) if e > k]
+    assert 2 <= len(kept) <= 3 and spans, kept
+    assert r["span_projections"] == len(spans) == r["projections"] == r["mlp_projections"], r
+    assert "to the end of the span of blocks" in p.stderr
+    dense = transformers.AutoModelForCausalLM.from_pretrained(d / "deep", dtype=torch.float32).eval()
+    on = transformers.AutoModelForCausalLM.from_pretrained(d / "s-spans" / "export" / "slim", dtype=torch.float32)
+    off = transformers.AutoModelForCausalLM.from_pretrained(d / "s-plain" / "export" / "slim", dtype=torch.float32)
+    all_ids = torch.from_numpy(np.fromfile(d / "more.bin", dtype=np.uint16).astype(np.int64)).view(256, SEQ)
+    ids = all_ids[192:248]
+    teacher = block_outputs(dense, ids)
+    got_on, got_off = block_outputs(on.eval(), ids), block_outputs(off.eval(), ids)
+    for j, k, e in spans:
+        t = teacher[e]
+        err_on = ((got_on[j] - t).norm() / t.norm()).item()
+        err_off = ((got_off[j] - t).norm() / t.norm()).item()
+        print(f"kept block {k} standing for blocks {k + 1}-{e}: relative error {err_off:.4f} plain, {err_on:.4f} refit")
+        assert err_on < 0.97 * err_off, (j, err_on, err_off)
+    # The refit is the least-squares solution of the normal equations transformers gives on the calibration windows:
+    # the plain cut's FFN activations of the block, against the dense stream at the span's end minus the stream the
+    # MLP output is added to.
+    for j, k, e in spans:
+        want = independent_span_refit(dense, off.eval(), all_ids[:192], j, e)
+        got = on.model.layers[j].mlp.down_proj.weight.double()
+        rel = ((want - got).norm() / want.norm()).item()
+        print(f"kept block {k}: refit against an independent solve: relative difference {rel:.2e}")
+        assert rel < 1e-3, (j, rel)
+    # Only the down projections of the blocks before spans differ from the plain cut's.
+    a = load_file(d / "s-spans" / "export" / "slim" / "model.safetensors")
+    b = load_file(d / "s-plain" / "export" / "slim" / "model.safetensors")
+    changed = sorted(n for n in a if not torch.equal(a[n], b[n]))
+    assert changed == sorted(f"model.layers.{j}.mlp.down_proj.weight" for j, _, _ in spans), changed
+
+
+@torch.no_grad()
+def independent_span_refit(dense, plain, ids, j, end):
+    """The ridge least-squares down projection of the plain cut's block j that makes the stream leaving it the dense
+    model's after block `end`, from activations transformers computes."""
+    layer = plain.model.layers[j]
+    store = {}
+    h1 = layer.mlp.register_forward_pre_hook(lambda m, a: store.update(x=a[0]))
+    h2 = layer.register_forward_hook(lambda m, a, o: store.update(out=o[0] if isinstance(o, tuple) else o))
+    inputs, bases = [], []
+    for start in range(0, len(ids), 32):
+        plain(input_ids=ids[start:start + 32])
+        mlp = layer.mlp
+        x = store["x"]
+        a = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+        inputs.append(a.reshape(-1, a.shape[-1]))
+        bases.append((store["out"] - mlp(x)).reshape(-1, x.shape[-1]))  # the stream the MLP output is added to
+    h1.remove()
+    h2.remove()
+    target = torch.cat([o.reshape(-1, o.shape[-1]) for o in
+                        (block_outputs(dense, ids[s:s + 32])[end] for s in range(0, len(ids), 32))]) - torch.cat(bases)
+    a = torch.cat(inputs).double()
+    g = a.T @ a
+    g += RIDGE * g.diagonal().mean() * torch.eye(g.shape[0], dtype=torch.float64)
+    return torch.linalg.solve(g, a.T @ target.double()).T
