@@ -12,6 +12,7 @@
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/json_input.h"
+#include "core/base/log.h"
 #include "core/data/h5.h"
 
 namespace hawada {
@@ -95,14 +96,14 @@ at::Tensor unpack_ids(const at::Tensor& bytes) {
   return b.select(-1, 0) + b.select(-1, 1) * 256 + b.select(-1, 2) * 65536;
 }
 
-// XXH64 of each sample's stored bytes (its rows of sampled_ids, sampled_counts and entropy): a reader checks
+// XXH64 of each sample's stored bytes (its rows of every dataset of the form, in the order given): a reader checks
 // exactly the rows it reads, so a training step reads no more than it uses.
-at::Tensor row_checksums(const at::Tensor& packed_ids, const at::Tensor& counts, const at::Tensor& entropy) {
-  const int64_t n = packed_ids.size(0);
+at::Tensor row_checksums(std::initializer_list<const at::Tensor*> datasets) {
+  const int64_t n = (*datasets.begin())->size(0);
   at::Tensor out = at::empty({n}, at::kLong);
   for (int64_t i = 0; i < n; ++i) {
     Hasher h;
-    for (const at::Tensor* t : {&packed_ids, &counts, &entropy}) {
+    for (const at::Tensor* t : datasets) {
       const at::Tensor row = (*t)[i].contiguous();
       h.update(row.data_ptr(), static_cast<size_t>(row.nbytes()));
     }
@@ -111,27 +112,67 @@ at::Tensor row_checksums(const at::Tensor& packed_ids, const at::Tensor& counts,
   return out;
 }
 
-// Reads rows [row, row + rows) of a sampled chunk into `out` at `at` and checks them against their stored
-// checksums: a flipped bit is a CacheError naming the chunk and the sample.
-void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out,
-                       int64_t at) {
-  at::Tensor packed = at::empty({rows, l.seq_len, l.draws, 3}, at::kByte);
-  at::Tensor counts = at::empty({rows, l.seq_len, l.draws}, at::kByte);
-  at::Tensor entropy = at::empty({rows, l.seq_len}, at::kFloat);
+// Checks rows [row, row + rows) of chunk `f`, read into `datasets`, against their stored checksums: a flipped bit is
+// a CacheError naming the chunk and the sample. A chunk written before every form had checksums (top-k, hidden,
+// classifier caches of format 3's first releases) has none: it is read unverified, with one warning per process.
+void verify_rows(const h5::File& f, int64_t row, int64_t rows, std::initializer_list<const at::Tensor*> datasets) {
+  if (!f.has("row_xxh64")) {
+    static bool warned = false;
+    if (!warned)
+      log::warn("teacher cache '" + f.path().string() +
+                "' has no row checksums (written by an older hawada-pipeline): its bytes cannot be verified; "
+                "delete the cache directory to recompute it with checksums");
+    warned = true;
+    return;
+  }
   at::Tensor want = at::empty({rows}, at::kLong);
-  f.read_rows("sampled_ids", row, rows, h5::Type::u8, packed.data_ptr());
-  f.read_rows("sampled_counts", row, rows, h5::Type::u8, counts.data_ptr());
-  f.read_rows("entropy", row, rows, h5::Type::f32, entropy.data_ptr());
   f.read_rows("row_xxh64", row, rows, h5::Type::i64, want.data_ptr());
-  const at::Tensor bad = (row_checksums(packed, counts, entropy) != want).nonzero();
+  const at::Tensor bad = (row_checksums(datasets) != want).nonzero();
   if (bad.numel() > 0)
     cache_fail(f.path(), "the stored bytes of sample " +
                              std::to_string(f.int_attribute("start") + row + bad[0][0].item<int64_t>()) +
                              " fail their checksum (a corrupted or truncated chunk: delete it and rerun with --force "
                              "teacher_cache to recompute it)");
+}
+
+// Reads rows [row, row + rows) of a sampled chunk into `out` at `at`, checked against their checksums.
+void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out,
+                       int64_t at) {
+  at::Tensor packed = at::empty({rows, l.seq_len, l.draws, 3}, at::kByte);
+  at::Tensor counts = at::empty({rows, l.seq_len, l.draws}, at::kByte);
+  at::Tensor entropy = at::empty({rows, l.seq_len}, at::kFloat);
+  f.read_rows("sampled_ids", row, rows, h5::Type::u8, packed.data_ptr());
+  f.read_rows("sampled_counts", row, rows, h5::Type::u8, counts.data_ptr());
+  f.read_rows("entropy", row, rows, h5::Type::f32, entropy.data_ptr());
+  verify_rows(f, row, rows, {&packed, &counts, &entropy});
   out.sampled_ids.narrow(0, at, rows).copy_(unpack_ids(packed));
   out.sampled_counts.narrow(0, at, rows).copy_(counts);
   out.entropy.narrow(0, at, rows).copy_(entropy);
+}
+
+h5::Type store_type(const CacheLayout& l) { return l.store_dtype == "fp16" ? h5::Type::f16 : h5::Type::u16; }
+at::ScalarType store_scalar(const CacheLayout& l) { return l.store_dtype == "fp16" ? at::kHalf : at::kBFloat16; }
+
+// Reads rows [row, row + rows) of a top-k, hidden-state or classifier chunk into `out` at `at`, checked against
+// their checksums.
+void read_plain_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out,
+                     int64_t at) {
+  if (l.kind == "lm") {
+    at::Tensor v = out.topk_values.narrow(0, at, rows), i = out.topk_indices.narrow(0, at, rows),
+               e = out.logsumexp.narrow(0, at, rows);
+    f.read_rows("topk_values", row, rows, store_type(l), v.data_ptr());
+    f.read_rows("topk_indices", row, rows, h5::Type::i32, i.data_ptr());
+    f.read_rows("logsumexp", row, rows, h5::Type::f32, e.data_ptr());
+    verify_rows(f, row, rows, {&v, &i, &e});
+  } else if (l.kind == "hidden") {
+    at::Tensor h = out.hidden_states.narrow(0, at, rows);
+    f.read_rows("hidden_states", row, rows, store_type(l), h.data_ptr());
+    verify_rows(f, row, rows, {&h});
+  } else {
+    at::Tensor g = out.logits.narrow(0, at, rows);
+    f.read_rows("logits", row, rows, h5::Type::f32, g.data_ptr());
+    verify_rows(f, row, rows, {&g});
+  }
 }
 
 void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, int64_t end) {
@@ -175,9 +216,6 @@ nlohmann::json layout_json(const CacheLayout& l) {
 }
 
 // The on-disk type of 16-bit values: fp16 as HDF5 half floats, bf16 as its uint16 bits.
-h5::Type store_type(const CacheLayout& l) { return l.store_dtype == "fp16" ? h5::Type::f16 : h5::Type::u16; }
-at::ScalarType store_scalar(const CacheLayout& l) { return l.store_dtype == "fp16" ? at::kHalf : at::kBFloat16; }
-
 }  // namespace
 
 std::vector<std::pair<int64_t, int64_t>> CacheLayout::chunks() const {
@@ -216,9 +254,11 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
         HAWADA_ASSERT(values.scalar_type() == at::kBFloat16, "bf16 values");
         f.write("topk_values", h5::Type::u16, {n, layout.seq_len, layout.top_k}, values.data_ptr());
       }
-      f.write("topk_indices", h5::Type::i32, {n, layout.seq_len, layout.top_k},
-              c.topk_indices.to(at::kInt).contiguous().data_ptr());
-      f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, c.logsumexp.to(at::kFloat).contiguous().data_ptr());
+      const at::Tensor indices = c.topk_indices.to(at::kInt).contiguous();
+      const at::Tensor lse = c.logsumexp.to(at::kFloat).contiguous();
+      f.write("topk_indices", h5::Type::i32, {n, layout.seq_len, layout.top_k}, indices.data_ptr());
+      f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, lse.data_ptr());
+      f.write("row_xxh64", h5::Type::i64, {n}, row_checksums({&values, &indices, &lse}).data_ptr());
       f.set_attribute("topk_values_dtype",
                       layout.store_dtype == "fp16" ? std::string("float16") : std::string("bfloat16 (uint16 bits)"));
     } else if (layout.kind == "lm-sampled") {
@@ -228,15 +268,18 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
       f.write("sampled_ids", h5::Type::u8, {n, layout.seq_len, layout.draws, 3}, packed.data_ptr());
       f.write("sampled_counts", h5::Type::u8, {n, layout.seq_len, layout.draws}, counts.data_ptr());
       f.write("entropy", h5::Type::f32, {n, layout.seq_len}, entropy.data_ptr());
-      f.write("row_xxh64", h5::Type::i64, {n}, row_checksums(packed, counts, entropy).data_ptr());
+      f.write("row_xxh64", h5::Type::i64, {n}, row_checksums({&packed, &counts, &entropy}).data_ptr());
       f.set_attribute("sampled_ids_encoding", std::string("uint24 little-endian, 3 x uint8"));
     } else if (layout.kind == "hidden") {
       const at::Tensor values = c.hidden_states.to(store_scalar(layout)).contiguous();
       f.write("hidden_states", store_type(layout), {n, layout.seq_len, layout.hidden_size}, values.data_ptr());
+      f.write("row_xxh64", h5::Type::i64, {n}, row_checksums({&values}).data_ptr());
       f.set_attribute("hidden_states_dtype",
                       layout.store_dtype == "fp16" ? std::string("float16") : std::string("bfloat16 (uint16 bits)"));
     } else {
-      f.write("logits", h5::Type::f32, {n, layout.num_labels}, c.logits.to(at::kFloat).contiguous().data_ptr());
+      const at::Tensor logits = c.logits.to(at::kFloat).contiguous();
+      f.write("logits", h5::Type::f32, {n, layout.num_labels}, logits.data_ptr());
+      f.write("row_xxh64", h5::Type::i64, {n}, row_checksums({&logits}).data_ptr());
     }
     f.write("sample_index", h5::Type::i64, {n}, c.sample_index.to(at::kLong).contiguous().data_ptr());
     f.set_attribute("fingerprint", layout.fingerprint);
@@ -278,23 +321,21 @@ CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int6
   f.read_all("sample_index", h5::Type::i64, c.sample_index.data_ptr());
   if (layout.kind == "lm") {
     c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
-    f.read_all("topk_values", store_type(layout), c.topk_values.data_ptr());
     c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
-    f.read_all("topk_indices", h5::Type::i32, c.topk_indices.data_ptr());
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
-    f.read_all("logsumexp", h5::Type::f32, c.logsumexp.data_ptr());
   } else if (layout.kind == "lm-sampled") {
     c.sampled_ids = at::empty({n, layout.seq_len, layout.draws}, at::kInt);
     c.sampled_counts = at::empty({n, layout.seq_len, layout.draws}, at::kByte);
     c.entropy = at::empty({n, layout.seq_len}, at::kFloat);
-    read_sampled_rows(f, layout, 0, n, c, 0);
   } else if (layout.kind == "hidden") {
     c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
-    f.read_all("hidden_states", store_type(layout), c.hidden_states.data_ptr());
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
-    f.read_all("logits", h5::Type::f32, c.logits.data_ptr());
   }
+  if (layout.kind == "lm-sampled")
+    read_sampled_rows(f, layout, 0, n, c, 0);
+  else
+    read_plain_rows(f, layout, 0, n, c, 0);
   check_values(c, layout, "'" + path.string() + "'");
   return c;
 }
@@ -303,8 +344,7 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
   const int64_t n = static_cast<int64_t>(samples.size());
   CacheChunk c;
   c.sample_index = at::tensor(samples, at::kLong);
-  const bool lm = layout.kind == "lm";
-  if (lm) {
+  if (layout.kind == "lm") {
     c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
     c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
@@ -317,7 +357,7 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
   }
-  // One open (and one check) per chunk file touched; sampled rows are checked against their checksums.
+  // One open (and one check) per chunk file touched; every row read is checked against its checksum.
   std::map<int64_t, h5::File> files;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t sample = samples[static_cast<size_t>(i)];
@@ -336,17 +376,10 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
     }
     const h5::File& f = it->second;
     const int64_t row = sample - start;
-    if (lm) {
-      f.read_rows("topk_values", row, 1, store_type(layout), c.topk_values[i].data_ptr());
-      f.read_rows("topk_indices", row, 1, h5::Type::i32, c.topk_indices[i].data_ptr());
-      f.read_rows("logsumexp", row, 1, h5::Type::f32, c.logsumexp[i].data_ptr());
-    } else if (layout.kind == "lm-sampled") {
+    if (layout.kind == "lm-sampled")
       read_sampled_rows(f, layout, row, 1, c, i);
-    } else if (layout.kind == "hidden") {
-      f.read_rows("hidden_states", row, 1, store_type(layout), c.hidden_states[i].data_ptr());
-    } else {
-      f.read_rows("logits", row, 1, h5::Type::f32, c.logits[i].data_ptr());
-    }
+    else
+      read_plain_rows(f, layout, row, 1, c, i);
   }
   std::string files_read;
   for (const auto& [start, f] : files) files_read += (files_read.empty() ? "'" : ", '") + f.path().string() + "'";

@@ -174,6 +174,27 @@ def test_tampered_chunk_is_refused(tmp_path, llama, cli):
     assert "fingerprint 0123456789abcdef" in p.stderr
 
 
+def test_flipped_bit_in_a_topk_chunk_is_refused(tmp_path, llama, cli):
+    """The drill of issue 37: one exponent bit of one bf16 teacher logit flipped in chunk 0 (1.43 became 0.0056, a
+    finite value no range check can catch); the next run that reads it stops with a CacheError naming the chunk and
+    the sample instead of training on it."""
+    path, _ = llama
+    token_file(tmp_path / "tokens.h5", 70)
+    cfg = config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache",
+                 extra="[train]\nsteps = 2\nwarmup = 1\nmicro_batch = 4\nholdout = 4\n[budget]\ntarget = 0.8")
+    cli("run", "--stages=teacher_cache", cfg)
+    chunk = sorted(glob.glob(os.path.join(cache_dir(tmp_path / "cache"), "chunk-*.h5")))[0]
+    with h5py.File(chunk, "a") as f:
+        assert f["row_xxh64"].shape == (64,)
+        v = f["topk_values"][5, 2, 0]
+        f["topk_values"][5, 2, 0] = v ^ np.uint16(1 << 9)  # an exponent bit of the bf16 bits
+    assert torch.isfinite(bf16_bits_to_float(np.array([v ^ np.uint16(1 << 9)], dtype=np.uint16))).all()
+    p = cli("run", "--stages=teacher_cache,train_gates", cfg, check=False)
+    assert p.returncode == 1 and "CacheError" in p.stderr, p.stderr
+    assert os.path.basename(chunk) in p.stderr and "the stored bytes of sample 5 fail their checksum" in p.stderr
+    assert not (tmp_path / "run" / "stages" / "train_gates.done").exists()
+
+
 def test_bad_token_data_names_file_and_dataset(tmp_path, llama, cli):
     path, _ = llama
     ids = token_file(tmp_path / "tokens.h5", 20)
