@@ -46,21 +46,21 @@ at::Tensor draw_uniforms(int64_t first, int64_t n, const CacheLayout& layout, in
 }
 
 // What the cache keeps of the LM head over [n, L, hidden] features, a piece of tokens at a time, by the
-// fused logit tail: the top-k and log-sum-exp ("lm"), or the sampled tokens with their counts and the
-// entropy ("lm-sampled", drawn with `uniforms` [n * L, D] on the host).
+// fused logit tail: the top-k and log-sum-exp (CacheForm::top_k), or the sampled tokens with their counts and
+// the entropy (CacheForm::sampled, drawn with `uniforms` [n * L, D] on the host).
 CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheLayout& layout,
                     const at::Tensor& uniforms) {
   const int64_t n = features.size(0), L = features.size(1);
   const at::Tensor flat = features.reshape({n * L, features.size(2)});
   // The head's logits and their fp32 copy: two [piece, vocab] tensors.
   const int64_t piece = std::max<int64_t>(1, kLogitBytesPerPiece / (layout.vocab_size * 4 * 2));
-  const at::ScalarType store = layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16;
+  const at::ScalarType store = scalar_type(layout.store_dtype);
   std::vector<at::Tensor> values, indices, lse, ids, counts, entropy;
   for (int64_t t = 0; t < n * L; t += piece) {
     const int64_t e = std::min(n * L, t + piece);
     TailRequest request;
-    if (layout.kind == "lm") request.top_k = layout.top_k;
-    if (layout.kind == "lm-sampled") request.uniforms = uniforms.slice(0, t, e);
+    if (layout.form == CacheForm::top_k) request.top_k = layout.top_k;
+    if (layout.form == CacheForm::sampled) request.uniforms = uniforms.slice(0, t, e);
     at::Tensor logits;
     {
       const HeadMatmulScope head_precision;  // bf16 products where the run asks (model.head_matmul)
@@ -76,7 +76,7 @@ CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheL
     }
   }
   CacheChunk c;
-  if (layout.kind == "lm") {
+  if (layout.form == CacheForm::top_k) {
     c.topk_values = at::cat(values).view({n, L, layout.top_k});
     c.topk_indices = at::cat(indices).view({n, L, layout.top_k});
     c.logsumexp = at::cat(lse).view({n, L});
@@ -87,6 +87,9 @@ CacheChunk lm_chunk(const Model& model, const at::Tensor& features, const CacheL
   }
   return c;
 }
+
+// The config's teacher.store_dtype as the cache's: the one place one is mapped to the other.
+CacheDtype cache_dtype(StoreDtype dtype) { return dtype == StoreDtype::fp16 ? CacheDtype::fp16 : CacheDtype::bf16; }
 
 }  // namespace
 
@@ -145,23 +148,23 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
     uint64_t content = process_info().rank == 0 ? data->content_hash() : 0;
     content = world::broadcast(content);
     CacheLayout& layout = t.layout;
-    layout.kind = cache_kind(model_shape(arch).traits.output);
+    layout.form = cache_form(model_shape(arch).traits.output);
     layout.samples = data->size();
     if (t.what == "heal.data") warn_of_unread_heal_samples(c, layout.samples);
-    if (layout.kind == "lm" && c.teacher.logits == TeacherLogits::sampled) {
-      layout.kind = "lm-sampled";
+    if (layout.form == CacheForm::top_k && c.teacher.logits == TeacherLogits::sampled) {
+      layout.form = CacheForm::sampled;
       layout.seq_len = t.spec.seq_len;
       layout.draws = c.teacher.samples;
       layout.vocab_size = arch.vocab_size;
-    } else if (layout.kind == "lm") {
+    } else if (layout.form == CacheForm::top_k) {
       layout.seq_len = t.spec.seq_len;
       layout.top_k = std::min<int64_t>(c.teacher.top_k, arch.vocab_size);
       layout.vocab_size = arch.vocab_size;
-      layout.store_dtype = c.teacher.store_dtype == StoreDtype::fp16 ? "fp16" : "bf16";
-    } else if (layout.kind == "hidden") {
+      layout.store_dtype = cache_dtype(c.teacher.store_dtype);
+    } else if (layout.form == CacheForm::hidden) {
       layout.seq_len = t.spec.seq_len;
       layout.hidden_size = arch.hidden;
-      layout.store_dtype = c.teacher.store_dtype == StoreDtype::fp16 ? "fp16" : "bf16";
+      layout.store_dtype = cache_dtype(c.teacher.store_dtype);
     } else {
       layout.num_labels = arch.num_labels;
     }
@@ -171,11 +174,13 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
           static_cast<uint64_t>(layout.seq_len), static_cast<uint64_t>(layout.top_k)})
       h.update_u64(v);
     // Dtypes by name: enum values are not a stable on-disk key across LibTorch versions.
-    h.update(layout.kind.starts_with("lm") ? precision_key(c) : std::string(c10::toString(compute_dtype(c))));
-    h.update(layout.kind);
-    h.update(layout.store_dtype);
-    if (layout.kind == "hidden") h.update_u64(static_cast<uint64_t>(layout.hidden_size));
-    if (layout.kind == "lm-sampled") {
+    const bool lm = layout.form == CacheForm::top_k || layout.form == CacheForm::sampled;
+    h.update(lm ? precision_key(c) : std::string(c10::toString(compute_dtype(c))));
+    // The form and the dtype by their index.json names: the bytes every existing cache directory is keyed by.
+    h.update(to_string(layout.form));
+    h.update(to_string(layout.store_dtype));
+    if (layout.form == CacheForm::hidden) h.update_u64(static_cast<uint64_t>(layout.hidden_size));
+    if (layout.form == CacheForm::sampled) {
       h.update_u64(static_cast<uint64_t>(layout.draws));
       h.update_u64(static_cast<uint64_t>(c.teacher.seed));
     }
@@ -221,14 +226,14 @@ CacheChunk batch_entries(const Teacher& t, const Config& c, const CacheLayout& l
                          int64_t first_sample) {
   const at::Tensor features = t.model->features(to_device(batch, t.device));
   CacheChunk part;
-  if (layout.kind == "lm")
+  if (layout.form == CacheForm::top_k)
     part = lm_chunk(*t.model, features, layout, at::Tensor());
-  else if (layout.kind == "lm-sampled")
+  else if (layout.form == CacheForm::sampled)
     part = lm_chunk(*t.model, features, layout, draw_uniforms(first_sample, features.size(0), layout, c.teacher.seed));
-  else if (layout.kind == "classifier")
+  else if (layout.form == CacheForm::classifier)
     part.logits = t.model->head(features).to(at::kFloat);
-  else if (layout.kind == "hidden")
-    part.hidden_states = t.model->head(features).to(layout.store_dtype == "fp16" ? at::kHalf : at::kBFloat16);
+  else if (layout.form == CacheForm::hidden)
+    part.hidden_states = t.model->head(features).to(scalar_type(layout.store_dtype));
   return part;
 }
 

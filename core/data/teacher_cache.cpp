@@ -20,6 +20,34 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The names of the forms and dtypes in index.json and in the cache fingerprint: the only place they are spelled.
+constexpr std::pair<CacheForm, std::string_view> kFormNames[] = {
+    {CacheForm::top_k, "lm"},
+    {CacheForm::sampled, "lm-sampled"},
+    {CacheForm::hidden, "hidden"},
+    {CacheForm::classifier, "classifier"},
+};
+constexpr std::pair<CacheDtype, std::string_view> kDtypeNames[] = {
+    {CacheDtype::none, ""},
+    {CacheDtype::fp16, "fp16"},
+    {CacheDtype::bf16, "bf16"},
+};
+
+template <typename E, size_t N>
+std::string_view name_in(const std::pair<E, std::string_view> (&table)[N], E value) {
+  for (const auto& [v, name] : table)
+    if (v == value) return name;
+  HAWADA_ASSERT(false, "a cache form or dtype without a name");
+  return {};
+}
+
+template <typename E, size_t N>
+std::optional<E> value_in(const std::pair<E, std::string_view> (&table)[N], std::string_view name) {
+  for (const auto& [v, n] : table)
+    if (n == name) return v;
+  return std::nullopt;
+}
+
 [[noreturn]] void cache_fail(const fs::path& file, const std::string& what) {
   throw CacheError("teacher cache file '" + file.string() + "': " + what);
 }
@@ -32,25 +60,25 @@ std::string shape_string(const std::vector<int64_t>& s) {
 
 // The datasets a chunk of `n` samples must hold, with their shapes.
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_datasets(const CacheLayout& l, int64_t n) {
-  if (l.kind == "lm")
+  if (l.form == CacheForm::top_k)
     return {{"topk_values", {n, l.seq_len, l.top_k}},
             {"topk_indices", {n, l.seq_len, l.top_k}},
             {"logsumexp", {n, l.seq_len}},
             {"sample_index", {n}}};
-  if (l.kind == "lm-sampled")
+  if (l.form == CacheForm::sampled)
     return {{"sampled_ids", {n, l.seq_len, l.draws, 3}},
             {"sampled_counts", {n, l.seq_len, l.draws}},
             {"entropy", {n, l.seq_len}},
             {"row_xxh64", {n}},
             {"sample_index", {n}}};
-  if (l.kind == "hidden") return {{"hidden_states", {n, l.seq_len, l.hidden_size}}, {"sample_index", {n}}};
+  if (l.form == CacheForm::hidden) return {{"hidden_states", {n, l.seq_len, l.hidden_size}}, {"sample_index", {n}}};
   return {{"logits", {n, l.num_labels}}, {"sample_index", {n}}};
 }
 
 // The values of a chunk (written or read): finite logits and log-sum-exps, indices inside the
 // vocabulary. `where` names the file (or the samples) in the CacheError.
 void check_values(const CacheChunk& c, const CacheLayout& layout, const std::string& where) {
-  if (layout.kind == "lm") {
+  if (layout.form == CacheForm::top_k) {
     if (!at::isfinite(c.topk_values.to(at::kFloat)).all().item<bool>())
       throw CacheError(where + ": topk_values holds non-finite teacher logits (a broken teacher or cache file)");
     if (!at::isfinite(c.logsumexp).all().item<bool>())
@@ -61,7 +89,7 @@ void check_values(const CacheChunk& c, const CacheLayout& layout, const std::str
         throw CacheError(where + ": topk_indices holds token " + std::to_string(lo < 0 ? lo : hi) +
                          ", outside the vocabulary [0, " + std::to_string(layout.vocab_size) + ")");
     }
-  } else if (layout.kind == "lm-sampled") {
+  } else if (layout.form == CacheForm::sampled) {
     const at::Tensor h = c.entropy.to(at::kFloat);
     if (!at::isfinite(h).all().item<bool>() || (h < 0).any().item<bool>() ||
         (h > std::log(static_cast<double>(layout.vocab_size)) + 1e-3).any().item<bool>())
@@ -74,7 +102,7 @@ void check_values(const CacheChunk& c, const CacheLayout& layout, const std::str
     if (used.numel() > 0 && used.max().item<int64_t>() >= layout.vocab_size)
       throw CacheError(where + ": sampled_ids holds token " + std::to_string(used.max().item<int64_t>()) +
                        ", outside the vocabulary [0, " + std::to_string(layout.vocab_size) + ")");
-  } else if (layout.kind == "hidden") {
+  } else if (layout.form == CacheForm::hidden) {
     if (!at::isfinite(c.hidden_states.to(at::kFloat)).all().item<bool>())
       throw CacheError(where + ": hidden_states holds non-finite values (a broken teacher or cache file)");
   } else if (!at::isfinite(c.logits).all().item<bool>()) {
@@ -150,21 +178,20 @@ void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int
   out.entropy.narrow(0, at, rows).copy_(entropy);
 }
 
-h5::Type store_type(const CacheLayout& l) { return l.store_dtype == "fp16" ? h5::Type::f16 : h5::Type::u16; }
-at::ScalarType store_scalar(const CacheLayout& l) { return l.store_dtype == "fp16" ? at::kHalf : at::kBFloat16; }
+h5::Type store_type(const CacheLayout& l) { return l.store_dtype == CacheDtype::fp16 ? h5::Type::f16 : h5::Type::u16; }
+at::ScalarType store_scalar(const CacheLayout& l) { return scalar_type(l.store_dtype); }
 
 // Reads rows [row, row + rows) of a top-k, hidden-state or classifier chunk into `out` at `at`, checked against
 // their checksums.
-void read_plain_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out,
-                     int64_t at) {
-  if (l.kind == "lm") {
+void read_plain_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64_t rows, CacheChunk& out, int64_t at) {
+  if (l.form == CacheForm::top_k) {
     at::Tensor v = out.topk_values.narrow(0, at, rows), i = out.topk_indices.narrow(0, at, rows),
                e = out.logsumexp.narrow(0, at, rows);
     f.read_rows("topk_values", row, rows, store_type(l), v.data_ptr());
     f.read_rows("topk_indices", row, rows, h5::Type::i32, i.data_ptr());
     f.read_rows("logsumexp", row, rows, h5::Type::f32, e.data_ptr());
     verify_rows(f, row, rows, {&v, &i, &e});
-  } else if (l.kind == "hidden") {
+  } else if (l.form == CacheForm::hidden) {
     at::Tensor h = out.hidden_states.narrow(0, at, rows);
     f.read_rows("hidden_states", row, rows, store_type(l), h.data_ptr());
     verify_rows(f, row, rows, {&h});
@@ -202,21 +229,25 @@ void check_chunk(const h5::File& f, const CacheLayout& layout, int64_t start, in
 nlohmann::json layout_json(const CacheLayout& l) {
   nlohmann::json j = {{"format_version", kTeacherCacheFormat},
                       {"fingerprint", l.fingerprint},
-                      {"kind", l.kind},
+                      {"kind", std::string(to_string(l.form))},
                       {"samples", l.samples},
                       {"seq_len", l.seq_len},
                       {"top_k", l.top_k},
                       {"vocab_size", l.vocab_size},
                       {"num_labels", l.num_labels},
-                      {"store_dtype", l.store_dtype},
+                      {"store_dtype", std::string(to_string(l.store_dtype))},
                       {"chunk_samples", kCacheChunkSamples}};
-  if (l.kind == "hidden") j["hidden_size"] = l.hidden_size;
-  if (l.kind == "lm-sampled") j["draws"] = l.draws;
+  if (l.form == CacheForm::hidden) j["hidden_size"] = l.hidden_size;
+  if (l.form == CacheForm::sampled) j["draws"] = l.draws;
   return j;
 }
 
-// The on-disk type of 16-bit values: fp16 as HDF5 half floats, bf16 as its uint16 bits.
 }  // namespace
+
+std::string_view to_string(CacheForm form) { return name_in(kFormNames, form); }
+std::string_view to_string(CacheDtype dtype) { return name_in(kDtypeNames, dtype); }
+std::optional<CacheForm> cache_form_from_string(std::string_view name) { return value_in(kFormNames, name); }
+std::optional<CacheDtype> cache_dtype_from_string(std::string_view name) { return value_in(kDtypeNames, name); }
 
 std::vector<std::pair<int64_t, int64_t>> CacheLayout::chunks() const {
   std::vector<std::pair<int64_t, int64_t>> out;
@@ -245,9 +276,9 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
     h5::File f = h5::File::create(tmp);
     const int64_t n = end - start;
     HAWADA_ASSERT(c.sample_index.numel() == n, "chunk row count");
-    if (layout.kind == "lm") {
+    if (layout.form == CacheForm::top_k) {
       const at::Tensor values = c.topk_values.contiguous();
-      if (layout.store_dtype == "fp16") {
+      if (layout.store_dtype == CacheDtype::fp16) {
         HAWADA_ASSERT(values.scalar_type() == at::kHalf, "fp16 values");
         f.write("topk_values", h5::Type::f16, {n, layout.seq_len, layout.top_k}, values.data_ptr());
       } else {
@@ -259,9 +290,10 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
       f.write("topk_indices", h5::Type::i32, {n, layout.seq_len, layout.top_k}, indices.data_ptr());
       f.write("logsumexp", h5::Type::f32, {n, layout.seq_len}, lse.data_ptr());
       f.write("row_xxh64", h5::Type::i64, {n}, row_checksums({&values, &indices, &lse}).data_ptr());
-      f.set_attribute("topk_values_dtype",
-                      layout.store_dtype == "fp16" ? std::string("float16") : std::string("bfloat16 (uint16 bits)"));
-    } else if (layout.kind == "lm-sampled") {
+      f.set_attribute("topk_values_dtype", layout.store_dtype == CacheDtype::fp16
+                                               ? std::string("float16")
+                                               : std::string("bfloat16 (uint16 bits)"));
+    } else if (layout.form == CacheForm::sampled) {
       const at::Tensor packed = pack_ids(c.sampled_ids);
       const at::Tensor counts = c.sampled_counts.to(at::kByte).contiguous();
       const at::Tensor entropy = c.entropy.to(at::kFloat).contiguous();
@@ -270,12 +302,13 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
       f.write("entropy", h5::Type::f32, {n, layout.seq_len}, entropy.data_ptr());
       f.write("row_xxh64", h5::Type::i64, {n}, row_checksums({&packed, &counts, &entropy}).data_ptr());
       f.set_attribute("sampled_ids_encoding", std::string("uint24 little-endian, 3 x uint8"));
-    } else if (layout.kind == "hidden") {
+    } else if (layout.form == CacheForm::hidden) {
       const at::Tensor values = c.hidden_states.to(store_scalar(layout)).contiguous();
       f.write("hidden_states", store_type(layout), {n, layout.seq_len, layout.hidden_size}, values.data_ptr());
       f.write("row_xxh64", h5::Type::i64, {n}, row_checksums({&values}).data_ptr());
-      f.set_attribute("hidden_states_dtype",
-                      layout.store_dtype == "fp16" ? std::string("float16") : std::string("bfloat16 (uint16 bits)"));
+      f.set_attribute("hidden_states_dtype", layout.store_dtype == CacheDtype::fp16
+                                                 ? std::string("float16")
+                                                 : std::string("bfloat16 (uint16 bits)"));
     } else {
       const at::Tensor logits = c.logits.to(at::kFloat).contiguous();
       f.write("logits", h5::Type::f32, {n, layout.num_labels}, logits.data_ptr());
@@ -319,20 +352,20 @@ CacheChunk read_cache_chunk(const fs::path& dir, const CacheLayout& layout, int6
   CacheChunk c;
   c.sample_index = at::empty({n}, at::kLong);
   f.read_all("sample_index", h5::Type::i64, c.sample_index.data_ptr());
-  if (layout.kind == "lm") {
+  if (layout.form == CacheForm::top_k) {
     c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
     c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
-  } else if (layout.kind == "lm-sampled") {
+  } else if (layout.form == CacheForm::sampled) {
     c.sampled_ids = at::empty({n, layout.seq_len, layout.draws}, at::kInt);
     c.sampled_counts = at::empty({n, layout.seq_len, layout.draws}, at::kByte);
     c.entropy = at::empty({n, layout.seq_len}, at::kFloat);
-  } else if (layout.kind == "hidden") {
+  } else if (layout.form == CacheForm::hidden) {
     c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
   }
-  if (layout.kind == "lm-sampled")
+  if (layout.form == CacheForm::sampled)
     read_sampled_rows(f, layout, 0, n, c, 0);
   else
     read_plain_rows(f, layout, 0, n, c, 0);
@@ -344,15 +377,15 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
   const int64_t n = static_cast<int64_t>(samples.size());
   CacheChunk c;
   c.sample_index = at::tensor(samples, at::kLong);
-  if (layout.kind == "lm") {
+  if (layout.form == CacheForm::top_k) {
     c.topk_values = at::empty({n, layout.seq_len, layout.top_k}, store_scalar(layout));
     c.topk_indices = at::empty({n, layout.seq_len, layout.top_k}, at::kInt);
     c.logsumexp = at::empty({n, layout.seq_len}, at::kFloat);
-  } else if (layout.kind == "lm-sampled") {
+  } else if (layout.form == CacheForm::sampled) {
     c.sampled_ids = at::empty({n, layout.seq_len, layout.draws}, at::kInt);
     c.sampled_counts = at::empty({n, layout.seq_len, layout.draws}, at::kByte);
     c.entropy = at::empty({n, layout.seq_len}, at::kFloat);
-  } else if (layout.kind == "hidden") {
+  } else if (layout.form == CacheForm::hidden) {
     c.hidden_states = at::empty({n, layout.seq_len, layout.hidden_size}, store_scalar(layout));
   } else {
     c.logits = at::empty({n, layout.num_labels}, at::kFloat);
@@ -376,7 +409,7 @@ CacheChunk read_cache_samples(const fs::path& dir, const CacheLayout& layout, co
     }
     const h5::File& f = it->second;
     const int64_t row = sample - start;
-    if (layout.kind == "lm-sampled")
+    if (layout.form == CacheForm::sampled)
       read_sampled_rows(f, layout, row, 1, c, i);
     else
       read_plain_rows(f, layout, row, 1, c, i);
@@ -409,18 +442,25 @@ CacheLayout read_cache_index(const fs::path& dir) {
       cache_fail(path, "format version " + json_excerpt(j.at("format_version")) + ", expected " +
                            std::to_string(kTeacherCacheFormat));
     l.fingerprint = j.at("fingerprint").get<std::string>();
-    l.kind = j.at("kind").get<std::string>();
+    const std::string kind = j.at("kind").get<std::string>();
     l.samples = json_int(j.at("samples"));
     l.seq_len = json_int(j.at("seq_len"));
     l.top_k = json_int(j.at("top_k"));
     l.vocab_size = json_int(j.at("vocab_size"));
     l.num_labels = json_int(j.at("num_labels"));
-    l.store_dtype = j.at("store_dtype").get<std::string>();
-    if (l.kind != "lm" && l.kind != "lm-sampled" && l.kind != "classifier" && l.kind != "hidden")
-      cache_fail(path, "unknown kind '" + l.kind +
+    const std::string store_dtype = j.at("store_dtype").get<std::string>();
+    const std::optional<CacheForm> form = cache_form_from_string(kind);
+    if (!form)
+      cache_fail(path,
+                 "unknown kind '" + kind + "' (written by a newer hawada-pipeline? rerun teacher_cache with this one)");
+    l.form = *form;
+    const std::optional<CacheDtype> dtype = cache_dtype_from_string(store_dtype);
+    if (!dtype)
+      cache_fail(path, "unknown store_dtype '" + store_dtype +
                            "' (written by a newer hawada-pipeline? rerun teacher_cache with this one)");
-    if (l.kind == "hidden") l.hidden_size = json_int(j.at("hidden_size"));
-    if (l.kind == "lm-sampled") {
+    l.store_dtype = *dtype;
+    if (l.form == CacheForm::hidden) l.hidden_size = json_int(j.at("hidden_size"));
+    if (l.form == CacheForm::sampled) {
       l.draws = json_int(j.at("draws"));
       if (l.draws < 1 || l.draws > 255) cache_fail(path, "draws must be in [1, 255]");
     }

@@ -5,7 +5,7 @@
 //
 // LM chunks hold topk_values [n, L, k] (fp16, or bf16 stored as its uint16 bits), topk_indices int32
 // [n, L, k] sorted by descending value, logsumexp fp32 [n, L] over the full vocabulary, and
-// sample_index int64 [n]; sampled LM chunks (kind "lm-sampled", core/prune/distill_loss.h SampledLogits)
+// sample_index int64 [n]; sampled LM chunks (CacheForm::sampled, core/prune/distill_loss.h SampledLogits)
 // hold sampled_ids [n, L, D, 3] (uint8: each token id in 3 little-endian bytes), sampled_counts uint8
 // [n, L, D] and entropy fp32 [n, L], 4 D + 4 bytes a token, and row_xxh64 [n]: each sample's XXH64 of
 // those bytes, checked for every row read; classifier chunks hold logits fp32 [n, labels]; hidden-state chunks
@@ -16,7 +16,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -30,24 +32,41 @@ inline constexpr int64_t kTeacherCacheFormat = 1;
 /// Samples per chunk file: the unit of crash recovery.
 inline constexpr int64_t kCacheChunkSamples = 64;
 
-/// The cache kind of a model output: "lm", "classifier" or "hidden" (an LM cache of sampled tokens is
-/// "lm-sampled", chosen by the teacher_cache stage).
-inline const char* cache_kind(ModelOutput output) {
+/// What a teacher cache keeps of the model's output: an LM's top-k logits with the log-sum-exp, or tokens
+/// sampled from its distribution (chosen by the teacher_cache stage from `teacher.logits`); an encoder's
+/// last hidden states; a classifier's full logits.
+enum class CacheForm { top_k, sampled, hidden, classifier };
+/// How the 16-bit values of a top-k or hidden-state cache are stored; `none` for the forms without them.
+enum class CacheDtype { none, fp16, bf16 };
+
+/// The form's name in index.json and in the cache fingerprint: "lm", "lm-sampled", "hidden" or "classifier".
+std::string_view to_string(CacheForm form);
+/// The dtype's name in index.json and in the cache fingerprint: "fp16", "bf16", or "" for `none`.
+std::string_view to_string(CacheDtype dtype);
+/// The form named `name` (as to_string writes it); nullopt for a name this build does not know.
+std::optional<CacheForm> cache_form_from_string(std::string_view name);
+/// The dtype named `name` (as to_string writes it); nullopt for a name this build does not know.
+std::optional<CacheDtype> cache_dtype_from_string(std::string_view name);
+/// The in-memory type of stored 16-bit values: fp16 as half, otherwise bf16.
+inline at::ScalarType scalar_type(CacheDtype dtype) { return dtype == CacheDtype::fp16 ? at::kHalf : at::kBFloat16; }
+
+/// The cache form of a model output (an LM's top-k; the stage picks `sampled` from the config).
+inline CacheForm cache_form(ModelOutput output) {
   switch (output) {
     case ModelOutput::token_logits:
-      return "lm";
+      return CacheForm::top_k;
     case ModelOutput::sample_logits:
-      return "classifier";
+      return CacheForm::classifier;
     case ModelOutput::hidden_states:
-      return "hidden";
+      return CacheForm::hidden;
   }
-  return "lm";
+  return CacheForm::top_k;
 }
 
 /// What a cache holds, fixed by its fingerprint.
 struct CacheLayout {
   std::string fingerprint;  ///< 16 hex digits
-  std::string kind;         ///< "lm", "lm-sampled", "classifier" or "hidden"
+  CacheForm form = CacheForm::top_k;
   int64_t samples = 0;
   int64_t seq_len = 0;      ///< lm, hidden
   int64_t top_k = 0;        ///< lm
@@ -55,7 +74,8 @@ struct CacheLayout {
   int64_t vocab_size = 0;   ///< lm
   int64_t num_labels = 0;   ///< classifier
   int64_t hidden_size = 0;  ///< hidden
-  std::string store_dtype;  ///< lm, hidden: "fp16" or "bf16"
+  /// lm, hidden: fp16 or bf16 (none for the others)
+  CacheDtype store_dtype = CacheDtype::none;
   /// Global chunk ranges [start, end), covering [0, samples).
   std::vector<std::pair<int64_t, int64_t>> chunks() const;
   /// "chunk-0000000064-0000000128.h5"
