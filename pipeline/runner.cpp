@@ -61,8 +61,8 @@ void log_head_matmul(const Config& c) {
     log::info("LM head: bf16 products with fp32 accumulation and fp32 logits (model.head_matmul; native bf16 here)");
   else if (c.model.head_matmul == HeadMatmul::bf16 && c.model.dtype == ComputeDtype::fp32)
     log::warn(
-        "model.head_matmul = \"bf16\" runs on CPUs with AMX or AVX512-BF16 only (not on GPUs yet): the LM head "
-        "runs in fp32 here");
+        "model.head_matmul = \"bf16\" runs on CPUs whose LibTorch runs fp32 products in bf16 (measured at start; "
+        "AMX machines; not on GPUs yet): the LM head runs in fp32 here");
 }
 }  // namespace
 

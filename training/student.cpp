@@ -1,5 +1,7 @@
 #include "training/student.h"
 
+#include "core/prune/matmul_precision.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
@@ -52,7 +54,7 @@ at::ScalarType compute_dtype(const Config& c) {
 
 bool bf16_head(const Config& c) {
   if (c.model.dtype != ComputeDtype::fp32 || c.model.head_matmul == HeadMatmul::fp32) return false;
-  return run_device(c).is_cpu() && cpu_has_native_bf16_matmul();
+  return run_device(c).is_cpu() && cpu_has_native_bf16_matmul() && bf16_head_matmul_engages();
 }
 
 std::string precision_key(const Config& c) {

@@ -10,6 +10,10 @@ namespace hawada {
 void set_bf16_head_matmul(bool on);
 /// What set_bf16_head_matmul last set.
 bool bf16_head_matmul();
+/// Whether this process's LibTorch really runs fp32 CPU matmuls as bf16 products when asked: measured once (a
+/// head-sized 256 x 256 x 4096 product under the bf16 precision must differ from the fp32 one). A CPU flag is not
+/// enough: on an AVX512-BF16 CPU without AMX, oneDNN's bf16 mode left the products in fp32.
+bool bf16_head_matmul_engages();
 
 /// While alive, and bf16_head_matmul() is set, fp32 matrix products on the CPU (a head's forward and the
 /// backward run inside the scope) take bf16 inputs, accumulate in fp32 and give fp32 results; the previous

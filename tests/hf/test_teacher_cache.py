@@ -278,6 +278,11 @@ importance_batches = 1
 target = 0.7
 """)
         runs[head] = cli("run", "--stages=teacher_cache,train_gates", p).stderr
+    if "LM head: bf16 products" not in runs["bf16"]:
+        # The pipeline measures whether LibTorch's oneDNN really runs fp32 products in bf16 here (on an
+        # AVX512-BF16 CPU without AMX it did not) and says so instead of claiming it.
+        assert "runs in fp32 here" in runs["bf16"], runs["bf16"]
+        pytest.skip("native bf16 flags, but oneDNN keeps fp32 matmuls in fp32 on this CPU: the head ran in fp32")
     assert "LM head: bf16 products" in runs["bf16"] and "LM head: bf16" not in runs["fp32"]
     dirs = sorted(glob.glob(str(tmp_path / "cache" / "*" / "index.json")), key=os.path.getmtime)
     assert len(dirs) == 2, "a bf16-head cache has its own key"
