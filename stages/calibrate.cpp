@@ -80,11 +80,11 @@ std::vector<int64_t> heldout_samples(const DistillData& data) {
 }
 
 // summary.json: the steps and, with held-out samples, the held-out KL of the 0/1-mask student (`masks`: the
-// dense model's, or the refitted one's when the refit ran first) and of the calibrated one (`scales` on `student`,
-// on the samples export verifies on), which is logged. Collective.
-nlohmann::json calibration_summary(const Config& c, const LoadedModel& masks, const LoadedModel& student,
-                                   const Plan& plan, const Scales& scales, const DistillData& data,
-                                   const at::Device& device, Communicator& comm) {
+// dense model's, or the refitted one's when a refit ran before the scale fit, `masks_refitted`) and of the calibrated
+// one (`scales` on `student`, on the samples export verifies on), which is logged. Collective.
+nlohmann::json calibration_summary(const Config& c, const LoadedModel& masks, bool masks_refitted,
+                                   const LoadedModel& student, const Plan& plan, const Scales& scales,
+                                   const DistillData& data, const at::Device& device, Communicator& comm) {
   const CalibrateConfig& k = c.calibrate;
   const bool refitted = k.reconstruct || refits_spans(c, plan);
   const std::vector<int64_t> held = heldout_samples(data);
@@ -100,11 +100,7 @@ nlohmann::json calibration_summary(const Config& c, const LoadedModel& masks, co
     summary["heldout_kl_calibrated"] = after;
     log::info(
         fmt::format("calibrate: held-out KL to the teacher on {} samples: {:.4f} with 0/1 masks{}, {:.4f} calibrated{}",
-                    held.size(), before,
-                    &masks != &student ? ""
-                    : refitted         ? " (refitted)"
-                                       : "",
-                    after, refitted ? " and refitted" : ""));
+                    held.size(), before, masks_refitted ? " (refitted)" : "", after, refitted ? " and refitted" : ""));
   }
   return summary;
 }
@@ -144,17 +140,14 @@ void check_slice(const Model& gated, const GateValues& gates, const Model& slice
 // in-memory checkpoint; `scales` becomes what the refit leaves (1 on the refitted projections' structures and output
 // channels, the others' unchanged). `stats`: summary.json's "reconstruct". Collective.
 LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& plan, Scales& scales,
-                        const DistillData& data, const at::Device& device, Communicator& comm, nlohmann::json& stats) {
+                        const DistillData& data, const at::Device& device, Communicator& comm,
+                        const ReconstructOptions& o, nlohmann::json& stats) {
   const auto t0 = Clock::now();
   const auto model = dense.adapter->load(dense.checkpoint, {at::kFloat, device});
   GateValues gates = student_gates(plan, scales);
   for (at::Tensor* t : {&gates.heads, &gates.ffn, &gates.hidden, &gates.layers, &gates.attn_out, &gates.mlp_out})
     if (t->defined()) *t = t->to(device).clone();
   const int64_t micro = std::max<int64_t>(1, stage_fit_options(c).micro_batch);
-  ReconstructOptions o;
-  o.width = c.calibrate.reconstruct;
-  o.attention = c.calibrate.reconstruct_attention;
-  o.spans = refits_spans(c, plan);
   const ReconstructStats st =
       reconstruct_projections(*model, gates, reconstruct_batches(c, data, micro, device), o, comm);
   for (auto [from, to] : {std::pair{&gates.heads, &scales.heads},
@@ -172,11 +165,11 @@ LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& p
   // Its slice (with the scales folded) must compute what the refitted gated model computes.
   const auto slice = dense.adapter->load(pruned_checkpoint(refit, plan, scales), {at::kFloat, device});
   check_slice(*model, gates, *slice, data, device);
-  log::info(
-      fmt::format("calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in {:.1f} s{}",
-                  st.projections, st.tokens, since(t0),
-                  st.spans > 0 ? fmt::format(" ({} of them to the end of the span of dropped blocks after them)", st.spans)
-                               : std::string()));
+  log::info(fmt::format(
+      "calibrate: reconstruct: {} output projections refitted by least squares on {} tokens in {:.1f} s{}",
+      st.projections, st.tokens, since(t0),
+      st.spans > 0 ? fmt::format(" ({} of them to the end of the span of dropped blocks after them)", st.spans)
+                   : std::string()));
   stats = {{"samples", std::min(c.calibrate.reconstruct_samples, data.train_samples())},
            {"tokens", st.tokens},
            {"projections", st.projections},
@@ -185,6 +178,15 @@ LoadedModel reconstruct(const Config& c, const LoadedModel& dense, const Plan& p
            {"span_projections", st.spans},
            {"order", c.calibrate.reconstruct_order == RefitOrder::after_scales ? "after_scales" : "before_scales"}};
   return refit;
+}
+
+// The statistics of two refits (before and after the scale fit) as one: the projection counts summed.
+nlohmann::json merge_refit_stats(nlohmann::json a, const nlohmann::json& b) {
+  if (a.is_null()) return b;
+  for (const char* key : {"projections", "attention_projections", "mlp_projections", "span_projections"})
+    a[key] = a.value(key, int64_t{0}) + b.value(key, int64_t{0});
+  a["order"] = b.value("order", "");
+  return a;
 }
 
 void log_scale_fit(const Config& c, const Plan& plan, const FitOptions& o, bool refitted) {
@@ -207,6 +209,43 @@ void write_refitted(const LoadedModel& refit, const Plan& plan, const Scales& sc
       throw NumericError("calibrate.reconstruct: tensor '" + t.name +
                          "' holds non-finite values; nothing is published");
   safetensors::write_file(file, tensors, {{"fingerprint", fingerprint}});
+}
+
+// What calibrate fits: the refitted models (before / after the scale fit; none without a refit), the scales and the
+// refits' statistics.
+struct Calibration {
+  std::optional<LoadedModel> before, after;
+  Scales scales;
+  nlohmann::json refit_stats;
+};
+
+// The refits and the scale fit in their order: the span refit always before the scale fit (the scales then fit the
+// stream it hands on; after them it undid their fit: bench/NOTES.md), the width refit where
+// calibrate.reconstruct_order puts it. Collective.
+Calibration calibrate_student(const Config& c, const LoadedModel& dense, const Plan& plan, const DistillData& data,
+                              const FitOptions& o, const at::Device& device, Communicator& comm) {
+  const CalibrateConfig& k = c.calibrate;
+  const bool width_first = k.reconstruct && k.reconstruct_order == RefitOrder::before_scales;
+  ReconstructOptions first, last;
+  first.spans = refits_spans(c, plan);
+  first.width = width_first, last.width = k.reconstruct && !width_first;
+  first.attention = last.attention = k.reconstruct_attention;
+  Calibration cal{std::nullopt, std::nullopt, Scales::ones(plan), nlohmann::json()};
+  if (first.spans || first.width)
+    cal.before.emplace(reconstruct(c, dense, plan, cal.scales, data, device, comm, first, cal.refit_stats));
+  const LoadedModel& base = cal.before ? *cal.before : dense;
+  if (k.steps > 0) {
+    log_scale_fit(c, plan, o, cal.before.has_value());
+    cal.scales = fit_scales(c, base, plan, data, o, device, comm);
+  } else {
+    log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
+  }
+  if (last.width) {
+    nlohmann::json stats;
+    cal.after.emplace(reconstruct(c, base, plan, cal.scales, data, device, comm, last, stats));
+    cal.refit_stats = merge_refit_stats(cal.refit_stats, stats);
+  }
+  return cal;
 }
 
 }  // namespace
@@ -346,22 +385,15 @@ void CalibrateStage::run(const StageContext& ctx) {
   const DistillData data(c, dense.arch, cache_dir_, o.micro_batch * o.grad_accum * proc.size, "calibration");
   auto comm = run_communicator(c, device);
 
-  nlohmann::json refit_stats;
-  std::optional<LoadedModel> refit;
-  Scales scales = Scales::ones(plan);
-  const bool refits = k.reconstruct || refits_spans(c, plan);
-  const bool refit_first = refits && k.reconstruct_order == RefitOrder::before_scales;
-  if (refit_first) refit.emplace(reconstruct(c, dense, plan, scales, data, device, *comm, refit_stats));
-  if (k.steps > 0) {
-    log_scale_fit(c, plan, o, refit_first);
-    scales = fit_scales(c, refit ? *refit : dense, plan, data, o, device, *comm);
-  } else {
-    log::info("calibrate: calibrate.steps = 0: the student keeps its 0/1 masks (every scale 1)");
-  }
-  if (refits && !refit_first)
-    refit.emplace(reconstruct(c, dense, plan, scales, data, device, *comm, refit_stats));
+  Calibration cal = calibrate_student(c, dense, plan, data, o, device, *comm);
+  const std::optional<LoadedModel>&before = cal.before, &after = cal.after;
+  const Scales& scales = cal.scales;
+  const nlohmann::json& refit_stats = cal.refit_stats;
+  const LoadedModel& masks = before ? *before : dense;
+  const LoadedModel& student = after ? *after : masks;
+  const LoadedModel* refit = after ? &*after : before ? &*before : nullptr;
   nlohmann::json summary =
-      calibration_summary(c, refit_first ? *refit : dense, refit ? *refit : dense, plan, scales, data, device, *comm);
+      calibration_summary(c, masks, before.has_value(), student, plan, scales, data, device, *comm);
   if (refit) summary["reconstruct"] = refit_stats;
   for (const auto& t : scales.named())
     if (!at::isfinite(t.tensor).all().item<bool>())

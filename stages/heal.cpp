@@ -134,14 +134,18 @@ nlohmann::json data_reads(const Config& c, const HealBatch& b, const DistillData
   const int64_t distinct = std::min(reads, windows), again = reads - distinct;
   const int64_t tokens = c.data.seq_len;
   if (again > 0)
-    log::warn(fmt::format("heal: {} steps of {} windows read {} windows, but the heal data holds {} training windows: "
-                          "{} reads ({:.0f}%) are of a window read before ({:.2f} passes); a heal that sees the same "
-                          "text twice overfits it: more distinct text (heal.data) heals better",
-                          c.heal.steps, b.samples(), reads, windows, again,
-                          100.0 * static_cast<double>(again) / static_cast<double>(reads),
-                          static_cast<double>(reads) / static_cast<double>(windows)));
-  return {{"windows_read", reads},         {"distinct_windows", distinct}, {"repeated_reads", again},
-          {"tokens_read", reads * tokens}, {"distinct_tokens", distinct * tokens}};
+    log::warn(
+        fmt::format("heal: {} steps of {} windows read {} windows, but the heal data holds {} training windows: "
+                    "{} reads ({:.0f}%) are of a window read before ({:.2f} passes); a heal that sees the same "
+                    "text twice overfits it: more distinct text (heal.data) heals better",
+                    c.heal.steps, b.samples(), reads, windows, again,
+                    100.0 * static_cast<double>(again) / static_cast<double>(reads),
+                    static_cast<double>(reads) / static_cast<double>(windows)));
+  return {{"windows_read", reads},
+          {"distinct_windows", distinct},
+          {"repeated_reads", again},
+          {"tokens_read", reads * tokens},
+          {"distinct_tokens", distinct * tokens}};
 }
 
 // The weights of the kinds heal.train names (everything else stays frozen), with their masters on `device`.
@@ -241,9 +245,10 @@ std::optional<StateTeacher> state_teacher(const Config& c, const LoadedModel& de
     t.boundary.push_back(j + 1 < kept.size() ? kept[j + 1] - 1 : plan.dense.shape.layers - 1);
   if (plan.chosen.shape.hidden != plan.dense.shape.hidden) t.channels = index_tensor(plan.hidden).to(device);
   t.weight = c.heal.hidden_weight;
-  log::info(fmt::format("heal: intermediate-state term (heal.hidden_weight = {}) at {} block boundaries: the dense "
-                        "teacher runs forward in every step",
-                        t.weight, t.boundary.size()));
+  log::info(
+      fmt::format("heal: intermediate-state term (heal.hidden_weight = {}) at {} block boundaries: the dense "
+                  "teacher runs forward in every step",
+                  t.weight, t.boundary.size()));
   return t;
 }
 
@@ -274,9 +279,8 @@ StepLoss distill_step(const Model& model, const Plan& plan, const DistillData& d
     const std::optional<BoundaryStates> states =
         teacher ? std::optional<BoundaryStates>(teacher->states(batch)) : std::nullopt;
     out.teacher_s += since(t0);
-    const LossParts p =
-        distill_backward(model, batch, cached, nullptr, c.train.kd_temperature, c.train.mse_weight,
-                         1.0 / static_cast<double>(b.global_micros), states ? &*states : nullptr);
+    const LossParts p = distill_backward(model, batch, cached, nullptr, c.train.kd_temperature, c.train.mse_weight,
+                                         1.0 / static_cast<double>(b.global_micros), states ? &*states : nullptr);
     sum.kl += p.kl, sum.mse += p.mse, sum.states += p.states, sum.tokens += p.tokens;
     sum.forward_s += p.forward_s, sum.loss_s += p.loss_s, sum.backward_s += p.backward_s;
     tr.take_gradients();
@@ -288,8 +292,7 @@ StepLoss distill_step(const Model& model, const Plan& plan, const DistillData& d
     at::Tensor bucket = tr.grads.narrow(0, a, std::min(kBucketElements, total - a));
     comm.all_reduce(bucket, Communicator::Op::sum);
   }
-  at::Tensor stats =
-      at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens), sum.states}, at::kDouble).to(device);
+  at::Tensor stats = at::tensor({sum.kl, sum.mse, static_cast<double>(sum.tokens), sum.states}, at::kDouble).to(device);
   comm.all_reduce(stats, Communicator::Op::sum);
   const at::Tensor hs = stats.cpu();
   out.allreduce_s = since(s0);
@@ -362,6 +365,31 @@ void write_healed_weights(const fs::path& file, const HfCheckpoint& ckpt, const 
   safetensors::write_file(file, out, {{"fingerprint", fingerprint}, {"steps", std::to_string(step)}});
 }
 
+// heal.steps = 0: nothing of an earlier healed run may reach the export.
+void heal_off(const fs::path& dir) {
+  if (process_info().rank == 0) fs::remove_all(dir);
+  log::info("heal: off (heal.steps = 0)");
+  world::barrier();
+}
+
+// The weights heal publishes (heal.keep: the last step's, or the best evaluated ones, copied into the masters) and
+// heal/summary.json: what the steps read (`reads`), the steps, the intermediate-state weight, the step kept.
+nlohmann::json kept_weights(const HealConfig& k, const BestWeights& best, Trainable& tr, int64_t step,
+                            nlohmann::json summary, bool states) {
+  summary["steps"] = step;
+  summary["hidden_weight"] = states ? k.hidden_weight : 0.0;
+  summary["keep"] = std::string(k.keep == HealKeep::best ? "best" : "last");
+  summary["kept_step"] = step;
+  if (best.on && best.step() > 0) {
+    log::info(fmt::format("heal: keeping the weights of step {} (held-out KL {:.4f}, the lowest measured)", best.step(),
+                          best.kl()));
+    tr.masters.copy_(best.masters);
+    summary["kept_step"] = best.step();
+    summary["kept_heldout_kl"] = best.kl();
+  }
+  return summary;
+}
+
 }  // namespace
 
 std::string HealStage::fingerprint(const StageContext& ctx) {
@@ -391,13 +419,7 @@ void HealStage::run(const StageContext& ctx) {
   const auto& proc = process_info();
   const RunLayout layout(ctx.run_dir);
   const fs::path dir = layout.heal();
-  if (k.steps == 0) {
-    // Off: nothing of an earlier healed run may reach the export.
-    if (proc.rank == 0) fs::remove_all(dir);
-    log::info("heal: off (heal.steps = 0)");
-    world::barrier();
-    return;
-  }
+  if (k.steps == 0) return heal_off(dir);
   const at::Device device = run_device(c);
   const LoadedModel dense = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
@@ -420,6 +442,7 @@ void HealStage::run(const StageContext& ctx) {
   if (step > 0) tr.masters_to_weights();
   for (auto& w : tr.weights) w.requires_grad_(true);
   log_heal_plan(k, b, tr, ckpt.total_numel(), device);
+  const nlohmann::json reads = data_reads(c, b, data.train());
 
   // The steps: distil, one AdamW step, and the held-out KL every heal.eval_every steps and at the end.
   SampleOrder order(data.train().train_samples(), c.run.seed, "heal");
@@ -437,19 +460,7 @@ void HealStage::run(const StageContext& ctx) {
     loop.end_step(step, tr.masters, "healed weights");
   }
 
-  nlohmann::json summary = data_reads(c, b, data.train());
-  summary["steps"] = step;
-  summary["hidden_weight"] = teacher ? k.hidden_weight : 0.0;
-  summary["keep"] = std::string(k.keep == HealKeep::best ? "best" : "last");
-  if (best.on && best.step() > 0) {
-    log::info(fmt::format("heal: keeping the weights of step {} (held-out KL {:.4f}, the lowest measured)", best.step(),
-                          best.kl()));
-    tr.masters.copy_(best.masters);
-    summary["kept_step"] = best.step();
-    summary["kept_heldout_kl"] = best.kl();
-  } else {
-    summary["kept_step"] = step;
-  }
+  const nlohmann::json summary = kept_weights(k, best, tr, step, reads, teacher.has_value());
   if (proc.rank == 0) {
     write_healed_weights(layout.healed_weights(), ckpt, *dense.adapter, tr, fingerprint_, step);
     atomic_write_text(layout.heal_summary(), summary.dump(2) + "\n");

@@ -79,9 +79,10 @@ std::string heal_sentence(const Config& c, const std::filesystem::path& run_dir)
   if (h.value("repeated_reads", int64_t{0}) > 0)
     o << fmt::format(" ({} windows were read more than once)", h.value("repeated_reads", int64_t{0}));
   if (h.value("hidden_weight", 0.0) > 0)
-    o << fmt::format(", with the residual stream after each kept block drawn towards the original's at the same "
-                     "depth (weight {})",
-                     h.value("hidden_weight", 0.0));
+    o << fmt::format(
+        ", with the residual stream after each kept block drawn towards the original's at the same "
+        "depth (weight {})",
+        h.value("hidden_weight", 0.0));
   if (h.contains("kept_heldout_kl"))
     o << fmt::format("; the weights kept are those of step {} of {}, the lowest held-out KL measured ({:.4f})",
                      h.value("kept_step", int64_t{0}), h.value("steps", int64_t{0}), h.value("kept_heldout_kl", 0.0));
@@ -97,9 +98,9 @@ std::string how_it_was_made(const Config& c, ModelOutput out, const json& summar
     << "Gates on attention heads and FFN channels" << (c.gates.hidden ? ", hidden channels" : "")
     << (c.gates.layers ? " and whole blocks (layers)" : "")
     << " were learned by distillation from the cached outputs of the original model ("
-    << (out != ModelOutput::token_logits              ? std::string("its")
+    << (out != ModelOutput::token_logits             ? std::string("its")
         : c.teacher.logits == TeacherLogits::sampled ? "tokens sampled from the"
-                                                      : "top-" + std::to_string(c.teacher.top_k))
+                                                     : "top-" + std::to_string(c.teacher.top_k))
     << (out == ModelOutput::hidden_states ? " last hidden states" : " logits")
     << "), starting from one-shot importance (activation x Fisher information); a budget of "
     << summary.value("parameters", 0.0) / std::max(1.0, summary.value("dense_parameters", 1.0))

@@ -111,7 +111,7 @@ at::Tensor solve(const Projection& p, const at::Tensor& gram, const at::Tensor& 
   const at::Tensor idx = solved_rows(p, gram, kept);
   at::Tensor bias = p.bias.defined() ? p.bias.to(at::kDouble) : at::zeros({p.weight.size(0)}, gram.options());
   const at::Tensor w_aug = at::cat({p.weight.to(at::kDouble), bias.unsqueeze(1)}, 1);  // [out, n + 1]
-  const at::Tensor target = gram.index_select(0, idx).mm(w_aug.t());                // [kept (+1), out]
+  const at::Tensor target = gram.index_select(0, idx).mm(w_aug.t());                   // [kept (+1), out]
   return ridge_solve(gram, idx, kept.numel(), target, ridge);
 }
 
@@ -186,8 +186,9 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
           stats.spans += 1;
         } else if (!warned) {
           warned = true;
-          log::warn("calibrate: the MLP output of this model does not enter the residual stream linearly (an output "
-                    "norm): the blocks before dropped spans get the plain refit");
+          log::warn(
+              "calibrate: the MLP output of this model does not enter the residual stream linearly (an output "
+              "norm): the blocks before dropped spans get the plain refit");
         }
       }
       if (!solution.defined()) {

@@ -21,9 +21,9 @@ struct ReconstructStats {
 
 /// What reconstruct_projections refits.
 struct ReconstructOptions {
-  double ridge = 1e-4;     ///< x the mean diagonal of the Gram matrix
-  bool width = true;       ///< the projections whose inputs the plan narrows, to the dense projection's output
-  bool attention = true;   ///< with `width`: the attention output projections too (false: MLP down only)
+  double ridge = 1e-4;    ///< x the mean diagonal of the Gram matrix
+  bool width = true;      ///< the projections whose inputs the plan narrows, to the dense projection's output
+  bool attention = true;  ///< with `width`: the attention output projections too (false: MLP down only)
   /// The MLP down projection of each kept block followed by dropped blocks, to what the span added: from the kept
   /// FFN channels it reproduces the teacher's residual stream at the span's end (the input of the next kept block)
   /// minus the residual the MLP output is added to. Models whose MLP output passes an output norm get the plain

@@ -176,7 +176,8 @@ struct HealConfig {
   /// Weight of the intermediate-state term: the relative squared distance of the student's residual stream leaving
   /// each kept block to the dense teacher's at the matching boundary (the teacher runs forward in each step). 0: off.
   double hidden_weight = 0;
-  HealKeep keep = HealKeep::last;  ///< best: the weights of the evaluation (every eval_every steps) with the lowest held-out KL
+  HealKeep keep =
+      HealKeep::last;  ///< best: the weights of the evaluation (every eval_every steps) with the lowest held-out KL
   bool operator==(const HealConfig&) const = default;
 };
 

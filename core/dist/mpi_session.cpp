@@ -78,8 +78,8 @@ void wait(MPI_Request& request, const char* what, double timeout_s) {
     if (polls <= 100) continue;
     if (timeout_s > 0 && std::chrono::duration<double>(Clock::now() - start).count() > timeout_s)
       throw CommError(std::string("MPI ") + what + " did not finish within " +
-                      (std::string_view(what) == "barrier" ? "10 x " : "") + "dist.timeout_s = " +
-                      std::to_string(static_cast<int64_t>(g_timeout_s)) + " s" +
+                      (std::string_view(what) == "barrier" ? "10 x " : "") +
+                      "dist.timeout_s = " + std::to_string(static_cast<int64_t>(g_timeout_s)) + " s" +
                       (comm_context().empty() ? std::string() : " (" + comm_context() + ")") + " on " +
                       process_label() + ": a rank is stopped, hung or far behind; the job is aborted");
     std::this_thread::sleep_for(std::chrono::milliseconds(1));

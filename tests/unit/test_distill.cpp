@@ -10,9 +10,9 @@
 #include "adapters/adapter.h"
 #include "core/base/errors.h"
 #include "core/io/checkpoint.h"
+#include "core/io/safetensors.h"
 #include "core/prune/distill_loss.h"
 #include "core/prune/logit_tail.h"
-#include "core/io/safetensors.h"
 #include "tests/unit/test_util.h"
 #include "training/distill.h"
 
@@ -110,10 +110,9 @@ TEST(BoundaryStateLoss, MatchesTorchReference) {
     in.push_back({"t" + std::to_string(j), t});
   }
   safetensors::write_file(dir.path() / "in.safetensors", in);
-  auto [code, out] = testing::run_capture(std::string(HAWADA_PYTHON) + " " + HAWADA_TEST_DATA_DIR +
-                                          "/../unit/boundary_loss_reference.py " +
-                                          (dir.path() / "in.safetensors").string() + " " +
-                                          (dir.path() / "grad.safetensors").string());
+  auto [code, out] = testing::run_capture(
+      std::string(HAWADA_PYTHON) + " " + HAWADA_TEST_DATA_DIR + "/../unit/boundary_loss_reference.py " +
+      (dir.path() / "in.safetensors").string() + " " + (dir.path() / "grad.safetensors").string());
   ASSERT_EQ(code, 0) << out;
   double ref = 0;
   std::istringstream(out) >> ref;
