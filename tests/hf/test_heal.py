@@ -180,3 +180,40 @@ def test_heal_samples_caches_and_trains_on_the_first_samples_of_heal_data(setup,
     p = mpirun(2, write_config(d, "h-data-41", heal + "\nsamples = 41"), check=False)
     assert p.returncode != 0 and "heal.samples = 41 but the file holds 40 samples" in p.stderr, p.stderr
     assert "heal.bin" in p.stderr and heal_caches() == [8, 40]
+
+
+def test_states_term_best_weights_and_honest_data(setup, mpirun):
+    """heal.hidden_weight adds the intermediate-state term (logged, in metrics.jsonl); heal.keep = "best" publishes
+    the weights of the lowest held-out KL measured, and a run stopped by SIGTERM and resumed keeps the same best;
+    reading a window twice is warned about, with the count, and heal/summary.json and the model card say how many
+    distinct tokens healed the model."""
+    d = setup
+    np.random.default_rng(9).integers(0, VOCAB, size=12 * SEQ).astype(np.uint16).tofile(d / "heal12.bin")
+    heal = (f'steps = 6\nmicro_batch = 2\nlr = 1.0\nwarmup = 1\neval_every = 2\ncheckpoint_every = 2\n'
+            f'data = "{d / "heal12.bin"}"\nsamples = 8\nhidden_weight = 1.0\nkeep = "best"')
+    p = mpirun(2, write_config(d, "h-best", heal))
+    # 6 steps of 4 windows read 24 windows of 8.
+    assert "heal: 6 steps of 4 windows read 24 windows, but the heal data holds 8 training windows: 16 reads" \
+        in p.stderr, p.stderr
+    assert "intermediate-state term (heal.hidden_weight = 1) at 2 block boundaries" in p.stderr
+    metrics = [json.loads(l) for l in open(d / "h-best" / "heal" / "metrics.jsonl")]
+    assert all(m["states"] > 0 for m in metrics), metrics
+    held = {m["step"]: m["heldout_kl"] for m in metrics if "heldout_kl" in m}
+    assert sorted(held) == [2, 4, 6]
+    s = json.load(open(d / "h-best" / "heal" / "summary.json"))
+    best = min(held, key=held.get)
+    assert best != 6, held  # a rate this high overshoots: the last step's weights are not the best
+    assert (s["kept_step"], s["distinct_windows"], s["repeated_reads"]) == (best, 8, 16), s
+    assert s["kept_heldout_kl"] == pytest.approx(held[best]) and s["distinct_tokens"] == 8 * SEQ
+    card = (d / "h-best" / "export" / "slim" / "README.md").read_text()
+    assert f"on {24 * SEQ} tokens of text, {8 * SEQ} of them distinct" in card, card
+    assert f"the weights kept are those of step {best} of 6" in card, card
+    # SIGTERM after step 3, then the rerun: the same best, the same weights.
+    termed = write_config(d, "h-best-term", heal)
+    p = mpirun(2, termed, env={"HAWADA_FAULT": "heal.after_step_3@1:term"}, check=False)
+    assert p.returncode == REQUEUE, p.stderr
+    mpirun(2, termed)
+    assert json.load(open(d / "h-best-term" / "heal" / "summary.json")) == s
+    a, b = healed(d, "h-best"), healed(d, "h-best-term")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
