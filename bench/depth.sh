@@ -20,7 +20,7 @@ py=$repo/.venv/bin/python
 cli=${HAWADA_CLI:-$repo/build/pipeline/hawada-pipeline}
 models=${HAWADA_MODELS_DIR:-$repo/models}
 model=$models/smollm2-135m train=$models/data/smollm2-train-256.h5 evalf=$models/data/smollm2-eval-256.h5
-healf=${DEPTH_HEAL_DATA:-$models/data/smollm2-heal-256.h5}  # DEPTH_HEAL_DATA: a smaller file caches faster
+healf=${DEPTH_HEAL_DATA:-$models/data/smollm2-heal-4m-256.h5}  # 4.2 M distinct tokens: heal.samples caches what a heal reads
 for f in "$model/model.safetensors" "$train" "$evalf" "$healf" "$cli"; do
   [ -e "$f" ] || { echo "depth.sh: $f missing: run launch/setup.sh" >&2; exit 1; }
 done

@@ -15,6 +15,8 @@ One file per document. For SmolLM2 (models/smollm2-135m) the token files are
   models/data/smollm2-train-256.h5   1,104 windows of 256 tokens (1,024 to train on + 80 held out)
   models/data/smollm2-eval-256.h5    64 windows of 256 tokens of the eval document set
   models/data/smollm2-heal-256.h5    8,192 windows of 256 tokens (2.1 M tokens) of the heal text
+  models/data/smollm2-heal-4m-256.h5 16,384 windows of 256 tokens (4.2 M distinct tokens): the heal text and the
+                                     Perl release notes (perl5*delta), for heals of 2 M tokens and more
 For Gemma-3-270M (models/gemma-3-270m) the same three from the same text, each window led by BOS (id 2):
   models/data/gemma3-train-256.h5    1,104 windows of 256 tokens (1,024 to train on + 80 held out)
   models/data/gemma3-eval-256.h5     64 windows of 256 tokens of the eval document set
@@ -103,6 +105,9 @@ SOURCES = {
               "/usr/share/debian-reference/*.en.html"],
     "eval": ["/usr/share/doc/gnu-standards/*.text.gz"],
     "heal": ["/usr/share/perl/5.*/pod/perl[!5]*.pod"],
+    # The heal text and the release notes of every Perl 5 version (perl5*delta): > 4 M distinct tokens, so that a
+    # heal of 2 M tokens and more reads each window once (bench/depth.sh's long heals).
+    "heal-4m": ["/usr/share/perl/5.*/pod/perl[!5]*.pod", "/usr/share/perl/5.*/pod/perl5*delta.pod"],
 }
 
 
@@ -143,6 +148,8 @@ def main():
         tokens(smol, train, os.path.join(data, "smollm2-train-256.h5"), 256, 1104)
         tokens(smol, evalc, os.path.join(data, "smollm2-eval-256.h5"), 256, 64)
         tokens(smol, healc, os.path.join(data, "smollm2-heal-256.h5"), 256, 8192)
+        heal4m = write_corpus(os.path.join(data, "corpus-heal-4m"), SOURCES["heal-4m"])
+        tokens(smol, heal4m, os.path.join(data, "smollm2-heal-4m-256.h5"), 256, 16384)
     gemma = os.path.join(os.path.abspath(a.models), "gemma-3-270m")
     if os.path.exists(os.path.join(gemma, "tokenizer.json")):
         tokens(gemma, train, os.path.join(data, "gemma3-train-256.h5"), 256, 1104)
