@@ -52,7 +52,7 @@ PreemptionFlag::PreemptionFlag() {
 
 PreemptionFlag::~PreemptionFlag() { sigaction(SIGTERM, &g_previous, nullptr); }
 
-bool PreemptionFlag::any_rank() const { return world::sum(g_preempt.load()) > 0; }
+bool PreemptionFlag::any_rank() const { return world::sum(g_preempt.load(), world::Wait::step) > 0; }
 
 Adam::Adam(const at::Tensor& like, double beta1, double beta2, double eps)
     : m(at::zeros_like(like.detach(), at::TensorOptions().dtype(at::kFloat))),
@@ -155,8 +155,8 @@ uint64_t tensor_hash(const at::Tensor& t) {
 }
 
 void check_identical_across_ranks(const at::Tensor& t, const std::string& what, int64_t step) {
-  const uint64_t mine = tensor_hash(t), root = world::broadcast(mine);
-  if (world::sum(mine != root ? 1 : 0) > 0)
+  const uint64_t mine = tensor_hash(t), root = world::broadcast(mine, 0, world::Wait::step);
+  if (world::sum(mine != root ? 1 : 0, world::Wait::step) > 0)
     throw CommError(what + " differ across ranks after step " + std::to_string(step) + " (this rank " + hex64(mine) +
                     ", rank 0 " + hex64(root) + ")");
 }
@@ -226,6 +226,9 @@ void TrainingLoop::end_step(int64_t step, const at::Tensor& replicated, const st
     std::vector<safetensors::NamedTensor> tensors;
     for (const auto& [name, t] : state_) tensors.push_back({name, t->detach()});
     o_.checkpoints->write(step, tensors);
+    // Rank 0 wrote it: the others wait here (a stage-length wait), not in the next step's collectives, whose timeout
+    // (dist.timeout_s) is for a step's balanced work.
+    world::barrier();
   }
   if (preempt && step < o_.steps) {
     world::barrier();

@@ -68,7 +68,9 @@ double g_timeout_s = 0;  // 0: wait forever (until set_timeout)
 
 // Polls `request` with short sleeps (a blocking MPI call busy-waits, and a rank waiting for rank 0 would take a core
 // from it); past `timeout_s` (0: never) a CommError naming the call.
-void wait(MPI_Request& request, const char* what, double timeout_s) {
+void wait(MPI_Request& request, const char* what, Wait kind) {
+  const double factor = kind == Wait::step ? 1 : 10;
+  const double timeout_s = factor * g_timeout_s;
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   int done = 0;
@@ -91,26 +93,25 @@ void set_timeout(double timeout_s) { g_timeout_s = timeout_s; }
 
 void barrier() {
   if (!MpiSession::active()) return;
-  // A barrier also waits for rank 0's own work (an index, a verified export): ten times the collectives' timeout.
   MPI_Request request;
   HAWADA_CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &request));
-  wait(request, "barrier", 10 * g_timeout_s);
+  wait(request, "barrier", Wait::stage);
 }
 
-uint64_t broadcast(uint64_t value, int root) {
+uint64_t broadcast(uint64_t value, int root, Wait kind) {
   if (!MpiSession::active()) return value;
   MPI_Request request;
   HAWADA_CHECK_MPI(MPI_Ibcast(&value, 1, MPI_UINT64_T, root, MPI_COMM_WORLD, &request));
-  wait(request, "broadcast", g_timeout_s);
+  wait(request, "broadcast", kind);
   return value;
 }
 
-int64_t sum(int64_t value) {
+int64_t sum(int64_t value, Wait kind) {
   int64_t total = value;
   if (!MpiSession::active()) return total;
   MPI_Request request;
   HAWADA_CHECK_MPI(MPI_Iallreduce(&value, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD, &request));
-  wait(request, "sum", g_timeout_s);
+  wait(request, "sum", kind);
   return total;
 }
 

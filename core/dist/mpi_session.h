@@ -32,13 +32,16 @@ class MpiSession {
 
 /// Small collectives on MPI_COMM_WORLD for control flow between ranks (the data-parallel
 /// communicator for tensors comes separately). Without an MpiSession they act on a world of one. Each waits at most
-/// the timeout set by set_timeout (the barrier ten times as long: it also waits for rank 0's own work), then throws
-/// CommError naming the call and comm_context(); unset, forever.
+/// a multiple of the timeout set by set_timeout, then throws CommError naming the call and comm_context(); unset,
+/// forever. `Wait::step` (the collectives inside a training step, where the ranks' work is balanced) waits the
+/// timeout itself; `Wait::stage` (the default: a stage's control flow, which also waits for rank 0's own work such as
+/// hashing a dataset, checking a cache or verifying an export, or for the slowest rank's share) ten times as long.
 namespace world {
+enum class Wait { step, stage };
 void set_timeout(double timeout_s);
 void barrier();
-uint64_t broadcast(uint64_t value, int root = 0);
-int64_t sum(int64_t value);
+uint64_t broadcast(uint64_t value, int root = 0, Wait wait = Wait::stage);
+int64_t sum(int64_t value, Wait wait = Wait::stage);
 }  // namespace world
 
 namespace detail {
