@@ -46,6 +46,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from quality_reference import load, windows  # noqa: E402  (the same model loading and windows as its ppl)
+sys.path.insert(0, os.path.join(REPO, "runtimes"))
+from gguf_layer_pattern import add_layer_pattern  # noqa: E402,F401  (the one copy, shared with export.gguf)
 
 BIN = os.environ.get("LLAMA_CPP_BIN", os.path.join(REPO, ".llama.cpp", "build", "bin"))
 PROMPTS = ["The capital of France is",
@@ -86,22 +88,6 @@ def convert_cmd(a):
         print(json.dumps({"type": t, "file": path, "bytes": os.path.getsize(path)}), flush=True)
     if "f16" not in a.types.split(","):
         os.remove(f16)
-
-
-def add_layer_pattern(path, sliding):
-    """convert_hf_to_gguf.py writes no per-layer pattern for Gemma 3 and llama.cpp then takes every 6th layer as
-    global (full attention, the global RoPE base): wrong once an export dropped blocks. Rewrites the file with
-    {arch}.attention.sliding_window_pattern from config.json's layer_types (which llama.cpp reads first)."""
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-    reader = gguf.GGUFReader(path)
-    arch = reader.fields["general.architecture"].contents()
-    key = gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch)
-    if key in reader.fields:
-        return
-    writer = gguf.GGUFWriter(path + ".partial", arch=arch, endianess=reader.endianess)
-    copy_with_new_metadata(reader, writer, {key: MetadataDetails(gguf.GGUFValueType.ARRAY, sliding)}, [])
-    os.replace(path + ".partial", path)
 
 
 def llama_generate(gguf, prompt, tokens, threads):

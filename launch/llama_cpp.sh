@@ -42,6 +42,10 @@ cmake -S "$src" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHA
 tools=(llama-quantize llama-bench llama-perplexity llama-completion)
 nice -n 19 cmake --build "$root/build" -j "${JOBS:-2}" --target "${tools[@]}"
 
+# The source directory's build/ is this build (a relative link), so export.llama_cpp = "$src" finds llama-quantize
+# in its build/bin/ as in a plain `cmake -B build` checkout of llama.cpp.
+[ -e "$src/build" ] || [ -L "$src/build" ] || ln -s ../../../../build "$src/build"
+
 # convert_hf_to_gguf.py imports the gguf-py next to it (the same 0.19.0 as launch/requirements.txt) and, for
 # every LLaMA model (tokenizer.model or not), sentencepiece: pinned in launch/requirements.txt.
 "$py" -c "import sentencepiece" 2>/dev/null ||

@@ -43,6 +43,16 @@ fi
 "$venv/bin/python" "$repo/launch/real_models.py" --out "$repo/models"
 "$venv/bin/python" "$repo/launch/real_data.py" --models "$repo/models"
 
+# ---- llama.cpp's tools (export.gguf and its tests; bench/llamacpp.py) ----------------------------------
+# Idempotent (about a second when built); its output goes to a log, shown only when it fails.
+mkdir -p "$repo/.llama.cpp"
+if ! JOBS=$(nproc) bash "$repo/launch/llama_cpp.sh" >"$repo/.llama.cpp/setup.log" 2>&1; then
+  tail -n 40 "$repo/.llama.cpp/setup.log" >&2
+  echo "setup.sh: launch/llama_cpp.sh failed (log: $repo/.llama.cpp/setup.log)" >&2
+  exit 1
+fi
+echo "llama.cpp tools: $repo/.llama.cpp/build/bin (converter: export.llama_cpp = $(ls -d "$repo"/.llama.cpp/src/*/vendor/llama.cpp | head -n 1))"
+
 torch_prefix=$("$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
 # ---- configure and build ----------------------------------------------------------------------------

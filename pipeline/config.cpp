@@ -46,6 +46,7 @@ constexpr std::string_view kRefitOrder[] = {"after_scales", "before_scales"};
 constexpr std::string_view kHealKeep[] = {"last", "best"};
 constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
 constexpr std::string_view kDeviceRequest[] = {"auto", "cpu", "cuda"};
+constexpr std::string_view kGgufType[] = {"f16", "q8_0", "q4_k_m"};
 
 std::span<const std::string_view> names_of(ComputeDtype) { return kComputeDtype; }
 std::span<const std::string_view> names_of(HeadMatmul) { return kHeadMatmul; }
@@ -60,6 +61,7 @@ std::span<const std::string_view> names_of(RefitOrder) { return kRefitOrder; }
 std::span<const std::string_view> names_of(HealKeep) { return kHealKeep; }
 std::span<const std::string_view> names_of(DistBackend) { return kDistBackend; }
 std::span<const std::string_view> names_of(DeviceRequest) { return kDeviceRequest; }
+std::span<const std::string_view> names_of(GgufType) { return kGgufType; }
 
 template <class E>
 std::string_view name_of(E value) {
@@ -73,7 +75,7 @@ std::string_view name_of(E value) {
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, HeadMatmul*,
                          DataFormat*, TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*,
-                         ExportDtype*, RefitOrder*, HealKeep*, DistBackend*, DeviceRequest*>;
+                         ExportDtype*, RefitOrder*, HealKeep*, DistBackend*, DeviceRequest*, std::vector<GgufType>*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -81,7 +83,7 @@ Ref at(Config& c) {
 }
 
 /// Extra validation beyond type and numeric range.
-enum class Check { none, model_dir, data_file, optional_file, file_name, weight_kinds };
+enum class Check { none, model_dir, data_file, optional_file, file_name, weight_kinds, llama_cpp_dir, program };
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -195,6 +197,9 @@ constexpr Key kExport[] = {
     {"max_shard_size", at<&Config::export_, &ExportConfig::max_shard_size>, at_least(1024)},
     {"dtype", at<&Config::export_, &ExportConfig::dtype>},
     {"base_model", at<&Config::export_, &ExportConfig::base_model>},
+    {"gguf", at<&Config::export_, &ExportConfig::gguf>},
+    {"llama_cpp", at<&Config::export_, &ExportConfig::llama_cpp>, checked(Check::llama_cpp_dir)},
+    {"python", at<&Config::export_, &ExportConfig::python>, checked(Check::program)},
 };
 constexpr Key kHeal[] = {
     {"steps", at<&Config::heal, &HealConfig::steps>, at_least(0)},
@@ -371,6 +376,13 @@ void check_path(const Reader& rd, const toml::node& node, std::string_view key, 
       rd.fail(at, key, "not a directory (expected a Hugging Face model directory, got " + got + ")");
     if (!fs::is_regular_file(p / "config.json", ec))
       rd.fail(at, key, "no config.json in model directory (expected a Hugging Face model directory, got " + got + ")");
+  } else if (check == Check::llama_cpp_dir) {
+    if (!fs::is_directory(st))
+      rd.fail(at, key, "directory not found (expected llama.cpp's source directory, got " + got + ")");
+    if (!fs::is_regular_file(p / "convert_hf_to_gguf.py", ec))
+      rd.fail(at, key,
+              "no convert_hf_to_gguf.py in the directory (expected llama.cpp's source directory, got " + got +
+                  "; bash launch/llama_cpp.sh makes one under .llama.cpp/src/)");
   } else if (check == Check::data_file || check == Check::optional_file) {
     if (!fs::exists(st)) rd.fail(at, key, "file not found (expected an existing file, got " + got + ")");
     if (!fs::is_regular_file(st)) rd.fail(at, key, "not a regular file (expected an existing file, got " + got + ")");
@@ -446,7 +458,7 @@ struct ValueReader {
   void operator()(fs::path* out) const {
     const std::string& s = string();
     if (s.empty()) {
-      if (rule.check == Check::optional_file) return void(*out = fs::path());
+      if (rule.check == Check::optional_file || rule.check == Check::llama_cpp_dir) return void(*out = fs::path());
       rd.fail(node.source().begin, key, "empty path (expected a non-empty path, got \"\")");
     }
     *out = resolve(rd.base, s);
@@ -485,19 +497,46 @@ struct ValueReader {
                 "embedding, head, got " +
                     quote(s) + ")");
     }
+    if (rule.check == Check::program) {
+      // A command looked up on PATH, or a path (relative: to the config file's directory).
+      if (s.empty()) rd.fail(node.source().begin, key, "empty (expected a program name or path, got \"\")");
+      if (s.find('/') != std::string::npos) return void(*out = resolve(rd.base, s).string());
+    }
     *out = s;
   }
 
   template <class E>  // the enums; the overloads above win for every other field type
   void operator()(E* out) const {
     static_assert(std::is_enum_v<E>);
-    const std::string& s = string();
+    *out = enum_value<E>(node);
+  }
+
+  template <class E>
+  E enum_value(const toml::node& n) const {
+    const auto* v = n.as_string();
+    if (!v) rd.type_error(n, key, "string");
     const auto names = names_of(E{});
-    const auto it = std::find(names.begin(), names.end(), s);
+    const auto it = std::find(names.begin(), names.end(), v->get());
     if (it == names.end())
-      rd.fail(node.source().begin, key,
-              "unknown value (expected one of " + join_quoted(names) + ", got " + quote(s) + ")");
-    *out = static_cast<E>(it - names.begin());
+      rd.fail(n.source().begin, key,
+              "unknown value (expected one of " + join_quoted(names) + ", got " + quote(v->get()) + ")");
+    return static_cast<E>(it - names.begin());
+  }
+
+  template <class E>  // an array of enum values, each at most once (`export.gguf`)
+  void operator()(std::vector<E>* out) const {
+    const auto* array = node.as_array();
+    if (!array) rd.type_error(node, key, "array of strings, each one of " + join_quoted(names_of(E{})));
+    std::vector<E> values;
+    for (const toml::node& element : *array) {
+      const E value = enum_value<E>(element);
+      if (std::find(values.begin(), values.end(), value) != values.end())
+        rd.fail(element.source().begin, key,
+                "duplicate value (expected each of " + join_quoted(names_of(E{})) + " at most once, got " +
+                    quote(name_of(value)) + " twice)");
+      values.push_back(value);
+    }
+    *out = std::move(values);
   }
 };
 
@@ -613,6 +652,10 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
   if (c.heal.samples > 0 && c.heal.data.empty())
     rd.fail(seen["heal.samples"], "heal.samples",
             "needs heal.data (it counts samples of that file; without it heal trains on the run's training samples)");
+  if (!c.export_.gguf.empty() && c.export_.llama_cpp.empty())
+    rd.fail(seen["export.gguf"], "export.llama_cpp",
+            "missing (expected llama.cpp's source directory, holding convert_hf_to_gguf.py, when export.gguf is "
+            "non-empty; bash launch/llama_cpp.sh makes one under .llama.cpp/src/)");
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
     rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
             "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
@@ -633,6 +676,12 @@ struct ValueWriter {
   std::string operator()(const E* v) const {
     static_assert(std::is_enum_v<E>);
     return quote(name_of(*v));
+  }
+  template <class E>
+  std::string operator()(const std::vector<E>* v) const {
+    std::string out;
+    for (const E e : *v) out += (out.empty() ? "" : ", ") + quote(name_of(e));
+    return "[" + out + "]";
   }
 };
 
@@ -695,5 +744,6 @@ std::string_view to_string(RefitOrder value) { return name_of(value); }
 std::string_view to_string(HealKeep value) { return name_of(value); }
 std::string_view to_string(DistBackend value) { return name_of(value); }
 std::string_view to_string(DeviceRequest value) { return name_of(value); }
+std::string_view to_string(GgufType value) { return name_of(value); }
 
 }  // namespace hawada

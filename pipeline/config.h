@@ -42,5 +42,6 @@ std::string_view to_string(RefitOrder value);
 std::string_view to_string(HealKeep value);
 std::string_view to_string(DistBackend value);
 std::string_view to_string(DeviceRequest value);
+std::string_view to_string(GgufType value);
 
 }  // namespace hawada

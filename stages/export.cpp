@@ -5,7 +5,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <optional>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -20,6 +23,8 @@
 #include "core/io/safetensors.h"
 #include "core/prune/shape_search.h"
 #include "core/prune/slicing.h"
+#include "runtimes/llama_cpp.h"
+#include "runtimes/tool.h"
 #include "stages/heal.h"
 #include "training/student.h"
 
@@ -382,6 +387,38 @@ void write_summary(const RunLayout& layout, const ExportPaths& p, const Plan& pl
     atomic_write_text(layout.failed_export_summary(), summary.dump(2) + "\n");
 }
 
+// llama.cpp's tools for export.gguf (every rank looks, so a missing tool stops every rank alike before any work);
+// none when export.gguf is empty.
+std::optional<LlamaCpp> gguf_tools(const Config& c) {
+  if (c.export_.gguf.empty()) return std::nullopt;
+  return find_llama_cpp(c.export_.llama_cpp, c.export_.python, c.export_.gguf);
+}
+
+// Rank 0: the GGUF files of the published export beside it (<export_dir>/<name>-gguf/<name>-<type>.gguf), made by
+// llama.cpp's own tools, added to summary.json as "gguf": [{type, file, bytes}]. A failure is returned, to be
+// rethrown once every rank knows of it.
+std::exception_ptr write_gguf_files(const Config& c, const RunLayout& layout, const ExportPaths& p,
+                                    const LlamaCpp& tools) {
+  try {
+    const int threads = c.run.threads_per_rank > 0
+                            ? c.run.threads_per_rank
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const std::string& name = c.export_.name;
+    const auto files = with_context("export: gguf: ", [&] {
+      return write_gguf(tools, p.final_dir, p.export_dir / (name + "-gguf"), name, c.export_.gguf, threads,
+                        p.export_dir / (name + "-gguf.logs"));
+    });
+    nlohmann::json summary = nlohmann::json::parse(read_text_file(layout.export_summary()));
+    summary["gguf"] = nlohmann::json::array();
+    for (const auto& f : files)
+      summary["gguf"].push_back({{"type", gguf_type_name(f.type)}, {"file", f.path.string()}, {"bytes", f.bytes}});
+    atomic_write_text(layout.export_summary(), summary.dump(2) + "\n");
+    return nullptr;
+  } catch (...) {  // any failure (a tool's, the file system's): every rank hears of it before rank 0 rethrows
+    return std::current_exception();
+  }
+}
+
 }  // namespace
 
 std::string ExportStage::fingerprint(const StageContext& ctx) {
@@ -397,6 +434,11 @@ std::string ExportStage::fingerprint(const StageContext& ctx) {
   h.update_u64(static_cast<uint64_t>(c.export_.dtype));
   h.update_u64(static_cast<uint64_t>(c.train.holdout));
   h.update(c10::toString(compute_dtype(c)));
+  if (!c.export_.gguf.empty()) {  // only when asked for: runs without GGUF files keep their markers
+    h.update("gguf");
+    for (const GgufType t : c.export_.gguf) h.update(gguf_type_name(t));
+    h.update(c.export_.llama_cpp.string());
+  }
   return hex64(h.digest());
 }
 
@@ -404,6 +446,7 @@ void ExportStage::run(const StageContext& ctx) {
   const Config& c = ctx.config;
   const auto& proc = process_info();
   const RunLayout layout(ctx.run_dir);
+  const std::optional<LlamaCpp> llama_cpp = gguf_tools(c);
   LoadedModel lm = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, lm.shape);
   const Scales scales = Scales::read(layout.scales(), plan);
@@ -435,16 +478,20 @@ void ExportStage::run(const StageContext& ctx) {
   //     rounded once to the stored dtype;
   //  3. the written export's logits against the reference: equal to summation order for an fp32 export;
   //     for bf16/fp16 the effect of the rounding, reported. Non-finite values fail everything.
-  // Then publish (rank 0) and tell every rank the verdict.
+  // Then publish (rank 0), make the GGUF files (export.gguf, rank 0) and tell every rank the verdict.
   uint64_t passed = 0;
+  std::exception_ptr gguf_failed;
   if (proc.rank == 0) {
     const nlohmann::json verify = judge(measure_export(c, lm, plan, student, slice, paths.tmp));
     passed = verify.at("passed").get<bool>() ? 1 : 0;
     publish(paths, passed == 1);
     write_summary(layout, paths, plan, slice, shards, verify, passed == 1);
+    if (passed && llama_cpp) gguf_failed = write_gguf_files(c, layout, paths, *llama_cpp);
   }
-  passed = world::broadcast(passed);
-  if (!passed)
+  const uint64_t status = world::broadcast(passed | (gguf_failed ? 2 : 0));
+  if (gguf_failed) std::rethrow_exception(gguf_failed);
+  if (status & 2) throw RuntimeToolError("export: gguf: rank 0 could not make the GGUF files (its error says why)");
+  if (!(status & 1))
     throw CheckpointError("export: the written model does not reproduce the hard-gated student (see " +
                           layout.failed_export_summary().string() +
                           "); it was not published: " + paths.failed.string());

@@ -6,7 +6,9 @@
 // in parallel (rank r writes shards r, r + W, ...) into a temporary directory; rank 0 writes the
 // index and config.json, copies the tokenizer/preprocessor/generation files, and publishes the
 // directory by rename. Then rank 0 verifies on the held-out samples that our forward of the export
-// equals the hard-gated student and writes <run_dir>/export/summary.json.
+// equals the hard-gated student and writes <run_dir>/export/summary.json. With export.gguf, rank 0 then has
+// llama.cpp's own tools (runtimes/llama_cpp.h) write <run_dir>/export/<name>-gguf/<name>-<type>.gguf, published
+// by rename and listed in summary.json ("gguf": type, file, bytes); their output is in <name>-gguf.logs/.
 #pragma once
 
 #include "stages/layout.h"

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "core/dist/device.h"
+#include "runtimes/gguf_type.h"
 
 namespace hawada {
 
@@ -198,6 +200,12 @@ struct ExportConfig {
   ExportDtype dtype = ExportDtype::keep;
   std::string base_model;  ///< The base model's Hub id for the model card (e.g. "meta-llama/Llama-3.2-1B"); empty: the
                            ///< model directory's name.
+  /// GGUF files written beside the export by llama.cpp's own tools, each type once; empty: none.
+  std::vector<GgufType> gguf;
+  /// llama.cpp's source directory (holds convert_hf_to_gguf.py; llama-quantize in its build/bin/ or on PATH);
+  /// required when `gguf` is non-empty.
+  std::filesystem::path llama_cpp;
+  std::string python = "python3";  ///< The Python that runs the converter (needs torch, gguf, sentencepiece).
   bool operator==(const ExportConfig&) const = default;
 };
 

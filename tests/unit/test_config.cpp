@@ -104,6 +104,9 @@ TEST(ConfigValid, MinimalFillsDefaults) {
   EXPECT_EQ(c.export_.name, "slim");
   EXPECT_EQ(c.export_.max_shard_size, 5'000'000'000ULL);
   EXPECT_EQ(c.export_.dtype, ExportDtype::keep);
+  EXPECT_TRUE(c.export_.gguf.empty()) << "no GGUF files unless asked for";
+  EXPECT_TRUE(c.export_.llama_cpp.empty());
+  EXPECT_EQ(c.export_.python, "python3");
   EXPECT_EQ(c.dist.backend, DistBackend::auto_);
   EXPECT_DOUBLE_EQ(c.dist.timeout_s, 600);
 }
@@ -183,6 +186,10 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.export_.max_shard_size, 2'000'000'000ULL);
   EXPECT_EQ(c.export_.dtype, ExportDtype::bf16);
   EXPECT_EQ(c.export_.base_model, "meta-llama/Llama-3.2-1B");
+  EXPECT_EQ(c.export_.gguf, (std::vector<GgufType>{GgufType::q8_0, GgufType::f16}));
+  EXPECT_EQ(c.export_.llama_cpp, abs("llama_cpp"));
+  EXPECT_EQ(c.export_.python, (kDir / "../../../.venv/bin/python").lexically_normal().string())
+      << "a python path with '/' resolves against the config file";
   EXPECT_EQ(c.dist.backend, DistBackend::nccl);
   EXPECT_DOUBLE_EQ(c.dist.timeout_s, 1800.5);
   EXPECT_EQ(c.dist.check_every, 25);

@@ -1,0 +1,78 @@
+#include "runtimes/tool.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include <fmt/format.h>
+
+extern char** environ;
+
+namespace hawada {
+namespace fs = std::filesystem;
+
+ToolRun run_tool(const std::vector<std::string>& argv, const fs::path& log) {
+  HAWADA_ASSERT(!argv.empty(), "run_tool: an empty command");
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError("cannot open tool log '" + log.string() + "': " + std::strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, fd, STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, fd, STDERR_FILENO);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  // posix_spawnp (glibc: clone with CLONE_VFORK, no copy of this process's pages) is safe in an MPI process
+  // holding gigabytes, where fork() is not; glibc reports a failed exec as the call's error.
+  pid_t pid = -1;
+  ToolRun run;
+  run.start_errno = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fd);
+  if (run.start_errno != 0) return run;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) throw IoError(fmt::format("waitpid for '{}': {}", argv[0], std::strerror(errno)));
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  return run;
+}
+
+std::string log_tail(const fs::path& log, size_t bytes) {
+  std::ifstream in(log, std::ios::binary | std::ios::ate);
+  if (!in) return "";
+  const auto size = static_cast<size_t>(in.tellg());
+  const size_t from = size > bytes ? size - bytes : 0;
+  in.seekg(static_cast<std::streamoff>(from));
+  std::string text(size - from, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (from > 0) {
+    const size_t line = text.find('\n');
+    if (line != std::string::npos && line + 1 < text.size()) text.erase(0, line + 1);
+  }
+  return text;
+}
+
+std::string command_line(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) {
+    const bool plain = !a.empty() && a.find_first_of(" \t\n'\"\\$`") == std::string::npos;
+    out += (out.empty() ? "" : " ") + (plain ? a : "'" + a + "'");
+  }
+  return out;
+}
+
+void check_tool(const ToolRun& run, const std::vector<std::string>& argv, const fs::path& log,
+                const std::string& what) {
+  HAWADA_ASSERT(run.start_errno == 0, "check_tool: the caller reports a tool that did not start");
+  if (run.exit_code == 0) return;
+  throw RuntimeToolError(fmt::format("{}: {} exited with status {}; the last lines of {}:\n{}", what,
+                                     command_line(argv), run.exit_code, log.string(), log_tail(log)));
+}
+
+}  // namespace hawada

@@ -1,0 +1,229 @@
+"""export.gguf (issue 36): GGUF files beside the export, made by llama.cpp's own converter and llama-quantize.
+
+A tiny LLaMA with GQA (4 query heads, 2 kv heads) and a real tokenizer (SmolLM2-135M's, so the converter can
+write the vocabulary) loses a block (gates.layers, a decode budget whose per-block cost dominates) and is exported
+as F16 and Q8_0 GGUF files; both load in llama.cpp (llama-completion), and the F16 file's predictions agree with
+transformers' on the Hugging Face export (llama-perplexity --kl-divergence against transformers' log-probabilities
+on the same windows: bench/llamacpp.py's machinery). A type outside the list and a missing llama.cpp are
+ConfigErrors naming the key, before any work; a converter that fails is a RuntimeToolError with its output.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODELS, REPO
+
+transformers = pytest.importorskip("transformers")
+
+LLAMA_CPP = os.path.join(REPO, ".llama.cpp")
+QUANTIZE = os.path.join(LLAMA_CPP, "build", "bin", "llama-quantize")
+SOURCES = sorted(glob.glob(os.path.join(LLAMA_CPP, "src", "*", "vendor", "llama.cpp")))
+TOKENIZER = os.path.join(MODELS, "smollm2-135m")
+VOCAB, SEQ, LAYERS = 49152, 16, 4
+PYTHON = sys.executable  # the project venv's: torch, transformers, gguf, sentencepiece
+
+needs_llama_cpp = pytest.mark.skipif(
+    not os.path.exists(QUANTIZE) or not SOURCES,
+    reason=f"{QUANTIZE} missing: run bash launch/llama_cpp.sh (launch/setup.sh runs it)")
+
+
+def write_config(d, run, export):
+    p = d / f"{run}.toml"
+    p.write_text(f"""
+[run]
+dir = "{d / run}"
+threads_per_rank = 1
+seed = 5
+[model]
+path = "{d / 'llama'}"
+dtype = "fp32"
+[data]
+format = "tokens_bin"
+path = "{d / 'tokens.bin'}"
+seq_len = {SEQ}
+[teacher]
+cache_root = "{d / 'cache'}"
+top_k = 32
+[gates]
+hidden = false
+layers = true
+[train]
+steps = 6
+warmup = 2
+micro_batch = 4
+holdout = 8
+importance_batches = 2
+[budget]
+metric = "latency"
+latency_mode = "decode"
+decode_context = 16
+layer_overhead_s = 1e-3
+target = 0.6
+[search]
+ffn_multiple = 32
+probe_shapes = 1
+[export]
+dtype = "fp32"
+{export}
+""")
+    return p
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    for f in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        if not os.path.exists(os.path.join(TOKENIZER, f)):
+            pytest.skip(f"{TOKENIZER}/{f} missing: run launch/setup.sh (launch/real_models.py)")
+    d = tmp_path_factory.mktemp("gguf")
+    real = json.load(open(os.path.join(TOKENIZER, "config.json")))
+    torch.manual_seed(0)
+    # initializer_range 0.3: logits spread over a few units, so a wrong conversion shows in the KL divergence.
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                                      tie_word_embeddings=True, bos_token_id=real["bos_token_id"],
+                                      eos_token_id=real["eos_token_id"], max_position_embeddings=512)
+    transformers.LlamaForCausalLM(config).save_pretrained(d / "llama")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(TOKENIZER, f), d / "llama" / f)
+    np.random.default_rng(0).integers(0, VOCAB, size=48 * SEQ).astype(np.uint16).tofile(d / "tokens.bin")
+    return d
+
+
+def llama_tool(name):
+    return os.path.join(LLAMA_CPP, "build", "bin", name)
+
+
+@needs_llama_cpp
+def test_gqa_depth_cut_exports_f16_and_q8_0_that_llama_cpp_loads_and_agrees(setup, mpirun, capsys):
+    d = setup
+    cfg = write_config(d, "run", f'gguf = ["f16", "q8_0"]\nllama_cpp = "{SOURCES[-1]}"\npython = "{PYTHON}"')
+    mpirun(2, cfg, timeout=900)
+    export_dir = d / "run" / "export"
+    slim = export_dir / "slim"
+    hf = json.load(open(slim / "config.json"))
+    assert hf["num_hidden_layers"] < LAYERS and hf["num_key_value_heads"] == 2, hf
+    summary = json.load(open(export_dir / "summary.json"))
+    assert summary["verify"]["passed"]
+    files = {g["type"]: g for g in summary["gguf"]}
+    assert list(files) == ["f16", "q8_0"], summary["gguf"]
+    for t, g in files.items():
+        assert g["file"] == str(export_dir / "slim-gguf" / f"slim-{t}.gguf")
+        assert g["bytes"] == os.path.getsize(g["file"]) > 0
+    assert sorted(os.listdir(export_dir / "slim-gguf")) == ["slim-f16.gguf", "slim-q8_0.gguf"]
+    assert not [f for f in os.listdir(export_dir) if f.endswith(".partial")], os.listdir(export_dir)
+    assert (export_dir / "slim-gguf.logs" / "convert.log").exists()
+
+    # The GGUF describes the cut model: its blocks, GQA, tied embeddings (no output.weight).
+    import gguf
+    reader = gguf.GGUFReader(files["f16"]["file"])
+    assert reader.fields["llama.block_count"].contents() == hf["num_hidden_layers"]
+    assert reader.fields["llama.attention.head_count"].contents() == 4
+    assert reader.fields["llama.attention.head_count_kv"].contents() == 2
+    names = {t.name for t in reader.tensors}
+    assert "output.weight" not in names and f"blk.{hf['num_hidden_layers'] - 1}.ffn_down.weight" in names
+    assert f"blk.{hf['num_hidden_layers']}.attn_q.weight" not in names
+
+    # Both files load and generate in llama.cpp.
+    for g in files.values():
+        p = subprocess.run([llama_tool("llama-completion"), "-m", g["file"], "-p", "The capital of France is", "-n",
+                            "4", "--temp", "0", "-no-cnv", "--no-warmup", "-t", "1", "-c", "64"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    # F16 against transformers (fp32) on the HF export, on the same 256-token windows (bench/llamacpp.py's ppl).
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import llamacpp
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, VOCAB, size=(4, 256)).astype(np.int64))
+    (d / "ppl").mkdir()
+    capsys.readouterr()
+    with torch.no_grad():  # as llamacpp.ppl_cmd calls it
+        llamacpp.score(argparse.Namespace(model=str(slim), ggufs=[files["f16"]["file"]], threads=1), ids,
+                       str(d / "ppl"))
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    hf_row, llama_row = rows
+    with capsys.disabled():
+        print("\n" + json.dumps(rows))
+    assert abs(llama_row["ppl_half_vs_transformers"] - 1) < 0.01, rows
+    assert llama_row["kld"] < 1e-3 and llama_row["same_top_percent"] > 95, rows
+
+
+def test_bad_type_is_a_config_error_naming_export_gguf(setup, cli):
+    cfg = write_config(setup, "bad-type", f'gguf = ["f16", "q5_k"]\nllama_cpp = "{setup}"')
+    p = cli("validate", cfg, check=False)
+    assert p.returncode != 0
+    assert "ConfigError" in p.stderr and "export.gguf: unknown value" in p.stderr and '"q5_k"' in p.stderr, p.stderr
+
+
+def test_missing_llama_cpp_is_a_config_error_naming_the_key(setup, cli, tmp_path):
+    # No directory given, a directory without the converter: at validation, naming export.llama_cpp.
+    for export in ('gguf = ["f16"]', f'gguf = ["f16"]\nllama_cpp = "{tmp_path}"'):
+        p = cli("validate", write_config(setup, "no-llama", export), check=False)
+        assert p.returncode != 0 and "ConfigError" in p.stderr and "export.llama_cpp" in p.stderr, p.stderr
+    # A converter but no llama-quantize for q8_0 (none in build/bin/, the directory or PATH): when the run starts.
+    (tmp_path / "convert_hf_to_gguf.py").write_text("raise SystemExit('never run')\n")
+    # (Run "broken": the next test resumes it at the export stage.)
+    cfg = write_config(setup, "broken", f'gguf = ["q8_0"]\nllama_cpp = "{tmp_path}"')
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([os.environ["HAWADA_CLI"], str(cfg)], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode != 0 and "ConfigError" in p.stderr, p.stderr[-3000:]
+    assert "export.llama_cpp: no llama-quantize" in p.stderr, p.stderr[-3000:]
+
+
+def test_broken_converter_is_a_runtime_tool_error_with_its_output(setup, cli, tmp_path):
+    # The converter exits 1 with a message: the run stops with its status and output, the HF export published.
+    # (After the previous test, the run resumes at the export stage: the export keys are export's inputs only.)
+    (tmp_path / "convert_hf_to_gguf.py").write_text(
+        "import sys\nprint('converter: this model is not supported', file=sys.stderr)\nsys.exit(1)\n")
+    cfg = write_config(setup, "broken", f'gguf = ["f16"]\nllama_cpp = "{tmp_path}"\npython = "{PYTHON}"')
+    p = cli(cfg, check=False)
+    assert p.returncode != 0
+    assert "RuntimeToolError" in p.stderr and "export: gguf: converting the export to GGUF" in p.stderr, p.stderr
+    assert "exited with status 1" in p.stderr and "converter: this model is not supported" in p.stderr, p.stderr
+    export_dir = setup / "broken" / "export"
+    assert (export_dir / "slim" / "config.json").exists()
+    assert not (export_dir / "slim-gguf").exists() and not (export_dir / ".slim-gguf.partial").exists()
+    assert not (setup / "broken" / "stages" / "export.done").exists()
+
+
+@needs_llama_cpp
+def test_gemma3_depth_cut_gets_its_layer_pattern(tmp_path, mpirun):
+    """Gemma 3: the converter writes no per-layer attention pattern, and llama.cpp's every-6th default is wrong for
+    a cut model; the export's GGUF carries the pattern of its own layer_types (runtimes/gguf_layer_pattern.py)."""
+    gemma = os.path.join(MODELS, "gemma-3-270m")
+    if not os.path.exists(os.path.join(gemma, "tokenizer.json")):
+        pytest.skip(f"{gemma}/tokenizer.json missing: run launch/setup.sh (launch/real_models.py)")
+    real = json.load(open(os.path.join(gemma, "config.json")))
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=real["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=8, max_position_embeddings=512,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
+        bos_token_id=real["bos_token_id"], eos_token_id=real["eos_token_id"], pad_token_id=real["pad_token_id"],
+        initializer_range=0.3, tie_word_embeddings=True)
+    transformers.Gemma3ForCausalLM(config).save_pretrained(tmp_path / "llama")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(gemma, f), tmp_path / "llama" / f)
+    np.random.default_rng(0).integers(0, 60000, size=48 * SEQ).astype(np.uint16).tofile(tmp_path / "tokens.bin")
+    cfg = write_config(tmp_path, "run", f'gguf = ["f16"]\nllama_cpp = "{SOURCES[-1]}"\npython = "{PYTHON}"')
+    mpirun(2, cfg, timeout=900)
+    export_dir = tmp_path / "run" / "export"
+    hf = json.load(open(export_dir / "slim" / "config.json"))
+    assert hf["num_hidden_layers"] < LAYERS and len(hf["layer_types"]) == hf["num_hidden_layers"], hf
+    import gguf
+    f16 = export_dir / "slim-gguf" / "slim-f16.gguf"
+    reader = gguf.GGUFReader(str(f16))
+    assert reader.fields["gemma3.block_count"].contents() == hf["num_hidden_layers"]
+    pattern = reader.fields["gemma3.attention.sliding_window_pattern"].contents()
+    assert pattern == [t == "sliding_attention" for t in hf["layer_types"]], (pattern, hf["layer_types"])
+    assert (export_dir / "slim-gguf.logs" / "layer-pattern.log").exists()
+    p = subprocess.run([llama_tool("llama-completion"), "-m", str(f16), "-p", "Hello", "-n", "4", "--temp", "0",
+                        "-no-cnv", "--no-warmup", "-t", "1", "-c", "64"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
