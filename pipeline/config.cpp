@@ -190,7 +190,6 @@ constexpr Key kCalibrate[] = {
     {"reconstruct_attention", at<&Config::calibrate, &CalibrateConfig::reconstruct_attention>},
     {"reconstruct_order", at<&Config::calibrate, &CalibrateConfig::reconstruct_order>},
     {"refit_spans", at<&Config::calibrate, &CalibrateConfig::refit_spans>},
-    {"refit_every_block", at<&Config::calibrate, &CalibrateConfig::refit_every_block>},
 };
 constexpr Key kExport[] = {
     {"name", at<&Config::export_, &ExportConfig::name>, checked(Check::file_name)},

@@ -228,7 +228,6 @@ Calibration calibrate_student(const Config& c, const LoadedModel& dense, const P
   const bool width_first = k.reconstruct && k.reconstruct_order == RefitOrder::before_scales;
   ReconstructOptions first, last;
   first.spans = refits_spans(c, plan);
-  first.every_block = k.refit_every_block;
   first.width = width_first, last.width = k.reconstruct && !width_first;
   first.attention = last.attention = k.reconstruct_attention;
   Calibration cal{std::nullopt, std::nullopt, Scales::ones(plan), nlohmann::json()};
@@ -360,7 +359,6 @@ std::string CalibrateStage::fingerprint(const StageContext& ctx) {
                     static_cast<int64_t>(k.reconstruct_attention), static_cast<int64_t>(k.reconstruct_order)})
     h.update_u64(static_cast<uint64_t>(v));
   if (c.gates.layers && k.refit_spans) h.update("refit_spans");  // runs without layer gates keep their markers
-  if (c.gates.layers && k.refit_spans && k.refit_every_block) h.update("refit_every_block");
   for (double v : {k.lr, c.train.kd_temperature, c.train.mse_weight}) h.update(&v, sizeof v);
   fingerprint_ = hex64(h.digest());
   cache_dir_ = run_cache_dir(c, ctx.fingerprints);

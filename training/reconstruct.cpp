@@ -151,8 +151,8 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
   const int64_t layers = model.gate_shape().layers;
   auto dropped = [&](int64_t i) { return gates.layers.defined() && gates.layers[i].item<double>() == 0; };
   int64_t last_span = -1;  // the last kept block followed by a dropped one
-  for (int64_t i = 0; o.spans && i < layers; ++i)
-    if (!dropped(i) && ((i + 1 < layers && dropped(i + 1)) || o.every_block)) last_span = i;
+  for (int64_t i = 0; o.spans && i + 1 < layers; ++i)
+    if (!dropped(i) && dropped(i + 1)) last_span = i;
   Stream stream{batches, std::vector<at::Tensor>(batches.size())};
   // The teacher's residual stream (no gates), run ahead of the refits: it passes every block before that block is
   // refitted, so it is the dense model's.
@@ -164,7 +164,7 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
     if (dropped(i)) continue;
     int64_t end = i;  // the last dropped block of the span after block i (i: none)
     while (end + 1 < layers && dropped(end + 1)) ++end;
-    const bool span = o.spans && (end > i || o.every_block);
+    bool span = o.spans && end > i;
     if (i <= last_span)
       while (teacher_at < end) teacher.residual = pass(model, none, teacher, ++teacher_at, [](auto&, auto&) {});
     auto [attn, mlp] = model.output_projections(i);
@@ -216,10 +216,9 @@ ReconstructStats reconstruct_projections(const Model& model, GateValues& gates, 
     }
     stream.residual = pass(model, gates, stream, i, [](const Batch&, const ProjectionInputs&) {});
     log::info("calibrate: reconstruct: layer " + std::to_string(i + 1) + "/" + std::to_string(layers) + " refitted" +
-              (span && end > i ? " (to the end of the span of blocks " + std::to_string(i + 2) + "-" +
-                                     std::to_string(end + 1) + " it stands in for)"
-               : span ? " (to the teacher's stream after it)"
-                      : ""));
+              (span ? " (to the end of the span of blocks " + std::to_string(i + 2) + "-" + std::to_string(end + 1) +
+                          " it stands in for)"
+                    : ""));
   }
   return stats;
 }

@@ -29,9 +29,6 @@ struct ReconstructOptions {
   /// minus the residual the MLP output is added to. Models whose MLP output passes an output norm get the plain
   /// refit (a warning says so).
   bool spans = false;
-  /// With `spans`: every kept block's down projection, not only those before spans, to the teacher's stream where
-  /// the block hands over (after itself when no span follows): the drift of the cut is corrected at every block.
-  bool every_block = false;
 };
 
 /// Refits the student's output projections layer after layer, from the first kept block to the last: each kept

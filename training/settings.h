@@ -158,8 +158,6 @@ struct CalibrateConfig {
   /// When the plan drops blocks of a causal LM: the MLP down projection of the kept block before each span of
   /// dropped blocks is refitted by least squares so that the stream leaving it is the teacher's at the span's end.
   bool refit_spans = true;
-  /// With refit_spans: every kept block's down projection is refitted to the teacher's stream where it hands over.
-  bool refit_every_block = false;
   bool operator==(const CalibrateConfig&) const = default;
 };
 
