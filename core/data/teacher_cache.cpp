@@ -143,7 +143,8 @@ at::Tensor row_checksums(std::initializer_list<const at::Tensor*> datasets) {
 // Checks rows [row, row + rows) of chunk `f`, read into `datasets`, against their stored checksums: a flipped bit is
 // a CacheError naming the chunk and the sample. A chunk written before every form had checksums (top-k, hidden,
 // classifier caches of format 3's first releases) has none: it is read unverified, with one warning per process.
-void verify_rows(const h5::File& f, int64_t row, int64_t rows, std::initializer_list<const at::Tensor*> datasets) {
+void verify_rows(const h5::File& f, int64_t row, int64_t rows, std::initializer_list<const at::Tensor*> datasets,
+                 const char* names) {
   if (!f.has("row_xxh64")) {
     static bool warned = false;
     if (!warned)
@@ -159,8 +160,9 @@ void verify_rows(const h5::File& f, int64_t row, int64_t rows, std::initializer_
   if (bad.numel() > 0)
     cache_fail(f.path(), "the stored bytes of sample " +
                              std::to_string(f.int_attribute("start") + row + bad[0][0].item<int64_t>()) +
-                             " fail their checksum (a corrupted or truncated chunk: delete it and rerun with --force "
-                             "teacher_cache to recompute it)");
+                             " fail their checksum (row_xxh64 over " + names +
+                             ": a corrupted or truncated chunk: delete it and rerun with --force teacher_cache to "
+                             "recompute it)");
 }
 
 // Reads rows [row, row + rows) of a sampled chunk into `out` at `at`, checked against their checksums.
@@ -172,7 +174,7 @@ void read_sampled_rows(const h5::File& f, const CacheLayout& l, int64_t row, int
   f.read_rows("sampled_ids", row, rows, h5::Type::u8, packed.data_ptr());
   f.read_rows("sampled_counts", row, rows, h5::Type::u8, counts.data_ptr());
   f.read_rows("entropy", row, rows, h5::Type::f32, entropy.data_ptr());
-  verify_rows(f, row, rows, {&packed, &counts, &entropy});
+  verify_rows(f, row, rows, {&packed, &counts, &entropy}, "sampled_ids, sampled_counts, entropy");
   out.sampled_ids.narrow(0, at, rows).copy_(unpack_ids(packed));
   out.sampled_counts.narrow(0, at, rows).copy_(counts);
   out.entropy.narrow(0, at, rows).copy_(entropy);
@@ -190,15 +192,15 @@ void read_plain_rows(const h5::File& f, const CacheLayout& l, int64_t row, int64
     f.read_rows("topk_values", row, rows, store_type(l), v.data_ptr());
     f.read_rows("topk_indices", row, rows, h5::Type::i32, i.data_ptr());
     f.read_rows("logsumexp", row, rows, h5::Type::f32, e.data_ptr());
-    verify_rows(f, row, rows, {&v, &i, &e});
+    verify_rows(f, row, rows, {&v, &i, &e}, "topk_values, topk_indices, logsumexp");
   } else if (l.form == CacheForm::hidden) {
     at::Tensor h = out.hidden_states.narrow(0, at, rows);
     f.read_rows("hidden_states", row, rows, store_type(l), h.data_ptr());
-    verify_rows(f, row, rows, {&h});
+    verify_rows(f, row, rows, {&h}, "hidden_states");
   } else {
     at::Tensor g = out.logits.narrow(0, at, rows);
     f.read_rows("logits", row, rows, h5::Type::f32, g.data_ptr());
-    verify_rows(f, row, rows, {&g});
+    verify_rows(f, row, rows, {&g}, "logits");
   }
 }
 

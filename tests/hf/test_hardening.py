@@ -139,6 +139,11 @@ def test_nan_in_a_cache_chunk_is_a_cache_error(base, tmp_path):
         lse[:, 5] = np.nan  # one position of every sample: whichever sample training reads
         f["logsumexp"][...] = lse
     p = run("run", cfg)
+    expect_error(p, "CacheError", chunk.name, "logsumexp", "fail their checksum")
+    # A cache without checksums (written before they existed), or a broken teacher's NaN: the value check.
+    with h5py.File(chunk, "a") as f:
+        del f["row_xxh64"]
+    p = run("run", cfg)
     expect_error(p, "CacheError", chunk.name, "logsumexp", "non-finite")
     assert nothing_published(tmp_path / "run")
 
@@ -236,6 +241,9 @@ def test_cache_indices_outside_the_vocabulary(base, tmp_path):
         idx = f["topk_indices"][...]
         idx[:, 2, 3] = VOCAB + 7
         f["topk_indices"][...] = idx
+    expect_error(run("run", cfg), "CacheError", chunk.name, "topk_indices", "fail their checksum")
+    with h5py.File(chunk, "a") as f:  # without checksums: the range check
+        del f["row_xxh64"]
     expect_error(run("run", cfg), "CacheError", chunk.name, "topk_indices", str(VOCAB + 7))
 
 

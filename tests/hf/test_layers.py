@@ -112,7 +112,8 @@ def test_qwen2_dropped_blocks_equal_transformers_without_them(tmp_path, mpirun, 
     dense = transformers.Qwen2ForCausalLM(config).eval()
     dense.save_pretrained(tmp_path / "qwen2")
     ids = tokens(tmp_path / "tokens.bin", 64)
-    # Layer gates alone, no calibration: the export must be the dense model minus the dropped blocks.
+    # Layer gates alone, no calibration (no scales, no span refit): the export must be the dense model minus the
+    # dropped blocks.
     cfg = write_config(tmp_path, tmp_path / "qwen2", tmp_path / "tokens.bin", "run", extra=DECODE_BUDGET + """
 [gates]
 heads = false
@@ -120,6 +121,7 @@ ffn = false
 layers = true
 [calibrate]
 steps = 0
+refit_spans = false
 """)
     p = mpirun(2, cfg)
     plan = json.load(open(tmp_path / "run" / "plan" / "plan.json"))
