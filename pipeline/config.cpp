@@ -25,6 +25,7 @@
 
 #include "core/base/errors.h"
 #include "core/base/text.h"
+#include "runtimes/tool.h"
 
 namespace hawada {
 namespace fs = std::filesystem;
@@ -47,6 +48,7 @@ constexpr std::string_view kHealKeep[] = {"last", "best"};
 constexpr std::string_view kDistBackend[] = {"auto", "mpi", "nccl"};
 constexpr std::string_view kDeviceRequest[] = {"auto", "cpu", "cuda"};
 constexpr std::string_view kGgufType[] = {"f16", "q8_0", "q4_k_m"};
+constexpr std::string_view kEvalRuntime[] = {"libtorch", "llama.cpp"};
 
 std::span<const std::string_view> names_of(ComputeDtype) { return kComputeDtype; }
 std::span<const std::string_view> names_of(HeadMatmul) { return kHeadMatmul; }
@@ -62,6 +64,7 @@ std::span<const std::string_view> names_of(HealKeep) { return kHealKeep; }
 std::span<const std::string_view> names_of(DistBackend) { return kDistBackend; }
 std::span<const std::string_view> names_of(DeviceRequest) { return kDeviceRequest; }
 std::span<const std::string_view> names_of(GgufType) { return kGgufType; }
+std::span<const std::string_view> names_of(EvalRuntime) { return kEvalRuntime; }
 
 template <class E>
 std::string_view name_of(E value) {
@@ -75,7 +78,8 @@ std::string_view name_of(E value) {
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, HeadMatmul*,
                          DataFormat*, TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*,
-                         ExportDtype*, RefitOrder*, HealKeep*, DistBackend*, DeviceRequest*, std::vector<GgufType>*>;
+                         ExportDtype*, RefitOrder*, HealKeep*, DistBackend*, DeviceRequest*, std::vector<GgufType>*,
+                         std::vector<EvalRuntime>*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -220,6 +224,8 @@ constexpr Key kEvaluate[] = {
     {"data", at<&Config::evaluate, &EvaluateConfig::data>, checked(Check::optional_file)},
     {"samples", at<&Config::evaluate, &EvaluateConfig::samples>, at_least(0)},
     {"latency_repeats", at<&Config::evaluate, &EvaluateConfig::latency_repeats>, between(1, 1000)},
+    {"runtimes", at<&Config::evaluate, &EvaluateConfig::runtimes>},
+    {"threads", at<&Config::evaluate, &EvaluateConfig::threads>, between(0, 1024)},
 };
 constexpr Key kDist[] = {
     {"backend", at<&Config::dist, &DistConfig::backend>},
@@ -655,6 +661,16 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
     rd.fail(seen["export.gguf"], "export.llama_cpp",
             "missing (expected llama.cpp's source directory, holding convert_hf_to_gguf.py, when export.gguf is "
             "non-empty; bash launch/llama_cpp.sh makes one under .llama.cpp/src/)");
+  if (c.evaluate.has(EvalRuntime::llama_cpp) && c.export_.gguf.empty())
+    rd.fail(seen["evaluate.runtimes"], "evaluate.runtimes",
+            "\"llama.cpp\" needs export.gguf (the GGUF types it measures, e.g. [\"f16\", \"q8_0\"]), got none");
+  if (c.evaluate.has(EvalRuntime::llama_cpp) && !c.export_.llama_cpp.empty())
+    for (const char* tool : {"llama-bench", "llama-perplexity"})
+      if (find_program(c.export_.llama_cpp, tool).empty())
+        rd.fail(seen["evaluate.runtimes"], "evaluate.runtimes",
+                std::string("\"llama.cpp\" needs ") + tool + " (expected an executable in '" +
+                    (c.export_.llama_cpp / "build" / "bin").string() + "', in export.llama_cpp or on PATH; bash "
+                    "launch/llama_cpp.sh builds it)");
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
     rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
             "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
@@ -744,5 +760,6 @@ std::string_view to_string(HealKeep value) { return name_of(value); }
 std::string_view to_string(DistBackend value) { return name_of(value); }
 std::string_view to_string(DeviceRequest value) { return name_of(value); }
 std::string_view to_string(GgufType value) { return name_of(value); }
+std::string_view to_string(EvalRuntime value) { return name_of(value); }
 
 }  // namespace hawada

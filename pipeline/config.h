@@ -43,5 +43,6 @@ std::string_view to_string(HealKeep value);
 std::string_view to_string(DistBackend value);
 std::string_view to_string(DeviceRequest value);
 std::string_view to_string(GgufType value);
+std::string_view to_string(EvalRuntime value);
 
 }  // namespace hawada

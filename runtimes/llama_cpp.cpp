@@ -1,10 +1,7 @@
 #include "runtimes/llama_cpp.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -38,24 +35,6 @@ const TypeNames& names(GgufType t) {
   const auto* it = std::find_if(std::begin(kTypes), std::end(kTypes), [&](const TypeNames& n) { return n.type == t; });
   HAWADA_ASSERT(it != std::end(kTypes), "gguf type without a name");
   return *it;
-}
-
-bool executable(const fs::path& p) {
-  std::error_code ec;
-  return fs::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0;
-}
-
-// `name` on PATH; empty when not there.
-fs::path on_path(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::string rest = path ? path : "";
-  while (!rest.empty()) {
-    const size_t colon = rest.find(':');
-    const fs::path dir = rest.substr(0, colon);
-    rest = colon == std::string::npos ? "" : rest.substr(colon + 1);
-    if (!dir.empty() && executable(dir / name)) return dir / name;
-  }
-  return {};
 }
 
 // Runs a step whose program is the configured Python; a Python that does not start is export.python's fault.
@@ -128,9 +107,8 @@ LlamaCpp find_llama_cpp(const fs::path& dir, const std::string& python, std::spa
                     dir.string()));
   const bool quantized = std::any_of(types.begin(), types.end(), [](GgufType t) { return t != GgufType::f16; });
   if (!quantized) return tools;
-  for (const fs::path& p :
-       {dir / "build" / "bin" / "llama-quantize", dir / "llama-quantize", on_path("llama-quantize")})
-    if (!p.empty() && executable(p)) return tools.quantize = p, tools;
+  tools.quantize = find_program(dir, "llama-quantize");
+  if (!tools.quantize.empty()) return tools;
   throw ConfigError(
       fmt::format("export.llama_cpp: no llama-quantize for the quantized types of export.gguf (expected an executable "
                   "'{}', '{}' or llama-quantize on PATH; bash launch/llama_cpp.sh builds it)",
@@ -170,7 +148,7 @@ std::vector<GgufFile> write_gguf(const LlamaCpp& tools, const fs::path& hf_dir, 
     }
   });
   for (const auto& f : files)
-    log::info(fmt::format("export: gguf {}: {} ({} MB)", gguf_type_name(f.type), f.path.string(), f.bytes / 1000000));
+    log::info(fmt::format("gguf {}: {} ({} MB)", gguf_type_name(f.type), f.path.string(), f.bytes / 1000000));
   return files;
 }
 

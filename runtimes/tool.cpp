@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -16,14 +17,30 @@ extern char** environ;
 namespace hawada {
 namespace fs = std::filesystem;
 
-ToolRun run_tool(const std::vector<std::string>& argv, const fs::path& log) {
+namespace {
+int open_output(const fs::path& file, const char* what) {
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError(fmt::format("cannot open {} '{}': {}", what, file.string(), std::strerror(errno)));
+  return fd;
+}
+}  // namespace
+
+ToolRun run_tool(const std::vector<std::string>& argv, const fs::path& log, const fs::path& stdout_file) {
   HAWADA_ASSERT(!argv.empty(), "run_tool: an empty command");
-  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw IoError("cannot open tool log '" + log.string() + "': " + std::strerror(errno));
+  const int fd = open_output(log, "tool log");
+  int out_fd = fd;
+  if (!stdout_file.empty()) {
+    try {
+      out_fd = open_output(stdout_file, "tool output");
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+  }
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, fd, STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out_fd, STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, fd, STDERR_FILENO);
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -35,12 +52,34 @@ ToolRun run_tool(const std::vector<std::string>& argv, const fs::path& log) {
   run.start_errno = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   ::close(fd);
+  if (out_fd != fd) ::close(out_fd);
   if (run.start_errno != 0) return run;
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0)
     if (errno != EINTR) throw IoError(fmt::format("waitpid for '{}': {}", argv[0], std::strerror(errno)));
   run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
   return run;
+}
+
+namespace {
+bool executable(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0;
+}
+}  // namespace
+
+fs::path find_program(const fs::path& dir, const std::string& name) {
+  for (const fs::path& p : {dir / "build" / "bin" / name, dir / name})
+    if (!dir.empty() && executable(p)) return p;
+  const char* path = std::getenv("PATH");
+  std::string rest = path ? path : "";
+  while (!rest.empty()) {
+    const size_t colon = rest.find(':');
+    const fs::path d = rest.substr(0, colon);
+    rest = colon == std::string::npos ? "" : rest.substr(colon + 1);
+    if (!d.empty() && executable(d / name)) return d / name;
+  }
+  return {};
 }
 
 std::string log_tail(const fs::path& log, size_t bytes) {

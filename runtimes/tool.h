@@ -27,9 +27,14 @@ struct ToolRun {
   bool ok() const { return start_errno == 0 && exit_code == 0; }
 };
 
-/// Runs argv[0] (looked up on PATH when it has no '/') with `argv`, stdout and stderr both appended to `log`
-/// (created or truncated), stdin from /dev/null, and waits for it. Throws IoError when `log` cannot be opened.
-ToolRun run_tool(const std::vector<std::string>& argv, const std::filesystem::path& log);
+/// Runs argv[0] (looked up on PATH when it has no '/') with `argv`, stdout and stderr both written to `log`
+/// (created or truncated; stdout to `stdout_file` instead when one is given, for a tool whose stdout is its
+/// result), stdin from /dev/null, and waits for it. Throws IoError when a file cannot be opened.
+ToolRun run_tool(const std::vector<std::string>& argv, const std::filesystem::path& log,
+                 const std::filesystem::path& stdout_file = {});
+
+/// The executable `name` in <dir>/build/bin/, in <dir>/ or on PATH (the first found); empty when none is.
+std::filesystem::path find_program(const std::filesystem::path& dir, const std::string& name);
 
 /// The last `bytes` bytes of a log (from the start of a line where one begins in them); "" when unreadable.
 std::string log_tail(const std::filesystem::path& log, size_t bytes = 3000);

@@ -21,6 +21,7 @@
 #include "core/dist/mpi_session.h"
 #include "core/io/checkpoint.h"
 #include "core/prune/distill_loss.h"
+#include "stages/evaluate_llama_cpp.h"
 #include "stages/model_card.h"
 #include "training/student.h"
 
@@ -396,6 +397,7 @@ std::string quality_phrase(const json& result) {
 
 // The log line's speed part: the forward latency of dense and export, and generation where measured.
 std::string speed_phrase(const json& result) {
+  if (!result.contains("latency")) return llama_cpp_phrase(result);
   std::string line = "; latency dense " + fixed(result["latency"]["dense_s"].get<double>() * 1e3) + " ms, export " +
                      fixed(result["latency"]["export_s"].get<double>() * 1e3) + " ms (speedup " +
                      fixed(result["latency"]["measured_speedup"].get<double>(), "{:.2f}") + "x measured, " +
@@ -408,7 +410,7 @@ std::string speed_phrase(const json& result) {
             fixed(g["dense_decode_tokens_per_s"].get<double>(), "{:.1f}") + " (" +
             fixed(g["decode_speedup"].get<double>(), "{:.2f}") + "x)";
   }
-  return line;
+  return line + llama_cpp_phrase(result);
 }
 
 }  // namespace
@@ -422,6 +424,11 @@ std::string EvaluateStage::fingerprint(const StageContext& ctx) {
   if (!c.evaluate.data.empty()) h.update_u64(fs::file_size(c.evaluate.data));
   for (int64_t v : {c.evaluate.samples, static_cast<int64_t>(c.evaluate.latency_repeats), c.budget.latency_batch})
     h.update_u64(static_cast<uint64_t>(v));
+  if (c.evaluate.runtimes != std::vector<EvalRuntime>{EvalRuntime::libtorch}) {  // the default keeps old markers
+    h.update("runtimes");
+    for (const EvalRuntime r : c.evaluate.runtimes) h.update_u64(static_cast<uint64_t>(r));
+    h.update_u64(static_cast<uint64_t>(c.evaluate.threads));
+  }
   return hex64(h.digest());
 }
 
@@ -447,9 +454,13 @@ void EvaluateStage::run(const StageContext& ctx) {
     if (result["export"][key].is_null())
       throw NumericError("evaluate: the export's " + key + " on " + samples.source +
                          " is not finite: the exported model produces non-finite outputs");
-  // Latency of dense and export in the compute dtype, at the budget's batch and sequence length.
-  result["latency"] = measure_latencies(ctx, lm, exported, latency_example(c, *samples.data, samples.first), device);
-  measure_generation_speed(result, c, lm, exported, samples, device);
+  if (c.evaluate.has(EvalRuntime::libtorch)) {
+    // Latency of dense and export in the compute dtype, at the budget's batch and sequence length.
+    result["latency"] = measure_latencies(ctx, lm, exported, latency_example(c, *samples.data, samples.first), device);
+    measure_generation_speed(result, c, lm, exported, samples, device);
+  }
+  if (c.evaluate.has(EvalRuntime::llama_cpp))
+    result["llama_cpp"] = measure_llama_cpp(ctx, lm, exported, *samples.data, samples.first, samples.count, device);
   result["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   write_evaluation(ctx, lm, final_dir, result);

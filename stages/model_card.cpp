@@ -177,6 +177,44 @@ std::string speed_section(const json& ev) {
   return o.str();
 }
 
+// GGUF files (export.gguf) and, when evaluate ran llama.cpp, one row per type: this model against the original
+// converted and quantized the same way, in llama.cpp's own tools.
+std::string llama_cpp_section(const json& summary, const json& ev) {
+  if (!summary.contains("gguf")) return "";
+  std::ostringstream o;
+  o << "## llama.cpp\n\nGGUF files beside this directory, made by llama.cpp's own converter and llama-quantize:";
+  for (const json& g : summary["gguf"])
+    o << " `" << std::filesystem::path(g.value("file", std::string())).filename().string() << "` ("
+      << fmt::format("{:.1f}", g.value("bytes", 0.0) / 1e6) << " MB)";
+  o << ".\n\n";
+  if (!ev.contains("llama_cpp")) return o.str();
+  const json& l = ev["llama_cpp"];
+  const int threads = l.value("threads", 0);
+  o << "Measured with llama.cpp's own tools on this machine's CPU, " << threads << (threads == 1 ? " thread" : " threads")
+    << ": llama-bench (batch 1, a " << l.value("prompt_tokens", 0) << "-token prompt, " << l.value("new_tokens", 0)
+    << " new tokens, mean of " << l.value("repetitions", 0) << "), and llama-perplexity on " << l.value("windows", 0)
+    << " windows of " << l.value("window_tokens", 0) << " tokens of " << ev.value("data", std::string("held-out data"))
+    << " (the second half of each window: " << l.value("predictions", 0)
+    << " predictions; in fp32 the original scores " << json_number_text(l["fp32"], "original_ppl")
+    << " there and this model " << json_number_text(l["fp32"], "export_ppl") << "). Each type against the "
+    << "original model in the same type:\n\n"
+    << "| type | size, original -> this | decode tokens/s, original -> this | prefill tokens/s, original -> this | "
+       "perplexity, original -> this |\n| --- | --- | --- | --- | --- |\n";
+  for (const json& t : l["types"]) {
+    const json &a = t["original"], &b = t["export"];
+    o << "| " << t.value("type", std::string()) << " | " << fmt::format("{:.1f}", a.value("bytes", 0.0) / 1e6)
+      << " MB -> " << fmt::format("{:.1f}", b.value("bytes", 0.0) / 1e6) << " MB | "
+      << json_number_text(a, "decode_tokens_per_s", "{:.1f}") << " -> " << json_number_text(b, "decode_tokens_per_s", "{:.1f}")
+      << " (" << json_number_text(t, "decode_speedup", "{:.2f}") << "x) | "
+      << json_number_text(a, "prefill_tokens_per_s", "{:.1f}") << " -> "
+      << json_number_text(b, "prefill_tokens_per_s", "{:.1f}") << " (" << json_number_text(t, "prefill_speedup", "{:.2f}")
+      << "x) | " << json_number_text(a, "ppl") << " -> " << json_number_text(b, "ppl") << " ("
+      << json_number_text(t, "ppl_ratio", "{:.3f}") << "x) |\n";
+  }
+  o << "\n";
+  return o.str();
+}
+
 // Reproduce (the command and the resolved configuration) and use (from_pretrained).
 std::string reproduce_and_use(const Config& c, ModelOutput out, const std::filesystem::path& run_dir) {
   const char* auto_class = out == ModelOutput::token_logits ? "AutoModelForCausalLM" : "AutoModel";
@@ -203,7 +241,7 @@ std::string model_card(const Config& c, const LoadedModel& dense, const json& su
     << "A structurally pruned version of `" << base << "` (" << dense.arch.architecture << "), made with "
     << "hawada-pipeline. It is a plain Hugging Face checkpoint: load it with `from_pretrained`, no custom code.\n\n"
     << how_it_was_made(c, out, summary, run_dir) << shape_table(dense.shape, shape, summary) << quality_section(ev, q)
-    << speed_section(ev) << reproduce_and_use(c, out, run_dir);
+    << speed_section(ev) << llama_cpp_section(summary, ev) << reproduce_and_use(c, out, run_dir);
   return o.str();
 }
 

@@ -3,6 +3,7 @@
 // must not include pipeline/) can take them.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -45,6 +46,9 @@ enum class ExportDtype { keep, bf16, fp32 };
 enum class RefitOrder { after_scales, before_scales };
 /// heal.keep: the weights heal publishes: those of its last step, or of the step with the best held-out KL.
 enum class HealKeep { last, best };
+/// evaluate.runtimes: where evaluate measures the export besides its quality: hawada-pipeline's own LibTorch
+/// runtime (forward latency, generate) and llama.cpp (its tools on export.gguf's files).
+enum class EvalRuntime { libtorch, llama_cpp };
 /// Communicator backend (`dist.backend`); `auto_` is spelled "auto" in TOML.
 enum class DistBackend { auto_, mpi, nccl };
 
@@ -188,6 +192,10 @@ struct EvaluateConfig {
   std::filesystem::path data;  ///< Empty: the run's held-out samples; else a file of data.format.
   int64_t samples = 0;         ///< 0 = every held-out sample (or every sample of `data`).
   int latency_repeats = 10;
+  std::vector<EvalRuntime> runtimes = {EvalRuntime::libtorch};
+  /// Threads of the llama.cpp measurements (llama-bench, llama-perplexity); 0 = this machine's cores.
+  int threads = 0;
+  bool has(EvalRuntime r) const { return std::find(runtimes.begin(), runtimes.end(), r) != runtimes.end(); }
   bool operator==(const EvaluateConfig&) const = default;
 };
 

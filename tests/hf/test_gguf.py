@@ -155,11 +155,67 @@ def test_gqa_depth_cut_exports_f16_and_q8_0_that_llama_cpp_loads_and_agrees(setu
     assert llama_row["kld"] < 1e-3 and llama_row["same_top_percent"] > 95, rows
 
 
+@needs_llama_cpp
+def test_evaluate_in_llama_cpp_measures_each_type_against_the_original(setup, mpirun):
+    """evaluate.runtimes = [..., "llama.cpp"]: the original converted and quantized like the export, both measured
+    by llama-bench and llama-perplexity on the run's held-out windows; the fp32 reference equals transformers', the
+    F16 files' perplexity in llama.cpp is within 1% of it. (Resumes the first test's run at the evaluate stage.)"""
+    d = setup
+    # llama-perplexity summarises 100 predictions or more: 16 windows of 16 tokens give 16 x 7.
+    np.random.default_rng(2).integers(0, VOCAB, size=16 * SEQ).astype(np.uint16).tofile(d / "eval.bin")
+    evaluate = f'\n[evaluate]\nruntimes = ["libtorch", "llama.cpp"]\nthreads = 1\ndata = "{d / "eval.bin"}"'
+    cfg = write_config(d, "run", f'gguf = ["f16", "q8_0"]\nllama_cpp = "{SOURCES[-1]}"\npython = "{PYTHON}"{evaluate}')
+    mpirun(2, cfg, timeout=900)
+    ev = json.load(open(d / "run" / "evaluate" / "evaluate.json"))
+    assert "generation" in ev and "latency" in ev  # libtorch still measured
+    l = ev["llama_cpp"]
+    with_half = SEQ - 1 - SEQ // 2
+    assert (l["windows"], l["window_tokens"], l["predictions"], l["threads"]) == (16, SEQ, 16 * with_half, 1), l
+    assert [t["type"] for t in l["types"]] == ["f16", "q8_0"], l["types"]
+
+    # The fp32 reference against transformers on the same windows.
+    ids = torch.from_numpy(np.fromfile(d / "eval.bin", dtype=np.uint16).astype(np.int64).reshape(-1, SEQ))
+    for model_dir, key in ((d / "llama", "original_ppl"), (d / "run" / "export" / "slim", "export_ppl")):
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+        nll = -lp[:, SEQ // 2:SEQ - 1].gather(-1, ids[:, SEQ // 2 + 1:, None]).mean().item()
+        assert abs(np.exp(nll) / l["fp32"][key] - 1) < 1e-4, (key, np.exp(nll), l["fp32"])
+
+    f16, q8 = l["types"]
+    assert abs(f16["original"]["ppl"] / l["fp32"]["original_ppl"] - 1) < 0.01, l
+    assert abs(f16["export"]["ppl"] / l["fp32"]["export_ppl"] - 1) < 0.01, l
+    assert f16["original"]["kld_to_fp32_original"] < 1e-3 and f16["original"]["same_top_as_fp32_original"] > 0.95, l
+    for t in (f16, q8):
+        assert abs(t["ppl_ratio"] - t["export"]["ppl"] / t["original"]["ppl"]) < 1e-9
+        assert t["export"]["bytes"] < t["original"]["bytes"], t
+        for who in ("original", "export"):
+            assert t[who]["decode_tokens_per_s"] > 0 and t[who]["prefill_tokens_per_s"] > 0, t
+        assert t["decode_speedup"] == t["export"]["decode_tokens_per_s"] / t["original"]["decode_tokens_per_s"]
+    assert q8["original"]["bytes"] < f16["original"]["bytes"]
+    assert not (d / "run" / "evaluate" / "llama.cpp" / "original-fp32.kld").exists()  # 2 bytes a vocab entry: gone
+    card = (d / "run" / "export" / "slim" / "README.md").read_text()
+    assert "## llama.cpp" in card and "`slim-q8_0.gguf`" in card and "| q8_0 |" in card, card
+
+
 def test_bad_type_is_a_config_error_naming_export_gguf(setup, cli):
     cfg = write_config(setup, "bad-type", f'gguf = ["f16", "q5_k"]\nllama_cpp = "{setup}"')
     p = cli("validate", cfg, check=False)
     assert p.returncode != 0
     assert "ConfigError" in p.stderr and "export.gguf: unknown value" in p.stderr and '"q5_k"' in p.stderr, p.stderr
+
+
+def test_bad_evaluate_runtimes_is_a_config_error_naming_it(setup, cli, tmp_path):
+    for export, said in (('\n[evaluate]\nruntimes = ["llama.cpp"]', '"llama.cpp" needs export.gguf'),
+                         ('\n[evaluate]\nruntimes = ["vllm"]', 'evaluate.runtimes: unknown value'),
+                         # a llama.cpp directory with the converter but no llama-bench anywhere
+                         (f'gguf = ["f16"]\nllama_cpp = "{tmp_path}"\n[evaluate]\nruntimes = ["llama.cpp"]',
+                          '"llama.cpp" needs llama-bench')):
+        (tmp_path / "convert_hf_to_gguf.py").write_text("raise SystemExit('never run')\n")
+        p = subprocess.run([os.environ["HAWADA_CLI"], "validate", str(write_config(setup, "bad-eval", export))],
+                           capture_output=True, text=True, env={**os.environ, "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert p.returncode != 0 and "ConfigError" in p.stderr and "evaluate.runtimes" in p.stderr, p.stderr
+        assert said in p.stderr, p.stderr
 
 
 def test_missing_llama_cpp_is_a_config_error_naming_the_key(setup, cli, tmp_path):
