@@ -490,7 +490,7 @@ void ExportStage::run(const StageContext& ctx) {
   }
   const uint64_t status = world::broadcast(passed | (gguf_failed ? 2 : 0));
   if (gguf_failed) std::rethrow_exception(gguf_failed);
-  if (status & 2) throw RuntimeToolError("export: gguf: rank 0 could not make the GGUF files (its error says why)");
+  if (status & 2) throw RuntimeToolError("gguf: rank 0 could not make the GGUF files (its error says why)");
   if (!(status & 1))
     throw CheckpointError("export: the written model does not reproduce the hard-gated student (see " +
                           layout.failed_export_summary().string() +

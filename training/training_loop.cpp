@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
+#include <map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -73,6 +74,11 @@ void Adam::step(at::Tensor& params, const at::Tensor& grad, double lr, int64_t s
   params.addcdiv_(m, denom, -lr / c1);
 }
 
+namespace {
+// Metadata key prefix of each tensor's XXH64 in a checkpoint (checkpoints written before it are read unchecked).
+const std::string kHashKey = "xxh64:";
+}  // namespace
+
 StateCheckpoints::StateCheckpoints(fs::path dir, std::string fingerprint, std::string stage)
     : dir_(std::move(dir)), fingerprint_(std::move(fingerprint)), stage_(std::move(stage)) {}
 
@@ -82,10 +88,13 @@ void StateCheckpoints::write(int64_t step, const std::vector<safetensors::NamedT
   const fs::path final_dir = dir_ / step_dir_name(step);
   if (fs::exists(final_dir)) return;  // the same state, written before a crash
   std::vector<safetensors::NamedTensor> cpu;
-  for (const auto& t : tensors) cpu.push_back({t.name, t.tensor.detach().cpu().contiguous()});
+  std::map<std::string, std::string> metadata{{"step", std::to_string(step)}, {"fingerprint", fingerprint_}};
+  for (const auto& t : tensors) {
+    cpu.push_back({t.name, t.tensor.detach().cpu().contiguous()});
+    metadata[kHashKey + t.name] = hex64(tensor_hash(cpu.back().tensor));  // a flipped bit is found on resume
+  }
   publish_directory(final_dir, [&](const fs::path& tmp) {
-    safetensors::write_file(tmp / "state.safetensors", cpu,
-                            {{"step", std::to_string(step)}, {"fingerprint", fingerprint_}});
+    safetensors::write_file(tmp / "state.safetensors", cpu, metadata);
   });
   for (const auto& e : fs::directory_iterator(dir_)) {
     const std::string n = e.path().filename().string();
@@ -117,6 +126,11 @@ int64_t StateCheckpoints::resume(const std::vector<std::pair<std::string, at::Te
             throw CheckpointError("'" + r.path().string() + "': tensor '" + name + "' is " +
                                   c10::toString(src.scalar_type()) + " " + c10::str(src.sizes()) + ", expected " +
                                   c10::toString(t->scalar_type()) + " " + c10::str(t->sizes()));
+          const auto hash = meta.find(kHashKey + name);
+          if (hash != meta.end() && hash->second != hex64(tensor_hash(src)))
+            throw CheckpointError("'" + r.path().string() + "': tensor '" + name + "' does not match the checksum " +
+                                  "written with it (a flipped bit or a torn write): remove " + dir_.string() +
+                                  " to start " + stage_ + " afresh");
           t->copy_(src);
         }
         step = static_cast<uint64_t>(std::stoll(meta.at("step")));

@@ -125,6 +125,32 @@ def test_kill_and_sigterm_mid_heal_resume_bit_identical(setup, mpirun):
     assert [m["step"] for m in metrics] == list(range(1, 10))
 
 
+def test_a_flipped_bit_in_a_checkpoint_is_a_checkpoint_error_naming_it(setup, mpirun):
+    """Every tensor of a training checkpoint carries its XXH64 in the file's metadata: a bit flipped on disk is a
+    CheckpointError naming the file and the tensor, never resumed from; removing the checkpoints starts afresh."""
+    d = setup
+    cfg = write_config(d, "h-flip", "steps = 6\nlr = 0.003\nwarmup = 1\ncheckpoint_every = 3")
+    p = mpirun(2, cfg, env={"HAWADA_FAULT": "heal.after_step_4@0:kill"}, check=False)
+    assert p.returncode != 0
+    state = d / "h-flip" / "heal" / "checkpoints" / "step-00000003" / "state.safetensors"
+    blob = bytearray(state.read_bytes())
+    header = int.from_bytes(blob[:8], "little")
+    meta = json.loads(blob[8:8 + header])["__metadata__"]
+    assert any(k.startswith("xxh64:") for k in meta), meta
+    data = 8 + header
+    blob[data + (len(blob) - data) // 2] ^= 0x10
+    state.write_bytes(bytes(blob))
+    p = mpirun(2, cfg, check=False)
+    assert p.returncode != 0
+    assert "CheckpointError" in p.stderr and str(state) in p.stderr and "does not match the checksum" in p.stderr, \
+        p.stderr[-3000:]
+    assert not (d / "h-flip" / "heal" / "weights.safetensors").exists()
+    import shutil
+    shutil.rmtree(d / "h-flip" / "heal" / "checkpoints")
+    p = mpirun(2, cfg)
+    assert "resumed from" not in p.stderr and (d / "h-flip" / "heal" / "weights.safetensors").exists()
+
+
 def test_heal_train_selects_kinds_and_the_export_loads(setup, mpirun, cli, tmp_path):
     d = setup
     cfg = write_config(d, "h-mlp", "steps = 4\nlr = 0.003\nwarmup = 1\ntrain = \"mlp,norm\"")
