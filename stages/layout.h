@@ -82,5 +82,8 @@ class RunLayout {
 /// Reads the run's plan (RunLayout::plan) for the dense model of a run; CheckpointError naming the file on a
 /// malformed plan.
 Plan read_plan(const std::filesystem::path& run_dir, const ModelShape& dense);
+/// XXH64 of the plan's canonical JSON: written into plan.json as "xxh64", checked by read_plan (CheckpointError
+/// naming the file on a mismatch; a plan without it is read as it is).
+std::string plan_checksum(const Plan& plan);
 
 }  // namespace hawada

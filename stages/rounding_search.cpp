@@ -214,6 +214,7 @@ void write_plan(const fs::path& run_dir, const SearchResult& r, double seconds, 
   j["legal_shapes"] = r.legal;
   j["search_seconds"] = seconds;
   j["probes"] = probes;
+  j["xxh64"] = plan_checksum(r.plan);
   atomic_write_text(layout.plan(), j.dump(1) + "\n");
   atomic_write_text(layout.candidates(), candidates_csv(r));
 }

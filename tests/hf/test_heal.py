@@ -150,6 +150,24 @@ def test_a_flipped_bit_in_a_checkpoint_is_a_checkpoint_error_naming_it(setup, mp
     p = mpirun(2, cfg)
     assert "resumed from" not in p.stderr and (d / "h-flip" / "heal" / "weights.safetensors").exists()
 
+    # plan.json carries the XXH64 of the plan: one kept FFN channel changed (as a flipped bit would) is a
+    # CheckpointError naming the file when a stage reads it (export, rerun here), and the original plan reads again.
+    plan_file = d / "h-flip" / "plan" / "plan.json"
+    original = plan_file.read_text()
+    plan = json.loads(original)
+    assert len(plan["xxh64"]) == 16
+    ffn = plan["layers"][0]["ffn"]  # of the 64 channels of make_llama's intermediate_size
+    assert len(ffn) < 64, ffn
+    ffn[-1] = min(set(range(64)) - set(ffn))
+    ffn.sort()
+    plan_file.write_text(json.dumps(plan, indent=1))
+    (d / "h-flip" / "stages" / "export.done").unlink()
+    p = mpirun(2, cfg, check=False)
+    assert p.returncode != 0 and "CheckpointError" in p.stderr and str(plan_file) in p.stderr, p.stderr[-3000:]
+    assert "does not match the checksum" in p.stderr
+    plan_file.write_text(original)
+    mpirun(2, cfg)
+
 
 def test_heal_train_selects_kinds_and_the_export_loads(setup, mpirun, cli, tmp_path):
     d = setup
