@@ -26,7 +26,7 @@ for f in "$model/model.safetensors" "$train" "$evalf" "$healf" "$cli"; do
 done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 ranks=${DEPTH_RANKS:-2}
-target=${DEPTH_TARGET:-0.42}
+target=${DEPTH_TARGET:-0.49}
 heal_tokens=${DEPTH_HEAL_TOKENS:-500000}
 variants=${DEPTH_VARIANTS:-"width depth"}
 tokens_per_step=$((8 * 256))

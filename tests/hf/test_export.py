@@ -227,3 +227,12 @@ def test_profiled_latency_table_drives_the_search(llama_run, cli, mpirun):
     c.write_text(text.replace(str(table), str(d / "latency8.json")).replace("run-table", "run-table8"))
     p = mpirun(1, c, check=False)
     assert p.returncode == 2 and "was measured at batch 1 x 8 tokens" in p.stderr and f"1 x {SEQ}" in p.stderr
+    # A timing changed on disk (as a flipped bit would) is a CheckpointError naming the table, not a different plan.
+    assert len(t["xxh64"]) == 16
+    t["attention"][0]["seconds"] *= 2
+    flipped = d / "latency-flipped.json"
+    flipped.write_text(json.dumps(t))
+    c.write_text(text.replace(str(table), str(flipped)))
+    p = mpirun(1, c, check=False)
+    assert p.returncode != 0 and "CheckpointError" in p.stderr and str(flipped) in p.stderr, p.stderr[-3000:]
+    assert "does not match the checksum" in p.stderr
