@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/base/clock.h"
 #include "core/base/errors.h"
 #include "core/base/fault.h"
 #include "core/base/fs.h"
@@ -24,9 +25,6 @@ namespace hawada {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // The trainable scales of a sliced student in one flat fp32 vector: heads [L, H'], ffn [L, F'], and
 // (optionally) attn_out, mlp_out [L, D'].

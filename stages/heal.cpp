@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/base/clock.h"
 #include "core/base/errors.h"
 #include "core/base/fault.h"
 #include "core/base/fs.h"
@@ -29,14 +30,11 @@ namespace hawada {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 // Elements per all-reduce bucket of the weight gradients (fp32: 256 MB).
 constexpr int64_t kBucketElements = 64ll << 20;
 // Held-out samples the KL is measured on every heal.eval_every steps.
 constexpr int64_t kEvalSamples = 16;
-
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::set<std::string> kinds_of(const std::string& list) {
   std::set<std::string> out;

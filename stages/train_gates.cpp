@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/base/clock.h"
 #include "core/base/errors.h"
 #include "core/base/fault.h"
 #include "core/base/fs.h"
@@ -26,13 +27,10 @@ namespace hawada {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 // Log-alpha spread of the initial gates: within each row (a layer's heads, a layer's FFN channels,
 // the hidden channels) the least important structure starts `kInitSpan` below the most important.
 constexpr double kInitSpan = 5.0;
-
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 GateValues values_of(const GateParameters& gates, const at::Tensor& like_flat) {
   const GateParameters::Views v = gates.views_of(like_flat);

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/base/clock.h"
 #include "core/base/errors.h"
 #include "core/base/fs.h"
 #include "core/base/hash.h"
@@ -26,13 +27,10 @@ namespace hawada {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 // Logits of one piece of tokens are at most this many bytes of fp32 [tokens, vocab]: small on the
 // CPU (cache-friendly, bounded memory), larger on a GPU (fewer, fuller launches).
 int64_t logit_piece_bytes(const at::Device& device) { return device.is_cuda() ? (1ll << 30) : (256ll << 20); }
-
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // An LM teacher's cached rows, flattened to [tokens, k] on the device: top-k (logit values, tokens and the
 // log-sum-exp) or sampled (counts, drawn tokens and the entropy).

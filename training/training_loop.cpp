@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/base/clock.h"
 #include "core/base/errors.h"
 #include "core/base/fault.h"
 #include "core/base/fs.h"
@@ -23,9 +24,6 @@ namespace hawada {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::atomic<int> g_preempt{0};
 struct sigaction g_previous {};
