@@ -321,26 +321,7 @@ double student_kl(const Config& c, const LoadedModel& dense, const Plan& plan, c
                   Communicator& comm) {
   const HfCheckpoint ckpt = pruned_checkpoint(dense, plan, scales);
   const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
-  return model_kl(c, *model, plan, data, samples, device, comm);
-}
-
-double model_kl(const Config& c, const Model& model, const Plan& plan, const DistillData& data,
-                const std::vector<int64_t>& samples, const at::Device& device, Communicator& comm) {
-  const auto& proc = process_info();
-  double sum = 0, tokens = 0;
-  for (size_t i = static_cast<size_t>(proc.rank); i < samples.size(); i += static_cast<size_t>(proc.size)) {
-    const Batch batch = data.batch({samples[i]}, device);
-    const double n = batch.attention_mask.defined() ? batch.attention_mask.ne(0).sum().item<double>()
-                     : batch.input_ids.defined()    ? static_cast<double>(batch.input_ids.numel())
-                                                    : 1.0;
-    sum +=
-        distill_loss(model, batch, for_student(data.teacher({samples[i]}), plan), nullptr, c.train.kd_temperature) * n;
-    tokens += n;
-  }
-  at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
-  comm.all_reduce(t, Communicator::Op::sum);
-  const at::Tensor h = t.cpu();
-  return h[0].item<double>() / std::max(1.0, h[1].item<double>());
+  return heldout_kl(*model, plan, data, samples, c.train.kd_temperature, device, comm);
 }
 
 std::string CalibrateStage::fingerprint(const StageContext& ctx) {

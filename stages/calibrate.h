@@ -56,10 +56,6 @@ double student_kl(const Config& config, const LoadedModel& dense, const Plan& pl
                   const DistillData& data, const std::vector<int64_t>& samples, const at::Device& device,
                   Communicator& comm);
 
-/// The same for a loaded student `model` (the plan's shape).
-double model_kl(const Config& config, const Model& model, const Plan& plan, const DistillData& data,
-                const std::vector<int64_t>& samples, const at::Device& device, Communicator& comm);
-
 /// The calibrate stage.
 class CalibrateStage final : public Stage {
  public:

@@ -192,25 +192,6 @@ struct HealData {
   std::vector<int64_t> held;          // the run's held-out samples the KL is measured on
 };
 
-// Mean KL per token on `samples` (each rank its share; summed over the ranks). Collective.
-double heldout_kl(const Model& model, const Plan& plan, const DistillData& data, const std::vector<int64_t>& samples,
-                  double T, const at::Device& device, Communicator& comm) {
-  const auto& proc = process_info();
-  double sum = 0, tokens = 0;
-  for (size_t i = static_cast<size_t>(proc.rank); i < samples.size(); i += static_cast<size_t>(proc.size)) {
-    const Batch b = data.batch({samples[i]}, device);
-    const double n = b.attention_mask.defined() ? b.attention_mask.ne(0).sum().item<double>()
-                     : b.input_ids.defined()    ? static_cast<double>(b.input_ids.numel())
-                                                : 1.0;
-    sum += distill_loss(model, b, for_student(data.teacher({samples[i]}), plan), nullptr, T) * n;
-    tokens += n;
-  }
-  at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
-  comm.all_reduce(t, Communicator::Op::sum);
-  const at::Tensor h = t.cpu();
-  return h[0].item<double>() / std::max(1.0, h[1].item<double>());
-}
-
 // heal.hidden_weight: the dense teacher, run inside each step for its residual stream at the boundaries of the kept
 // blocks (its weights in memory beside the student's: the cache holds only the logits).
 struct StateTeacher {

@@ -361,4 +361,22 @@ CacheChunk for_student(CacheChunk teacher, const Plan& plan) {
   return teacher;
 }
 
+double heldout_kl(const Model& model, const Plan& plan, const DistillData& data, const std::vector<int64_t>& samples,
+                  double kd_temperature, const at::Device& device, Communicator& comm) {
+  const auto& proc = process_info();
+  double sum = 0, tokens = 0;
+  for (size_t i = static_cast<size_t>(proc.rank); i < samples.size(); i += static_cast<size_t>(proc.size)) {
+    const Batch b = data.batch({samples[i]}, device);
+    const double n = b.attention_mask.defined() ? b.attention_mask.ne(0).sum().item<double>()
+                     : b.input_ids.defined()    ? static_cast<double>(b.input_ids.numel())
+                                                : 1.0;
+    sum += distill_loss(model, b, for_student(data.teacher({samples[i]}), plan), nullptr, kd_temperature) * n;
+    tokens += n;
+  }
+  at::Tensor t = at::tensor({sum, tokens}, at::kDouble).to(device);
+  comm.all_reduce(t, Communicator::Op::sum);
+  const at::Tensor h = t.cpu();
+  return h[0].item<double>() / std::max(1.0, h[1].item<double>());
+}
+
 }  // namespace hawada

@@ -122,4 +122,9 @@ at::Tensor sample_teacher_targets(const CacheChunk& teacher, uint64_t seed);
 double distill_loss(const Model& model, const Batch& batch, const CacheChunk& teacher, const GateValues* gates,
                     double kd_temperature);
 
+/// The held-out distillation loss of the hard-gated student `model` (the plan's shape) on `samples`, each rank its
+/// share: mean KL per real token (encoders: their hidden-state loss), summed over the ranks. Collective.
+double heldout_kl(const Model& model, const Plan& plan, const DistillData& data, const std::vector<int64_t>& samples,
+                  double kd_temperature, const at::Device& device, Communicator& comm);
+
 }  // namespace hawada
