@@ -1,7 +1,9 @@
 // Stage heal (off unless heal.steps > 0): distils the pruned model's weights from the same teacher
 // cache. The student is the calibrated slice of the plan (scales folded), held in memory; the weights
-// of the kinds heal.train names train, nothing else is loaded (no teacher weights: the teacher is the
-// cache). Loss: the top-k + tail KL (and optional MSE) of train_gates, on the training samples only.
+// of the kinds heal.train names train; the teacher is the cache (its weights are loaded only for
+// heal.hidden_weight's intermediate-state term). Loss: train_gates' distillation loss for the cache's form
+// (sampled tokens: the unbiased KL estimate; top-k: the top-k + tail KL, and optional MSE), on heal.data's samples
+// or the run's training samples, never the held-out ones.
 // AdamW on fp32 master weights (one flat vector) with the forward and backward in the compute dtype,
 // linear warm-up then cosine decay, global-norm gradient clipping, micro-batches with accumulation.
 // Data parallel: the global batch of a step is the same samples whatever the world size; the weight

@@ -1,5 +1,6 @@
 // LLaMA-style causal LMs: LLaMA-3.2-1B and compatible, and the architectures that are LLaMA's layout
 // with a difference: mistral (sliding-window attention), qwen2 (q/k/v biases), qwen3 (per-head q/k norms),
+// phi3 (fused projections), gpt_neox (LayerNorms, fused biased qkv, parallel residual),
 // gemma3_text (Gemma 3: (1 + w) RMSNorms around both branches, a scaled embedding, q/k norms,
 // query_pre_attn_scalar, sliding and full layers by layer_types with their own RoPE, GeLU-tanh, soft-capping).
 #pragma once
@@ -8,8 +9,9 @@
 
 namespace hawada {
 
-/// Adapter for transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and
-/// Gemma3ForCausalLM.
+/// Adapter for transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+/// Gemma3ForCausalLM, Phi3ForCausalLM (fused qkv_proj and gate_up_proj) and GPTNeoXForCausalLM (a fused per-head
+/// qkv with biases, LayerNorms, a parallel or sequential residual, a GeLU MLP).
 class LlamaAdapter final : public ModelAdapter {
  public:
   static constexpr const char* kModelTypes[] = {"llama",       "mistral", "qwen2",   "qwen3",
