@@ -669,7 +669,8 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
       if (find_program(c.export_.llama_cpp, tool).empty())
         rd.fail(seen["evaluate.runtimes"], "evaluate.runtimes",
                 std::string("\"llama.cpp\" needs ") + tool + " (expected an executable in '" +
-                    (c.export_.llama_cpp / "build" / "bin").string() + "', in export.llama_cpp or on PATH; bash "
+                    (c.export_.llama_cpp / "build" / "bin").string() +
+                    "', in export.llama_cpp or on PATH; bash "
                     "launch/llama_cpp.sh builds it)");
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
     rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",

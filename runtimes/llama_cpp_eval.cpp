@@ -34,8 +34,9 @@ double summary_number(const std::string& text, const std::string& label, const s
   for (auto it = std::sregex_iterator(text.begin(), text.end(), pattern); it != std::sregex_iterator(); ++it)
     value = std::strtod((*it)[1].str().c_str(), nullptr), found = true;
   if (!found || !std::isfinite(value))
-    throw RuntimeToolError(fmt::format("llama-perplexity: {} exited 0 but printed no finite '{}'; the last lines of {}:\n{}",
-                                       command_line(argv), label, log.string(), log_tail(log)));
+    throw RuntimeToolError(
+        fmt::format("llama-perplexity: {} exited 0 but printed no finite '{}'; the last lines of {}:\n{}",
+                    command_line(argv), label, log.string(), log_tail(log)));
   return value;
 }
 
@@ -49,9 +50,10 @@ LlamaCppMeasure find_llama_cpp_measure(const fs::path& dir, const std::string& k
   for (auto [name, path] : {std::pair{"llama-bench", &tools.bench}, std::pair{"llama-perplexity", &tools.perplexity}}) {
     *path = find_program(dir, name);
     if (path->empty())
-      throw ConfigError(fmt::format("{}: no {} (expected an executable '{}', '{}' or {} on PATH; bash "
-                                    "launch/llama_cpp.sh builds it)",
-                                    key, name, (dir / "build" / "bin" / name).string(), (dir / name).string(), name));
+      throw ConfigError(
+          fmt::format("{}: no {} (expected an executable '{}', '{}' or {} on PATH; bash "
+                      "launch/llama_cpp.sh builds it)",
+                      key, name, (dir / "build" / "bin" / name).string(), (dir / name).string(), name));
   }
   return tools;
 }
@@ -94,7 +96,8 @@ void KldBaseWriter::add_window(std::span<const float> logits) {
     uint16_t* q = row_.data() + 4;
     if (scale > 0) {
       const float inv = 1 / scale;
-      for (int64_t i = 0; i < n_vocab_; ++i) q[i] = l[i] > mn ? static_cast<uint16_t>(nearest_int(inv * (l[i] - mn))) : 0;
+      for (int64_t i = 0; i < n_vocab_; ++i)
+        q[i] = l[i] > mn ? static_cast<uint16_t>(nearest_int(inv * (l[i] - mn))) : 0;
     } else {
       std::fill(q, q + n_vocab_, uint16_t{0});
     }
@@ -120,10 +123,19 @@ double KldBaseWriter::ppl() const { return std::exp(nll_ / std::max<int64_t>(cou
 
 KldScore llama_perplexity(const LlamaCppMeasure& tools, const fs::path& gguf, const fs::path& base, int64_t n_ctx,
                           int threads, const fs::path& log) {
-  const std::vector<std::string> argv = {tools.perplexity.string(), "-m", gguf.string(), "--kl-divergence-base",
-                                         base.string(), "--kl-divergence", "-c", std::to_string(n_ctx), "-b",
-                                         std::to_string(n_ctx), "-t",
-                                         std::to_string(std::max(threads, 1)), "--override-kv",
+  const std::vector<std::string> argv = {tools.perplexity.string(),
+                                         "-m",
+                                         gguf.string(),
+                                         "--kl-divergence-base",
+                                         base.string(),
+                                         "--kl-divergence",
+                                         "-c",
+                                         std::to_string(n_ctx),
+                                         "-b",
+                                         std::to_string(n_ctx),
+                                         "-t",
+                                         std::to_string(std::max(threads, 1)),
+                                         "--override-kv",
                                          "tokenizer.ggml.add_bos_token=bool:false"};
   run_measure(argv, log, "llama-perplexity on " + gguf.filename().string());
   const std::string text = read_text_file(log);
@@ -135,10 +147,18 @@ KldScore llama_perplexity(const LlamaCppMeasure& tools, const fs::path& gguf, co
   return s;
 }
 
-std::vector<BenchScore> llama_bench(const LlamaCppMeasure& tools, std::span<const fs::path> ggufs, int prompt,
-                                    int gen, int repeats, int threads, const fs::path& json_out, const fs::path& log) {
-  std::vector<std::string> argv = {tools.bench.string(), "-o", "json", "-t", std::to_string(std::max(threads, 1)),
-                                   "-p", std::to_string(prompt), "-n", std::to_string(gen), "-r",
+std::vector<BenchScore> llama_bench(const LlamaCppMeasure& tools, std::span<const fs::path> ggufs, int prompt, int gen,
+                                    int repeats, int threads, const fs::path& json_out, const fs::path& log) {
+  std::vector<std::string> argv = {tools.bench.string(),
+                                   "-o",
+                                   "json",
+                                   "-t",
+                                   std::to_string(std::max(threads, 1)),
+                                   "-p",
+                                   std::to_string(prompt),
+                                   "-n",
+                                   std::to_string(gen),
+                                   "-r",
                                    std::to_string(std::max(repeats, 1))};
   for (const fs::path& g : ggufs) argv.insert(argv.end(), {"-m", g.string()});
   run_measure(argv, log, "llama-bench", json_out);
@@ -161,10 +181,10 @@ std::vector<BenchScore> llama_bench(const LlamaCppMeasure& tools, std::span<cons
     }
   for (size_t i = 0; i < ggufs.size(); ++i)
     if (seen[i] != 3 || !(scores[i].decode_tokens_per_s > 0) || !(scores[i].prefill_tokens_per_s > 0))
-      throw RuntimeToolError(fmt::format("llama-bench: {} exited 0 but {} holds no prefill and decode speed of {}; "
-                                         "the last lines of {}:\n{}",
-                                         command_line(argv), json_out.string(), ggufs[i].string(), log.string(),
-                                         log_tail(log)));
+      throw RuntimeToolError(
+          fmt::format("llama-bench: {} exited 0 but {} holds no prefill and decode speed of {}; "
+                      "the last lines of {}:\n{}",
+                      command_line(argv), json_out.string(), ggufs[i].string(), log.string(), log_tail(log)));
   return scores;
 }
 

@@ -52,10 +52,10 @@ class KldBaseWriter {
 
 /// What llama-perplexity --kl-divergence says of one GGUF against the base file.
 struct KldScore {
-  double ppl = 0;         ///< Mean PPL(Q): the GGUF's perplexity on the counted predictions
-  double ppl_base = 0;    ///< Mean PPL(base): the base file's (its stored, clipped log-probabilities)
-  double kld = 0;         ///< mean KL(base || GGUF) per token
-  double same_top = 0;    ///< fraction of predictions whose top token is the base's (0..1)
+  double ppl = 0;       ///< Mean PPL(Q): the GGUF's perplexity on the counted predictions
+  double ppl_base = 0;  ///< Mean PPL(base): the base file's (its stored, clipped log-probabilities)
+  double kld = 0;       ///< mean KL(base || GGUF) per token
+  double same_top = 0;  ///< fraction of predictions whose top token is the base's (0..1)
 };
 /// Runs llama-perplexity on `gguf` with `base` (n_ctx tokens a window; BOS not added: the windows are used as
 /// they are), `threads` threads, its output into `log`. RuntimeToolError (with the log's tail) when it fails or

@@ -190,13 +190,14 @@ std::string llama_cpp_section(const json& summary, const json& ev) {
   if (!ev.contains("llama_cpp")) return o.str();
   const json& l = ev["llama_cpp"];
   const int threads = l.value("threads", 0);
-  o << "Measured with llama.cpp's own tools on this machine's CPU, " << threads << (threads == 1 ? " thread" : " threads")
-    << ": llama-bench (batch 1, a " << l.value("prompt_tokens", 0) << "-token prompt, " << l.value("new_tokens", 0)
-    << " new tokens, mean of " << l.value("repetitions", 0) << "), and llama-perplexity on " << l.value("windows", 0)
-    << " windows of " << l.value("window_tokens", 0) << " tokens of " << ev.value("data", std::string("held-out data"))
-    << " (the second half of each window: " << l.value("predictions", 0)
-    << " predictions; in fp32 the original scores " << json_number_text(l["fp32"], "original_ppl")
-    << " there and this model " << json_number_text(l["fp32"], "export_ppl") << "). Each type against the "
+  o << "Measured with llama.cpp's own tools on this machine's CPU, " << threads
+    << (threads == 1 ? " thread" : " threads") << ": llama-bench (batch 1, a " << l.value("prompt_tokens", 0)
+    << "-token prompt, " << l.value("new_tokens", 0) << " new tokens, mean of " << l.value("repetitions", 0)
+    << "), and llama-perplexity on " << l.value("windows", 0) << " windows of " << l.value("window_tokens", 0)
+    << " tokens of " << ev.value("data", std::string("held-out data"))
+    << " (the second half of each window: " << l.value("predictions", 0) << " predictions; in fp32 the original scores "
+    << json_number_text(l["fp32"], "original_ppl") << " there and this model "
+    << json_number_text(l["fp32"], "export_ppl") << "). Each type against the "
     << "original model in the same type:\n\n"
     << "| type | size, original -> this | decode tokens/s, original -> this | prefill tokens/s, original -> this | "
        "perplexity, original -> this |\n| --- | --- | --- | --- | --- |\n";
@@ -204,12 +205,12 @@ std::string llama_cpp_section(const json& summary, const json& ev) {
     const json &a = t["original"], &b = t["export"];
     o << "| " << t.value("type", std::string()) << " | " << fmt::format("{:.1f}", a.value("bytes", 0.0) / 1e6)
       << " MB -> " << fmt::format("{:.1f}", b.value("bytes", 0.0) / 1e6) << " MB | "
-      << json_number_text(a, "decode_tokens_per_s", "{:.1f}") << " -> " << json_number_text(b, "decode_tokens_per_s", "{:.1f}")
-      << " (" << json_number_text(t, "decode_speedup", "{:.2f}") << "x) | "
-      << json_number_text(a, "prefill_tokens_per_s", "{:.1f}") << " -> "
-      << json_number_text(b, "prefill_tokens_per_s", "{:.1f}") << " (" << json_number_text(t, "prefill_speedup", "{:.2f}")
-      << "x) | " << json_number_text(a, "ppl") << " -> " << json_number_text(b, "ppl") << " ("
-      << json_number_text(t, "ppl_ratio", "{:.3f}") << "x) |\n";
+      << json_number_text(a, "decode_tokens_per_s", "{:.1f}") << " -> "
+      << json_number_text(b, "decode_tokens_per_s", "{:.1f}") << " (" << json_number_text(t, "decode_speedup", "{:.2f}")
+      << "x) | " << json_number_text(a, "prefill_tokens_per_s", "{:.1f}") << " -> "
+      << json_number_text(b, "prefill_tokens_per_s", "{:.1f}") << " ("
+      << json_number_text(t, "prefill_speedup", "{:.2f}") << "x) | " << json_number_text(a, "ppl") << " -> "
+      << json_number_text(b, "ppl") << " (" << json_number_text(t, "ppl_ratio", "{:.3f}") << "x) |\n";
   }
   o << "\n";
   return o.str();

@@ -91,9 +91,8 @@ void StateCheckpoints::write(int64_t step, const std::vector<safetensors::NamedT
     cpu.push_back({t.name, t.tensor.detach().cpu().contiguous()});
     metadata[kHashKey + t.name] = hex64(tensor_hash(cpu.back().tensor));  // a flipped bit is found on resume
   }
-  publish_directory(final_dir, [&](const fs::path& tmp) {
-    safetensors::write_file(tmp / "state.safetensors", cpu, metadata);
-  });
+  publish_directory(final_dir,
+                    [&](const fs::path& tmp) { safetensors::write_file(tmp / "state.safetensors", cpu, metadata); });
   for (const auto& e : fs::directory_iterator(dir_)) {
     const std::string n = e.path().filename().string();
     if (n.rfind("step-", 0) == 0 && n < final_dir.filename().string()) fs::remove_all(e.path());

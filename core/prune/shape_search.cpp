@@ -174,9 +174,9 @@ nlohmann::json latency_table_to_json(const LatencyTable& t) {
         {{"hidden", std::get<0>(k)}, {"heads", std::get<1>(k)}, {"kv_heads", std::get<2>(k)}, {"seconds", v}});
   for (const auto& [k, v] : t.mlp) mlp.push_back({{"hidden", k.first}, {"ffn", k.second}, {"seconds", v}});
   for (const auto& [k, v] : t.other) other.push_back({{"hidden", k}, {"seconds", v}});
-  nlohmann::json j = {{"format_version", 1}, {"device", t.device}, {"dtype", t.dtype}, {"batch", t.batch},
-                      {"tokens", t.tokens},    {"context", t.context}, {"attention", att}, {"mlp", mlp},
-                      {"other", other}};
+  nlohmann::json j = {{"format_version", 1}, {"device", t.device}, {"dtype", t.dtype},
+                      {"batch", t.batch},    {"tokens", t.tokens}, {"context", t.context},
+                      {"attention", att},    {"mlp", mlp},         {"other", other}};
   Hasher h;  // of everything above: a flipped bit in a timing is found when the table is read
   h.update(j.dump());
   j["xxh64"] = hex64(h.digest());
@@ -200,7 +200,8 @@ LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string&
       t.mlp[{json_int(e.at("hidden")), json_int(e.at("ffn"))}] = e.at("seconds").get<double>();
     for (const auto& e : j.at("other")) t.other[json_int(e.at("hidden"))] = e.at("seconds").get<double>();
     if (j.contains("xxh64") && j["xxh64"] != latency_table_to_json(t)["xxh64"])  // tables before it: unchecked
-      throw CheckpointError("'" + file + "': the latency table does not match the checksum written with it (a "
+      throw CheckpointError("'" + file +
+                            "': the latency table does not match the checksum written with it (a "
                             "flipped bit, a torn write or a hand edit; to use an edited table on purpose, delete its "
                             "\"xxh64\" key)");
     return t;
