@@ -1,6 +1,7 @@
 #include "runtimes/tool.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +19,29 @@ namespace hawada {
 namespace fs = std::filesystem;
 
 namespace {
+// While alive: the calling thread may run on every online CPU (those the cgroup allows: the kernel intersects);
+// its own mask comes back at the end of the scope. Best effort: a mask that cannot be read or set is left alone.
+class AllCpus {
+ public:
+  AllCpus() {
+    if (sched_getaffinity(0, sizeof saved_, &saved_) != 0) return;
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    const long n = sysconf(_SC_NPROCESSORS_CONF);
+    for (long c = 0; c < n && c < CPU_SETSIZE; ++c) CPU_SET(static_cast<int>(c), &all);
+    changed_ = sched_setaffinity(0, sizeof all, &all) == 0;
+  }
+  ~AllCpus() {
+    if (changed_) sched_setaffinity(0, sizeof saved_, &saved_);
+  }
+  AllCpus(const AllCpus&) = delete;
+  AllCpus& operator=(const AllCpus&) = delete;
+
+ private:
+  cpu_set_t saved_{};
+  bool changed_ = false;
+};
+
 int open_output(const fs::path& file, const char* what) {
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw IoError(fmt::format("cannot open {} '{}': {}", what, file.string(), std::strerror(errno)));
@@ -49,7 +73,12 @@ ToolRun run_tool(const std::vector<std::string>& argv, const fs::path& log, cons
   // holding gigabytes, where fork() is not; glibc reports a failed exec as the call's error.
   pid_t pid = -1;
   ToolRun run;
-  run.start_errno = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  {
+    // mpirun binds each rank to its core(s); a child inherits the spawning thread's mask, so a runtime measured
+    // with N threads would share the rank's one core. The tool gets every CPU this process may use.
+    const AllCpus all_cpus;
+    run.start_errno = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  }
   posix_spawn_file_actions_destroy(&actions);
   ::close(fd);
   if (out_fd != fd) ::close(out_fd);

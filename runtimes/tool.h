@@ -29,7 +29,8 @@ struct ToolRun {
 
 /// Runs argv[0] (looked up on PATH when it has no '/') with `argv`, stdout and stderr both written to `log`
 /// (created or truncated; stdout to `stdout_file` instead when one is given, for a tool whose stdout is its
-/// result), stdin from /dev/null, and waits for it. Throws IoError when a file cannot be opened.
+/// result), stdin from /dev/null, and waits for it. The tool may run on every CPU this process may use, whatever
+/// core mpirun bound the calling rank to. Throws IoError when a file cannot be opened.
 ToolRun run_tool(const std::vector<std::string>& argv, const std::filesystem::path& log,
                  const std::filesystem::path& stdout_file = {});
 

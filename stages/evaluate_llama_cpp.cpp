@@ -80,9 +80,10 @@ Reference write_reference(const LoadedModel& lm, const HfCheckpoint& exported, c
   r.original_ppl = writer->ppl();
   r.export_ppl = std::exp(student_nll / static_cast<double>(std::max<int64_t>(r.predictions, 1)));
   if (!std::isfinite(r.original_ppl) || !std::isfinite(r.export_ppl))
-    throw NumericError(fmt::format("evaluate: llama.cpp: the fp32 reference perplexity is not finite (original {}, "
-                                   "export {})",
-                                   r.original_ppl, r.export_ppl));
+    throw NumericError(
+        fmt::format("evaluate: llama.cpp: the fp32 reference perplexity is not finite (original {}, "
+                    "export {})",
+                    r.original_ppl, r.export_ppl));
   return r;
 }
 
@@ -112,8 +113,8 @@ json measure_llama_cpp(const StageContext& ctx, const LoadedModel& lm, const HfC
                        const DataSource& data, int64_t first, int64_t count, const at::Device& device) {
   const Config& c = ctx.config;
   const RunLayout layout(ctx.run_dir);
-  const int threads = c.evaluate.threads > 0 ? c.evaluate.threads
-                                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads =
+      c.evaluate.threads > 0 ? c.evaluate.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const LlamaCpp make = find_llama_cpp(c.export_.llama_cpp, c.export_.python, c.export_.gguf);
   const LlamaCppMeasure tools = find_llama_cpp_measure(c.export_.llama_cpp, "evaluate.runtimes");
   const fs::path dir = layout.evaluate() / "llama.cpp", logs = dir / "logs";
@@ -145,17 +146,19 @@ json measure_llama_cpp(const StageContext& ctx, const LoadedModel& lm, const HfC
     if (it == exported_files.end())
       throw CheckpointError("evaluate: llama.cpp: export/summary.json lists no " + type + " GGUF file of the export");
     const auto score = [&](const fs::path& gguf, const std::string& who) {
-      return llama_perplexity(tools, gguf, base, ref.window_tokens, threads, logs / ("perplexity-" + who + "-" + type + ".log"));
+      return llama_perplexity(tools, gguf, base, ref.window_tokens, threads,
+                              logs / ("perplexity-" + who + "-" + type + ".log"));
     };
-    quality.emplace_back(score(o.path, "original"), score(it->second, "export"));
+    KldScore original = score(o.path, "original");  // in this order (the logs' times read as the run went)
+    quality.emplace_back(original, score(it->second, "export"));
     bench_files.insert(bench_files.end(), {o.path, it->second});
   }
   fs::remove(base);
   int prompt = kPromptTokens;
-  if (lm.arch.max_positions > 0) prompt = static_cast<int>(std::min<int64_t>(prompt, lm.arch.max_positions - kNewTokens));
-  const std::vector<BenchScore> speed =
-      llama_bench(tools, bench_files, std::max(prompt, 1), kNewTokens, kBenchRepeats, threads, dir / "bench.json",
-                  logs / "bench.log");
+  if (lm.arch.max_positions > 0)
+    prompt = static_cast<int>(std::min<int64_t>(prompt, lm.arch.max_positions - kNewTokens));
+  const std::vector<BenchScore> speed = llama_bench(tools, bench_files, std::max(prompt, 1), kNewTokens, kBenchRepeats,
+                                                    threads, dir / "bench.json", logs / "bench.log");
 
   json types = json::array();
   for (size_t i = 0; i < originals.size(); ++i) {
@@ -182,10 +185,10 @@ std::string llama_cpp_phrase(const json& result) {
   if (!result.contains("llama_cpp")) return "";
   std::string line = "; llama.cpp (" + std::to_string(result["llama_cpp"]["threads"].get<int>()) + " threads):";
   for (const json& t : result["llama_cpp"]["types"])
-    line += fmt::format(" {} decode {:.2f}x, prefill {:.2f}x, perplexity {:.4g} against {:.4g} ({:.3f}x);",
-                        t["type"].get<std::string>(), t["decode_speedup"].get<double>(),
-                        t["prefill_speedup"].get<double>(), t["export"]["ppl"].get<double>(),
-                        t["original"]["ppl"].get<double>(), t["ppl_ratio"].get<double>());
+    line +=
+        fmt::format(" {} decode {:.2f}x, prefill {:.2f}x, perplexity {:.4g} against {:.4g} ({:.3f}x);",
+                    t["type"].get<std::string>(), t["decode_speedup"].get<double>(), t["prefill_speedup"].get<double>(),
+                    t["export"]["ppl"].get<double>(), t["original"]["ppl"].get<double>(), t["ppl_ratio"].get<double>());
   line.pop_back();
   return line;
 }
