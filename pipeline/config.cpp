@@ -747,6 +747,17 @@ std::string to_toml(const Config& config) {
   return out;
 }
 
+std::map<std::string, std::string> config_sections(const Config& config) {
+  std::map<std::string, std::string> sections;
+  std::istringstream text(to_toml(config));
+  std::string line, name;
+  while (std::getline(text, line)) {
+    if (!line.empty() && line.front() == '[' && line.back() == ']') name = line.substr(1, line.size() - 2);
+    if (!name.empty() && !line.empty()) sections[name] += line + "\n";
+  }
+  return sections;
+}
+
 std::string_view to_string(ComputeDtype value) { return name_of(value); }
 std::string_view to_string(HeadMatmul value) { return name_of(value); }
 std::string_view to_string(DataFormat value) { return name_of(value); }

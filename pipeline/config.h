@@ -9,6 +9,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -27,6 +28,9 @@ Config parse_config(std::string_view text, const std::filesystem::path& source);
 /// The resolved config as TOML text: every section and key in declaration order, defaults filled, paths
 /// absolute, max_shard_size in bytes. parse_config(to_toml(c), c.source) == c for any parsed c.
 std::string to_toml(const Config& config);
+/// Each [section] of to_toml's text (its header line and keys), by name: what a stage fingerprint hashes whole
+/// (StageContext::sections), so a key added to a section counts without anyone listing it.
+std::map<std::string, std::string> config_sections(const Config& config);
 
 /// TOML spelling of each enum value, for messages and printing.
 std::string_view to_string(ComputeDtype value);

@@ -56,7 +56,7 @@ void run_pipeline(const std::filesystem::path& config_file, const MpiSession& mp
   // take (gates.layers), a decode budget on a model that does not decode (budget.latency_mode).
   const ModelShape shape = model_shape(arch);
   effective_gates(config, shape);
-  latency_workload(config, shape);
+  budget_spec(config, shape);
   fault_point("run.after_model");
 
   // Every rank reaches this point or the job is aborted by main: no rank goes on alone.

@@ -13,6 +13,7 @@
 #include "core/dist/device.h"
 #include "core/dist/mpi_session.h"
 #include "core/prune/matmul_precision.h"
+#include "pipeline/config.h"
 #include "stages/calibrate.h"
 #include "stages/evaluate.h"
 #include "stages/export.h"
@@ -68,7 +69,7 @@ void log_head_matmul(const Config& c) {
 
 void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages, const RunOptions& options) {
   check_stage_names(options, stages);
-  StageContext ctx{config, config.run.dir, {}};
+  StageContext ctx{config, config.run.dir, {}, config_sections(config)};
   // The device is decided once, here, before any stage (a `cuda` request on a node without a GPU fails
   // now, not after the teacher forward); every stage asks run_device(config) for the same answer.
   const at::Device device = pick_device(config.run.device, process_info().local_rank);

@@ -62,21 +62,6 @@ SearchRules search_rules(const Config& c, const GatesConfig& gates) {
   return rules;
 }
 
-// The budget: its metric and target, the workload latency is predicted for and the device's rates.
-CostSpec cost_spec(const Config& c, const ModelShape& dense) {
-  CostSpec cost;
-  cost.metric = c.budget.metric == BudgetMetric::params                 ? CostSpec::Metric::params
-                : c.budget.metric == BudgetMetric::non_embedding_params ? CostSpec::Metric::non_embedding_params
-                                                                        : CostSpec::Metric::latency;
-  cost.target = c.budget.target;
-  const LatencyWorkload workload = latency_workload(c, dense);
-  cost.batch = workload.batch;
-  cost.tokens = workload.tokens;
-  cost.context = workload.context;
-  cost.rates = budget_rates(c);
-  return cost;
-}
-
 // search.latency_table; a ConfigError when it was measured for another workload than `cost`'s.
 LatencyTable read_latency_table(const Config& c, const CostSpec& cost) {
   const std::string file_name = c.search.latency_table.string();
@@ -224,15 +209,13 @@ void write_plan(const fs::path& run_dir, const SearchResult& r, double seconds, 
 std::string RoundingSearchStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   Hasher h;
-  h.update("rounding_search/3");
+  h.update("rounding_search/4");
   h.update(ctx.fingerprints.at(std::string(stage_names::reduce_gates)));
-  for (int64_t v : {static_cast<int64_t>(c.search.ffn_multiple), static_cast<int64_t>(c.search.hidden_multiple),
-                    static_cast<int64_t>(c.search.prune_kv_groups), static_cast<int64_t>(c.budget.metric),
-                    c.budget.latency_batch, c.data.seq_len, static_cast<int64_t>(c.search.probe_shapes),
-                    static_cast<int64_t>(c.budget.latency_mode), c.budget.decode_context})
+  h.update(ctx.section("budget"));  // every budget key, listed by the config reader alone
+  for (int64_t v :
+       {static_cast<int64_t>(c.search.ffn_multiple), static_cast<int64_t>(c.search.hidden_multiple),
+        static_cast<int64_t>(c.search.prune_kv_groups), c.data.seq_len, static_cast<int64_t>(c.search.probe_shapes)})
     h.update_u64(static_cast<uint64_t>(v));
-  for (double v : {c.budget.target, c.budget.device_flops, c.budget.device_bandwidth, c.budget.layer_overhead_s})
-    h.update(&v, sizeof v);
   if (!c.search.latency_table.empty()) h.update(read_text_file(c.search.latency_table));
   if (c.search.probe_shapes > 0) {
     // The probes fit scales on the teacher cache: its samples and the fit's settings count.
@@ -255,7 +238,7 @@ void RoundingSearchStage::run(const StageContext& ctx) {
   const GatesConfig gates = effective_gates(c, lm.shape);
   const StructureScores scores = read_scores(ctx.run_dir, gates);
   const SearchRules rules = search_rules(c, gates);
-  CostSpec cost = cost_spec(c, lm.shape);
+  CostSpec cost = budget_spec(c, lm.shape);
   LatencyTable table;
   if (!c.search.latency_table.empty()) {
     table = read_latency_table(c, cost);

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -14,12 +15,22 @@
 
 namespace hawada {
 
-/// What a stage reads: the resolved settings, the run directory, and the fingerprints of the stages
-/// before it (by name), which a stage chains into its own and uses to find their outputs.
+/// What a stage reads: the resolved settings, the run directory, the fingerprints of the stages before it (by
+/// name), which a stage chains into its own and uses to find their outputs, and each config section as the config
+/// writer prints it (by name: "budget"), which a fingerprint hashes whole so that a new key in that section changes
+/// it without anyone listing the key.
 struct StageContext {
   const Config& config;
   std::filesystem::path run_dir;
   std::map<std::string, std::string> fingerprints;
+  std::map<std::string, std::string> sections;
+
+  /// The printed section `name`; std::out_of_range naming it when the runner did not provide it.
+  const std::string& section(const std::string& name) const {
+    const auto it = sections.find(name);
+    if (it == sections.end()) throw std::out_of_range("StageContext: no config section [" + name + "]");
+    return it->second;
+  }
 };
 
 /// One stage of the pipeline.

@@ -352,20 +352,19 @@ std::string TrainGatesStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
   const int64_t world = process_info().size;
   Hasher h;
-  h.update("train_gates/3");
+  h.update("train_gates/4");
   h.update(run_cache_dir(c, ctx.fingerprints).filename().string());
   h.update(precision_key(c));
   // The global batch (not how it is split over ranks) fixes the result.
-  for (int64_t v : {c.run.seed, c.train.steps, static_cast<int64_t>(c.train.micro_batch),
-                    static_cast<int64_t>(c.train.grad_accum) * world, c.train.warmup, c.train.holdout,
-                    static_cast<int64_t>(c.train.importance_batches), static_cast<int64_t>(c.gates.heads),
-                    static_cast<int64_t>(c.gates.ffn), static_cast<int64_t>(c.gates.hidden),
-                    static_cast<int64_t>(c.gates.layers), static_cast<int64_t>(c.budget.metric), c.budget.latency_batch,
-                    static_cast<int64_t>(c.budget.latency_mode), c.budget.decode_context})
+  for (int64_t v :
+       {c.run.seed, c.train.steps, static_cast<int64_t>(c.train.micro_batch),
+        static_cast<int64_t>(c.train.grad_accum) * world, c.train.warmup, c.train.holdout,
+        static_cast<int64_t>(c.train.importance_batches), static_cast<int64_t>(c.gates.heads),
+        static_cast<int64_t>(c.gates.ffn), static_cast<int64_t>(c.gates.hidden), static_cast<int64_t>(c.gates.layers)})
     h.update_u64(static_cast<uint64_t>(v));
-  for (double v : {c.train.lr, c.train.kd_temperature, c.train.mse_weight, c.gates.init, c.gates.temperature,
-                   c.budget.target, c.budget.device_flops, c.budget.device_bandwidth, c.budget.layer_overhead_s})
+  for (double v : {c.train.lr, c.train.kd_temperature, c.train.mse_weight, c.gates.init, c.gates.temperature})
     h.update(&v, sizeof v);
+  h.update(ctx.section("budget"));  // every budget key, listed by the config reader alone
   fingerprint_ = hex64(h.digest());
   cache_dir_ = run_cache_dir(c, ctx.fingerprints);
   return fingerprint_;
@@ -388,7 +387,7 @@ void TrainGatesStage::run(const StageContext& ctx) {
   const GateShape gate_shape = lm.model->gate_shape();
   GateParameters gates(gates_config, gate_shape);
   gates.to(device);
-  const BudgetCost budget(c, lm.shape);
+  const BudgetCost budget(budget_spec(c, lm.shape), lm.shape);
   check_budget_reachable(c, gates, hc, budget);
   Adam adam(gates.flat);
   Importance importance{at::zeros({gates.flat.numel()}, at::kFloat), at::zeros({gates.flat.numel()}, at::kFloat)};

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/dist/device.h"
+#include "core/prune/budget_metric.h"
 #include "runtimes/gguf_type.h"
 
 namespace hawada {
@@ -28,13 +29,6 @@ enum class StoreDtype { fp16, bf16 };
 /// What the teacher cache keeps of an LM's logits (`teacher.logits`): the top-k with the log-sum-exp, or
 /// `samples` tokens drawn from the teacher's distribution (distinct ids with counts, and its entropy).
 enum class TeacherLogits { top_k, sampled };
-/// What the budget counts (`budget.metric`): every parameter, the parameters outside the embedding tables
-/// (`non_embedding_params`), or the modelled latency.
-enum class BudgetMetric { params, non_embedding_params, latency };
-/// The metric's name in configs, plans and logs.
-inline const char* metric_name(BudgetMetric m) {
-  return m == BudgetMetric::params ? "params" : m == BudgetMetric::latency ? "latency" : "non_embedding_params";
-}
 /// The forward pass a latency budget prices (`budget.latency_mode`): a prefill of `latency_batch` x
 /// seq_len tokens, or one decode step of `latency_batch` sequences (one new token each, KV cache of
 /// `decode_context` tokens).

@@ -230,32 +230,38 @@ void GateParameters::load(const safetensors::Reader& file) {
   take(layers, "layers.log_alpha");
 }
 
-LatencyWorkload latency_workload(const Config& c, const ModelShape& shape) {
-  const int64_t tokens = shape.traits.tokens_per_sample > 0 ? shape.traits.tokens_per_sample : c.data.seq_len;
-  if (c.budget.latency_mode == LatencyMode::prefill) return {c.budget.latency_batch, tokens, 0};
+CostSpec budget_spec(const Config& c, const ModelShape& shape) {
+  CostSpec spec;
+  spec.metric = c.budget.metric;
+  spec.target = c.budget.target;
+  spec.batch = c.budget.latency_batch;
+  spec.rates = {c.budget.device_flops, c.budget.device_bandwidth, c.budget.layer_overhead_s};
+  if (c.budget.latency_mode == LatencyMode::prefill) {
+    spec.tokens = shape.traits.tokens_per_sample > 0 ? shape.traits.tokens_per_sample : c.data.seq_len;
+    spec.context = 0;
+    return spec;
+  }
   if (!shape.traits.causal)
     throw ConfigError(c.source.string() +
                       ": budget.latency_mode = \"decode\" prices a decode step with a KV "
                       "cache, but this model is not a causal language model; use \"prefill\"");
-  return {c.budget.latency_batch, 1, c.budget.decode_context};
+  spec.tokens = 1;
+  spec.context = c.budget.decode_context;
+  return spec;
 }
 
-DeviceRates budget_rates(const Config& c) {
-  return {c.budget.device_flops, c.budget.device_bandwidth, c.budget.layer_overhead_s};
-}
-
-BudgetCost::BudgetCost(const Config& c, const ModelShape& shape) : metric_(c.budget.metric), shape_(shape) {
-  const LatencyWorkload w = latency_workload(c, shape);
-  batch_ = w.batch, tokens_ = w.tokens, context_ = w.context;
-  rates_ = budget_rates(c);
-  dense_ = metric_ == BudgetMetric::latency ? latency_seconds(shape, batch_, tokens_, rates_, 2, context_)
-                                            : static_cast<double>(parameter_count(shape, scope()));
+BudgetCost::BudgetCost(const CostSpec& budget, const ModelShape& shape) : spec_(budget), shape_(shape) {
+  spec_.table = nullptr;
+  dense_ = spec_.metric == BudgetMetric::latency
+               ? latency_seconds(shape, spec_.batch, spec_.tokens, spec_.rates, 2, spec_.context)
+               : static_cast<double>(parameter_count(shape, scope()));
 }
 
 at::Tensor BudgetCost::ratio(const GateCounts& counts) const {
-  const at::Tensor cost = metric_ == BudgetMetric::latency
-                              ? expected_latency(shape_, counts, batch_, tokens_, rates_, 2, context_)
-                              : expected_parameters(shape_, counts, scope());
+  const at::Tensor cost =
+      spec_.metric == BudgetMetric::latency
+          ? expected_latency(shape_, counts, spec_.batch, spec_.tokens, spec_.rates, 2, spec_.context)
+          : expected_parameters(shape_, counts, scope());
   return cost / dense_;
 }
 

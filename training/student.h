@@ -110,31 +110,27 @@ class GateParameters {
   int64_t n_heads_ = 0, n_ffn_ = 0, n_hidden_ = 0, n_layers_ = 0;
 };
 
-/// The forward pass a latency budget prices: (batch, new tokens per sequence, keys each attends to; 0 =
-/// the tokens) for budget.latency_mode. ConfigError naming budget.latency_mode for a decode budget on a
-/// model that does not decode (not causal).
-struct LatencyWorkload {
-  int64_t batch = 1, tokens = 1, context = 0;
-};
-LatencyWorkload latency_workload(const Config& config, const ModelShape& shape);
-/// The target device's rates from [budget] (FLOP/s, bytes/s, per-layer overhead).
-DeviceRates budget_rates(const Config& config);
+/// The run's budget, built once from [budget] and the model's shape: its metric and target, the forward pass a
+/// latency is priced at (budget.latency_mode: a prefill of latency_batch x seq_len tokens, or one decode step of
+/// latency_batch sequences against decode_context cached keys) and the device's rates. The one type training's
+/// differentiable term (BudgetCost) and the rounding search both price shapes with; the search adds its latency
+/// table. ConfigError naming budget.latency_mode for a decode budget on a model that does not decode (not causal).
+CostSpec budget_spec(const Config& config, const ModelShape& shape);
 
-/// The cost ratio (of the dense model) of gate counts under the budget metric.
+/// The cost ratio (of the dense model) of gate counts under a budget (the roofline model: training's term is
+/// differentiable; a measured latency table prices only the search's integer shapes).
 class BudgetCost {
  public:
-  BudgetCost(const Config& config, const ModelShape& shape);
+  BudgetCost(const CostSpec& budget, const ModelShape& shape);
   at::Tensor ratio(const GateCounts& counts) const;
   double ratio_of(const GateCounts& counts) const;
 
  private:
   ParameterScope scope() const {
-    return metric_ == BudgetMetric::non_embedding_params ? ParameterScope::non_embedding : ParameterScope::all;
+    return spec_.metric == BudgetMetric::non_embedding_params ? ParameterScope::non_embedding : ParameterScope::all;
   }
-  BudgetMetric metric_;
+  CostSpec spec_;
   ModelShape shape_;
-  int64_t batch_ = 1, tokens_ = 1, context_ = 0;
-  DeviceRates rates_;
   double dense_ = 1;
 };
 

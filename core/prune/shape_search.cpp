@@ -134,18 +134,14 @@ std::string ratio_text(double v) { return fmt::format("{:.4f}", v); }
 // What the budget counts of a priced shape.
 double metric_cost(const Candidate& c, const CostSpec& cost) {
   switch (cost.metric) {
-    case CostSpec::Metric::params:
+    case BudgetMetric::params:
       return c.parameters;
-    case CostSpec::Metric::non_embedding_params:
+    case BudgetMetric::non_embedding_params:
       return static_cast<double>(parameter_count(c.shape, ParameterScope::non_embedding));
-    case CostSpec::Metric::latency:
+    case BudgetMetric::latency:
       return c.latency_s;
   }
   return c.parameters;
-}
-
-const char* metric_name(CostSpec::Metric m) {
-  return m == CostSpec::Metric::params ? "params" : m == CostSpec::Metric::latency ? "latency" : "non_embedding_params";
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "core/format/plan.h"
+#include "core/prune/budget_metric.h"
 #include "core/prune/cost_model.h"
 
 namespace hawada {
@@ -60,7 +61,7 @@ LatencyTable latency_table_from_json(const nlohmann::json& j, const std::string&
 
 /// What a shape costs and what it may cost.
 struct CostSpec {
-  enum class Metric { params, non_embedding_params, latency } metric = Metric::params;
+  BudgetMetric metric = BudgetMetric::params;
   double target = 0.5;  ///< ratio of the dense model's cost
   int64_t batch = 1, tokens = 512;
   int64_t context = 0;  ///< keys each token attends to (0: tokens; a decode step: tokens = 1, context = the KV cache)

@@ -406,6 +406,34 @@ TEST(ConfigParse, ErrorFormatIsFileLineColumnKeyWhatExpectedGot) {
                      ":6:9: train.steps: wrong type (expected integer, got float 10.5)");
 }
 
+// The stage fingerprints hash whole sections (train_gates and rounding_search: [budget]): every key of a section
+// is in its text, a changed value changes only its own section, and the sections cover the whole config.
+TEST(ConfigSections, EachKeyChangesItsOwnSectionOnly) {
+  const Config base = parse_config(kRequired, kDir / "valid" / "inline.toml");
+  const auto before = config_sections(base);
+  std::string joined;
+  for (const auto& [name, text] : before) {
+    EXPECT_EQ(text.rfind("[" + name + "]\n", 0), 0u) << name;
+    joined += text;
+  }
+  EXPECT_EQ(joined.size() + before.size() - 1, to_toml(base).size())
+      << "sections are to_toml's text (blank lines apart)";
+  for (const char* key : {"latency_batch = ", "decode_context = ", "layer_overhead_s = ", "device_flops = ",
+                          "device_bandwidth = ", "target = ", "metric = ", "latency_mode = "})
+    EXPECT_NE(before.at("budget").find(std::string("\n") + key), std::string::npos) << key;
+  Config changed = base;
+  changed.budget.layer_overhead_s = 1e-5;
+  auto after = config_sections(changed);
+  EXPECT_NE(after.at("budget"), before.at("budget"));
+  after.erase("budget");
+  auto rest = before;
+  rest.erase("budget");
+  EXPECT_EQ(after, rest);
+  changed = base;
+  changed.heal.lr = base.heal.lr * 2;
+  EXPECT_EQ(config_sections(changed).at("budget"), before.at("budget"));
+}
+
 TEST(ConfigEnums, ToStringIsTheTomlSpelling) {
   EXPECT_EQ(to_string(ComputeDtype::bf16), "bf16");
   EXPECT_EQ(to_string(DataFormat::images_h5), "images_h5");
@@ -458,7 +486,7 @@ ModelShape llama_shape(int64_t layers) {
 std::string model_error(const Config& c, const ModelShape& s) {
   try {
     effective_gates(c, s);
-    latency_workload(c, s);
+    budget_spec(c, s);
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -481,7 +509,8 @@ TEST(ConfigModel, LayerGatesAndDecodeBudgetsNeedAModelThatTakesThem) {
 
   c.budget.latency_mode = LatencyMode::decode;
   EXPECT_EQ(model_error(c, llama_shape(4)), "");
-  EXPECT_EQ(latency_workload(c, llama_shape(4)).context, 256);
+  EXPECT_EQ(budget_spec(c, llama_shape(4)).context, 256);
+  EXPECT_EQ(budget_spec(c, llama_shape(4)).tokens, 1);
   ModelShape encoder = llama_shape(4);
   encoder.traits.causal = false;
   EXPECT_NE(model_error(c, encoder).find("budget.latency_mode = \"decode\""), std::string::npos);

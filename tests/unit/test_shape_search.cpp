@@ -90,8 +90,8 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     r.ffn_multiple = std::vector<int64_t>{8, 16, 32, 256}[pick(rng)];
     r.hidden_multiple = std::vector<int64_t>{8, 16, 32, 128}[pick(rng)];
     CostSpec cost;
-    cost.metric = std::vector<CostSpec::Metric>{CostSpec::Metric::params, CostSpec::Metric::non_embedding_params,
-                                                CostSpec::Metric::latency, CostSpec::Metric::latency}[pick(rng)];
+    cost.metric = std::vector<BudgetMetric>{BudgetMetric::params, BudgetMetric::non_embedding_params,
+                                            BudgetMetric::latency, BudgetMetric::latency}[pick(rng)];
     cost.target = std::uniform_real_distribution<double>(0.05, 1.0)(rng);
     cost.tokens = is_vit ? 17 : 64;
     if (!is_vit && pick(rng) == 0) cost.tokens = 1, cost.context = 64;  // a decode step
@@ -110,7 +110,7 @@ TEST(ShapeSearch, RandomModelsBudgetsAndRulesNeverGiveAnIllegalPlan) {
     const ModelShape& c = p.chosen.shape;
     ASSERT_EQ(transformers_violation(c, s), "") << "trial " << trial;
     EXPECT_LE(p.chosen.cost_ratio, cost.target * (1 + 1e-12));
-    if (cost.metric == CostSpec::Metric::non_embedding_params) {
+    if (cost.metric == BudgetMetric::non_embedding_params) {
       EXPECT_DOUBLE_EQ(p.chosen.cost_ratio, static_cast<double>(parameter_count(c, ParameterScope::non_embedding)) /
                                                 static_cast<double>(parameter_count(s, ParameterScope::non_embedding)));
     }
