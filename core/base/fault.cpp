@@ -1,8 +1,10 @@
 #include "core/base/fault.h"
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "core/base/errors.h"
 #include "core/base/log.h"
@@ -41,6 +43,10 @@ void fault_point(std::string_view point) {
   if (action == "kill") std::raise(SIGKILL);
   if (action == "stop") {  // a hung rank: stopped until SIGCONT (or killed), as `kill -STOP` leaves it
     std::raise(SIGSTOP);
+    return;
+  }
+  if (action == "pause") {  // a slow rank or filesystem: this point takes 5 s, then the run goes on
+    std::this_thread::sleep_for(std::chrono::seconds(5));
     return;
   }
   if (action == "term") {

@@ -7,12 +7,21 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/base/errors.h"
 
 namespace hawada {
 namespace {
+
+std::string this_host() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
 
 [[noreturn]] void io_fail(const std::string& what, const std::filesystem::path& path) {
   throw IoError(what + " '" + path.string() + "': " + std::strerror(errno));
@@ -49,9 +58,29 @@ void OutputFile::sync() {
 
 std::filesystem::path temp_sibling(const std::filesystem::path& final_path) {
   static std::atomic<uint64_t> counter{0};
-  std::string name =
-      "." + final_path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  std::string name = "." + final_path.filename().string() + ".tmp." + this_host() + "." + std::to_string(::getpid()) +
+                     "." + std::to_string(counter++);
   return final_path.parent_path() / name;
+}
+
+bool abandoned_temp(const std::filesystem::path& temp, double grace_s) {
+  // ".<name>.tmp.<host>.<pid>.<n>": host names may hold dots, so pid and n are read from the right.
+  const std::string name = temp.filename().string();
+  const size_t tag = name.rfind(".tmp.");
+  const size_t last = name.rfind('.'), pid_dot = last == std::string::npos ? last : name.rfind('.', last - 1);
+  if (tag != std::string::npos && pid_dot != std::string::npos && pid_dot > tag + 4) {
+    const std::string host = name.substr(tag + 5, pid_dot - tag - 5);
+    const std::string pid_text = name.substr(pid_dot + 1, last - pid_dot - 1);
+    char* end = nullptr;
+    const long pid = std::strtol(pid_text.c_str(), &end, 10);
+    if (host == this_host() && !pid_text.empty() && *end == '\0' && pid > 0)
+      return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+  }
+  std::error_code ec;
+  const auto written = std::filesystem::last_write_time(temp, ec);
+  if (ec) return false;  // gone meanwhile (its writer renamed it)
+  const auto age = std::filesystem::file_time_type::clock::now() - written;
+  return std::chrono::duration<double>(age).count() > grace_s;
 }
 
 void sync_directory(const std::filesystem::path& dir) {

@@ -31,8 +31,14 @@ class OutputFile {
   int fd_ = -1;
 };
 
-/// A temporary sibling name for `final_path`, unique per process and call: ".<name>.tmp.<pid>.<n>".
+/// A temporary sibling name for `final_path`, unique per host, process and call: ".<name>.tmp.<host>.<pid>.<n>".
 std::filesystem::path temp_sibling(const std::filesystem::path& final_path);
+
+/// Whether `temp` (a temp_sibling name) was left by a writer that can no longer finish it: written on this host
+/// by a process that has ended, or, from another host (a shared filesystem: whether it runs cannot be known here),
+/// last modified more than `grace_s` seconds ago. A temporary another job is still writing is never abandoned
+/// (two jobs may fill one teacher cache at once).
+bool abandoned_temp(const std::filesystem::path& temp, double grace_s = 3600);
 
 /// Writes a file atomically: `fill` writes into a temporary sibling, which is synced and renamed
 /// over `final_path`; the directory is synced. On any exception the temporary is removed.

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
+#include "core/base/fault.h"
 #include "core/base/fs.h"
 #include "core/base/hash.h"
 #include "core/base/json_input.h"
@@ -265,10 +266,14 @@ std::string CacheLayout::chunk_name(int64_t start, int64_t end) {
 void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t start, int64_t end,
                        const CacheChunk& c) {
   const fs::path final_path = dir / CacheLayout::chunk_name(start, end);
-  // Temporaries of this chunk left by a killed run are garbage: its name is per chunk.
+  // Temporaries of this chunk left by a killed run are garbage (its name is per chunk), but not those another job
+  // sharing teacher.cache_root is writing right now: each writer renames its own whole file over the chunk's name.
   const std::string stale_prefix = "." + final_path.filename().string() + ".tmp.";
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename().string().rfind(stale_prefix, 0) == 0) fs::remove(e.path());
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::error_code ignored;
+    if (e.path().filename().string().rfind(stale_prefix, 0) == 0 && abandoned_temp(e.path()))
+      fs::remove(e.path(), ignored);
+  }
   // Nothing non-finite is ever cached: a NaN from the teacher stops the run here, naming the samples.
   check_values(c, layout,
                "teacher outputs of samples [" + std::to_string(start) + ", " + std::to_string(end) + ") for '" +
@@ -323,6 +328,7 @@ void write_cache_chunk(const fs::path& dir, const CacheLayout& layout, int64_t s
     f.set_attribute("end", end);
     f.close();
     sync_file(tmp);
+    fault_point("teacher_cache.before_rename");  // a slow writer: the chunk is whole on disk, not yet published
     rename_into(tmp, final_path);
   } catch (...) {
     std::error_code ignored;

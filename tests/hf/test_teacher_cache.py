@@ -5,11 +5,15 @@ import glob
 import json
 import os
 import re
+import subprocess
+import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
+
+from conftest import CLI
 
 transformers = pytest.importorskip("transformers")
 
@@ -156,6 +160,48 @@ def test_killed_rank_then_rerun_completes_the_same_cache(tmp_path, llama, mpirun
     for k in ref:
         assert np.array_equal(ref[k], got[k]), k
     assert not glob.glob(os.path.join(directory, ".*tmp*")), "temporary files left behind"
+
+
+def test_two_jobs_fill_one_cache_at_once(tmp_path, llama, mpirun):
+    """Issue 37 drill 2: two jobs (2 ranks each) with the same teacher and data on one teacher.cache_root at once.
+    Job A pauses between writing a chunk's temporary file and renaming it over the chunk's name (a slow writer);
+    job B starts then and computes the same chunks. Each chunk is computed once or twice identically, never torn
+    or lost: a writer never deletes a temporary that a live job is writing. Both jobs finish, the cache equals a
+    solo run's, no temporary is left, and a third job reuses it whole."""
+    path, _ = llama
+    token_file(tmp_path / "tokens.h5", 200, seed=3)  # 4 chunks: each rank of each job owns 2
+    mpirun(1, "run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", tmp_path / "cache_solo", run="solo"))
+    shared = tmp_path / "shared"
+    cfg_a = config(tmp_path, path, tmp_path / "tokens.h5", shared, run="a")
+    cfg_b = config(tmp_path, path, tmp_path / "tokens.h5", shared, run="b")
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
+
+    def start(cfg, extra_env=None):
+        exports = [a for k in (extra_env or {}) for a in ("-x", k)]
+        return subprocess.Popen(["mpirun", "-np", "2", "--oversubscribe", *exports, CLI, "run",
+                                 "--stages=teacher_cache", str(cfg)], env={**env, **(extra_env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    job_a = start(cfg_a, {"HAWADA_FAULT": "teacher_cache.before_rename@0:pause"})
+    deadline = time.time() + 120
+    while not glob.glob(str(shared / "*" / ".chunk-*.tmp.*")):  # A's rank 0 holds a whole chunk, unpublished
+        assert job_a.poll() is None and time.time() < deadline, "job A never wrote a chunk"
+        time.sleep(0.05)
+    job_b = start(cfg_b)
+    out_b = job_b.communicate(timeout=300)
+    out_a = job_a.communicate(timeout=300)
+    assert job_a.returncode == 0, out_a[1]
+    assert job_b.returncode == 0, out_b[1]
+    assert "fault injected at 'teacher_cache.before_rename' (pause)" in out_a[1]
+    directory = cache_dir(shared)
+    assert not glob.glob(os.path.join(directory, ".*tmp*")), "temporary files left behind"
+    index_solo, solo = read_cache(cache_dir(tmp_path / "cache_solo"))
+    index_shared, got = read_cache(directory)
+    assert index_solo == index_shared
+    for k in solo:
+        assert np.array_equal(solo[k], got[k]), k
+    third = mpirun(2, "run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", shared, run="c"))
+    assert "reused the complete cache" in third.stderr
 
 
 def test_tampered_chunk_is_refused(tmp_path, llama, cli):
