@@ -9,18 +9,30 @@ namespace hawada {
 namespace detail {
 
 void throw_h5_error(const char* call, const char* file, int line) {
-  std::string stack;
+  // The outermost three messages say what HDF5 was doing; the system's reason (a full disk, a lost mount) sits
+  // deep in the stack, in the file driver's "errno = 28, error message = 'No space left on device'".
+  struct Walk {
+    std::string stack, system;
+  } walk;
   H5Ewalk2(
       H5E_DEFAULT, H5E_WALK_DOWNWARD,
       [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
-        auto& s = *static_cast<std::string*>(out);
-        if (n < 3) s += std::string(s.empty() ? "" : "; ") + (e->desc ? e->desc : "") + " (" + e->func_name + ")";
+        auto& w = *static_cast<Walk*>(out);
+        const std::string desc = e->desc ? e->desc : "";
+        if (n < 3) w.stack += std::string(w.stack.empty() ? "" : "; ") + desc + " (" + e->func_name + ")";
+        const std::string tag = "error message = '";
+        const size_t at = desc.find(tag);
+        if (at != std::string::npos && w.system.empty()) {
+          const size_t end = desc.find('\'', at + tag.size());
+          w.system = desc.substr(at + tag.size(), end == std::string::npos ? std::string::npos : end - at - tag.size());
+        }
         return 0;
       },
-      &stack);
+      &walk);
   H5Eclear2(H5E_DEFAULT);
   throw IoError("HDF5 call " + std::string(call) + " failed at " + where(file, line) + " on " + process_label() + ": " +
-                (stack.empty() ? "no HDF5 error message" : stack));
+                (walk.stack.empty() ? "no HDF5 error message" : walk.stack) +
+                (walk.system.empty() ? "" : ": " + walk.system));
 }
 
 }  // namespace detail
@@ -124,7 +136,9 @@ File File::create(const std::filesystem::path& path) {
   silence_hdf5();
   File f;
   f.path_ = path;
-  f.file_ = Id(HAWADA_CHECK_H5(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)), H5Fclose);
+  f.file_ = with_context("'" + path.string() + "': ", [&] {
+    return Id(HAWADA_CHECK_H5(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)), H5Fclose);
+  });
   return f;
 }
 
@@ -235,6 +249,11 @@ void File::read_all(const std::string& dataset, Type type, void* out) const {
 }
 
 void File::write(const std::string& dataset, Type type, const std::vector<int64_t>& shape, const void* data) {
+  with_context("'" + path_.string() + "', dataset '" + dataset + "': ",
+               [&] { write_unchecked(dataset, type, shape, data); });
+}
+
+void File::write_unchecked(const std::string& dataset, Type type, const std::vector<int64_t>& shape, const void* data) {
   std::vector<hsize_t> dims(shape.begin(), shape.end());
   Id space(HAWADA_CHECK_H5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
   TypeRef t = type_ref(type);
@@ -288,7 +307,7 @@ int64_t File::int_attribute(const std::string& name) const {
 
 void File::close() {
   if (file_.get() >= 0) {
-    HAWADA_CHECK_H5(H5Fflush(file_.get(), H5F_SCOPE_LOCAL));
+    with_context("'" + path_.string() + "': ", [&] { HAWADA_CHECK_H5(H5Fflush(file_.get(), H5F_SCOPE_LOCAL)); });
     file_ = Id();
   }
 }

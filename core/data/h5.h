@@ -97,6 +97,7 @@ class File {
  private:
   DatasetInfo info_unchecked(const std::string& dataset) const;
   void read_rows_unchecked(const std::string& dataset, int64_t row, int64_t rows, Type type, void* out) const;
+  void write_unchecked(const std::string& dataset, Type type, const std::vector<int64_t>& shape, const void* data);
   std::filesystem::path path_;
   Id file_;
 };
