@@ -19,6 +19,7 @@
 #include "core/base/hash.h"
 #include "core/base/log.h"
 #include "core/base/process.h"
+#include "core/dist/device.h"
 #include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
 #include "core/prune/slicing.h"
@@ -169,6 +170,35 @@ Trainable trainable_weights(const Model& model, const ModelAdapter& adapter, con
   tr.adam = Adam(tr.masters);
   tr.grads = at::zeros_like(tr.masters);
   return tr;
+}
+
+// Before the optimizer is allocated: whether a rank's heal fits the host memory left to it (MemAvailable, a
+// cgroup's limit, shared by this node's ranks). Each trained weight costs an fp32 master, fp32 gradients and
+// AdamW's two fp32 moments (16 bytes) plus its own gradient in the compute dtype; the intermediate-state term
+// adds the dense teacher. A ConfigError that says what it would need and which keys lower it, before a step,
+// not an OOM kill after the first. Only where the optimizer lives on the host (CPU runs).
+void check_heal_fits(const Model& model, const ModelAdapter& adapter, const Config& c, const at::Device& device) {
+  if (!device.is_cpu()) return;
+  const int64_t available = host_memory_available();
+  if (available <= 0) return;
+  const std::set<std::string> kinds = kinds_of(c.heal.train);
+  int64_t trained = 0;
+  for (const auto& [name, w] : model.named_weights())
+    if (kinds.count(adapter.weight_kind(name))) trained += w.numel();
+  const auto elem = static_cast<int64_t>(c10::elementSize(compute_dtype(c)));
+  const int64_t teacher = c.heal.hidden_weight > 0 ? HfCheckpoint::open(c.model.path).total_numel() * elem : 0;
+  const int64_t need = trained * (16 + elem) + teacher;
+  const int ranks_here = std::max(1, process_info().local_size);
+  const int64_t per_rank = available / ranks_here;
+  if (need <= per_rank) return;
+  auto gib = [](int64_t bytes) { return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1ull << 30)); };
+  throw ConfigError(fmt::format(
+      "{}: heal would need about {} more per rank ({} trained weights x {} bytes: fp32 master, gradients and AdamW "
+      "moments{}), but this host has {} available for its {} rank(s), {} each. Lower it with heal.train (e.g. "
+      "\"attention,mlp\": not the embedding and head), fewer ranks per node, {}or a GPU (run.device)",
+      c.source.string(), gib(need), trained, 16 + elem,
+      teacher > 0 ? fmt::format(", plus the dense teacher of heal.hidden_weight, {}", gib(teacher)) : "",
+      gib(available), ranks_here, gib(per_rank), teacher > 0 ? "heal.hidden_weight = 0, " : ""));
 }
 
 // Training samples: heal.data (every sample), else the run's (without its held-out samples); the
@@ -406,6 +436,7 @@ void HealStage::run(const StageContext& ctx) {
   const HfCheckpoint ckpt = student_checkpoint(dense, plan, scales, layout.reconstructed_weights(),
                                                ctx.fingerprints.at(std::string(stage_names::calibrate)));
   const auto model = dense.adapter->load(ckpt, {compute_dtype(c), device});
+  check_heal_fits(*model, *dense.adapter, c, device);
 
   // The trained weights (by kind) and their masters; everything else stays frozen.
   Trainable tr = trainable_weights(*model, *dense.adapter, c, device);

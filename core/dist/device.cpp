@@ -5,6 +5,11 @@
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
 #include <fmt/format.h>
 
 #include "core/base/errors.h"
@@ -84,6 +89,37 @@ int64_t peak_host_memory() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+namespace {
+// The first number in `file` after `key` (a /proc/meminfo line's kB are scaled by `unit`); -1 when absent.
+int64_t number_in(const char* file, const std::string& key, int64_t unit) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) != 0) continue;
+    const std::string rest = line.substr(key.size());
+    if (rest.find_first_of("0123456789") == std::string::npos) return -1;  // "max": no limit
+    return std::stoll(rest.substr(rest.find_first_of("0123456789"))) * unit;
+  }
+  return -1;
+}
+}  // namespace
+
+int64_t host_memory_available() {
+  if (const char* forced = std::getenv("HAWADA_HOST_MEMORY_BYTES"); forced && *forced) return std::atoll(forced);
+  int64_t available = number_in("/proc/meminfo", "MemAvailable:", 1024);
+  // cgroup v2: this process's group is the one line "0::/path" of /proc/self/cgroup.
+  std::ifstream groups("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(groups, line)) {
+    if (line.rfind("0::", 0) != 0) continue;
+    const std::string dir = "/sys/fs/cgroup" + line.substr(3);
+    const int64_t max = number_in((dir + "/memory.max").c_str(), "", 1);
+    const int64_t current = number_in((dir + "/memory.current").c_str(), "", 1);
+    if (max > 0 && current >= 0) available = available < 0 ? max - current : std::min(available, max - current);
+  }
+  return available;
 }
 
 }  // namespace hawada

@@ -34,4 +34,9 @@ void reset_peak_device_memory(const c10::Device& device);
 /// Peak resident set size of this process so far, in bytes (getrusage).
 int64_t peak_host_memory();
 
+/// Bytes of host memory still available to this machine's processes: /proc/meminfo's MemAvailable, lowered to
+/// what this process's cgroup (v2) may still take (memory.max - memory.current: a SLURM job's --mem), or
+/// HAWADA_HOST_MEMORY_BYTES where set (to rehearse a smaller node). -1 when nothing can be read.
+int64_t host_memory_available();
+
 }  // namespace hawada

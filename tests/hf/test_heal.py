@@ -261,3 +261,18 @@ def test_states_term_best_weights_and_honest_data(setup, mpirun):
     a, b = healed(d, "h-best"), healed(d, "h-best-term")
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_heal_that_cannot_fit_says_so_before_it_starts(setup, mpirun):
+    """Issue 37 drill 6's rule, on a rehearsed small node (HAWADA_HOST_MEMORY_BYTES stands in for MemAvailable):
+    a heal whose optimizer cannot fit the memory left to each rank is a ConfigError before any step, saying what it
+    would need and which keys lower it; training fewer kinds (heal.train) fits and runs."""
+    d = setup
+    small = {"HAWADA_HOST_MEMORY_BYTES": "200000"}  # 100 KB a rank: not 26,784 weights x 20 bytes
+    p = mpirun(2, write_config(d, "h-mem", "steps = 2\nwarmup = 1"), env=small, check=False)
+    assert p.returncode != 0
+    assert "ConfigError" in p.stderr and "heal would need about" in p.stderr, p.stderr
+    assert "x 20 bytes" in p.stderr and "for its 2 rank(s)" in p.stderr and "heal.train" in p.stderr
+    assert "heal: step" not in p.stderr and not (d / "h-mem" / "stages" / "heal.done").exists()
+    p = mpirun(2, write_config(d, "h-mem-norm", 'steps = 2\nwarmup = 1\ntrain = "norm"'), env=small)
+    assert (d / "h-mem-norm" / "stages" / "heal.done").exists()
