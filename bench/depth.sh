@@ -12,6 +12,7 @@
 #
 #   bash bench/depth.sh [OUT_DIR]     (default bench-data/depth; about 1 hour per heal of 0.5 M tokens)
 #   DEPTH_TARGET=0.45 DEPTH_HEAL_TOKENS="500000 2000000" bash bench/depth.sh
+#   Other knobs: DEPTH_HEAL_LR (heal.lr), DEPTH_HEAL_KEEP, DEPTH_REFIT_SPANS, DEPTH_HIDDEN_WEIGHT, DEPTH_CACHE, DEPTH_VARIANTS
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-$repo/bench-data/depth}
@@ -86,7 +87,7 @@ lr = 0.03
 refit_spans = ${DEPTH_REFIT_SPANS:-true}
 [heal]
 steps = $3
-lr = 0.0003
+lr = ${DEPTH_HEAL_LR:-0.0003}
 warmup = 30
 eval_every = 100
 checkpoint_every = 100
