@@ -353,7 +353,7 @@ void CalibrateStage::run(const StageContext& ctx) {
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
   if (k.reconstruct && dense.shape.traits.output != ModelOutput::token_logits)
     throw ConfigError(c.source.string() + ": calibrate.reconstruct refits the output projections of causal LMs " +
-                      "(llama, gemma3_text, phi3, gpt_neox), not of this " + dense.arch.model_type +
+                      "(models with token logits), not of this " + dense.arch.model_type +
                       " model: set calibrate.reconstruct = false");
   FitOptions o = stage_fit_options(c);
   const RunLayout layout(ctx.run_dir);
