@@ -12,7 +12,12 @@
 #
 #   bash bench/depth.sh [OUT_DIR]     (default bench-data/depth; about 1 hour per heal of 0.5 M tokens)
 #   DEPTH_TARGET=0.45 DEPTH_HEAL_TOKENS="500000 2000000" bash bench/depth.sh
-#   Other knobs: DEPTH_HEAL_LR (heal.lr), DEPTH_HEAL_KEEP, DEPTH_REFIT_SPANS, DEPTH_HIDDEN_WEIGHT, DEPTH_CACHE, DEPTH_VARIANTS
+#   Other knobs: DEPTH_HEAL_LR (heal.lr), DEPTH_HEAL_KEEP, DEPTH_REFIT_SPANS, DEPTH_HIDDEN_WEIGHT, DEPTH_CACHE, DEPTH_VARIANTS,
+#   DEPTH_DTYPE (model.dtype: bf16 where the CPU has AMX or AVX512-BF16, else fp32),
+#   DEPTH_TEACHER_CACHE (teacher.cache_root, to share one between output directories),
+#   DEPTH_RUNTIME=llama.cpp (budget.runtime: the decode budget priced in llama.cpp on this machine, measured by the
+#   run itself, instead of the transformers rates; DEPTH_GGUF sets the type timed, q8_0 by default; DEPTH_RATES names a
+#   rates file of `hawada-pipeline profile --runtime llama.cpp` measured on a quiet machine instead)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-$repo/bench-data/depth}
@@ -42,6 +47,19 @@ samples = ${cache#*:}" ;;
   *) echo "depth.sh: DEPTH_CACHE must be top_k:N or sampled:N" >&2; exit 2 ;;
 esac
 
+# bf16 where the CPU computes it natively (AMX, AVX512-BF16); fp32 elsewhere (AVX2: bf16 matmuls ~8x slower than fp32)
+dtype=${DEPTH_DTYPE:-$(grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo && echo bf16 || echo fp32)}
+budget_runtime="" export_llama_cpp=""
+if [ "${DEPTH_RUNTIME:-}" = llama.cpp ]; then
+  llama=$(ls -d "$repo"/.llama.cpp/src/*/vendor/llama.cpp 2>/dev/null | head -1)
+  [ -n "$llama" ] || { echo "depth.sh: DEPTH_RUNTIME=llama.cpp needs llama.cpp: run launch/setup.sh" >&2; exit 1; }
+  budget_runtime="runtime = \"llama.cpp\"
+gguf = \"${DEPTH_GGUF:-q8_0}\"${DEPTH_RATES:+
+rates = \"$DEPTH_RATES\"}"
+  export_llama_cpp="llama_cpp = \"$llama\"
+python = \"$py\""
+fi
+
 config() {  # config NAME LAYER_GATES HEAL_STEPS
   cat > "$out/$1.toml" <<TOML
 [run]
@@ -49,13 +67,13 @@ dir = "$out/runs/$1"
 threads_per_rank = 1
 [model]
 path = "$model"
-dtype = "bf16"
+dtype = "$dtype"
 [data]
 format = "tokens_h5"
 path = "$train"
 seq_len = 256
 [teacher]
-cache_root = "$out/teacher-cache"
+cache_root = "${DEPTH_TEACHER_CACHE:-$out/teacher-cache}"
 $teacher_keys
 [gates]
 heads = true
@@ -77,6 +95,7 @@ target = $target
 device_flops = ${DEPTH_FLOPS:-2e11}
 device_bandwidth = ${DEPTH_BANDWIDTH:-9.35e9}
 layer_overhead_s = ${DEPTH_LAYER_OVERHEAD:-3.56e-4}
+$budget_runtime
 [search]
 ffn_multiple = 128
 probe_shapes = 4
@@ -99,6 +118,7 @@ keep = "${DEPTH_HEAL_KEEP:-last}"
 data = "$evalf"
 [export]
 base_model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+$export_llama_cpp
 TOML
 }
 

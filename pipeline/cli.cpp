@@ -25,6 +25,7 @@
 #include "pipeline/tools/inspect.h"
 #include "pipeline/tools/make.h"
 #include "pipeline/tools/profile.h"
+#include "pipeline/tools/runtime_rates.h"
 
 namespace hawada {
 namespace {
@@ -248,9 +249,29 @@ class CommandLine {
     c->add_option("--decode", profile_.decode_context,
                   "a decode step against a KV cache of CONTEXT tokens (budget.latency_mode = \"decode\")")
         ->check(CLI::NonNegativeNumber);
+    c->add_option("--runtime", profile_runtime_,
+                  "\"llama.cpp\": instead of a table, the decode budget's rates (budget.rates) fitted to cut copies of "
+                  "the model timed by llama-bench (needs --llama-cpp; --decode sets the KV cache, default 256)")
+        ->check(CLI::IsMember({"llama.cpp"}));
+    c->add_option("--llama-cpp", rates_.llama_cpp, "llama.cpp's directory (as export.llama_cpp)");
+    c->add_option("--python", rates_.python, "the Python that runs llama.cpp's converter (as export.python)");
+    c->add_option("--gguf", gguf_type_, "the GGUF type timed: f16, q8_0 or q4_k_m (as budget.gguf)")
+        ->check(CLI::IsMember({"f16", "q8_0", "q4_k_m"}));
+    c->add_option("--threads", rates_.threads, "llama-bench threads (0: every CPU; as budget.threads)")
+        ->check(CLI::NonNegativeNumber);
     c->callback([this] {
       action_ = [this] {
-        profile_command(path_a_, path_b_, profile_);
+        if (profile_runtime_.empty()) {
+          profile_command(path_a_, path_b_, profile_);
+          return kExitOk;
+        }
+        if (rates_.llama_cpp.empty()) throw UsageError("profile --runtime llama.cpp needs --llama-cpp DIR");
+        rates_.type = gguf_type_ == "f16" ? GgufType::f16 : gguf_type_ == "q4_k_m" ? GgufType::q4_k_m : GgufType::q8_0;
+        rates_.context = profile_.decode_context > 0 ? profile_.decode_context : 256;
+        rates_.repeats = profile_.repeats;
+        auto work = path_b_;
+        work += ".work";
+        measure_runtime_rates(path_a_, path_b_, work, rates_);
         return kExitOk;
       };
     });
@@ -287,6 +308,8 @@ class CommandLine {
   bool json_ = false, keep_all_ = false;
   int64_t threads_ = 0, count_ = 0, seed_ = 0, samples_ = 0, seq_len_ = 0;
   ProfileOptions profile_;
+  std::string profile_runtime_, gguf_type_ = "q8_0";
+  RuntimeRatesOptions rates_;
   EvaluateOptions evaluate_;
 };
 

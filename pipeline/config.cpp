@@ -42,6 +42,7 @@ constexpr std::string_view kStoreDtype[] = {"fp16", "bf16"};
 constexpr std::string_view kTeacherLogits[] = {"top_k", "sampled"};
 constexpr std::string_view kBudgetMetric[] = {"params", "non_embedding_params", "latency"};
 constexpr std::string_view kLatencyMode[] = {"prefill", "decode"};
+constexpr std::string_view kBudgetRuntime[] = {"model", "llama.cpp"};
 constexpr std::string_view kExportDtype[] = {"keep", "bf16", "fp32"};
 constexpr std::string_view kRefitOrder[] = {"after_scales", "before_scales"};
 constexpr std::string_view kHealKeep[] = {"last", "best"};
@@ -58,6 +59,7 @@ std::span<const std::string_view> names_of(StoreDtype) { return kStoreDtype; }
 std::span<const std::string_view> names_of(TeacherLogits) { return kTeacherLogits; }
 std::span<const std::string_view> names_of(BudgetMetric) { return kBudgetMetric; }
 std::span<const std::string_view> names_of(LatencyMode) { return kLatencyMode; }
+std::span<const std::string_view> names_of(BudgetRuntime) { return kBudgetRuntime; }
 std::span<const std::string_view> names_of(ExportDtype) { return kExportDtype; }
 std::span<const std::string_view> names_of(RefitOrder) { return kRefitOrder; }
 std::span<const std::string_view> names_of(HealKeep) { return kHealKeep; }
@@ -78,8 +80,8 @@ std::string_view name_of(E value) {
 /// A pointer to one field of a Config; the alternative says how the key is read and written.
 using Ref = std::variant<int*, int64_t*, uint64_t*, double*, bool*, fs::path*, std::string*, ComputeDtype*, HeadMatmul*,
                          DataFormat*, TokenDtype*, StoreDtype*, TeacherLogits*, BudgetMetric*, LatencyMode*,
-                         ExportDtype*, RefitOrder*, HealKeep*, DistBackend*, DeviceRequest*, std::vector<GgufType>*,
-                         std::vector<EvalRuntime>*>;
+                         BudgetRuntime*, GgufType*, ExportDtype*, RefitOrder*, HealKeep*, DistBackend*, DeviceRequest*,
+                         std::vector<GgufType>*, std::vector<EvalRuntime>*>;
 
 template <auto Section, auto Member>
 Ref at(Config& c) {
@@ -171,6 +173,10 @@ constexpr Key kBudget[] = {
     {"layer_overhead_s", at<&Config::budget, &BudgetConfig::layer_overhead_s>, between(0, 1)},
     {"device_flops", at<&Config::budget, &BudgetConfig::device_flops>, above(0)},
     {"device_bandwidth", at<&Config::budget, &BudgetConfig::device_bandwidth>, above(0)},
+    {"runtime", at<&Config::budget, &BudgetConfig::runtime>},
+    {"gguf", at<&Config::budget, &BudgetConfig::gguf>},
+    {"threads", at<&Config::budget, &BudgetConfig::threads>, between(0, 4096)},
+    {"rates", at<&Config::budget, &BudgetConfig::rates>, checked(Check::optional_file)},
 };
 constexpr Key kSearch[] = {
     {"ffn_multiple", at<&Config::search, &SearchConfig::ffn_multiple>, at_least(1)},
@@ -599,6 +605,36 @@ std::string suggest_key(const Section& section, std::string_view key) {
   rd.fail(at, key.str(), "unknown key '" + std::string(key.str()) + "' (" + hint + ")");
 }
 
+/// budget.runtime = "llama.cpp": a decode latency budget, and llama.cpp's tools to measure it with (or a rates file).
+void check_budget_runtime(const Config& c, const Reader& rd, std::map<std::string, toml::source_position>& seen) {
+  const auto where = [&](const char* key) {
+    return seen.count(key) ? seen[key] : seen.count("budget") ? seen["budget"] : toml::source_position{1, 1};
+  };
+  if (c.budget.runtime != BudgetRuntime::llama_cpp) {
+    // (Their defaults are allowed: a resolved config writes every key.)
+    const bool set[] = {!c.budget.rates.empty(), c.budget.gguf != GgufType::q8_0, c.budget.threads != 0};
+    const char* keys[] = {"budget.rates", "budget.gguf", "budget.threads"};
+    for (size_t i = 0; i < 3; ++i)
+      if (set[i]) rd.fail(where(keys[i]), keys[i], "applies only with budget.runtime = \"llama.cpp\" (got \"model\")");
+    return;
+  }
+  if (c.budget.metric != BudgetMetric::latency || c.budget.latency_mode != LatencyMode::decode)
+    rd.fail(where("budget.runtime"), "budget.runtime",
+            "\"llama.cpp\" prices llama.cpp's decode step: it needs budget.metric = \"latency\" and "
+            "budget.latency_mode = \"decode\" (got \"" +
+                std::string(name_of(c.budget.metric)) + "\", \"" + std::string(name_of(c.budget.latency_mode)) + "\")");
+  if (!c.budget.rates.empty()) return;  // measured before: the file is checked when the run reads it
+  if (c.export_.llama_cpp.empty())
+    rd.fail(where("budget.runtime"), "export.llama_cpp",
+            "missing (budget.runtime = \"llama.cpp\" measures llama.cpp's decode with its tools: expected llama.cpp's "
+            "source directory, or budget.rates naming a file of `hawada-pipeline profile --runtime llama.cpp`)");
+  if (find_program(c.export_.llama_cpp, "llama-bench").empty())
+    rd.fail(where("budget.runtime"), "budget.runtime",
+            "\"llama.cpp\" needs llama-bench (expected an executable in '" +
+                (c.export_.llama_cpp / "build" / "bin").string() +
+                "', in export.llama_cpp or on PATH; bash launch/llama_cpp.sh builds it)");
+}
+
 Config read_document(const Reader& rd, const toml::table& root, Config c) {
   std::map<std::string, toml::source_position> seen;  // dotted key (or section) -> where it was given
   for (const auto& [key, node] : in_source_order(root)) {
@@ -672,6 +708,7 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
                     (c.export_.llama_cpp / "build" / "bin").string() +
                     "', in export.llama_cpp or on PATH; bash "
                     "launch/llama_cpp.sh builds it)");
+  check_budget_runtime(c, rd, seen);
   if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
     rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
             "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
@@ -766,6 +803,7 @@ std::string_view to_string(StoreDtype value) { return name_of(value); }
 std::string_view to_string(TeacherLogits value) { return name_of(value); }
 std::string_view to_string(BudgetMetric value) { return name_of(value); }
 std::string_view to_string(LatencyMode value) { return name_of(value); }
+std::string_view to_string(BudgetRuntime value) { return name_of(value); }
 std::string_view to_string(ExportDtype value) { return name_of(value); }
 std::string_view to_string(RefitOrder value) { return name_of(value); }
 std::string_view to_string(HealKeep value) { return name_of(value); }

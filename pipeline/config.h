@@ -41,6 +41,7 @@ std::string_view to_string(StoreDtype value);
 std::string_view to_string(TeacherLogits value);
 std::string_view to_string(BudgetMetric value);
 std::string_view to_string(LatencyMode value);
+std::string_view to_string(BudgetRuntime value);
 std::string_view to_string(ExportDtype value);
 std::string_view to_string(RefitOrder value);
 std::string_view to_string(HealKeep value);

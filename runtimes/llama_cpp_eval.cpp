@@ -148,7 +148,8 @@ KldScore llama_perplexity(const LlamaCppMeasure& tools, const fs::path& gguf, co
 }
 
 std::vector<BenchScore> llama_bench(const LlamaCppMeasure& tools, std::span<const fs::path> ggufs, int prompt, int gen,
-                                    int repeats, int threads, const fs::path& json_out, const fs::path& log) {
+                                    int repeats, int threads, const fs::path& json_out, const fs::path& log,
+                                    int64_t depth) {
   std::vector<std::string> argv = {tools.bench.string(),
                                    "-o",
                                    "json",
@@ -160,6 +161,7 @@ std::vector<BenchScore> llama_bench(const LlamaCppMeasure& tools, std::span<cons
                                    std::to_string(gen),
                                    "-r",
                                    std::to_string(std::max(repeats, 1))};
+  if (depth > 0) argv.insert(argv.end(), {"-d", std::to_string(depth)});
   for (const fs::path& g : ggufs) argv.insert(argv.end(), {"-m", g.string()});
   run_measure(argv, log, "llama-bench", json_out);
   const nlohmann::json rows = nlohmann::json::parse(read_text_file(json_out), nullptr, false);
@@ -179,12 +181,15 @@ std::vector<BenchScore> llama_bench(const LlamaCppMeasure& tools, std::span<cons
       (decode ? s.decode_sd : s.prefill_sd) = r.value("stddev_ts", 0.0);
       seen[i] |= decode ? 2 : 1;
     }
+  const int wanted = prompt > 0 ? 3 : 2;  // no prompt asked: decode only
   for (size_t i = 0; i < ggufs.size(); ++i)
-    if (seen[i] != 3 || !(scores[i].decode_tokens_per_s > 0) || !(scores[i].prefill_tokens_per_s > 0))
+    if (seen[i] != wanted || !(scores[i].decode_tokens_per_s > 0) ||
+        (prompt > 0 && !(scores[i].prefill_tokens_per_s > 0)))
       throw RuntimeToolError(
-          fmt::format("llama-bench: {} exited 0 but {} holds no prefill and decode speed of {}; "
+          fmt::format("llama-bench: {} exited 0 but {} holds no {} speed of {}; "
                       "the last lines of {}:\n{}",
-                      command_line(argv), json_out.string(), ggufs[i].string(), log.string(), log_tail(log)));
+                      command_line(argv), json_out.string(), prompt > 0 ? "prefill and decode" : "decode",
+                      ggufs[i].string(), log.string(), log_tail(log)));
   return scores;
 }
 

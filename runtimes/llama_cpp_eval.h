@@ -69,10 +69,12 @@ struct BenchScore {
   std::filesystem::path gguf;
   double prefill_tokens_per_s = 0, prefill_sd = 0, decode_tokens_per_s = 0, decode_sd = 0;
 };
-/// One llama-bench run over all `ggufs`: prefill of `prompt` tokens and decode of `gen` tokens, `repeats`
-/// repetitions, `threads` threads; its JSON to `json_out`, its log to `log`. One score per file, in order.
+/// One llama-bench run over all `ggufs`: prefill of `prompt` tokens (0: none timed) and decode of `gen` tokens
+/// (after a KV cache of `depth` tokens when > 0), `repeats` repetitions, `threads` threads; its JSON to
+/// `json_out`, its log to `log`. One score per file, in order.
 std::vector<BenchScore> llama_bench(const LlamaCppMeasure& tools, std::span<const std::filesystem::path> ggufs,
                                     int prompt, int gen, int repeats, int threads,
-                                    const std::filesystem::path& json_out, const std::filesystem::path& log);
+                                    const std::filesystem::path& json_out, const std::filesystem::path& log,
+                                    int64_t depth = 0);
 
 }  // namespace hawada

@@ -56,6 +56,7 @@ class RunLayout {
   path train() const { return dir_ / "train"; }
   path trained_gates() const { return train() / "gates.safetensors"; }
   path gate_scores() const { return dir_ / "gates" / "scores.safetensors"; }
+  path budget_rates() const { return dir_ / "budget" / "rates.json"; }  ///< budget.runtime's measured rates
   path plan_dir() const { return dir_ / "plan"; }
   path plan() const { return plan_dir() / "plan.json"; }
   path candidates() const { return plan_dir() / "candidates.csv"; }

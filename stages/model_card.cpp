@@ -192,9 +192,9 @@ std::string llama_cpp_section(const json& summary, const json& ev) {
   const int threads = l.value("threads", 0);
   o << "Measured with llama.cpp's own tools on this machine's CPU, " << threads
     << (threads == 1 ? " thread" : " threads") << ": llama-bench (batch 1, a " << l.value("prompt_tokens", 0)
-    << "-token prompt, " << l.value("new_tokens", 0) << " new tokens, mean of " << l.value("repetitions", 0)
-    << "), and llama-perplexity on " << l.value("windows", 0) << " windows of " << l.value("window_tokens", 0)
-    << " tokens of " << ev.value("data", std::string("held-out data"))
+    << "-token prompt, then " << l.value("new_tokens", 0) << " new tokens decoded after it, mean of "
+    << l.value("repetitions", 0) << "), and llama-perplexity on " << l.value("windows", 0) << " windows of "
+    << l.value("window_tokens", 0) << " tokens of " << ev.value("data", std::string("held-out data"))
     << " (the second half of each window: " << l.value("predictions", 0) << " predictions; in fp32 the original scores "
     << json_number_text(l["fp32"], "original_ppl") << " there and this model "
     << json_number_text(l["fp32"], "export_ppl") << "). Each type against the "

@@ -33,6 +33,10 @@ enum class TeacherLogits { top_k, sampled };
 /// seq_len tokens, or one decode step of `latency_batch` sequences (one new token each, KV cache of
 /// `decode_context` tokens).
 enum class LatencyMode { prefill, decode };
+/// Where a decode budget's rates come from (`budget.runtime`): the [budget] keys as written (`model`), or
+/// llama.cpp's decode measured on this machine (`llama_cpp`, spelled "llama.cpp"): the rates fitted to cut
+/// copies of the model timed by llama-bench (pipeline/tools/runtime_rates.h), or read from `budget.rates`.
+enum class BudgetRuntime { model, llama_cpp };
 /// Dtype of the exported weights; `keep` keeps the checkpoint's own (`export.dtype`).
 enum class ExportDtype { keep, bf16, fp32 };
 /// calibrate.reconstruct_order: whether the least-squares refit runs after the scale fit (the projections it
@@ -123,6 +127,12 @@ struct BudgetConfig {
   double layer_overhead_s = 0;   ///< Fixed seconds per block per forward (kernel launches, dispatch); 0: roofline only.
   double device_flops = 989e12;  ///< Target device's dense bf16 FLOP/s (default: H100 SXM).
   double device_bandwidth = 3.35e12;  ///< Target device's memory bandwidth in bytes/s (default: H100 SXM).
+  /// `llama_cpp`: device_flops, device_bandwidth and layer_overhead_s are replaced, before any stage, by llama.cpp's
+  /// decode rates on this machine, for GGUF type `gguf` at `threads` threads (0: every CPU).
+  BudgetRuntime runtime = BudgetRuntime::model;
+  GgufType gguf = GgufType::q8_0;
+  int threads = 0;
+  std::filesystem::path rates;  ///< A rates file (hawada-pipeline profile --runtime llama.cpp) instead of measuring.
   bool operator==(const BudgetConfig&) const = default;
 };
 

@@ -35,7 +35,7 @@ needs_llama_cpp = pytest.mark.skipif(
     reason=f"{QUANTIZE} missing: run bash launch/llama_cpp.sh (launch/setup.sh runs it)")
 
 
-def write_config(d, run, export):
+def write_config(d, run, export, budget="", target=0.6):
     p = d / f"{run}.toml"
     p.write_text(f"""
 [run]
@@ -66,7 +66,8 @@ metric = "latency"
 latency_mode = "decode"
 decode_context = 16
 layer_overhead_s = 1e-3
-target = 0.6
+target = {target}
+{budget}
 [search]
 ffn_multiple = 32
 probe_shapes = 1
@@ -171,6 +172,10 @@ def test_evaluate_in_llama_cpp_measures_each_type_against_the_original(setup, mp
     l = ev["llama_cpp"]
     with_half = SEQ - 1 - SEQ // 2
     assert (l["windows"], l["window_tokens"], l["predictions"], l["threads"]) == (16, SEQ, 16 * with_half, 1), l
+    # decode is timed after the prompt (a KV cache of it), in its own llama-bench run
+    assert l["decode_context"] == l["prompt_tokens"] == 256, l
+    decode_rows = json.load(open(d / "run" / "evaluate" / "llama.cpp" / "bench-decode.json"))
+    assert {r["n_depth"] for r in decode_rows} == {256} and all(r["n_gen"] == 64 for r in decode_rows), decode_rows
     assert [t["type"] for t in l["types"]] == ["f16", "q8_0"], l["types"]
 
     # The fp32 reference against transformers on the same windows.
@@ -283,3 +288,87 @@ def test_gemma3_depth_cut_gets_its_layer_pattern(tmp_path, mpirun):
     p = subprocess.run([llama_tool("llama-completion"), "-m", str(f16), "-p", "Hello", "-n", "4", "--temp", "0",
                         "-no-cnv", "--no-warmup", "-t", "1", "-c", "64"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+@needs_llama_cpp
+def test_profile_in_llama_cpp_fits_the_decode_rates_that_a_run_prices_shapes_by(setup, cli, mpirun):
+    """`profile --runtime llama.cpp`: cut copies of the model, converted and quantized by llama.cpp's tools, timed by
+    llama-bench; the decode seconds fitted by least squares in the cost model's form (bytes / bandwidth + blocks x
+    overhead). `budget.runtime = "llama.cpp"` prices the run's shapes by those rates: read from budget.rates, or
+    measured by the run itself into <run>/budget/rates.json and reused by a rerun; a flipped bit is a typed error."""
+    d = setup
+    out = d / "rates.json"
+    cli("profile", d / "llama", "--runtime", "llama.cpp", "--llama-cpp", SOURCES[-1], "--python", PYTHON,
+        "--threads", "1", "--decode", "16", "--repeats", "2", "--out", out)
+    r = json.load(open(out))
+    assert (r["runtime"], r["gguf"], r["threads"], r["context"]) == ("llama.cpp", "q8_0", 1, 16), r
+    shapes = r["shapes"]
+    assert (shapes[0]["layers"], shapes[0]["heads"], shapes[0]["ffn"]) == (LAYERS, 4, 128), shapes[0]  # dense first
+    assert len(shapes) >= 3 and len({s["layers"] for s in shapes}) >= 2, shapes
+    assert r["device_bandwidth"] > 0 and r["layer_overhead_s"] >= 0, r
+    for s in shapes:
+        assert s["measured_s"] == pytest.approx(1 / s["decode_tokens_per_s"]) and s["fitted_s"] > 0, s
+        gguf_file = d / "rates.json.work" / f"cut{shapes.index(s)}-gguf" / f"cut{shapes.index(s)}-q8_0.gguf"
+        assert gguf_file.exists(), gguf_file
+    assert r["max_fit_error"] == pytest.approx(max(abs(s["fitted_s"] / s["measured_s"] - 1) for s in shapes))
+    # Least squares: the residuals are orthogonal to the regressors (bytes per step, blocks).
+    B, o = r["device_bandwidth"], r["layer_overhead_s"]
+    x = np.array([(s["fitted_s"] - o * s["layers"]) * B for s in shapes])
+    res = np.array([s["measured_s"] - s["fitted_s"] for s in shapes])
+    scale = np.abs(res).max() * np.abs(x).max() * len(shapes)
+    assert abs(res @ x) < 1e-6 * scale, (res, x)
+    if o > 0:
+        layers = np.array([s["layers"] for s in shapes], float)
+        assert abs(res @ layers) < 1e-6 * np.abs(res).max() * layers.max() * len(shapes), (res, layers)
+
+    llama = f'llama_cpp = "{SOURCES[-1]}"\npython = "{PYTHON}"'
+    # budget.rates: the run prices by the file's rates (in the resolved config), whatever [budget] said.
+    # (The head of a 49,152-token vocabulary is most of this tiny model's llama.cpp time: a budget of 0.99.)
+    cfg = write_config(d, "rates-given", llama, f'runtime = "llama.cpp"\nrates = "{out}"', target=0.99)
+    mpirun(2, cfg, "--stages", "teacher_cache,train_gates,reduce_gates,rounding_search", timeout=900)
+    resolved = (d / "rates-given" / "config.resolved.toml").read_text()
+    assert f"device_bandwidth = {r['device_bandwidth']:.17g}"[:26] in resolved, resolved
+    plan = json.load(open(d / "rates-given" / "plan" / "plan.json"))
+    assert plan["metric"] == "latency", plan
+
+    # No file: the run measures the rates itself (rank 0), and a rerun reuses them.
+    cfg = write_config(d, "rates-own", llama, 'runtime = "llama.cpp"\nthreads = 1', target=0.99)
+    p = mpirun(2, cfg, "--stages", "teacher_cache,train_gates", timeout=900)
+    own = json.load(open(d / "rates-own" / "budget" / "rates.json"))
+    assert own["threads"] == 1 and own["context"] == 16 and len(own["shapes"]) == len(shapes), own
+    p = mpirun(2, cfg, "--stages", "teacher_cache,train_gates", timeout=900)
+    assert "reusing llama.cpp's decode rates" in p.stderr + p.stdout, p.stderr[-3000:]
+
+    # A flipped bit in a rates file: a typed error naming it, before any stage.
+    text = out.read_text()
+    out.write_text(text.replace(str(r["layer_overhead_s"])[:6], str(r["layer_overhead_s"] * 2)[:6], 1)
+                   if r["layer_overhead_s"] > 0 else text.replace('"max_fit_error": ', '"max_fit_error": 1', 1))
+    cfg = write_config(d, "rates-flipped", llama, f'runtime = "llama.cpp"\nrates = "{out}"')
+    p = cli(cfg, check=False)
+    assert p.returncode != 0 and "CheckpointError" in p.stderr and str(out) in p.stderr, p.stderr[-3000:]
+    assert "checksum" in p.stderr, p.stderr[-3000:]
+    # A file measured for another type or context: a ConfigError naming budget.rates.
+    out.write_text(text)
+    cfg = write_config(d, "rates-other", llama, f'runtime = "llama.cpp"\nrates = "{out}"\ngguf = "f16"')
+    p = cli(cfg, check=False)
+    assert p.returncode != 0 and "ConfigError" in p.stderr and "budget.rates" in p.stderr, p.stderr[-3000:]
+
+
+def test_bad_budget_runtime_is_a_config_error_naming_the_key(setup, cli, tmp_path):
+    llama = f'llama_cpp = "{SOURCES[-1]}"' if SOURCES else ""
+    cases = (('runtime = "vllm"', "budget.runtime: unknown value"),
+             ('runtime = "llama.cpp"\nlatency_mode = "prefill"', "budget.runtime"),
+             ('rates = "/nonexistent/rates.json"', "budget.rates"),
+             ('gguf = "f16"', "budget.gguf: applies only with budget.runtime"),
+             ('runtime = "llama.cpp"\ngguf = "q5_k"', "budget.gguf: unknown value"),
+             ('runtime = "llama.cpp"\nthreads = -1', "budget.threads"))
+    for budget, said in cases:
+        cfg = write_config(setup, "bad-runtime", llama, budget.replace('latency_mode = "prefill"', ""))
+        if "prefill" in budget:  # [budget] of write_config says decode: this case writes its own
+            cfg.write_text(cfg.read_text().replace('latency_mode = "decode"', 'latency_mode = "prefill"'))
+        p = cli("validate", cfg, check=False)
+        assert p.returncode != 0 and "ConfigError" in p.stderr and said in p.stderr, (budget, p.stderr)
+    # llama.cpp without its tools: naming export.llama_cpp.
+    cfg = write_config(setup, "bad-runtime", "", 'runtime = "llama.cpp"')
+    p = cli("validate", cfg, check=False)
+    assert p.returncode != 0 and "ConfigError" in p.stderr and "export.llama_cpp" in p.stderr, p.stderr

@@ -390,7 +390,7 @@ TEST(ConfigParse, UnknownKeyWithoutNearMatchListsTheKeys) {
   const std::string msg = config_error(std::string(kRequired) + "[budget]\nwhatever = 1\n");
   EXPECT_NE(msg.find("inline.toml:6:1: budget.whatever: unknown key 'budget.whatever' (expected one of: "
                      "metric, target, latency_batch, latency_mode, decode_context, layer_overhead_s, device_flops, "
-                     "device_bandwidth)"),
+                     "device_bandwidth, runtime, gguf, threads, rates)"),
             std::string::npos)
       << msg;
 }
