@@ -33,7 +33,7 @@ done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 ranks=${DEPTH_RANKS:-2}
 target=${DEPTH_TARGET:-0.49}
-heal_tokens=${DEPTH_HEAL_TOKENS:-500000}
+heal_tokens=${DEPTH_HEAL_TOKENS-500000}  # DEPTH_HEAL_TOKENS="" heals nothing
 variants=${DEPTH_VARIANTS:-"width depth"}
 tokens_per_step=$((8 * 256))
 # heal.samples: the heal windows that the longest heal reads once (each is cached, and none is read twice)
