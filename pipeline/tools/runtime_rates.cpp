@@ -155,7 +155,8 @@ RuntimeRates measure_runtime_rates(const fs::path& model_dir, const fs::path& ou
   for (size_t i = 0; i < shapes.size(); ++i) {
     const std::string name = "cut" + std::to_string(i);
     const fs::path hf = work_dir / name, gguf_dir = work_dir / (name + "-gguf");
-    if (!fs::exists(hf)) write_cut(ckpt, adapter, cut_plan(dense, shapes[i]), hf);
+    fs::remove_all(hf);  // an earlier try's cut may be of another model: cut again (a second per shape)
+    write_cut(ckpt, adapter, cut_plan(dense, shapes[i]), hf);
     files.push_back(write_gguf(make, hf, gguf_dir, name, types, threads, logs).front().path);
     log::info(fmt::format("profile: {} blocks, {} heads, FFN {}: {}", shapes[i].layers, shapes[i].heads, shapes[i].ffn,
                           files.back().string()));
