@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
 #include "core/base/fs.h"
@@ -65,6 +66,30 @@ void log_head_matmul(const Config& c) {
         "model.head_matmul = \"bf16\" runs on CPUs whose LibTorch runs fp32 products in bf16 (measured at start; "
         "AMX machines; not on GPUs yet): the LM head runs in fp32 here");
 }
+// After a stage: its time and the peak memory of every rank (host RSS since the stage began, and the device's), the
+// largest over the ranks logged and kept in <run>/memory.json beside the other stages' last runs.
+void record_stage_memory(const RunLayout& layout, const std::string& name, double seconds, const at::Device& device) {
+  const int64_t host = peak_host_memory(), dev = peak_device_memory(device);
+  const int64_t host_max = world::max(host), dev_max = world::max(dev);
+  const int64_t host_sum = world::sum(host);
+  auto gib = [](int64_t bytes) { return static_cast<double>(bytes) / (1ull << 30); };
+  log::info(
+      fmt::format("{}: done in {:.2f} s (peak memory: host RSS {:.2f} GiB on the largest rank, {:.2f} GiB on all "
+                  "{}; device {:.2f} GiB on the largest)",
+                  name, seconds, gib(host_max), gib(host_sum), process_info().size, gib(dev_max)));
+  if (process_info().rank != 0) return;
+  nlohmann::json memory = nlohmann::json::object();
+  if (std::filesystem::exists(layout.memory())) {
+    memory = nlohmann::json::parse(read_text_file(layout.memory()), nullptr, false);
+    if (!memory.is_object()) memory = nlohmann::json::object();  // a torn or foreign file: start over
+  }
+  memory[name] = {{"seconds", seconds},
+                  {"ranks", process_info().size},
+                  {"peak_host_rss_bytes_max_rank", host_max},
+                  {"peak_host_rss_bytes_all_ranks", host_sum},
+                  {"peak_device_bytes_max_rank", dev_max}};
+  atomic_write_text(layout.memory(), memory.dump(2) + "\n");
+}
 }  // namespace
 
 void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>& stages, const RunOptions& options) {
@@ -116,14 +141,13 @@ void run_stages(const Config& config, const std::vector<std::unique_ptr<Stage>>&
     if (process_info().rank == 0) std::filesystem::remove(marker);
     const auto t0 = std::chrono::steady_clock::now();
     reset_peak_device_memory(device);
+    reset_peak_host_memory();
     set_comm_context(name);
     with_context(name + ": ", [&] { stage->run(ctx); });
     world::barrier();
     if (process_info().rank == 0) atomic_write_text(marker, fp + "\n");
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    log::info(fmt::format("{}: done in {:.2f} s (peak memory of rank {}: device {:.2f} GiB, host RSS {:.2f} GiB)", name,
-                          s, process_info().rank, static_cast<double>(peak_device_memory(device)) / (1ull << 30),
-                          static_cast<double>(peak_host_memory()) / (1ull << 30)));
+    record_stage_memory(layout, name, s, device);
   }
 }
 

@@ -19,6 +19,8 @@
 #include "core/base/process.h"
 #include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
+#include "core/prune/cost_model.h"
+#include "stages/host_memory.h"
 #include "training/reconstruct.h"
 
 namespace hawada {
@@ -220,6 +222,24 @@ struct Calibration {
 // The refits and the scale fit in their order: the span refit always before the scale fit (the scales then fit the
 // stream it hands on; after them it undid their fit: bench/NOTES.md), the width refit where
 // calibrate.reconstruct_order puts it. Collective.
+// Before any of it: whether the refit fits the host memory left to each rank. It holds the dense model in fp32 (the
+// refitted copy lives on through the scale fit) and checks its fp32 slice; the scale fit then adds the student in the
+// compute dtype; the dense checkpoint's pages are mapped beside them. Without a refit, calibrate holds no more than
+// the stages before it.
+void check_calibrate_fits(const Config& c, const LoadedModel& dense, const Plan& plan, const at::Device& device) {
+  if (!c.calibrate.reconstruct && !refits_spans(c, plan)) return;
+  const int64_t full = parameter_count(dense.shape), slim = parameter_count(plan.chosen.shape);
+  const auto elem = static_cast<int64_t>(c10::elementSize(compute_dtype(c)));
+  const auto mapped = static_cast<int64_t>(dense.checkpoint.total_bytes());
+  check_fits_host(c, device, "calibrate", full * 4 + slim * (4 + elem) + mapped,
+                  fmt::format("the refit's dense model in fp32, {}; its slice in fp32 and the student in the compute "
+                              "dtype, {}; the mapped checkpoint, {}",
+                              gib(full * 4), gib(slim * (4 + elem)), gib(mapped)),
+                  std::string(c.calibrate.reconstruct ? "calibrate.reconstruct = false" : "") +
+                      (c.calibrate.reconstruct && refits_spans(c, plan) ? " and " : "") +
+                      (refits_spans(c, plan) ? "calibrate.refit_spans = false" : ""));
+}
+
 Calibration calibrate_student(const Config& c, const LoadedModel& dense, const Plan& plan, const DistillData& data,
                               const FitOptions& o, const at::Device& device, Communicator& comm) {
   const CalibrateConfig& k = c.calibrate;
@@ -351,6 +371,7 @@ void CalibrateStage::run(const StageContext& ctx) {
   const at::Device device = run_device(c);
   const LoadedModel dense = load_model(c, /*weights=*/false);
   const Plan plan = read_plan(ctx.run_dir, dense.shape);
+  check_calibrate_fits(c, dense, plan, device);
   if (k.reconstruct && dense.shape.traits.output != ModelOutput::token_logits)
     throw ConfigError(c.source.string() + ": calibrate.reconstruct refits the output projections of causal LMs " +
                       "(models with token logits), not of this " + dense.arch.model_type +

@@ -23,6 +23,7 @@
 #include "core/dist/mpi_session.h"
 #include "core/io/safetensors.h"
 #include "core/prune/slicing.h"
+#include "stages/host_memory.h"
 #include "training/distill.h"
 #include "training/student.h"
 #include "training/training_loop.h"
@@ -178,27 +179,20 @@ Trainable trainable_weights(const Model& model, const ModelAdapter& adapter, con
 // adds the dense teacher. A ConfigError that says what it would need and which keys lower it, before a step,
 // not an OOM kill after the first. Only where the optimizer lives on the host (CPU runs).
 void check_heal_fits(const Model& model, const ModelAdapter& adapter, const Config& c, const at::Device& device) {
-  if (!device.is_cpu()) return;
-  const int64_t available = host_memory_available();
-  if (available <= 0) return;
   const std::set<std::string> kinds = kinds_of(c.heal.train);
   int64_t trained = 0;
   for (const auto& [name, w] : model.named_weights())
     if (kinds.count(adapter.weight_kind(name))) trained += w.numel();
   const auto elem = static_cast<int64_t>(c10::elementSize(compute_dtype(c)));
   const int64_t teacher = c.heal.hidden_weight > 0 ? HfCheckpoint::open(c.model.path).total_numel() * elem : 0;
-  const int64_t need = trained * (16 + elem) + teacher;
-  const int ranks_here = std::max(1, process_info().local_size);
-  const int64_t per_rank = available / ranks_here;
-  if (need <= per_rank) return;
-  auto gib = [](int64_t bytes) { return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1ull << 30)); };
-  throw ConfigError(fmt::format(
-      "{}: heal would need about {} more per rank ({} trained weights x {} bytes: fp32 master, gradients and AdamW "
-      "moments{}), but this host has {} available for its {} rank(s), {} each. Lower it with heal.train (e.g. "
-      "\"attention,mlp\": not the embedding and head), fewer ranks per node, {}or a GPU (run.device)",
-      c.source.string(), gib(need), trained, 16 + elem,
-      teacher > 0 ? fmt::format(", plus the dense teacher of heal.hidden_weight, {}", gib(teacher)) : "",
-      gib(available), ranks_here, gib(per_rank), teacher > 0 ? "heal.hidden_weight = 0, " : ""));
+  check_fits_host(
+      c, device, "heal", trained * (16 + elem) + teacher,
+      fmt::format("{} trained weights x {} bytes: fp32 master, gradients and AdamW moments{}", trained, 16 + elem,
+                  teacher > 0 ? fmt::format(", plus the dense teacher of heal.hidden_weight, {}", gib(teacher)) : ""),
+      std::string(kinds.count("embedding") || kinds.count("head")
+                      ? "heal.train (e.g. \"attention,mlp\": not the embedding and head)"
+                      : "a shorter heal.train (e.g. \"mlp\", or \"norm\")") +
+          (teacher > 0 ? ", heal.hidden_weight = 0" : ""));
 }
 
 // Training samples: heal.data (every sample), else the run's (without its held-out samples); the

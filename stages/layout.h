@@ -48,6 +48,7 @@ class RunLayout {
   path rank_log(int rank) const { return logs() / ("rank-" + std::to_string(rank) + ".log"); }
   path markers() const { return dir_ / "stages"; }
   path marker(std::string_view stage) const { return markers() / (std::string(stage) + ".done"); }
+  path memory() const { return dir_ / "memory.json"; }  ///< each stage's last run: time and peak memory per rank
 
   // A training stage's directory holds metrics.jsonl (one line per step) and checkpoints/.
   static path metrics(const path& stage_dir) { return stage_dir / "metrics.jsonl"; }

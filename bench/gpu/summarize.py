@@ -85,9 +85,10 @@ summary = read(os.path.join(out, "export-summary.json"))
 if summary:
     s.setdefault("export", {})["verify"] = json.loads(summary).get("verify")
 s["stages"] = {}
-for m in re.finditer(r"(\w+): done in ([\d.]+) s \(peak memory of rank 0: device ([\d.]+) GiB, host RSS ([\d.]+) GiB\)", log):
-    s["stages"][m.group(1)] = {"seconds": float(m.group(2)), "peak_device_gib": float(m.group(3)),
-                               "peak_host_rss_gib": float(m.group(4))}
+for m in re.finditer(r"(\w+): done in ([\d.]+) s \(peak memory: host RSS ([\d.]+) GiB on the largest rank, "
+                     r"[\d.]+ GiB on all \d+; device ([\d.]+) GiB on the largest\)", log):
+    s["stages"][m.group(1)] = {"seconds": float(m.group(2)), "peak_device_gib": float(m.group(4)),
+                               "peak_host_rss_gib": float(m.group(3))}
 mem = [int(x) for x in read(os.path.join(out, "gpu-memory.csv")).split() if x.strip().isdigit()]
 if mem:
     s["nvidia_smi_peak_used_mib"] = max(mem)

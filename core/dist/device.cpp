@@ -85,12 +85,6 @@ void reset_peak_device_memory(const c10::Device& device) {
 #endif
 }
 
-int64_t peak_host_memory() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<int64_t>(u.ru_maxrss) * 1024;
-}
-
 namespace {
 // The first number in `file` after `key` (a /proc/meminfo line's kB are scaled by `unit`); -1 when absent.
 int64_t number_in(const char* file, const std::string& key, int64_t unit) {
@@ -105,6 +99,18 @@ int64_t number_in(const char* file, const std::string& key, int64_t unit) {
   return -1;
 }
 }  // namespace
+
+int64_t peak_host_memory() {
+  if (const int64_t hwm = number_in("/proc/self/status", "VmHWM:", 1024); hwm >= 0) return hwm;
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+void reset_peak_host_memory() {
+  std::ofstream refs("/proc/self/clear_refs");
+  if (refs) refs << "5\n";  // 5: reset the peak resident set size (VmHWM) to the current one
+}
 
 int64_t host_memory_available() {
   if (const char* forced = std::getenv("HAWADA_HOST_MEMORY_BYTES"); forced && *forced) return std::atoll(forced);

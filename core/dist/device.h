@@ -31,8 +31,11 @@ int64_t peak_device_memory(const c10::Device& device);
 /// Starts a new peak-memory interval on `device` (nothing on the CPU).
 void reset_peak_device_memory(const c10::Device& device);
 
-/// Peak resident set size of this process so far, in bytes (getrusage).
+/// Peak resident set size of this process since the last reset_peak_host_memory (or its start), in bytes:
+/// /proc/self/status's VmHWM, else getrusage's (which never resets).
 int64_t peak_host_memory();
+/// Starts a new host peak interval (Linux: writes 5 to /proc/self/clear_refs); nothing where it cannot.
+void reset_peak_host_memory();
 
 /// Bytes of host memory still available to this machine's processes: /proc/meminfo's MemAvailable, lowered to
 /// what this process's cgroup (v2) may still take (memory.max - memory.current: a SLURM job's --mem), or

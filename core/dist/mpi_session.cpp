@@ -106,14 +106,19 @@ uint64_t broadcast(uint64_t value, int root, Wait kind) {
   return value;
 }
 
-int64_t sum(int64_t value, Wait kind) {
+namespace {
+int64_t reduce(int64_t value, MPI_Op op, const char* name, Wait kind) {
   int64_t total = value;
   if (!MpiSession::active()) return total;
   MPI_Request request;
-  HAWADA_CHECK_MPI(MPI_Iallreduce(&value, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD, &request));
-  wait(request, "sum", kind);
+  HAWADA_CHECK_MPI(MPI_Iallreduce(&value, &total, 1, MPI_INT64_T, op, MPI_COMM_WORLD, &request));
+  wait(request, name, kind);
   return total;
 }
+}  // namespace
+
+int64_t sum(int64_t value, Wait kind) { return reduce(value, MPI_SUM, "sum", kind); }
+int64_t max(int64_t value, Wait kind) { return reduce(value, MPI_MAX, "max", kind); }
 
 }  // namespace world
 }  // namespace hawada

@@ -42,6 +42,7 @@ void set_timeout(double timeout_s);
 void barrier();
 uint64_t broadcast(uint64_t value, int root = 0, Wait wait = Wait::stage);
 int64_t sum(int64_t value, Wait wait = Wait::stage);
+int64_t max(int64_t value, Wait wait = Wait::stage);
 }  // namespace world
 
 namespace detail {

@@ -44,6 +44,13 @@ def test_demo_exports_a_loadable_model_and_a_report(tmp_path, cli, mpirun, confi
     for stage in ("teacher_cache", "train_gates", "reduce_gates", "rounding_search", "calibrate", "heal", "export",
                   "evaluate", "report"):
         assert (run / "stages" / f"{stage}.done").exists(), stage
+    # Each stage's peak memory, the largest rank's since the stage began (VmHWM reset at its start): more than the
+    # libraries' footprint, no more than all ranks together.
+    memory = json.load(open(run / "memory.json"))
+    for stage in ("teacher_cache", "train_gates", "calibrate", "heal", "export"):
+        m = memory[stage]
+        assert m["ranks"] == 2 and m["seconds"] > 0, (stage, m)
+        assert 50 << 20 < m["peak_host_rss_bytes_max_rank"] <= m["peak_host_rss_bytes_all_ranks"], (stage, m)
     summary = json.load(open(run / "export" / "summary.json"))
     assert summary["verify"]["passed"], summary
     model, info = getattr(transformers, auto).from_pretrained(summary["export"], output_loading_info=True)

@@ -171,6 +171,22 @@ def test_refit_solves_the_normal_equations_transformers_computes(setup, mpirun):
     assert ((want - got).norm() / want.norm()).item() > 1e-2
 
 
+def test_refit_that_cannot_fit_says_so_before_it_starts(setup, mpirun):
+    """Issue 37 drill 6 (LLaMA-3.2-1B's refit peaked at 11.6 GiB a rank): on a rehearsed small node
+    (HAWADA_HOST_MEMORY_BYTES stands in for MemAvailable) a refit that cannot fit is a ConfigError before it starts,
+    saying what it would need and the key that lowers it; the same run without the refit fits and finishes."""
+    d = setup
+    small = {"HAWADA_HOST_MEMORY_BYTES": "20000"}  # 10 KB a rank: less than the tiny model in fp32
+    p = mpirun(2, write_config(d, "r-mem", calibrate="reconstruct = true", steps=0), env=small, check=False)
+    assert p.returncode == 2, p.stderr
+    assert "ConfigError" in p.stderr and "calibrate would need about" in p.stderr, p.stderr
+    assert "the refit's dense model in fp32" in p.stderr and "calibrate.reconstruct = false" in p.stderr
+    assert "for its 2 rank(s)" in p.stderr and "reconstruct: layer" not in p.stderr
+    assert not (d / "r-mem" / "stages" / "calibrate.done").exists()
+    mpirun(2, write_config(d, "r-mem-off", steps=0), env=small)
+    assert (d / "r-mem-off" / "stages" / "calibrate.done").exists()
+
+
 def test_two_ranks_equal_one_rank(setup, mpirun):
     d = setup
     # Every stage of the 1-rank run accumulates twice what each of the 2 ranks does; the refit's Gram matrices
