@@ -38,7 +38,7 @@ c = tomllib.load(open(src, "rb"))
 c["run"]["dir"] = run
 c["run"]["threads_per_rank"] = 1
 c["heal"] = {"steps": int(steps), "micro_batch": 8, "grad_accum": 1, "warmup": 2, "eval_every": 0,
-             "checkpoint_every": 100000}
+             "checkpoint_every": 100000, "train": "all"}  # the reference trains every weight
 def val(v):
     return ("true" if v else "false") if isinstance(v, bool) else repr(v).replace("'", '"')
 with open(dst, "w") as f:
