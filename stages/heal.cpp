@@ -177,8 +177,9 @@ Trainable trainable_weights(const Model& model, const ModelAdapter& adapter, con
 // cgroup's limit, shared by this node's ranks). Each trained weight costs an fp32 master, fp32 gradients and
 // AdamW's two fp32 moments (16 bytes) plus its own gradient in the compute dtype; the intermediate-state term
 // adds the dense teacher. A ConfigError that says what it would need and which keys lower it, before a step,
-// not an OOM kill after the first. Only where the optimizer lives on the host (CPU runs).
+// not an OOM kill after the first. Only where the optimizer lives on the host (CPU runs). Collective.
 void check_heal_fits(const Model& model, const ModelAdapter& adapter, const Config& c, const at::Device& device) {
+  world::barrier();  // every rank has loaded its student: what is left is what the optimizers share
   const std::set<std::string> kinds = kinds_of(c.heal.train);
   int64_t trained = 0;
   for (const auto& [name, w] : model.named_weights())

@@ -15,7 +15,9 @@
 #include "core/prune/logit_tail.h"
 #include "tests/unit/test_util.h"
 #include "training/distill.h"
+#include "training/training_loop.h"
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -131,6 +133,28 @@ TEST(BoundaryStateLoss, MatchesTorchReference) {
   // A count that does not match the boundaries is refused.
   students.pop_back();
   EXPECT_THROW(boundary_state_loss(students, states, mask), UsageError);
+}
+
+// AdamW on a flat vector longer than one of its slices (the denominator is made a slice at a time, to bound the
+// temporary): the same bits as the textbook update computed on the whole vector at once.
+TEST(Adam, SlicedUpdateEqualsTheWholeVectorsBitForBit) {
+  at::manual_seed(0);
+  const int64_t n = (int64_t{1} << 22) * 2 + 1001;
+  const at::Tensor start = at::randn({n});
+  at::Tensor params = start.clone();
+  Adam adam(params);
+  at::Tensor m = at::zeros({n}), v = at::zeros({n}), p = start.clone();
+  for (int64_t step = 1; step <= 3; ++step) {
+    const at::Tensor grad = at::randn({n});
+    adam.step(params, grad, 1e-3, step, 0.01);
+    m.mul_(0.9).add_(grad, 0.1);
+    v.mul_(0.999).addcmul_(grad, grad, 0.001);
+    const double c1 = 1 - std::pow(0.9, step), c2 = 1 - std::pow(0.999, step);
+    p.mul_(1 - 1e-3 * 0.01);
+    p.addcdiv_(m, (v / c2).sqrt_().add_(1e-8), -1e-3 / c1);
+  }
+  EXPECT_TRUE(at::equal(params, p));
+  EXPECT_FALSE(at::equal(params, start));
 }
 
 }  // namespace
