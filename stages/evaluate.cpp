@@ -20,8 +20,10 @@
 #include "core/dist/device.h"
 #include "core/dist/mpi_session.h"
 #include "core/io/checkpoint.h"
+#include "core/prune/cost_model.h"
 #include "core/prune/distill_loss.h"
 #include "stages/evaluate_llama_cpp.h"
+#include "stages/host_memory.h"
 #include "stages/model_card.h"
 #include "training/student.h"
 
@@ -289,18 +291,46 @@ EvalSamples open_samples(const Config& c, const LoadedModel& lm) {
   return s;
 }
 
+// Before evaluate loads anything: whether the dense model and one student in fp32 fit beside the mapped checkpoints
+// (rank 0 measures alone while the other ranks wait; drill 6 of issue 37 saw 17 GiB on rank 0 at LLaMA-3.2-1B's
+// shape when three models were held at once). A healed run's unhealed student is rebuilt from the calibrated slice
+// (the plan's slice in the dense dtype beside the refitted fp32 tensors). The export is complete by now, so the
+// message says how to measure it elsewhere.
+void check_evaluate_fits(const Config& c, const LoadedModel& lm, const HfCheckpoint& exported, const Plan& plan,
+                         bool healed, const at::Device& device) {
+  const int64_t full = parameter_count(lm.shape), slim = parameter_count(plan.chosen.shape);
+  const auto dense_mapped = static_cast<int64_t>(lm.checkpoint.total_bytes());
+  const int64_t dense_elem = dense_mapped / std::max<int64_t>(1, static_cast<int64_t>(lm.checkpoint.total_numel()));
+  const int64_t student =
+      std::max(slim * 4 + static_cast<int64_t>(exported.total_bytes()), healed ? slim * (8 + dense_elem) : int64_t{0});
+  const int64_t logits = 4 * kLogitBytesPerPiece;
+  check_fits_host(c, device, "evaluate", full * 4 + dense_mapped + student + logits,
+                  fmt::format("the dense model in fp32, {}; its mapped checkpoint, {}; one student at a time, {}; "
+                              "pieces of logits, {}",
+                              gib(full * 4), gib(dense_mapped), gib(student), gib(logits)),
+                  fmt::format("a GPU (run.device) or a node with more memory: the export in {} is complete; "
+                              "`hawada-pipeline evaluate` measures it there, or this config reruns there and reuses "
+                              "every stage before evaluate",
+                              exported.dir().string()),
+                  /*ranks=*/1);
+}
+
 // The quality of the export against the teacher in fp32 (result["export"]), and on healed runs the unhealed
-// student's (result["unhealed"]).
+// student's (result["unhealed"]), one student at a time.
 void measure_quality(json& result, const StageContext& ctx, const LoadedModel& lm, const HfCheckpoint& exported,
                      const EvalSamples& s, const at::Device& device) {
-  const auto teacher = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
-  const auto student = lm.adapter->load(exported, {at::kFloat, device});
   const Plan plan = read_plan(ctx.run_dir, lm.shape);
   const RunLayout layout(ctx.run_dir);
-  result["export"] =
-      evaluate_quality(*teacher, *student, *s.data, s.first, s.count, device, lm.shape.traits.output, plan.hidden);
-  // Healed runs: the unhealed student (the calibrated slice) beside it.
-  if (fs::exists(layout.healed_weights())) {
+  const bool healed = fs::exists(layout.healed_weights());
+  check_evaluate_fits(ctx.config, lm, exported, plan, healed, device);
+  const auto teacher = lm.adapter->load(lm.checkpoint, {at::kFloat, device});
+  {
+    const auto student = lm.adapter->load(exported, {at::kFloat, device});
+    result["export"] =
+        evaluate_quality(*teacher, *student, *s.data, s.first, s.count, device, lm.shape.traits.output, plan.hidden);
+  }
+  // Healed runs: the unhealed student (the calibrated slice) once the export's is freed.
+  if (healed) {
     const HfCheckpoint unhealed =
         student_checkpoint(lm, plan, Scales::read(layout.scales(), plan), layout.reconstructed_weights(),
                            ctx.fingerprints.at(std::string(stage_names::calibrate)));

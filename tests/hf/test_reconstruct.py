@@ -183,8 +183,19 @@ def test_refit_that_cannot_fit_says_so_before_it_starts(setup, mpirun):
     assert "the refit's dense model in fp32" in p.stderr and "calibrate.reconstruct = false" in p.stderr
     assert "for its 2 rank(s)" in p.stderr and "reconstruct: layer" not in p.stderr
     assert not (d / "r-mem" / "stages" / "calibrate.done").exists()
-    mpirun(2, write_config(d, "r-mem-off", steps=0), env=small)
+    # Without the refit calibrate fits; evaluate (rank 0 alone, the dense model and one student in fp32) then refuses
+    # before it loads anything, with the export already complete, and the rerun on a node with memory reuses every
+    # stage before it and finishes (drill 6 saw evaluate hold 17 GiB on rank 0 unchecked).
+    p = mpirun(2, write_config(d, "r-mem-off", steps=0), env=small, check=False)
     assert (d / "r-mem-off" / "stages" / "calibrate.done").exists()
+    assert p.returncode == 2, p.stderr
+    assert "evaluate would need about" in p.stderr and "for its 1 rank(s)" in p.stderr, p.stderr
+    assert "the dense model in fp32" in p.stderr and "is complete" in p.stderr, p.stderr
+    assert (d / "r-mem-off" / "stages" / "export.done").exists()
+    assert not (d / "r-mem-off" / "stages" / "evaluate.done").exists()
+    p = mpirun(2, write_config(d, "r-mem-off", steps=0))
+    assert (d / "r-mem-off" / "stages" / "evaluate.done").exists()
+    assert "export: skipped, its marker matches" in p.stderr, p.stderr
 
 
 def test_two_ranks_equal_one_rank(setup, mpirun):
