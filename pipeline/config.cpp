@@ -136,6 +136,7 @@ constexpr Key kData[] = {
     {"token_dtype", at<&Config::data, &DataConfig::token_dtype>},
 };
 constexpr Key kTeacher[] = {
+    {"model", at<&Config::teacher, &TeacherConfig::model>, checked(Check::model_dir, false)},
     {"cache_root", at<&Config::teacher, &TeacherConfig::cache_root>},
     {"logits", at<&Config::teacher, &TeacherConfig::logits>},
     {"top_k", at<&Config::teacher, &TeacherConfig::top_k>, between(1, 1024)},
@@ -469,7 +470,10 @@ struct ValueReader {
   void operator()(fs::path* out) const {
     const std::string& s = string();
     if (s.empty()) {
-      if (rule.check == Check::optional_file || rule.check == Check::llama_cpp_dir) return void(*out = fs::path());
+      // Optional paths: "" is the default (teacher.model = "": model.path).
+      if (rule.check == Check::optional_file || rule.check == Check::llama_cpp_dir ||
+          (rule.check == Check::model_dir && !rule.required))
+        return void(*out = fs::path());
       rd.fail(node.source().begin, key, "empty path (expected a non-empty path, got \"\")");
     }
     *out = resolve(rd.base, s);
@@ -635,6 +639,23 @@ void check_budget_runtime(const Config& c, const Reader& rd, std::map<std::strin
                 "', in export.llama_cpp or on PATH; bash launch/llama_cpp.sh builds it)");
 }
 
+void check_some_gate(const Config& c, const Reader& rd, std::map<std::string, toml::source_position>& seen) {
+  if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
+    rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
+            "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
+            "got all false)");
+}
+
+// teacher.model other than model.path: the cached outputs come from it; heal's intermediate-state term runs the
+// model being pruned as its teacher, so the two cannot differ there.
+void check_teacher_model(const Config& c, const Reader& rd, std::map<std::string, toml::source_position>& seen) {
+  if (!c.teacher.model.empty() && c.teacher.model != c.model.path && c.heal.hidden_weight > 0)
+    rd.fail(seen["teacher.model"], "teacher.model",
+            "must be model.path when heal.hidden_weight > 0 (the intermediate-state term matches the blocks of the "
+            "model being pruned), got '" +
+                c.teacher.model.string() + "'");
+}
+
 Config read_document(const Reader& rd, const toml::table& root, Config c) {
   std::map<std::string, toml::source_position> seen;  // dotted key (or section) -> where it was given
   for (const auto& [key, node] : in_source_order(root)) {
@@ -709,10 +730,8 @@ Config read_document(const Reader& rd, const toml::table& root, Config c) {
                     "', in export.llama_cpp or on PATH; bash "
                     "launch/llama_cpp.sh builds it)");
   check_budget_runtime(c, rd, seen);
-  if (!c.gates.heads && !c.gates.ffn && !c.gates.hidden && !c.gates.layers)
-    rd.fail(seen.count("gates") ? seen["gates"] : toml::source_position{1, 1}, "gates",
-            "no gate enabled (expected at least one of gates.heads, gates.ffn, gates.hidden, gates.layers to be true, "
-            "got all false)");
+  check_teacher_model(c, rd, seen);
+  check_some_gate(c, rd, seen);
   return c;
 }
 

@@ -97,7 +97,12 @@ std::string how_it_was_made(const Config& c, ModelOutput out, const json& summar
   o << "## How it was made\n\n"
     << "Gates on attention heads and FFN channels" << (c.gates.hidden ? ", hidden channels" : "")
     << (c.gates.layers ? " and whole blocks (layers)" : "")
-    << " were learned by distillation from the cached outputs of the original model ("
+    << " were learned by distillation from the cached outputs of "
+    << (c.teacher.model.empty() || c.teacher.model == c.model.path
+            ? std::string("the original model")
+            : "the teacher model " + c.teacher.model.filename().string() +
+                  " (the model pruned: " + c.model.path.filename().string() + ")")
+    << " ("
     << (out != ModelOutput::token_logits             ? std::string("its")
         : c.teacher.logits == TeacherLogits::sampled ? "tokens sampled from the"
                                                      : "top-" + std::to_string(c.teacher.top_k))

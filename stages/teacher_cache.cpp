@@ -121,11 +121,35 @@ void warn_of_unread_heal_samples(const Config& c, int64_t samples) {
 
 }  // namespace
 
+namespace {
+
+// The teacher's architecture; where teacher.model is another model than model.path, a ConfigError unless both are
+// causal LMs over the same vocabulary (the cache's token ids and the student's logits must mean the same tokens).
+ArchSummary teacher_arch(const Config& c) {
+  const fs::path& path = teacher_model(c);
+  const HfCheckpoint ckpt = with_context("loading teacher: ", [&] { return HfCheckpoint::open(path); });
+  const auto config_file = path / "config.json";
+  const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
+  if (path == c.model.path) return arch;
+  const HfCheckpoint own = with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); });
+  const auto own_file = c.model.path / "config.json";
+  const ArchSummary student = adapter_for(own.config(), own_file).summarize(own.config(), own_file);
+  const bool lm = model_shape(arch).traits.output == ModelOutput::token_logits &&
+                  model_shape(student).traits.output == ModelOutput::token_logits;
+  if (!lm || arch.vocab_size != student.vocab_size)
+    throw ConfigError(
+        fmt::format("{}: teacher.model = '{}' must be a causal LM over model.path's vocabulary ({} tokens), got {}",
+                    c.source.string(), path.string(), student.vocab_size,
+                    lm ? fmt::format("{} tokens", arch.vocab_size) : std::string("a model without token logits")));
+  return arch;
+}
+
+}  // namespace
+
 std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
   const Config& c = ctx.config;
-  const HfCheckpoint ckpt = with_context("loading model: ", [&] { return HfCheckpoint::open(c.model.path); });
-  const auto config_file = c.model.path / "config.json";
-  const ArchSummary arch = adapter_for(ckpt.config(), config_file).summarize(ckpt.config(), config_file);
+  const ArchSummary arch = teacher_arch(c);
+  const HfCheckpoint ckpt = HfCheckpoint::open(teacher_model(c));
   targets_.clear();
   targets_.push_back({"data", data_spec(c), {}, {}});
   if (c.heal.steps > 0 && !c.heal.data.empty()) {
@@ -136,7 +160,7 @@ std::string TeacherCacheStage::fingerprint(const StageContext& ctx) {
   uint64_t weights = 0;
   if (process_info().rank == 0) {
     const auto t0 = Clock::now();
-    weights = hash_model_weights(c.model.path);
+    weights = hash_model_weights(teacher_model(c));
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     log::info("teacher_cache: hashed " + std::to_string(ckpt.total_bytes() / 1000000) + " MB of teacher weights in " +
               std::to_string(s).substr(0, 5) + " s");
@@ -212,8 +236,8 @@ struct Teacher {
 
 Teacher load_teacher(const Config& c, const DataSpec& spec) {
   Teacher t{run_device(c), nullptr, nullptr};
-  const HfCheckpoint ckpt = HfCheckpoint::open(c.model.path);
-  const auto config_file = c.model.path / "config.json";
+  const HfCheckpoint ckpt = HfCheckpoint::open(teacher_model(c));
+  const auto config_file = teacher_model(c) / "config.json";
   const auto& adapter = adapter_for(ckpt.config(), config_file);
   const ArchSummary arch = adapter.summarize(ckpt.config(), config_file);
   t.model = with_context("loading teacher: ", [&] { return adapter.load(ckpt, {compute_dtype(c), t.device}); });

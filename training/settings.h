@@ -79,6 +79,9 @@ struct DataConfig {
 
 /// [teacher]: the cached teacher logits.
 struct TeacherConfig {
+  /// The model the cache distills from; empty: model.path (the model being pruned). Another causal LM with the same
+  /// vocabulary, e.g. the dense model when model.path is an earlier round's cut (a progressive cut by hand).
+  std::filesystem::path model;
   std::filesystem::path cache_root;  ///< Default: runs/teacher-cache next to the config file.
   /// Default (pipeline/config.cpp): sampled, or top_k when the config sets teacher.top_k, train.kd_temperature
   /// != 1 or train.mse_weight != 0.
@@ -248,5 +251,10 @@ struct Config {
   DistConfig dist;
   bool operator==(const Config&) const = default;
 };
+
+/// The teacher's model directory: teacher.model, else model.path.
+inline const std::filesystem::path& teacher_model(const Config& c) {
+  return c.teacher.model.empty() ? c.model.path : c.teacher.model;
+}
 
 }  // namespace hawada

@@ -119,6 +119,41 @@ def test_cache_matches_transformers_and_is_reused(tmp_path, llama, cli):
     assert len([d for d in glob.glob(str(cache / "*")) if os.path.isdir(d)]) == 2
 
 
+def test_teacher_model_is_cached_and_must_share_the_vocabulary(tmp_path, llama, cli):
+    """teacher.model: the cache holds another model's logits (a deeper one here, as when model.path is an earlier
+    round's cut and the teacher the dense model), under its own key; a model over another vocabulary is refused."""
+    path, _ = llama
+    ids = token_file(tmp_path / "tokens.h5", 20)
+    torch.manual_seed(1)
+    deep = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=False)).eval()
+    deep.save_pretrained(tmp_path / "deep")
+    cache = tmp_path / "cache"
+    cli("run", "--stages=teacher_cache",
+        config(tmp_path, path, tmp_path / "tokens.h5", cache, extra=f'model = "{tmp_path / "deep"}"'))
+    _, c = read_cache(cache_dir(cache))
+    with torch.no_grad():
+        logits = deep(input_ids=torch.from_numpy(ids).long()).logits.float()
+    ref_values, ref_indices = logits.topk(16, dim=-1)
+    assert torch.equal(torch.from_numpy(c["topk_indices"]).long(), ref_indices), "not the teacher model's top-k"
+    assert ((bf16_bits_to_float(c["topk_values"]) - ref_values).abs() / ref_values.abs().clamp_min(1e-3)).max() <= 2 ** -8
+    # The model's own cache is another directory, never a mix.
+    cli("run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", cache, run="own"))
+    assert len([d for d in glob.glob(str(cache / "*")) if os.path.isdir(d)]) == 2
+
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=VOCAB + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2)).save_pretrained(tmp_path / "other-vocab")
+    bad = cli("run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", cache, run="bad",
+              extra=f'model = "{tmp_path / "other-vocab"}"'), check=False)
+    assert bad.returncode == 2, bad.stderr
+    assert "teacher.model" in bad.stderr and f"vocabulary ({VOCAB} tokens), got {VOCAB + 4} tokens" in bad.stderr
+    missing = cli("run", "--stages=teacher_cache", config(tmp_path, path, tmp_path / "tokens.h5", cache, run="miss",
+                  extra=f'model = "{tmp_path / "nowhere"}"'), check=False)
+    assert missing.returncode == 2 and "teacher.model" in missing.stderr, missing.stderr
+
+
 def test_two_ranks_equal_one_rank(tmp_path, llama, mpirun):
     path, _ = llama
     token_file(tmp_path / "tokens.h5", 300, seed=1)

@@ -83,6 +83,7 @@ TEST(ConfigValid, MinimalFillsDefaults) {
   EXPECT_EQ(c.data.path, abs("data.bin"));
   EXPECT_EQ(c.data.seq_len, 512);
   EXPECT_EQ(c.data.samples, 0);
+  EXPECT_TRUE(c.teacher.model.empty());
   EXPECT_EQ(c.teacher.cache_root, abs("valid/runs/teacher-cache"));
   EXPECT_EQ(c.teacher.top_k, 64);
   EXPECT_EQ(c.teacher.store_dtype, StoreDtype::bf16);
@@ -124,6 +125,7 @@ TEST(ConfigValid, FullSetsEveryKey) {
   EXPECT_EQ(c.data.path, abs("data.bin"));
   EXPECT_EQ(c.data.seq_len, 2048);
   EXPECT_EQ(c.data.samples, 10000);
+  EXPECT_EQ(c.teacher.model, abs("teacher"));
   EXPECT_EQ(c.teacher.cache_root, fs::path("/tmp/hawada-teacher-cache"));
   EXPECT_EQ(c.teacher.top_k, 128);
   EXPECT_EQ(c.teacher.store_dtype, StoreDtype::fp16);
