@@ -13,7 +13,10 @@
 #   bash bench/depth.sh [OUT_DIR]     (default bench-data/depth; about 1 hour per heal of 0.5 M tokens)
 #   DEPTH_TARGET=0.45 DEPTH_HEAL_TOKENS="500000 2000000" bash bench/depth.sh
 #   Other knobs: DEPTH_HEAL_LR (heal.lr), DEPTH_HEAL_KEEP, DEPTH_REFIT_SPANS, DEPTH_HIDDEN_WEIGHT, DEPTH_CACHE, DEPTH_VARIANTS,
-#   DEPTH_DTYPE (model.dtype: bf16 where the CPU has AMX or AVX512-BF16, else fp32),
+#   DEPTH_DTYPE (model.dtype: bf16 where the CPU has AMX or AVX512-BF16, else fp32), DEPTH_HEAD_MATMUL (model.head_matmul),
+#   DEPTH_PROBE_STEPS (search.probe_steps), DEPTH_MODEL (model.path: another model than SmolLM2-135M, e.g. an earlier
+#   round's export), DEPTH_TEACHER_MODEL (teacher.model), DEPTH_BASELINE=0 / DEPTH_SPEED=0 (skip the one-shot baseline
+#   / the speed run: bench/progressive.sh),
 #   DEPTH_TEACHER_CACHE (teacher.cache_root, to share one between output directories),
 #   DEPTH_RUNTIME=llama.cpp (budget.runtime: the decode budget priced in llama.cpp on this machine, measured by the
 #   run itself, instead of the transformers rates; DEPTH_GGUF sets the type timed, q8_0 by default; DEPTH_RATES names a
@@ -25,7 +28,7 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 py=$repo/.venv/bin/python
 cli=${HAWADA_CLI:-$repo/build/pipeline/hawada-pipeline}
 models=${HAWADA_MODELS_DIR:-$repo/models}
-model=$models/smollm2-135m train=$models/data/smollm2-train-256.h5 evalf=$models/data/smollm2-eval-256.h5
+model=${DEPTH_MODEL:-$models/smollm2-135m} train=$models/data/smollm2-train-256.h5 evalf=$models/data/smollm2-eval-256.h5
 healf=${DEPTH_HEAL_DATA:-$models/data/smollm2-heal-4m-256.h5}  # 4.2 M distinct tokens: heal.samples caches what a heal reads
 for f in "$model/model.safetensors" "$train" "$evalf" "$healf" "$cli"; do
   [ -e "$f" ] || { echo "depth.sh: $f missing: run launch/setup.sh" >&2; exit 1; }
@@ -68,12 +71,14 @@ threads_per_rank = 1
 [model]
 path = "$model"
 dtype = "$dtype"
+head_matmul = "${DEPTH_HEAD_MATMUL:-auto}"
 [data]
 format = "tokens_h5"
 path = "$train"
 seq_len = 256
 [teacher]
-cache_root = "${DEPTH_TEACHER_CACHE:-$out/teacher-cache}"
+cache_root = "${DEPTH_TEACHER_CACHE:-$out/teacher-cache}"${DEPTH_TEACHER_MODEL:+
+model = "$DEPTH_TEACHER_MODEL"}
 $teacher_keys
 [gates]
 heads = true
@@ -99,7 +104,7 @@ $budget_runtime
 [search]
 ffn_multiple = 128
 probe_shapes = 4
-probe_steps = 8
+probe_steps = ${DEPTH_PROBE_STEPS:-8}
 [calibrate]
 steps = 100
 lr = 0.03
@@ -141,8 +146,11 @@ for v in $variants; do
   export_dir=$out/runs/$v/export/slim
   cp -r "$export_dir" "$out/$v-unhealed"
   ours=$(ppl "$export_dir")
-  "$py" "$repo/bench/quality_reference.py" baseline activation "$model" "$export_dir" "$train" "$out/$v-activation" > "$out/$v-activation.json" 2>/dev/null
-  act=$(ppl "$out/$v-activation")
+  act=null
+  if [ "${DEPTH_BASELINE:-1}" = 1 ]; then
+    "$py" "$repo/bench/quality_reference.py" baseline activation "$model" "$export_dir" "$train" "$out/$v-activation" > "$out/$v-activation.json" 2>/dev/null
+    act=$(ppl "$out/$v-activation")
+  fi
   shape=$(shape_of "$out/runs/$v/plan/plan.json")
   echo "$v: $shape: ours $ours, one-shot activation baseline $act (dense $dense); wall ${wall}s"
   echo "{\"variant\": \"$v\", \"shape\": \"$shape\", \"ours\": $ours, \"activation\": $act, \"dense\": $dense, \"wall_s\": $wall}" >> "$results"
@@ -161,4 +169,6 @@ for v in $variants; do
 done
 
 # What the user feels, every model in one run on the otherwise quiet machine (2 threads).
-"$py" "$repo/bench/quality_reference.py" speed "${speed_models[@]}" --threads 2 | tee -a "$results"
+if [ "${DEPTH_SPEED:-1}" = 1 ]; then
+  "$py" "$repo/bench/quality_reference.py" speed "${speed_models[@]}" --threads 2 | tee -a "$results"
+fi
