@@ -104,7 +104,7 @@ $budget_runtime
 [search]
 ffn_multiple = 128
 probe_shapes = 4
-probe_steps = ${DEPTH_PROBE_STEPS:-8}
+probe_steps = ${DEPTH_PROBE_STEPS:-32}
 [calibrate]
 steps = 100
 lr = 0.03
