@@ -146,9 +146,9 @@ struct SearchConfig {
   std::filesystem::path latency_table;  ///< Empty = analytic latency model.
   bool prune_kv_groups = false;
   int probe_shapes = 4;  ///< Candidate shapes (each the widest at its head/hidden counts) measured by a short fit.
-  /// Calibration steps of each probe. 8 misranked two near-tied depth cuts that 32 ranked as the full calibration
-  /// did (bench/NOTES.md, issue 35); bench/depth.sh uses 32; the default moves once the suite has run with it.
-  int64_t probe_steps = 8;
+  /// Calibration steps of each probe: 8 misranked two near-tied depth cuts that 32 ranked as the full calibration
+  /// did (bench/NOTES.md, issue 35).
+  int64_t probe_steps = 32;
   int64_t probe_samples = 16;  ///< Training samples each probe's KL is measured on.
   bool operator==(const SearchConfig&) const = default;
 };
