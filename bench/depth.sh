@@ -63,6 +63,7 @@ rates = \"$DEPTH_RATES\"}"
 python = \"$py\""
 fi
 
+teacher_model_key=${DEPTH_TEACHER_MODEL:+"model = \"$DEPTH_TEACHER_MODEL\""}  # quoted here: a heredoc's ${:+} drops quotes
 config() {  # config NAME LAYER_GATES HEAL_STEPS
   cat > "$out/$1.toml" <<TOML
 [run]
@@ -77,8 +78,8 @@ format = "tokens_h5"
 path = "$train"
 seq_len = 256
 [teacher]
-cache_root = "${DEPTH_TEACHER_CACHE:-$out/teacher-cache}"${DEPTH_TEACHER_MODEL:+
-model = "$DEPTH_TEACHER_MODEL"}
+cache_root = "${DEPTH_TEACHER_CACHE:-$out/teacher-cache}"
+$teacher_model_key
 $teacher_keys
 [gates]
 heads = true
